@@ -1,0 +1,47 @@
+//! `meterctl` exit codes: scripts tell failure kinds apart by these numbers.
+//!
+//! Documented in `meterctl --help` and the README; never renumber one.
+
+/// Success.
+pub const OK: i32 = 0;
+/// Internal error in meterctl itself (I/O on local files, unexpected reply).
+pub const INTERNAL: i32 = 1;
+/// Bad command line (clap's own code).
+pub const USAGE: i32 = 2;
+/// Access denied by the bus policy or the daemon.
+pub const ACCESS: i32 = 3;
+/// Insufficient funds or credit.
+pub const FUNDS: i32 = 4;
+/// The meter is locked.
+pub const LOCKED: i32 = 5;
+/// Invalid input (malformed argument, request-id conflict).
+pub const INVALID: i32 = 6;
+/// A signed object was refused: bad signature, replay, stale.
+pub const REFUSED: i32 = 7;
+/// The meter is not provisioned.
+pub const NOT_PROVISIONED: i32 = 8;
+/// The TPM (housing) failed.
+pub const HOUSING: i32 = 9;
+/// The ledger (storage) failed.
+pub const STORAGE: i32 = 10;
+/// The bus or the daemon could not be reached.
+pub const BUS: i32 = 11;
+/// A verification that meterctl ran locally failed (e.g. `validate` said not valid, `audit` found damage).
+pub const NOT_VALID: i32 = 12;
+
+/// Table for `--help` and docs: (code, meaning).
+pub const TABLE: &[(i32, &str)] = &[
+    (OK, "success"),
+    (INTERNAL, "internal error in meterctl"),
+    (USAGE, "bad command line"),
+    (ACCESS, "access denied"),
+    (FUNDS, "insufficient funds"),
+    (LOCKED, "meter locked"),
+    (INVALID, "invalid input"),
+    (REFUSED, "signed object refused (bad signature, replay, stale)"),
+    (NOT_PROVISIONED, "meter not provisioned"),
+    (HOUSING, "TPM failure"),
+    (STORAGE, "ledger failure"),
+    (BUS, "bus or daemon unreachable"),
+    (NOT_VALID, "verification negative (token not valid, audit found damage)"),
+];

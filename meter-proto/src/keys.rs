@@ -1,0 +1,57 @@
+//! Keys of the `a{sv}` dictionaries returned by `Status`, `Validate`, `Audit`
+//! and `Provision`: shared so that client and daemon spell them alike.
+
+/// `Status()` keys.
+pub mod status {
+    pub const METER_ID: &str = "meter_id";
+    pub const STATE: &str = "state";
+    pub const LOCK_REASON: &str = "lock_reason";
+    /// Nonce an authority clear-lock order must carry (empty when not locked).
+    pub const LOCK_NONCE: &str = "lock_nonce";
+    pub const DESCENDING: &str = "descending";
+    pub const ASCENDING: &str = "ascending";
+    pub const CONTROL_TOTAL: &str = "control_total";
+    pub const PIECE_COUNT: &str = "piece_count";
+    pub const CURRENCY: &str = "currency";
+    pub const CURRENCY_DIGITS: &str = "currency_digits";
+    pub const RATES_VERSION: &str = "rates_version";
+    /// `a{st}`: piece count per service.
+    pub const SERVICE_COUNTS: &str = "service_counts";
+    /// `a{st}`: current price per service, minor units.
+    pub const RATES: &str = "rates";
+    pub const LEDGER_ROWS: &str = "ledger_rows";
+    pub const LEDGER_HEAD: &str = "ledger_head";
+    pub const NV_COUNTER: &str = "nv_counter";
+    pub const LOW_FUNDS_THRESHOLD: &str = "low_funds_threshold";
+}
+
+/// `Validate()` report keys.
+pub mod report {
+    pub const VALID: &str = "valid";
+    pub const STEP: &str = "step";
+    pub const DETAIL: &str = "detail";
+    pub const SIGNER: &str = "signer";
+    pub const TIME: &str = "time";
+    pub const METER_ID: &str = "meter_id";
+    pub const SERIAL: &str = "serial";
+}
+
+/// `Audit()` result keys.
+pub mod audit {
+    pub const OK: &str = "ok";
+    pub const ROWS: &str = "rows";
+    pub const BATCHES: &str = "batches";
+    pub const HEAD: &str = "head";
+    pub const NV_COUNTER: &str = "nv_counter";
+    pub const PROBLEM: &str = "problem";
+    pub const MILLIS: &str = "millis";
+}
+
+/// `Provision()` result keys.
+pub mod provision {
+    pub const METER_ID: &str = "meter_id";
+    /// `ay`: DER PKCS#10 request for the identity (communications) key.
+    pub const IDENTITY_CSR: &str = "identity_csr";
+    /// `ay`: DER PKCS#10 request for the postmark (time-stamping) key.
+    pub const POSTMARK_CSR: &str = "postmark_csr";
+}

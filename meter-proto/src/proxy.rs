@@ -1,0 +1,94 @@
+//! Typed client proxy for `org.meterd.Meter1`, used by meterctl and the tests.
+
+use std::collections::HashMap;
+
+use zbus::zvariant::{Fd, OwnedValue};
+
+use crate::MeterError;
+
+/// The meter's D-Bus interface as a client sees it.
+#[zbus::proxy(
+    interface = "org.meterd.Meter1",
+    default_service = "org.meterd.Meter1",
+    default_path = "/org/meterd/Meter1"
+)]
+pub trait Meter1 {
+    /// Creates (or re-reads) the identity and postmark keys in the TPM and
+    /// returns their PKCS#10 requests (keys of [`crate::keys::provision`]).
+    fn provision(&self) -> Result<HashMap<String, OwnedValue>, MeterError>;
+
+    /// Installs the authority's certificates for the two keys and its root as
+    /// the trust anchor (DER or PEM each).
+    fn install_provisioning(
+        &self,
+        meter_cert: &[u8],
+        postmark_cert: &[u8],
+        root_cert: &[u8],
+    ) -> Result<(), MeterError>;
+
+    /// Installs a signed rate table (CMS SignedData, DER or PEM).
+    fn install_rates(&self, table: &[u8]) -> Result<(), MeterError>;
+
+    /// Credits an authority voucher; returns the new descending register.
+    fn recharge(&self, voucher: &[u8]) -> Result<u64, MeterError>;
+
+    /// RFC 3161 token over SHA-384 of the message read from the descriptor.
+    fn postmark(&self, message: Fd<'_>, request_id: &str) -> Result<Vec<u8>, MeterError>;
+
+    /// RFC 3161 token over a SHA-384 digest the caller computed.
+    fn postmark_digest(&self, sha384: &[u8], request_id: &str) -> Result<Vec<u8>, MeterError>;
+
+    /// Verifies a token against the message (charged); keys of [`crate::keys::report`].
+    fn validate(
+        &self,
+        message: Fd<'_>,
+        token: &[u8],
+    ) -> Result<HashMap<String, OwnedValue>, MeterError>;
+
+    /// Unsigned register snapshot (keys of [`crate::keys::status`]).
+    fn status(&self) -> Result<HashMap<String, OwnedValue>, MeterError>;
+
+    /// Re-checks the whole ledger chain and its TPM binding (keys of [`crate::keys::audit`]).
+    fn audit(&self) -> Result<HashMap<String, OwnedValue>, MeterError>;
+
+    /// Applies an authority-signed clear-lock order.
+    fn clear_lock(&self, order: &[u8]) -> Result<(), MeterError>;
+
+    /// Meter identifier (from the identity key), empty when unprovisioned.
+    #[zbus(property)]
+    fn meter_id(&self) -> zbus::Result<String>;
+    /// `unprovisioned`, `ready` or `locked`.
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
+    /// Why the meter is locked, empty otherwise.
+    #[zbus(property)]
+    fn lock_reason(&self) -> zbus::Result<String>;
+    /// Funds available, minor units.
+    #[zbus(property)]
+    fn descending(&self) -> zbus::Result<u64>;
+    /// Funds ever used, minor units.
+    #[zbus(property)]
+    fn ascending(&self) -> zbus::Result<u64>;
+    /// Ascending + descending = all funds ever credited.
+    #[zbus(property)]
+    fn control_total(&self) -> zbus::Result<u64>;
+    /// Chargeable pieces ever sold.
+    #[zbus(property)]
+    fn piece_count(&self) -> zbus::Result<u64>;
+    /// Decimal digits of the minor unit (3: thousandths).
+    #[zbus(property)]
+    fn currency_digits(&self) -> zbus::Result<u8>;
+    /// Version of the rate table in force, 0 when none.
+    #[zbus(property)]
+    fn rates_version(&self) -> zbus::Result<u32>;
+
+    /// Emitted once each time the descending register falls below the threshold.
+    #[zbus(signal)]
+    fn low_funds(&self, descending: u64) -> zbus::Result<()>;
+    /// Emitted when the meter locks.
+    #[zbus(signal)]
+    fn locked(&self, reason: &str) -> zbus::Result<()>;
+    /// Emitted when an authority order clears a lock.
+    #[zbus(signal)]
+    fn unlocked(&self) -> zbus::Result<()>;
+}

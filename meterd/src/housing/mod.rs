@@ -1,0 +1,220 @@
+//! The housing: the TPM 2.0 that keeps the meter's keys, its monotonic
+//! counter and its clock (the patent's secure housing, key generator and
+//! secure clock).
+//!
+//! This module is the only door to the TPM. [`Housing`] is the synchronous
+//! operation set; [`tpm::TpmHousing`] implements it over tss-esapi and is the
+//! only owner of an ESAPI `Context`. A context must not be shared between
+//! threads and swtpm serves one connection with three transient slots, so
+//! [`HousingHandle::spawn`] moves the housing onto one dedicated thread and
+//! everybody else talks to it through a channel. Ledger seals go through the
+//! urgent lane so that a group commit is never stuck behind a queue of signs.
+
+pub mod tpm;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+
+use tokio::sync::oneshot;
+
+/// Raw P-384 ECDSA signature: r (48 bytes, big-endian) then s (48 bytes).
+pub type RawSignature = [u8; 96];
+
+/// What the TPM says the time is, from TPM2_ReadClock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TpmClock {
+    /// Milliseconds the TPM has been powered since TPM2_Clear (monotonic across reboots unless cleared).
+    pub clock_ms: u64,
+    /// Number of TPM resets (reboots).
+    pub reset_count: u32,
+    /// Number of TPM restarts/resumes.
+    pub restart_count: u32,
+    /// Whether the clock value is known not to have been lost.
+    pub safe: bool,
+}
+
+/// Failures of the housing, keeping the TPM's own kind of failure.
+#[derive(Debug, thiserror::Error)]
+pub enum HousingError {
+    /// The TPM could not be reached (TCTI failure, swtpm down, device missing).
+    #[error("TPM unreachable: {0}")]
+    Unavailable(String),
+    /// The TPM refused or failed a command.
+    #[error("TPM command {command} failed: {message}")]
+    Tpm {
+        /// The command that failed, e.g. `sign`.
+        command: &'static str,
+        /// The decoded response code.
+        message: String,
+    },
+    /// The TPM is rate-limiting NV writes; retry later.
+    #[error("TPM NV rate limit; retry shortly")]
+    NvRate,
+    /// No key blob of that name in the state directory.
+    #[error("no key named {0:?} in the housing")]
+    NoSuchKey(String),
+    /// The key blob directory could not be read or written.
+    #[error("key store I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The housing thread is gone (daemon shutting down).
+    #[error("housing thread stopped")]
+    Stopped,
+}
+
+/// Result of housing operations.
+pub type Result<T> = std::result::Result<T, HousingError>;
+
+/// The TPM operations the meter needs; implemented once, for tss-esapi.
+///
+/// Keys are named (e.g. `identity`, `postmark`); their public and private
+/// blobs live in the state directory and are loaded on demand under a
+/// primary derived from a fixed template, so they survive a TPM reset.
+pub trait Housing: Send + 'static {
+    /// Creates a non-exportable ECDSA P-384 signing key named `name` inside
+    /// the TPM, stores its blobs, and returns its public key as an
+    /// uncompressed SEC1 point (97 bytes). Fails if the name exists.
+    fn create_key(&mut self, name: &str) -> Result<Vec<u8>>;
+    /// Whether a key blob named `name` exists.
+    fn has_key(&mut self, name: &str) -> Result<bool>;
+    /// Public key (uncompressed SEC1 point) of key `name`.
+    fn public_key(&mut self, name: &str) -> Result<Vec<u8>>;
+    /// Signs a SHA-384 digest with key `name`.
+    fn sign_digest(&mut self, name: &str, digest: &[u8; 48]) -> Result<RawSignature>;
+    /// Unloads key `name` and deletes its blobs.
+    fn destroy_key(&mut self, name: &str) -> Result<()>;
+    /// Defines the NV counter at `index` if absent; returns its current value
+    /// (a fresh counter reads its first value only after one increment).
+    fn counter_define(&mut self, index: u32) -> Result<u64>;
+    /// Reads the NV counter at `index`; `None` if the index is not defined.
+    fn counter_read(&mut self, index: u32) -> Result<Option<u64>>;
+    /// Increments the NV counter at `index` and returns the new value.
+    fn counter_increment(&mut self, index: u32) -> Result<u64>;
+    /// TPM2_ReadClock.
+    fn clock(&mut self) -> Result<TpmClock>;
+    /// Number of transient objects currently loaded (TPM_CAP_HANDLES, transient range).
+    fn transient_objects(&mut self) -> Result<usize>;
+    /// Number of loaded sessions (TPM_CAP_HANDLES, loaded-session range).
+    fn loaded_sessions(&mut self) -> Result<usize>;
+    /// Orderly stop: flush everything and send TPM2_Shutdown(STATE).
+    fn shutdown(&mut self) -> Result<()>;
+}
+
+type Job = Box<dyn FnOnce(&mut dyn Housing) + Send>;
+
+/// Two job lanes behind one lock: urgent (ledger seals) before normal.
+#[derive(Default)]
+struct Queue {
+    urgent: VecDeque<Job>,
+    normal: VecDeque<Job>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+/// Cloneable front of the housing thread.
+#[derive(Clone)]
+pub struct HousingHandle {
+    shared: Arc<Shared>,
+}
+
+impl HousingHandle {
+    /// Moves `housing` onto its own thread and returns the handle.
+    pub fn spawn<H: Housing>(housing: H) -> std::io::Result<HousingHandle> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+        });
+        let worker = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("housing".into())
+            .spawn(move || {
+                let mut housing = housing;
+                while let Some(job) = next_job(&worker) {
+                    job(&mut housing);
+                }
+                let _ = housing.shutdown();
+            })?;
+        Ok(HousingHandle { shared })
+    }
+
+    /// Stops the housing thread after the queued jobs; it then sends TPM2_Shutdown.
+    pub fn close(&self) {
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.closed = true;
+        }
+        self.shared.ready.notify_all();
+    }
+
+    fn submit<R, F>(&self, urgent: bool, f: F) -> Result<oneshot::Receiver<Result<R>>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn Housing) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |h: &mut dyn Housing| {
+            let _ = tx.send(f(h));
+        });
+        let mut q = self
+            .shared
+            .queue
+            .lock()
+            .map_err(|_| HousingError::Stopped)?;
+        if q.closed {
+            return Err(HousingError::Stopped);
+        }
+        if urgent {
+            q.urgent.push_back(job);
+        } else {
+            q.normal.push_back(job);
+        }
+        drop(q);
+        self.shared.ready.notify_one();
+        Ok(rx)
+    }
+
+    /// Runs `f` on the housing thread and awaits its result.
+    pub async fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn Housing) -> Result<R> + Send + 'static,
+    {
+        self.submit(false, f)?
+            .await
+            .map_err(|_| HousingError::Stopped)?
+    }
+
+    /// Runs `f` on the housing thread ahead of queued normal work, blocking
+    /// the calling (non-async) thread; used by the ledger's commit thread.
+    pub fn call_urgent_blocking<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn Housing) -> Result<R> + Send + 'static,
+    {
+        self.submit(true, f)?
+            .blocking_recv()
+            .map_err(|_| HousingError::Stopped)?
+    }
+
+    /// Convenience: sign a digest with a named key.
+    pub async fn sign_digest(&self, key: &str, digest: [u8; 48]) -> Result<RawSignature> {
+        let key = key.to_owned();
+        self.call(move |h| h.sign_digest(&key, &digest)).await
+    }
+}
+
+/// Waits for the next job, urgent lane first; `None` once closed and drained.
+fn next_job(shared: &Shared) -> Option<Job> {
+    let mut q = shared.queue.lock().ok()?;
+    loop {
+        if let Some(job) = q.urgent.pop_front().or_else(|| q.normal.pop_front()) {
+            return Some(job);
+        }
+        if q.closed {
+            return None;
+        }
+        q = shared.ready.wait(q).ok()?;
+    }
+}

@@ -1,0 +1,233 @@
+//! The ledger: the meter's registers as an append-only, hash-chained SQLite
+//! journal whose head is bound to a TPM NV monotonic counter.
+//!
+//! This module is the only door to SQLite. One thread owns the connection
+//! and group-commits: every commit request waiting when a batch starts goes
+//! into one `BEGIN IMMEDIATE` transaction, one TPM seal (identity-key
+//! signature over the head hash and the next counter value) and one NV
+//! increment, so the TPM cost is per batch, not per debit.
+//!
+//! Ordering that makes a crash harmless: rows + batch row (carrying nv+1 and
+//! its seal) commit first, the NV increment comes after. On open, a ledger
+//! exactly one batch ahead of the counter is an interrupted commit and is
+//! rolled forward; a ledger behind the counter is a restored copy
+//! (rollback); a chain or seal that does not verify is tamper.
+
+// Implementation modules (schema, chain hashing, commit thread, audit) live
+// beside this file; the public surface is what is declared here.
+
+use crate::housing::RawSignature;
+use crate::money::{Amount, Overflow};
+use crate::service::Service;
+
+/// SHA-384 digest.
+pub type Digest = [u8; 48];
+
+/// What kind of event a row records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum EntryKind {
+    /// First row of a ledger; binds it to the meter id.
+    Genesis = 1,
+    /// Certificates and trust anchor installed (product: the provisioning bundle).
+    Provision = 2,
+    /// A rate table installed (product: the signed table).
+    Rates = 3,
+    /// Funds credited (product: the voucher).
+    Credit = 4,
+    /// A service sold and debited (product: what was delivered).
+    Debit = 5,
+    /// The meter locked (note: reason; product: the nonce a clear order must carry).
+    Lock = 6,
+    /// A lock cleared by an authority order (product: the order). A row with
+    /// note `reanchor` also accepts earlier chain damage the authority reviewed.
+    Unlock = 7,
+    /// Any other recorded event (note says what; product: its data).
+    Event = 8,
+}
+
+/// One row to append.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Event kind.
+    pub kind: EntryKind,
+    /// Service charged or counted, if any (counts a piece when set).
+    pub service: Option<Service>,
+    /// Caller's idempotency key; unique in the ledger when present.
+    pub request_id: Option<String>,
+    /// Digest of the request's input, to tell a retry from a conflicting reuse of its id.
+    pub input_digest: Digest,
+    /// Added to the descending register and the control total.
+    pub credit: Amount,
+    /// Moved from the descending to the ascending register.
+    pub debit: Amount,
+    /// What the meter delivers for this row (token, voucher, table, ...);
+    /// stored apart from the journal, its SHA-384 is in the row.
+    pub product: Vec<u8>,
+    /// Short text (lock reason, event name); at most 64 bytes.
+    pub note: String,
+}
+
+/// Funds registers and piece counts after a row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registers {
+    /// Total ever used.
+    pub ascending: Amount,
+    /// Funds available.
+    pub descending: Amount,
+    /// Total ever credited; always `ascending + descending`.
+    pub control_total: Amount,
+    /// Chargeable pieces ever sold, all services.
+    pub pieces: u64,
+    /// Pieces per service, indexed by [`Service::index`].
+    pub per_service: [u64; Service::ALL.len()],
+}
+
+/// A lock in force, as recorded by the latest Lock row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockInfo {
+    /// Reason (see `meter_proto::lock_reason`).
+    pub reason: String,
+    /// Nonce a clear-lock order must carry.
+    pub nonce: String,
+}
+
+/// In-memory view of the ledger, published after every commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerState {
+    /// Registers after the last row.
+    pub registers: Registers,
+    /// Number of rows.
+    pub rows: u64,
+    /// Chain head (hash of the last row).
+    pub head: Digest,
+    /// NV counter value bound to the head.
+    pub nv: u64,
+    /// Lock in force, if any.
+    pub lock: Option<LockInfo>,
+}
+
+/// Outcome of a commit.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The row is durable (committed and sealed).
+    Committed {
+        /// Its sequence number.
+        seq: u64,
+        /// Registers after it.
+        registers: Registers,
+    },
+    /// A row with this request id and the same input digest exists: here is its product; nothing charged.
+    Existing {
+        /// Sequence number of the earlier row.
+        seq: u64,
+        /// Its stored product.
+        product: Vec<u8>,
+    },
+}
+
+/// A stored request, found by its id.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Row sequence number.
+    pub seq: u64,
+    /// Kind of row.
+    pub kind: EntryKind,
+    /// Service, if any.
+    pub service: Option<Service>,
+    /// Input digest recorded with it.
+    pub input_digest: Digest,
+    /// Product delivered.
+    pub product: Vec<u8>,
+}
+
+/// What an audit concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Chain, seals and counter agree.
+    Clean,
+    /// The ledger was one batch ahead of the counter (crash between commit and increment); the counter was advanced.
+    RolledForward,
+    /// The ledger is older than the counter: a restored copy.
+    Rollback {
+        /// Counter value in the ledger.
+        ledger_nv: u64,
+        /// Counter value in the TPM.
+        tpm_nv: u64,
+    },
+    /// A row was edited, deleted, reordered, or a seal does not verify.
+    Tamper {
+        /// What was found.
+        detail: String,
+        /// First row that does not verify, if known.
+        first_bad_seq: Option<u64>,
+    },
+}
+
+/// Result of a full audit.
+#[derive(Debug, Clone)]
+pub struct AuditReport {
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Rows checked.
+    pub rows: u64,
+    /// Batches checked.
+    pub batches: u64,
+    /// Head hash.
+    pub head: Digest,
+    /// Counter value in the ledger.
+    pub ledger_nv: u64,
+    /// Counter value in the TPM.
+    pub tpm_nv: u64,
+    /// Time taken.
+    pub millis: u64,
+}
+
+/// Ledger failures.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The descending register cannot cover the debit.
+    #[error("insufficient funds: {needed} needed, {available} available")]
+    InsufficientFunds {
+        /// Amount needed.
+        needed: Amount,
+        /// Amount available (after reservations).
+        available: Amount,
+    },
+    /// A register would overflow.
+    #[error("register overflow")]
+    Overflow(#[from] Overflow),
+    /// The request id was used before with different input.
+    #[error("request id {0:?} was already used with different input")]
+    Conflict(String),
+    /// An argument is out of bounds (note too long, request id too long, ...).
+    #[error("invalid entry: {0}")]
+    Invalid(String),
+    /// SQLite failed.
+    #[error("ledger storage: {0}")]
+    Storage(String),
+    /// The TPM seal or counter failed.
+    #[error("ledger seal: {0}")]
+    Housing(#[from] crate::housing::HousingError),
+    /// The ledger thread is gone.
+    #[error("ledger stopped")]
+    Stopped,
+}
+
+/// Result of ledger operations.
+pub type Result<T> = std::result::Result<T, LedgerError>;
+
+/// The TPM side of the ledger: signature over the head and the NV counter.
+///
+/// Implemented over the housing by [`HousingSealer`]; called only from the
+/// ledger's own thread, hence blocking.
+pub trait Sealer: Send + 'static {
+    /// Signs a seal digest with the meter's identity key.
+    fn sign(&mut self, digest: &Digest) -> std::result::Result<RawSignature, crate::housing::HousingError>;
+    /// Reads the counter (`None` when not defined).
+    fn counter_read(&mut self) -> std::result::Result<Option<u64>, crate::housing::HousingError>;
+    /// Increments the counter, returning the new value.
+    fn counter_increment(&mut self) -> std::result::Result<u64, crate::housing::HousingError>;
+    /// Public key that verifies seals (SEC1 uncompressed).
+    fn public_key(&self) -> &[u8];
+}
