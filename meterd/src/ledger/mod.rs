@@ -93,7 +93,7 @@ pub struct LockInfo {
 }
 
 /// In-memory view of the ledger, published after every commit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerState {
     /// Registers after the last row.
     pub registers: Registers,
