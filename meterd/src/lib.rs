@@ -1,10 +1,27 @@
 //! meterd: a postage and certificate meter on a TPM 2.0.
 //!
-//! The TPM ([`housing`]), the ledger ([`ledger`]) and D-Bus (`bus`) each sit
-//! behind one door; the services between them know none of tss-esapi,
-//! rusqlite or zbus.
+//! The TPM ([`housing`]), the ledger ([`ledger`]) and D-Bus ([`bus`]) each
+//! sit behind one door; the services between them ([`postmark`],
+//! [`validate`], [`recharge`], [`rates`], [`provision`], [`lock`],
+//! [`audit`]) know none of tss-esapi, rusqlite or zbus. Every chargeable
+//! service goes through [`sale::sell`].
 
+pub mod audit;
+pub mod bus;
+pub mod clock;
+pub mod config;
+pub mod digest;
+pub mod error;
 pub mod housing;
+pub mod identity;
 pub mod ledger;
+pub mod lock;
+pub mod meter;
 pub mod money;
+pub mod postmark;
+pub mod provision;
+pub mod rates;
+pub mod recharge;
+pub mod sale;
 pub mod service;
+pub mod validate;

@@ -1,0 +1,31 @@
+//! The one mapping from service errors to named D-Bus errors.
+//!
+//! Details that help an operator (TPM response codes, SQLite messages) go to
+//! the log; the caller gets the error name and a message it can act on.
+
+use meter_proto::MeterError;
+
+use crate::error::ServiceError;
+
+/// Maps a service error to its named D-Bus error, logging the details.
+pub fn to_dbus(member: &str, e: ServiceError) -> MeterError {
+    let message = e.to_string();
+    match e {
+        ServiceError::InsufficientFunds { .. } => MeterError::InsufficientFunds(message),
+        ServiceError::Locked { .. } => MeterError::Locked(message),
+        ServiceError::NotProvisioned(_) => MeterError::NotProvisioned(message),
+        ServiceError::AccessDenied(_) => MeterError::AccessDenied(message),
+        ServiceError::InvalidInput(_) => MeterError::InvalidInput(message),
+        ServiceError::BadSignature(_) => MeterError::BadSignature(message),
+        ServiceError::Replay(_) => MeterError::Replay(message),
+        ServiceError::Stale(_) => MeterError::Stale(message),
+        ServiceError::Housing(ref cause) => {
+            tracing::error!(member, error = %cause, "housing failure");
+            MeterError::Housing(message)
+        }
+        ServiceError::Storage(ref cause) => {
+            tracing::error!(member, error = %cause, "storage failure");
+            MeterError::Storage(message)
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The D-Bus door: `org.meterd.Meter1` on `/org/meterd/Meter1`.
+//!
+//! Each member is a dozen lines: take a slot (requests in flight are
+//! capped), authorize the caller, call one service, map the error. Nothing
+//! here knows the TPM or SQLite; nothing in the services knows zbus.
+
+mod auth;
+mod errors;
+mod signals;
+mod status;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::{OwnedFd, OwnedValue};
+use zbus::{interface, Connection};
+
+use meter_proto::MeterError;
+
+use crate::meter::Meter;
+use crate::{audit, lock, postmark, provision, rates, recharge, validate};
+
+pub use auth::{Authorizer, Role};
+pub use signals::watch_and_emit;
+
+/// Largest signed object (voucher, table, order, certificate) accepted as bytes.
+const MAX_OBJECT: usize = meter_pki::MAX_OBJECT;
+
+/// The served object.
+pub struct MeterIface {
+    meter: Arc<Meter>,
+    auth: Authorizer,
+    slots: Semaphore,
+}
+
+impl MeterIface {
+    /// Interface over `meter`, with its configured groups and in-flight cap.
+    pub fn new(meter: Arc<Meter>) -> MeterIface {
+        let config = meter.config();
+        let auth = Authorizer::new(&config.user_group, &config.admin_group);
+        let slots = Semaphore::new(config.max_in_flight.max(1));
+        MeterIface { meter, auth, slots }
+    }
+
+    async fn admit(
+        &self,
+        conn: &Connection,
+        header: &Header<'_>,
+        member: &str,
+        needed: Role,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, MeterError> {
+        let role = self.auth.role(conn, header).await;
+        if role < needed {
+            tracing::warn!(member, ?role, "access denied");
+            return Err(MeterError::AccessDenied(format!(
+                "{member} needs membership of group {}; ask an administrator",
+                if needed == Role::Admin {
+                    &self.meter.config().admin_group
+                } else {
+                    &self.meter.config().user_group
+                }
+            )));
+        }
+        self.slots
+            .acquire()
+            .await
+            .map_err(|_| MeterError::Storage("the meter is shutting down".into()))
+    }
+}
+
+fn bounded(what: &str, bytes: &[u8]) -> Result<(), MeterError> {
+    if bytes.len() > MAX_OBJECT {
+        return Err(MeterError::InvalidInput(format!(
+            "{what} of {} bytes exceeds the {MAX_OBJECT}-byte limit",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
+fn file_of(fd: OwnedFd) -> std::fs::File {
+    std::fs::File::from(std::os::fd::OwnedFd::from(fd))
+}
+
+#[interface(name = "org.meterd.Meter1")]
+impl MeterIface {
+    /// Creates the keys (if needed) and returns PKCS#10 requests for them.
+    async fn provision(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<HashMap<String, OwnedValue>, MeterError> {
+        let _slot = self.admit(conn, &header, "Provision", Role::Admin).await?;
+        let r = provision::begin(&self.meter)
+            .await
+            .map_err(|e| errors::to_dbus("Provision", e))?;
+        Ok(status::provision_dict(r))
+    }
+
+    /// Installs the authority's certificates and root.
+    async fn install_provisioning(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        meter_cert: Vec<u8>,
+        postmark_cert: Vec<u8>,
+        root_cert: Vec<u8>,
+    ) -> Result<(), MeterError> {
+        let _slot = self.admit(conn, &header, "InstallProvisioning", Role::Admin).await?;
+        for (what, b) in [("meter certificate", &meter_cert), ("postmark certificate", &postmark_cert), ("root certificate", &root_cert)] {
+            bounded(what, b)?;
+        }
+        provision::install(&self.meter, &meter_cert, &postmark_cert, &root_cert)
+            .await
+            .map_err(|e| errors::to_dbus("InstallProvisioning", e))
+    }
+
+    /// Installs a signed rate table.
+    async fn install_rates(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        table: Vec<u8>,
+    ) -> Result<(), MeterError> {
+        let _slot = self.admit(conn, &header, "InstallRates", Role::Admin).await?;
+        bounded("rate table", &table)?;
+        rates::install(&self.meter, &table)
+            .await
+            .map(|_| ())
+            .map_err(|e| errors::to_dbus("InstallRates", e))
+    }
+
+    /// Credits a voucher; returns the descending register.
+    async fn recharge(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        voucher: Vec<u8>,
+    ) -> Result<u64, MeterError> {
+        let _slot = self.admit(conn, &header, "Recharge", Role::Admin).await?;
+        bounded("voucher", &voucher)?;
+        recharge::recharge(&self.meter, &voucher)
+            .await
+            .map(|a| a.0)
+            .map_err(|e| errors::to_dbus("Recharge", e))
+    }
+
+    /// RFC 3161 token over SHA-384 of the message behind the descriptor.
+    async fn postmark(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        message: OwnedFd,
+        request_id: String,
+    ) -> Result<Vec<u8>, MeterError> {
+        let _slot = self.admit(conn, &header, "Postmark", Role::User).await?;
+        postmark::postmark_file(&self.meter, file_of(message), &request_id)
+            .await
+            .map_err(|e| errors::to_dbus("Postmark", e))
+    }
+
+    /// RFC 3161 token over a caller-computed SHA-384.
+    async fn postmark_digest(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        sha384: Vec<u8>,
+        request_id: String,
+    ) -> Result<Vec<u8>, MeterError> {
+        let _slot = self.admit(conn, &header, "PostmarkDigest", Role::User).await?;
+        postmark::postmark_digest(&self.meter, &sha384, &request_id)
+            .await
+            .map_err(|e| errors::to_dbus("PostmarkDigest", e))
+    }
+
+    /// Charged verification of a token against the message.
+    async fn validate(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        message: OwnedFd,
+        token: Vec<u8>,
+    ) -> Result<HashMap<String, OwnedValue>, MeterError> {
+        let _slot = self.admit(conn, &header, "Validate", Role::User).await?;
+        let report = validate::validate(&self.meter, file_of(message), token)
+            .await
+            .map_err(|e| errors::to_dbus("Validate", e))?;
+        Ok(status::report_dict(report))
+    }
+
+    /// Unsigned snapshot of registers and state.
+    async fn status(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<HashMap<String, OwnedValue>, MeterError> {
+        let _slot = self.admit(conn, &header, "Status", Role::User).await?;
+        Ok(status::status_dict(&self.meter))
+    }
+
+    /// Full re-check of the ledger and its TPM binding.
+    async fn audit(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<HashMap<String, OwnedValue>, MeterError> {
+        let _slot = self.admit(conn, &header, "Audit", Role::User).await?;
+        let report = audit::audit(&self.meter)
+            .await
+            .map_err(|e| errors::to_dbus("Audit", e))?;
+        Ok(status::audit_dict(report))
+    }
+
+    /// Applies an authority clear-lock order.
+    async fn clear_lock(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        order: Vec<u8>,
+    ) -> Result<(), MeterError> {
+        let _slot = self.admit(conn, &header, "ClearLock", Role::Admin).await?;
+        bounded("order", &order)?;
+        lock::clear(&self.meter, &order)
+            .await
+            .map_err(|e| errors::to_dbus("ClearLock", e))
+    }
+
+    /// Meter id, empty before provisioning.
+    #[zbus(property)]
+    async fn meter_id(&self) -> String {
+        self.meter.meter_id().unwrap_or_default()
+    }
+
+    /// `unprovisioned`, `ready` or `locked`.
+    #[zbus(property)]
+    async fn state(&self) -> String {
+        self.meter.state_name().to_owned()
+    }
+
+    /// Why the meter is locked, empty otherwise.
+    #[zbus(property)]
+    async fn lock_reason(&self) -> String {
+        self.meter
+            .ledger_state()
+            .and_then(|s| s.lock)
+            .map(|l| l.reason)
+            .unwrap_or_default()
+    }
+
+    /// Funds available.
+    #[zbus(property)]
+    async fn descending(&self) -> u64 {
+        self.registers().descending.0
+    }
+
+    /// Funds used.
+    #[zbus(property)]
+    async fn ascending(&self) -> u64 {
+        self.registers().ascending.0
+    }
+
+    /// All funds ever credited.
+    #[zbus(property)]
+    async fn control_total(&self) -> u64 {
+        self.registers().control_total.0
+    }
+
+    /// Pieces sold.
+    #[zbus(property)]
+    async fn piece_count(&self) -> u64 {
+        self.registers().pieces
+    }
+
+    /// Digits of the minor unit.
+    #[zbus(property)]
+    async fn currency_digits(&self) -> u8 {
+        self.meter.rates().currency(crate::clock::now()).1
+    }
+
+    /// Rate table version in force.
+    #[zbus(property)]
+    async fn rates_version(&self) -> u32 {
+        self.meter
+            .rates()
+            .current(crate::clock::now())
+            .map(|t| t.version)
+            .unwrap_or(0)
+    }
+
+    /// The descending register fell below the threshold.
+    #[zbus(signal)]
+    pub async fn low_funds(emitter: &SignalEmitter<'_>, descending: u64) -> zbus::Result<()>;
+
+    /// The meter locked.
+    #[zbus(signal)]
+    pub async fn locked(emitter: &SignalEmitter<'_>, reason: &str) -> zbus::Result<()>;
+
+    /// A lock was cleared.
+    #[zbus(signal)]
+    pub async fn unlocked(emitter: &SignalEmitter<'_>) -> zbus::Result<()>;
+}
+
+impl MeterIface {
+    fn registers(&self) -> crate::ledger::Registers {
+        self.meter
+            .ledger_state()
+            .map(|s| s.registers)
+            .unwrap_or_default()
+    }
+}
+
+/// Serves the interface on `conn` (bus or peer-to-peer) at the object path.
+pub async fn serve(conn: &Connection, meter: Arc<Meter>) -> zbus::Result<()> {
+    conn.object_server()
+        .at(meter_proto::OBJECT_PATH, MeterIface::new(meter))
+        .await?;
+    Ok(())
+}

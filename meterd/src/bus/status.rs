@@ -1,0 +1,115 @@
+//! Dictionaries (`a{sv}`) returned by Status, Validate, Audit and Provision.
+
+use std::collections::HashMap;
+
+use zbus::zvariant::{OwnedValue, Value};
+
+use meter_proto::keys;
+
+use crate::clock;
+use crate::ledger::AuditReport;
+use crate::meter::Meter;
+use crate::provision::Requests;
+use crate::service::Service;
+use crate::validate::Report;
+
+type Dict = HashMap<String, OwnedValue>;
+
+fn put<'a>(d: &mut Dict, key: &str, v: impl Into<Value<'a>>) {
+    // Only file descriptors fail to become owned; none are put here.
+    if let Ok(v) = v.into().try_to_owned() {
+        d.insert(key.to_owned(), v);
+    }
+}
+
+/// `Status()`.
+pub fn status_dict(meter: &Meter) -> Dict {
+    use keys::status as k;
+    let mut d = Dict::new();
+    let now = clock::now();
+    let book = meter.rates();
+    let (currency, digits) = book.currency(now);
+    put(&mut d, k::METER_ID, meter.meter_id().unwrap_or_default());
+    put(&mut d, k::STATE, meter.state_name());
+    put(&mut d, k::CURRENCY, currency);
+    put(&mut d, k::CURRENCY_DIGITS, digits);
+    put(&mut d, k::RATES_VERSION, book.current(now).map(|t| t.version).unwrap_or(0));
+    put(&mut d, k::LOW_FUNDS_THRESHOLD, meter.config().low_funds_threshold);
+    let rates: HashMap<String, u64> = book
+        .current(now)
+        .map(|t| t.rates.iter().map(|(k, v)| (k.clone(), *v)).collect())
+        .unwrap_or_default();
+    put(&mut d, k::RATES, rates);
+    let state = meter.ledger_state();
+    let regs = state.as_ref().map(|s| s.registers.clone()).unwrap_or_default();
+    put(&mut d, k::DESCENDING, regs.descending.0);
+    put(&mut d, k::ASCENDING, regs.ascending.0);
+    put(&mut d, k::CONTROL_TOTAL, regs.control_total.0);
+    put(&mut d, k::PIECE_COUNT, regs.pieces);
+    let counts: HashMap<String, u64> = Service::ALL
+        .iter()
+        .map(|s| (s.name().to_owned(), regs.per_service[s.index()]))
+        .collect();
+    put(&mut d, k::SERVICE_COUNTS, counts);
+    let lock = state.as_ref().and_then(|s| s.lock.clone());
+    put(&mut d, k::LOCK_REASON, lock.as_ref().map(|l| l.reason.clone()).unwrap_or_default());
+    put(&mut d, k::LOCK_NONCE, lock.map(|l| l.nonce).unwrap_or_default());
+    put(&mut d, k::LEDGER_ROWS, state.as_ref().map(|s| s.rows).unwrap_or(0));
+    put(&mut d, k::LEDGER_HEAD, state.as_ref().map(|s| hex::encode(s.head)).unwrap_or_default());
+    put(&mut d, k::NV_COUNTER, state.as_ref().map(|s| s.nv).unwrap_or(0));
+    d
+}
+
+/// `Validate()` report.
+pub fn report_dict(r: Report) -> Dict {
+    use keys::report as k;
+    let mut d = Dict::new();
+    put(&mut d, k::VALID, r.valid);
+    put(&mut d, k::STEP, r.step);
+    put(&mut d, k::DETAIL, r.detail);
+    put(&mut d, k::SIGNER, r.signer);
+    put(&mut d, k::TIME, r.time);
+    put(&mut d, k::METER_ID, r.meter_id);
+    put(&mut d, k::SERIAL, r.serial);
+    d
+}
+
+/// `Audit()` result.
+pub fn audit_dict(r: AuditReport) -> Dict {
+    use crate::ledger::Verdict;
+    use keys::audit as k;
+    let mut d = Dict::new();
+    let (ok, problem) = match &r.verdict {
+        Verdict::Clean => (true, String::new()),
+        Verdict::RolledForward => (true, "counter rolled forward after an interrupted commit".into()),
+        Verdict::Rollback { ledger_nv, tpm_nv } => (
+            false,
+            format!("rollback: ledger counter {ledger_nv}, TPM counter {tpm_nv}"),
+        ),
+        Verdict::Tamper { detail, first_bad_seq } => (
+            false,
+            match first_bad_seq {
+                Some(seq) => format!("tamper at row {seq}: {detail}"),
+                None => format!("tamper: {detail}"),
+            },
+        ),
+    };
+    put(&mut d, k::OK, ok);
+    put(&mut d, k::PROBLEM, problem);
+    put(&mut d, k::ROWS, r.rows);
+    put(&mut d, k::BATCHES, r.batches);
+    put(&mut d, k::HEAD, hex::encode(r.head));
+    put(&mut d, k::NV_COUNTER, r.tpm_nv);
+    put(&mut d, k::MILLIS, r.millis);
+    d
+}
+
+/// `Provision()` result.
+pub fn provision_dict(r: Requests) -> Dict {
+    use keys::provision as k;
+    let mut d = Dict::new();
+    put(&mut d, k::METER_ID, r.meter_id);
+    put(&mut d, k::IDENTITY_CSR, r.identity_csr);
+    put(&mut d, k::POSTMARK_CSR, r.postmark_csr);
+    d
+}

@@ -1,0 +1,134 @@
+//! Daemon configuration: a small TOML file plus environment overrides.
+//!
+//! Defaults are production values (`/dev/tpmrm0`, `/var/lib/meterd`); the
+//! sandbox and the tests override them through the environment so that the
+//! same binary runs in both.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/meterd/meterd.toml";
+
+/// Everything meterd reads at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// TCTI: `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=P`.
+    pub tcti: String,
+    /// State directory: key blobs and the ledger.
+    pub state_dir: PathBuf,
+    /// NV index of the ledger's monotonic counter.
+    pub nv_index: u32,
+    /// Group whose members may use the meter.
+    pub user_group: String,
+    /// Group whose members may administer it.
+    pub admin_group: String,
+    /// `LowFunds` is emitted when the descending register falls below this.
+    pub low_funds_threshold: u64,
+    /// Largest message accepted through a file descriptor, bytes.
+    pub max_message_bytes: u64,
+    /// Requests handled at once; more wait their turn.
+    pub max_in_flight: usize,
+    /// `system` or a D-Bus address.
+    pub bus: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            tcti: "device:/dev/tpmrm0".into(),
+            state_dir: PathBuf::from("/var/lib/meterd"),
+            nv_index: 0x0150_4d54,
+            user_group: "meter".into(),
+            admin_group: "meteradmin".into(),
+            low_funds_threshold: 10_000,
+            max_message_bytes: 1 << 32,
+            max_in_flight: 256,
+            bus: "system".into(),
+        }
+    }
+}
+
+/// Configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid configuration {path}: {source}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: toml::de::Error,
+    },
+}
+
+impl Config {
+    /// Loads `path` (a missing default file means defaults), then applies
+    /// `STATE_DIRECTORY` (systemd), `METERD_STATE_DIR` and `METERD_TCTI`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let explicit = path.is_some();
+        let path = path.unwrap_or(Path::new(DEFAULT_CONFIG));
+        let mut config = match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Config::default(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+            // systemd may pass several, colon-separated; ours is the first.
+            let dir = dir.to_string_lossy().split(':').next().unwrap_or("").to_owned();
+            if !dir.is_empty() {
+                config.state_dir = PathBuf::from(dir);
+            }
+        }
+        if let Some(dir) = std::env::var_os("METERD_STATE_DIR") {
+            config.state_dir = PathBuf::from(dir);
+        }
+        if let Ok(tcti) = std::env::var("METERD_TCTI") {
+            config.tcti = tcti;
+        }
+        Ok(config)
+    }
+
+    /// Path of the ledger database.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.state_dir.join("ledger.sqlite")
+    }
+
+    /// Directory of the TPM key blobs.
+    pub fn key_dir(&self) -> PathBuf {
+        self.state_dir.join("keys")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_example_and_refuses_unknown_keys() {
+        let c: Config = toml::from_str("tcti = \"swtpm:port=1\"\nnv_index = 0x01500001\n")
+            .expect("parse");
+        assert_eq!(c.tcti, "swtpm:port=1");
+        assert_eq!(c.nv_index, 0x0150_0001);
+        assert_eq!(c.user_group, "meter");
+        assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+}

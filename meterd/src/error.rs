@@ -1,0 +1,93 @@
+//! Errors of the service layer, one kind per named D-Bus error.
+//!
+//! Services return [`ServiceError`]; the bus module maps each variant to the
+//! matching `org.meterd.Meter1.Error.*` name. Housing and storage failures
+//! keep their cause for the log while the caller gets a message to act on.
+
+use crate::housing::HousingError;
+use crate::ledger::LedgerError;
+use crate::money::Amount;
+
+/// Why a service call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The funds cannot cover the charge.
+    #[error("insufficient funds: the charge is {needed}, {available} available; recharge with an authority voucher (meterctl recharge)")]
+    InsufficientFunds {
+        /// Price of the service.
+        needed: Amount,
+        /// Funds available.
+        available: Amount,
+    },
+    /// The meter is locked.
+    #[error("meter locked ({reason}): it sells nothing until the authority clears the lock (meter-authority clear-lock --meter ID --nonce NONCE, then meterctl clear-lock ORDER)")]
+    Locked {
+        /// Lock reason.
+        reason: String,
+    },
+    /// Not provisioned (or no rate table).
+    #[error("{0}")]
+    NotProvisioned(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    AccessDenied(String),
+    /// Bad argument.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// A signed object does not verify.
+    #[error("{0}")]
+    BadSignature(String),
+    /// A single-use object was used before.
+    #[error("{0}")]
+    Replay(String),
+    /// An object older than the one in force.
+    #[error("{0}")]
+    Stale(String),
+    /// The TPM failed.
+    #[error("the TPM failed: {0}; check that the TPM (or swtpm) is reachable, then retry")]
+    Housing(#[from] HousingError),
+    /// The ledger failed.
+    #[error("the ledger could not be written: {0}; check the state directory (space, permissions), then retry")]
+    Storage(String),
+}
+
+/// Result of a service call.
+pub type Result<T> = std::result::Result<T, ServiceError>;
+
+impl From<LedgerError> for ServiceError {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::InsufficientFunds { needed, available } => {
+                ServiceError::InsufficientFunds { needed, available }
+            }
+            LedgerError::Overflow(_) => ServiceError::InvalidInput(
+                "the amount would overflow a register; nothing was changed".into(),
+            ),
+            LedgerError::Conflict(id) => ServiceError::InvalidInput(format!(
+                "request id {id:?} was already used with different input; choose a new request id"
+            )),
+            LedgerError::Invalid(m) => ServiceError::InvalidInput(m),
+            LedgerError::Housing(h) => ServiceError::Housing(h),
+            LedgerError::Storage(m) => ServiceError::Storage(m),
+            LedgerError::Stopped => ServiceError::Storage("the ledger is shutting down".into()),
+        }
+    }
+}
+
+impl From<meter_pki::PkiError> for ServiceError {
+    fn from(e: meter_pki::PkiError) -> Self {
+        use meter_pki::PkiError as P;
+        match e {
+            P::Malformed(m) => ServiceError::InvalidInput(format!("malformed object: {m}")),
+            P::TooLarge(n) => ServiceError::InvalidInput(format!(
+                "object of {n} bytes is larger than accepted"
+            )),
+            P::WrongType(m) => ServiceError::InvalidInput(format!("wrong kind of object: {m}")),
+            P::BadSignature(m) => ServiceError::BadSignature(format!("signature does not verify: {m}")),
+            P::Untrusted(m) => ServiceError::BadSignature(format!(
+                "not signed by the meter's trust anchor: {m}"
+            )),
+            P::Expired(m) => ServiceError::Stale(format!("expired: {m}")),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Locks: the meter stops selling, says why, and waits for the authority.
+//!
+//! One mechanism for every reason: a Lock row in the ledger (reason and a
+//! fresh nonce), cleared only by an authority-signed order that names this
+//! meter and that nonce, recorded as an Unlock row. Because the lock lives
+//! in the sealed ledger, restarting the daemon does not clear it. Clearing a
+//! `tamper` lock re-anchors the chain: the authority accepts the ledger as it
+//! now stands.
+
+use meter_pki::payload::ClearLockOrder;
+
+use crate::clock;
+use crate::digest::input_digest;
+use crate::error::{Result, ServiceError};
+use crate::ledger::{Entry, EntryKind, LedgerError, Outcome};
+use crate::meter::Meter;
+use crate::money::Amount;
+
+/// Locks the meter for `reason` (no-op if already locked for it).
+pub async fn engage(meter: &Meter, reason: &str) -> Result<()> {
+    let ledger = meter.require_ledger()?;
+    if let Some(lock) = ledger.state().lock {
+        if lock.reason == reason {
+            return Ok(());
+        }
+    }
+    let nonce = fresh_nonce()?;
+    let entry = Entry {
+        kind: EntryKind::Lock,
+        service: None,
+        request_id: None,
+        input_digest: input_digest("lock", &[reason.as_bytes(), nonce.as_bytes()]),
+        credit: Amount::ZERO,
+        debit: Amount::ZERO,
+        product: nonce.into_bytes(),
+        note: reason.to_owned(),
+    };
+    ledger.commit(entry, None).await?;
+    tracing::warn!(reason, "meter locked");
+    Ok(())
+}
+
+/// `ClearLock`: applies an authority order for the lock in force.
+pub async fn clear(meter: &Meter, signed: &[u8]) -> Result<()> {
+    let identity = meter.require_identity()?;
+    let ledger = meter.require_ledger()?;
+    let verified = meter_pki::cms::verify(
+        signed,
+        &identity.anchors,
+        Some(&meter_pki::oid::CT_CLEAR_LOCK),
+        clock::now(),
+    )?;
+    let order: ClearLockOrder = meter_pki::payload::decode(&verified.content)?;
+    if order.meter_id != identity.meter_id {
+        return Err(ServiceError::InvalidInput(format!(
+            "the order is for meter {}, this meter is {}",
+            order.meter_id, identity.meter_id
+        )));
+    }
+    let lock = ledger.state().lock.ok_or_else(|| {
+        ServiceError::Stale("the meter is not locked; the order has nothing to clear".into())
+    })?;
+    if order.nonce != lock.nonce {
+        return Err(ServiceError::Stale(format!(
+            "the order carries nonce {}, the lock in force has nonce {}; ask the authority for an order for this lock",
+            order.nonce, lock.nonce
+        )));
+    }
+    let note = if lock.reason == meter_proto::lock_reason::TAMPER {
+        "reanchor"
+    } else {
+        "clear"
+    };
+    let entry = Entry {
+        kind: EntryKind::Unlock,
+        service: None,
+        request_id: Some(format!("clear-lock:{}", order.nonce)),
+        input_digest: input_digest("clear-lock", &[&verified.content]),
+        credit: Amount::ZERO,
+        debit: Amount::ZERO,
+        product: signed.to_vec(),
+        note: note.into(),
+    };
+    match ledger.commit(entry, None).await {
+        Ok(Outcome::Committed { .. }) => {
+            tracing::warn!(reason = %lock.reason, "lock cleared by authority order");
+            Ok(())
+        }
+        Ok(Outcome::Existing { .. }) | Err(LedgerError::Conflict(_)) => Err(ServiceError::Replay(
+            "this order was already applied".into(),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// 128 random bits, hex.
+fn fresh_nonce() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| ServiceError::Storage(format!("no randomness for the lock nonce: {e}")))?;
+    Ok(hex::encode(bytes))
+}

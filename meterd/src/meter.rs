@@ -1,0 +1,267 @@
+//! The meter: the state every service shares, and its start-up.
+//!
+//! Holds the two doors (housing handle, ledger) and what is derived from the
+//! ledger at start: the meter's identity (certificates, trust anchors) and
+//! the rate tables. The ledger is absent until `Provision` creates the keys,
+//! because its seals are made with the identity key.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use meter_pki::cert::Certificate;
+
+use crate::config::Config;
+use crate::error::{Result, ServiceError};
+use crate::housing::HousingHandle;
+use crate::ledger::{EntryKind, HousingSealer, Ledger, LedgerState, Verdict};
+use crate::rates::RateBook;
+use crate::identity::{self, Identity};
+use crate::{clock, lock};
+
+/// Name of the identity (communications) key in the housing; it also seals the ledger.
+pub const IDENTITY_KEY: &str = "identity";
+/// Name of the postmark (time-stamping) key.
+pub const POSTMARK_KEY: &str = "postmark";
+
+#[derive(Default)]
+struct Inner {
+    meter_id: Option<String>,
+    ledger: Option<Ledger>,
+    identity: Option<Arc<Identity>>,
+    rates: Arc<RateBook>,
+}
+
+/// Shared state of the daemon; services take `&Meter`.
+pub struct Meter {
+    config: Config,
+    housing: HousingHandle,
+    inner: RwLock<Inner>,
+    postmark_serial: AtomicU64,
+    ledger_ready: tokio::sync::watch::Sender<Option<Ledger>>,
+    provisioning: tokio::sync::Mutex<()>,
+}
+
+impl Meter {
+    /// Builds the meter over an already spawned housing and, if the meter
+    /// has keys, opens and audits its ledger (locking it when the audit
+    /// finds rollback or tamper).
+    pub async fn start(config: Config, housing: HousingHandle) -> Result<Meter> {
+        let (ledger_ready, _) = tokio::sync::watch::channel(None);
+        let meter = Meter {
+            config,
+            housing,
+            inner: RwLock::new(Inner::default()),
+            postmark_serial: AtomicU64::new(serial_base()),
+            ledger_ready,
+            provisioning: tokio::sync::Mutex::new(()),
+        };
+        let has_identity = meter
+            .housing
+            .call(|h| h.has_key(IDENTITY_KEY))
+            .await?;
+        if has_identity {
+            meter.open_ledger().await?;
+        }
+        Ok(meter)
+    }
+
+    /// Serializes provisioning steps (key creation must not race).
+    pub(crate) fn provisioning(&self) -> &tokio::sync::Mutex<()> {
+        &self.provisioning
+    }
+
+    /// Configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The housing door.
+    pub fn housing(&self) -> &HousingHandle {
+        &self.housing
+    }
+
+    /// Opens (creating if missing) the ledger sealed by the identity key,
+    /// audits it, locks on damage, and loads identity and rates from it.
+    pub(crate) async fn open_ledger(&self) -> Result<()> {
+        let public = self
+            .housing
+            .call(|h| h.public_key(IDENTITY_KEY))
+            .await?;
+        let meter_id = identity::meter_id_from_key(&public);
+        let index = self.config.nv_index;
+        self.housing.call(move |h| h.counter_define(index)).await?;
+        let path = self.config.ledger_path();
+        let existed = path.exists();
+        let sealer = HousingSealer::new(self.housing.clone(), IDENTITY_KEY, index, public);
+        let id = meter_id.clone();
+        let (ledger, report) =
+            tokio::task::spawn_blocking(move || Ledger::open(&path, Box::new(sealer), &id, true))
+                .await
+                .map_err(|e| ServiceError::Storage(format!("ledger open task: {e}")))??;
+        tracing::info!(
+            meter_id = %meter_id,
+            rows = report.rows,
+            batches = report.batches,
+            millis = report.millis,
+            verdict = ?report.verdict,
+            "ledger audited"
+        );
+        {
+            let mut inner = self.write_inner()?;
+            inner.meter_id = Some(meter_id.clone());
+            inner.ledger = Some(ledger.clone());
+        }
+        self.ledger_ready.send_replace(Some(ledger.clone()));
+        match &report.verdict {
+            Verdict::Clean | Verdict::RolledForward => {
+                // Provisioning creates the ledger before the postmark key, so
+                // a postmark key without a ledger file means the history was
+                // deleted, not that provisioning was interrupted.
+                if !existed && self.housing.call(|h| h.has_key(POSTMARK_KEY)).await? {
+                    tracing::error!("key blobs exist but the ledger was missing: locking (tamper)");
+                    lock::engage(self, meter_proto::lock_reason::TAMPER).await?;
+                }
+            }
+            Verdict::Rollback { ledger_nv, tpm_nv } => {
+                tracing::error!(ledger_nv, tpm_nv, "ledger rollback detected");
+                lock::engage(self, meter_proto::lock_reason::ROLLBACK).await?;
+            }
+            Verdict::Tamper {
+                detail,
+                first_bad_seq,
+            } => {
+                tracing::error!(%detail, ?first_bad_seq, "ledger tamper detected");
+                lock::engage(self, meter_proto::lock_reason::TAMPER).await?;
+            }
+        }
+        self.load_from_ledger(&ledger).await
+    }
+
+    /// Re-derives identity and rate tables from the ledger's rows.
+    pub(crate) async fn load_from_ledger(&self, ledger: &Ledger) -> Result<()> {
+        let bundles = ledger.products(EntryKind::Provision).await?;
+        if let Some((_, _, bundle)) = bundles.last() {
+            let meter_id = self.meter_id().unwrap_or_default();
+            let identity = Identity::from_bundle(&meter_id, bundle)?;
+            self.write_inner()?.identity = Some(Arc::new(identity));
+        }
+        let anchors = self.anchors();
+        let tables = ledger.products(EntryKind::Rates).await?;
+        let book = RateBook::from_products(&tables, &anchors, clock::now())?;
+        self.write_inner()?.rates = Arc::new(book);
+        Ok(())
+    }
+
+    fn write_inner(&self) -> Result<std::sync::RwLockWriteGuard<'_, Inner>> {
+        self.inner
+            .write()
+            .map_err(|_| ServiceError::Storage("meter state lock poisoned".into()))
+    }
+
+    fn read_inner(&self) -> Option<std::sync::RwLockReadGuard<'_, Inner>> {
+        self.inner.read().ok()
+    }
+
+    /// Meter id, once keys exist.
+    pub fn meter_id(&self) -> Option<String> {
+        self.read_inner()?.meter_id.clone()
+    }
+
+    /// The ledger, once keys exist.
+    pub fn ledger(&self) -> Option<Ledger> {
+        self.read_inner()?.ledger.clone()
+    }
+
+    /// The ledger or a `NotProvisioned` error.
+    pub fn require_ledger(&self) -> Result<Ledger> {
+        self.ledger().ok_or_else(not_provisioned)
+    }
+
+    /// Provisioned identity, if any.
+    pub fn identity(&self) -> Option<Arc<Identity>> {
+        self.read_inner()?.identity.clone()
+    }
+
+    /// Identity or `NotProvisioned`.
+    pub fn require_identity(&self) -> Result<Arc<Identity>> {
+        self.identity().ok_or_else(not_provisioned)
+    }
+
+    /// Trust anchors (empty before provisioning).
+    pub fn anchors(&self) -> Vec<Certificate> {
+        self.identity()
+            .map(|i| i.anchors.clone())
+            .unwrap_or_default()
+    }
+
+    /// Rate tables installed.
+    pub fn rates(&self) -> Arc<RateBook> {
+        self.read_inner()
+            .map(|i| Arc::clone(&i.rates))
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn set_identity(&self, identity: Identity) -> Result<()> {
+        self.write_inner()?.identity = Some(Arc::new(identity));
+        Ok(())
+    }
+
+    pub(crate) fn set_rates(&self, book: RateBook) -> Result<()> {
+        self.write_inner()?.rates = Arc::new(book);
+        Ok(())
+    }
+
+    /// Ledger state, if the ledger is open.
+    pub fn ledger_state(&self) -> Option<LedgerState> {
+        self.ledger().map(|l| l.state())
+    }
+
+    /// Fires when the ledger opens (at start or at provisioning).
+    pub fn ledger_opened(&self) -> tokio::sync::watch::Receiver<Option<Ledger>> {
+        self.ledger_ready.subscribe()
+    }
+
+    /// `unprovisioned`, `ready` or `locked`.
+    pub fn state_name(&self) -> &'static str {
+        match (self.identity(), self.ledger_state()) {
+            (_, Some(s)) if s.lock.is_some() => meter_proto::state::LOCKED,
+            (Some(_), Some(_)) => meter_proto::state::READY,
+            _ => meter_proto::state::UNPROVISIONED,
+        }
+    }
+
+    /// Refuses unless provisioned and not locked: the gate of every sale.
+    pub fn ensure_selling(&self) -> Result<(Arc<Identity>, Ledger)> {
+        let ledger = self.require_ledger()?;
+        if let Some(lock) = ledger.state().lock {
+            return Err(ServiceError::Locked {
+                reason: lock.reason,
+            });
+        }
+        let identity = self.require_identity()?;
+        Ok((identity, ledger))
+    }
+
+    /// Next postmark serial: unique across restarts because the base is the
+    /// start time in milliseconds shifted past any count one run can reach.
+    pub fn next_postmark_serial(&self) -> u64 {
+        self.postmark_serial.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Stops the doors: the ledger thread finishes its batch, the housing
+    /// sends TPM2_Shutdown.
+    pub fn close(&self) {
+        self.housing.close();
+    }
+}
+
+fn not_provisioned() -> ServiceError {
+    ServiceError::NotProvisioned(
+        "the meter is not provisioned: run meterctl provision, have the authority certify the requests, then meterctl provision --install".into(),
+    )
+}
+
+fn serial_base() -> u64 {
+    let ms = u64::try_from(clock::now_millis()).unwrap_or(0);
+    ms.saturating_mul(1 << 20)
+}

@@ -1,0 +1,93 @@
+//! The one path every chargeable service takes.
+//!
+//! Order matters and is the same for all: refuse when locked or not
+//! provisioned; look the request id up (a retry returns the stored product
+//! even when funds are now short); reserve the price, so that a request the
+//! funds cannot cover is refused before any work; compute the input; do the
+//! work (TPM signing); commit the debit with the product in one ledger row;
+//! only then hand the product out.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::clock;
+use crate::error::{Result, ServiceError};
+use crate::identity::Identity;
+use crate::ledger::{Digest, Entry, EntryKind, Outcome};
+use crate::meter::Meter;
+use crate::money::Amount;
+use crate::service::Service;
+
+/// Longest request id accepted.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// Checks a caller-chosen request id: 1–128 printable ASCII characters.
+pub fn check_request_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_REQUEST_ID || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ServiceError::InvalidInput(format!(
+            "request id must be 1 to {MAX_REQUEST_ID} printable ASCII characters without spaces"
+        )));
+    }
+    Ok(())
+}
+
+/// Sells one piece of `service`.
+///
+/// `input` computes the request's input digest and whatever the work needs
+/// (for example by hashing the message); `work` makes the product.
+pub async fn sell<I, T, W, WF>(
+    meter: &Meter,
+    service: Service,
+    request_id: Option<&str>,
+    input: I,
+    work: W,
+) -> Result<Vec<u8>>
+where
+    I: Future<Output = Result<(Digest, T)>>,
+    W: FnOnce(T, Arc<Identity>) -> WF,
+    WF: Future<Output = Result<Vec<u8>>>,
+{
+    let (identity, ledger) = meter.ensure_selling()?;
+    if let Some(id) = request_id {
+        check_request_id(id)?;
+    }
+    let existing = match request_id {
+        Some(id) => ledger.lookup(id).await?,
+        None => None,
+    };
+    let price = match existing {
+        Some(_) => Amount::ZERO,
+        None => meter.rates().price(service, clock::now())?,
+    };
+    let reservation = match existing {
+        Some(_) => None,
+        None => Some(ledger.reserve(price)?),
+    };
+    let (input_digest, prepared) = input.await?;
+    if let Some(stored) = existing {
+        if stored.input_digest == input_digest && stored.service == Some(service) {
+            return Ok(stored.product);
+        }
+        return Err(ServiceError::InvalidInput(format!(
+            "request id {:?} was already used with different input; choose a new request id",
+            request_id.unwrap_or_default()
+        )));
+    }
+    let product = work(prepared, identity).await?;
+    let entry = Entry {
+        kind: EntryKind::Debit,
+        service: Some(service),
+        request_id: request_id.map(str::to_owned),
+        input_digest,
+        credit: Amount::ZERO,
+        debit: price,
+        product,
+        note: String::new(),
+    };
+    // The product leaves only once its debit is durable.
+    let product_copy = entry.product.clone();
+    match ledger.commit(entry, reservation).await? {
+        Outcome::Committed { .. } => Ok(product_copy),
+        Outcome::Existing { product, .. } => Ok(product),
+    }
+}

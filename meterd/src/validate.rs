@@ -1,0 +1,119 @@
+//! Validate (Fig. 4, claims 35–36): check a postmark against a message.
+//!
+//! Steps, in the patent's order: funds; the signer's certificate against the
+//! trust anchors (`chain`); the signature with the key taken from that
+//! certificate (`signature`); the digest in the token against the message's
+//! (`digest`). The report names the first step that failed. The check is a
+//! service like any other: charged, and recorded as one ledger row whose
+//! product is the report.
+
+use serde::Serialize;
+
+use meter_pki::tsp::{self, TokenFailure};
+
+use crate::digest::{input_digest, sha384_file};
+use crate::error::{Result, ServiceError};
+use crate::meter::Meter;
+use crate::service::Service;
+use crate::{clock, sale};
+
+/// Largest token accepted.
+pub const MAX_TOKEN: usize = meter_pki::MAX_OBJECT;
+
+/// What Validate found.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Report {
+    /// Every step passed.
+    pub valid: bool,
+    /// `ok`, or the first step that failed.
+    pub step: String,
+    /// Why that step failed (empty when valid).
+    pub detail: String,
+    /// Signer certificate subject CN.
+    pub signer: String,
+    /// Time in the token (unix seconds), 0 if unknown.
+    pub time: i64,
+    /// Meter id named by the token (the signer's CN for meter tokens).
+    pub meter_id: String,
+    /// Token serial, hex.
+    pub serial: String,
+}
+
+impl Report {
+    fn failed(step: &str, detail: String) -> Report {
+        Report {
+            valid: false,
+            step: step.into(),
+            detail,
+            signer: String::new(),
+            time: 0,
+            meter_id: String::new(),
+            serial: String::new(),
+        }
+    }
+}
+
+/// `Validate`: charged verification of `token` against the message in `file`.
+pub async fn validate(meter: &Meter, file: std::fs::File, token: Vec<u8>) -> Result<Report> {
+    if token.len() > MAX_TOKEN {
+        return Err(ServiceError::InvalidInput(format!(
+            "token of {} bytes exceeds the {MAX_TOKEN}-byte limit",
+            token.len()
+        )));
+    }
+    let limit = meter.config().max_message_bytes;
+    let product = sale::sell(
+        meter,
+        Service::Validate,
+        None,
+        async move {
+            let imprint = sha384_file(file, limit).await?;
+            Ok((input_digest("validate", &[&imprint, &token]), (imprint, token)))
+        },
+        |(imprint, token), identity| async move {
+            let anchors = identity.anchors.clone();
+            let report = tokio::task::spawn_blocking(move || check(&token, &imprint, &anchors))
+                .await
+                .map_err(|e| ServiceError::InvalidInput(format!("validation task failed: {e}")))?;
+            serde_json::to_vec(&report)
+                .map_err(|e| ServiceError::InvalidInput(format!("report encoding: {e}")))
+        },
+    )
+    .await?;
+    serde_json::from_slice(&product)
+        .map_err(|e| ServiceError::Storage(format!("stored report unreadable: {e}")))
+}
+
+/// The verification itself, pure and CPU-bound.
+pub fn check(
+    token: &[u8],
+    imprint: &[u8; 48],
+    anchors: &[meter_pki::cert::Certificate],
+) -> Report {
+    let info = match tsp::verify(token, anchors, clock::now()) {
+        Ok(info) => info,
+        Err(TokenFailure::Malformed(d)) => return Report::failed(meter_proto::step::MALFORMED, d),
+        Err(TokenFailure::Chain(d)) => return Report::failed(meter_proto::step::CHAIN, d),
+        Err(TokenFailure::Signature(d)) => return Report::failed(meter_proto::step::SIGNATURE, d),
+    };
+    let signer = info.signer_cn.clone().unwrap_or_default();
+    let mut report = Report {
+        valid: true,
+        step: meter_proto::step::OK.into(),
+        detail: String::new(),
+        signer: signer.clone(),
+        time: info.gen_time,
+        meter_id: signer,
+        serial: hex::encode(&info.serial),
+    };
+    if info.hash_oid != const_oid::db::rfc5912::ID_SHA_384 {
+        report.valid = false;
+        report.step = meter_proto::step::DIGEST.into();
+        report.detail = format!("token uses hash {}, this meter compares SHA-384", info.hash_oid);
+    } else if info.imprint.as_slice() != imprint.as_slice() {
+        report.valid = false;
+        report.step = meter_proto::step::DIGEST.into();
+        report.detail = "the message's SHA-384 differs from the one in the token".into();
+    }
+    report
+}
