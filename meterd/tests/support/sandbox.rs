@@ -1,0 +1,214 @@
+//! End-to-end test harness: a whole sandbox (swtpm, private dbus-daemon with
+//! the shipped policy, meterd, reference authority) per test, started and
+//! stopped by the same `tests/sandbox` script the demo uses.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Root of the repository.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// Directory of the built binaries (the profile the tests were built with).
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_meterd"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf()
+}
+
+/// A running sandbox; taken down on drop.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub env: HashMap<String, String>,
+}
+
+impl Sandbox {
+    /// Brings a sandbox up (provisioned, rates installed, funded with `funds`).
+    pub fn up(funds: u64) -> Sandbox {
+        Sandbox::up_with(&[("SANDBOX_FUNDS", &funds.to_string())])
+    }
+
+    /// Brings a sandbox up with extra environment for the script.
+    pub fn up_with(extra: &[(&str, &str)]) -> Sandbox {
+        let dir = tempfile::Builder::new()
+            .prefix("meterd-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo().join("tests/sandbox"))
+            .arg("up")
+            .arg(dir.path())
+            .env("METERD_BIN_DIR", bin_dir());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run tests/sandbox up");
+        if !out.status.success() {
+            let log = std::fs::read_to_string(dir.path().join("meterd.log")).unwrap_or_default();
+            let _ = Command::new("bash")
+                .arg(repo().join("tests/sandbox"))
+                .arg("down")
+                .arg(dir.path())
+                .status();
+            panic!(
+                "sandbox up failed:\n{}\n{}\nmeterd.log:\n{log}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut env = HashMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(rest) = line.strip_prefix("export ") {
+                if let Some((k, v)) = rest.split_once('=') {
+                    let v = v.trim_matches('\'').trim_matches('"');
+                    env.insert(k.to_owned(), v.to_owned());
+                }
+            }
+        }
+        assert!(
+            env.contains_key("DBUS_SYSTEM_BUS_ADDRESS"),
+            "sandbox printed no bus address"
+        );
+        Sandbox { dir, env }
+    }
+
+    /// Path under the sandbox directory.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The authority directory.
+    pub fn authority_dir(&self) -> PathBuf {
+        PathBuf::from(&self.env["METER_AUTHORITY_DIR"])
+    }
+
+    /// Root certificate path.
+    pub fn root_pem(&self) -> PathBuf {
+        self.authority_dir().join("root.pem")
+    }
+
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.envs(&self.env);
+        cmd
+    }
+
+    /// Runs meterctl with the sandbox environment.
+    pub fn meterctl(&self, args: &[&str]) -> Output {
+        self.command(bin_dir().join("meterctl"))
+            .args(args)
+            .output()
+            .expect("run meterctl")
+    }
+
+    /// Runs `meterctl --json ARGS`, asserting success, and parses stdout.
+    pub fn meterctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.meterctl(&all);
+        assert!(
+            out.status.success(),
+            "meterctl {args:?} failed ({:?}): {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("meterctl --json prints JSON")
+    }
+
+    /// Runs meter-authority with the sandbox environment, asserting success.
+    pub fn authority(&self, args: &[&str]) -> Output {
+        let out = self
+            .command(bin_dir().join("meter-authority"))
+            .args(args)
+            .output()
+            .expect("run meter-authority");
+        assert!(
+            out.status.success(),
+            "meter-authority {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Runs any program with the sandbox environment.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        self.command(program).args(args).output().expect(program)
+    }
+
+    /// `meterctl --json status`.
+    pub fn status(&self) -> serde_json::Value {
+        self.meterctl_json(&["status"])
+    }
+
+    /// The registers (ascending, descending, control total), asserting AR + DR = CT.
+    pub fn registers(&self) -> (u64, u64, u64) {
+        let s = self.status();
+        let ar = s["ascending"].as_u64().expect("ascending");
+        let dr = s["descending"].as_u64().expect("descending");
+        let ct = s["control_total"].as_u64().expect("control_total");
+        assert_eq!(ar + dr, ct, "AR + DR must equal the control total: {s}");
+        (ar, dr, ct)
+    }
+
+    /// Meter id.
+    pub fn meter_id(&self) -> String {
+        self.status()["meter_id"]
+            .as_str()
+            .expect("meter_id")
+            .to_owned()
+    }
+
+    /// Runs a sandbox sub-command (`restart-meterd`, `restart-tpm`, `stop-meterd`, `start-meterd`).
+    pub fn script(&self, verb: &str) {
+        let out = Command::new("bash")
+            .arg(repo().join("tests/sandbox"))
+            .arg(verb)
+            .arg(self.dir.path())
+            .env("METERD_BIN_DIR", bin_dir())
+            .output()
+            .expect("run tests/sandbox");
+        assert!(
+            out.status.success(),
+            "tests/sandbox {verb} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("tests/sandbox"))
+            .arg("down")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+/// Asserts a command succeeded, showing its output otherwise.
+pub fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}):\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes a file under the sandbox and returns its path as a string.
+pub fn write(sb: &Sandbox, name: &str, data: &[u8]) -> String {
+    let p = sb.path(name);
+    std::fs::write(&p, data).expect("write file");
+    p.to_string_lossy().into_owned()
+}
