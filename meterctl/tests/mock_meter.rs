@@ -276,7 +276,7 @@ async fn meterctl_against_a_mock_meter() {
         s(&out.stderr)
     );
 
-    let _conn = zbus::connection::Builder::address(addr.as_str())
+    let conn = zbus::connection::Builder::address(addr.as_str())
         .unwrap()
         .name(meter_proto::BUS_NAME)
         .unwrap()
@@ -464,4 +464,55 @@ async fn meterctl_against_a_mock_meter() {
     let out = meterctl(&addr, &["clear-lock", table.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(7));
     assert!(s(&out.stderr).starts_with("error: Stale: "));
+
+    // watch: signals printed as JSON lines once it says it is watching; SIGINT stops it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meterctl"))
+        .args(["--bus", &addr, "--json", "watch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(ready.starts_with("watching"), "{ready}");
+    let path = meter_proto::OBJECT_PATH;
+    let iface = meter_proto::INTERFACE;
+    conn.emit_signal(None::<()>, path, iface, "LowFunds", &(42u64,))
+        .await
+        .unwrap();
+    conn.emit_signal(None::<()>, path, iface, "Locked", &("tamper",))
+        .await
+        .unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for _ in 0..2 {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            lines.push(serde_json::from_str::<Json>(&line).unwrap());
+        }
+        lines
+    })
+    .await
+    .unwrap();
+    assert_eq!(lines[0]["event"], "LowFunds");
+    assert_eq!(lines[0]["descending"], 42);
+    assert_eq!(lines[1]["event"], "Locked");
+    assert_eq!(lines[1]["reason"], "tamper");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
 }
