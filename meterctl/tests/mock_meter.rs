@@ -484,15 +484,31 @@ async fn meterctl_against_a_mock_meter() {
     assert!(ready.starts_with("watching"), "{ready}");
     let path = meter_proto::OBJECT_PATH;
     let iface = meter_proto::INTERFACE;
-    conn.emit_signal(None::<()>, path, iface, "LowFunds", &(42u64,))
+    let changed: HashMap<&str, Value<'_>> = HashMap::from([("Descending", Value::from(41u64))]);
+    let no_invalidated: Vec<&str> = Vec::new();
+    for round in 0..3u64 {
+        conn.emit_signal(None::<()>, path, iface, "LowFunds", &(round,))
+            .await
+            .unwrap();
+        conn.emit_signal(None::<()>, path, iface, "Locked", &("tamper",))
+            .await
+            .unwrap();
+        conn.emit_signal(
+            None::<()>,
+            path,
+            "org.freedesktop.DBus.Properties",
+            "PropertiesChanged",
+            &(iface, &changed, &no_invalidated),
+        )
         .await
         .unwrap();
-    conn.emit_signal(None::<()>, path, iface, "Locked", &("tamper",))
-        .await
-        .unwrap();
+        conn.emit_signal(None::<()>, path, iface, "Unlocked", &())
+            .await
+            .unwrap();
+    }
     let lines = tokio::task::spawn_blocking(move || {
         let mut lines = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..12 {
             let mut line = String::new();
             stdout.read_line(&mut line).unwrap();
             lines.push(serde_json::from_str::<Json>(&line).unwrap());
@@ -501,10 +517,17 @@ async fn meterctl_against_a_mock_meter() {
     })
     .await
     .unwrap();
-    assert_eq!(lines[0]["event"], "LowFunds");
-    assert_eq!(lines[0]["descending"], 42);
-    assert_eq!(lines[1]["event"], "Locked");
-    assert_eq!(lines[1]["reason"], "tamper");
+    // Printed in the order the bus delivered them, across the four subscriptions.
+    for (round, chunk) in lines.chunks(4).enumerate() {
+        let kinds: Vec<&str> = chunk.iter().map(|l| l["event"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            ["LowFunds", "Locked", "PropertiesChanged", "Unlocked"]
+        );
+        assert_eq!(chunk[0]["descending"], round as u64);
+        assert_eq!(chunk[1]["reason"], "tamper");
+        assert_eq!(chunk[2]["changed"]["Descending"], 41);
+    }
     let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-INT", &pid])

@@ -9,9 +9,9 @@
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures_lite::StreamExt;
 use meter_proto::{MeterError, BUS_NAME, INTERFACE, OBJECT_PATH};
 use serde_json::{json, Map, Value as Json};
+use zbus::export::ordered_stream::{self, OrderedStreamExt};
 
 use super::Ctx;
 use crate::error::CtlError;
@@ -32,47 +32,65 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Output, CtlError> {
         .await
         .map_err(MeterError::from)?;
     let bus = |e: zbus::Error| CtlError::from(MeterError::from(e));
-    let mut changed = props.receive_properties_changed().await.map_err(bus)?;
-    let mut low = meter.receive_low_funds().await.map_err(bus)?;
-    let mut locked = meter.receive_locked().await.map_err(bus)?;
-    let mut unlocked = meter.receive_unlocked().await.map_err(bus)?;
+    // Each signal has its own stream; joining them by message sequence number
+    // prints events in the order the bus delivered them.
+    let changed = props
+        .receive_properties_changed()
+        .await
+        .map_err(bus)?
+        .map(|s| match s.args() {
+            Ok(a) if a.interface_name().as_str() == INTERFACE => {
+                let mut obj = Map::new();
+                for (name, value) in a.changed_properties() {
+                    obj.insert((*name).to_string(), value_to_json(value));
+                }
+                let invalidated = a
+                    .invalidated_properties()
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect();
+                Some(Event::Changed(obj, invalidated))
+            }
+            Ok(_) => None,
+            Err(e) => Some(Event::Malformed(e.to_string())),
+        });
+    let low = meter
+        .receive_low_funds()
+        .await
+        .map_err(bus)?
+        .map(|s| match s.args() {
+            Ok(a) => Some(Event::LowFunds(*a.descending())),
+            Err(e) => Some(Event::Malformed(e.to_string())),
+        });
+    let locked = meter
+        .receive_locked()
+        .await
+        .map_err(bus)?
+        .map(|s| match s.args() {
+            Ok(a) => Some(Event::Locked(a.reason().to_string())),
+            Err(e) => Some(Event::Malformed(e.to_string())),
+        });
+    let unlocked = meter
+        .receive_unlocked()
+        .await
+        .map_err(bus)?
+        .map(|_| Some(Event::Unlocked));
+    let events = ordered_stream::join(
+        ordered_stream::join(changed, low),
+        ordered_stream::join(locked, unlocked),
+    );
+    let mut events = std::pin::pin!(events);
     eprintln!("watching {BUS_NAME} on {} (Ctrl-C to stop)", ctx.address());
 
     loop {
-        let event = tokio::select! {
+        tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
-            s = changed.next() => match s {
-                Some(s) => match s.args() {
-                    Ok(a) if a.interface_name().as_str() == INTERFACE => {
-                        let mut obj = Map::new();
-                        for (name, value) in a.changed_properties() {
-                            obj.insert((*name).to_string(), value_to_json(value));
-                        }
-                        let invalidated: Vec<String> =
-                            a.invalidated_properties().iter().map(|n| n.to_string()).collect();
-                        Event::Changed(obj, invalidated)
-                    }
-                    Ok(_) => continue,
-                    Err(e) => Event::Malformed(e.to_string()),
-                },
+            event = events.next() => match event {
+                Some(Some(event)) => print_event(&event, ctx.json),
+                Some(None) => continue,
                 None => break,
             },
-            s = low.next() => match s.map(|s| s.args().map(|a| *a.descending())) {
-                Some(Ok(d)) => Event::LowFunds(d),
-                Some(Err(e)) => Event::Malformed(e.to_string()),
-                None => break,
-            },
-            s = locked.next() => match s.map(|s| s.args().map(|a| a.reason().to_string())) {
-                Some(Ok(r)) => Event::Locked(r),
-                Some(Err(e)) => Event::Malformed(e.to_string()),
-                None => break,
-            },
-            s = unlocked.next() => match s {
-                Some(_) => Event::Unlocked,
-                None => break,
-            },
-        };
-        print_event(&event, ctx.json);
+        }
     }
     Ok(Output::raw(Vec::new()))
 }
