@@ -1,0 +1,255 @@
+//! `meterctl status`: the unsigned register snapshot, as a table for people.
+//!
+//! Shows what an operator must act on first: the lock and how to clear it,
+//! the registers with their control-total check, and a low-funds warning.
+//! `--json` prints the daemon's dictionary as it is, converted to JSON.
+
+use std::collections::HashMap;
+
+use meter_proto::keys::status as key;
+use meter_proto::state;
+use zbus::zvariant::OwnedValue;
+
+use super::Ctx;
+use crate::error::CtlError;
+use crate::output::{dict_to_json, format_amount, short_hex, Dict, Output, Table};
+
+/// Arguments of `meterctl status` (none yet).
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+/// Runs `meterctl status`.
+pub async fn run(ctx: &Ctx, _args: Args) -> Result<Output, CtlError> {
+    let meter = ctx.meter().await?;
+    let reply = meter.status().await?;
+    let (human, warnings) = render(&reply);
+    let mut out = Output::new(human, dict_to_json(&reply));
+    out.warnings = warnings;
+    Ok(out)
+}
+
+/// The human table and the warnings for a `Status()` reply.
+pub fn render(reply: &HashMap<String, OwnedValue>) -> (String, Vec<String>) {
+    let d = Dict(reply);
+    let mut warnings = Vec::new();
+    let currency = d.str(key::CURRENCY).unwrap_or_default();
+    let digits = d
+        .u64(key::CURRENCY_DIGITS)
+        .and_then(|n| u8::try_from(n).ok())
+        .unwrap_or(0);
+    let money = |minor: u64| {
+        format!(
+            "{}  ({minor} minor units)",
+            format_amount(minor, digits, &currency)
+        )
+    };
+    let unknown = || "?".to_string();
+
+    let mut t = Table::default();
+    let meter_id = d.str(key::METER_ID).unwrap_or_default();
+    t.row(
+        "meter id",
+        if meter_id.is_empty() {
+            "(none: run meterctl provision)".into()
+        } else {
+            meter_id.clone()
+        },
+    );
+    let st = d.str(key::STATE).unwrap_or_else(unknown);
+    t.row("state", st.clone());
+    if st == state::LOCKED {
+        let reason = d.str(key::LOCK_REASON).unwrap_or_else(unknown);
+        let nonce = d.str(key::LOCK_NONCE).unwrap_or_default();
+        t.row("lock reason", reason.clone());
+        t.row("lock nonce", nonce.clone());
+        t.row(
+            "to unlock",
+            format!(
+                "ask the authority for a clear-lock order: meter-authority clear-lock --meter {} --nonce {}, then: meterctl clear-lock ORDER",
+                if meter_id.is_empty() { "ID" } else { &meter_id },
+                if nonce.is_empty() { "N" } else { &nonce }
+            ),
+        );
+        warnings.push(format!(
+            "the meter is locked ({reason}): it sells nothing until cleared"
+        ));
+    }
+
+    let dr = d.u64(key::DESCENDING);
+    let ar = d.u64(key::ASCENDING);
+    let ct = d.u64(key::CONTROL_TOTAL);
+    t.row("descending (DR)", dr.map(money).unwrap_or_else(unknown));
+    t.row("ascending (AR)", ar.map(money).unwrap_or_else(unknown));
+    t.row("control total (CT)", ct.map(money).unwrap_or_else(unknown));
+    if let (Some(ar), Some(dr), Some(ct)) = (ar, dr, ct) {
+        let check = match ar.checked_add(dr) {
+            Some(sum) if sum == ct => "ok".to_string(),
+            Some(sum) => {
+                warnings.push(format!(
+                    "AR + DR = {sum} differs from the control total {ct}"
+                ));
+                format!("MISMATCH ({ar} + {dr} = {sum} ≠ {ct})")
+            }
+            None => {
+                warnings.push("AR + DR overflows".to_string());
+                "MISMATCH (AR + DR overflows)".to_string()
+            }
+        };
+        t.row("AR + DR = CT", check);
+    }
+    if let (Some(dr), Some(threshold)) = (dr, d.u64(key::LOW_FUNDS_THRESHOLD)) {
+        if threshold > 0 && dr < threshold {
+            let msg = format!(
+                "low funds: {} left, below the {} threshold: recharge with meterctl recharge VOUCHER",
+                format_amount(dr, digits, &currency),
+                format_amount(threshold, digits, &currency)
+            );
+            t.row(
+                "funds",
+                format!(
+                    "LOW (below {})",
+                    format_amount(threshold, digits, &currency)
+                ),
+            );
+            warnings.push(msg);
+        }
+    }
+
+    t.row(
+        "pieces",
+        d.u64(key::PIECE_COUNT)
+            .map(|n| n.to_string())
+            .unwrap_or_else(unknown),
+    );
+    for (service, n) in d.counts(key::SERVICE_COUNTS).unwrap_or_default() {
+        t.row(format!("  {service}"), n.to_string());
+    }
+    let version = d.u64(key::RATES_VERSION);
+    t.row(
+        "rates version",
+        match version {
+            Some(0) => "none installed".to_string(),
+            Some(v) => v.to_string(),
+            None => unknown(),
+        },
+    );
+    for (service, price) in d.counts(key::RATES).unwrap_or_default() {
+        t.row(
+            format!("  {service}"),
+            format_amount(price, digits, &currency),
+        );
+    }
+    t.row(
+        "ledger rows",
+        d.u64(key::LEDGER_ROWS)
+            .map(|n| n.to_string())
+            .unwrap_or_else(unknown),
+    );
+    t.row(
+        "ledger head",
+        d.hex(key::LEDGER_HEAD)
+            .map(|h| short_hex(&h))
+            .unwrap_or_else(unknown),
+    );
+    t.row(
+        "NV counter",
+        d.u64(key::NV_COUNTER)
+            .map(|n| n.to_string())
+            .unwrap_or_else(unknown),
+    );
+    (t.render(), warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zbus::zvariant::Value;
+
+    fn s(v: &str) -> OwnedValue {
+        OwnedValue::try_from(Value::from(v)).unwrap()
+    }
+
+    fn reply(dr: u64, ar: u64, ct: u64, st: &str) -> HashMap<String, OwnedValue> {
+        let mut m = HashMap::new();
+        m.insert(key::METER_ID.into(), s("MTR-0001"));
+        m.insert(key::STATE.into(), s(st));
+        m.insert(
+            key::LOCK_REASON.into(),
+            s(if st == "locked" { "rollback" } else { "" }),
+        );
+        m.insert(
+            key::LOCK_NONCE.into(),
+            s(if st == "locked" { "n0nce" } else { "" }),
+        );
+        m.insert(key::DESCENDING.into(), OwnedValue::from(dr));
+        m.insert(key::ASCENDING.into(), OwnedValue::from(ar));
+        m.insert(key::CONTROL_TOTAL.into(), OwnedValue::from(ct));
+        m.insert(key::PIECE_COUNT.into(), OwnedValue::from(9u64));
+        m.insert(key::CURRENCY.into(), s("USD"));
+        m.insert(key::CURRENCY_DIGITS.into(), OwnedValue::from(3u8));
+        m.insert(key::RATES_VERSION.into(), OwnedValue::from(4u32));
+        let counts = HashMap::from([
+            ("postmark".to_string(), 7u64),
+            ("validate".to_string(), 2u64),
+        ]);
+        m.insert(
+            key::SERVICE_COUNTS.into(),
+            OwnedValue::try_from(Value::from(counts)).unwrap(),
+        );
+        m.insert(key::LEDGER_ROWS.into(), OwnedValue::from(12u64));
+        m.insert(key::LEDGER_HEAD.into(), s(&"ab".repeat(48)));
+        m.insert(key::NV_COUNTER.into(), OwnedValue::from(5u64));
+        m.insert(key::LOW_FUNDS_THRESHOLD.into(), OwnedValue::from(1_000u64));
+        m
+    }
+
+    fn line<'a>(text: &'a str, label: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` line in:\n{text}"))
+    }
+
+    #[test]
+    fn ready_meter_table() {
+        let (text, warnings) = render(&reply(12_345, 655, 13_000, "ready"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(line(&text, "meter id").ends_with("MTR-0001"));
+        assert!(line(&text, "descending (DR)").contains("12.345 USD  (12345 minor units)"));
+        assert!(line(&text, "ascending (AR)").contains("0.655 USD"));
+        assert!(line(&text, "AR + DR = CT").ends_with("ok"));
+        assert!(line(&text, "  postmark").ends_with(" 7"));
+        assert!(line(&text, "  validate").ends_with(" 2"));
+        assert!(line(&text, "rates version").ends_with(" 4"));
+        assert!(line(&text, "ledger head").ends_with("abababababababab…"));
+        assert!(line(&text, "NV counter").ends_with(" 5"));
+        assert!(!text.contains("lock reason"));
+        assert!(!text.contains("LOW"));
+    }
+
+    #[test]
+    fn locked_meter_says_how_to_unlock() {
+        let (text, warnings) = render(&reply(12_345, 655, 13_000, "locked"));
+        assert!(line(&text, "lock reason").ends_with("rollback"));
+        assert!(line(&text, "to unlock")
+            .contains("meter-authority clear-lock --meter MTR-0001 --nonce n0nce"));
+        assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn control_total_mismatch_and_low_funds_are_flagged() {
+        let (text, warnings) = render(&reply(999, 1, 13_000, "ready"));
+        assert!(line(&text, "AR + DR = CT").contains("MISMATCH (1 + 999 = 1000 ≠ 13000)"));
+        assert!(line(&text, "funds").contains("LOW (below 1.000 USD)"));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        let (_, warnings) = render(&reply(u64::MAX, 1, 0, "ready"));
+        assert!(warnings.iter().any(|w| w.contains("overflows")));
+    }
+
+    #[test]
+    fn missing_keys_show_question_marks() {
+        let (text, _) = render(&HashMap::new());
+        assert!(line(&text, "state").ends_with('?'));
+        assert!(line(&text, "descending (DR)").ends_with('?'));
+        assert!(!text.contains("AR + DR = CT"));
+    }
+}

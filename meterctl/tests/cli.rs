@@ -1,0 +1,148 @@
+//! Smoke tests of the built binary: exit codes and output streams without a
+//! daemon (no bus at the address given), help and generated docs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn meterctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meterctl"))
+        .args(args)
+        .env_remove("DBUS_SYSTEM_BUS_ADDRESS")
+        .output()
+        .expect("run meterctl")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn unreachable_bus_exits_11_with_a_hint() {
+    let out = meterctl(&["--bus", "unix:path=/nonexistent", "status"]);
+    assert_eq!(out.status.code(), Some(11), "stderr: {}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.starts_with("error: Bus: "), "{err}");
+    assert!(err.contains("unix:path=/nonexistent"), "{err}");
+    assert!(err.contains("start meterd"), "{err}");
+    assert!(err.contains("DBUS_SYSTEM_BUS_ADDRESS"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "data only on stdout: {}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn env_address_is_honoured_and_json_errors_go_to_stdout() {
+    let out = Command::new(env!("CARGO_BIN_EXE_meterctl"))
+        .args(["--json", "audit"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/env-bus")
+        .output()
+        .expect("run meterctl");
+    assert_eq!(out.status.code(), Some(11));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(doc["error"]["kind"], "Bus");
+    let msg = doc["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("/nonexistent/env-bus"), "{msg}");
+}
+
+#[test]
+fn local_file_errors_exit_1_before_any_bus_call() {
+    // The bus is unreachable too: the missing file must be reported first.
+    let out = meterctl(&[
+        "--bus",
+        "unix:path=/nonexistent",
+        "recharge",
+        "/nonexistent/voucher",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).starts_with("error: File: /nonexistent/voucher"));
+}
+
+#[test]
+fn bad_digest_is_a_usage_error() {
+    let out = meterctl(&[
+        "--bus",
+        "unix:path=/nonexistent",
+        "postmark",
+        "--digest",
+        "abcd",
+        "-o",
+        "/tmp/x.tsr",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("SHA-384"));
+}
+
+#[test]
+fn generated_request_id_is_printed_before_the_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let msg = dir.path().join("mail.eml");
+    std::fs::write(&msg, b"hello").expect("write");
+    let path = msg.to_string_lossy().into_owned();
+    let out = meterctl(&["--bus", "unix:path=/nonexistent", "postmark", &path]);
+    assert_eq!(out.status.code(), Some(11));
+    let err = text(&out.stderr);
+    let id = err
+        .lines()
+        .find_map(|l| l.strip_prefix("request id: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no request id in: {err}"));
+    assert_eq!(id.len(), 32);
+    assert!(!dir.path().join("mail.eml.tsr").exists());
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(meterctl(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(meterctl(&["provision"]).status.code(), Some(2));
+}
+
+#[test]
+fn help_lists_the_exit_codes() {
+    let out = meterctl(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    assert!(help.contains("Exit codes:"), "{help}");
+    for (code, meaning) in meter_proto::exit::TABLE {
+        assert!(
+            help.contains(&format!("{code:>3}  {meaning}")),
+            "code {code} missing"
+        );
+    }
+    for sub in [
+        "provision",
+        "status",
+        "rates",
+        "recharge",
+        "postmark",
+        "validate",
+        "audit",
+        "clear-lock",
+    ] {
+        assert!(help.contains(sub), "subcommand {sub} missing");
+    }
+}
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    let out = meterctl(&["completions", "bash"]);
+    assert_eq!(out.status.code(), Some(0));
+    let script = text(&out.stdout);
+    assert!(script.contains("complete") && script.contains("clear-lock"));
+
+    let out = meterctl(&["man"]);
+    assert_eq!(out.status.code(), Some(0));
+    let page = text(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH meterctl"),
+        "{page}"
+    );
+    assert!(
+        page.contains("meter not provisioned"),
+        "exit codes in the man page"
+    );
+}
