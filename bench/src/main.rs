@@ -96,7 +96,16 @@ async fn main() {
             clients,
             seconds,
             file,
-        } => run_load("validations", cli.bus.as_deref(), clients, seconds, Some(file)).await,
+        } => {
+            run_load(
+                "validations",
+                cli.bus.as_deref(),
+                clients,
+                seconds,
+                Some(file),
+            )
+            .await
+        }
         Cmd::FakeMeter => fake_meter(cli.bus.as_deref()).await,
     };
     if let Err(e) = result {
@@ -225,7 +234,7 @@ async fn postmark_once(
 ) -> Result<(), String> {
     let id = format!("bench-{tag}-{client}-{n}");
     let digest = Sha384::digest(id.as_bytes());
-    match proxy.postmark_digest(digest.as_slice(), &id).await {
+    match proxy.postmark_digest(&digest[..], &id).await {
         Ok(token) if !token.is_empty() => Ok(()),
         Ok(_) => Err("empty token".to_string()),
         Err(e) => Err(describe(&e)),
