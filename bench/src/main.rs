@@ -1,0 +1,310 @@
+//! `meterbench`: a load generator for meterd, used by `bench/run`.
+//!
+//! It opens one bus connection per client (as that many mail programs
+//! would), keeps every client busy with back-to-back calls for a fixed time,
+//! and prints one `key=value` line: throughput, errors and latency
+//! percentiles. `fake-meter` serves the same two members with a canned reply
+//! so the generator and the bus overhead can be measured without a TPM.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use meter_proto::{Meter1Proxy, MeterError};
+use sha2::{Digest, Sha384};
+use zbus::zvariant::{Fd, OwnedValue, Value};
+
+/// What can go wrong in the generator itself (not in a measured call).
+#[derive(Debug, thiserror::Error)]
+enum BenchError {
+    /// The bus could not be reached or the proxy not built.
+    #[error("bus: {0}")]
+    Bus(#[from] zbus::Error),
+    /// A local file could not be read.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A client task panicked or was cancelled.
+    #[error("client task: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    /// The setup call (postmarking the file to validate) failed.
+    #[error("setup: {0}")]
+    Setup(String),
+    /// Every call failed: the figure would be meaningless.
+    #[error("all {0} calls failed; first error: {1}")]
+    AllFailed(u64, String),
+}
+
+#[derive(Parser)]
+#[command(about = "Load generator for meterd over D-Bus")]
+struct Cli {
+    /// Bus address (default: $DBUS_SYSTEM_BUS_ADDRESS, else the system bus).
+    #[arg(long, global = true)]
+    bus: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// PostmarkDigest calls, each with a fresh digest and request id.
+    Postmark {
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+    /// Validate calls of FILE against a token made once at the start.
+    Validate {
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// The message to validate (postmarked once before the run).
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Owns org.meterd.Meter1 and answers PostmarkDigest/Validate with a
+    /// canned reply (bus overhead only; no TPM, no ledger).
+    FakeMeter,
+}
+
+/// Result of one client's loop.
+#[derive(Default)]
+struct ClientStats {
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+    latencies_us: Vec<u64>,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Postmark { clients, seconds } => {
+            run_load("postmarks", cli.bus.as_deref(), clients, seconds, None).await
+        }
+        Cmd::Validate {
+            clients,
+            seconds,
+            file,
+        } => {
+            run_load(
+                "validations",
+                cli.bus.as_deref(),
+                clients,
+                seconds,
+                Some(file),
+            )
+            .await
+        }
+        Cmd::FakeMeter => fake_meter(cli.bus.as_deref()).await,
+    };
+    if let Err(e) = result {
+        eprintln!("meterbench: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn connect(bus: Option<&str>) -> Result<zbus::Connection, zbus::Error> {
+    match bus {
+        Some(addr) => zbus::connection::Builder::address(addr)?.build().await,
+        None => zbus::Connection::system().await,
+    }
+}
+
+fn open(path: &Path) -> Result<File, BenchError> {
+    File::open(path).map_err(|source| BenchError::File {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+async fn run_load(
+    what: &str,
+    bus: Option<&str>,
+    clients: usize,
+    seconds: f64,
+    validate_file: Option<PathBuf>,
+) -> Result<(), BenchError> {
+    // Validation needs a token over the file: make it once, outside the clock.
+    let token = match &validate_file {
+        Some(path) => {
+            let conn = connect(bus).await?;
+            let proxy = Meter1Proxy::new(&conn).await?;
+            let file = open(path)?;
+            let id = format!("bench-setup-{}-{}", std::process::id(), now_nanos());
+            let token = proxy
+                .postmark(Fd::from(file.as_fd()), &id)
+                .await
+                .map_err(|e| BenchError::Setup(format!("{}: {}", e.kind(), e.message())))?;
+            Some(token)
+        }
+        None => None,
+    };
+    // Connect every client before the clock starts.
+    let mut proxies = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let conn = connect(bus).await?;
+        proxies.push((conn.clone(), Meter1Proxy::new(&conn).await?));
+    }
+    let duration = Duration::from_secs_f64(seconds.max(0.1));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let run_tag = format!("{}-{}", std::process::id(), now_nanos());
+    let mut tasks = Vec::with_capacity(clients);
+    for (client, (_conn, proxy)) in proxies.into_iter().enumerate() {
+        let token = token.clone();
+        let file = validate_file.clone();
+        let tag = run_tag.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stats = ClientStats::default();
+            let mut n: u64 = 0;
+            while Instant::now() < deadline {
+                n += 1;
+                let t0 = Instant::now();
+                let outcome = match (&token, &file) {
+                    (Some(token), Some(path)) => validate_once(&proxy, path, token).await,
+                    _ => postmark_once(&proxy, &tag, client, n).await,
+                };
+                match outcome {
+                    Ok(()) => {
+                        stats.ok += 1;
+                        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        stats.latencies_us.push(us);
+                    }
+                    Err(e) => {
+                        stats.errors += 1;
+                        stats.first_error.get_or_insert(e);
+                    }
+                }
+            }
+            stats
+        }));
+    }
+    let mut total = ClientStats::default();
+    for task in tasks {
+        let s = task.await?;
+        total.ok += s.ok;
+        total.errors += s.errors;
+        if total.first_error.is_none() {
+            total.first_error = s.first_error;
+        }
+        total.latencies_us.extend(s.latencies_us);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if total.ok == 0 {
+        return Err(BenchError::AllFailed(
+            total.errors,
+            total.first_error.unwrap_or_default(),
+        ));
+    }
+    total.latencies_us.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        let idx = ((total.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        total.latencies_us.get(idx).copied().unwrap_or(0) as f64 / 1000.0
+    };
+    println!(
+        "{what}_per_sec={:.1} ok={} errors={} clients={clients} seconds={elapsed:.2} p50_ms={:.2} p99_ms={:.2}",
+        total.ok as f64 / elapsed,
+        total.ok,
+        total.errors,
+        pct(0.50),
+        pct(0.99),
+    );
+    if let Some(e) = total.first_error {
+        eprintln!("meterbench: first error: {e}");
+    }
+    Ok(())
+}
+
+async fn postmark_once(
+    proxy: &Meter1Proxy<'_>,
+    tag: &str,
+    client: usize,
+    n: u64,
+) -> Result<(), String> {
+    let id = format!("bench-{tag}-{client}-{n}");
+    let digest = Sha384::digest(id.as_bytes());
+    match proxy.postmark_digest(&digest[..], &id).await {
+        Ok(token) if !token.is_empty() => Ok(()),
+        Ok(_) => Err("empty token".to_string()),
+        Err(e) => Err(describe(&e)),
+    }
+}
+
+async fn validate_once(proxy: &Meter1Proxy<'_>, path: &Path, token: &[u8]) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let report = proxy
+        .validate(Fd::from(file.as_fd()), token)
+        .await
+        .map_err(|e| describe(&e))?;
+    match report.get(meter_proto::keys::report::VALID).map(|v| &**v) {
+        Some(Value::Bool(true)) => Ok(()),
+        other => Err(format!("token reported not valid: {other:?}")),
+    }
+}
+
+fn describe(e: &MeterError) -> String {
+    format!("{}: {}", e.kind(), e.message())
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Stand-in meter: bus overhead only.
+struct FakeMeter;
+
+#[zbus::interface(name = "org.meterd.Meter1")]
+impl FakeMeter {
+    async fn postmark_digest(&self, sha384: Vec<u8>, _request_id: String) -> Vec<u8> {
+        // A token-sized reply, so the bus moves as many bytes as for real.
+        let mut token = sha384;
+        token.resize(2500, 0x30);
+        token
+    }
+
+    async fn postmark(&self, _message: zbus::zvariant::OwnedFd, _request_id: String) -> Vec<u8> {
+        vec![0x30; 2500]
+    }
+
+    async fn validate(
+        &self,
+        _message: zbus::zvariant::OwnedFd,
+        _token: Vec<u8>,
+    ) -> HashMap<String, OwnedValue> {
+        let mut report = HashMap::new();
+        report.insert(
+            meter_proto::keys::report::VALID.to_string(),
+            OwnedValue::from(true),
+        );
+        report
+    }
+}
+
+async fn fake_meter(bus: Option<&str>) -> Result<(), BenchError> {
+    let builder = match bus {
+        Some(addr) => zbus::connection::Builder::address(addr)?,
+        None => zbus::connection::Builder::system()?,
+    };
+    let _conn = builder
+        .serve_at(meter_proto::OBJECT_PATH, FakeMeter)?
+        .name(meter_proto::BUS_NAME)?
+        .build()
+        .await?;
+    eprintln!("meterbench: fake meter serving {}", meter_proto::BUS_NAME);
+    std::future::pending::<()>().await;
+    Ok(())
+}
