@@ -72,4 +72,22 @@ mod tests {
         ));
         assert!(raw_to_der(&[0u8; 96]).is_err());
     }
+
+    /// A TPM does not normalize s; both (r, s) and (r, n - s) must verify.
+    #[test]
+    fn high_s_signatures_verify() {
+        let key = p384::ecdsa::SigningKey::from_slice(&[9u8; 48]).unwrap();
+        let pubk = key.verifying_key().to_encoded_point(false);
+        let digest = crate::util::sha384(b"tpm");
+        let raw = sign_prehash_raw(&key, &digest).unwrap();
+        let s = Signature::from_slice(&raw).unwrap();
+        let (r, sv) = s.split_scalars();
+        let flipped = Signature::from_scalars(r, -*sv).unwrap();
+        let mut raw2 = [0u8; 96];
+        raw2.copy_from_slice(&flipped.to_bytes());
+        assert_ne!(raw, raw2);
+        verify_prehash(pubk.as_bytes(), &digest, &raw).unwrap();
+        verify_prehash(pubk.as_bytes(), &digest, &raw2).unwrap();
+        verify_prehash_der(pubk.as_bytes(), &digest, &raw_to_der(&raw2).unwrap()).unwrap();
+    }
 }
