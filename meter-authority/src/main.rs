@@ -1,1 +1,184 @@
-fn main() {}
+//! `meter-authority`: command line of the reference authority (see the library docs).
+
+use clap::{Parser, Subcommand};
+use meter_authority::{now, read_bounded, write_file, Authority, AuthorityError, Result};
+use meter_pki::{cert, pem};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Reference authority for meterd: a file-based CA that certifies meters and signs
+/// vouchers, rate tables and clear-lock orders.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Authority directory (root.key, root.pem, state.json).
+    #[arg(long, env = "METER_AUTHORITY_DIR", global = true)]
+    dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a new authority (root key and certificate) in --dir.
+    Init {
+        /// Common name of the root certificate.
+        #[arg(long, default_value = "meterd Reference Authority")]
+        name: String,
+    },
+    /// Certify a meter from its identity and postmark CSRs.
+    CertifyMeter {
+        /// PKCS#10 request of the identity (communications) key.
+        #[arg(long)]
+        identity_csr: PathBuf,
+        /// PKCS#10 request of the postmark key.
+        #[arg(long)]
+        postmark_csr: PathBuf,
+        /// Directory for meter.pem and postmark.pem.
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+    /// Sign a rate table written in TOML (see rates.example.toml).
+    Rates {
+        /// The TOML rate file.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Output (PEM, label CMS).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a recharge voucher (next sequence number for the meter).
+    Voucher {
+        /// Meter id.
+        #[arg(long)]
+        meter: String,
+        /// Amount in minor units.
+        #[arg(long)]
+        amount: u64,
+        /// Output (PEM, label CMS).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue an order clearing a meter lock.
+    ClearLock {
+        /// Meter id.
+        #[arg(long)]
+        meter: String,
+        /// The lock's nonce (from the meter's Status).
+        #[arg(long)]
+        nonce: String,
+        /// Output (PEM, label CMS).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a postmark token over a message against this authority's root.
+    VerifyToken {
+        /// The token (DER or PEM).
+        #[arg(long)]
+        token: PathBuf,
+        /// The message.
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let dir = cli.dir.as_deref().ok_or_else(|| {
+        AuthorityError::Invalid(
+            "no authority directory: pass --dir or set METER_AUTHORITY_DIR".into(),
+        )
+    })?;
+    let t = now();
+    match cli.cmd {
+        Cmd::Init { name } => {
+            let a = Authority::init(dir, &name, t)?;
+            println!("authority initialized in {}", dir.display());
+            println!("root certificate: {}", dir.join("root.pem").display());
+            println!(
+                "root serial {} valid until {}",
+                cert::serial_hex(a.root()),
+                cert::not_after(a.root())
+            );
+        }
+        Cmd::CertifyMeter {
+            identity_csr,
+            postmark_csr,
+            out_dir,
+        } => {
+            let mut a = Authority::open(dir)?;
+            let certs = a.certify_meter(
+                &read_bounded(&identity_csr)?,
+                &read_bounded(&postmark_csr)?,
+                t,
+            )?;
+            std::fs::create_dir_all(&out_dir).map_err(|e| AuthorityError::Io {
+                path: out_dir.clone(),
+                source: e,
+            })?;
+            write_cert(&out_dir.join("meter.pem"), &certs.identity)?;
+            write_cert(&out_dir.join("postmark.pem"), &certs.postmark)?;
+            println!("{}", certs.meter_id);
+        }
+        Cmd::Rates { input, out } => {
+            let a = Authority::open(dir)?;
+            let text = String::from_utf8(read_bounded(&input)?)
+                .map_err(|_| AuthorityError::Invalid("rate file is not UTF-8".into()))?;
+            let (table, pem) = a.rates(&text, t)?;
+            write_file(&out, pem.as_bytes())?;
+            println!(
+                "rate table version {} ({} services, {} postage rows) written to {}",
+                table.version,
+                table.rates.len(),
+                table.postage.len(),
+                out.display()
+            );
+        }
+        Cmd::Voucher { meter, amount, out } => {
+            let mut a = Authority::open(dir)?;
+            let (v, pem) = a.voucher(&meter, amount, t)?;
+            write_file(&out, pem.as_bytes())?;
+            println!(
+                "voucher for {} amount {} sequence {} written to {}",
+                v.meter_id,
+                v.amount,
+                v.sequence,
+                out.display()
+            );
+        }
+        Cmd::ClearLock { meter, nonce, out } => {
+            let a = Authority::open(dir)?;
+            write_file(&out, a.clear_lock(&meter, &nonce, t)?.as_bytes())?;
+            println!("clear-lock order for {meter} written to {}", out.display());
+        }
+        Cmd::VerifyToken { token, data } => {
+            let a = Authority::open(dir)?;
+            let msg = std::fs::read(&data).map_err(|e| AuthorityError::Io {
+                path: data.clone(),
+                source: e,
+            })?;
+            let info = meter_authority::verify_token(&read_bounded(&token)?, &msg, a.root(), t)?;
+            println!("valid postmark");
+            println!("meter: {}", info.signer_cn.as_deref().unwrap_or("?"));
+            println!("serial: {}", hex::encode(&info.serial));
+            println!("time: {}", info.gen_time);
+        }
+    }
+    Ok(())
+}
+
+fn write_cert(path: &Path, c: &cert::Certificate) -> Result<()> {
+    write_file(
+        path,
+        pem::encode("CERTIFICATE", &cert::to_der(c)?).as_bytes(),
+    )
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meter-authority: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

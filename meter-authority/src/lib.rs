@@ -1,0 +1,351 @@
+//! Reference authority for meterd: a file-based CA that certifies meters and signs
+//! vouchers, rate tables and clear-lock orders.
+//!
+//! It exists for demos and tests (the real authority is a separate party), so it keeps
+//! everything in one directory: `root.key` (PKCS#8 PEM, mode 0600), `root.pem`, and
+//! `state.json` (counters, see [`state`]). Every artifact it writes opens with stock
+//! `openssl` given `root.pem`. The binary (`main.rs`) is a thin clap layer over
+//! [`Authority`].
+
+pub mod rates;
+pub mod state;
+
+use meter_pki::cms::SignOptions;
+use meter_pki::issue::{self, Profile};
+use meter_pki::payload::{self, ClearLockOrder, Payload, Voucher};
+use meter_pki::{cert, csr, pem, tsp, PkiError};
+use p384::ecdsa::SigningKey;
+use p384::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+use sha2::{Digest, Sha384};
+use state::{Issued, State};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Validity of the root certificate (20 years).
+pub const ROOT_DAYS: u32 = 7300;
+/// Validity of meter identity and postmark certificates (5 years).
+pub const METER_DAYS: u32 = 1825;
+
+/// Failures of the authority; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `init` on a directory that already holds an authority.
+    #[error("{0} already holds an authority; use another --dir or remove it")]
+    AlreadyInitialized(PathBuf),
+    /// No authority in the directory.
+    #[error("{0} holds no authority; run `meter-authority init` first")]
+    NotInitialized(PathBuf),
+    /// Bad input from the operator.
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// A stored file of the authority is damaged.
+    #[error("authority state damaged: {0}; restore the directory from a backup")]
+    Corrupt(String),
+    /// A PKI object was refused.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// A postmark token failed verification.
+    #[error("token refused at step {step}: {detail}")]
+    Token {
+        /// `parse`, `chain`, `signature` or `digest`.
+        step: &'static str,
+        /// Why.
+        detail: String,
+    },
+}
+
+impl AuthorityError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        AuthorityError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Result type of the authority.
+pub type Result<T> = std::result::Result<T, AuthorityError>;
+
+/// Current unix time.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Reads a file, refusing anything over [`meter_pki::MAX_OBJECT`].
+pub fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| AuthorityError::io(path, e))?
+        .len();
+    if len > meter_pki::MAX_OBJECT as u64 {
+        return Err(PkiError::TooLarge(usize::try_from(len).unwrap_or(usize::MAX)).into());
+    }
+    std::fs::read(path).map_err(|e| AuthorityError::io(path, e))
+}
+
+/// Writes a file (created or replaced).
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| AuthorityError::io(path, e))
+}
+
+/// Checks a meter id: 1..64 characters of `[A-Za-z0-9-]`.
+pub fn check_meter_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthorityError::Invalid(format!(
+            "meter id {id:?} must be 1..64 characters of A-Z a-z 0-9 -"
+        )))
+    }
+}
+
+/// Certificates issued to one meter.
+#[derive(Debug, Clone)]
+pub struct MeterCerts {
+    /// The meter id (common name of both certificates).
+    pub meter_id: String,
+    /// Identity (communications key) certificate.
+    pub identity: cert::Certificate,
+    /// Postmark (TSA) certificate.
+    pub postmark: cert::Certificate,
+}
+
+/// An opened authority directory.
+pub struct Authority {
+    dir: PathBuf,
+    key: SigningKey,
+    root: cert::Certificate,
+    state: State,
+}
+
+impl Authority {
+    fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        (
+            dir.join("root.key"),
+            dir.join("root.pem"),
+            dir.join("state.json"),
+        )
+    }
+
+    /// Creates a new authority in `dir` (created if missing) with root `CN=<name>`.
+    pub fn init(dir: &Path, name: &str, now: i64) -> Result<Authority> {
+        let (key_path, root_path, state_path) = Self::paths(dir);
+        if key_path.exists() || state_path.exists() || root_path.exists() {
+            return Err(AuthorityError::AlreadyInitialized(dir.to_owned()));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| AuthorityError::io(dir, e))?;
+        let key = SigningKey::random(&mut rand_core::OsRng);
+        let root = issue::self_signed_root(&key, name, 1, now, ROOT_DAYS)?;
+        let pem_key = key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| AuthorityError::Corrupt(format!("key encoding: {e}")))?;
+        // create_new + 0600: never overwrite a key, never let others read it.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_path)
+            .map_err(|e| AuthorityError::io(&key_path, e))?;
+        f.write_all(pem_key.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| AuthorityError::io(&key_path, e))?;
+        write_file(&root_path, cert::to_pem(&root)?.as_bytes())?;
+        let state = State::default();
+        state.save(&state_path)?;
+        Ok(Authority {
+            dir: dir.to_owned(),
+            key,
+            root,
+            state,
+        })
+    }
+
+    /// Opens the authority in `dir`.
+    pub fn open(dir: &Path) -> Result<Authority> {
+        let (key_path, root_path, state_path) = Self::paths(dir);
+        if !key_path.exists() {
+            return Err(AuthorityError::NotInitialized(dir.to_owned()));
+        }
+        let key_pem =
+            std::fs::read_to_string(&key_path).map_err(|e| AuthorityError::io(&key_path, e))?;
+        let key = SigningKey::from_pkcs8_pem(&key_pem)
+            .map_err(|e| AuthorityError::Corrupt(format!("root.key: {e}")))?;
+        let root = cert::parse(&read_bounded(&root_path)?)?;
+        let key_sec1 = key.verifying_key().to_encoded_point(false);
+        if cert::public_key_sec1(&root)? != key_sec1.as_bytes() {
+            return Err(AuthorityError::Corrupt(
+                "root.key does not match root.pem".into(),
+            ));
+        }
+        let state = State::load(&state_path)?;
+        Ok(Authority {
+            dir: dir.to_owned(),
+            key,
+            root,
+            state,
+        })
+    }
+
+    /// The root certificate.
+    pub fn root(&self) -> &cert::Certificate {
+        &self.root
+    }
+
+    /// The current counters.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    fn save(&self) -> Result<()> {
+        self.state.save(&self.dir.join("state.json"))
+    }
+
+    fn issue_one(
+        &mut self,
+        cn: &str,
+        sec1: &[u8],
+        profile: Profile,
+        now: i64,
+    ) -> Result<cert::Certificate> {
+        let serial = self.state.take_serial()?;
+        let c = issue::issue(
+            cn, sec1, profile, &self.key, &self.root, serial, now, METER_DAYS,
+        )?;
+        self.state.issued.push(Issued {
+            serial,
+            subject_cn: cn.to_owned(),
+            profile: format!("{profile:?}"),
+            not_after: cert::not_after(&c),
+        });
+        Ok(c)
+    }
+
+    /// Verifies the meter's two CSRs (self-signed, same CN = meter id, distinct keys) and
+    /// issues its identity and postmark certificates.
+    pub fn certify_meter(
+        &mut self,
+        identity_csr: &[u8],
+        postmark_csr: &[u8],
+        now: i64,
+    ) -> Result<MeterCerts> {
+        let id = csr::verify(identity_csr)?;
+        let pm = csr::verify(postmark_csr)?;
+        if id.subject_cn != pm.subject_cn {
+            return Err(AuthorityError::Invalid(format!(
+                "the two requests name different meters: {:?} and {:?}",
+                id.subject_cn, pm.subject_cn
+            )));
+        }
+        check_meter_id(&id.subject_cn)?;
+        if id.public_sec1 == pm.public_sec1 {
+            return Err(AuthorityError::Invalid(
+                "identity and postmark requests use the same key; use two keys".into(),
+            ));
+        }
+        let identity =
+            self.issue_one(&id.subject_cn, &id.public_sec1, Profile::MeterIdentity, now)?;
+        let postmark = self.issue_one(&pm.subject_cn, &pm.public_sec1, Profile::Postmark, now)?;
+        self.save()?;
+        Ok(MeterCerts {
+            meter_id: id.subject_cn,
+            identity,
+            postmark,
+        })
+    }
+
+    fn sign_payload<T: Payload>(&self, v: &T, now: i64) -> Result<String> {
+        v.validate()?;
+        let content = payload::encode(v)?;
+        let der = meter_pki::cms::sign_with_key(
+            &SignOptions {
+                content_type: T::CONTENT_TYPE,
+                content: &content,
+                signer: &self.root,
+                extra_certs: &[],
+                signing_time: Some(now),
+                ess_cert_id_v2: true,
+            },
+            &self.key,
+        )?;
+        Ok(pem::encode("CMS", &der))
+    }
+
+    /// Signs the rate table described by `toml_text`; returns PEM ("CMS").
+    pub fn rates(
+        &self,
+        toml_text: &str,
+        now: i64,
+    ) -> Result<(meter_pki::payload::RateTable, String)> {
+        let table = rates::parse(toml_text)?;
+        let pem = self.sign_payload(&table, now)?;
+        Ok((table, pem))
+    }
+
+    /// Issues a voucher for `meter_id` with the next sequence number (persisted first).
+    pub fn voucher(&mut self, meter_id: &str, amount: u64, now: i64) -> Result<(Voucher, String)> {
+        check_meter_id(meter_id)?;
+        if amount == 0 {
+            return Err(AuthorityError::Invalid("amount must be positive".into()));
+        }
+        let sequence = self.state.take_sequence(meter_id)?;
+        self.save()?;
+        let v = Voucher {
+            meter_id: meter_id.to_owned(),
+            amount,
+            sequence,
+            issued_at: now,
+        };
+        let pem = self.sign_payload(&v, now)?;
+        Ok((v, pem))
+    }
+
+    /// Issues an order clearing the lock with `nonce` on `meter_id`.
+    pub fn clear_lock(&self, meter_id: &str, nonce: &str, now: i64) -> Result<String> {
+        check_meter_id(meter_id)?;
+        self.sign_payload(
+            &ClearLockOrder {
+                meter_id: meter_id.to_owned(),
+                nonce: nonce.to_owned(),
+                issued_at: now,
+            },
+            now,
+        )
+    }
+}
+
+/// Verifies a postmark token over `data` against `root` (parse → chain → signature → digest).
+pub fn verify_token(
+    token: &[u8],
+    data: &[u8],
+    root: &cert::Certificate,
+    now: i64,
+) -> Result<tsp::TokenInfo> {
+    let der = pem::decode_any(token, "TIMESTAMP TOKEN")?;
+    let info =
+        tsp::verify(&der, std::slice::from_ref(root), now).map_err(|e| AuthorityError::Token {
+            step: e.step(),
+            detail: e.to_string(),
+        })?;
+    if info.hash_oid != meter_pki::oid::SHA384 || info.imprint != Sha384::digest(data).to_vec() {
+        return Err(AuthorityError::Token {
+            step: "digest",
+            detail: "the token is for another message".into(),
+        });
+    }
+    Ok(info)
+}

@@ -1,0 +1,90 @@
+//! The authority's persistent counters (`state.json`): next certificate serial, next voucher
+//! sequence per meter, and the list of issued certificates.
+//!
+//! Written atomically (temporary file + rename) *before* an artifact is handed out, so a
+//! crash can skip a serial or a sequence number but never reuse one.
+
+use crate::{AuthorityError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+/// One issued certificate, for the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Issued {
+    /// Serial number.
+    pub serial: u64,
+    /// Subject common name.
+    pub subject_cn: String,
+    /// Profile name (`meter-identity`, `postmark`, ...).
+    pub profile: String,
+    /// notAfter (unix s).
+    pub not_after: i64,
+}
+
+/// Counters of the authority.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// Serial of the next certificate (the root has serial 1).
+    pub next_serial: u64,
+    /// Next voucher sequence number per meter id (starts at 1).
+    pub next_voucher_sequence: BTreeMap<String, u64>,
+    /// Every certificate issued after the root.
+    pub issued: Vec<Issued>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            next_serial: 2,
+            next_voucher_sequence: BTreeMap::new(),
+            issued: Vec::new(),
+        }
+    }
+}
+
+impl State {
+    /// Reads `state.json`.
+    pub fn load(path: &Path) -> Result<State> {
+        let bytes = std::fs::read(path).map_err(|e| AuthorityError::io(path, e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| AuthorityError::Corrupt(format!("{}: {e}", path.display())))
+    }
+
+    /// Writes `state.json` atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| AuthorityError::Corrupt(format!("state encoding: {e}")))?;
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(|e| AuthorityError::io(&tmp, e))?;
+        f.write_all(&json)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| AuthorityError::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| AuthorityError::io(path, e))
+    }
+
+    /// Takes the next certificate serial.
+    pub fn take_serial(&mut self) -> Result<u64> {
+        let s = self.next_serial;
+        self.next_serial = s
+            .checked_add(1)
+            .ok_or_else(|| AuthorityError::Corrupt("serial counter exhausted".into()))?;
+        Ok(s)
+    }
+
+    /// Takes the next voucher sequence number for `meter_id`.
+    pub fn take_sequence(&mut self, meter_id: &str) -> Result<u64> {
+        let next = self
+            .next_voucher_sequence
+            .entry(meter_id.to_owned())
+            .or_insert(1);
+        let s = *next;
+        *next = s
+            .checked_add(1)
+            .ok_or_else(|| AuthorityError::Corrupt("sequence counter exhausted".into()))?;
+        Ok(s)
+    }
+}

@@ -1,0 +1,76 @@
+//! Object identifiers used by the meter formats.
+//!
+//! Private identifiers sit under one `2.25.N` arc (ITU-T X.667). `const-oid` 0.9, which the
+//! whole `der` 0.7 stack uses, limits each arc to 32 bits (and in practice to 28: a 5-byte arc is refused), so a full 128-bit UUID arc cannot
+//! be represented (neither encoded nor decoded); `N` is therefore a random 28-bit number
+//! (252996336). A production deployment should move to a registered enterprise arc.
+
+use der::asn1::ObjectIdentifier;
+
+/// eContentType of a recharge voucher (`payload::Voucher`).
+pub const CT_VOUCHER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.1");
+/// eContentType of a rate table (`payload::RateTable`).
+pub const CT_RATES: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.2");
+/// eContentType of a clear-lock order (`payload::ClearLockOrder`).
+pub const CT_CLEAR_LOCK: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.3");
+/// TSA policy of meter postmarks (RFC 3161 `TSTInfo.policy`).
+pub const POSTMARK_POLICY: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.2.1");
+/// id-ct-TSTInfo (RFC 3161).
+pub const ID_CT_TSTINFO: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.1.4");
+
+/// id-data (RFC 5652).
+pub const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
+/// id-signedData (RFC 5652).
+pub const ID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
+/// id-contentType signed attribute.
+pub const ATTR_CONTENT_TYPE: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
+/// id-messageDigest signed attribute.
+pub const ATTR_MESSAGE_DIGEST: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
+/// id-signingTime signed attribute.
+pub const ATTR_SIGNING_TIME: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.5");
+/// id-aa-signingCertificateV2 (RFC 5035).
+pub const ATTR_SIGNING_CERT_V2: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.47");
+/// id-sha384.
+pub const SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
+/// ecdsa-with-SHA384.
+pub const ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+/// id-ecPublicKey.
+pub const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// secp384r1.
+pub const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+/// id-kp-timeStamping.
+pub const KP_TIME_STAMPING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.8");
+/// commonName attribute type.
+pub const CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+/// id-ce-subjectKeyIdentifier.
+pub const EXT_SKI: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.14");
+/// id-ce-keyUsage.
+pub const EXT_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
+/// id-ce-basicConstraints.
+pub const EXT_BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
+/// id-ce-authorityKeyIdentifier.
+pub const EXT_AKI: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.35");
+/// id-ce-extKeyUsage.
+pub const EXT_EKU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_arc_is_shared_and_distinct() {
+        let all = [CT_VOUCHER, CT_RATES, CT_CLEAR_LOCK, POSTMARK_POLICY];
+        for (i, a) in all.iter().enumerate() {
+            assert!(a.to_string().starts_with("2.25.252996336."));
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Strict JSON payloads carried as CMS eContent: vouchers, rate tables, clear-lock orders.
+//!
+//! JSON because people read them (`openssl cms -verify` prints the content); strict because
+//! they move money: unknown fields are refused, sizes are bounded, names are plain ASCII.
+//! [`open`] verifies the CMS and decodes in one step with the right content type.
+
+use crate::{cms, PkiError, Result};
+use der::asn1::ObjectIdentifier;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use x509_cert::Certificate;
+
+/// Longest meter id or nonce.
+pub const MAX_ID: usize = 64;
+/// Most rates in a table.
+pub const MAX_RATES: usize = 64;
+/// Most postage rows in a table.
+pub const MAX_POSTAGE: usize = 256;
+/// Most currency digits.
+pub const MAX_DIGITS: u8 = 6;
+
+/// A signed payload type: its eContentType and its own validation.
+pub trait Payload: Serialize + DeserializeOwned {
+    /// The CMS eContentType this payload travels under.
+    const CONTENT_TYPE: ObjectIdentifier;
+    /// Semantic checks beyond the JSON shape.
+    fn validate(&self) -> Result<()>;
+}
+
+/// Recharge voucher: adds `amount` (minor units) to meter `meter_id`; single use by `sequence`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Voucher {
+    /// Meter the voucher is for.
+    pub meter_id: String,
+    /// Minor units to credit.
+    pub amount: u64,
+    /// Per-meter sequence number, unique.
+    pub sequence: u64,
+    /// Issue time (unix s).
+    pub issued_at: i64,
+}
+
+/// Table of service rates (claim 16).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateTable {
+    /// Monotonic version; the meter refuses an older one.
+    pub version: u32,
+    /// Effective from (unix s).
+    pub effective: i64,
+    /// Currency code, e.g. `USD`.
+    pub currency: String,
+    /// Minor-unit digits (3 = tenths of cents).
+    pub digits: u8,
+    /// Service name → price in minor units.
+    pub rates: BTreeMap<String, u64>,
+    /// Postage by class and weight band.
+    #[serde(default)]
+    pub postage: Vec<PostageRate>,
+}
+
+/// One postage row: pieces of `class` up to `max_grams` cost `amount`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostageRate {
+    /// Mail class, e.g. `letter`.
+    pub class: String,
+    /// Upper weight bound of the band (inclusive).
+    pub max_grams: u32,
+    /// Price in minor units.
+    pub amount: u64,
+}
+
+/// Authority order clearing a meter lock; `nonce` is the lock's nonce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClearLockOrder {
+    /// Meter to unlock.
+    pub meter_id: String,
+    /// Nonce of the lock being cleared.
+    pub nonce: String,
+    /// Issue time (unix s).
+    pub issued_at: i64,
+}
+
+fn check_name(what: &str, s: &str, max: usize) -> Result<()> {
+    let ok = !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(PkiError::Malformed(format!(
+            "{what} must be 1..{max} printable ASCII characters"
+        )))
+    }
+}
+
+impl Payload for Voucher {
+    const CONTENT_TYPE: ObjectIdentifier = crate::oid::CT_VOUCHER;
+    fn validate(&self) -> Result<()> {
+        check_name("meter_id", &self.meter_id, MAX_ID)
+    }
+}
+
+impl Payload for ClearLockOrder {
+    const CONTENT_TYPE: ObjectIdentifier = crate::oid::CT_CLEAR_LOCK;
+    fn validate(&self) -> Result<()> {
+        check_name("meter_id", &self.meter_id, MAX_ID)?;
+        check_name("nonce", &self.nonce, MAX_ID)
+    }
+}
+
+impl Payload for RateTable {
+    const CONTENT_TYPE: ObjectIdentifier = crate::oid::CT_RATES;
+    fn validate(&self) -> Result<()> {
+        if self.digits > MAX_DIGITS {
+            return Err(PkiError::Malformed(format!(
+                "digits must be <= {MAX_DIGITS}"
+            )));
+        }
+        check_name("currency", &self.currency, 8)?;
+        if self.rates.len() > MAX_RATES || self.postage.len() > MAX_POSTAGE {
+            return Err(PkiError::Malformed(format!(
+                "at most {MAX_RATES} rates and {MAX_POSTAGE} postage rows"
+            )));
+        }
+        for name in self.rates.keys() {
+            check_name("service name", name, MAX_ID)?;
+        }
+        for row in &self.postage {
+            check_name("postage class", &row.class, MAX_ID)?;
+        }
+        Ok(())
+    }
+}
+
+/// Serializes a payload to compact JSON.
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| PkiError::Malformed(format!("JSON encoding: {e}")))
+}
+
+/// Parses strict JSON (unknown fields refused, size-bounded) and validates it.
+pub fn decode<T: Payload>(bytes: &[u8]) -> Result<T> {
+    crate::util::check_size(bytes.len())?;
+    let v: T = serde_json::from_slice(bytes)
+        .map_err(|e| PkiError::Malformed(format!("payload JSON: {e}")))?;
+    v.validate()?;
+    Ok(v)
+}
+
+/// Verifies a signed payload (CMS with `T::CONTENT_TYPE`, chaining to `anchors`) and
+/// decodes it; returns the payload and the verified message.
+pub fn open<T: Payload>(
+    der_or_pem: &[u8],
+    anchors: &[Certificate],
+    now: i64,
+) -> Result<(T, cms::Verified)> {
+    let v = cms::verify(der_or_pem, anchors, Some(&T::CONTENT_TYPE), now)?;
+    Ok((decode(&v.content)?, v))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_decoding() {
+        let v = Voucher {
+            meter_id: "m-1".into(),
+            amount: 5000,
+            sequence: 1,
+            issued_at: 1_767_225_600,
+        };
+        let b = encode(&v).unwrap();
+        assert_eq!(decode::<Voucher>(&b).unwrap(), v);
+        let extra = br#"{"meter_id":"m","amount":1,"sequence":1,"issued_at":0,"x":1}"#;
+        assert!(decode::<Voucher>(extra).is_err());
+        let neg = br#"{"meter_id":"m","amount":-1,"sequence":1,"issued_at":0}"#;
+        assert!(decode::<Voucher>(neg).is_err());
+        let empty = br#"{"meter_id":"","amount":1,"sequence":1,"issued_at":0}"#;
+        assert!(decode::<Voucher>(empty).is_err());
+        let trailing = br#"{"meter_id":"m","amount":1,"sequence":1,"issued_at":0} x"#;
+        assert!(decode::<Voucher>(trailing).is_err());
+    }
+
+    #[test]
+    fn rate_table_limits() {
+        let mut t = RateTable {
+            version: 1,
+            effective: 0,
+            currency: "USD".into(),
+            digits: 3,
+            rates: [("postmark".to_string(), 500u64)].into_iter().collect(),
+            postage: vec![],
+        };
+        assert!(decode::<RateTable>(&encode(&t).unwrap()).is_ok());
+        t.digits = 7;
+        assert!(decode::<RateTable>(&encode(&t).unwrap()).is_err());
+        t.digits = 3;
+        t.rates.insert("bad name".into(), 1);
+        assert!(decode::<RateTable>(&encode(&t).unwrap()).is_err());
+        t.rates.remove("bad name");
+        t.rates.extend((0..64).map(|i| (format!("s{i}"), 1)));
+        assert!(decode::<RateTable>(&encode(&t).unwrap()).is_err());
+    }
+}
