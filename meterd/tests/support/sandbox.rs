@@ -66,7 +66,7 @@ impl Sandbox {
         let mut env = HashMap::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             if let Some(rest) = line.strip_prefix("export ") {
-                if let Some((k, v)) = rest.split_once('=') {
+                if let Some((k, v)) = rest.split_once('=').filter(|(k, _)| *k != "PATH") {
                     let v = v.trim_matches('\'').trim_matches('"');
                     env.insert(k.to_owned(), v.to_owned());
                 }
