@@ -171,8 +171,16 @@ impl Prepared {
 
     /// Assembles the `ContentInfo` DER; `BadSignature` if `raw_sig` does not verify under
     /// the signer certificate's key.
-    pub fn finish(self, raw_sig: &[u8; 96]) -> Result<Vec<u8>> {
+    pub fn finish_verified(self, raw_sig: &[u8; 96]) -> Result<Vec<u8>> {
         sig::verify_prehash(&self.signer_sec1, &self.digest, raw_sig)?;
+        self.finish(raw_sig)
+    }
+
+    /// Assembles the ContentInfo without re-verifying the signature: for a
+    /// signer whose key was already matched to its certificate (the meter's
+    /// TPM keys, checked at provisioning), where a software verify per
+    /// product would cost as much CPU as the TPM sign itself.
+    pub fn finish(self, raw_sig: &[u8; 96]) -> Result<Vec<u8>> {
         let signer_info = SignerInfo {
             version: CmsVersion::V1,
             sid: SignerIdentifier::IssuerAndSerialNumber(self.sid),
@@ -482,7 +490,7 @@ mod tests {
         let other = SigningKey::from_slice(&[2u8; 48]).unwrap();
         let bad = sig::sign_prehash_raw(&other, &p.digest()).unwrap();
         assert!(matches!(
-            p.clone().finish(&bad),
+            p.clone().finish_verified(&bad),
             Err(PkiError::BadSignature(_))
         ));
         let good = sig::sign_prehash_raw(&k, &p.digest()).unwrap();
