@@ -172,6 +172,7 @@ fn start(a: StartArgs, mut sealer: Box<dyn Sealer>) -> Result<(Writer, Started)>
         (tip, c, None)
     } else {
         let out = audit::run(&conn, &a.meter_id, sealer.as_mut())?;
+        schema::ensure(&conn)?;
         (out.tip, out.tpm_nv, Some(out.report))
     };
     if let Ok(mut f) = a.funds.lock() {

@@ -126,6 +126,12 @@ pub(crate) fn create(conn: &Connection, meter_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Re-creates any missing table or append-only trigger of an existing
+/// ledger (an attacker who dropped them does not keep the door open).
+pub(crate) fn ensure(conn: &Connection) -> Result<()> {
+    conn.execute_batch(TABLES).map_err(storage)
+}
+
 /// Reads a text value from `meta`.
 pub(crate) fn meta_text(conn: &Connection, key: &str) -> Result<Option<String>> {
     conn.query_row("SELECT value FROM meta WHERE key=?1", [key], |r| {

@@ -90,8 +90,8 @@ pub fn digest(b: &[u8]) -> [u8; 48] {
 pub fn attacker(path: &Path) -> Connection {
     let c = Connection::open(path).unwrap();
     c.execute_batch(
-        "DROP TRIGGER journal_no_update; DROP TRIGGER journal_no_delete;
-         DROP TRIGGER batches_no_update; DROP TRIGGER batches_no_delete;",
+        "DROP TRIGGER IF EXISTS journal_no_update; DROP TRIGGER IF EXISTS journal_no_delete;
+         DROP TRIGGER IF EXISTS batches_no_update; DROP TRIGGER IF EXISTS batches_no_delete;",
     )
     .unwrap();
     c
