@@ -18,18 +18,30 @@ const WORKERS: u64 = 512;
 fn request_id(i: u64) -> String {
     // UUID-shaped and spread over the key space, like callers' ids.
     let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    format!("{:08x}-{:04x}-4000-8000-{:012x}", h >> 32, i & 0xffff, h & 0xffff_ffff_ffff)
+    format!(
+        "{:08x}-{:04x}-4000-8000-{:012x}",
+        h >> 32,
+        i & 0xffff,
+        h & 0xffff_ffff_ffff
+    )
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let rows: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
+    let rows: u64 = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
     let dir = match args.next() {
         Some(d) => tempfile::TempDir::new_in(d)?,
         None => tempfile::tempdir()?,
     };
     let path = dir.path().join("ledger.db");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let (sealer, control) = SoftwareSealer::new(&[0x33; 48], 1)?;
 
     let started = Instant::now();

@@ -1,6 +1,7 @@
 //! Ledger behaviour through its public API with a software sealer: funds,
 //! idempotency, group commit under concurrency, reservations, the crash
 //! window between commit and counter increment, and a TPM that is down.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod ledger_support;
 

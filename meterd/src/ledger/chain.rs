@@ -134,6 +134,7 @@ pub fn verify_seal(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

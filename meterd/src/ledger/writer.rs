@@ -35,14 +35,14 @@ pub(crate) struct CommitReq {
     pub reply: oneshot::Sender<Result<Outcome>>,
 }
 
+/// Rows of one kind: (seq, note, product).
+pub(crate) type ProductList = Vec<(u64, String, Vec<u8>)>;
+
 /// What the handle asks of the thread.
 pub(crate) enum Request {
     Commit(CommitReq),
     Lookup(String, oneshot::Sender<Result<Option<Stored>>>),
-    Products(
-        EntryKind,
-        oneshot::Sender<Result<Vec<(u64, String, Vec<u8>)>>>,
-    ),
+    Products(EntryKind, oneshot::Sender<Result<ProductList>>),
     Audit(oneshot::Sender<Result<super::AuditReport>>),
     Close(oneshot::Sender<()>),
 }

@@ -1,7 +1,7 @@
 //! Shared helpers of the ledger integration tests: software sealers,
 //! entries, and an attacker's view of the database (raw SQLite, triggers
 //! dropped, the documented canonical encoding re-implemented here).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 
