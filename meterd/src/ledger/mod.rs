@@ -13,8 +13,69 @@
 //! rolled forward; a ledger behind the counter is a restored copy
 //! (rollback); a chain or seal that does not verify is tamper.
 
-// Implementation modules (schema, chain hashing, commit thread, audit) live
-// beside this file; the public surface is what is declared here.
+//!
+//! # Storage
+//!
+//! `journal` (one row per event, append-only by trigger), `products`
+//! (what each row delivered, kept apart so the journal stays small; the
+//! row holds its SHA-384), `batches` (one per group commit: rows covered,
+//! counter value, head, seal), `meta` (schema version, meter id).
+//!
+//! # Chain (layout v1)
+//!
+//! Row hash = SHA-384(prev ‖ canonical row bytes), where prev is the
+//! *recomputed* hash of the previous row and, for row 1,
+//! SHA-384("meterd-ledger-v1" ‖ meter_id). Canonical row bytes, integers
+//! big-endian:
+//!
+//! ```text
+//! seq u64 | time i64 (Unix ms) | kind u8 | service u8 (0 = none)
+//! | request_id: 0x00 (absent) or 0x01, len u8, bytes (<= 128)
+//! | credit u64 | debit u64 | ascending u64 | descending u64 | control_total u64
+//! | pieces u64 | service_count u64 (this row's service, after it; 0 if none)
+//! | product_digest [48] (SHA-384 of the product) | note: len u8, bytes (<= 64)
+//! ```
+//!
+//! The input digest (kept with the product) is not chained: it only tells
+//! a retry from a conflicting reuse of a request id.
+//!
+//! A batch seal is an ECDSA P-384 signature (raw r‖s) over
+//! SHA-384("meterd-seal-v1" ‖ meter_id ‖ nv u64 BE ‖ head); nv is the TPM
+//! counter value the batch binds to (the counter read before it, plus one).
+//!
+//! # Audit
+//!
+//! One pass in seq order: seq contiguity from 1, every hash and link
+//! recomputed, AR + DR = CT on every row and register continuity, batches
+//! contiguous from row 1 with increasing counter values and heads equal to
+//! the recomputed chain, every row inside a batch; then the last batch's
+//! seal is verified (it covers the whole chain) and its counter value is
+//! compared with the TPM: equal is Clean, one ahead is RolledForward (the
+//! counter is incremented), behind is Rollback, otherwise Tamper.
+//!
+//! Damage (hash, link, register or batch mismatch) at rows before an
+//! Unlock row with note `reanchor` is forgiven when that row itself links
+//! to the recomputed chain: the authority reviewed it. An edit before the
+//! reanchor made later changes the recomputed chain at the reanchor row, so
+//! it is caught again. A seal that does not verify, a meter id that is not
+//! ours or a counter too far ahead are never forgiven.
+//!
+//! A file SQLite cannot read (truncated, not a database) is a
+//! [`LedgerError::Storage`] from [`Ledger::open`], not a verdict: there is no
+//! working ledger to append the Lock row to.
+
+mod audit;
+mod chain;
+mod handle;
+mod reserve;
+mod schema;
+mod sealer;
+mod writer;
+
+pub use chain::{genesis_prev, seal_digest, verify_seal, MAX_NOTE, MAX_REQUEST_ID};
+pub use handle::Ledger;
+pub use reserve::Reservation;
+pub use sealer::{HousingSealer, SoftwareSealer, SoftwareSealerControl};
 
 use crate::housing::RawSignature;
 use crate::money::{Amount, Overflow};
@@ -223,7 +284,10 @@ pub type Result<T> = std::result::Result<T, LedgerError>;
 /// ledger's own thread, hence blocking.
 pub trait Sealer: Send + 'static {
     /// Signs a seal digest with the meter's identity key.
-    fn sign(&mut self, digest: &Digest) -> std::result::Result<RawSignature, crate::housing::HousingError>;
+    fn sign(
+        &mut self,
+        digest: &Digest,
+    ) -> std::result::Result<RawSignature, crate::housing::HousingError>;
     /// Reads the counter (`None` when not defined).
     fn counter_read(&mut self) -> std::result::Result<Option<u64>, crate::housing::HousingError>;
     /// Increments the counter, returning the new value.

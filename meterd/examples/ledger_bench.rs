@@ -1,0 +1,132 @@
+//! Ledger benchmark: builds a ledger of N rows (default 1,000,000) through the
+//! normal commit API with a software sealer, then times a full audit and a
+//! reopen and measures the journal's size on disk.
+//!
+//! `cargo run --release -p meterd --example ledger_bench [-- ROWS [DIR]]`
+//! prints `rows=… build_s=… batches=… audit_1m_ms=… reopen_ms=… bytes_per_row=…`
+//! (audit time scaled to 1,000,000 rows when ROWS differs).
+
+use std::time::Instant;
+
+use meterd::ledger::{Entry, EntryKind, Ledger, SoftwareSealer, Verdict};
+use meterd::money::Amount;
+use meterd::service::Service;
+use sha2::{Digest as _, Sha384};
+
+const WORKERS: u64 = 512;
+
+fn request_id(i: u64) -> String {
+    // UUID-shaped and spread over the key space, like callers' ids.
+    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    format!(
+        "{:08x}-{:04x}-4000-8000-{:012x}",
+        h >> 32,
+        i & 0xffff,
+        h & 0xffff_ffff_ffff
+    )
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let rows: u64 = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
+    let dir = match args.next() {
+        Some(d) => tempfile::TempDir::new_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let path = dir.path().join("ledger.db");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (sealer, control) = SoftwareSealer::new(&[0x33; 48], 1)?;
+
+    let started = Instant::now();
+    let (ledger, _) = Ledger::open(&path, Box::new(sealer), "bench-meter", true)?;
+    let debits = rows.saturating_sub(2);
+    rt.block_on(async {
+        let credit = Entry {
+            kind: EntryKind::Credit,
+            service: None,
+            request_id: Some("voucher:1".into()),
+            input_digest: [1; 48],
+            credit: Amount(u64::MAX / 2),
+            debit: Amount::ZERO,
+            product: b"voucher".to_vec(),
+            note: String::new(),
+        };
+        ledger.commit(credit, None).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..WORKERS {
+            let l = ledger.clone();
+            tasks.spawn(async move {
+                let mut i = w;
+                while i < debits {
+                    let id = request_id(i);
+                    let input: [u8; 48] = Sha384::digest(id.as_bytes()).into();
+                    let e = Entry {
+                        kind: EntryKind::Debit,
+                        service: Some(Service::Postmark),
+                        request_id: Some(id),
+                        input_digest: input,
+                        credit: Amount::ZERO,
+                        debit: Amount(1 + i % 997),
+                        product: input[..32].to_vec(),
+                        note: String::new(),
+                    };
+                    l.commit(e, None).await?;
+                    i += WORKERS;
+                }
+                Ok::<_, meterd::ledger::LedgerError>(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.map_err(|e| format!("worker: {e}"))??;
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    let build_s = started.elapsed().as_secs_f64();
+
+    let report = rt.block_on(ledger.audit())?;
+    if report.verdict != Verdict::Clean {
+        return Err(format!("audit verdict {:?}", report.verdict).into());
+    }
+    let audit_ms = report.millis;
+    rt.block_on(ledger.close())?;
+
+    let (sealer, _) = SoftwareSealer::new(&[0x33; 48], control.counter())?;
+    let t = Instant::now();
+    let (ledger, reopened) = Ledger::open(&path, Box::new(sealer), "bench-meter", false)?;
+    let reopen_ms = t.elapsed().as_millis();
+    if reopened.verdict != Verdict::Clean || reopened.rows != rows {
+        return Err(format!("reopen: {:?} rows {}", reopened.verdict, reopened.rows).into());
+    }
+    rt.block_on(ledger.close())?;
+
+    let c = rusqlite::Connection::open(&path)?;
+    let mut sizes = std::collections::BTreeMap::new();
+    let mut stmt = c.prepare("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")?;
+    for r in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (name, size) = r?;
+        sizes.insert(name, size);
+    }
+    let size = |n: &str| sizes.get(n).copied().unwrap_or(0);
+    let journal = size("journal") + size("sqlite_autoindex_journal_1") + size("batches");
+    let file = std::fs::metadata(&path)?.len();
+    let scale = 1_000_000.0 / rows as f64;
+    println!(
+        "rows={rows} build_s={build_s:.1} batches={} audit_ms={audit_ms} audit_1m_ms={:.0} reopen_ms={reopen_ms} \
+         bytes_per_row={:.1} journal_table={} request_id_index={} batches_table={} products={} file={file}",
+        reopened.batches,
+        audit_ms as f64 * scale,
+        journal as f64 / rows as f64,
+        size("journal"),
+        size("sqlite_autoindex_journal_1"),
+        size("batches"),
+        size("products"),
+    );
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! [`Ledger`], the cheap-to-clone front of the ledger thread, and the
+//! thread's start-up (create with a sealed genesis row, or audit).
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+
+use tokio::sync::{oneshot, watch};
+
+use super::reserve::{self, Funds, Reservation, SharedFunds};
+use super::writer::{not_defined, CommitReq, Request, Tip, Writer};
+use super::{
+    audit, chain, schema, AuditReport, Entry, EntryKind, LedgerError, LedgerState, Outcome, Result,
+    Sealer, Stored, Verdict,
+};
+use crate::money::Amount;
+
+/// Longest meter id accepted, in bytes.
+const MAX_METER_ID: usize = 128;
+
+/// Handle on the ledger; clones share the one ledger thread.
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<Request>,
+    funds: SharedFunds,
+    state: watch::Receiver<LedgerState>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").finish_non_exhaustive()
+    }
+}
+
+type Started = (watch::Receiver<LedgerState>, AuditReport);
+
+impl Ledger {
+    /// Opens the ledger at `path` and starts its thread.
+    ///
+    /// With `create` and no ledger at `path` (no file, or no rows), creates
+    /// the schema and a sealed genesis row bound to `meter_id`. Otherwise runs
+    /// a full audit and returns its report: a bad verdict does not refuse to
+    /// open (the caller appends a Lock row). A file SQLite cannot read
+    /// (truncated, not a database) gives [`LedgerError::Storage`]: such a
+    /// ledger could not take the Lock row either.
+    ///
+    /// Blocks for the audit (about a second per million rows); the sealer is
+    /// only ever called from the ledger thread.
+    pub fn open(
+        path: &Path,
+        sealer: Box<dyn Sealer>,
+        meter_id: &str,
+        create: bool,
+    ) -> Result<(Ledger, AuditReport)> {
+        if meter_id.is_empty() || meter_id.len() > MAX_METER_ID {
+            return Err(LedgerError::Invalid("meter id empty or too long".into()));
+        }
+        let (tx, rx) = mpsc::channel();
+        let (init_tx, init_rx) = mpsc::channel::<Result<Started>>();
+        let funds: SharedFunds = Arc::new(Mutex::new(Funds::default()));
+        let args = StartArgs {
+            path: path.to_owned(),
+            meter_id: meter_id.to_owned(),
+            create,
+            funds: Arc::clone(&funds),
+        };
+        std::thread::Builder::new()
+            .name("ledger".into())
+            .spawn(move || match start(args, sealer) {
+                Ok((writer, started)) => {
+                    if init_tx.send(Ok(started)).is_ok() {
+                        writer.run(rx);
+                    }
+                }
+                Err(e) => {
+                    let _ = init_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| LedgerError::Storage(format!("cannot start the ledger thread: {e}")))?;
+        let (state, report) = init_rx.recv().map_err(|_| LedgerError::Stopped)??;
+        Ok((Ledger { tx, funds, state }, report))
+    }
+
+    /// Holds `debit` against the funds not yet reserved, or refuses with
+    /// [`LedgerError::InsufficientFunds`]. Call before any TPM work.
+    pub fn reserve(&self, debit: Amount) -> Result<Reservation> {
+        reserve::reserve(&self.funds, debit)
+    }
+
+    /// Appends `entry` (in the next group commit) and returns once it is
+    /// durable and sealed, or an earlier row with its request id exists.
+    pub async fn commit(&self, entry: Entry, reservation: Option<Reservation>) -> Result<Outcome> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Commit(CommitReq {
+            entry,
+            reservation,
+            reply,
+        }))?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// The row stored under `request_id`, if any.
+    pub async fn lookup(&self, request_id: &str) -> Result<Option<Stored>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Lookup(request_id.to_owned(), reply))?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Every row of `kind` as (seq, note, product), in seq order.
+    pub async fn products(&self, kind: EntryKind) -> Result<Vec<(u64, String, Vec<u8>)>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Products(kind, reply))?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Full audit while running (commits wait for it).
+    pub async fn audit(&self) -> Result<AuditReport> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Audit(reply))?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Stops the ledger thread and closes the database; other handles then
+    /// get [`LedgerError::Stopped`].
+    pub async fn close(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Close(reply))?;
+        rx.await.map_err(|_| LedgerError::Stopped)
+    }
+
+    /// Snapshot of the registers, head and lock.
+    pub fn state(&self) -> LedgerState {
+        self.state.borrow().clone()
+    }
+
+    /// Receiver that sees every new state after a commit.
+    pub fn subscribe(&self) -> watch::Receiver<LedgerState> {
+        self.state.clone()
+    }
+
+    fn send(&self, r: Request) -> Result<()> {
+        self.tx.send(r).map_err(|_| LedgerError::Stopped)
+    }
+}
+
+struct StartArgs {
+    path: PathBuf,
+    meter_id: String,
+    create: bool,
+    funds: SharedFunds,
+}
+
+/// Runs on the ledger thread: open, create or audit, build the writer.
+fn start(a: StartArgs, mut sealer: Box<dyn Sealer>) -> Result<(Writer, Started)> {
+    let conn = schema::connect(&a.path, a.create)?;
+    let fresh = !schema::has_rows(&conn)?;
+    if fresh && !a.create {
+        return Err(LedgerError::Storage(format!(
+            "no ledger rows in {}",
+            a.path.display()
+        )));
+    }
+    let (tip, tpm_nv, report) = if fresh {
+        schema::create(&conn, &a.meter_id)?;
+        let c = sealer.counter_read()?.ok_or_else(not_defined)?;
+        let tip = Tip {
+            head: chain::genesis_prev(&a.meter_id),
+            nv: c,
+            seq: 0,
+            registers: super::Registers::default(),
+            lock: None,
+        };
+        (tip, c, None)
+    } else {
+        let out = audit::run(&conn, &a.meter_id, sealer.as_mut())?;
+        schema::ensure(&conn)?;
+        (out.tip, out.tpm_nv, Some(out.report))
+    };
+    if let Ok(mut f) = a.funds.lock() {
+        f.descending = tip.registers.descending;
+    }
+    let (state, state_rx) = watch::channel(tip.state());
+    let mut writer = Writer {
+        conn,
+        sealer,
+        meter_id: a.meter_id,
+        tip,
+        tpm_nv,
+        owed: false,
+        funds: a.funds,
+        state,
+        buf: Vec::with_capacity(512),
+    };
+    let report = match report {
+        Some(r) => r,
+        None => genesis(&mut writer)?,
+    };
+    Ok((writer, (state_rx, report)))
+}
+
+/// Commits the sealed genesis row of a new ledger.
+fn genesis(w: &mut Writer) -> Result<AuditReport> {
+    let started = std::time::Instant::now();
+    let entry = Entry {
+        kind: EntryKind::Genesis,
+        service: None,
+        request_id: None,
+        input_digest: [0; 48],
+        credit: Amount::ZERO,
+        debit: Amount::ZERO,
+        product: w.meter_id.as_bytes().to_vec(),
+        note: "genesis".into(),
+    };
+    let mut out = w.commit_entries(vec![(entry, None)]);
+    match out.pop() {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => return Err(e),
+        None => return Err(LedgerError::Storage("genesis not committed".into())),
+    }
+    Ok(AuditReport {
+        verdict: Verdict::Clean,
+        rows: w.tip.seq,
+        batches: 1,
+        head: w.tip.head,
+        ledger_nv: w.tip.nv,
+        tpm_nv: w.tpm_nv,
+        millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    })
+}

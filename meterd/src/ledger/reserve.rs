@@ -1,0 +1,111 @@
+//! Admission control: funds reserved in memory before any TPM work.
+//!
+//! A service reserves its price before it signs anything; a reservation is
+//! refused when the descending register, less what is already reserved,
+//! cannot cover it. The commit thread updates the descending register and
+//! releases the batch's reservations under the same lock, so there is no
+//! moment where the funds are counted neither as reserved nor as spent.
+
+use std::sync::{Arc, Mutex};
+
+use super::{LedgerError, Result};
+use crate::money::Amount;
+
+/// Funds as the admission check sees them.
+#[derive(Debug, Default)]
+pub(crate) struct Funds {
+    /// Descending register after the last commit.
+    pub descending: Amount,
+    /// Sum of live reservations.
+    pub reserved: Amount,
+}
+
+/// Shared funds state.
+pub(crate) type SharedFunds = Arc<Mutex<Funds>>;
+
+fn poisoned<T>(_: T) -> LedgerError {
+    LedgerError::Storage("funds lock poisoned".into())
+}
+
+/// Reserves `debit` against `funds`.
+pub(crate) fn reserve(funds: &SharedFunds, debit: Amount) -> Result<Reservation> {
+    let mut f = funds.lock().map_err(poisoned)?;
+    let available = f.descending.checked_sub(f.reserved).unwrap_or(Amount::ZERO);
+    if debit > available {
+        return Err(LedgerError::InsufficientFunds {
+            needed: debit,
+            available,
+        });
+    }
+    f.reserved = f.reserved.checked_add(debit)?;
+    Ok(Reservation {
+        funds: Arc::clone(funds),
+        amount: debit,
+    })
+}
+
+/// Funds held for one request until it commits or gives up; released on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    funds: SharedFunds,
+    amount: Amount,
+}
+
+impl Reservation {
+    /// Amount held.
+    pub fn amount(&self) -> Amount {
+        self.amount
+    }
+
+    /// Releases the hold while the caller already holds the funds lock.
+    pub(crate) fn release_locked(mut self, funds: &mut Funds) {
+        funds.reserved = funds
+            .reserved
+            .checked_sub(self.amount)
+            .unwrap_or(Amount::ZERO);
+        self.amount = Amount::ZERO;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.amount == Amount::ZERO {
+            return;
+        }
+        // A poisoned lock means a thread panicked while holding it; the
+        // counts in it are still valid integers, so release anyway.
+        let mut f = match self.funds.lock() {
+            Ok(f) => f,
+            Err(p) => p.into_inner(),
+        };
+        f.reserved = f.reserved.checked_sub(self.amount).unwrap_or(Amount::ZERO);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_hold_and_release() {
+        let funds: SharedFunds = Arc::new(Mutex::new(Funds {
+            descending: Amount(100),
+            reserved: Amount::ZERO,
+        }));
+        let a = reserve(&funds, Amount(60)).unwrap();
+        assert!(matches!(
+            reserve(&funds, Amount(50)),
+            Err(LedgerError::InsufficientFunds {
+                available: Amount(40),
+                ..
+            })
+        ));
+        let b = reserve(&funds, Amount(40)).unwrap();
+        drop(a);
+        assert_eq!(funds.lock().unwrap().reserved, Amount(40));
+        let mut f = funds.lock().unwrap();
+        b.release_locked(&mut f);
+        assert_eq!(f.reserved, Amount::ZERO);
+    }
+}

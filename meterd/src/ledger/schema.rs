@@ -1,0 +1,146 @@
+//! SQLite schema and connection settings of the ledger.
+//!
+//! WAL with `synchronous=FULL` so a COMMIT that returned is on disk before
+//! the TPM counter moves; triggers make the journal, products and batches
+//! append-only so that even a bug in this crate cannot rewrite history (an
+//! attacker with the file can drop them: the hash chain is what catches him).
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use super::{LedgerError, Result};
+
+/// Schema version written in `meta`.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS journal(
+    seq INTEGER PRIMARY KEY,
+    time INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    service INTEGER NOT NULL,
+    request_id TEXT UNIQUE,
+    credit INTEGER NOT NULL,
+    debit INTEGER NOT NULL,
+    ascending INTEGER NOT NULL,
+    descending INTEGER NOT NULL,
+    control_total INTEGER NOT NULL,
+    pieces INTEGER NOT NULL,
+    service_count INTEGER NOT NULL,
+    product_digest BLOB NOT NULL,
+    note TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS products(
+    seq INTEGER PRIMARY KEY,
+    input_digest BLOB NOT NULL,
+    product BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches(
+    batch INTEGER PRIMARY KEY,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    nv INTEGER NOT NULL,
+    head BLOB NOT NULL,
+    seal BLOB NOT NULL,
+    time INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS journal_no_update BEFORE UPDATE ON journal
+    BEGIN SELECT RAISE(ABORT, 'journal is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS journal_no_delete BEFORE DELETE ON journal
+    BEGIN SELECT RAISE(ABORT, 'journal is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS products_no_update BEFORE UPDATE ON products
+    BEGIN SELECT RAISE(ABORT, 'products are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS products_no_delete BEFORE DELETE ON products
+    BEGIN SELECT RAISE(ABORT, 'products are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS batches_no_update BEFORE UPDATE ON batches
+    BEGIN SELECT RAISE(ABORT, 'batches are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS batches_no_delete BEFORE DELETE ON batches
+    BEGIN SELECT RAISE(ABORT, 'batches are append-only'); END;
+";
+
+/// Maps a SQLite failure to the ledger's storage error.
+pub(crate) fn storage(e: rusqlite::Error) -> LedgerError {
+    LedgerError::Storage(e.to_string())
+}
+
+/// Opens the database file with the ledger's settings; creates the file only
+/// when `create`.
+pub(crate) fn connect(path: &Path, create: bool) -> Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    } else if !path.exists() {
+        return Err(LedgerError::Storage(format!(
+            "no ledger at {}",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(storage)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(storage)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(storage)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(LedgerError::Storage(format!(
+            "cannot switch to WAL (journal_mode={mode})"
+        )));
+    }
+    // mmap spares the audit a copy of every page it streams.
+    conn.execute_batch(
+        "PRAGMA synchronous=FULL; PRAGMA cache_size=-16384; PRAGMA mmap_size=4294967296;",
+    )
+    .map_err(storage)?;
+    Ok(conn)
+}
+
+/// Whether the database already holds a ledger (a journal table with rows).
+pub(crate) fn has_rows(conn: &Connection) -> Result<bool> {
+    let table: Option<String> = conn
+        .query_row(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='journal'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(storage)?;
+    if table.is_none() {
+        return Ok(false);
+    }
+    let any: Option<i64> = conn
+        .query_row("SELECT seq FROM journal LIMIT 1", [], |r| r.get(0))
+        .optional()
+        .map_err(storage)?;
+    Ok(any.is_some())
+}
+
+/// Creates the tables and triggers and records the schema version and meter id.
+pub(crate) fn create(conn: &Connection, meter_id: &str) -> Result<()> {
+    conn.execute_batch(TABLES).map_err(storage)?;
+    conn.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?1), ('meter_id', ?2)",
+        rusqlite::params![SCHEMA_VERSION, meter_id],
+    )
+    .map_err(storage)?;
+    Ok(())
+}
+
+/// Re-creates any missing table or append-only trigger of an existing
+/// ledger (an attacker who dropped them does not keep the door open).
+pub(crate) fn ensure(conn: &Connection) -> Result<()> {
+    conn.execute_batch(TABLES).map_err(storage)
+}
+
+/// Reads a text value from `meta`.
+pub(crate) fn meta_text(conn: &Connection, key: &str) -> Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key=?1", [key], |r| {
+        r.get::<_, Option<String>>(0)
+    })
+    .optional()
+    .map(Option::flatten)
+    .map_err(storage)
+}
