@@ -14,7 +14,10 @@
 //!   every loaded handle (they died with the reset) and is retried once.
 //!   Keys reload from their blobs under the recreated primary, which the
 //!   TPM derives again from the owner seed. While the TPM is unreachable
-//!   every call fails with [`HousingError::Unavailable`]. A retried
+//!   every call fails with [`HousingError::Unavailable`]. Some TCTIs
+//!   (swtpm's) reconnect by themselves, so a reset can also show up as
+//!   `TPM_RC_REFERENCE_H*` (a handle we hold is not loaded): it is handled
+//!   the same way. A retried
 //!   `counter_increment` whose first attempt reached the TPM may skip one
 //!   value; the counter stays monotonic.
 //! * **Clock.** tss-esapi 7.7 has no `ReadClock` and does not expose its
@@ -156,10 +159,7 @@ impl TpmHousing {
 
     /// Runs `op` on the connection; on a link failure drops the context and
     /// retries once on a fresh one (a TPM needing TPM2_Startup gets one).
-    fn run<T>(
-        &mut self,
-        mut op: impl FnMut(&mut Conn, &KeyStore) -> Attempt<T>,
-    ) -> Result<T> {
+    fn run<T>(&mut self, mut op: impl FnMut(&mut Conn, &KeyStore) -> Attempt<T>) -> Result<T> {
         let mut retried = false;
         loop {
             self.connect()?;
@@ -174,6 +174,11 @@ impl TpmHousing {
             let (command, e) = err;
             if is_link_failure(&e) {
                 tracing::warn!(command, error = %e, "TPM link failure; reopening the context");
+                self.conn = None;
+            } else if errors::is_stale_handle(&e) {
+                // The TCTI may reconnect by itself: a handle we hold that
+                // the TPM does not know means the TPM was reset under us.
+                tracing::warn!(command, error = %e, "TPM lost our handles (reset?); reopening");
                 self.conn = None;
             } else if tpm_kind(&e) == Some(Tss2ResponseCodeKind::Initialize) && !retried {
                 tracing::warn!("TPM not started; sending TPM2_Startup(CLEAR)");
@@ -260,7 +265,10 @@ fn ensure_loaded(conn: &mut Conn, store: &KeyStore, name: &str) -> Attempt<KeyHa
     }
     let (public, private) = store.load(name)?;
     let point = templates::signing_key_point(&public).ok_or_else(|| {
-        tpm_error("load", format!("blob of {name:?} is not a P-384 signing key"))
+        tpm_error(
+            "load",
+            format!("blob of {name:?} is not a P-384 signing key"),
+        )
     })?;
     make_room(conn)?;
     let primary = create_primary(&mut conn.ctx)?;
@@ -358,8 +366,7 @@ fn nv_define_counter(conn: &mut Conn, index: NvIndexTpmHandle) -> Attempt<()> {
         });
     match defined {
         Ok(handle) => {
-            conn.nv
-                .insert(u32::from(TpmHandle::NvIndex(index)), handle);
+            conn.nv.insert(u32::from(TpmHandle::NvIndex(index)), handle);
             Ok(())
         }
         // Defined meanwhile: fine, the caller looks it up.

@@ -223,7 +223,10 @@ pub type Result<T> = std::result::Result<T, LedgerError>;
 /// ledger's own thread, hence blocking.
 pub trait Sealer: Send + 'static {
     /// Signs a seal digest with the meter's identity key.
-    fn sign(&mut self, digest: &Digest) -> std::result::Result<RawSignature, crate::housing::HousingError>;
+    fn sign(
+        &mut self,
+        digest: &Digest,
+    ) -> std::result::Result<RawSignature, crate::housing::HousingError>;
     /// Reads the counter (`None` when not defined).
     fn counter_read(&mut self) -> std::result::Result<Option<u64>, crate::housing::HousingError>;
     /// Increments the counter, returning the new value.

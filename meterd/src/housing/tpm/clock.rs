@@ -40,8 +40,15 @@ pub(crate) struct Offsets {
     restart: u32,
 }
 
-const TWO_PASSWORDS: (Option<AuthSession>, Option<AuthSession>, Option<AuthSession>) =
-    (Some(AuthSession::Password), Some(AuthSession::Password), None);
+const TWO_PASSWORDS: (
+    Option<AuthSession>,
+    Option<AuthSession>,
+    Option<AuthSession>,
+) = (
+    Some(AuthSession::Password),
+    Some(AuthSession::Password),
+    None,
+);
 
 /// Reads the clock; calibrates first if `offsets` is unset. Needs one free
 /// transient slot the first time.

@@ -64,6 +64,31 @@ pub(crate) fn is_link_failure(err: &TssError) -> bool {
     }
 }
 
+/// Whether the TPM says a handle or session we passed is not loaded,
+/// which for handles we track means the TPM was reset under us.
+pub(crate) fn is_stale_handle(err: &TssError) -> bool {
+    use Tss2ResponseCodeKind as K;
+    matches!(
+        tpm_kind(err),
+        Some(
+            K::ReferenceH0
+                | K::ReferenceH1
+                | K::ReferenceH2
+                | K::ReferenceH3
+                | K::ReferenceH4
+                | K::ReferenceH5
+                | K::ReferenceH6
+                | K::ReferenceS0
+                | K::ReferenceS1
+                | K::ReferenceS2
+                | K::ReferenceS3
+                | K::ReferenceS4
+                | K::ReferenceS5
+                | K::ReferenceS6
+        )
+    )
+}
+
 /// The decoded TPM response kind, only for codes from the TPM layer.
 pub(crate) fn tpm_kind(err: &TssError) -> Option<Tss2ResponseCodeKind> {
     let TssError::Tss2Error(rc) = err else {
@@ -111,10 +136,19 @@ mod tests {
 
     #[test]
     fn raw_code_roundtrips() {
-        for v in [0x000A_000A, 0x0000_0922, 0x0000_014A, 0x0000_018B, 0x0007_0007] {
+        for v in [
+            0x000A_000A,
+            0x0000_0922,
+            0x0000_014A,
+            0x0000_018B,
+            0x0007_0007,
+        ] {
             assert_eq!(raw_rc(&rc(v)), Some(v), "{v:#x}");
         }
-        assert_eq!(raw_rc(&TssError::WrapperError(WrapperErrorKind::WrongParamSize)), None);
+        assert_eq!(
+            raw_rc(&TssError::WrapperError(WrapperErrorKind::WrongParamSize)),
+            None
+        );
     }
 
     #[test]
@@ -131,9 +165,15 @@ mod tests {
     #[test]
     fn tpm_codes_keep_their_kind() {
         // TPM_RC_NV_RATE (warning 0x920).
-        assert!(matches!(map_tss("nv", rc(0x0000_0920)), HousingError::NvRate));
+        assert!(matches!(
+            map_tss("nv", rc(0x0000_0920)),
+            HousingError::NvRate
+        ));
         // TPM_RC_NV_UNINITIALIZED (0x14A).
-        assert_eq!(tpm_kind(&rc(0x0000_014A)), Some(Tss2ResponseCodeKind::NvUninitialized));
+        assert_eq!(
+            tpm_kind(&rc(0x0000_014A)),
+            Some(Tss2ResponseCodeKind::NvUninitialized)
+        );
         match map_tss("nv_read", rc(0x0000_014A)) {
             HousingError::Tpm { command, message } => {
                 assert_eq!(command, "nv_read");
@@ -141,6 +181,9 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+        // TPM_RC_REFERENCE_H0: a handle we hold is gone.
+        assert!(is_stale_handle(&rc(0x0000_0910)));
+        assert!(!is_stale_handle(&rc(0x0000_014A)));
         // The same error number in the TCTI layer is not a TPM kind.
         assert_eq!(tpm_kind(&rc(0x000A_014A)), None);
     }

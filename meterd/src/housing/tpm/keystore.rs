@@ -151,7 +151,9 @@ fn read_bounded(path: &Path, name: &str) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     file.take(MAX_BLOB + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > MAX_BLOB {
-        return Err(invalid_data(format!("key {name}: blob larger than {MAX_BLOB} bytes")));
+        return Err(invalid_data(format!(
+            "key {name}: blob larger than {MAX_BLOB} bytes"
+        )));
     }
     Ok(buf)
 }
