@@ -1,0 +1,211 @@
+//! The key blob store: `<dir>/<name>.pub` and `<dir>/<name>.priv`.
+//!
+//! A TPM key never leaves the TPM in the clear; what we keep on disk are
+//! the marshalled `TPM2B_PUBLIC` and `TPM2B_PRIVATE` that `TPM2_Create`
+//! returned (the private part wrapped under the primary storage key). They
+//! are written atomically (temp file, fsync, rename, fsync of the directory)
+//! so a crash never leaves half a key behind, and read back with strict
+//! size bounds because the directory is outside the TPM's protection.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use tss_esapi::structures::{Private, Public, PublicBuffer};
+use tss_esapi::traits::{Marshall, UnMarshall};
+
+use crate::housing::{HousingError, Result};
+
+/// Largest blob file we accept; real blobs are a few hundred bytes.
+const MAX_BLOB: u64 = 4096;
+
+/// Checks a key name: `[a-z0-9-]{1,64}`.
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(HousingError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid key name {name:?}: expected [a-z0-9-]{{1,64}}"),
+        )))
+    }
+}
+
+/// The directory holding the key blobs.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyStore {
+    dir: PathBuf,
+}
+
+impl KeyStore {
+    /// Opens (creating if needed, mode 0700) the blob directory.
+    pub(crate) fn open(dir: &Path) -> Result<KeyStore> {
+        fs::create_dir_all(dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(KeyStore {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, name: &str, ext: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{ext}"))
+    }
+
+    /// Whether both blobs of `name` exist.
+    pub(crate) fn exists(&self, name: &str) -> Result<bool> {
+        validate_name(name)?;
+        Ok(self.path(name, "pub").is_file() && self.path(name, "priv").is_file())
+    }
+
+    /// Stores the blobs of a freshly created key; the private blob first so
+    /// that a key "exists" (its `.pub` is present) only when complete.
+    pub(crate) fn store(&self, name: &str, public: &Public, private: &Private) -> Result<()> {
+        validate_name(name)?;
+        let pub_bytes = PublicBuffer::try_from(public.clone())
+            .and_then(|b| b.marshall())
+            .map_err(|e| invalid_data(format!("cannot marshal public blob: {e}")))?;
+        let priv_value = private.value();
+        let len = u16::try_from(priv_value.len())
+            .map_err(|_| invalid_data("private blob too large".into()))?;
+        let mut priv_bytes = Vec::with_capacity(priv_value.len() + 2);
+        priv_bytes.extend_from_slice(&len.to_be_bytes());
+        priv_bytes.extend_from_slice(priv_value);
+        self.write_atomic(&self.path(name, "priv"), &priv_bytes)?;
+        self.write_atomic(&self.path(name, "pub"), &pub_bytes)?;
+        Ok(())
+    }
+
+    /// Loads the blobs of `name`; `NoSuchKey` if absent.
+    pub(crate) fn load(&self, name: &str) -> Result<(Public, Private)> {
+        validate_name(name)?;
+        let pub_bytes = read_bounded(&self.path(name, "pub"), name)?;
+        let priv_bytes = read_bounded(&self.path(name, "priv"), name)?;
+        let public = PublicBuffer::unmarshall(&pub_bytes)
+            .and_then(Public::try_from)
+            .map_err(|e| invalid_data(format!("key {name}: bad public blob: {e}")))?;
+        let private = parse_tpm2b(&priv_bytes)
+            .and_then(|body| Private::try_from(body.to_vec()).ok())
+            .ok_or_else(|| invalid_data(format!("key {name}: bad private blob")))?;
+        Ok((public, private))
+    }
+
+    /// Deletes the blobs of `name` (public first, so it stops "existing").
+    pub(crate) fn remove(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        if !self.exists(name)? {
+            return Err(HousingError::NoSuchKey(name.to_owned()));
+        }
+        for ext in ["pub", "priv"] {
+            match fs::remove_file(self.path(name, ext)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let result = (|| -> io::Result<()> {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        sync_dir(&self.dir)
+    }
+}
+
+/// Body of a `TPM2B` (big-endian u16 size, then exactly that many bytes).
+fn parse_tpm2b(bytes: &[u8]) -> Option<&[u8]> {
+    let (size, body) = bytes.split_first_chunk::<2>()?;
+    (usize::from(u16::from_be_bytes(*size)) == body.len()).then_some(body)
+}
+
+fn read_bounded(path: &Path, name: &str) -> Result<Vec<u8>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(HousingError::NoSuchKey(name.to_owned()))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut buf = Vec::new();
+    file.take(MAX_BLOB + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_BLOB {
+        return Err(invalid_data(format!(
+            "key {name}: blob larger than {MAX_BLOB} bytes"
+        )));
+    }
+    Ok(buf)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn invalid_data(msg: String) -> HousingError {
+    HousingError::Io(io::Error::new(io::ErrorKind::InvalidData, msg))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["a", "postmark", "key-1", &"x".repeat(64)] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "A", "a_b", "a/b", "..", "é", &"x".repeat(65), "a b"] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tpm2b() {
+        assert_eq!(parse_tpm2b(&[0, 2, 7, 8]), Some(&[7u8, 8][..]));
+        assert_eq!(parse_tpm2b(&[0, 3, 7, 8]), None);
+        assert_eq!(parse_tpm2b(&[0, 1, 7, 8]), None);
+        assert_eq!(parse_tpm2b(&[0]), None);
+        assert_eq!(parse_tpm2b(&[0, 0]), Some(&[][..]));
+    }
+
+    #[test]
+    fn missing_key_is_no_such_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyStore::open(dir.path()).unwrap();
+        assert!(!ks.exists("k").unwrap());
+        assert!(matches!(ks.load("k"), Err(HousingError::NoSuchKey(_))));
+        assert!(matches!(ks.remove("k"), Err(HousingError::NoSuchKey(_))));
+    }
+
+    #[test]
+    fn oversized_blob_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyStore::open(dir.path()).unwrap();
+        fs::write(dir.path().join("k.pub"), vec![0u8; 5000]).unwrap();
+        fs::write(dir.path().join("k.priv"), [0u8, 1, 2]).unwrap();
+        assert!(matches!(ks.load("k"), Err(HousingError::Io(_))));
+    }
+}

@@ -1,0 +1,174 @@
+//! Key templates and conversions between TPM structures and plain bytes.
+//!
+//! The primary is an ECC P-384 restricted decryption (storage) key from a
+//! fixed template under the owner hierarchy: the TPM derives it from the
+//! owner seed, so recreating it after a TPM reset yields the same key and
+//! the stored child blobs load again. Signing keys are unrestricted ECDSA
+//! P-384 / SHA-384 keys that never leave the TPM (`fixedTPM|fixedParent|
+//! sensitiveDataOrigin|userWithAuth|sign`).
+
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::structures::{
+    EccPoint, EccScheme, HashScheme, HashcheckTicket, KeyDerivationFunctionScheme, Public,
+    PublicBuilder, PublicEccParametersBuilder, Signature, SignatureScheme,
+    SymmetricDefinitionObject,
+};
+use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+use tss_esapi::Result as TssResult;
+
+use crate::housing::RawSignature;
+
+/// Size of a P-384 coordinate / signature half.
+const P384_LEN: usize = 48;
+
+/// The fixed template of the owner-hierarchy storage primary.
+pub(crate) fn primary_template() -> TssResult<Public> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()?;
+    let params = PublicEccParametersBuilder::new()
+        .with_symmetric(SymmetricDefinitionObject::AES_256_CFB)
+        .with_ecc_scheme(EccScheme::Null)
+        .with_curve(EccCurve::NistP384)
+        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+        .with_is_decryption_key(true)
+        .with_restricted(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(params)
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+}
+
+/// The template of a signing key (ECDSA P-384 with SHA-384).
+pub(crate) fn signing_key_template() -> TssResult<Public> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_sign_encrypt(true)
+        .build()?;
+    let params = PublicEccParametersBuilder::new_unrestricted_signing_key(
+        EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha384)),
+        EccCurve::NistP384,
+    )
+    .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(params)
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+}
+
+/// The scheme passed to TPM2_Sign.
+pub(crate) fn sign_scheme() -> SignatureScheme {
+    SignatureScheme::EcDsa {
+        hash_scheme: HashScheme::new(HashingAlgorithm::Sha384),
+    }
+}
+
+/// The null hashcheck ticket (enough for an unrestricted key).
+pub(crate) fn null_ticket() -> TssResult<HashcheckTicket> {
+    HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
+        tag: TPM2_ST_HASHCHECK,
+        hierarchy: TPM2_RH_NULL,
+        digest: Default::default(),
+    })
+}
+
+/// Checks that a public area is one of our signing keys and returns its
+/// uncompressed SEC1 point (`04 || X || Y`, 97 bytes). `None` otherwise:
+/// a blob pair swapped for an exportable or non-P-384 key is refused.
+pub(crate) fn signing_key_point(public: &Public) -> Option<Vec<u8>> {
+    let Public::Ecc {
+        object_attributes,
+        parameters,
+        unique,
+        ..
+    } = public
+    else {
+        return None;
+    };
+    let attrs_ok = object_attributes.fixed_tpm()
+        && object_attributes.fixed_parent()
+        && object_attributes.sensitive_data_origin()
+        && object_attributes.sign_encrypt()
+        && !object_attributes.decrypt()
+        && !object_attributes.restricted();
+    let params_ok = parameters.ecc_curve() == EccCurve::NistP384
+        && parameters.ecc_scheme() == EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha384));
+    if !attrs_ok || !params_ok {
+        return None;
+    }
+    let mut point = Vec::with_capacity(1 + 2 * P384_LEN);
+    point.push(0x04);
+    point.extend_from_slice(&left_pad(unique.x().value())?);
+    point.extend_from_slice(&left_pad(unique.y().value())?);
+    Some(point)
+}
+
+/// `r || s`, each left-padded to 48 bytes; `None` for any other signature.
+pub(crate) fn raw_signature(sig: &Signature) -> Option<RawSignature> {
+    let Signature::EcDsa(ecc) = sig else {
+        return None;
+    };
+    let mut out = [0u8; 2 * P384_LEN];
+    out[..P384_LEN].copy_from_slice(&left_pad(ecc.signature_r().value())?);
+    out[P384_LEN..].copy_from_slice(&left_pad(ecc.signature_s().value())?);
+    Some(out)
+}
+
+/// Left-pads a big-endian integer to 48 bytes (leading zeros stripped by
+/// the TPM); `None` if it does not fit.
+fn left_pad(v: &[u8]) -> Option<[u8; P384_LEN]> {
+    let start = v.iter().position(|&b| b != 0).unwrap_or(v.len());
+    let v = &v[start..];
+    if v.len() > P384_LEN {
+        return None;
+    }
+    let mut out = [0u8; P384_LEN];
+    out[P384_LEN - v.len()..].copy_from_slice(v);
+    Some(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pads() {
+        let p = left_pad(&[1, 2]).unwrap();
+        assert_eq!(&p[46..], &[1, 2]);
+        assert!(p[..46].iter().all(|&b| b == 0));
+        assert!(left_pad(&[1u8; 49]).is_none());
+        let mut with_zero = vec![0u8];
+        with_zero.extend_from_slice(&[9u8; 48]);
+        assert_eq!(left_pad(&with_zero).unwrap(), [9u8; 48]);
+    }
+
+    #[test]
+    fn templates_build() {
+        assert!(primary_template().is_ok());
+        let t = signing_key_template().unwrap();
+        // An empty unique point does not fit a P-384 key... but the
+        // attribute/parameter check itself accepts the template.
+        assert!(signing_key_point(&t).is_some_and(|p| p.len() == 97));
+        assert!(signing_key_point(&primary_template().unwrap()).is_none());
+    }
+}
