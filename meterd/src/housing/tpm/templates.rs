@@ -166,8 +166,8 @@ mod tests {
     fn templates_build() {
         assert!(primary_template().is_ok());
         let t = signing_key_template().unwrap();
-        // An empty unique point does not fit a P-384 key... but the
-        // attribute/parameter check itself accepts the template.
+        // The template passes the attribute/parameter check (its empty
+        // unique point pads to zeros); the storage primary does not.
         assert!(signing_key_point(&t).is_some_and(|p| p.len() == 97));
         assert!(signing_key_point(&primary_template().unwrap()).is_none());
     }
