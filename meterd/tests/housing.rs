@@ -212,6 +212,26 @@ fn survives_tpm_reset_and_reports_outage() {
     assert_eq!(h.counter_increment(COUNTER).unwrap(), value + 1);
 }
 
+/// After a reset the TPM hands out the same handle numbers again: a key
+/// loaded after the reset must not be mistaken for one cached before it.
+#[test]
+fn reset_does_not_confuse_reused_handles() {
+    let mut tpm = Swtpm::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut h = open(&tpm, state.path());
+    let a = h.create_key("alpha").unwrap();
+    let b = h.create_key("beta").unwrap();
+    h.flush_all().unwrap();
+    let d = digest(b"handle reuse");
+    // Only alpha is loaded now.
+    assert!(verifies(&a, &d, &h.sign_digest("alpha", &d).unwrap()));
+    tpm.restart();
+    // beta loads first after the reset and may get alpha's old handle.
+    assert!(verifies(&b, &d, &h.sign_digest("beta", &d).unwrap()));
+    let sig = h.sign_digest("alpha", &d).unwrap();
+    assert!(verifies(&a, &d, &sig), "alpha's signature must come from alpha");
+}
+
 #[test]
 fn keys_survive_daemon_restart() {
     let tpm = Swtpm::start();

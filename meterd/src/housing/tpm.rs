@@ -35,7 +35,7 @@ use std::str::FromStr;
 
 use tss_esapi::attributes::NvIndexAttributesBuilder;
 use tss_esapi::constants::{CapabilityType, NvIndexType, StartupType, Tss2ResponseCodeKind};
-use tss_esapi::handles::{KeyHandle, NvIndexHandle, NvIndexTpmHandle, TpmHandle};
+use tss_esapi::handles::{KeyHandle, NvIndexHandle, NvIndexTpmHandle, TpmHandle, TransientTpmHandle};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
 use tss_esapi::interface_types::session_handles::AuthSession;
@@ -78,6 +78,7 @@ struct Conn {
 }
 
 /// Failure of one attempt: a TSS error (classified later) or a final one.
+#[derive(Debug)]
 enum Fail {
     Tss(&'static str, TssError),
     Housing(HousingError),
@@ -145,8 +146,13 @@ impl TpmHousing {
         match self.conn {
             Some(ref mut conn) => Ok(conn),
             None => {
-                let ctx = Context::new(self.tcti.clone())
+                let mut ctx = Context::new(self.tcti.clone())
                     .map_err(|e| HousingError::Unavailable(format!("open TCTI: {e}")))?;
+                match flush_leftovers(&mut ctx) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(objects = n, "flushed transient objects left in the TPM"),
+                    Err(e) => tracing::warn!(error = ?e, "could not list leftover TPM objects"),
+                }
                 Ok(self.conn.insert(Conn {
                     ctx,
                     keys: Vec::new(),
@@ -271,6 +277,15 @@ fn ensure_loaded(conn: &mut Conn, store: &KeyStore, name: &str) -> Attempt<KeyHa
         )
     })?;
     make_room(conn)?;
+    // A TPM reset empties the TPM without telling us (the swtpm TCTI
+    // reconnects by itself), and the TPM then hands out the same handle
+    // numbers again: a cached handle could name another key. Before any
+    // load, the TPM must still hold every key we think is loaded.
+    if count_handles(&mut conn.ctx, TRANSIENT_FIRST)? < conn.keys.len() {
+        tracing::warn!("TPM reset detected (our keys are gone); reloading from blobs");
+        conn.keys.clear();
+        conn.clock_offsets = None;
+    }
     let primary = create_primary(&mut conn.ctx)?;
     let loaded = conn
         .ctx
@@ -394,9 +409,14 @@ fn check_counter_public(ctx: &mut Context, handle: NvIndexHandle) -> Attempt<()>
 /// Counts the handles in the range starting at `first` (same top byte,
 /// or the policy-session byte for the loaded-session range).
 fn count_handles(ctx: &mut Context, first: u32) -> Attempt<usize> {
+    list_handles(ctx, first).map(|l| l.len())
+}
+
+/// Lists the handles in the range starting at `first`.
+fn list_handles(ctx: &mut Context, first: u32) -> Attempt<Vec<u32>> {
     let top = first >> 24;
     let mut property = first;
-    let mut count = 0usize;
+    let mut found = Vec::new();
     loop {
         let (data, more) = ctx
             .execute_without_session(|c| c.get_capability(CapabilityType::Handles, property, 64))
@@ -409,15 +429,31 @@ fn count_handles(ctx: &mut Context, first: u32) -> Attempt<usize> {
             let raw = u32::from(*handle);
             let t = raw >> 24;
             if t == top || (top == 0x02 && t == 0x03) {
-                count += 1;
+                found.push(raw);
             }
             last = Some(raw);
         }
         match (more, last) {
             (true, Some(l)) if l < u32::MAX => property = l + 1,
-            _ => return Ok(count),
+            _ => return Ok(found),
         }
     }
+}
+
+/// Flushes transient objects left by an earlier meterd that died without
+/// flushing (kill -9): without a resource manager (swtpm, or /dev/tpm0)
+/// they would hold the TPM's few slots forever. Under /dev/tpmrm0 the
+/// kernel shows each connection only its own objects, so this finds none.
+fn flush_leftovers(ctx: &mut Context) -> Attempt<usize> {
+    let handles = list_handles(ctx, TRANSIENT_FIRST)?;
+    for raw in &handles {
+        let tpm_handle = TransientTpmHandle::new(*raw).tag("transient_handle")?;
+        let object = ctx
+            .tr_from_tpm_public(TpmHandle::Transient(tpm_handle))
+            .tag("tr_from_tpm_public")?;
+        ctx.flush_context(object).tag("flush_context")?;
+    }
+    Ok(handles.len())
 }
 
 impl Housing for TpmHousing {

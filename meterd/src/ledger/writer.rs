@@ -10,6 +10,7 @@
 
 use std::sync::mpsc;
 
+use crate::money::Amount;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{oneshot, watch};
 
@@ -538,7 +539,15 @@ fn apply_entry(
 }
 
 /// Registers after `e`: credit first, then the debit, every step checked.
+///
+/// A `reanchor` Unlock row (an authority cleared a tamper lock) also
+/// restores AR + DR = CT when the damage it accepts broke it: the control
+/// total and the ascending register stand, the descending register is what
+/// is left, so a descending register edited upwards is not kept.
 pub(crate) fn next_registers(r: &Registers, e: &Entry) -> Result<Registers> {
+    if is_reanchor(e.kind as u8, e.note.as_bytes()) {
+        return Ok(reanchored(r));
+    }
     let funds = r.descending.checked_add(e.credit)?;
     if e.debit > funds {
         return Err(LedgerError::InsufficientFunds {
@@ -556,4 +565,17 @@ pub(crate) fn next_registers(r: &Registers, e: &Entry) -> Result<Registers> {
         *c = c.checked_add(1).ok_or(crate::money::Overflow)?;
     }
     Ok(n)
+}
+
+/// Whether a row is a `reanchor` Unlock row.
+pub(crate) fn is_reanchor(kind: u8, note: &[u8]) -> bool {
+    kind == EntryKind::Unlock as u8 && note == b"reanchor"
+}
+
+/// Registers a reanchor row carries after `r` (see [`next_registers`]).
+pub(crate) fn reanchored(r: &Registers) -> Registers {
+    let mut n = r.clone();
+    n.ascending = Amount(r.ascending.0.min(r.control_total.0));
+    n.descending = Amount(r.control_total.0 - n.ascending.0);
+    n
 }
