@@ -132,6 +132,59 @@ pub fn verify(
     anchors: &[Certificate],
     now: i64,
 ) -> std::result::Result<TokenInfo, TokenFailure> {
+    verify_cached(token_der, anchors, now, None)
+}
+
+/// Signer certificates already chained to the anchors, so that a busy
+/// validator pays one signature check per token instead of two (the chain
+/// check is a second ECDSA verify, as costly as the token's own).
+///
+/// Keyed by SHA-384 of the signer certificate and the anchors; an entry
+/// holds until the signer certificate's notAfter. Bounded: cleared when full.
+#[derive(Debug, Default)]
+pub struct ChainCache {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 48], (i64, i64)>>,
+}
+
+impl ChainCache {
+    const MAX: usize = 1024;
+
+    fn key(signer: &Certificate, anchors: &[Certificate]) -> Option<[u8; 48]> {
+        use sha2::{Digest, Sha384};
+        let mut h = Sha384::new();
+        h.update(cert::to_der(signer).ok()?);
+        for a in anchors {
+            h.update(cert::to_der(a).ok()?);
+        }
+        Some(h.finalize().into())
+    }
+
+    fn hit(&self, key: &[u8; 48], now: i64) -> bool {
+        self.entries
+            .lock()
+            .ok()
+            .and_then(|e| e.get(key).copied())
+            .is_some_and(|(from, until)| from <= now && now <= until)
+    }
+
+    fn remember(&self, key: [u8; 48], signer: &Certificate) {
+        if let Ok(mut e) = self.entries.lock() {
+            if e.len() >= Self::MAX {
+                e.clear();
+            }
+            e.insert(key, (cert::not_before(signer), cert::not_after(signer)));
+        }
+    }
+}
+
+/// [`verify`], skipping the chain check for a signer `cache` has seen chain
+/// to these anchors (the token's own signature is always checked).
+pub fn verify_cached(
+    token_der: &[u8],
+    anchors: &[Certificate],
+    now: i64,
+    cache: Option<&ChainCache>,
+) -> std::result::Result<TokenInfo, TokenFailure> {
     let p = pcms::parse(token_der).map_err(malformed)?;
     if p.content_type != oid::ID_CT_TSTINFO {
         return Err(malformed("eContentType is not id-ct-TSTInfo"));
@@ -149,7 +202,14 @@ pub fn verify(
         .map_err(malformed)?
         .ok_or_else(|| malformed("signingCertificateV2 attribute missing"))?;
 
-    pcms::check_chain(&p, anchors, now).map_err(|e| TokenFailure::Chain(e.to_string()))?;
+    let key = cache.and_then(|_| ChainCache::key(&p.signer, anchors));
+    let cached = matches!((cache, &key), (Some(c), Some(k)) if c.hit(k, now));
+    if !cached {
+        pcms::check_chain(&p, anchors, now).map_err(|e| TokenFailure::Chain(e.to_string()))?;
+        if let (Some(c), Some(k)) = (cache, key) {
+            c.remember(k, &p.signer);
+        }
+    }
     if !cert::has_eku_timestamping_critical(&p.signer) {
         return Err(TokenFailure::Chain(
             "signer lacks critical EKU timeStamping".into(),

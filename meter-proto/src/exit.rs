@@ -38,10 +38,16 @@ pub const TABLE: &[(i32, &str)] = &[
     (FUNDS, "insufficient funds"),
     (LOCKED, "meter locked"),
     (INVALID, "invalid input"),
-    (REFUSED, "signed object refused (bad signature, replay, stale)"),
+    (
+        REFUSED,
+        "signed object refused (bad signature, replay, stale)",
+    ),
     (NOT_PROVISIONED, "meter not provisioned"),
     (HOUSING, "TPM failure"),
     (STORAGE, "ledger failure"),
     (BUS, "bus or daemon unreachable"),
-    (NOT_VALID, "verification negative (token not valid, audit found damage)"),
+    (
+        NOT_VALID,
+        "verification negative (token not valid, audit found damage)",
+    ),
 ];

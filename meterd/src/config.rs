@@ -93,7 +93,12 @@ impl Config {
         };
         if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
             // systemd may pass several, colon-separated; ours is the first.
-            let dir = dir.to_string_lossy().split(':').next().unwrap_or("").to_owned();
+            let dir = dir
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_owned();
             if !dir.is_empty() {
                 config.state_dir = PathBuf::from(dir);
             }
@@ -124,8 +129,8 @@ mod tests {
 
     #[test]
     fn parses_example_and_refuses_unknown_keys() {
-        let c: Config = toml::from_str("tcti = \"swtpm:port=1\"\nnv_index = 0x01500001\n")
-            .expect("parse");
+        let c: Config =
+            toml::from_str("tcti = \"swtpm:port=1\"\nnv_index = 0x01500001\n").expect("parse");
         assert_eq!(c.tcti, "swtpm:port=1");
         assert_eq!(c.nv_index, 0x0150_0001);
         assert_eq!(c.user_group, "meter");

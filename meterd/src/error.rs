@@ -79,14 +79,16 @@ impl From<meter_pki::PkiError> for ServiceError {
         use meter_pki::PkiError as P;
         match e {
             P::Malformed(m) => ServiceError::InvalidInput(format!("malformed object: {m}")),
-            P::TooLarge(n) => ServiceError::InvalidInput(format!(
-                "object of {n} bytes is larger than accepted"
-            )),
+            P::TooLarge(n) => {
+                ServiceError::InvalidInput(format!("object of {n} bytes is larger than accepted"))
+            }
             P::WrongType(m) => ServiceError::InvalidInput(format!("wrong kind of object: {m}")),
-            P::BadSignature(m) => ServiceError::BadSignature(format!("signature does not verify: {m}")),
-            P::Untrusted(m) => ServiceError::BadSignature(format!(
-                "not signed by the meter's trust anchor: {m}"
-            )),
+            P::BadSignature(m) => {
+                ServiceError::BadSignature(format!("signature does not verify: {m}"))
+            }
+            P::Untrusted(m) => {
+                ServiceError::BadSignature(format!("not signed by the meter's trust anchor: {m}"))
+            }
             P::Expired(m) => ServiceError::Stale(format!("expired: {m}")),
         }
     }

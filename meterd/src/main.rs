@@ -98,7 +98,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let conn = connect(&bus).await?;
     meterd::bus::serve(&conn, Arc::clone(&meter)).await?;
     conn.request_name(meter_proto::BUS_NAME).await?;
-    tokio::spawn(meterd::bus::watch_and_emit(conn.clone(), Arc::clone(&meter)));
+    tokio::spawn(meterd::bus::watch_and_emit(
+        conn.clone(),
+        Arc::clone(&meter),
+    ));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!(name = meter_proto::BUS_NAME, "ready");
 

@@ -13,9 +13,9 @@ use meter_pki::cert::Certificate;
 use crate::config::Config;
 use crate::error::{Result, ServiceError};
 use crate::housing::HousingHandle;
+use crate::identity::{self, Identity};
 use crate::ledger::{EntryKind, HousingSealer, Ledger, LedgerState, Verdict};
 use crate::rates::RateBook;
-use crate::identity::{self, Identity};
 use crate::{clock, lock};
 
 /// Name of the identity (communications) key in the housing; it also seals the ledger.
@@ -39,6 +39,7 @@ pub struct Meter {
     postmark_serial: AtomicU64,
     ledger_ready: tokio::sync::watch::Sender<Option<Ledger>>,
     provisioning: tokio::sync::Mutex<()>,
+    chain_cache: Arc<meter_pki::tsp::ChainCache>,
 }
 
 impl Meter {
@@ -54,11 +55,9 @@ impl Meter {
             postmark_serial: AtomicU64::new(serial_base()),
             ledger_ready,
             provisioning: tokio::sync::Mutex::new(()),
+            chain_cache: Arc::default(),
         };
-        let has_identity = meter
-            .housing
-            .call(|h| h.has_key(IDENTITY_KEY))
-            .await?;
+        let has_identity = meter.housing.call(|h| h.has_key(IDENTITY_KEY)).await?;
         if has_identity {
             meter.open_ledger().await?;
         }
@@ -68,6 +67,11 @@ impl Meter {
     /// Serializes provisioning steps (key creation must not race).
     pub(crate) fn provisioning(&self) -> &tokio::sync::Mutex<()> {
         &self.provisioning
+    }
+
+    /// Signer certificates Validate has already chained to the anchors.
+    pub fn chain_cache(&self) -> Arc<meter_pki::tsp::ChainCache> {
+        Arc::clone(&self.chain_cache)
     }
 
     /// Configuration in force.
@@ -83,10 +87,7 @@ impl Meter {
     /// Opens (creating if missing) the ledger sealed by the identity key,
     /// audits it, locks on damage, and loads identity and rates from it.
     pub(crate) async fn open_ledger(&self) -> Result<()> {
-        let public = self
-            .housing
-            .call(|h| h.public_key(IDENTITY_KEY))
-            .await?;
+        let public = self.housing.call(|h| h.public_key(IDENTITY_KEY)).await?;
         let meter_id = identity::meter_id_from_key(&public);
         let index = self.config.nv_index;
         self.housing.call(move |h| h.counter_define(index)).await?;

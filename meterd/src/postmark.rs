@@ -16,7 +16,11 @@ use crate::service::Service;
 use crate::{clock, sale};
 
 /// `Postmark`: hashes the message from its descriptor, then postmarks the digest.
-pub async fn postmark_file(meter: &Meter, file: std::fs::File, request_id: &str) -> Result<Vec<u8>> {
+pub async fn postmark_file(
+    meter: &Meter,
+    file: std::fs::File,
+    request_id: &str,
+) -> Result<Vec<u8>> {
     let limit = meter.config().max_message_bytes;
     sale::sell(
         meter,

@@ -89,7 +89,9 @@ pub async fn install(
         ));
     }
     let ledger = meter.ledger().ok_or_else(|| {
-        ServiceError::NotProvisioned("run meterctl provision first: the meter has no keys yet".into())
+        ServiceError::NotProvisioned(
+            "run meterctl provision first: the meter has no keys yet".into(),
+        )
     })?;
     let meter_id = meter.meter_id().unwrap_or_default();
     let root = cert::parse(root)?;
@@ -99,7 +101,15 @@ pub async fn install(
     let anchors = vec![root];
     cert::verify_chain(&anchors[0], &[], &anchors, now)?;
     check_cert(meter, &meter_cert, &meter_id, IDENTITY_KEY, &anchors, now).await?;
-    check_cert(meter, &postmark_cert, &meter_id, POSTMARK_KEY, &anchors, now).await?;
+    check_cert(
+        meter,
+        &postmark_cert,
+        &meter_id,
+        POSTMARK_KEY,
+        &anchors,
+        now,
+    )
+    .await?;
     if !cert::has_eku_timestamping_critical(&postmark_cert) {
         return Err(ServiceError::InvalidInput(
             "the postmark certificate must carry a critical extended key usage of timeStamping only".into(),
@@ -123,7 +133,9 @@ pub async fn install(
         note: "installed".into(),
     };
     if let Outcome::Existing { .. } = ledger.commit(entry, None).await? {
-        return Err(ServiceError::InvalidInput("the meter is already provisioned".into()));
+        return Err(ServiceError::InvalidInput(
+            "the meter is already provisioned".into(),
+        ));
     }
     tracing::info!(meter_id = %identity.meter_id, "provisioned");
     meter.set_identity(identity)

@@ -9,13 +9,13 @@
 use meter_pki::cert::Certificate;
 use meter_pki::payload::RateTable;
 
+use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::ledger::{Entry, EntryKind, Outcome};
 use crate::meter::Meter;
 use crate::money::Amount;
 use crate::service::Service;
-use crate::clock;
 
 /// All installed tables, oldest version first.
 #[derive(Debug, Default)]
@@ -88,8 +88,7 @@ impl RateBook {
 
 /// Verifies a signed table against the anchors and checks its content.
 fn open_table(signed: &[u8], anchors: &[Certificate], now: i64) -> Result<RateTable> {
-    let verified =
-        meter_pki::cms::verify(signed, anchors, Some(&meter_pki::oid::CT_RATES), now)?;
+    let verified = meter_pki::cms::verify(signed, anchors, Some(&meter_pki::oid::CT_RATES), now)?;
     let table: RateTable = meter_pki::payload::decode(&verified.content)?;
     for name in table.rates.keys() {
         if Service::from_name(name).is_none() {
@@ -99,7 +98,9 @@ fn open_table(signed: &[u8], anchors: &[Certificate], now: i64) -> Result<RateTa
         }
     }
     if table.version == 0 {
-        return Err(ServiceError::InvalidInput("rate table version must be at least 1".into()));
+        return Err(ServiceError::InvalidInput(
+            "rate table version must be at least 1".into(),
+        ));
     }
     Ok(table)
 }

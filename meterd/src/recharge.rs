@@ -44,7 +44,11 @@ pub async fn recharge(meter: &Meter, signed: &[u8]) -> Result<Amount> {
     };
     match ledger.commit(entry, None).await {
         Ok(Outcome::Committed { registers, .. }) => {
-            tracing::info!(sequence = voucher.sequence, amount = voucher.amount, "voucher credited");
+            tracing::info!(
+                sequence = voucher.sequence,
+                amount = voucher.amount,
+                "voucher credited"
+            );
             Ok(registers.descending)
         }
         Ok(Outcome::Existing { .. }) | Err(LedgerError::Conflict(_)) => {

@@ -68,13 +68,19 @@ pub async fn validate(meter: &Meter, file: std::fs::File, token: Vec<u8>) -> Res
         None,
         async move {
             let imprint = sha384_file(file, limit).await?;
-            Ok((input_digest("validate", &[&imprint, &token]), (imprint, token)))
+            Ok((
+                input_digest("validate", &[&imprint, &token]),
+                (imprint, token),
+            ))
         },
         |(imprint, token), identity| async move {
             let anchors = identity.anchors.clone();
-            let report = tokio::task::spawn_blocking(move || check(&token, &imprint, &anchors))
-                .await
-                .map_err(|e| ServiceError::InvalidInput(format!("validation task failed: {e}")))?;
+            let cache = meter.chain_cache();
+            let report = tokio::task::spawn_blocking(move || {
+                check(&token, &imprint, &anchors, Some(&cache))
+            })
+            .await
+            .map_err(|e| ServiceError::InvalidInput(format!("validation task failed: {e}")))?;
             serde_json::to_vec(&report)
                 .map_err(|e| ServiceError::InvalidInput(format!("report encoding: {e}")))
         },
@@ -89,8 +95,9 @@ pub fn check(
     token: &[u8],
     imprint: &[u8; 48],
     anchors: &[meter_pki::cert::Certificate],
+    cache: Option<&tsp::ChainCache>,
 ) -> Report {
-    let info = match tsp::verify(token, anchors, clock::now()) {
+    let info = match tsp::verify_cached(token, anchors, clock::now(), cache) {
         Ok(info) => info,
         Err(TokenFailure::Malformed(d)) => return Report::failed(meter_proto::step::MALFORMED, d),
         Err(TokenFailure::Chain(d)) => return Report::failed(meter_proto::step::CHAIN, d),
@@ -109,7 +116,10 @@ pub fn check(
     if info.hash_oid != const_oid::db::rfc5912::ID_SHA_384 {
         report.valid = false;
         report.step = meter_proto::step::DIGEST.into();
-        report.detail = format!("token uses hash {}, this meter compares SHA-384", info.hash_oid);
+        report.detail = format!(
+            "token uses hash {}, this meter compares SHA-384",
+            info.hash_oid
+        );
     } else if info.imprint.as_slice() != imprint.as_slice() {
         report.valid = false;
         report.step = meter_proto::step::DIGEST.into();

@@ -20,7 +20,10 @@ fn state_dir(sb: &Sandbox) -> PathBuf {
 fn postmark_ok(sb: &Sandbox, id: &str) {
     let msg = write(sb, &format!("{id}.txt"), id.as_bytes());
     let t = sb.path(&format!("{id}.tsr")).to_string_lossy().into_owned();
-    ok(&sb.meterctl(&["postmark", &msg, "-o", &t, "--request-id", id]), "postmark");
+    ok(
+        &sb.meterctl(&["postmark", &msg, "-o", &t, "--request-id", id]),
+        "postmark",
+    );
 }
 
 fn postmark_code(sb: &Sandbox, id: &str) -> Option<i32> {
@@ -34,7 +37,15 @@ fn clear_lock(sb: &Sandbox) {
     let s = sb.status();
     let nonce = s["lock_nonce"].as_str().expect("nonce").to_owned();
     let order = sb.path("order.pem").to_string_lossy().into_owned();
-    sb.authority(&["clear-lock", "--meter", &sb.meter_id(), "--nonce", &nonce, "--out", &order]);
+    sb.authority(&[
+        "clear-lock",
+        "--meter",
+        &sb.meter_id(),
+        "--nonce",
+        &nonce,
+        "--out",
+        &order,
+    ]);
     ok(&sb.meterctl(&["clear-lock", &order]), "clear-lock");
     // The same order again is refused: the lock it named is gone.
     let again = sb.meterctl(&["clear-lock", &order]);
@@ -67,7 +78,15 @@ fn recharge_is_single_use_and_checked() {
     let sb = Sandbox::up(1_000);
     let (_, dr0, ct0) = sb.registers();
     let v = sb.path("v.pem").to_string_lossy().into_owned();
-    sb.authority(&["voucher", "--meter", &sb.meter_id(), "--amount", "2500", "--out", &v]);
+    sb.authority(&[
+        "voucher",
+        "--meter",
+        &sb.meter_id(),
+        "--amount",
+        "2500",
+        "--out",
+        &v,
+    ]);
     let out = sb.meterctl_json(&["recharge", &v]);
     assert_eq!(out["descending"].as_u64(), Some(dr0 + 2500), "{out}");
     assert_eq!(sb.registers().2, ct0 + 2500);
@@ -77,22 +96,60 @@ fn recharge_is_single_use_and_checked() {
     assert!(String::from_utf8_lossy(&replay.stderr).contains("Replay"));
     // Another meter's voucher.
     let foreign = sb.path("f.pem").to_string_lossy().into_owned();
-    sb.authority(&["voucher", "--meter", "MTR-000000000000", "--amount", "5", "--out", &foreign]);
-    assert_eq!(code(&sb.meterctl(&["recharge", &foreign])), Some(exit::INVALID));
+    sb.authority(&[
+        "voucher",
+        "--meter",
+        "MTR-000000000000",
+        "--amount",
+        "5",
+        "--out",
+        &foreign,
+    ]);
+    assert_eq!(
+        code(&sb.meterctl(&["recharge", &foreign])),
+        Some(exit::INVALID)
+    );
     // Signed by another authority.
     let other = tempfile::tempdir().expect("tmp");
     let od = other.path().to_string_lossy().into_owned();
     sb.authority(&["--dir", &od, "init"]);
     let forged = sb.path("forged.pem").to_string_lossy().into_owned();
-    sb.authority(&["--dir", &od, "voucher", "--meter", &sb.meter_id(), "--amount", "9", "--out", &forged]);
-    assert_eq!(code(&sb.meterctl(&["recharge", &forged])), Some(exit::REFUSED));
+    sb.authority(&[
+        "--dir",
+        &od,
+        "voucher",
+        "--meter",
+        &sb.meter_id(),
+        "--amount",
+        "9",
+        "--out",
+        &forged,
+    ]);
+    assert_eq!(
+        code(&sb.meterctl(&["recharge", &forged])),
+        Some(exit::REFUSED)
+    );
     // Garbage.
     let junk = write(&sb, "junk.pem", b"not a voucher");
-    assert_eq!(code(&sb.meterctl(&["recharge", &junk])), Some(exit::INVALID));
+    assert_eq!(
+        code(&sb.meterctl(&["recharge", &junk])),
+        Some(exit::INVALID)
+    );
     // Overflow: a voucher for u64::MAX cannot be credited.
     let huge = sb.path("huge.pem").to_string_lossy().into_owned();
-    sb.authority(&["voucher", "--meter", &sb.meter_id(), "--amount", &u64::MAX.to_string(), "--out", &huge]);
-    assert_eq!(code(&sb.meterctl(&["recharge", &huge])), Some(exit::INVALID));
+    sb.authority(&[
+        "voucher",
+        "--meter",
+        &sb.meter_id(),
+        "--amount",
+        &u64::MAX.to_string(),
+        "--out",
+        &huge,
+    ]);
+    assert_eq!(
+        code(&sb.meterctl(&["recharge", &huge])),
+        Some(exit::INVALID)
+    );
     assert_eq!(sb.registers().2, ct0 + 2500, "refusals changed nothing");
 }
 
@@ -107,7 +164,10 @@ fn rate_tables_must_be_newer_and_signed() {
     let same = sb.path("same.pem").to_string_lossy().into_owned();
     let src = write(&sb, "same.toml", example.as_bytes());
     sb.authority(&["rates", "--in", &src, "--out", &same]);
-    assert_eq!(code(&sb.meterctl(&["rates", "install", &same])), Some(exit::REFUSED));
+    assert_eq!(
+        code(&sb.meterctl(&["rates", "install", &same])),
+        Some(exit::REFUSED)
+    );
     // Newer version with a new postmark price: accepted and used.
     let newer = example
         .replace(&format!("version = {v1}"), &format!("version = {}", v1 + 1))
@@ -115,7 +175,10 @@ fn rate_tables_must_be_newer_and_signed() {
     let src2 = write(&sb, "v2.toml", newer.as_bytes());
     let t2 = sb.path("v2.pem").to_string_lossy().into_owned();
     sb.authority(&["rates", "--in", &src2, "--out", &t2]);
-    ok(&sb.meterctl(&["rates", "install", &t2]), "install newer table");
+    ok(
+        &sb.meterctl(&["rates", "install", &t2]),
+        "install newer table",
+    );
     let s = sb.status();
     assert_eq!(s["rates_version"].as_u64(), Some(v1 + 1));
     assert_eq!(s["rates"]["postmark"].as_u64(), Some(700));
@@ -130,10 +193,16 @@ fn rate_tables_must_be_newer_and_signed() {
     let src3 = write(&sb, "v3.toml", newest.as_bytes());
     let t3 = sb.path("v3.pem").to_string_lossy().into_owned();
     sb.authority(&["--dir", &od, "rates", "--in", &src3, "--out", &t3]);
-    assert_eq!(code(&sb.meterctl(&["rates", "install", &t3])), Some(exit::REFUSED));
+    assert_eq!(
+        code(&sb.meterctl(&["rates", "install", &t3])),
+        Some(exit::REFUSED)
+    );
     // Unsigned garbage.
     let junk = write(&sb, "junk.der", &[0x30, 0x80, 0x00]);
-    assert_eq!(code(&sb.meterctl(&["rates", "install", &junk])), Some(exit::INVALID));
+    assert_eq!(
+        code(&sb.meterctl(&["rates", "install", &junk])),
+        Some(exit::INVALID)
+    );
     assert_eq!(sb.status()["rates_version"].as_u64(), Some(v1 + 1));
 }
 
@@ -162,7 +231,10 @@ fn restored_older_database_locks_until_authority_clears() {
     assert_eq!(sb.status()["state"], "ready");
     postmark_ok(&sb, "cleared");
     let now = sb.registers();
-    assert!(now.0 < spent.0 + 1_000, "the restored copy's registers are in force");
+    assert!(
+        now.0 < spent.0 + 1_000,
+        "the restored copy's registers are in force"
+    );
     assert_eq!(sb.meterctl_json(&["audit"])["ok"], true);
 }
 
@@ -175,7 +247,10 @@ fn edited_row_locks_as_tamper_until_reanchored() {
     let db = state_dir(&sb).join("ledger.sqlite");
     let db = db.to_string_lossy().into_owned();
     let triggers = ok(
-        &sb.run("sqlite3", &[&db, "SELECT name FROM sqlite_master WHERE type='trigger'"]),
+        &sb.run(
+            "sqlite3",
+            &[&db, "SELECT name FROM sqlite_master WHERE type='trigger'"],
+        ),
         "list triggers",
     );
     let mut sql = String::new();
@@ -193,6 +268,10 @@ fn edited_row_locks_as_tamper_until_reanchored() {
     assert_eq!(code(&audit), Some(exit::NOT_VALID));
     clear_lock(&sb);
     assert_eq!(sb.status()["state"], "ready");
+    // The reanchor restored AR + DR = CT: the edited-up descending register was not kept.
+    let (ar, dr, ct) = sb.registers();
+    assert_eq!(dr, ct - ar);
+    assert!(dr < 100_000, "the forged 100000 must not survive: {dr}");
     assert_eq!(sb.meterctl_json(&["audit"])["ok"], true);
     postmark_ok(&sb, "three");
     sb.script("restart-meterd");
@@ -216,7 +295,11 @@ fn registers_survive_daemon_and_tpm_restarts() {
                 done = true;
                 break;
             }
-            Some(c) => assert_eq!(c, exit::HOUSING, "only Housing errors while the TPM is back"),
+            Some(c) => assert_eq!(
+                c,
+                exit::HOUSING,
+                "only Housing errors while the TPM is back"
+            ),
             None => panic!("meterctl killed"),
         }
     }
@@ -231,18 +314,33 @@ fn introspection_matches_shipped_xml() {
     let live = ok(
         &sb.run(
             "busctl",
-            &[&address, "--xml-interface", "introspect", "org.meterd.Meter1", "/org/meterd/Meter1"],
+            &[
+                &address,
+                "--xml-interface",
+                "introspect",
+                "org.meterd.Meter1",
+                "/org/meterd/Meter1",
+            ],
         ),
         "busctl introspect",
     );
     let shipped = std::fs::read_to_string(sandbox::repo().join("dbus/org.meterd.Meter1.xml"))
         .expect("dbus/org.meterd.Meter1.xml");
     let iface = |xml: &str| -> String {
-        let start = xml.find("<interface name=\"org.meterd.Meter1\">").expect("interface");
+        let start = xml
+            .find("<interface name=\"org.meterd.Meter1\">")
+            .expect("interface");
         let end = start + xml[start..].find("</interface>").expect("end") + "</interface>".len();
-        xml[start..end].split_whitespace().collect::<Vec<_>>().join(" ")
+        xml[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
     };
-    assert_eq!(iface(&live), iface(&shipped), "regenerate dbus/org.meterd.Meter1.xml");
+    assert_eq!(
+        iface(&live),
+        iface(&shipped),
+        "regenerate dbus/org.meterd.Meter1.xml"
+    );
 }
 
 #[test]
@@ -255,9 +353,18 @@ fn bus_policy_and_daemon_enforce_roles() {
     for g in ["meter", "meteradmin"] {
         let _ = sb.run("groupadd", &["-f", g]);
     }
-    for (user, group) in [("meterd-e2e-user", "meter"), ("meterd-e2e-admin", "meteradmin")] {
+    for (user, group) in [
+        ("meterd-e2e-user", "meter"),
+        ("meterd-e2e-admin", "meteradmin"),
+    ] {
         if !sb.run("id", &[user]).status.success() {
-            ok(&sb.run("useradd", &["--system", "--no-create-home", "-G", group, user]), "useradd");
+            ok(
+                &sb.run(
+                    "useradd",
+                    &["--system", "--no-create-home", "-G", group, user],
+                ),
+                "useradd",
+            );
         }
     }
     // Let other uids reach the private bus socket.
@@ -272,7 +379,15 @@ fn bus_policy_and_daemon_enforce_roles() {
     };
     let regs = sb.registers();
     let v = sb.path("v.pem").to_string_lossy().into_owned();
-    sb.authority(&["voucher", "--meter", &sb.meter_id(), "--amount", "10", "--out", &v]);
+    sb.authority(&[
+        "voucher",
+        "--meter",
+        &sb.meter_id(),
+        "--amount",
+        "10",
+        "--out",
+        &v,
+    ]);
     let _ = std::fs::set_permissions(&v, std::fs::Permissions::from_mode(0o644));
     let msg = write(&sb, "u.txt", b"user mail");
     let _ = std::fs::set_permissions(&msg, std::fs::Permissions::from_mode(0o644));
@@ -283,15 +398,34 @@ fn bus_policy_and_daemon_enforce_roles() {
 
     // nobody: nothing.
     assert_eq!(code(&as_user("nobody", &["status"])), Some(exit::ACCESS));
-    assert_eq!(code(&as_user("nobody", &["recharge", &v])), Some(exit::ACCESS));
+    assert_eq!(
+        code(&as_user("nobody", &["recharge", &v])),
+        Some(exit::ACCESS)
+    );
     // meter group: sales and reads, no administration.
     ok(&as_user("meterd-e2e-user", &["status"]), "user status");
-    ok(&as_user("meterd-e2e-user", &["postmark", &msg, "-o", &t, "--request-id", "u1"]), "user postmark");
-    assert_eq!(code(&as_user("meterd-e2e-user", &["recharge", &v])), Some(exit::ACCESS));
+    ok(
+        &as_user(
+            "meterd-e2e-user",
+            &["postmark", &msg, "-o", &t, "--request-id", "u1"],
+        ),
+        "user postmark",
+    );
+    assert_eq!(
+        code(&as_user("meterd-e2e-user", &["recharge", &v])),
+        Some(exit::ACCESS)
+    );
     // meteradmin group: administration.
-    ok(&as_user("meterd-e2e-admin", &["recharge", &v]), "admin recharge");
+    ok(
+        &as_user("meterd-e2e-admin", &["recharge", &v]),
+        "admin recharge",
+    );
     let after = sb.registers();
-    assert_eq!(after.2, regs.2 + 10, "only the admin's recharge moved the registers");
+    assert_eq!(
+        after.2,
+        regs.2 + 10,
+        "only the admin's recharge moved the registers"
+    );
 }
 
 fn unsafe_is_not_root() -> bool {

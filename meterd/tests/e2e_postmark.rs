@@ -15,7 +15,17 @@ fn openssl_ts_verify(sb: &Sandbox, data: &str, token: &str) -> std::process::Out
     let root = sb.root_pem();
     sb.run(
         "openssl",
-        &["ts", "-verify", "-data", data, "-in", token, "-token_in", "-CAfile", root.to_str().unwrap_or_default()],
+        &[
+            "ts",
+            "-verify",
+            "-data",
+            data,
+            "-in",
+            token,
+            "-token_in",
+            "-CAfile",
+            root.to_str().unwrap_or_default(),
+        ],
     )
 }
 
@@ -23,10 +33,16 @@ fn openssl_ts_verify(sb: &Sandbox, data: &str, token: &str) -> std::process::Out
 fn postmark_verifies_with_openssl_and_is_charged_once() {
     let sb = Sandbox::up(100_000);
     let (ar0, dr0, ct0) = sb.registers();
-    let price = sb.status()["rates"]["postmark"].as_u64().expect("postmark rate");
+    let price = sb.status()["rates"]["postmark"]
+        .as_u64()
+        .expect("postmark rate");
     assert!(price > 0);
 
-    let msg = write(&sb, "mail.eml", b"From: a@example.org\r\n\r\nHello meter\r\n");
+    let msg = write(
+        &sb,
+        "mail.eml",
+        b"From: a@example.org\r\n\r\nHello meter\r\n",
+    );
     let token = sb.path("mail.tsr").to_string_lossy().into_owned();
     ok(&postmark(&sb, &msg, &token, "req-1"), "postmark");
     let v = ok(&openssl_ts_verify(&sb, &msg, &token), "openssl ts -verify");
@@ -54,7 +70,10 @@ fn postmark_verifies_with_openssl_and_is_charged_once() {
 
     // The token names the meter and carries the policy and a serial.
     let text = ok(
-        &sb.run("openssl", &["ts", "-reply", "-in", &token, "-token_in", "-text"]),
+        &sb.run(
+            "openssl",
+            &["ts", "-reply", "-in", &token, "-token_in", "-text"],
+        ),
         "openssl ts -reply -text",
     );
     assert!(text.contains(&sb.meter_id()), "{text}");
@@ -70,7 +89,10 @@ fn insufficient_funds_refused_before_any_work() {
     let msg = write(&sb, "m.txt", b"m");
     for i in 0..2 {
         let t = sb.path(&format!("t{i}.tsr")).to_string_lossy().into_owned();
-        ok(&postmark(&sb, &msg, &t, &format!("r{i}")), "postmark within funds");
+        ok(
+            &postmark(&sb, &msg, &t, &format!("r{i}")),
+            "postmark within funds",
+        );
     }
     let before = sb.registers();
     assert_eq!(before.1, 0);
@@ -78,11 +100,17 @@ fn insufficient_funds_refused_before_any_work() {
     let out = postmark(&sb, &msg, &t, "r3");
     assert_eq!(out.status.code(), Some(exit::FUNDS), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("InsufficientFunds"));
-    assert!(!std::path::Path::new(&t).exists(), "no token may be written");
+    assert!(
+        !std::path::Path::new(&t).exists(),
+        "no token may be written"
+    );
     assert_eq!(sb.registers(), before);
     // A retry of an already-paid request still returns its product.
     let t0 = sb.path("t0-again.tsr").to_string_lossy().into_owned();
-    ok(&postmark(&sb, &msg, &t0, "r0"), "retry of a paid request with no funds left");
+    ok(
+        &postmark(&sb, &msg, &t0, "r0"),
+        "retry of a paid request with no funds left",
+    );
 }
 
 #[test]
@@ -128,7 +156,9 @@ fn validate_reports_each_step() {
     let token = sb.path("v.tsr").to_string_lossy().into_owned();
     ok(&postmark(&sb, &msg, &token, "v-1"), "postmark");
     let before = sb.registers();
-    let price = sb.status()["rates"]["validate"].as_u64().expect("validate rate");
+    let price = sb.status()["rates"]["validate"]
+        .as_u64()
+        .expect("validate rate");
 
     let r = sb.meterctl_json(&["validate", &msg, &token]);
     assert_eq!(r["valid"], true, "{r}");
@@ -164,7 +194,10 @@ fn validate_reports_each_step() {
     let sb2 = Sandbox::up(100_000);
     let token2 = sb2.path("x.tsr").to_string_lossy().into_owned();
     let msg2 = write(&sb2, "x.txt", b"validate me");
-    ok(&postmark(&sb2, &msg2, &token2, "x-1"), "postmark on the second meter");
+    ok(
+        &postmark(&sb2, &msg2, &token2, "x-1"),
+        "postmark on the second meter",
+    );
     let out = sb.meterctl(&["--json", "validate", &msg, &token2]);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(r["step"], "chain", "{r}");
@@ -180,8 +213,14 @@ fn concurrent_postmarks_all_verify_and_balance() {
         .map(|i| {
             let t = sb.path(&format!("c{i}.tsr")).to_string_lossy().into_owned();
             let mut cmd = std::process::Command::new(sandbox::bin_dir().join("meterctl"));
-            cmd.envs(&sb.env)
-                .args(["postmark", &msg, "-o", &t, "--request-id", &format!("c-{i}")]);
+            cmd.envs(&sb.env).args([
+                "postmark",
+                &msg,
+                "-o",
+                &t,
+                "--request-id",
+                &format!("c-{i}"),
+            ]);
             (t, cmd.spawn().expect("spawn meterctl"))
         })
         .collect();

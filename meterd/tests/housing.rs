@@ -229,7 +229,10 @@ fn reset_does_not_confuse_reused_handles() {
     // beta loads first after the reset and may get alpha's old handle.
     assert!(verifies(&b, &d, &h.sign_digest("beta", &d).unwrap()));
     let sig = h.sign_digest("alpha", &d).unwrap();
-    assert!(verifies(&a, &d, &sig), "alpha's signature must come from alpha");
+    assert!(
+        verifies(&a, &d, &sig),
+        "alpha's signature must come from alpha"
+    );
 }
 
 #[test]

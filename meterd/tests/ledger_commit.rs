@@ -154,6 +154,7 @@ async fn concurrent_committers_are_group_committed() {
     assert_eq!(s.rows, 2 + 320);
     assert_eq!(s.registers.ascending, Amount(7 * 320));
     assert_eq!(s.registers.pieces, 320);
+    l.products(EntryKind::Genesis).await.unwrap(); // after the last increment
     let counter = c.counter();
     assert_eq!(s.nv, counter);
     l.close().await.unwrap();
@@ -222,9 +223,11 @@ async fn crash_between_commit_and_increment_rolls_forward() {
     let path = db(dir.path());
     let (l, c) = create(&path);
     l.commit(credit("voucher:1", 100), None).await.unwrap();
+    l.products(EntryKind::Genesis).await.unwrap(); // after the increment
     let before = c.counter();
     c.fail_increment(true);
     l.commit(debit("pm-1", 10, b"m"), None).await.unwrap();
+    l.products(EntryKind::Genesis).await.unwrap();
     assert_eq!(c.counter(), before, "increment should have failed");
     assert_eq!(l.state().nv, before + 1);
     // The process dies here: the increment is never retried.
@@ -248,6 +251,9 @@ async fn failed_increment_is_retried_before_the_next_batch() {
     l.commit(credit("voucher:1", 100), None).await.unwrap();
     c.fail_increment(false);
     l.commit(debit("pm-1", 10, b"m"), None).await.unwrap();
+    // Replies go out before the increment; any later request on the ledger
+    // thread runs after it.
+    l.products(EntryKind::Genesis).await.unwrap();
     assert_eq!(c.counter(), l.state().nv);
     assert_eq!(l.audit().await.unwrap().verdict, Verdict::Clean);
 }
@@ -258,6 +264,7 @@ async fn seal_failure_charges_nothing() {
     let path = db(dir.path());
     let (l, c) = create(&path);
     l.commit(credit("voucher:1", 100), None).await.unwrap();
+    l.products(EntryKind::Genesis).await.unwrap(); // after the increment
     let before = l.state();
     let counter = c.counter();
     c.fail_sign(true);

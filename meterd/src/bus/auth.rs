@@ -102,9 +102,8 @@ fn groups_of_uid(uid: u32) -> Vec<u32> {
         let mut groups = vec![0 as libc::gid_t; usize::try_from(n).unwrap_or(64)];
         let mut count = n;
         // SAFETY: groups has room for `count` entries.
-        let rc = unsafe {
-            libc::getgrouplist(name.as_ptr(), primary, groups.as_mut_ptr(), &mut count)
-        };
+        let rc =
+            unsafe { libc::getgrouplist(name.as_ptr(), primary, groups.as_mut_ptr(), &mut count) };
         if rc >= 0 {
             groups.truncate(usize::try_from(count).unwrap_or(0));
             return groups;
@@ -124,7 +123,13 @@ fn gid_of_group(name: &str) -> Option<u32> {
     let mut result: *mut libc::group = std::ptr::null_mut();
     // SAFETY: pointers valid for the given sizes; result is checked.
     let rc = unsafe {
-        libc::getgrnam_r(cname.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut result)
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
     };
     if rc != 0 || result.is_null() {
         return None;

@@ -109,8 +109,14 @@ impl MeterIface {
         postmark_cert: Vec<u8>,
         root_cert: Vec<u8>,
     ) -> Result<(), MeterError> {
-        let _slot = self.admit(conn, &header, "InstallProvisioning", Role::Admin).await?;
-        for (what, b) in [("meter certificate", &meter_cert), ("postmark certificate", &postmark_cert), ("root certificate", &root_cert)] {
+        let _slot = self
+            .admit(conn, &header, "InstallProvisioning", Role::Admin)
+            .await?;
+        for (what, b) in [
+            ("meter certificate", &meter_cert),
+            ("postmark certificate", &postmark_cert),
+            ("root certificate", &root_cert),
+        ] {
             bounded(what, b)?;
         }
         provision::install(&self.meter, &meter_cert, &postmark_cert, &root_cert)
@@ -125,7 +131,9 @@ impl MeterIface {
         #[zbus(header)] header: Header<'_>,
         table: Vec<u8>,
     ) -> Result<(), MeterError> {
-        let _slot = self.admit(conn, &header, "InstallRates", Role::Admin).await?;
+        let _slot = self
+            .admit(conn, &header, "InstallRates", Role::Admin)
+            .await?;
         bounded("rate table", &table)?;
         rates::install(&self.meter, &table)
             .await
@@ -170,7 +178,9 @@ impl MeterIface {
         sha384: Vec<u8>,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self.admit(conn, &header, "PostmarkDigest", Role::User).await?;
+        let _slot = self
+            .admit(conn, &header, "PostmarkDigest", Role::User)
+            .await?;
         postmark::postmark_digest(&self.meter, &sha384, &request_id)
             .await
             .map_err(|e| errors::to_dbus("PostmarkDigest", e))

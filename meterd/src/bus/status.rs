@@ -33,15 +33,26 @@ pub fn status_dict(meter: &Meter) -> Dict {
     put(&mut d, k::STATE, meter.state_name());
     put(&mut d, k::CURRENCY, currency);
     put(&mut d, k::CURRENCY_DIGITS, digits);
-    put(&mut d, k::RATES_VERSION, book.current(now).map(|t| t.version).unwrap_or(0));
-    put(&mut d, k::LOW_FUNDS_THRESHOLD, meter.config().low_funds_threshold);
+    put(
+        &mut d,
+        k::RATES_VERSION,
+        book.current(now).map(|t| t.version).unwrap_or(0),
+    );
+    put(
+        &mut d,
+        k::LOW_FUNDS_THRESHOLD,
+        meter.config().low_funds_threshold,
+    );
     let rates: HashMap<String, u64> = book
         .current(now)
         .map(|t| t.rates.iter().map(|(k, v)| (k.clone(), *v)).collect())
         .unwrap_or_default();
     put(&mut d, k::RATES, rates);
     let state = meter.ledger_state();
-    let regs = state.as_ref().map(|s| s.registers.clone()).unwrap_or_default();
+    let regs = state
+        .as_ref()
+        .map(|s| s.registers.clone())
+        .unwrap_or_default();
     put(&mut d, k::DESCENDING, regs.descending.0);
     put(&mut d, k::ASCENDING, regs.ascending.0);
     put(&mut d, k::CONTROL_TOTAL, regs.control_total.0);
@@ -52,11 +63,34 @@ pub fn status_dict(meter: &Meter) -> Dict {
         .collect();
     put(&mut d, k::SERVICE_COUNTS, counts);
     let lock = state.as_ref().and_then(|s| s.lock.clone());
-    put(&mut d, k::LOCK_REASON, lock.as_ref().map(|l| l.reason.clone()).unwrap_or_default());
-    put(&mut d, k::LOCK_NONCE, lock.map(|l| l.nonce).unwrap_or_default());
-    put(&mut d, k::LEDGER_ROWS, state.as_ref().map(|s| s.rows).unwrap_or(0));
-    put(&mut d, k::LEDGER_HEAD, state.as_ref().map(|s| hex::encode(s.head)).unwrap_or_default());
-    put(&mut d, k::NV_COUNTER, state.as_ref().map(|s| s.nv).unwrap_or(0));
+    put(
+        &mut d,
+        k::LOCK_REASON,
+        lock.as_ref().map(|l| l.reason.clone()).unwrap_or_default(),
+    );
+    put(
+        &mut d,
+        k::LOCK_NONCE,
+        lock.map(|l| l.nonce).unwrap_or_default(),
+    );
+    put(
+        &mut d,
+        k::LEDGER_ROWS,
+        state.as_ref().map(|s| s.rows).unwrap_or(0),
+    );
+    put(
+        &mut d,
+        k::LEDGER_HEAD,
+        state
+            .as_ref()
+            .map(|s| hex::encode(s.head))
+            .unwrap_or_default(),
+    );
+    put(
+        &mut d,
+        k::NV_COUNTER,
+        state.as_ref().map(|s| s.nv).unwrap_or(0),
+    );
     d
 }
 
@@ -81,12 +115,18 @@ pub fn audit_dict(r: AuditReport) -> Dict {
     let mut d = Dict::new();
     let (ok, problem) = match &r.verdict {
         Verdict::Clean => (true, String::new()),
-        Verdict::RolledForward => (true, "counter rolled forward after an interrupted commit".into()),
+        Verdict::RolledForward => (
+            true,
+            "counter rolled forward after an interrupted commit".into(),
+        ),
         Verdict::Rollback { ledger_nv, tpm_nv } => (
             false,
             format!("rollback: ledger counter {ledger_nv}, TPM counter {tpm_nv}"),
         ),
-        Verdict::Tamper { detail, first_bad_seq } => (
+        Verdict::Tamper {
+            detail,
+            first_bad_seq,
+        } => (
             false,
             match first_bad_seq {
                 Some(seq) => format!("tamper at row {seq}: {detail}"),

@@ -35,7 +35,9 @@ use std::str::FromStr;
 
 use tss_esapi::attributes::NvIndexAttributesBuilder;
 use tss_esapi::constants::{CapabilityType, NvIndexType, StartupType, Tss2ResponseCodeKind};
-use tss_esapi::handles::{KeyHandle, NvIndexHandle, NvIndexTpmHandle, TpmHandle, TransientTpmHandle};
+use tss_esapi::handles::{
+    KeyHandle, NvIndexHandle, NvIndexTpmHandle, TpmHandle, TransientTpmHandle,
+};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
 use tss_esapi::interface_types::session_handles::AuthSession;
@@ -150,7 +152,9 @@ impl TpmHousing {
                     .map_err(|e| HousingError::Unavailable(format!("open TCTI: {e}")))?;
                 match flush_leftovers(&mut ctx) {
                     Ok(0) => {}
-                    Ok(n) => tracing::warn!(objects = n, "flushed transient objects left in the TPM"),
+                    Ok(n) => {
+                        tracing::warn!(objects = n, "flushed transient objects left in the TPM")
+                    }
                     Err(e) => tracing::warn!(error = ?e, "could not list leftover TPM objects"),
                 }
                 Ok(self.conn.insert(Conn {

@@ -388,15 +388,14 @@ fn check_row(f: &RowFields<'_>, regs: &mut Registers, damage: &mut Damage) {
             && want.control_total.0 == f.control_total
             && regs.pieces == f.pieces
     } else {
-        regs
-        .descending
-        .0
-        .checked_add(f.credit)
-        .and_then(|d| d.checked_sub(f.debit))
-        == Some(f.descending)
-        && regs.ascending.0.checked_add(f.debit) == Some(f.ascending)
-        && regs.control_total.0.checked_add(f.credit) == Some(f.control_total)
-        && regs.pieces.checked_add(u64::from(f.service != 0)) == Some(f.pieces)
+        regs.descending
+            .0
+            .checked_add(f.credit)
+            .and_then(|d| d.checked_sub(f.debit))
+            == Some(f.descending)
+            && regs.ascending.0.checked_add(f.debit) == Some(f.ascending)
+            && regs.control_total.0.checked_add(f.credit) == Some(f.control_total)
+            && regs.pieces.checked_add(u64::from(f.service != 0)) == Some(f.pieces)
     };
     let service_ok = match f.service {
         0 => f.service_count == 0,

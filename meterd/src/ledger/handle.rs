@@ -23,6 +23,10 @@ pub struct Ledger {
     tx: mpsc::Sender<Request>,
     funds: SharedFunds,
     state: watch::Receiver<LedgerState>,
+    /// Read-only connection for lookups (WAL readers never wait for the
+    /// writer), opened on first use.
+    reader: Arc<Mutex<Option<rusqlite::Connection>>>,
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -77,7 +81,14 @@ impl Ledger {
             })
             .map_err(|e| LedgerError::Storage(format!("cannot start the ledger thread: {e}")))?;
         let (state, report) = init_rx.recv().map_err(|_| LedgerError::Stopped)??;
-        Ok((Ledger { tx, funds, state }, report))
+        let ledger = Ledger {
+            tx,
+            funds,
+            state,
+            reader: Arc::new(Mutex::new(None)),
+            path: path.to_owned(),
+        };
+        Ok((ledger, report))
     }
 
     /// Holds `debit` against the funds not yet reserved, or refuses with
@@ -99,10 +110,27 @@ impl Ledger {
     }
 
     /// The row stored under `request_id`, if any.
+    ///
+    /// Served by a separate read-only connection, so a lookup does not wait
+    /// behind a group commit that is busy sealing in the TPM. A row committed
+    /// after the lookup is still caught: the commit refuses a second row
+    /// with the same request id.
     pub async fn lookup(&self, request_id: &str) -> Result<Option<Stored>> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Lookup(request_id.to_owned(), reply))?;
-        rx.await.map_err(|_| LedgerError::Stopped)?
+        let reader = Arc::clone(&self.reader);
+        let path = self.path.clone();
+        let id = request_id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = reader
+                .lock()
+                .map_err(|_| LedgerError::Storage("ledger reader lock poisoned".into()))?;
+            let conn = match guard.take() {
+                Some(c) => guard.insert(c),
+                None => guard.insert(schema::open_reader(&path)?),
+            };
+            super::writer::lookup_in(conn, &id)
+        })
+        .await
+        .map_err(|_| LedgerError::Stopped)?
     }
 
     /// Every row of `kind` as (seq, note, product), in seq order.

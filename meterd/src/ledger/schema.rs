@@ -98,6 +98,15 @@ pub(crate) fn connect(path: &Path, create: bool) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Opens a read-only connection for lookups; the writer keeps the only
+/// read-write one.
+pub(crate) fn open_reader(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(storage)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(storage)?;
+    Ok(conn)
+}
+
 /// Whether the database already holds a ledger (a journal table with rows).
 pub(crate) fn has_rows(conn: &Connection) -> Result<bool> {
     let table: Option<String> = conn

@@ -42,7 +42,6 @@ pub(crate) type ProductList = Vec<(u64, String, Vec<u8>)>;
 /// What the handle asks of the thread.
 pub(crate) enum Request {
     Commit(CommitReq),
-    Lookup(String, oneshot::Sender<Result<Option<Stored>>>),
     Products(EntryKind, oneshot::Sender<Result<ProductList>>),
     Audit(oneshot::Sender<Result<super::AuditReport>>),
     Close(oneshot::Sender<()>),
@@ -157,9 +156,6 @@ impl Writer {
                     }
                     self.serve_batch(batch);
                 }
-                Request::Lookup(id, reply) => {
-                    let _ = reply.send(self.lookup(&id));
-                }
                 Request::Products(kind, reply) => {
                     let _ = reply.send(self.products(kind));
                 }
@@ -187,19 +183,49 @@ impl Writer {
             entries.push((c.entry, c.reservation));
             replies.push(c.reply);
         }
-        let outcomes = self.commit_entries(entries);
+        let (outcomes, sealed) = self.commit_rows(entries);
+        // The rows are durable: answer now, then advance the counter.
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             let _ = reply.send(outcome);
         }
+        if sealed {
+            self.advance_counter();
+        }
     }
 
-    /// Commits a batch and returns one outcome per entry, in order.
+    /// Commits a batch (rows, then the TPM counter) and returns one outcome
+    /// per entry, in order.
     pub fn commit_entries(
         &mut self,
         entries: Vec<(Entry, Option<Reservation>)>,
     ) -> Vec<Result<Outcome>> {
+        let (outcomes, sealed) = self.commit_rows(entries);
+        if sealed {
+            self.advance_counter();
+        }
+        outcomes
+    }
+
+    /// Increments the TPM counter to the batch just committed; a failure is
+    /// remembered and settled before the next batch.
+    fn advance_counter(&mut self) {
+        match self.sealer.counter_increment() {
+            Ok(v) => self.tpm_nv = v,
+            Err(e) => {
+                tracing::warn!(error = %e, nv = self.tip.nv, "counter increment failed; retried before the next batch");
+                self.owed = true;
+            }
+        }
+    }
+
+    /// Commits a batch's rows and seal (not yet the counter increment);
+    /// returns the outcomes and whether a seal was written.
+    fn commit_rows(
+        &mut self,
+        entries: Vec<(Entry, Option<Reservation>)>,
+    ) -> (Vec<Result<Outcome>>, bool) {
         let n = entries.len();
-        let fail_all = |e: LedgerError| (0..n).map(|_| Err(copy_error(&e))).collect();
+        let fail_all = |e: LedgerError| ((0..n).map(|_| Err(copy_error(&e))).collect(), false);
         if let Err(e) = self.settle_counter() {
             return fail_all(e);
         }
@@ -226,16 +252,7 @@ impl Writer {
             }
         }
         self.state.send_replace(self.tip.state());
-        if sealed {
-            match self.sealer.counter_increment() {
-                Ok(v) => self.tpm_nv = v,
-                Err(e) => {
-                    tracing::warn!(error = %e, nv = self.tip.nv, "counter increment failed; retried before the next batch");
-                    self.owed = true;
-                }
-            }
-        }
-        outcomes
+        (outcomes, sealed)
     }
 
     /// Brings the TPM counter up to the last committed batch if an earlier
@@ -293,55 +310,6 @@ impl Writer {
         }
         tx.commit().map_err(storage)?;
         Ok(outcomes)
-    }
-
-    fn lookup(&mut self, request_id: &str) -> Result<Option<Stored>> {
-        let row = self
-            .conn
-            .prepare_cached(
-                "SELECT j.seq, j.kind, j.service, j.product_digest, p.input_digest, p.product
-                 FROM journal j JOIN products p ON p.seq = j.seq WHERE j.request_id = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row([request_id], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, Vec<u8>>(3)?,
-                        r.get::<_, Vec<u8>>(4)?,
-                        r.get::<_, Vec<u8>>(5)?,
-                    ))
-                })
-                .optional()
-            })
-            .map_err(storage)?;
-        let Some((seq, kind, service, digest, input, product)) = row else {
-            return Ok(None);
-        };
-        check_product(seq, &digest, &product)?;
-        let bad = |what: &str| LedgerError::Storage(format!("row {seq}: bad {what}"));
-        Ok(Some(Stored {
-            seq: seq as u64,
-            kind: u8::try_from(kind)
-                .ok()
-                .and_then(kind_from_code)
-                .ok_or_else(|| bad("kind"))?,
-            service: match service {
-                0 => None,
-                s => Some(
-                    u8::try_from(s)
-                        .ok()
-                        .and_then(Service::from_code)
-                        .ok_or_else(|| bad("service"))?,
-                ),
-            },
-            input_digest: input
-                .as_slice()
-                .try_into()
-                .map_err(|_| bad("input digest"))?,
-            product,
-        }))
     }
 
     fn products(&mut self, kind: EntryKind) -> Result<Vec<(u64, String, Vec<u8>)>> {
@@ -578,4 +546,55 @@ pub(crate) fn reanchored(r: &Registers) -> Registers {
     n.ascending = Amount(r.ascending.0.min(r.control_total.0));
     n.descending = Amount(r.control_total.0 - n.ascending.0);
     n
+}
+
+/// The row stored under `request_id`, read through any connection (the
+/// writer's, or the ledger's separate reader so that lookups need not wait
+/// for a group commit).
+pub(crate) fn lookup_in(conn: &Connection, request_id: &str) -> Result<Option<Stored>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT j.seq, j.kind, j.service, j.product_digest, p.input_digest, p.product
+             FROM journal j JOIN products p ON p.seq = j.seq WHERE j.request_id = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([request_id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(storage)?;
+    let Some((seq, kind, service, digest, input, product)) = row else {
+        return Ok(None);
+    };
+    check_product(seq, &digest, &product)?;
+    let bad = |what: &str| LedgerError::Storage(format!("row {seq}: bad {what}"));
+    Ok(Some(Stored {
+        seq: seq as u64,
+        kind: u8::try_from(kind)
+            .ok()
+            .and_then(kind_from_code)
+            .ok_or_else(|| bad("kind"))?,
+        service: match service {
+            0 => None,
+            s => Some(
+                u8::try_from(s)
+                    .ok()
+                    .and_then(Service::from_code)
+                    .ok_or_else(|| bad("service"))?,
+            ),
+        },
+        input_digest: input
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("input digest"))?,
+        product,
+    }))
 }
