@@ -1,6 +1,8 @@
 //! End to end: provisioning state, recharge, rate tables, locks from
 //! rollback and tamper, restarts, the shipped bus policy and introspection.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "support/sandbox.rs"]
 mod sandbox;
 

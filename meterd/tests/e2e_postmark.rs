@@ -1,6 +1,8 @@
 //! End to end through D-Bus on swtpm: postmark, retries, funds, validate,
 //! verified by the `openssl` binary as a relying party would.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "support/sandbox.rs"]
 mod sandbox;
 

@@ -18,6 +18,9 @@ pub(crate) struct Funds {
     pub descending: Amount,
     /// Sum of live reservations.
     pub reserved: Amount,
+    /// Reservations alive: requests between their funds check and their
+    /// commit. The commit thread waits for them to fill a batch.
+    pub holders: usize,
 }
 
 /// Shared funds state.
@@ -38,9 +41,11 @@ pub(crate) fn reserve(funds: &SharedFunds, debit: Amount) -> Result<Reservation>
         });
     }
     f.reserved = f.reserved.checked_add(debit)?;
+    f.holders += 1;
     Ok(Reservation {
         funds: Arc::clone(funds),
         amount: debit,
+        live: true,
     })
 }
 
@@ -49,6 +54,7 @@ pub(crate) fn reserve(funds: &SharedFunds, debit: Amount) -> Result<Reservation>
 pub struct Reservation {
     funds: SharedFunds,
     amount: Amount,
+    live: bool,
 }
 
 impl Reservation {
@@ -63,13 +69,14 @@ impl Reservation {
             .reserved
             .checked_sub(self.amount)
             .unwrap_or(Amount::ZERO);
-        self.amount = Amount::ZERO;
+        funds.holders = funds.holders.saturating_sub(1);
+        self.live = false;
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if self.amount == Amount::ZERO {
+        if !self.live {
             return;
         }
         // A poisoned lock means a thread panicked while holding it; the
@@ -79,6 +86,7 @@ impl Drop for Reservation {
             Err(p) => p.into_inner(),
         };
         f.reserved = f.reserved.checked_sub(self.amount).unwrap_or(Amount::ZERO);
+        f.holders = f.holders.saturating_sub(1);
     }
 }
 
@@ -92,6 +100,7 @@ mod tests {
         let funds: SharedFunds = Arc::new(Mutex::new(Funds {
             descending: Amount(100),
             reserved: Amount::ZERO,
+            holders: 0,
         }));
         let a = reserve(&funds, Amount(60)).unwrap();
         assert!(matches!(

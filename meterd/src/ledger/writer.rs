@@ -26,6 +26,8 @@ use crate::service::Service;
 
 /// Most entries in one batch.
 pub(crate) const MAX_BATCH: usize = 256;
+/// Longest a group commit waits for requests still signing (see `gather`).
+pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 /// Largest product accepted, in bytes.
 pub(crate) const MAX_PRODUCT: usize = 16 * 1024 * 1024;
 
@@ -144,16 +146,7 @@ impl Writer {
             match first {
                 Request::Commit(c) => {
                     let mut batch = vec![c];
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(Request::Commit(c)) => batch.push(c),
-                            Ok(other) => {
-                                pending = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                    pending = self.gather(&rx, &mut batch);
                     self.serve_batch(batch);
                 }
                 Request::Products(kind, reply) => {
@@ -174,6 +167,46 @@ impl Writer {
         if let Some(reply) = closed {
             let _ = reply.send(());
         }
+    }
+
+    /// Adds to `batch` the commits already waiting and, while other
+    /// reserved requests are still at work (signing in the TPM), waits for
+    /// them up to [`LINGER`]: every batch costs a TPM seal and an NV
+    /// increment, so a batch of one per sign would halve the TPM's
+    /// throughput. A lone client never waits. Returns a non-commit request
+    /// that ended the gathering, to be served next.
+    fn gather(
+        &mut self,
+        rx: &mpsc::Receiver<Request>,
+        batch: &mut Vec<CommitReq>,
+    ) -> Option<Request> {
+        let start = std::time::Instant::now();
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Request::Commit(c)) => {
+                    batch.push(c);
+                    continue;
+                }
+                Ok(other) => return Some(other),
+                Err(mpsc::TryRecvError::Disconnected) => return None,
+                Err(mpsc::TryRecvError::Empty) => {}
+            }
+            let in_flight = self.funds.lock().map(|f| f.holders).unwrap_or(0);
+            let elapsed = start.elapsed();
+            if batch.len() >= in_flight || elapsed >= LINGER {
+                return None;
+            }
+            // Re-check the holders every millisecond: a request that
+            // failed its work drops its reservation without committing.
+            let slice = (LINGER - elapsed).min(std::time::Duration::from_millis(1));
+            match rx.recv_timeout(slice) {
+                Ok(Request::Commit(c)) => batch.push(c),
+                Ok(other) => return Some(other),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+        None
     }
 
     fn serve_batch(&mut self, batch: Vec<CommitReq>) {
