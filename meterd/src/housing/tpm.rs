@@ -77,6 +77,8 @@ struct Conn {
     nv: HashMap<u32, NvIndexHandle>,
     /// Clock de-obfuscation offsets, see `clock.rs`; reset with the context.
     clock_offsets: Option<clock::Offsets>,
+    /// Last value read or produced per NV counter on this connection.
+    counters: HashMap<u32, u64>,
 }
 
 /// Failure of one attempt: a TSS error (classified later) or a final one.
@@ -162,6 +164,7 @@ impl TpmHousing {
                     keys: Vec::new(),
                     nv: HashMap::new(),
                     clock_offsets: None,
+                    counters: HashMap::new(),
                 }))
             }
         }
@@ -567,13 +570,17 @@ impl Housing for TpmHousing {
     }
 
     fn counter_read(&mut self, index: u32) -> Result<Option<u64>> {
+        let raw = index;
         let index = check_nv_index(index)?;
         self.run(|conn, _| {
             let Some(handle) = nv_handle(conn, index)? else {
                 return Ok(None);
             };
             match nv_value(&mut conn.ctx, handle)? {
-                Some(v) => Ok(Some(v)),
+                Some(v) => {
+                    conn.counters.insert(raw, v);
+                    Ok(Some(v))
+                }
                 None => Err(tpm_error(
                     "counter_read",
                     "counter defined but never incremented (call counter_define)",
@@ -583,13 +590,27 @@ impl Housing for TpmHousing {
     }
 
     fn counter_increment(&mut self, index: u32) -> Result<u64> {
+        let raw = index;
         let index = check_nv_index(index)?;
+        let mut attempts = 0u32;
         self.run(|conn, _| {
+            attempts += 1;
             let handle = nv_handle(conn, index)?
                 .ok_or_else(|| tpm_error("counter_increment", "counter not defined"))?;
+            // The value this connection last saw, if the link never broke:
+            // a counter moves by exactly one per increment, so reading it
+            // back (a second TPM command per ledger batch) is only needed
+            // after a retry, when the first increment may have landed.
+            let known = conn.counters.get(&raw).copied().filter(|_| attempts == 1);
             nv_increment(&mut conn.ctx, handle)?;
-            nv_value(&mut conn.ctx, handle)?
-                .ok_or_else(|| tpm_error("counter_increment", "counter unreadable after increment"))
+            let value = match known.and_then(|v| v.checked_add(1)) {
+                Some(v) => v,
+                None => nv_value(&mut conn.ctx, handle)?.ok_or_else(|| {
+                    tpm_error("counter_increment", "counter unreadable after increment")
+                })?,
+            };
+            conn.counters.insert(raw, value);
+            Ok(value)
         })
     }
 
