@@ -5,8 +5,11 @@
 //! two-phase `finish` can check the external signer actually used the expected key.
 
 use crate::{PkiError, Result};
+#[cfg(not(feature = "openssl"))]
 use p384::ecdsa::signature::hazmat::PrehashVerifier;
-use p384::ecdsa::{Signature, VerifyingKey};
+use p384::ecdsa::Signature;
+#[cfg(not(feature = "openssl"))]
+use p384::ecdsa::VerifyingKey;
 
 /// DER `ECDSA-Sig-Value` of a raw `r || s` signature; zero `r`/`s` are `Malformed`.
 pub fn raw_to_der(raw: &[u8; 96]) -> Result<Vec<u8>> {
@@ -25,13 +28,63 @@ pub fn der_to_raw(der: &[u8]) -> Result<[u8; 96]> {
 }
 
 /// Verifies raw `r || s` over a SHA-384 `digest` with a SEC1 P-384 public key.
+///
+/// With the `openssl` feature (the daemon's choice) the check runs in
+/// OpenSSL (which also refuses points off the curve and out-of-range
+/// scalars), markedly faster than the pure-Rust field code — what matters
+/// for a meter that sells validations.
 pub fn verify_prehash(public_sec1: &[u8], digest: &[u8; 48], raw: &[u8; 96]) -> Result<()> {
-    let key = VerifyingKey::from_sec1_bytes(public_sec1)
-        .map_err(|_| PkiError::Malformed("not a P-384 public key".into()))?;
-    let s = Signature::from_slice(raw)
-        .map_err(|_| PkiError::BadSignature("r or s out of range".into()))?;
-    key.verify_prehash(digest, &s)
-        .map_err(|_| PkiError::BadSignature("ECDSA verification failed".into()))
+    #[cfg(feature = "openssl")]
+    {
+        ossl::verify(public_sec1, digest, raw)
+    }
+    #[cfg(not(feature = "openssl"))]
+    {
+        let key = VerifyingKey::from_sec1_bytes(public_sec1)
+            .map_err(|_| PkiError::Malformed("not a P-384 public key".into()))?;
+        let s = Signature::from_slice(raw)
+            .map_err(|_| PkiError::BadSignature("r or s out of range".into()))?;
+        key.verify_prehash(digest, &s)
+            .map_err(|_| PkiError::BadSignature("ECDSA verification failed".into()))
+    }
+}
+
+#[cfg(feature = "openssl")]
+mod ossl {
+    use openssl::bn::{BigNum, BigNumContext};
+    use openssl::ec::{EcGroup, EcKey, EcPoint};
+    use openssl::ecdsa::EcdsaSig;
+    use openssl::nid::Nid;
+
+    use crate::{PkiError, Result};
+
+    fn malformed(e: openssl::error::ErrorStack) -> PkiError {
+        PkiError::Malformed(format!("P-384 key rejected by OpenSSL: {e}"))
+    }
+
+    /// The P-384 group, built once (it carries precomputed tables).
+    fn group() -> Result<&'static EcGroup> {
+        static GROUP: std::sync::OnceLock<Option<EcGroup>> = std::sync::OnceLock::new();
+        GROUP
+            .get_or_init(|| EcGroup::from_curve_name(Nid::SECP384R1).ok())
+            .as_ref()
+            .ok_or_else(|| PkiError::Malformed("OpenSSL lacks P-384".into()))
+    }
+
+    /// ECDSA P-384 verification of a prehashed digest in OpenSSL.
+    pub(super) fn verify(public_sec1: &[u8], digest: &[u8; 48], raw: &[u8; 96]) -> Result<()> {
+        let group = group()?;
+        let mut ctx = BigNumContext::new().map_err(malformed)?;
+        let point = EcPoint::from_bytes(group, public_sec1, &mut ctx).map_err(malformed)?;
+        let key = EcKey::from_public_key(group, &point).map_err(malformed)?;
+        let r = BigNum::from_slice(&raw[..48]).map_err(malformed)?;
+        let s = BigNum::from_slice(&raw[48..]).map_err(malformed)?;
+        let sig = EcdsaSig::from_private_components(r, s).map_err(malformed)?;
+        match sig.verify(digest, &key) {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(_) => Err(PkiError::BadSignature("ECDSA verification failed".into())),
+        }
+    }
 }
 
 /// Verifies a DER signature over a SHA-384 `digest`.
