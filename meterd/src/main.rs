@@ -107,14 +107,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     wait_for_stop(&conn).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    // Let the ledger finish the batch in hand (its seal needs the TPM),
-    // then stop the housing, which sends TPM2_Shutdown(STATE).
-    if let Some(ledger) = meter.ledger() {
-        if let Err(e) = ledger.close().await {
-            tracing::warn!(error = %e, "ledger close");
-        }
-    }
-    meter.close();
+    meter.close().await;
     tracing::info!("stopped");
     Ok(())
 }

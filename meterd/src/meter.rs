@@ -249,9 +249,19 @@ impl Meter {
         self.postmark_serial.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Stops the doors: the ledger thread finishes its batch, the housing
-    /// sends TPM2_Shutdown.
-    pub fn close(&self) {
+    /// Stops the doors: the ledger finishes the batch in hand, then the
+    /// housing flushes its objects and sends TPM2_Shutdown(STATE) (a power
+    /// cut without it costs the TPM's dictionary-attack counter and, on some
+    /// TPMs, NV writes), before the process exits.
+    pub async fn close(&self) {
+        if let Some(ledger) = self.ledger() {
+            if let Err(e) = ledger.close().await {
+                tracing::warn!(error = %e, "ledger close");
+            }
+        }
+        if let Err(e) = self.housing.call(|h| h.shutdown()).await {
+            tracing::warn!(error = %e, "TPM shutdown");
+        }
         self.housing.close();
     }
 }
