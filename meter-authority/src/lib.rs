@@ -3,7 +3,8 @@
 //!
 //! It exists for demos and tests (the real authority is a separate party), so it keeps
 //! everything in one directory: `root.key` (PKCS#8 PEM, mode 0600), `root.pem`, and
-//! `state.json` (counters, see [`state`]). Every artifact it writes opens with stock
+//! `state.json` (counters, see [`state`]). After a `rollover` the retired roots stay as
+//! `root.<n>.key` / `root.<n>.pem` (n = 1, 2, ...). Every artifact it writes opens with stock
 //! `openssl` given `root.pem`. The binary (`main.rs`) is a thin clap layer over
 //! [`Authority`].
 
@@ -12,7 +13,7 @@ pub mod state;
 
 use meter_pki::cms::SignOptions;
 use meter_pki::issue::{self, Profile};
-use meter_pki::payload::{self, ClearLockOrder, Payload, Voucher};
+use meter_pki::payload::{self, AnchorUpdate, ClearLockOrder, Payload, Voucher};
 use meter_pki::{cert, csr, pem, tsp, PkiError};
 use p384::ecdsa::SigningKey;
 use p384::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
@@ -151,19 +152,7 @@ impl Authority {
         std::fs::create_dir_all(dir).map_err(|e| AuthorityError::io(dir, e))?;
         let key = SigningKey::random(&mut rand_core::OsRng);
         let root = issue::self_signed_root(&key, name, 1, now, ROOT_DAYS)?;
-        let pem_key = key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| AuthorityError::Corrupt(format!("key encoding: {e}")))?;
-        // create_new + 0600: never overwrite a key, never let others read it.
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key_path)
-            .map_err(|e| AuthorityError::io(&key_path, e))?;
-        f.write_all(pem_key.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| AuthorityError::io(&key_path, e))?;
+        write_new_key(&key_path, &key)?;
         write_file(&root_path, cert::to_pem(&root)?.as_bytes())?;
         let state = State::default();
         state.save(&state_path)?;
@@ -314,6 +303,58 @@ impl Authority {
         Ok((v, pem))
     }
 
+    /// Rolls the root over: makes a new root key and self-signed certificate `CN=<name>`,
+    /// signs an [`AnchorUpdate`] carrying it with the CURRENT root (so meters that trust the
+    /// current root accept it), retires the current root to `root.<n>.key`/`root.<n>.pem`
+    /// and makes the new one current. Returns the message (PEM, label CMS) and the number
+    /// `n` the old root was kept under.
+    pub fn rollover(
+        &mut self,
+        name: &str,
+        mode: &str,
+        meter_id: Option<&str>,
+        now: i64,
+    ) -> Result<(String, u32)> {
+        if let Some(id) = meter_id {
+            check_meter_id(id)?;
+        }
+        let serial = self.state.take_serial()?;
+        let new_key = SigningKey::random(&mut rand_core::OsRng);
+        let new_root = issue::self_signed_root(&new_key, name, serial, now, ROOT_DAYS)?;
+        let update = AnchorUpdate {
+            meter_id: meter_id.map(str::to_owned),
+            new_anchor_der_hex: hex::encode(cert::to_der(&new_root)?),
+            mode: mode.to_owned(),
+            issued_at: now,
+        };
+        let message = self.sign_payload(&update, now)?;
+        self.save()?;
+        // Retire the current root under the first free number.
+        let n = (1u32..)
+            .find(|n| {
+                !self.dir.join(format!("root.{n}.key")).exists()
+                    && !self.dir.join(format!("root.{n}.pem")).exists()
+            })
+            .ok_or_else(|| AuthorityError::Corrupt("no free root.<n> name".into()))?;
+        write_new_key(&self.dir.join(format!("root.{n}.key")), &self.key)?;
+        write_file(
+            &self.dir.join(format!("root.{n}.pem")),
+            cert::to_pem(&self.root)?.as_bytes(),
+        )?;
+        // Install the new root: both files through a temporary name and a rename.
+        let (key_path, root_path, _) = Self::paths(&self.dir);
+        let key_tmp = self.dir.join("root.key.new");
+        let _ = std::fs::remove_file(&key_tmp);
+        write_new_key(&key_tmp, &new_key)?;
+        let root_tmp = self.dir.join("root.pem.new");
+        write_file(&root_tmp, cert::to_pem(&new_root)?.as_bytes())?;
+        std::fs::rename(&key_tmp, &key_path).map_err(|e| AuthorityError::io(&key_path, e))?;
+        std::fs::rename(&root_tmp, &root_path).map_err(|e| AuthorityError::io(&root_path, e))?;
+        self.key = new_key;
+        self.root = new_root;
+        Ok((message, n))
+    }
+
     /// Issues an order clearing the lock with `nonce` on `meter_id`.
     pub fn clear_lock(&self, meter_id: &str, nonce: &str, now: i64) -> Result<String> {
         check_meter_id(meter_id)?;
@@ -326,6 +367,23 @@ impl Authority {
             now,
         )
     }
+}
+
+/// Writes a private key as PKCS#8 PEM to a new file (never overwrites), mode 0600.
+fn write_new_key(path: &Path, key: &SigningKey) -> Result<()> {
+    let pem_key = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| AuthorityError::Corrupt(format!("key encoding: {e}")))?;
+    // create_new + 0600: never overwrite a key, never let others read it.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| AuthorityError::io(path, e))?;
+    f.write_all(pem_key.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| AuthorityError::io(path, e))
 }
 
 /// Verifies a postmark token over `data` against `root` (parse → chain → signature → digest).

@@ -71,6 +71,24 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Roll the root over: new root key and certificate, announced to meters by a
+    /// trust-anchor update signed with the current root (apply with
+    /// `meterctl trust-anchor update`). The old root is kept as root.<n>.key/.pem.
+    Rollover {
+        /// Output: the trust-anchor update (PEM, label CMS).
+        #[arg(long)]
+        out: PathBuf,
+        /// `add` (the new root joins the meter's anchors) or `replace` (it becomes the
+        /// first, current one; the old ones stay to verify old objects).
+        #[arg(long, default_value = "replace", value_parser = ["add", "replace"])]
+        mode: String,
+        /// Common name of the new root certificate.
+        #[arg(long, default_value = "meterd Reference Authority")]
+        name: String,
+        /// Restrict the update to one meter (default: any meter).
+        #[arg(long)]
+        meter: Option<String>,
+    },
     /// Verify a postmark token over a message against this authority's root.
     VerifyToken {
         /// The token (DER or PEM).
@@ -149,6 +167,21 @@ fn run(cli: Cli) -> Result<()> {
             let a = Authority::open(dir)?;
             write_file(&out, a.clear_lock(&meter, &nonce, t)?.as_bytes())?;
             println!("clear-lock order for {meter} written to {}", out.display());
+        }
+        Cmd::Rollover {
+            out,
+            mode,
+            name,
+            meter,
+        } => {
+            let mut a = Authority::open(dir)?;
+            let (msg, n) = a.rollover(&name, &mode, meter.as_deref(), t)?;
+            write_file(&out, msg.as_bytes())?;
+            println!("trust-anchor update ({mode}) written to {}", out.display());
+            println!(
+                "new root serial {}; the old root is kept as root.{n}.pem",
+                cert::serial_hex(a.root())
+            );
         }
         Cmd::VerifyToken { token, data } => {
             let a = Authority::open(dir)?;

@@ -1,7 +1,7 @@
 //! End-to-end tests of the `meter-authority` binary, checked with the `openssl` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use meter_pki::payload::{self, ClearLockOrder, RateTable, Voucher};
+use meter_pki::payload::{self, AnchorUpdate, ClearLockOrder, RateTable, Voucher};
 use meter_pki::tsp::{self, TokenParams};
 use meter_pki::{cert, cms, csr, oid, pem, sig};
 use p384::ecdsa::SigningKey;
@@ -374,4 +374,86 @@ fn rates_voucher_and_order_open_with_openssl() {
         ],
     );
     assert!(!o.status.success());
+}
+
+#[test]
+fn rollover_is_signed_by_the_old_root_and_switches_roots() {
+    let f = fixture();
+    let old = anchors(&f);
+    let old_pem = std::fs::read(f.dir.join("root.pem")).unwrap();
+    let msg = f.work.join("roll.pem");
+    ok(&authority(
+        &f.dir,
+        &["rollover", "--out", s(&msg), "--name", "Test Root 2"],
+    ));
+    // The old root is kept; the current root is new.
+    assert_eq!(std::fs::read(f.dir.join("root.1.pem")).unwrap(), old_pem);
+    assert!(f.dir.join("root.1.key").exists());
+    let new = anchors(&f);
+    assert_ne!(new, old);
+    assert_eq!(cert::subject_cn(&new[0]).as_deref(), Some("Test Root 2"));
+    // The message opens under the OLD root (stock openssl too) and carries the new root.
+    let (good, text) = openssl(&[
+        "cms",
+        "-verify",
+        "-inform",
+        "PEM",
+        "-in",
+        s(&msg),
+        "-CAfile",
+        s(&f.dir.join("root.1.pem")),
+        "-purpose",
+        "any",
+        "-out",
+        "/dev/null",
+    ]);
+    assert!(good, "openssl cms -verify under the old root: {text}");
+    let (u, _) = payload::open::<AnchorUpdate>(&std::fs::read(&msg).unwrap(), &old, now()).unwrap();
+    assert_eq!(u.mode, "replace");
+    assert_eq!(u.meter_id, None);
+    assert_eq!(u.new_anchor_der().unwrap(), cert::to_der(&new[0]).unwrap());
+    assert!(payload::open::<AnchorUpdate>(&std::fs::read(&msg).unwrap(), &new, now()).is_err());
+    // Later vouchers are signed by the new root only.
+    let v = f.work.join("v.pem");
+    ok(&authority(
+        &f.dir,
+        &[
+            "voucher",
+            "--meter",
+            "MTR-1",
+            "--amount",
+            "5",
+            "--out",
+            s(&v),
+        ],
+    ));
+    let vb = std::fs::read(&v).unwrap();
+    assert!(payload::open::<Voucher>(&vb, &new, now()).is_ok());
+    assert!(payload::open::<Voucher>(&vb, &old, now()).is_err());
+    // A second rollover (add mode, one meter) keeps the second root as root.2.
+    let msg2 = f.work.join("roll2.pem");
+    ok(&authority(
+        &f.dir,
+        &[
+            "rollover",
+            "--out",
+            s(&msg2),
+            "--mode",
+            "add",
+            "--meter",
+            "MTR-1",
+        ],
+    ));
+    assert!(f.dir.join("root.2.pem").exists());
+    let (u2, _) =
+        payload::open::<AnchorUpdate>(&std::fs::read(&msg2).unwrap(), &new, now()).unwrap();
+    assert_eq!(
+        (u2.mode.as_str(), u2.meter_id.as_deref()),
+        ("add", Some("MTR-1"))
+    );
+    assert!(
+        !authority(&f.dir, &["rollover", "--out", s(&msg2), "--mode", "swap"])
+            .status
+            .success()
+    );
 }

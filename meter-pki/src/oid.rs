@@ -13,6 +13,8 @@ pub const CT_VOUCHER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.2529
 pub const CT_RATES: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.2");
 /// eContentType of a clear-lock order (`payload::ClearLockOrder`).
 pub const CT_CLEAR_LOCK: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.3");
+/// eContentType of a trust-anchor update (`payload::AnchorUpdate`).
+pub const CT_ANCHOR_UPDATE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.4");
 /// TSA policy of meter postmarks (RFC 3161 `TSTInfo.policy`).
 pub const POSTMARK_POLICY: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.2.1");
 /// id-ct-TSTInfo (RFC 3161).
@@ -65,7 +67,13 @@ mod tests {
 
     #[test]
     fn private_arc_is_shared_and_distinct() {
-        let all = [CT_VOUCHER, CT_RATES, CT_CLEAR_LOCK, POSTMARK_POLICY];
+        let all = [
+            CT_VOUCHER,
+            CT_RATES,
+            CT_CLEAR_LOCK,
+            CT_ANCHOR_UPDATE,
+            POSTMARK_POLICY,
+        ];
         for (i, a) in all.iter().enumerate() {
             assert!(a.to_string().starts_with("2.25.252996336."));
             for b in &all[i + 1..] {

@@ -1,4 +1,5 @@
-//! Strict JSON payloads carried as CMS eContent: vouchers, rate tables, clear-lock orders.
+//! Strict JSON payloads carried as CMS eContent: vouchers, rate tables, clear-lock orders,
+//! trust-anchor updates.
 //!
 //! JSON because people read them (`openssl cms -verify` prints the content); strict because
 //! they move money: unknown fields are refused, sizes are bounded, names are plain ASCII.
@@ -19,6 +20,12 @@ pub const MAX_RATES: usize = 64;
 pub const MAX_POSTAGE: usize = 256;
 /// Most currency digits.
 pub const MAX_DIGITS: u8 = 6;
+/// Longest hex DER certificate in an anchor update (8 KiB of hex).
+pub const MAX_ANCHOR_HEX: usize = 8 * 1024;
+/// Anchor update mode: the new anchor joins after the current ones.
+pub const ANCHOR_ADD: &str = "add";
+/// Anchor update mode: the new anchor becomes the first (current) one; the old stay.
+pub const ANCHOR_REPLACE: &str = "replace";
 
 /// A signed payload type: its eContentType and its own validation.
 pub trait Payload: Serialize + DeserializeOwned {
@@ -85,6 +92,28 @@ pub struct ClearLockOrder {
     pub issued_at: i64,
 }
 
+/// Authority message adding or replacing a meter trust anchor; signed by a current anchor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorUpdate {
+    /// Meter the update is for; `None` = any meter.
+    pub meter_id: Option<String>,
+    /// Hex DER of the new self-signed root certificate.
+    pub new_anchor_der_hex: String,
+    /// [`ANCHOR_ADD`] or [`ANCHOR_REPLACE`].
+    pub mode: String,
+    /// Issue time (unix s).
+    pub issued_at: i64,
+}
+
+impl AnchorUpdate {
+    /// The new anchor's DER (the hex checked by `validate`).
+    pub fn new_anchor_der(&self) -> Result<Vec<u8>> {
+        hex::decode(&self.new_anchor_der_hex)
+            .map_err(|e| PkiError::Malformed(format!("new_anchor_der_hex: {e}")))
+    }
+}
+
 fn check_name(what: &str, s: &str, max: usize) -> Result<()> {
     let ok = !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic());
     if ok {
@@ -108,6 +137,28 @@ impl Payload for ClearLockOrder {
     fn validate(&self) -> Result<()> {
         check_name("meter_id", &self.meter_id, MAX_ID)?;
         check_name("nonce", &self.nonce, MAX_ID)
+    }
+}
+
+impl Payload for AnchorUpdate {
+    const CONTENT_TYPE: ObjectIdentifier = crate::oid::CT_ANCHOR_UPDATE;
+    fn validate(&self) -> Result<()> {
+        if let Some(id) = &self.meter_id {
+            check_name("meter_id", id, MAX_ID)?;
+        }
+        if self.new_anchor_der_hex.is_empty() || self.new_anchor_der_hex.len() > MAX_ANCHOR_HEX {
+            return Err(PkiError::Malformed(format!(
+                "new_anchor_der_hex must be 1..{MAX_ANCHOR_HEX} hex digits"
+            )));
+        }
+        self.new_anchor_der()?;
+        if self.mode != ANCHOR_ADD && self.mode != ANCHOR_REPLACE {
+            return Err(PkiError::Malformed(format!(
+                "mode must be {ANCHOR_ADD:?} or {ANCHOR_REPLACE:?}, not {:?}",
+                self.mode
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -183,6 +234,33 @@ mod tests {
         assert!(decode::<Voucher>(empty).is_err());
         let trailing = br#"{"meter_id":"m","amount":1,"sequence":1,"issued_at":0} x"#;
         assert!(decode::<Voucher>(trailing).is_err());
+    }
+
+    #[test]
+    fn anchor_update_checks() {
+        let mut u = AnchorUpdate {
+            meter_id: None,
+            new_anchor_der_hex: "3082".into(),
+            mode: ANCHOR_ADD.into(),
+            issued_at: 0,
+        };
+        assert_eq!(decode::<AnchorUpdate>(&encode(&u).unwrap()).unwrap(), u);
+        assert_eq!(u.new_anchor_der().unwrap(), vec![0x30, 0x82]);
+        u.meter_id = Some("MTR-1".into());
+        u.mode = ANCHOR_REPLACE.into();
+        assert!(decode::<AnchorUpdate>(&encode(&u).unwrap()).is_ok());
+        u.mode = "swap".into();
+        assert!(decode::<AnchorUpdate>(&encode(&u).unwrap()).is_err());
+        u.mode = ANCHOR_ADD.into();
+        u.new_anchor_der_hex = "zz".into();
+        assert!(decode::<AnchorUpdate>(&encode(&u).unwrap()).is_err());
+        u.new_anchor_der_hex = "ab".repeat(MAX_ANCHOR_HEX / 2 + 1);
+        assert!(decode::<AnchorUpdate>(&encode(&u).unwrap()).is_err());
+        u.new_anchor_der_hex = String::new();
+        assert!(decode::<AnchorUpdate>(&encode(&u).unwrap()).is_err());
+        u.new_anchor_der_hex = "3082".into();
+        u.meter_id = Some(String::new());
+        assert!(decode::<AnchorUpdate>(&encode(&u).unwrap()).is_err());
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub trait Meter1 {
     /// Applies an authority-signed clear-lock order.
     fn clear_lock(&self, order: &[u8]) -> Result<(), MeterError>;
 
+    /// Applies an authority-signed trust-anchor update (CMS SignedData signed by a
+    /// current anchor); returns the number of anchors the meter now trusts.
+    fn update_trust_anchor(&self, message: &[u8]) -> Result<u32, MeterError>;
+
     /// Meter identifier (from the identity key), empty when unprovisioned.
     #[zbus(property)]
     fn meter_id(&self) -> zbus::Result<String>;

@@ -68,6 +68,9 @@ pub enum Command {
     Audit(cmd::audit::Args),
     /// Apply an authority-signed clear-lock order.
     ClearLock(cmd::clear_lock::Args),
+    /// Apply authority trust-anchor updates (root rollover).
+    #[command(subcommand)]
+    TrustAnchor(cmd::trust_anchor::TrustAnchorCommand),
     /// Print property changes and LowFunds/Locked/Unlocked signals as they happen.
     Watch(cmd::watch::Args),
     /// Print a shell completion script.
@@ -99,6 +102,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CtlError> {
         Command::Validate(a) => cmd::validate::run(ctx, a).await,
         Command::Audit(a) => cmd::audit::run(ctx, a).await,
         Command::ClearLock(a) => cmd::clear_lock::run(ctx, a).await,
+        Command::TrustAnchor(a) => cmd::trust_anchor::run(ctx, a).await,
         Command::Watch(a) => cmd::watch::run(ctx, a).await,
         Command::Completions(a) => cmd::completions::run(ctx, a).await,
         Command::Man(a) => cmd::man::run(ctx, a).await,
@@ -236,6 +240,11 @@ mod tests {
             parse(&["clear-lock", "o.cms"]).unwrap().command,
             Command::ClearLock(_)
         ));
+        assert!(matches!(
+            parse(&["trust-anchor", "update", "m.pem"]).unwrap().command,
+            Command::TrustAnchor(_)
+        ));
+        assert!(parse(&["trust-anchor", "update"]).is_err());
         assert!(matches!(
             parse(&["completions", "bash"]).unwrap().command,
             Command::Completions(_)

@@ -13,6 +13,7 @@ pub mod provision;
 pub mod rates;
 pub mod recharge;
 pub mod status;
+pub mod trust_anchor;
 pub mod validate;
 pub mod watch;
 

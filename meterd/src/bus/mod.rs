@@ -21,7 +21,7 @@ use zbus::{interface, Connection};
 use meter_proto::MeterError;
 
 use crate::meter::Meter;
-use crate::{audit, lock, postmark, provision, rates, recharge, validate};
+use crate::{anchor, audit, lock, postmark, provision, rates, recharge, validate};
 
 pub use auth::{Authorizer, Role};
 pub use signals::watch_and_emit;
@@ -236,6 +236,23 @@ impl MeterIface {
         lock::clear(&self.meter, &order)
             .await
             .map_err(|e| errors::to_dbus("ClearLock", e))
+    }
+
+    /// Applies an authority-signed trust-anchor update; returns the number of anchors.
+    async fn update_trust_anchor(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        message: Vec<u8>,
+    ) -> Result<u32, MeterError> {
+        let _slot = self
+            .admit(conn, &header, "UpdateTrustAnchor", Role::Admin)
+            .await?;
+        bounded("trust-anchor update", &message)?;
+        anchor::update(&self.meter, &message)
+            .await
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            .map_err(|e| errors::to_dbus("UpdateTrustAnchor", e))
     }
 
     /// Meter id, empty before provisioning.
