@@ -20,34 +20,16 @@ fn state_dir(sb: &Sandbox) -> PathBuf {
 }
 
 fn postmark_ok(sb: &Sandbox, id: &str) {
-    let msg = write(sb, &format!("{id}.txt"), id.as_bytes());
-    let t = sb.path(&format!("{id}.tsr")).to_string_lossy().into_owned();
-    ok(
-        &sb.meterctl(&["postmark", &msg, "-o", &t, "--request-id", id]),
-        "postmark",
-    );
+    ok(&sb.postmark_id(id).2, "postmark");
 }
 
 fn postmark_code(sb: &Sandbox, id: &str) -> Option<i32> {
-    let msg = write(sb, &format!("{id}.txt"), id.as_bytes());
-    let t = sb.path(&format!("{id}.tsr")).to_string_lossy().into_owned();
-    code(&sb.meterctl(&["postmark", &msg, "-o", &t, "--request-id", id]))
+    code(&sb.postmark_id(id).2)
 }
 
 /// Clears the lock in force with a fresh authority order.
 fn clear_lock(sb: &Sandbox) {
-    let s = sb.status();
-    let nonce = s["lock_nonce"].as_str().expect("nonce").to_owned();
-    let order = sb.path("order.pem").to_string_lossy().into_owned();
-    sb.authority(&[
-        "clear-lock",
-        "--meter",
-        &sb.meter_id(),
-        "--nonce",
-        &nonce,
-        "--out",
-        &order,
-    ]);
+    let order = sb.clear_lock_order();
     ok(&sb.meterctl(&["clear-lock", &order]), "clear-lock");
     // The same order again is refused: the lock it named is gone.
     let again = sb.meterctl(&["clear-lock", &order]);

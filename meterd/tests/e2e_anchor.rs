@@ -16,12 +16,8 @@ fn code(out: &std::process::Output) -> Option<i32> {
 
 /// Postmarks `id.txt`, returning (message path, token path).
 fn postmark(sb: &Sandbox, id: &str) -> (String, String) {
-    let msg = write(sb, &format!("{id}.txt"), id.as_bytes());
-    let t = sb.path(&format!("{id}.tsr")).to_string_lossy().into_owned();
-    ok(
-        &sb.meterctl(&["postmark", &msg, "-o", &t, "--request-id", id]),
-        "postmark",
-    );
+    let (msg, t, out) = sb.postmark_id(id);
+    ok(&out, "postmark");
     (msg, t)
 }
 
@@ -37,23 +33,6 @@ fn voucher(sb: &Sandbox, name: &str, amount: u64) -> String {
         &v,
     ]);
     v
-}
-
-fn openssl_ts_verify(sb: &Sandbox, data: &str, token: &str, ca: &str) -> std::process::Output {
-    sb.run(
-        "openssl",
-        &[
-            "ts",
-            "-verify",
-            "-data",
-            data,
-            "-in",
-            token,
-            "-token_in",
-            "-CAfile",
-            ca,
-        ],
-    )
 }
 
 #[test]
@@ -124,7 +103,7 @@ fn rollover_installs_the_new_root_only_from_the_old_one() {
     // New postmarks chain to the old root (the postmark certificate is its own).
     let (m2, t2) = postmark(&sb, "t2");
     ok(
-        &openssl_ts_verify(&sb, &m2, &t2, &old_root),
+        &sb.ts_verify(&m2, &t2, &old_root),
         "openssl ts -verify under the old root",
     );
     let v2 = sb.meterctl_json(&["validate", &m2, &t2]);

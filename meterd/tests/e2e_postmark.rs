@@ -14,21 +14,7 @@ fn postmark(sb: &Sandbox, file: &str, token: &str, request_id: &str) -> std::pro
 }
 
 fn openssl_ts_verify(sb: &Sandbox, data: &str, token: &str) -> std::process::Output {
-    let root = sb.root_pem();
-    sb.run(
-        "openssl",
-        &[
-            "ts",
-            "-verify",
-            "-data",
-            data,
-            "-in",
-            token,
-            "-token_in",
-            "-CAfile",
-            root.to_str().unwrap_or_default(),
-        ],
-    )
+    sb.ts_verify(data, token, &sb.root_pem().to_string_lossy())
 }
 
 #[test]

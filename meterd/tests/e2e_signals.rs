@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use meter_proto::Meter1Proxy;
-use sandbox::{ok, write, Sandbox};
+use sandbox::{ok, Sandbox};
 
 async fn proxy(sb: &Sandbox) -> Meter1Proxy<'static> {
     let conn = zbus::connection::Builder::address(sb.env["DBUS_SYSTEM_BUS_ADDRESS"].as_str())
@@ -23,12 +23,7 @@ async fn proxy(sb: &Sandbox) -> Meter1Proxy<'static> {
 }
 
 fn postmark(sb: &Sandbox, id: &str) {
-    let msg = write(sb, &format!("{id}.txt"), id.as_bytes());
-    let t = sb.path(&format!("{id}.tsr")).to_string_lossy().into_owned();
-    ok(
-        &sb.meterctl(&["postmark", &msg, "-o", &t, "--request-id", id]),
-        "postmark",
-    );
+    ok(&sb.postmark_id(id).2, "postmark");
 }
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -108,17 +103,7 @@ async fn live_audit_locks_and_order_unlocks_with_signals() {
     assert_eq!(p.state().await.unwrap(), "locked");
     assert_eq!(p.lock_reason().await.unwrap(), "tamper");
 
-    let nonce = sb.status()["lock_nonce"].as_str().unwrap().to_owned();
-    let order = sb.path("order.pem").to_string_lossy().into_owned();
-    sb.authority(&[
-        "clear-lock",
-        "--meter",
-        &sb.meter_id(),
-        "--nonce",
-        &nonce,
-        "--out",
-        &order,
-    ]);
+    let order = sb.clear_lock_order();
     let bytes = std::fs::read(&order).unwrap();
     p.clear_lock(&bytes).await.unwrap();
     tokio::time::timeout(WAIT, unlocked.next())

@@ -184,6 +184,58 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// `meterctl postmark` of a fresh file `ID.txt` into `ID.tsr` with request id ID;
+    /// returns (message path, token path, meterctl's output).
+    pub fn postmark_id(&self, id: &str) -> (String, String, Output) {
+        let msg = write(self, &format!("{id}.txt"), id.as_bytes());
+        let t = self
+            .path(&format!("{id}.tsr"))
+            .to_string_lossy()
+            .into_owned();
+        let out = self.meterctl(&["postmark", &msg, "-o", &t, "--request-id", id]);
+        (msg, t, out)
+    }
+
+    /// An authority clear-lock order for the lock in force (its nonce from Status).
+    pub fn clear_lock_order(&self) -> String {
+        let nonce = self.status()["lock_nonce"]
+            .as_str()
+            .expect("lock_nonce")
+            .to_owned();
+        let order = self.path("order.pem").to_string_lossy().into_owned();
+        let meter = self.meter_id();
+        self.authority(&[
+            "clear-lock",
+            "--meter",
+            &meter,
+            "--nonce",
+            &nonce,
+            "--out",
+            &order,
+        ]);
+        order
+    }
+
+    /// `openssl ts -verify` of a token over a file against a CA file.
+    pub fn ts_verify(&self, data: &str, token: &str, ca: &str) -> Output {
+        self.run(
+            "openssl",
+            &[
+                "ts",
+                "-verify",
+                "-data",
+                data,
+                "-in",
+                token,
+                "-token_in",
+                "-CAfile",
+                ca,
+            ],
+        )
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = Command::new("bash")
