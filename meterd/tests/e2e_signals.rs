@@ -100,8 +100,11 @@ async fn live_audit_locks_and_order_unlocks_with_signals() {
         .expect("Locked")
         .unwrap();
     assert_eq!(sig.args().unwrap().reason, "tamper");
-    assert_eq!(p.state().await.unwrap(), "locked");
-    assert_eq!(p.lock_reason().await.unwrap(), "tamper");
+    // Read through Status: the proxy's property cache follows
+    // PropertiesChanged on its own task and may lag the signal just seen.
+    let s = sb.status();
+    assert_eq!(s["state"], "locked", "{s}");
+    assert_eq!(s["lock_reason"], "tamper", "{s}");
 
     let order = sb.clear_lock_order();
     let bytes = std::fs::read(&order).unwrap();
@@ -110,7 +113,7 @@ async fn live_audit_locks_and_order_unlocks_with_signals() {
         .await
         .expect("Unlocked")
         .unwrap();
-    assert_eq!(p.state().await.unwrap(), "ready");
+    assert_eq!(sb.status()["state"], "ready");
     // A second use of the order is refused with a named error.
     let err = p.clear_lock(&bytes).await.unwrap_err();
     assert!(matches!(err, meter_proto::MeterError::Stale(_)), "{err:?}");
