@@ -15,6 +15,35 @@ pub const CT_RATES: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996
 pub const CT_CLEAR_LOCK: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.3");
 /// eContentType of a trust-anchor update (`payload::AnchorUpdate`).
 pub const CT_ANCHOR_UPDATE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.4");
+/// eContentType of a certificate request (meter → authority: PKCS#10 + enrolment code), Fig. 5.
+pub const CT_CERT_REQUEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.5");
+/// eContentType of a revoke request (meter → authority), Fig. 6.
+pub const CT_REVOKE_REQUEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.6");
+/// eContentType of a revoke order (authority → meter), Fig. 6.
+pub const CT_REVOKE_ORDER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.7");
+/// eContentType of a revocation confirmation (meter → authority: revoked, paid or payment due).
+pub const CT_REVOKE_CONFIRMATION: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.25.252996336.1.8");
+/// eContentType of a signed status report (meter → authority).
+pub const CT_STATUS_REPORT: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.9");
+/// eContentType of a report acknowledgement (authority → meter).
+pub const CT_REPORT_ACK: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.10");
+/// eContentType of a lock order (authority → meter, reason `forced`).
+pub const CT_LOCK_ORDER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.11");
+/// eContentType of a credit request (meter → creditor), Fig. 7A.
+pub const CT_CREDIT_REQUEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.12");
+/// eContentType of a line-of-credit certificate (creditor → meter), Fig. 8.
+pub const CT_CREDIT_LINE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.13");
+/// eContentType of a payment certificate (meter → merchant), Fig. 9.
+pub const CT_PAYMENT: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.14");
+/// eContentType of a current-account order (authority → meter: limit, billing period).
+pub const CT_ACCOUNT_ORDER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.15");
+/// Certificate policy of user certificates the authority issues to meters (Fig. 5).
+pub const USER_POLICY: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.2.2");
+/// Certificate policy of agent (employee) certificates a meter issues (Fig. 3A).
+pub const AGENT_POLICY: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.2.3");
+/// Postage indicium format marker (claims 17–31).
+pub const INDICIUM_V1: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.3.1");
 /// TSA policy of meter postmarks (RFC 3161 `TSTInfo.policy`).
 pub const POSTMARK_POLICY: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.2.1");
 /// id-ct-TSTInfo (RFC 3161).
@@ -72,7 +101,21 @@ mod tests {
             CT_RATES,
             CT_CLEAR_LOCK,
             CT_ANCHOR_UPDATE,
+            CT_CERT_REQUEST,
+            CT_REVOKE_REQUEST,
+            CT_REVOKE_ORDER,
+            CT_REVOKE_CONFIRMATION,
+            CT_STATUS_REPORT,
+            CT_REPORT_ACK,
+            CT_LOCK_ORDER,
+            CT_CREDIT_REQUEST,
+            CT_CREDIT_LINE,
+            CT_PAYMENT,
+            CT_ACCOUNT_ORDER,
             POSTMARK_POLICY,
+            USER_POLICY,
+            AGENT_POLICY,
+            INDICIUM_V1,
         ];
         for (i, a) in all.iter().enumerate() {
             assert!(a.to_string().starts_with("2.25.252996336."));
