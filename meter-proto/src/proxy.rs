@@ -38,6 +38,17 @@ pub trait Meter1 {
     /// RFC 3161 token over a SHA-384 digest the caller computed.
     fn postmark_digest(&self, sha384: &[u8], request_id: &str) -> Result<Vec<u8>, MeterError>;
 
+    /// Postage indicium (binary, `docs/INDICIUM.md`) for a piece of `class`
+    /// weighing `grams`, from `origin` to `destination` (1–16 printable ASCII).
+    fn postage(
+        &self,
+        class: &str,
+        grams: u32,
+        origin: &str,
+        destination: &str,
+        request_id: &str,
+    ) -> Result<Vec<u8>, MeterError>;
+
     /// Verifies a token against the message (charged); keys of [`crate::keys::report`].
     fn validate(
         &self,

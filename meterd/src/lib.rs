@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod lock;
 pub mod meter;
 pub mod money;
+pub mod postage;
 pub mod postmark;
 pub mod provision;
 pub mod rates;

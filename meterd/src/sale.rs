@@ -91,3 +91,51 @@ where
         Outcome::Existing { product, .. } => Ok(product),
     }
 }
+
+/// Sells one piece of `service` whose product must carry the registers of
+/// its own ledger row (a postage indicium): the same order as [`sell`] —
+/// state, lookup, reserve `price` before any TPM work — but the product is
+/// made by `finish` inside the commit, once the row's sequence number, time
+/// and registers are known (see [`crate::ledger::Finisher`]).
+///
+/// `prepare` runs only for a new request id (a retry gets the stored
+/// product even if the table changed since): it prices the piece (postage
+/// prices by class and weight, not by service) and returns the finisher.
+/// `input_digest` comes from the validated request.
+pub async fn sell_at_commit<P>(
+    meter: &Meter,
+    service: Service,
+    request_id: &str,
+    input_digest: Digest,
+    prepare: P,
+) -> Result<Vec<u8>>
+where
+    P: FnOnce() -> Result<(Amount, crate::ledger::Finisher)>,
+{
+    let (_identity, ledger) = meter.ensure_selling()?;
+    check_request_id(request_id)?;
+    if let Some(stored) = ledger.lookup(request_id).await? {
+        if stored.input_digest == input_digest && stored.service == Some(service) {
+            return Ok(stored.product);
+        }
+        return Err(ServiceError::InvalidInput(format!(
+            "request id {request_id:?} was already used with different input; choose a new request id"
+        )));
+    }
+    let (price, finish) = prepare()?;
+    let reservation = ledger.reserve(price)?;
+    let entry = Entry {
+        kind: EntryKind::Debit,
+        service: Some(service),
+        request_id: Some(request_id.to_owned()),
+        input_digest,
+        credit: Amount::ZERO,
+        debit: price,
+        product: Vec::new(),
+        note: String::new(),
+    };
+    let (_, product) = ledger
+        .commit_finishing(entry, Some(reservation), finish)
+        .await?;
+    Ok(product)
+}

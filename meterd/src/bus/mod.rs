@@ -21,7 +21,7 @@ use zbus::{interface, Connection};
 use meter_proto::MeterError;
 
 use crate::meter::Meter;
-use crate::{anchor, audit, lock, postmark, provision, rates, recharge, validate};
+use crate::{anchor, audit, lock, postage, postmark, provision, rates, recharge, validate};
 
 pub use auth::{Authorizer, Role};
 pub use signals::watch_and_emit;
@@ -184,6 +184,30 @@ impl MeterIface {
         postmark::postmark_digest(&self.meter, &sha384, &request_id)
             .await
             .map_err(|e| errors::to_dbus("PostmarkDigest", e))
+    }
+
+    /// Postage indicium for one mail piece (claims 17–31): priced by class
+    /// and weight band, debited, signed with the registers after the debit.
+    async fn postage(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        class: String,
+        grams: u32,
+        origin: String,
+        destination: String,
+        request_id: String,
+    ) -> Result<Vec<u8>, MeterError> {
+        let _slot = self.admit(conn, &header, "Postage", Role::User).await?;
+        let req = postage::PostageRequest {
+            class,
+            grams,
+            origin,
+            destination,
+        };
+        postage::postage(&self.meter, req, &request_id)
+            .await
+            .map_err(|e| errors::to_dbus("Postage", e))
     }
 
     /// Charged verification of a token against the message.

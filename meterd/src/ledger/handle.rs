@@ -9,7 +9,7 @@ use tokio::sync::{oneshot, watch};
 use super::reserve::{self, Funds, Reservation, SharedFunds};
 use super::writer::{not_defined, CommitReq, Request, Tip, Writer};
 use super::{
-    audit, chain, schema, AuditReport, Entry, EntryKind, LedgerError, LedgerState, Outcome, Result,
+    audit, chain, schema, AuditReport, Entry, EntryKind, Finisher, LedgerError, LedgerState, Outcome, Result,
     Sealer, Stored, Verdict,
 };
 use crate::money::Amount;
@@ -104,9 +104,43 @@ impl Ledger {
         self.send(Request::Commit(CommitReq {
             entry,
             reservation,
+            finish: None,
             reply,
         }))?;
         rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Like [`Ledger::commit`], but the product is made by `finish` inside
+    /// the commit, from the row's own sequence number, time and registers.
+    /// Returns the outcome and the product delivered: the one just made, or
+    /// the stored one of an earlier row with this request id.
+    pub async fn commit_finishing(
+        &self,
+        entry: Entry,
+        reservation: Option<Reservation>,
+        finish: Finisher,
+    ) -> Result<(Outcome, Vec<u8>)> {
+        let (made_tx, made_rx) = std::sync::mpsc::sync_channel(1);
+        let wrapped: Finisher = Box::new(move |ctx| {
+            let product = finish(ctx)?;
+            let _ = made_tx.try_send(product.clone());
+            Ok(product)
+        });
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Commit(CommitReq {
+            entry,
+            reservation,
+            finish: Some(wrapped),
+            reply,
+        }))?;
+        let outcome = rx.await.map_err(|_| LedgerError::Stopped)??;
+        let product = match &outcome {
+            Outcome::Existing { product, .. } => product.clone(),
+            Outcome::Committed { seq, .. } => made_rx.try_recv().map_err(|_| {
+                LedgerError::Storage(format!("row {seq} committed without its product"))
+            })?,
+        };
+        Ok((outcome, product))
     }
 
     /// The row stored under `request_id`, if any.

@@ -129,6 +129,23 @@ pub struct Entry {
     pub note: String,
 }
 
+/// What a [`Finisher`] learns about the row it makes the product of.
+#[derive(Debug, Clone)]
+pub struct RowContext {
+    /// The row's sequence number.
+    pub seq: u64,
+    /// The row's time (Unix ms).
+    pub time_ms: i64,
+    /// Registers after the row.
+    pub registers: Registers,
+}
+
+/// Makes a row's product inside the commit, once the row's sequence number,
+/// time and registers are known (a postage indicium must carry the
+/// registers of its own row). Runs on the ledger thread inside the batch
+/// transaction; an error refuses this entry only, nothing charged.
+pub type Finisher = Box<dyn FnOnce(&RowContext) -> Result<Vec<u8>> + Send>;
+
 /// Funds registers and piece counts after a row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registers {

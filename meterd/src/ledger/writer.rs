@@ -18,8 +18,8 @@ use super::chain::{self, RowFields, MAX_NOTE, MAX_REQUEST_ID};
 use super::reserve::{Reservation, SharedFunds};
 use super::schema::storage;
 use super::{
-    Digest, Entry, EntryKind, LedgerError, LedgerState, LockInfo, Outcome, Registers, Result,
-    Sealer, Stored,
+    Digest, Entry, EntryKind, Finisher, LedgerError, LedgerState, LockInfo, Outcome, Registers,
+    Result, RowContext, Sealer, Stored,
 };
 use crate::housing::HousingError;
 use crate::service::Service;
@@ -35,6 +35,7 @@ pub(crate) const MAX_PRODUCT: usize = 16 * 1024 * 1024;
 pub(crate) struct CommitReq {
     pub entry: Entry,
     pub reservation: Option<Reservation>,
+    pub finish: Option<Finisher>,
     pub reply: oneshot::Sender<Result<Outcome>>,
 }
 
@@ -213,7 +214,7 @@ impl Writer {
         let mut entries = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         for c in batch {
-            entries.push((c.entry, c.reservation));
+            entries.push((c.entry, c.reservation, c.finish));
             replies.push(c.reply);
         }
         let (outcomes, sealed) = self.commit_rows(entries);
@@ -232,6 +233,7 @@ impl Writer {
         &mut self,
         entries: Vec<(Entry, Option<Reservation>)>,
     ) -> Vec<Result<Outcome>> {
+        let entries = entries.into_iter().map(|(e, r)| (e, r, None)).collect();
         let (outcomes, sealed) = self.commit_rows(entries);
         if sealed {
             self.advance_counter();
@@ -255,7 +257,7 @@ impl Writer {
     /// returns the outcomes and whether a seal was written.
     fn commit_rows(
         &mut self,
-        entries: Vec<(Entry, Option<Reservation>)>,
+        entries: Vec<(Entry, Option<Reservation>, Option<Finisher>)>,
     ) -> (Vec<Result<Outcome>>, bool) {
         let n = entries.len();
         let fail_all = |e: LedgerError| ((0..n).map(|_| Err(copy_error(&e))).collect(), false);
@@ -263,9 +265,13 @@ impl Writer {
             return fail_all(e);
         }
         let mut work = self.tip.clone();
-        let (refs, reservations): (Vec<Entry>, Vec<Option<Reservation>>) =
-            entries.into_iter().unzip();
-        let outcomes = match self.apply_batch(&refs, &mut work) {
+        let mut refs = Vec::with_capacity(n);
+        let mut reservations = Vec::with_capacity(n);
+        for (e, r, f) in entries {
+            refs.push((e, f));
+            reservations.push(r);
+        }
+        let outcomes = match self.apply_batch(refs, &mut work) {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(error = %e, entries = n, "ledger batch rolled back");
@@ -306,7 +312,11 @@ impl Writer {
         Ok(())
     }
 
-    fn apply_batch(&mut self, entries: &[Entry], work: &mut Tip) -> Result<Vec<Result<Outcome>>> {
+    fn apply_batch(
+        &mut self,
+        entries: Vec<(Entry, Option<Finisher>)>,
+        work: &mut Tip,
+    ) -> Result<Vec<Result<Outcome>>> {
         let now = now_ms();
         let tx = self
             .conn
@@ -314,8 +324,8 @@ impl Writer {
             .map_err(storage)?;
         let first_seq = work.seq + 1;
         let mut outcomes = Vec::with_capacity(entries.len());
-        for entry in entries {
-            outcomes.push(apply_entry(&tx, work, entry, now, &mut self.buf)?);
+        for (entry, finish) in entries {
+            outcomes.push(apply_entry(&tx, work, &entry, finish, now, &mut self.buf)?);
         }
         if work.seq >= first_seq {
             let nv = self
@@ -411,6 +421,7 @@ fn apply_entry(
     tx: &rusqlite::Transaction<'_>,
     work: &mut Tip,
     e: &Entry,
+    finish: Option<Finisher>,
     now: i64,
     buf: &mut Vec<u8>,
 ) -> Result<Result<Outcome>> {
@@ -467,7 +478,28 @@ fn apply_entry(
         Err(err) => return Ok(Err(err)),
     };
     let seq = work.seq + 1;
-    let product_digest = chain::sha384(&e.product);
+    // A finisher makes the product now that the row's registers are known;
+    // if it fails, nothing of this entry has been written.
+    let made;
+    let product: &[u8] = match finish {
+        None => &e.product,
+        Some(f) => {
+            let ctx = RowContext {
+                seq,
+                time_ms: now,
+                registers: regs.clone(),
+            };
+            made = match f(&ctx) {
+                Ok(p) => p,
+                Err(err) => return Ok(Err(err)),
+            };
+            if made.len() > MAX_PRODUCT {
+                return Ok(Err(LedgerError::Invalid("product too large".into())));
+            }
+            &made
+        }
+    };
+    let product_digest = chain::sha384(product);
     let service = e.service.map_or(0, Service::code);
     let service_count = e.service.map_or(0, |s| regs.per_service[s.index()]);
     let fields = RowFields {
@@ -517,7 +549,7 @@ fn apply_entry(
     })
     .and_then(|_| {
         tx.prepare_cached("INSERT INTO products(seq, input_digest, product) VALUES (?1,?2,?3)")?
-            .execute(params![to_sql(seq), &e.input_digest[..], e.product])
+            .execute(params![to_sql(seq), &e.input_digest[..], product])
     })
     .map_err(storage)?;
     work.seq = seq;
