@@ -173,7 +173,12 @@ impl IndiciumBody {
         b[O_DR..O_PIECES].copy_from_slice(&self.descending.to_be_bytes());
         b[O_PIECES..O_RATES].copy_from_slice(&self.pieces.to_be_bytes());
         b[O_RATES..O_CURRENCY].copy_from_slice(&self.rates_version.to_be_bytes());
-        put_text(&mut b[O_CURRENCY..], "currency", &self.currency, CURRENCY_LEN)?;
+        put_text(
+            &mut b[O_CURRENCY..],
+            "currency",
+            &self.currency,
+            CURRENCY_LEN,
+        )?;
         b[O_DIGITS] = self.digits;
         put_text(&mut b[O_CLASS..], "class", &self.class, TEXT_LEN)?;
         b[O_GRAMS..O_ORIGIN].copy_from_slice(&self.grams.to_be_bytes());
@@ -223,7 +228,9 @@ pub fn decode(bytes: &[u8]) -> Result<Indicium> {
     }
     let key = b[O_KEY];
     if key != KEY_METER_IDENTITY {
-        return Err(PkiError::Malformed(format!("unknown signing key code {key}")));
+        return Err(PkiError::Malformed(format!(
+            "unknown signing key code {key}"
+        )));
     }
     let digits = b[O_DIGITS];
     if digits > MAX_DIGITS {

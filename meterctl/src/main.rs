@@ -11,6 +11,7 @@
 mod cmd;
 mod error;
 mod output;
+mod render;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -62,6 +63,10 @@ pub enum Command {
     Recharge(cmd::recharge::Args),
     /// Postmark a message: get an RFC 3161 time-stamp token over its SHA-384 digest.
     Postmark(cmd::postmark::Args),
+    /// Buy a postage indicium for a mail piece; write it as bytes, PNG or SVG.
+    Postage(cmd::postage::Args),
+    /// Verify a postage indicium offline with the meter's certificate.
+    VerifyIndicium(cmd::verify_indicium::Args),
     /// Verify a postmark token against its message (charged).
     Validate(cmd::validate::Args),
     /// Re-check the whole ledger chain and its TPM binding.
@@ -99,6 +104,8 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CtlError> {
         Command::Rates(a) => cmd::rates::run(ctx, a).await,
         Command::Recharge(a) => cmd::recharge::run(ctx, a).await,
         Command::Postmark(a) => cmd::postmark::run(ctx, a).await,
+        Command::Postage(a) => cmd::postage::run(ctx, a).await,
+        Command::VerifyIndicium(a) => cmd::verify_indicium::run(ctx, a).await,
         Command::Validate(a) => cmd::validate::run(ctx, a).await,
         Command::Audit(a) => cmd::audit::run(ctx, a).await,
         Command::ClearLock(a) => cmd::clear_lock::run(ctx, a).await,

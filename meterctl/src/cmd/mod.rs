@@ -8,6 +8,7 @@ pub mod audit;
 pub mod clear_lock;
 pub mod completions;
 pub mod man;
+pub mod postage;
 pub mod postmark;
 pub mod provision;
 pub mod rates;
@@ -15,6 +16,7 @@ pub mod recharge;
 pub mod status;
 pub mod trust_anchor;
 pub mod validate;
+pub mod verify_indicium;
 pub mod watch;
 
 use std::fs::File;

@@ -9,8 +9,8 @@ use tokio::sync::{oneshot, watch};
 use super::reserve::{self, Funds, Reservation, SharedFunds};
 use super::writer::{not_defined, CommitReq, Request, Tip, Writer};
 use super::{
-    audit, chain, schema, AuditReport, Entry, EntryKind, Finisher, LedgerError, LedgerState, Outcome, Result,
-    Sealer, Stored, Verdict,
+    audit, chain, schema, AuditReport, Entry, EntryKind, Finisher, LedgerError, LedgerState,
+    Outcome, Result, Sealer, Stored, Verdict,
 };
 use crate::money::Amount;
 

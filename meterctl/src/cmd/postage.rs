@@ -1,0 +1,105 @@
+//! `meterctl postage`: buys a postage indicium for one mail piece and
+//! writes it as bytes (`-o`), and/or prints it as a DataMatrix with the
+//! human-readable lines beside it (`--png`, `--svg`).
+//!
+//! The meter prices the piece by class and weight band; the indicium carries
+//! the registers after its own debit (layout: `docs/INDICIUM.md`). As for
+//! postmarks, every call has a request id, printed before the call when
+//! generated, so a retry never charges twice.
+
+use std::path::PathBuf;
+
+use meter_pki::indicium;
+use serde_json::json;
+
+use super::postmark::random_request_id;
+use super::{write_output, Ctx};
+use crate::error::CtlError;
+use crate::output::Output;
+use crate::render;
+
+/// Arguments of `meterctl postage`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Mail class, as named in the rate table (e.g. `letter`).
+    #[arg(long, value_name = "CLASS")]
+    pub class: String,
+
+    /// Weight of the piece in grams.
+    #[arg(long, value_name = "GRAMS")]
+    pub grams: u32,
+
+    /// Origin data, e.g. the sender's postal code (1–16 printable ASCII).
+    #[arg(long = "from", value_name = "ORIGIN")]
+    pub origin: String,
+
+    /// Destination data, e.g. the recipient's postal code (1–16 printable ASCII).
+    #[arg(long = "to", value_name = "DESTINATION")]
+    pub destination: String,
+
+    /// Write the indicium bytes here.
+    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    pub out: Option<PathBuf>,
+
+    /// Write a PNG of the DataMatrix and the human-readable lines.
+    #[arg(long, value_name = "FILE")]
+    pub png: Option<PathBuf>,
+
+    /// Write an SVG of the DataMatrix and the human-readable lines.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+
+    /// Idempotency key: reuse it to retry without a second charge (default: random).
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
+}
+
+/// Runs `meterctl postage`.
+pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
+    let request_id = match args.request_id {
+        Some(id) => id,
+        None => {
+            let id = random_request_id()?;
+            eprintln!("request id: {id} (retry with --request-id {id} to avoid a second charge)");
+            id
+        }
+    };
+    let meter = ctx.meter().await?;
+    let bytes = meter
+        .postage(
+            &args.class,
+            args.grams,
+            &args.origin,
+            &args.destination,
+            &request_id,
+        )
+        .await?;
+    let ind = indicium::decode(&bytes)
+        .map_err(|e| CtlError::Reply(format!("Postage returned a bad indicium: {e}")))?;
+    if let Some(path) = &args.out {
+        write_output(path, &bytes)?;
+    }
+    let lines = render::human_lines(&ind.body);
+    let mut symbol_side = None;
+    if args.png.is_some() || args.svg.is_some() {
+        let sym = render::symbol(&bytes)?;
+        symbol_side = Some(sym.side);
+        if let Some(path) = &args.png {
+            write_output(path, &render::png(&sym, &lines)?)?;
+        }
+        if let Some(path) = &args.svg {
+            write_output(path, render::svg(&sym, &lines).as_bytes())?;
+        }
+    }
+    let mut human = lines.join("\n");
+    human.push_str(&format!(
+        "\n{} bytes; request id {request_id}\n",
+        bytes.len()
+    ));
+    let mut j = render::indicium_json(&ind.body);
+    j["request_id"] = json!(request_id);
+    j["bytes"] = json!(bytes.len());
+    j["indicium_hex"] = json!(hex::encode(&bytes));
+    j["symbol"] = json!(symbol_side.map(|s| format!("{s}x{s}")));
+    Ok(Output::new(human, j))
+}
