@@ -188,6 +188,8 @@ impl MeterIface {
 
     /// Postage indicium for one mail piece (claims 17–31): priced by class
     /// and weight band, debited, signed with the registers after the debit.
+    // The D-Bus signature has five arguments; zbus adds the connection and header.
+    #[allow(clippy::too_many_arguments)]
     async fn postage(
         &self,
         #[zbus(connection)] conn: &Connection,
