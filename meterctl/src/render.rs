@@ -279,6 +279,34 @@ mod tests {
         assert!(svg.contains("a&lt;b"));
     }
 
+    /// The SVG's path draws exactly the symbol's modules: rebuilt from the
+    /// path and decoded, it gives the data back.
+    #[test]
+    fn svg_path_decodes_to_the_data() {
+        let data: Vec<u8> = (0..221u32).map(|i| (i * 91 % 256) as u8).collect();
+        let sym = symbol(&data).unwrap();
+        let text = svg(&sym, &["X".into()]);
+        let d = text
+            .split("d=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let mut dark = vec![false; sym.side * sym.side];
+        for seg in d.split('z').filter(|s| !s.is_empty()) {
+            let seg = seg.strip_prefix('M').unwrap();
+            let (xy, rest) = seg.split_once('h').unwrap();
+            let (x, y) = xy.split_once(' ').unwrap();
+            let w: usize = rest.split_once('v').unwrap().0.parse().unwrap();
+            let (x, y): (usize, usize) = (x.parse().unwrap(), y.parse().unwrap());
+            for k in 0..w {
+                dark[(y - QUIET) * sym.side + x - QUIET + k] = true;
+            }
+        }
+        assert_eq!(DataMatrix::decode(&dark, sym.side).unwrap(), data);
+    }
+
     /// The printed PNG, text beside the symbol, reads back with the stock
     /// `dmtxread` (libdmtx) to exactly the same bytes, NULs and 0xFF included.
     #[test]
