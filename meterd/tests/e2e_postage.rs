@@ -149,15 +149,19 @@ fn indicium_prints_scans_verifies_and_matches_its_row() {
 
     // Offline verification of the scanned bytes with the meter certificate.
     let scanned = write(&sb, "scanned.bin", &scan.stdout);
+    let root = sb.root_pem().to_string_lossy().into_owned();
     let v = sb.meterctl(&[
         "--json",
         "verify-indicium",
         &scanned,
         "--cert",
         &meter_cert(&sb),
+        "--root",
+        &root,
     ]);
     let v = json(&v, "verify-indicium");
     assert_eq!(v["valid"], true);
+    assert_eq!(v["chain_checked"], true);
     assert_eq!(v["ascending"].as_u64(), Some(ar1));
     assert_eq!(v["origin"].as_str(), Some("10115"));
 
@@ -209,6 +213,21 @@ fn indicium_prints_scans_verifies_and_matches_its_row() {
     let other = sb.path("certs/postmark.pem").to_string_lossy().into_owned();
     let out = sb.meterctl(&["verify-indicium", &bin, "--cert", &other]);
     assert_eq!(out.status.code(), Some(exit::NOT_VALID), "{out:?}");
+
+    // With --root, a meter certificate that does not chain to it is refused
+    // (here the "root" is the postmark certificate, which signed nothing).
+    let out = sb.meterctl(&[
+        "--json",
+        "verify-indicium",
+        &bin,
+        "--cert",
+        &meter_cert(&sb),
+        "--root",
+        &other,
+    ]);
+    assert_eq!(out.status.code(), Some(exit::NOT_VALID), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["step"].as_str(), Some("certificate"));
 
     // A retry returns the same indicium and charges nothing.
     let again = sb.path("again.bin").to_string_lossy().into_owned();

@@ -30,6 +30,11 @@ pub struct Args {
     /// The meter's certificate (PEM or DER), e.g. the `meter.pem` the authority issued.
     #[arg(long, value_name = "PEM")]
     pub cert: PathBuf,
+
+    /// Also check that the meter certificate chains to this authority root
+    /// (PEM, may hold several roots) and was valid at the indicium's date.
+    #[arg(long, value_name = "PEM")]
+    pub root: Option<PathBuf>,
 }
 
 /// Runs `meterctl verify-indicium`.
@@ -38,7 +43,20 @@ pub async fn run(_ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
     let pem = read_input(&args.cert, MAX_CERT)?;
     let meter_cert = cert::parse(&pem)
         .map_err(|e| CtlError::Usage(format!("{}: not a certificate: {e}", args.cert.display())))?;
-    match indicium::verify(&bytes, &meter_cert) {
+    let roots =
+        match &args.root {
+            Some(path) => Some(cert::parse_all(&read_input(path, MAX_CERT)?).map_err(|e| {
+                CtlError::Usage(format!("{}: not a certificate: {e}", path.display()))
+            })?),
+            None => None,
+        };
+    let checked = indicium::verify(&bytes, &meter_cert).and_then(|ind| {
+        if let Some(roots) = &roots {
+            cert::verify_chain(&meter_cert, &[], roots, i64::from(ind.body.date))?;
+        }
+        Ok(ind)
+    });
+    match checked {
         Ok(ind) => {
             let mut human =
                 String::from("indicium valid: signature verifies with the meter certificate\n");
@@ -47,12 +65,16 @@ pub async fn run(_ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
             let mut j = render::indicium_json(&ind.body);
             j["valid"] = json!(true);
             j["step"] = json!("ok");
+            j["chain_checked"] = json!(roots.is_some());
             Ok(Output::new(human, j))
         }
         Err(e) => {
             let step = match e {
                 meter_pki::PkiError::BadSignature(_) => "signature",
                 meter_pki::PkiError::WrongType(_) => "meter",
+                meter_pki::PkiError::Untrusted(_) | meter_pki::PkiError::Expired(_) => {
+                    "certificate"
+                }
                 _ => "format",
             };
             let mut out = Output::new(
