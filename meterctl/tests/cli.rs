@@ -122,6 +122,8 @@ fn help_lists_the_exit_codes() {
         "validate",
         "audit",
         "clear-lock",
+        "postage",
+        "verify-indicium",
     ] {
         assert!(help.contains(sub), "subcommand {sub} missing");
     }

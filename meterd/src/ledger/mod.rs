@@ -60,6 +60,12 @@
 //! it is caught again. A seal that does not verify, a meter id that is not
 //! ours or a counter too far ahead are never forgiven.
 //!
+//! A product that must state its own row's registers (a postage
+//! indicium) is made inside the commit: [`Ledger::commit_finishing`] passes
+//! a [`Finisher`] that the ledger thread calls with the row's sequence
+//! number, time and registers just before writing the row; it may sign in
+//! the TPM. Its failure refuses only its entry.
+//!
 //! A file SQLite cannot read (truncated, not a database) is a
 //! [`LedgerError::Storage`] from [`Ledger::open`], not a verdict: there is no
 //! working ledger to append the Lock row to.
