@@ -387,6 +387,18 @@ fn concurrent_indicia_each_carry_their_own_rows_registers() {
         .trim()
         .parse()
         .unwrap();
+    let biggest = ok(
+        &sb.run(
+            "sqlite3",
+            &[
+                "-readonly",
+                &db,
+                "SELECT max(last_seq - first_seq + 1) FROM batches",
+            ],
+        ),
+        "sqlite3",
+    );
+    eprintln!("largest group commit: {} rows", biggest.trim());
     assert_eq!(last["ascending"].as_u64().unwrap() + later * 500, ar);
     assert_eq!(last["descending"].as_u64().unwrap() - later * 500, dr);
 }
