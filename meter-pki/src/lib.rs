@@ -14,6 +14,7 @@
 pub mod cert;
 pub mod cms;
 pub mod csr;
+pub mod envelope;
 pub mod issue;
 pub mod oid;
 pub mod payload;
