@@ -488,6 +488,68 @@ mod tests {
         assert!(prepare_employee(&subj, &sec1(&key(3)), &agent, &[], T0, T0 + 5).is_err());
     }
 
+    fn request(
+        meter_key: &SigningKey,
+        meter_cert: &Certificate,
+        agent_key: &SigningKey,
+        cn: &str,
+    ) -> Vec<u8> {
+        let p = csr::prepare(cn, &sec1(agent_key)).unwrap();
+        let der = p
+            .clone()
+            .finish(&sig::sign_prehash_raw(agent_key, &p.digest()).unwrap())
+            .unwrap();
+        cms::sign_with_key(
+            &cms::SignOptions {
+                content_type: oid::CT_CERT_REQUEST,
+                content: &der,
+                signer: meter_cert,
+                extra_certs: &[],
+                signing_time: Some(T0 + 5),
+                ess_cert_id_v2: true,
+            },
+            meter_key,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn agent_ca_request_checks() {
+        let rk = key(1);
+        let root = issue::self_signed_root(&rk, "Root", 1, T0, 3650).unwrap();
+        let mk = key(2);
+        let meter = issue::issue(
+            "MTR-1",
+            &sec1(&mk),
+            Profile::MeterIdentity,
+            &rk,
+            &root,
+            2,
+            T0,
+            365,
+        )
+        .unwrap();
+        let ak = key(3);
+        let anchors = [root.clone()];
+        let ok = request(&mk, &meter, &ak, "MTR-1 Agent CA");
+        let v = verify_agent_ca_request(&ok, &anchors, T0 + 10).unwrap();
+        assert_eq!(v.meter_id, "MTR-1");
+        assert_eq!(v.csr.public_sec1, sec1(&ak));
+        // Another meter's name, the identity key itself, an unknown root: refused.
+        let wrong = request(&mk, &meter, &ak, "MTR-2 Agent CA");
+        assert!(matches!(
+            verify_agent_ca_request(&wrong, &anchors, T0 + 10),
+            Err(PkiError::Malformed(_))
+        ));
+        let same = request(&mk, &meter, &mk, "MTR-1 Agent CA");
+        assert!(verify_agent_ca_request(&same, &anchors, T0 + 10).is_err());
+        let other_root = issue::self_signed_root(&key(9), "Other", 1, T0, 3650).unwrap();
+        assert!(matches!(
+            verify_agent_ca_request(&ok, &[other_root], T0 + 10),
+            Err(PkiError::Untrusted(_))
+        ));
+    }
+
     proptest::proptest! {
         #[test]
         fn subject_never_panics(cn in ".{0,80}", email in ".{0,80}") {

@@ -282,4 +282,25 @@ mod tests {
         assert!(AgentProduct::from_bytes(&[0x30, 0, 0x30, 0]).is_err());
         assert!(AgentProduct::from_bytes(&[0x30, 5, 0]).is_err());
     }
+
+    #[test]
+    fn subject_map_rules() {
+        let m = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::HashMap<_, _>>()
+        };
+        assert!(subject_from_map(&m(&[("cn", "A"), ("o", "B"), ("email", "a@b.example")])).is_ok());
+        assert!(subject_from_map(&m(&[("o", "B")])).is_err());
+        assert!(subject_from_map(&m(&[("cn", "A"), ("c", "US")])).is_err());
+        assert!(subject_from_map(&m(&[("cn", "A\u{0}")])).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn product_parser_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = AgentProduct::from_bytes(&bytes);
+        }
+    }
 }
