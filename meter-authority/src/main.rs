@@ -38,6 +38,14 @@ enum Cmd {
         #[arg(long)]
         out_dir: PathBuf,
     },
+    /// Certify a meter's agent CA (Fig. 3A) from its request (`meterctl agent-ca request`).
+    CertifyAgentCa {
+        /// The request: CMS SignedData by the meter around the agent key's PKCS#10.
+        request: PathBuf,
+        /// Output: the agent-CA certificate (PEM).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Sign a rate table written in TOML (see rates.example.toml).
     Rates {
         /// The TOML rate file.
@@ -136,6 +144,17 @@ fn run(cli: Cli) -> Result<()> {
             write_cert(&out_dir.join("meter.pem"), &certs.identity)?;
             write_cert(&out_dir.join("postmark.pem"), &certs.postmark)?;
             println!("{}", certs.meter_id);
+        }
+        Cmd::CertifyAgentCa { request, out } => {
+            let mut a = Authority::open(dir)?;
+            let c = a.certify_agent_ca(&read_bounded(&request)?, t)?;
+            write_cert(&out, &c)?;
+            println!(
+                "agent-CA certificate for {} (serial {}) written to {}",
+                cert::subject_cn(&c).unwrap_or_default(),
+                cert::serial_hex(&c),
+                out.display()
+            );
         }
         Cmd::Rates { input, out } => {
             let a = Authority::open(dir)?;

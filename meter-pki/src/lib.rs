@@ -11,9 +11,11 @@
 //! Algorithms are fixed: ECDSA P-384 with SHA-384 everywhere. Untrusted input is bounded by
 //! [`MAX_OBJECT`] and parsed strictly; every failure is a named [`PkiError`], never a panic.
 
+pub mod agent;
 pub mod cert;
 pub mod cms;
 pub mod csr;
+pub mod envelope;
 pub mod indicium;
 pub mod issue;
 pub mod oid;

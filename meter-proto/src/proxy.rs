@@ -69,6 +69,26 @@ pub trait Meter1 {
     /// current anchor); returns the number of anchors the meter now trusts.
     fn update_trust_anchor(&self, message: &[u8]) -> Result<u32, MeterError>;
 
+    /// Creates the agent-CA key if needed and returns its certification request (CMS
+    /// SignedData by the meter's identity key around a PKCS#10, DER) for
+    /// `meter-authority certify-agent-ca`.
+    fn request_agent_ca(&self) -> Result<Vec<u8>, MeterError>;
+
+    /// Installs the authority's agent-CA certificate (DER or PEM); returns its serial (hex).
+    fn install_agent_ca(&self, certificate: &[u8]) -> Result<String, MeterError>;
+
+    /// Issues an employee certificate under the meter's agent CA (charged as
+    /// `agent-certificate`). `subject` keys: `cn` (required), `o`, `ou`, `email` (strings);
+    /// `receiver`: the receiver's P-384 certificate or public key (PEM, DER or SEC1).
+    /// Returns (certificate DER, CMS EnvelopedData DER holding the PKCS#8 private key
+    /// encrypted to the receiver, agent-CA certificate DER).
+    fn issue_agent_certificate(
+        &self,
+        subject: HashMap<&str, zbus::zvariant::Value<'_>>,
+        receiver: &[u8],
+        request_id: &str,
+    ) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), MeterError>;
+
     /// Meter identifier (from the identity key), empty when unprovisioned.
     #[zbus(property)]
     fn meter_id(&self) -> zbus::Result<String>;

@@ -76,6 +76,12 @@ pub enum Command {
     /// Apply authority trust-anchor updates (root rollover).
     #[command(subcommand)]
     TrustAnchor(cmd::trust_anchor::TrustAnchorCommand),
+    /// Set up the meter's agent CA (Fig. 3A): request, then install its certificate.
+    #[command(subcommand)]
+    AgentCa(cmd::agent::AgentCaCommand),
+    /// Issue agent (employee) certificates under the meter's agent CA.
+    #[command(subcommand)]
+    Agent(cmd::agent::AgentCommand),
     /// Print property changes and LowFunds/Locked/Unlocked signals as they happen.
     Watch(cmd::watch::Args),
     /// Print a shell completion script.
@@ -110,6 +116,8 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CtlError> {
         Command::Audit(a) => cmd::audit::run(ctx, a).await,
         Command::ClearLock(a) => cmd::clear_lock::run(ctx, a).await,
         Command::TrustAnchor(a) => cmd::trust_anchor::run(ctx, a).await,
+        Command::AgentCa(a) => cmd::agent::run_ca(ctx, a).await,
+        Command::Agent(a) => cmd::agent::run(ctx, a).await,
         Command::Watch(a) => cmd::watch::run(ctx, a).await,
         Command::Completions(a) => cmd::completions::run(ctx, a).await,
         Command::Man(a) => cmd::man::run(ctx, a).await,
@@ -252,6 +260,30 @@ mod tests {
             Command::TrustAnchor(_)
         ));
         assert!(parse(&["trust-anchor", "update"]).is_err());
+        assert!(matches!(
+            parse(&["agent-ca", "request", "-o", "r.pem"])
+                .unwrap()
+                .command,
+            Command::AgentCa(_)
+        ));
+        assert!(matches!(
+            parse(&[
+                "agent",
+                "issue",
+                "--cn",
+                "A",
+                "--receiver",
+                "r",
+                "--out-cert",
+                "c",
+                "--out-key",
+                "k"
+            ])
+            .unwrap()
+            .command,
+            Command::Agent(_)
+        ));
+        assert!(parse(&["agent", "issue", "--cn", "A"]).is_err());
         assert!(matches!(
             parse(&["completions", "bash"]).unwrap().command,
             Command::Completions(_)

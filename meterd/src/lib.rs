@@ -3,9 +3,10 @@
 //! The TPM ([`housing`]), the ledger ([`ledger`]) and D-Bus ([`bus`]) each
 //! sit behind one door; the services between them ([`postmark`],
 //! [`validate`], [`recharge`], [`rates`], [`provision`], [`lock`],
-//! [`anchor`], [`audit`]) know none of tss-esapi, rusqlite or zbus. Every chargeable
+//! [`anchor`], [`audit`], [`agent`]) know none of tss-esapi, rusqlite or zbus. Every chargeable
 //! service goes through [`sale::sell`].
 
+pub mod agent;
 pub mod anchor;
 pub mod audit;
 pub mod bus;

@@ -29,6 +29,7 @@ struct Inner {
     ledger: Option<Ledger>,
     identity: Option<Arc<Identity>>,
     rates: Arc<RateBook>,
+    agent_ca: Option<Arc<Certificate>>,
 }
 
 /// Shared state of the daemon; services take `&Meter`.
@@ -150,7 +151,7 @@ impl Meter {
         let tables = ledger.products(EntryKind::Rates).await?;
         let book = RateBook::from_products(&tables, &anchors, clock::now())?;
         self.write_inner()?.rates = Arc::new(book);
-        Ok(())
+        crate::agent::load(self, ledger).await
     }
 
     fn write_inner(&self) -> Result<std::sync::RwLockWriteGuard<'_, Inner>> {
@@ -204,6 +205,16 @@ impl Meter {
 
     pub(crate) fn set_identity(&self, identity: Identity) -> Result<()> {
         self.write_inner()?.identity = Some(Arc::new(identity));
+        Ok(())
+    }
+
+    /// The agent-CA certificate installed (Fig. 3A), if any.
+    pub fn agent_ca(&self) -> Option<Arc<Certificate>> {
+        self.read_inner()?.agent_ca.clone()
+    }
+
+    pub(crate) fn set_agent_ca(&self, cert: Certificate) -> Result<()> {
+        self.write_inner()?.agent_ca = Some(Arc::new(cert));
         Ok(())
     }
 

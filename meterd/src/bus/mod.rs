@@ -21,7 +21,7 @@ use zbus::{interface, Connection};
 use meter_proto::MeterError;
 
 use crate::meter::Meter;
-use crate::{anchor, audit, lock, postage, postmark, provision, rates, recharge, validate};
+use crate::{agent, anchor, audit, lock, postage, postmark, provision, rates, recharge, validate};
 
 pub use auth::{Authorizer, Role};
 pub use signals::watch_and_emit;
@@ -279,6 +279,66 @@ impl MeterIface {
             .await
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
             .map_err(|e| errors::to_dbus("UpdateTrustAnchor", e))
+    }
+
+    /// Creates the agent-CA key if needed; returns its certification request (CMS
+    /// SignedData by the identity key around the PKCS#10) for the authority.
+    async fn request_agent_ca(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<u8>, MeterError> {
+        let _slot = self
+            .admit(conn, &header, "RequestAgentCa", Role::Admin)
+            .await?;
+        agent::request_ca(&self.meter)
+            .await
+            .map_err(|e| errors::to_dbus("RequestAgentCa", e))
+    }
+
+    /// Installs the authority's agent-CA certificate; returns its serial (hex).
+    async fn install_agent_ca(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        certificate: Vec<u8>,
+    ) -> Result<String, MeterError> {
+        let _slot = self
+            .admit(conn, &header, "InstallAgentCa", Role::Admin)
+            .await?;
+        bounded("agent-CA certificate", &certificate)?;
+        agent::install_ca(&self.meter, &certificate)
+            .await
+            .map_err(|e| errors::to_dbus("InstallAgentCa", e))
+    }
+
+    /// Issues an employee certificate under the agent CA (charged); returns the
+    /// certificate, the private key enveloped to the receiver, and the agent-CA certificate.
+    async fn issue_agent_certificate(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        subject: HashMap<String, OwnedValue>,
+        receiver: Vec<u8>,
+        request_id: String,
+    ) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), MeterError> {
+        let _slot = self
+            .admit(conn, &header, "IssueAgentCertificate", Role::Admin)
+            .await?;
+        bounded("receiver key", &receiver)?;
+        let mut fields = HashMap::with_capacity(subject.len());
+        for (k, v) in subject {
+            let v = String::try_from(v).map_err(|_| {
+                MeterError::InvalidInput(format!("subject field {k:?} must be a string"))
+            })?;
+            fields.insert(k, v);
+        }
+        let subject = agent::subject_from_map(&fields)
+            .map_err(|e| errors::to_dbus("IssueAgentCertificate", e))?;
+        let p = agent::issue(&self.meter, &subject, &receiver, &request_id)
+            .await
+            .map_err(|e| errors::to_dbus("IssueAgentCertificate", e))?;
+        Ok((p.certificate, p.envelope, p.agent_ca))
     }
 
     /// Meter id, empty before provisioning.
