@@ -13,6 +13,7 @@
 
 pub mod cert;
 pub mod cms;
+pub mod credit;
 pub mod csr;
 pub mod issue;
 pub mod oid;
