@@ -3,7 +3,7 @@
 //! The TPM ([`housing`]), the ledger ([`ledger`]) and D-Bus ([`bus`]) each
 //! sit behind one door; the services between them ([`postmark`],
 //! [`validate`], [`recharge`], [`rates`], [`provision`], [`lock`],
-//! [`anchor`], [`audit`]) know none of tss-esapi, rusqlite or zbus. Every chargeable
+//! [`anchor`], [`audit`], [`credit`]) know none of tss-esapi, rusqlite or zbus. Every chargeable
 //! service goes through [`sale::sell`].
 
 pub mod anchor;
@@ -11,6 +11,7 @@ pub mod audit;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod credit;
 pub mod digest;
 pub mod error;
 pub mod housing;

@@ -67,6 +67,7 @@
 mod audit;
 mod chain;
 mod handle;
+mod query;
 mod reserve;
 mod schema;
 mod sealer;
