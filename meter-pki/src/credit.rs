@@ -124,8 +124,7 @@ impl Payment {
 fn check_text(what: &str, s: &str, max: usize, spaces: bool) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= max
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_graphic() || (spaces && b == b' '));
     if ok {
         Ok(())

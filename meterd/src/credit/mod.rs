@@ -214,7 +214,7 @@ fn rebuild(rows: &[(u64, String, Vec<u8>)]) -> HashMap<String, Line> {
         } else if let Some(serial) = note.strip_prefix(NOTE_PAY) {
             let result = match lines.get_mut(serial) {
                 Some(line) => pay_row(line, product),
-                None => Err(format!("payment before the line opened")),
+                None => Err("payment before the line opened".to_string()),
             };
             if let Err(e) = result {
                 damage(&mut lines, serial, format!("row {seq}: {e}"));

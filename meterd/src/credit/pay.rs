@@ -91,14 +91,13 @@ pub async fn pay(
             line.grant.not_before
         )));
     }
-    let remaining = line
-        .remaining
-        .checked_sub(Amount(amount))
-        .map_err(|_| ServiceError::InsufficientCredit {
+    let remaining = line.remaining.checked_sub(Amount(amount)).map_err(|_| {
+        ServiceError::InsufficientCredit {
             serial: serial.to_owned(),
             needed: Amount(amount),
             remaining: line.remaining,
-        })?;
+        }
+    })?;
     let price = meter.rates().price(Service::PaymentCertificate, now)?;
     let reservation = ledger.reserve(price)?;
     let payment = Payment {

@@ -92,7 +92,10 @@ fn registers_add_up_after_payments() {
     let lines = rebuild(&r);
     let a = &lines["A1"];
     assert!(a.damaged.is_none(), "{:?}", a.damaged);
-    assert_eq!((a.used, a.remaining, a.next_sequence), (Amount(350), Amount(650), 3));
+    assert_eq!(
+        (a.used, a.remaining, a.next_sequence),
+        (Amount(350), Amount(650), 3)
+    );
     let b = &lines["B2"];
     assert!(b.damaged.is_none());
     assert_eq!((b.used, b.remaining), (Amount(50), Amount::ZERO));
@@ -102,7 +105,11 @@ fn registers_add_up_after_payments() {
 fn a_wrong_remaining_marks_the_line_damaged() {
     let s = signer();
     let lines = rebuild(&rows(&s, "A1", 1000, &[(100, 950)]));
-    assert!(lines["A1"].damaged.as_deref().unwrap().contains("remaining"));
+    assert!(lines["A1"]
+        .damaged
+        .as_deref()
+        .unwrap()
+        .contains("remaining"));
 }
 
 #[test]
@@ -132,11 +139,15 @@ fn open_product_splits_in_two() {
     let r = rows(&s, "A1", 100, &[]);
     let (first, grant) = split_open_product(&r[0].2).unwrap();
     assert_eq!(
-        meter_pki::credit::read_unverified::<Payment>(first).unwrap().credit_remaining,
+        meter_pki::credit::read_unverified::<Payment>(first)
+            .unwrap()
+            .credit_remaining,
         100
     );
     assert_eq!(
-        meter_pki::credit::read_unverified::<CreditLine>(grant).unwrap().serial,
+        meter_pki::credit::read_unverified::<CreditLine>(grant)
+            .unwrap()
+            .serial,
         "A1"
     );
     assert!(split_open_product(&[0x30]).is_err());
