@@ -8,6 +8,7 @@
 //! `openssl` given `root.pem`. The binary (`main.rs`) is a thin clap layer over
 //! [`Authority`].
 
+pub mod credit;
 pub mod rates;
 pub mod state;
 
@@ -55,6 +56,9 @@ pub enum AuthorityError {
     /// A PKI object was refused.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// A single-use object (a payment certificate) was presented again.
+    #[error("replay: {0}; each payment certificate is settled once")]
+    Replay(String),
     /// A postmark token failed verification.
     #[error("token refused at step {step}: {detail}")]
     Token {
