@@ -71,6 +71,9 @@ pub enum Command {
     /// Apply authority trust-anchor updates (root rollover).
     #[command(subcommand)]
     TrustAnchor(cmd::trust_anchor::TrustAnchorCommand),
+    /// Lines of credit and payment certificates.
+    #[command(subcommand)]
+    Credit(cmd::credit::CreditCommand),
     /// Print property changes and LowFunds/Locked/Unlocked signals as they happen.
     Watch(cmd::watch::Args),
     /// Print a shell completion script.
@@ -103,6 +106,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CtlError> {
         Command::Audit(a) => cmd::audit::run(ctx, a).await,
         Command::ClearLock(a) => cmd::clear_lock::run(ctx, a).await,
         Command::TrustAnchor(a) => cmd::trust_anchor::run(ctx, a).await,
+        Command::Credit(a) => cmd::credit::run(ctx, a).await,
         Command::Watch(a) => cmd::watch::run(ctx, a).await,
         Command::Completions(a) => cmd::completions::run(ctx, a).await,
         Command::Man(a) => cmd::man::run(ctx, a).await,

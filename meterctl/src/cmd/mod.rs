@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod clear_lock;
 pub mod completions;
+pub mod credit;
 pub mod man;
 pub mod postmark;
 pub mod provision;
