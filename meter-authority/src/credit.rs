@@ -270,3 +270,188 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|()| f.sync_all())
         .map_err(|e| AuthorityError::io(path, e))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use meter_pki::cms::{sign_with_key, SignOptions};
+    use meter_pki::credit::CreditAsk;
+    use meter_pki::issue::Profile;
+    use meter_pki::payload::{encode, Payload};
+    use meter_pki::tsp::TokenParams;
+    use p384::ecdsa::SigningKey;
+
+    const NOW: i64 = 1_790_000_000;
+
+    /// A software stand-in for a meter certified by the authority.
+    struct FakeMeter {
+        id: String,
+        key: SigningKey,
+        cert: cert::Certificate,
+        pm_key: SigningKey,
+        pm_cert: cert::Certificate,
+    }
+
+    fn sec1(k: &SigningKey) -> Vec<u8> {
+        k.verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec()
+    }
+
+    fn meter(a: &mut Authority, id: &str) -> FakeMeter {
+        let key = SigningKey::random(&mut rand_core::OsRng);
+        let pm_key = SigningKey::random(&mut rand_core::OsRng);
+        let cert = a
+            .issue_one(id, &sec1(&key), Profile::MeterIdentity, NOW)
+            .unwrap();
+        let pm_cert = a
+            .issue_one(id, &sec1(&pm_key), Profile::Postmark, NOW)
+            .unwrap();
+        FakeMeter {
+            id: id.into(),
+            key,
+            cert,
+            pm_key,
+            pm_cert,
+        }
+    }
+
+    impl FakeMeter {
+        fn sign<T: Payload>(&self, v: &T) -> Vec<u8> {
+            let content = encode(v).unwrap();
+            sign_with_key(
+                &SignOptions {
+                    content_type: T::CONTENT_TYPE,
+                    content: &content,
+                    signer: &self.cert,
+                    extra_certs: &[],
+                    signing_time: Some(NOW),
+                    ess_cert_id_v2: true,
+                },
+                &self.key,
+            )
+            .unwrap()
+        }
+
+        fn request(&self, amount: u64, postmarked: &CreditAsk) -> Vec<u8> {
+            let params = TokenParams {
+                imprint: CreditRequest::imprint(postmarked).unwrap(),
+                serial: 7,
+                gen_time: NOW,
+                policy: meter_pki::oid::POSTMARK_POLICY,
+                accuracy_secs: 1,
+                nonce: None,
+            };
+            let prepared = tsp::prepare(&params, &self.pm_cert, &[]).unwrap();
+            let raw = meter_pki::sig::sign_prehash_raw(&self.pm_key, &prepared.digest()).unwrap();
+            let token = prepared.finish(&raw).unwrap();
+            let mut ask = postmarked.clone();
+            ask.amount = amount;
+            self.sign(&CreditRequest {
+                ask,
+                postmark_hex: hex::encode(token),
+            })
+        }
+
+        fn ask(&self, amount: u64) -> CreditAsk {
+            CreditAsk {
+                meter_id: self.id.clone(),
+                creditor: "Bank".into(),
+                amount,
+                requested_at: NOW,
+                request_id: "r1".into(),
+            }
+        }
+
+        fn payment(&self, line: &CreditLine, grant_pem: &str, seq: u64, amount: u64) -> Vec<u8> {
+            self.payment_at(line, grant_pem, seq, amount, NOW)
+        }
+
+        fn payment_at(
+            &self,
+            line: &CreditLine,
+            grant_pem: &str,
+            seq: u64,
+            amount: u64,
+            time: i64,
+        ) -> Vec<u8> {
+            let der = pem::decode_any(grant_pem.as_bytes(), "CMS").unwrap();
+            self.sign(&Payment {
+                holder: line.holder.clone(),
+                serial: Payment::serial_for(&line.serial, seq),
+                meter_id: self.id.clone(),
+                credit_serial: line.serial.clone(),
+                credit_line_digest_hex: hex::encode(pkicredit::sha384(&der)),
+                amount,
+                payee: "shop".into(),
+                credit_remaining: 0,
+                sequence: seq,
+                time,
+            })
+        }
+    }
+
+    #[test]
+    fn grant_then_settle_once_and_never_past_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Authority::init(&dir.path().join("a"), "Root", NOW - 10).unwrap();
+        let m = meter(&mut a, "MTR-AAAAAAAAAAAA");
+        let req = m.request(1000, &m.ask(1000));
+        let (line, pem_text) = a.credit_grant(&req, None, 30, "any", NOW).unwrap();
+        assert_eq!(
+            (line.amount, line.holder.as_str()),
+            (1000, "MTR-AAAAAAAAAAAA")
+        );
+        assert_eq!(line.holder_key_hex, hex::encode(sec1(&m.key)));
+        assert!(a.credit_grant(&req, Some(1001), 30, "any", NOW).is_err());
+
+        let p1 = m.payment(&line, &pem_text, 1, 600);
+        assert_eq!(a.settle(&p1, NOW).unwrap().settled_total, 600);
+        assert!(matches!(a.settle(&p1, NOW), Err(AuthorityError::Replay(_))));
+        // A (broken) meter paying past the line is refused by the creditor.
+        let p2 = m.payment(&line, &pem_text, 2, 500);
+        assert!(
+            matches!(a.settle(&p2, NOW), Err(AuthorityError::Invalid(m)) if m.contains("past"))
+        );
+        let p3 = m.payment(&line, &pem_text, 3, 400);
+        assert_eq!(a.settle(&p3, NOW).unwrap().settled_total, 1000);
+
+        // Another meter cannot pay from this line, even when certified here.
+        let other = meter(&mut a, "MTR-BBBBBBBBBBBB");
+        let stolen = other.payment(&line, &pem_text, 4, 0);
+        assert!(matches!(
+            a.settle(&stolen, NOW),
+            Err(AuthorityError::Invalid(_))
+        ));
+        // A payment dated after the line expired is refused.
+        let late = m.payment_at(&line, &pem_text, 5, 0, line.not_after + 1);
+        assert!(
+            matches!(a.settle(&late, NOW), Err(AuthorityError::Invalid(m)) if m.contains("expired"))
+        );
+    }
+
+    #[test]
+    fn a_request_whose_postmark_covers_other_content_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Authority::init(&dir.path().join("a"), "Root", NOW - 10).unwrap();
+        let m = meter(&mut a, "MTR-AAAAAAAAAAAA");
+        // Postmarked for 10, then the amount raised to 10000.
+        let req = m.request(10_000, &m.ask(10));
+        match a.credit_grant(&req, None, 30, "any", NOW) {
+            Err(AuthorityError::Token { step, .. }) => assert_eq!(step, "digest"),
+            other => panic!("expected a digest refusal, got {other:?}"),
+        }
+        // A request signed by a key this authority never certified.
+        let mut rogue = meter(&mut a, "MTR-AAAAAAAAAAAA");
+        rogue.cert =
+            meter_pki::issue::self_signed_root(&rogue.key, "MTR-AAAAAAAAAAAA", 9, NOW - 10, 10)
+                .unwrap();
+        let req = rogue.request(10, &rogue.ask(10));
+        assert!(matches!(
+            a.credit_grant(&req, None, 30, "any", NOW),
+            Err(AuthorityError::Pki(_))
+        ));
+    }
+}
