@@ -198,3 +198,38 @@ pub async fn run(ctx: &Ctx, args: CreditCommand) -> Result<Output, CtlError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<crate::Cli, clap::Error> {
+        crate::Cli::try_parse_from(std::iter::once("meterctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn pay_needs_line_amount_payee_and_out() {
+        let cli = parse(&[
+            "credit", "pay", "--line", "CL1", "--amount", "5", "--payee", "shop", "-o", "p.pem",
+        ])
+        .unwrap();
+        let crate::Command::Credit(CreditCommand::Pay {
+            line,
+            amount,
+            request_id,
+            ..
+        }) = cli.command
+        else {
+            panic!("not credit pay")
+        };
+        assert_eq!((line.as_str(), amount, request_id), ("CL1", 5, None));
+        assert!(parse(&["credit", "pay", "--line", "CL1", "--amount", "5", "-o", "p"]).is_err());
+        assert!(parse(&[
+            "credit", "pay", "--line", "CL1", "--amount", "-5", "--payee", "s", "-o", "p"
+        ])
+        .is_err());
+        assert!(parse(&["credit", "request", "--creditor", "B", "--amount", "1"]).is_err());
+        assert!(parse(&["credit", "list", "--json"]).is_ok());
+    }
+}
