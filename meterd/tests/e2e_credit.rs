@@ -367,6 +367,72 @@ fn request_grant_open_pay_settle_and_refusals() {
         "InvalidInput"
     );
     assert_eq!(run(open_args(&grant, "open-again")).1, "Replay");
+
+    // A certificate the root issued (as every meter has) grants no credit.
+    let (ee_key, ee_csr, ee_cert) = (p(&sb, "ee.key"), p(&sb, "ee.csr"), p(&sb, "ee.pem"));
+    ok(
+        &sb.run(
+            "openssl",
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-384",
+                "-nodes",
+                "-keyout",
+                &ee_key,
+                "-out",
+                &ee_csr,
+                "-subj",
+                "/CN=MTR-EVIL00000000",
+            ],
+        ),
+        "openssl req",
+    );
+    ok(
+        &sb.run(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &ee_csr,
+                "-CA",
+                &root,
+                "-CAkey",
+                &key,
+                "-set_serial",
+                "4242",
+                "-days",
+                "30",
+                "-sha384",
+                "-out",
+                &ee_cert,
+            ],
+        ),
+        "openssl x509 -req",
+    );
+    let mut self_line = granted.clone();
+    self_line["serial"] = "CLSELFGRANT".into();
+    let self_grant = openssl_grant(&sb, &self_line, &ee_cert, &ee_key, "self-grant");
+    let a = open_args(&self_grant, "self-open");
+    let out = sb.meterctl(
+        &["--json"]
+            .into_iter()
+            .chain(a.iter().map(String::as_str))
+            .collect::<Vec<_>>(),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("error JSON");
+    assert_eq!(v["error"]["kind"], "BadSignature");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("authority itself"),
+        "refused for the signer, not the chain: {v}"
+    );
     assert_eq!(
         sb.status()["ledger_rows"].as_u64().unwrap(),
         rows,

@@ -5,7 +5,9 @@
 //! Checks, all before any TPM work: the grant's CMS chains to a trust
 //! anchor (forged → BadSignature), it names this meter and its identity key
 //! (another meter's → InvalidInput), it is within its validity (Stale), its
-//! serial is not already open (Replay), and the funds cover the fee.
+//! serial is not already open (Replay), and the funds cover the fee. The
+//! signer must be a trust anchor itself: a certificate the root issued (every
+//! meter has one) grants no credit.
 
 use meter_pki::credit::{CreditLine, Payment};
 use meter_pki::{cert, payload, pem};
@@ -41,7 +43,15 @@ pub async fn open_credit_line(meter: &Meter, grant: &[u8], request_id: &str) -> 
         )));
     }
     let now = clock::now();
-    let (line, _) = payload::open::<CreditLine>(&grant_der, &identity.anchors, now)?;
+    let (line, verified) = payload::open::<CreditLine>(&grant_der, &identity.anchors, now)?;
+    // Chaining to the root is not enough: every meter holds a certificate
+    // the root issued, and none may grant credit. The creditor signs with
+    // an anchor itself.
+    if !identity.anchors.iter().any(|a| *a == verified.signer) {
+        return Err(ServiceError::BadSignature(
+            "a line of credit must be signed by the authority itself (a trust anchor), not by a certificate it issued; nothing was changed".into(),
+        ));
+    }
     let meter_id = identity.meter_id.clone();
     let our_key = hex::encode(cert::public_key_sec1(&identity.meter_cert)?);
     if line.holder != meter_id || !line.holder_key_hex.eq_ignore_ascii_case(&our_key) {
