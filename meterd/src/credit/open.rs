@@ -47,7 +47,7 @@ pub async fn open_credit_line(meter: &Meter, grant: &[u8], request_id: &str) -> 
     // Chaining to the root is not enough: every meter holds a certificate
     // the root issued, and none may grant credit. The creditor signs with
     // an anchor itself.
-    if !identity.anchors.iter().any(|a| *a == verified.signer) {
+    if !identity.anchors.contains(&verified.signer) {
         return Err(ServiceError::BadSignature(
             "a line of credit must be signed by the authority itself (a trust anchor), not by a certificate it issued; nothing was changed".into(),
         ));
