@@ -9,6 +9,7 @@
 //! [`Authority`].
 
 mod agent;
+pub mod credit;
 pub mod rates;
 pub mod state;
 
@@ -56,6 +57,9 @@ pub enum AuthorityError {
     /// A PKI object was refused.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// A single-use object (a payment certificate) was presented again.
+    #[error("replay: {0}; each payment certificate is settled once")]
+    Replay(String),
     /// A postmark token failed verification.
     #[error("token refused at step {step}: {detail}")]
     Token {

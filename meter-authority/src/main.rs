@@ -97,6 +97,30 @@ enum Cmd {
         #[arg(long)]
         meter: Option<String>,
     },
+    /// As the creditor: verify a meter's credit request and grant a line of credit.
+    CreditGrant {
+        /// The meter's credit request (CMS, PEM or DER).
+        #[arg(value_name = "REQUEST")]
+        request: PathBuf,
+        /// Output: the line-of-credit certificate (PEM, label CMS).
+        #[arg(long)]
+        out: PathBuf,
+        /// Amount to grant (default: the amount asked; never more).
+        #[arg(long)]
+        amount: Option<u64>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Authorized use written in the certificate.
+        #[arg(long = "use", default_value = "any purchase")]
+        authorized_use: String,
+    },
+    /// As the creditor: verify a payment certificate and settle it (once).
+    Settle {
+        /// The payment certificate (CMS, PEM or DER).
+        #[arg(value_name = "PAYMENT")]
+        payment: PathBuf,
+    },
     /// Verify a postmark token over a message against this authority's root.
     VerifyToken {
         /// The token (DER or PEM).
@@ -200,6 +224,34 @@ fn run(cli: Cli) -> Result<()> {
             println!(
                 "new root serial {}; the old root is kept as root.{n}.pem",
                 cert::serial_hex(a.root())
+            );
+        }
+        Cmd::CreditGrant {
+            request,
+            out,
+            amount,
+            days,
+            authorized_use,
+        } => {
+            let mut a = Authority::open(dir)?;
+            let (line, pem) =
+                a.credit_grant(&read_bounded(&request)?, amount, days, &authorized_use, t)?;
+            write_file(&out, pem.as_bytes())?;
+            println!(
+                "line of credit {} for {} amount {} valid until {} written to {}",
+                line.serial,
+                line.holder,
+                line.amount,
+                line.not_after,
+                out.display()
+            );
+        }
+        Cmd::Settle { payment } => {
+            let mut a = Authority::open(dir)?;
+            let s = a.settle(&read_bounded(&payment)?, t)?;
+            println!(
+                "settled payment {} of {} to {}; line {}: {} of {} settled",
+                s.serial, s.amount, s.payee, s.credit_serial, s.settled_total, s.line_amount
             );
         }
         Cmd::VerifyToken { token, data } => {

@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod cert;
 pub mod cms;
+pub mod credit;
 pub mod csr;
 pub mod envelope;
 pub mod indicium;

@@ -55,3 +55,31 @@ pub mod provision {
     /// `ay`: DER PKCS#10 request for the postmark (time-stamping) key.
     pub const POSTMARK_CSR: &str = "postmark_csr";
 }
+
+/// Keys of each dictionary returned by `ListCreditLines()`.
+pub mod credit_line {
+    /// `s` line serial.
+    pub const SERIAL: &str = "serial";
+    /// `s` creditor.
+    pub const ISSUER: &str = "issuer";
+    /// `s` holder (the meter id).
+    pub const HOLDER: &str = "holder";
+    /// `t` line amount.
+    pub const GRANTED: &str = "granted";
+    /// `t` paid out.
+    pub const USED: &str = "used";
+    /// `t` still available (granted = used + remaining).
+    pub const REMAINING: &str = "remaining";
+    /// `t` payment certificates made, the opening one included.
+    pub const CERTIFICATES: &str = "certificates";
+    /// `x` valid from.
+    pub const NOT_BEFORE: &str = "not_before";
+    /// `x` valid until.
+    pub const NOT_AFTER: &str = "not_after";
+    /// `s` authorized use.
+    pub const AUTHORIZED_USE: &str = "authorized_use";
+    /// `s` `open`, `expired` or `damaged`.
+    pub const STATE: &str = "state";
+    /// `s` SHA-384 (hex) of the line-of-credit certificate.
+    pub const DIGEST: &str = "digest";
+}

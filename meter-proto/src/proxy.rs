@@ -88,6 +88,32 @@ pub trait Meter1 {
         receiver: &[u8],
         request_id: &str,
     ) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), MeterError>;
+    /// A credit request for `creditor` (CMS SignedData, `CT_CREDIT_REQUEST`) carrying the
+    /// meter's postmark; charged as a postmark.
+    fn request_credit(
+        &self,
+        creditor: &str,
+        amount: u64,
+        request_id: &str,
+    ) -> Result<Vec<u8>, MeterError>;
+
+    /// Opens the line of credit in the creditor's certificate (CMS, `CT_CREDIT_LINE`);
+    /// returns the first payment certificate (full line remaining).
+    fn open_credit_line(&self, certificate: &[u8], request_id: &str)
+        -> Result<Vec<u8>, MeterError>;
+
+    /// Pays `amount` to `payee` from line `credit_serial`; returns the payment certificate
+    /// (CMS, `CT_PAYMENT`).
+    fn pay(
+        &self,
+        credit_serial: &str,
+        amount: u64,
+        payee: &str,
+        request_id: &str,
+    ) -> Result<Vec<u8>, MeterError>;
+
+    /// Lines of credit (keys of [`crate::keys::credit_line`]).
+    fn list_credit_lines(&self) -> Result<Vec<HashMap<String, OwnedValue>>, MeterError>;
 
     /// Meter identifier (from the identity key), empty when unprovisioned.
     #[zbus(property)]

@@ -82,6 +82,9 @@ pub enum Command {
     /// Issue agent (employee) certificates under the meter's agent CA.
     #[command(subcommand)]
     Agent(cmd::agent::AgentCommand),
+    /// Lines of credit and payment certificates.
+    #[command(subcommand)]
+    Credit(cmd::credit::CreditCommand),
     /// Print property changes and LowFunds/Locked/Unlocked signals as they happen.
     Watch(cmd::watch::Args),
     /// Print a shell completion script.
@@ -118,6 +121,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CtlError> {
         Command::TrustAnchor(a) => cmd::trust_anchor::run(ctx, a).await,
         Command::AgentCa(a) => cmd::agent::run_ca(ctx, a).await,
         Command::Agent(a) => cmd::agent::run(ctx, a).await,
+        Command::Credit(a) => cmd::credit::run(ctx, a).await,
         Command::Watch(a) => cmd::watch::run(ctx, a).await,
         Command::Completions(a) => cmd::completions::run(ctx, a).await,
         Command::Man(a) => cmd::man::run(ctx, a).await,

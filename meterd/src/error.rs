@@ -19,6 +19,16 @@ pub enum ServiceError {
         /// Funds available.
         available: Amount,
     },
+    /// The line of credit cannot cover the payment.
+    #[error("insufficient credit on line {serial}: the payment is {needed}, {remaining} remaining; ask the creditor for a new line (meterctl credit request)")]
+    InsufficientCredit {
+        /// Line serial.
+        serial: String,
+        /// Payment asked.
+        needed: Amount,
+        /// Credit remaining (less payments in flight).
+        remaining: Amount,
+    },
     /// The meter is locked.
     #[error("meter locked ({reason}): it sells nothing until the authority clears the lock (meter-authority clear-lock --meter ID --nonce NONCE, then meterctl clear-lock ORDER)")]
     Locked {

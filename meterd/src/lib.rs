@@ -3,8 +3,9 @@
 //! The TPM ([`housing`]), the ledger ([`ledger`]) and D-Bus ([`bus`]) each
 //! sit behind one door; the services between them ([`postmark`],
 //! [`validate`], [`recharge`], [`rates`], [`provision`], [`lock`],
-//! [`anchor`], [`audit`], [`agent`]) know none of tss-esapi, rusqlite or zbus. Every chargeable
-//! service goes through [`sale::sell`].
+//! [`anchor`], [`audit`], [`agent`], [`credit`], [`postage`]) know none of
+//! tss-esapi, rusqlite or zbus. Every chargeable service goes through
+//! [`sale::sell`].
 
 pub mod agent;
 pub mod anchor;
@@ -12,6 +13,7 @@ pub mod audit;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod credit;
 pub mod digest;
 pub mod error;
 pub mod housing;

@@ -41,6 +41,7 @@ pub struct Meter {
     ledger_ready: tokio::sync::watch::Sender<Option<Ledger>>,
     provisioning: tokio::sync::Mutex<()>,
     chain_cache: Arc<meter_pki::tsp::ChainCache>,
+    credit: crate::credit::CreditBook,
 }
 
 impl Meter {
@@ -57,6 +58,7 @@ impl Meter {
             ledger_ready,
             provisioning: tokio::sync::Mutex::new(()),
             chain_cache: Arc::default(),
+            credit: crate::credit::CreditBook::default(),
         };
         let has_identity = meter.housing.call(|h| h.has_key(IDENTITY_KEY)).await?;
         if has_identity {
@@ -73,6 +75,11 @@ impl Meter {
     /// Signer certificates Validate has already chained to the anchors.
     pub fn chain_cache(&self) -> Arc<meter_pki::tsp::ChainCache> {
         Arc::clone(&self.chain_cache)
+    }
+
+    /// Open lines of credit and their registers.
+    pub fn credit(&self) -> &crate::credit::CreditBook {
+        &self.credit
     }
 
     /// Configuration in force.

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod audit;
 pub mod clear_lock;
 pub mod completions;
+pub mod credit;
 pub mod man;
 pub mod postage;
 pub mod postmark;

@@ -5,6 +5,7 @@
 //! here knows the TPM or SQLite; nothing in the services knows zbus.
 
 mod auth;
+mod credit;
 mod errors;
 mod signals;
 mod status;
@@ -21,7 +22,10 @@ use zbus::{interface, Connection};
 use meter_proto::MeterError;
 
 use crate::meter::Meter;
-use crate::{agent, anchor, audit, lock, postage, postmark, provision, rates, recharge, validate};
+use crate::{
+    agent, anchor, audit, credit as credit_service, lock, postage, postmark, provision, rates,
+    recharge, validate,
+};
 
 pub use auth::{Authorizer, Role};
 pub use signals::watch_and_emit;
@@ -339,6 +343,71 @@ impl MeterIface {
             .await
             .map_err(|e| errors::to_dbus("IssueAgentCertificate", e))?;
         Ok((p.certificate, p.envelope, p.agent_ca))
+    }
+
+    /// A signed, postmarked credit request for `creditor` (Fig. 8, 802).
+    async fn request_credit(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        creditor: String,
+        amount: u64,
+        request_id: String,
+    ) -> Result<Vec<u8>, MeterError> {
+        let _slot = self
+            .admit(conn, &header, "RequestCredit", Role::Admin)
+            .await?;
+        credit_service::request::request_credit(&self.meter, &creditor, amount, &request_id)
+            .await
+            .map_err(|e| errors::to_dbus("RequestCredit", e))
+    }
+
+    /// Opens a line of credit; returns the first payment certificate.
+    async fn open_credit_line(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        certificate: Vec<u8>,
+        request_id: String,
+    ) -> Result<Vec<u8>, MeterError> {
+        let _slot = self
+            .admit(conn, &header, "OpenCreditLine", Role::Admin)
+            .await?;
+        bounded("line-of-credit certificate", &certificate)?;
+        credit_service::open::open_credit_line(&self.meter, &certificate, &request_id)
+            .await
+            .map_err(|e| errors::to_dbus("OpenCreditLine", e))
+    }
+
+    /// Pays from a line of credit; returns the payment certificate.
+    async fn pay(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        credit_serial: String,
+        amount: u64,
+        payee: String,
+        request_id: String,
+    ) -> Result<Vec<u8>, MeterError> {
+        let _slot = self.admit(conn, &header, "Pay", Role::User).await?;
+        credit_service::pay::pay(&self.meter, &credit_serial, amount, &payee, &request_id)
+            .await
+            .map_err(|e| errors::to_dbus("Pay", e))
+    }
+
+    /// The lines of credit and their registers.
+    async fn list_credit_lines(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<HashMap<String, OwnedValue>>, MeterError> {
+        let _slot = self
+            .admit(conn, &header, "ListCreditLines", Role::User)
+            .await?;
+        let lines = credit_service::list(&self.meter)
+            .await
+            .map_err(|e| errors::to_dbus("ListCreditLines", e))?;
+        Ok(lines.into_iter().map(credit::line_dict).collect())
     }
 
     /// Meter id, empty before provisioning.

@@ -167,6 +167,28 @@ impl Ledger {
         .map_err(|_| LedgerError::Stopped)?
     }
 
+    /// Every row charged to `service` as (seq, note, product), in seq order,
+    /// read on the reader connection (a commit in flight is not waited for).
+    pub async fn service_products(
+        &self,
+        service: crate::service::Service,
+    ) -> Result<Vec<(u64, String, Vec<u8>)>> {
+        let reader = Arc::clone(&self.reader);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = reader
+                .lock()
+                .map_err(|_| LedgerError::Storage("ledger reader lock poisoned".into()))?;
+            let conn = match guard.take() {
+                Some(c) => guard.insert(c),
+                None => guard.insert(schema::open_reader(&path)?),
+            };
+            super::query::service_products_in(conn, service)
+        })
+        .await
+        .map_err(|_| LedgerError::Stopped)?
+    }
+
     /// Every row of `kind` as (seq, note, product), in seq order.
     pub async fn products(&self, kind: EntryKind) -> Result<Vec<(u64, String, Vec<u8>)>> {
         let (reply, rx) = oneshot::channel();

@@ -73,6 +73,7 @@
 mod audit;
 mod chain;
 mod handle;
+mod query;
 mod reserve;
 mod schema;
 mod sealer;
