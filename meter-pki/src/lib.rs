@@ -12,8 +12,10 @@
 //! [`MAX_OBJECT`] and parsed strictly; every failure is a named [`PkiError`], never a panic.
 
 pub mod cert;
+pub mod certreq;
 pub mod cms;
 pub mod csr;
+pub mod detached;
 pub mod issue;
 pub mod oid;
 pub mod payload;
