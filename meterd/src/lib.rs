@@ -3,12 +3,13 @@
 //! The TPM ([`housing`]), the ledger ([`ledger`]) and D-Bus ([`bus`]) each
 //! sit behind one door; the services between them ([`postmark`],
 //! [`validate`], [`recharge`], [`rates`], [`provision`], [`lock`],
-//! [`anchor`], [`audit`]) know none of tss-esapi, rusqlite or zbus. Every chargeable
+//! [`anchor`], [`audit`], [`certs`], [`sign`]) know none of tss-esapi, rusqlite or zbus. Every chargeable
 //! service goes through [`sale::sell`].
 
 pub mod anchor;
 pub mod audit;
 pub mod bus;
+pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod digest;
@@ -25,4 +26,5 @@ pub mod rates;
 pub mod recharge;
 pub mod sale;
 pub mod service;
+pub mod sign;
 pub mod validate;

@@ -40,6 +40,7 @@ pub struct Meter {
     ledger_ready: tokio::sync::watch::Sender<Option<Ledger>>,
     provisioning: tokio::sync::Mutex<()>,
     chain_cache: Arc<meter_pki::tsp::ChainCache>,
+    certs: crate::certs::CertStore,
 }
 
 impl Meter {
@@ -56,6 +57,7 @@ impl Meter {
             ledger_ready,
             provisioning: tokio::sync::Mutex::new(()),
             chain_cache: Arc::default(),
+            certs: crate::certs::CertStore::default(),
         };
         let has_identity = meter.housing.call(|h| h.has_key(IDENTITY_KEY)).await?;
         if has_identity {
@@ -150,7 +152,12 @@ impl Meter {
         let tables = ledger.products(EntryKind::Rates).await?;
         let book = RateBook::from_products(&tables, &anchors, clock::now())?;
         self.write_inner()?.rates = Arc::new(book);
-        Ok(())
+        self.certs.load(ledger).await
+    }
+
+    /// User certificates (Fig. 5), rebuilt from the ledger at start.
+    pub fn certs(&self) -> &crate::certs::CertStore {
+        &self.certs
     }
 
     fn write_inner(&self) -> Result<std::sync::RwLockWriteGuard<'_, Inner>> {
