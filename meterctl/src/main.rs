@@ -66,6 +66,13 @@ pub enum Command {
     Validate(cmd::validate::Args),
     /// Re-check the whole ledger chain and its TPM binding.
     Audit(cmd::audit::Args),
+    /// User certificates (admin): request a TPM key's certificate, install it.
+    #[command(subcommand)]
+    Cert(cmd::cert::CertCommand),
+    /// List the user certificates and their states.
+    Certs(cmd::certs::Args),
+    /// Sign a file (detached CMS) with an installed user certificate.
+    Sign(cmd::sign::Args),
     /// Apply an authority-signed clear-lock order.
     ClearLock(cmd::clear_lock::Args),
     /// Apply authority trust-anchor updates (root rollover).
@@ -101,6 +108,9 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CtlError> {
         Command::Postmark(a) => cmd::postmark::run(ctx, a).await,
         Command::Validate(a) => cmd::validate::run(ctx, a).await,
         Command::Audit(a) => cmd::audit::run(ctx, a).await,
+        Command::Cert(a) => cmd::cert::run(ctx, a).await,
+        Command::Certs(a) => cmd::certs::run(ctx, a).await,
+        Command::Sign(a) => cmd::sign::run(ctx, a).await,
         Command::ClearLock(a) => cmd::clear_lock::run(ctx, a).await,
         Command::TrustAnchor(a) => cmd::trust_anchor::run(ctx, a).await,
         Command::Watch(a) => cmd::watch::run(ctx, a).await,

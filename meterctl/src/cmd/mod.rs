@@ -5,6 +5,8 @@
 //! codes are decided by `main`, so every command behaves alike in both modes.
 
 pub mod audit;
+pub mod cert;
+pub mod certs;
 pub mod clear_lock;
 pub mod completions;
 pub mod man;
@@ -12,6 +14,7 @@ pub mod postmark;
 pub mod provision;
 pub mod rates;
 pub mod recharge;
+pub mod sign;
 pub mod status;
 pub mod trust_anchor;
 pub mod validate;
