@@ -132,8 +132,17 @@ mod tests {
         let root = issue::self_signed_root(&rk, "Root", 1, T0, 3650).unwrap();
         let uk = key(2);
         let sec1 = uk.verifying_key().to_encoded_point(false);
-        let user = issue::issue("Alice", sec1.as_bytes(), Profile::User, &rk, &root, 2, T0, 30)
-            .unwrap();
+        let user = issue::issue(
+            "Alice",
+            sec1.as_bytes(),
+            Profile::User,
+            &rk,
+            &root,
+            2,
+            T0,
+            30,
+        )
+        .unwrap();
         (root, user, uk)
     }
 

@@ -9,11 +9,11 @@ use der::asn1::{BitString, OctetString};
 use der::Encode;
 use p384::ecdsa::{Signature, SigningKey};
 use x509_cert::certificate::{TbsCertificate, Version};
+use x509_cert::ext::pkix::certpolicy::PolicyInformation;
 use x509_cert::ext::pkix::{
     AuthorityKeyIdentifier, BasicConstraints, CertificatePolicies, ExtendedKeyUsage, KeyUsage,
     KeyUsages, SubjectKeyIdentifier,
 };
-use x509_cert::ext::pkix::certpolicy::PolicyInformation;
 use x509_cert::ext::Extension;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Validity;

@@ -173,9 +173,15 @@ impl CertStore {
 
     /// Rebuilds the store from the ledger's request, install and revocation rows.
     pub async fn load(&self, ledger: &Ledger) -> Result<()> {
-        let requests = ledger.products_noted(EntryKind::Event, NOTE_REQUEST).await?;
-        let installs = ledger.products_noted(EntryKind::Debit, NOTE_INSTALL).await?;
-        let revoked = ledger.products_noted(EntryKind::Event, NOTE_REVOKED).await?;
+        let requests = ledger
+            .products_noted(EntryKind::Event, NOTE_REQUEST)
+            .await?;
+        let installs = ledger
+            .products_noted(EntryKind::Debit, NOTE_INSTALL)
+            .await?;
+        let revoked = ledger
+            .products_noted(EntryKind::Event, NOTE_REVOKED)
+            .await?;
         let mut entries: Vec<CertEntry> = Vec::new();
         for (seq, _, product) in requests {
             match pending_entry(&product) {
@@ -461,7 +467,11 @@ mod tests {
         let rk = SigningKey::from_slice(&[1u8; 48]).unwrap();
         let root = issue::self_signed_root(&rk, "R", 1, T0, 3650).unwrap();
         let uk = SigningKey::from_slice(&[2u8; 48]).unwrap();
-        let sec1 = uk.verifying_key().to_encoded_point(false).as_bytes().to_vec();
+        let sec1 = uk
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
         let c = issue::issue("Alice", &sec1, Profile::User, &rk, &root, 7, T0, 10).unwrap();
         let mut e = CertEntry {
             key: "user-x".into(),
@@ -485,7 +495,10 @@ mod tests {
     #[test]
     fn damaged_rows_are_refused_not_panicked() {
         assert!(pending_entry(b"{").is_err());
-        assert!(pending_entry(br#"{"key":"k","subject":"s","public_hex":"zz","request_hex":""}"#).is_err());
+        assert!(
+            pending_entry(br#"{"key":"k","subject":"s","public_hex":"zz","request_hex":""}"#)
+                .is_err()
+        );
         assert!(request_of(b"[]").is_err());
     }
 }

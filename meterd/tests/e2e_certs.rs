@@ -62,8 +62,21 @@ fn cms_verify(sb: &Sandbox, msg: &str, sig: &str) -> Output {
     sb.run(
         "openssl",
         &[
-            "cms", "-verify", "-binary", "-content", msg, "-inform", "DER", "-in", sig,
-            "-CAfile", &root, "-purpose", "any", "-out", "/dev/null",
+            "cms",
+            "-verify",
+            "-binary",
+            "-content",
+            msg,
+            "-inform",
+            "DER",
+            "-in",
+            sig,
+            "-CAfile",
+            &root,
+            "-purpose",
+            "any",
+            "-out",
+            "/dev/null",
         ],
     )
 }
@@ -80,7 +93,11 @@ fn enrol_request_certify_install_sign_validate() {
     let s0 = snapshot(&sb);
     let req = request(&sb, "Alice", &code, "cr-1");
     let s1 = snapshot(&sb);
-    assert_eq!((s1.0, s1.1, s1.2), (s0.0, s0.1, s0.2), "a request is not charged");
+    assert_eq!(
+        (s1.0, s1.1, s1.2),
+        (s0.0, s0.1, s0.2),
+        "a request is not charged"
+    );
     assert_eq!(s1.3, s0.3 + 1, "one ledger row for the request");
     let list = sb.meterctl_json(&["certs"]);
     assert_eq!(list[0]["state"], "pending", "{list}");
@@ -116,20 +133,23 @@ fn enrol_request_certify_install_sign_validate() {
     assert!(!out.status.success(), "wrong code must be refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("enrolment code"));
     let mallory = request(&sb, "Mallory", &code, "cr-mallory");
-    assert!(!authority_raw(&sb, &["certify", &mallory, "--out", &cert_bad])
-        .status
-        .success());
+    assert!(
+        !authority_raw(&sb, &["certify", &mallory, "--out", &cert_bad])
+            .status
+            .success()
+    );
 
     // Certify (consumes the code) and install: one Debit row, charged once.
     let cert = p(&sb, "alice.pem");
-    let serial = String::from_utf8_lossy(
-        &sb.authority(&["certify", &req, "--out", &cert]).stdout,
-    )
-    .trim()
-    .to_owned();
-    assert!(!authority_raw(&sb, &["certify", &req, "--out", &cert_bad])
-        .status
-        .success(), "an enrolment code is single use");
+    let serial = String::from_utf8_lossy(&sb.authority(&["certify", &req, "--out", &cert]).stdout)
+        .trim()
+        .to_owned();
+    assert!(
+        !authority_raw(&sb, &["certify", &req, "--out", &cert_bad])
+            .status
+            .success(),
+        "an enrolment code is single use"
+    );
     let text = ok(
         &sb.run("openssl", &["x509", "-in", &cert, "-noout", "-text"]),
         "openssl x509",
@@ -152,11 +172,19 @@ fn enrol_request_certify_install_sign_validate() {
     let msg = write(&sb, "contract.txt", b"I, Alice, agree.\n");
     let sig = p(&sb, "contract.p7s");
     sb.meterctl_json(&[
-        "sign", "--cert", &serial, &msg, "-o", &sig, "--request-id", "sign-1",
+        "sign",
+        "--cert",
+        &serial,
+        &msg,
+        "-o",
+        &sig,
+        "--request-id",
+        "sign-1",
     ]);
     let v = cms_verify(&sb, &msg, &sig);
     assert!(
-        v.status.success() && String::from_utf8_lossy(&v.stderr).contains("Verification successful"),
+        v.status.success()
+            && String::from_utf8_lossy(&v.stderr).contains("Verification successful"),
         "{v:?}"
     );
     let s4 = snapshot(&sb);
@@ -164,7 +192,14 @@ fn enrol_request_certify_install_sign_validate() {
     assert_eq!(s4.3, s3.3 + 1, "one ledger row for the signature");
     let sig2 = p(&sb, "contract2.p7s");
     sb.meterctl_json(&[
-        "sign", "--cert", &serial, &msg, "-o", &sig2, "--request-id", "sign-1",
+        "sign",
+        "--cert",
+        &serial,
+        &msg,
+        "-o",
+        &sig2,
+        "--request-id",
+        "sign-1",
     ]);
     assert_eq!(std::fs::read(&sig).unwrap(), std::fs::read(&sig2).unwrap());
     assert_eq!(snapshot(&sb), s4);
@@ -192,16 +227,40 @@ fn enrol_request_certify_install_sign_validate() {
     let csr = write(&sb, "mallory.csr", &csr_der);
     let (ok_key, other) = (p(&sb, "other.key"), p(&sb, "other.pem"));
     ok(
-        &sb.run("openssl", &["ecparam", "-name", "secp384r1", "-genkey", "-noout", "-out", &ok_key]),
+        &sb.run(
+            "openssl",
+            &[
+                "ecparam",
+                "-name",
+                "secp384r1",
+                "-genkey",
+                "-noout",
+                "-out",
+                &ok_key,
+            ],
+        ),
         "ecparam",
     );
     ok(
         &sb.run(
             "openssl",
             &[
-                "req", "-x509", "-new", "-key", &ok_key, "-subj", "/CN=Other Root", "-days", "10",
-                "-sha384", "-out", &other, "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign",
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                &ok_key,
+                "-subj",
+                "/CN=Other Root",
+                "-days",
+                "10",
+                "-sha384",
+                "-out",
+                &other,
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign",
             ],
         ),
         "other root",
@@ -211,8 +270,23 @@ fn enrol_request_certify_install_sign_validate() {
         &sb.run(
             "openssl",
             &[
-                "x509", "-req", "-in", &csr, "-inform", "DER", "-CA", &other, "-CAkey", &ok_key,
-                "-sha384", "-days", "5", "-set_serial", "77", "-out", &foreign,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-inform",
+                "DER",
+                "-CA",
+                &other,
+                "-CAkey",
+                &ok_key,
+                "-sha384",
+                "-days",
+                "5",
+                "-set_serial",
+                "77",
+                "-out",
+                &foreign,
             ],
         ),
         "foreign certificate",
@@ -220,29 +294,77 @@ fn enrol_request_certify_install_sign_validate() {
     let out = sb.meterctl(&["cert", "install", &foreign]);
     assert_eq!(code_of(&out), Some(exit::REFUSED), "{out:?}");
     // A certificate from the right root for a key the meter does not hold.
-    let (stray_key, stray_csr, stray) = (p(&sb, "stray.key"), p(&sb, "stray.csr"), p(&sb, "stray.pem"));
-    ok(
-        &sb.run("openssl", &["ecparam", "-name", "secp384r1", "-genkey", "-noout", "-out", &stray_key]),
-        "ecparam",
+    let (stray_key, stray_csr, stray) = (
+        p(&sb, "stray.key"),
+        p(&sb, "stray.csr"),
+        p(&sb, "stray.pem"),
     );
-    ok(
-        &sb.run("openssl", &["req", "-new", "-key", &stray_key, "-subj", "/CN=Alice", "-out", &stray_csr]),
-        "stray csr",
-    );
-    let root_key = sb.authority_dir().join("root.key").to_string_lossy().into_owned();
     ok(
         &sb.run(
             "openssl",
             &[
-                "x509", "-req", "-in", &stray_csr, "-CA", &root, "-CAkey", &root_key, "-sha384",
-                "-days", "5", "-set_serial", "78", "-out", &stray,
+                "ecparam",
+                "-name",
+                "secp384r1",
+                "-genkey",
+                "-noout",
+                "-out",
+                &stray_key,
+            ],
+        ),
+        "ecparam",
+    );
+    ok(
+        &sb.run(
+            "openssl",
+            &[
+                "req",
+                "-new",
+                "-key",
+                &stray_key,
+                "-subj",
+                "/CN=Alice",
+                "-out",
+                &stray_csr,
+            ],
+        ),
+        "stray csr",
+    );
+    let root_key = sb
+        .authority_dir()
+        .join("root.key")
+        .to_string_lossy()
+        .into_owned();
+    ok(
+        &sb.run(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &stray_csr,
+                "-CA",
+                &root,
+                "-CAkey",
+                &root_key,
+                "-sha384",
+                "-days",
+                "5",
+                "-set_serial",
+                "78",
+                "-out",
+                &stray,
             ],
         ),
         "stray certificate",
     );
     let out = sb.meterctl(&["cert", "install", &stray]);
     assert_eq!(code_of(&out), Some(exit::INVALID), "{out:?}");
-    let junk = write(&sb, "junk.pem", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+    let junk = write(
+        &sb,
+        "junk.pem",
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
     let out = sb.meterctl(&["cert", "install", &junk]);
     assert_eq!(code_of(&out), Some(exit::INVALID), "{out:?}");
     assert_eq!(snapshot(&sb), s5, "refusals change nothing");
@@ -253,8 +375,13 @@ fn enrol_request_certify_install_sign_validate() {
         &sb.run(
             "busctl",
             &[
-                &address, "--json=short", "call", "org.meterd.Meter1", "/org/meterd/Meter1",
-                "org.meterd.Meter1", "ListCertificates",
+                &address,
+                "--json=short",
+                "call",
+                "org.meterd.Meter1",
+                "/org/meterd/Meter1",
+                "org.meterd.Meter1",
+                "ListCertificates",
             ],
         ),
         "busctl ListCertificates",
@@ -316,13 +443,23 @@ fn expired_certificate_is_not_used_and_funds_are_checked_first() {
     let msg = write(&sb, "late.txt", b"too late");
     let out = sb.meterctl(&["sign", "--cert", &serial, &msg, "-o", &p(&sb, "late.p7s")]);
     assert_eq!(code_of(&out), Some(exit::REFUSED), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expired"),
+        "{out:?}"
+    );
     assert_eq!(snapshot(&sb), before, "nothing charged");
 
     // 200 left: a new request (install costs 5000) is refused before any key is made.
     let code = enrol(&sb, "Carol");
     let out = sb.meterctl(&[
-        "cert", "request", "--subject", "CN=Carol", "--code", &code, "-o", &p(&sb, "c.der"),
+        "cert",
+        "request",
+        "--subject",
+        "CN=Carol",
+        "--code",
+        &code,
+        "-o",
+        &p(&sb, "c.der"),
     ]);
     assert_eq!(code_of(&out), Some(exit::FUNDS), "{out:?}");
     assert_eq!(snapshot(&sb), before);

@@ -30,7 +30,12 @@ pub enum CertCommand {
         #[arg(long, value_name = "CODE")]
         code: String,
         /// Where to write the request (DER CMS); default cert-request.der.
-        #[arg(short = 'o', long, value_name = "FILE", default_value = "cert-request.der")]
+        #[arg(
+            short = 'o',
+            long,
+            value_name = "FILE",
+            default_value = "cert-request.der"
+        )]
         out: PathBuf,
         /// Idempotency key: reuse it to get the same request back (default: random).
         #[arg(long, value_name = "ID")]
@@ -75,7 +80,9 @@ pub async fn run(ctx: &Ctx, cmd: CertCommand) -> Result<Output, CtlError> {
             dict.insert(key::ENROLMENT_CODE, Value::from(code.as_str()));
             let request = meter.request_certificate(dict, &request_id).await?;
             if request.is_empty() {
-                return Err(CtlError::Reply("RequestCertificate returned nothing".into()));
+                return Err(CtlError::Reply(
+                    "RequestCertificate returned nothing".into(),
+                ));
             }
             write_output(&out, &request)?;
             let human = format!(

@@ -29,7 +29,9 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Output, CtlError> {
             serial.unwrap_or_else(|| "-".into()),
             d.str(key::STATE).unwrap_or_default(),
             d.str(key::SUBJECT).unwrap_or_default(),
-            not_after.map(format_unix_time).unwrap_or_else(|| "-".into()),
+            not_after
+                .map(format_unix_time)
+                .unwrap_or_else(|| "-".into()),
             d.str(key::KEY).unwrap_or_default(),
         ));
     }

@@ -74,6 +74,9 @@ mod tests {
 
     #[test]
     fn sig_path_appends_p7s() {
-        assert_eq!(default_sig_path(Path::new("a/d.txt")), PathBuf::from("a/d.txt.p7s"));
+        assert_eq!(
+            default_sig_path(Path::new("a/d.txt")),
+            PathBuf::from("a/d.txt.p7s")
+        );
     }
 }

@@ -22,9 +22,7 @@ use zbus::{interface, Connection};
 use meter_proto::MeterError;
 
 use crate::meter::Meter;
-use crate::{
-    anchor, audit, certs, lock, postmark, provision, rates, recharge, sign, validate,
-};
+use crate::{anchor, audit, certs, lock, postmark, provision, rates, recharge, sign, validate};
 
 pub use auth::{Authorizer, Role};
 pub use signals::watch_and_emit;
