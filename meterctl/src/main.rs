@@ -264,6 +264,39 @@ mod tests {
     }
 
     #[test]
+    fn certificate_subcommands_parse() {
+        let cli = parse(&["cert", "request", "--subject", "CN=A", "--code", "C"]).unwrap();
+        let Command::Cert(cmd::cert::CertCommand::Request {
+            out, request_id, ..
+        }) = cli.command
+        else {
+            panic!("not cert request")
+        };
+        assert_eq!(out, std::path::PathBuf::from("cert-request.der"));
+        assert!(request_id.is_none());
+        assert!(
+            parse(&["cert", "request", "--subject", "CN=A"]).is_err(),
+            "--code needed"
+        );
+        assert!(matches!(
+            parse(&["cert", "install", "c.pem"]).unwrap().command,
+            Command::Cert(cmd::cert::CertCommand::Install { .. })
+        ));
+        assert!(parse(&["cert", "install"]).is_err());
+        assert!(matches!(
+            parse(&["certs"]).unwrap().command,
+            Command::Certs(_)
+        ));
+        let cli = parse(&["sign", "--cert", "0a", "doc.txt", "-o", "d.p7s"]).unwrap();
+        let Command::Sign(a) = cli.command else {
+            panic!("not sign")
+        };
+        assert_eq!(a.serial, "0a");
+        assert_eq!(a.out.as_deref(), Some(std::path::Path::new("d.p7s")));
+        assert!(parse(&["sign", "doc.txt"]).is_err(), "--cert needed");
+    }
+
+    #[test]
     fn long_help_lists_every_exit_code() {
         let help = Cli::command().render_long_help().to_string();
         for (code, meaning) in exit::TABLE {
