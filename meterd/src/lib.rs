@@ -3,8 +3,8 @@
 //! The TPM ([`housing`]), the ledger ([`ledger`]) and D-Bus ([`bus`]) each
 //! sit behind one door; the services between them ([`postmark`],
 //! [`validate`], [`recharge`], [`rates`], [`provision`], [`lock`],
-//! [`anchor`], [`audit`], [`certs`], [`sign`]) know none of tss-esapi, rusqlite or zbus. Every chargeable
-//! service goes through [`sale::sell`].
+//! [`anchor`], [`audit`], [`certs`], [`sign`]) know none of tss-esapi,
+//! rusqlite or zbus. Every chargeable service goes through [`sale::sell`].
 
 pub mod anchor;
 pub mod audit;

@@ -403,6 +403,37 @@ fn enrol_request_certify_install_sign_validate() {
     let sig3 = p(&sb, "after-restart.p7s");
     sb.meterctl_json(&["sign", "--cert", &serial, &msg, "-o", &sig3]);
     assert!(cms_verify(&sb, &msg, &sig3).status.success());
+
+    // A TPM reset: the user key reloads from its blobs under the re-derived primary.
+    sb.script("restart-tpm");
+    let sig4 = p(&sb, "after-reset.p7s");
+    let mut done = false;
+    for i in 0..5 {
+        let id = format!("after-reset-{i}");
+        let out = sb.meterctl(&[
+            "sign",
+            "--cert",
+            &serial,
+            &msg,
+            "-o",
+            &sig4,
+            "--request-id",
+            &id,
+        ]);
+        match code_of(&out) {
+            Some(0) => {
+                done = true;
+                break;
+            }
+            c => assert_eq!(
+                c,
+                Some(exit::HOUSING),
+                "only Housing errors while the TPM is back: {out:?}"
+            ),
+        }
+    }
+    assert!(done, "signing works again after a TPM reset");
+    assert!(cms_verify(&sb, &msg, &sig4).status.success());
     assert_eq!(sb.meterctl_json(&["audit"])["ok"], true);
 }
 
