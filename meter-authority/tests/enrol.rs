@@ -14,7 +14,10 @@ fn key() -> SigningKey {
 }
 
 fn sec1(k: &SigningKey) -> Vec<u8> {
-    k.verifying_key().to_encoded_point(false).as_bytes().to_vec()
+    k.verifying_key()
+        .to_encoded_point(false)
+        .as_bytes()
+        .to_vec()
 }
 
 fn csr_for(cn: &str, k: &SigningKey) -> Vec<u8> {
