@@ -453,6 +453,14 @@ mod tests {
         assert_ne!(normalize_serial("0b"), normalize_serial("0a"));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn serial_normalization_never_panics_and_is_idempotent(s in ".{0,40}") {
+            let n = normalize_serial(&s);
+            proptest::prop_assert_eq!(normalize_serial(&n), n);
+        }
+    }
+
     #[test]
     fn key_names_are_stable_and_distinct() {
         let a = key_name("MTR-1", "r1");

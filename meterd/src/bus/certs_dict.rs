@@ -101,4 +101,27 @@ mod tests {
         let typed = dict(&[("cn", 5u32.into()), ("enrolment_code", "C".into())]);
         assert!(subject(&typed).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn subject_never_panics(
+            keys in proptest::collection::vec(".{0,16}", 0..4),
+            vals in proptest::collection::vec(".{0,80}", 0..4),
+            num in proptest::num::u64::ANY,
+        ) {
+            let mut d = Dict::new();
+            for (i, k) in keys.iter().enumerate() {
+                let v = match vals.get(i) {
+                    Some(s) => Value::from(s.as_str()),
+                    None => Value::from(num),
+                };
+                d.insert(k.clone(), v.try_to_owned().unwrap());
+            }
+            if let Ok((cn, code)) = subject(&d) {
+                proptest::prop_assert_eq!(d.len(), 2);
+                proptest::prop_assert!(keys.contains(&cn) || vals.contains(&cn));
+                proptest::prop_assert!(vals.contains(&code));
+            }
+        }
+    }
 }
