@@ -62,7 +62,7 @@ pub enum Command {
     Recharge(cmd::recharge::Args),
     /// Postmark a message: get an RFC 3161 time-stamp token over its SHA-384 digest.
     Postmark(cmd::postmark::Args),
-    /// Verify a postmark token against its message (charged).
+    /// Verify a postmark token or a user signature against its message (charged).
     Validate(cmd::validate::Args),
     /// Re-check the whole ledger chain and its TPM binding.
     Audit(cmd::audit::Args),
