@@ -10,6 +10,7 @@
 
 mod agent;
 pub mod credit;
+pub mod enrol;
 pub mod rates;
 pub mod state;
 

@@ -121,6 +121,28 @@ enum Cmd {
         #[arg(value_name = "PAYMENT")]
         payment: PathBuf,
     },
+    /// Issue a one-time enrolment code for a user (Fig. 5); prints the code.
+    Enrol {
+        /// Subject of the user certificate, `CN=<name>`.
+        #[arg(long)]
+        subject: String,
+    },
+    /// Certify a meter's user-certificate request (`meterctl cert request`): checks the
+    /// meter's signature, the PKCS#10 self-signature and the enrolment code (consumed).
+    Certify {
+        /// The request (CMS, DER or PEM).
+        #[arg(value_name = "REQUEST")]
+        request: PathBuf,
+        /// Output: the user certificate (PEM).
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = meter_authority::enrol::USER_DAYS)]
+        days: u32,
+        /// Validity ending this many seconds from now instead (for expiry tests).
+        #[arg(long, conflicts_with = "days")]
+        valid_seconds: Option<u32>,
+    },
     /// Verify a postmark token over a message against this authority's root.
     VerifyToken {
         /// The token (DER or PEM).
@@ -253,6 +275,28 @@ fn run(cli: Cli) -> Result<()> {
                 "settled payment {} of {} to {}; line {}: {} of {} settled",
                 s.serial, s.amount, s.payee, s.credit_serial, s.settled_total, s.line_amount
             );
+        }
+        Cmd::Enrol { subject } => {
+            let a = Authority::open(dir)?;
+            let (cn, code) = a.enrol(&subject, t)?;
+            eprintln!("enrolment code for CN={cn} (give it to the user; single use):");
+            println!("{code}");
+        }
+        Cmd::Certify {
+            request,
+            out,
+            days,
+            valid_seconds,
+        } => {
+            use meter_authority::enrol::UserValidity;
+            let mut a = Authority::open(dir)?;
+            let validity = match valid_seconds {
+                Some(s) => UserValidity::Seconds(s),
+                None => UserValidity::Days(days),
+            };
+            let c = a.certify_user(&read_bounded(&request)?, validity, t)?;
+            write_cert(&out, &c)?;
+            println!("{}", cert::serial_hex(&c));
         }
         Cmd::VerifyToken { token, data } => {
             let a = Authority::open(dir)?;

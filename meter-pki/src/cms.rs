@@ -108,8 +108,23 @@ pub fn prepare_detached(opts: &SignOptions) -> Result<Prepared> {
     prepare_inner(opts, true)
 }
 
+/// Detached signature over content the caller already hashed with SHA-384 (a message too
+/// large to hold in memory); `opts.content` must be empty.
+pub fn prepare_detached_digest(opts: &SignOptions, content_digest: [u8; 48]) -> Result<Prepared> {
+    if !opts.content.is_empty() {
+        return Err(PkiError::Malformed(
+            "a detached signature over a digest takes no content".into(),
+        ));
+    }
+    prepare_with(opts, true, content_digest)
+}
+
 fn prepare_inner(opts: &SignOptions, detached: bool) -> Result<Prepared> {
     util::check_size(opts.content.len())?;
+    prepare_with(opts, detached, util::sha384(opts.content))
+}
+
+fn prepare_with(opts: &SignOptions, detached: bool, content_digest: [u8; 48]) -> Result<Prepared> {
     let signer_sec1 = cert::public_key_sec1(opts.signer)?;
     let mut attrs = vec![
         attr(
@@ -118,7 +133,7 @@ fn prepare_inner(opts: &SignOptions, detached: bool) -> Result<Prepared> {
         )?,
         attr(
             oid::ATTR_MESSAGE_DIGEST,
-            Any::encode_from(&OctetString::new(util::sha384(opts.content))?)?,
+            Any::encode_from(&OctetString::new(content_digest)?)?,
         )?,
     ];
     if let Some(t) = opts.signing_time {

@@ -9,9 +9,10 @@ use der::asn1::{BitString, OctetString};
 use der::Encode;
 use p384::ecdsa::{Signature, SigningKey};
 use x509_cert::certificate::{TbsCertificate, Version};
+use x509_cert::ext::pkix::certpolicy::PolicyInformation;
 use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
-    SubjectKeyIdentifier,
+    AuthorityKeyIdentifier, BasicConstraints, CertificatePolicies, ExtendedKeyUsage, KeyUsage,
+    KeyUsages, SubjectKeyIdentifier,
 };
 use x509_cert::ext::Extension;
 use x509_cert::serial_number::SerialNumber;
@@ -59,6 +60,14 @@ fn extensions(
     } else {
         let ku = KeyUsage(KeyUsages::DigitalSignature.into());
         out.push(ext(oid::EXT_KEY_USAGE, true, &ku)?);
+    }
+    if profile == Profile::User {
+        // Certificate policies, non-critical: marks a Fig. 5 user certificate.
+        let policies = CertificatePolicies(vec![PolicyInformation {
+            policy_identifier: oid::USER_POLICY,
+            policy_qualifiers: None,
+        }]);
+        out.push(ext(oid::EXT_CERT_POLICIES, false, &policies)?);
     }
     if profile == Profile::Postmark {
         let eku = ExtendedKeyUsage(vec![oid::KP_TIME_STAMPING]);

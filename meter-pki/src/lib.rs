@@ -13,9 +13,11 @@
 
 pub mod agent;
 pub mod cert;
+pub mod certreq;
 pub mod cms;
 pub mod credit;
 pub mod csr;
+pub mod detached;
 pub mod envelope;
 pub mod indicium;
 pub mod issue;

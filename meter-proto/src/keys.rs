@@ -83,3 +83,25 @@ pub mod credit_line {
     /// `s` SHA-384 (hex) of the line-of-credit certificate.
     pub const DIGEST: &str = "digest";
 }
+
+/// `RequestCertificate()` subject keys (`a{sv}`, every value `s`; unknown keys refused).
+pub mod subject {
+    /// Subject common name of the user certificate.
+    pub const CN: &str = "cn";
+    /// One-time enrolment code the authority issued for that subject.
+    pub const ENROLMENT_CODE: &str = "enrolment_code";
+}
+
+/// `ListCertificates()` entry keys.
+pub mod certificate {
+    /// Serial, lowercase hex (empty while pending).
+    pub const SERIAL: &str = "serial";
+    /// Subject common name.
+    pub const SUBJECT: &str = "subject";
+    /// notAfter, unix seconds (0 while pending).
+    pub const NOT_AFTER: &str = "not_after";
+    /// `pending`, `active`, `expired` or `revoked`.
+    pub const STATE: &str = "state";
+    /// Name of the key in the housing.
+    pub const KEY: &str = "key";
+}

@@ -115,6 +115,30 @@ pub trait Meter1 {
     /// Lines of credit (keys of [`crate::keys::credit_line`]).
     fn list_credit_lines(&self) -> Result<Vec<HashMap<String, OwnedValue>>, MeterError>;
 
+    /// Makes a user key in the TPM (funds checked for `certificate-install`, nothing
+    /// charged) and returns its PKCS#10 request with the enrolment code, in CMS
+    /// SignedData signed by the meter (keys of [`crate::keys::subject`]).
+    fn request_certificate(
+        &self,
+        subject: HashMap<&str, zbus::zvariant::Value<'_>>,
+        request_id: &str,
+    ) -> Result<Vec<u8>, MeterError>;
+
+    /// Installs the authority's certificate (DER or PEM) for a pending user key;
+    /// charged (`certificate-install`). Returns its serial (hex).
+    fn install_certificate(&self, cert: &[u8]) -> Result<String, MeterError>;
+
+    /// User certificates, pending ones included (keys of [`crate::keys::certificate`]).
+    fn list_certificates(&self) -> Result<Vec<HashMap<String, OwnedValue>>, MeterError>;
+
+    /// Detached CMS SignedData over the message with the certificate `serial`'s key; charged.
+    fn sign(
+        &self,
+        certificate_serial: &str,
+        message: Fd<'_>,
+        request_id: &str,
+    ) -> Result<Vec<u8>, MeterError>;
+
     /// Meter identifier (from the identity key), empty when unprovisioned.
     #[zbus(property)]
     fn meter_id(&self) -> zbus::Result<String>;

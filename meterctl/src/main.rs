@@ -67,10 +67,17 @@ pub enum Command {
     Postage(cmd::postage::Args),
     /// Verify a postage indicium offline with the meter's certificate.
     VerifyIndicium(cmd::verify_indicium::Args),
-    /// Verify a postmark token against its message (charged).
+    /// Verify a postmark token or a user signature against its message (charged).
     Validate(cmd::validate::Args),
     /// Re-check the whole ledger chain and its TPM binding.
     Audit(cmd::audit::Args),
+    /// User certificates (admin): request a TPM key's certificate, install it.
+    #[command(subcommand)]
+    Cert(cmd::cert::CertCommand),
+    /// List the user certificates and their states.
+    Certs(cmd::certs::Args),
+    /// Sign a file (detached CMS) with an installed user certificate.
+    Sign(cmd::sign::Args),
     /// Apply an authority-signed clear-lock order.
     ClearLock(cmd::clear_lock::Args),
     /// Apply authority trust-anchor updates (root rollover).
@@ -117,6 +124,9 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CtlError> {
         Command::VerifyIndicium(a) => cmd::verify_indicium::run(ctx, a).await,
         Command::Validate(a) => cmd::validate::run(ctx, a).await,
         Command::Audit(a) => cmd::audit::run(ctx, a).await,
+        Command::Cert(a) => cmd::cert::run(ctx, a).await,
+        Command::Certs(a) => cmd::certs::run(ctx, a).await,
+        Command::Sign(a) => cmd::sign::run(ctx, a).await,
         Command::ClearLock(a) => cmd::clear_lock::run(ctx, a).await,
         Command::TrustAnchor(a) => cmd::trust_anchor::run(ctx, a).await,
         Command::AgentCa(a) => cmd::agent::run_ca(ctx, a).await,
@@ -294,6 +304,39 @@ mod tests {
         ));
         assert!(parse(&["completions", "cmd.exe"]).is_err());
         assert!(parse(&["frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn certificate_subcommands_parse() {
+        let cli = parse(&["cert", "request", "--subject", "CN=A", "--code", "C"]).unwrap();
+        let Command::Cert(cmd::cert::CertCommand::Request {
+            out, request_id, ..
+        }) = cli.command
+        else {
+            panic!("not cert request")
+        };
+        assert_eq!(out, std::path::PathBuf::from("cert-request.der"));
+        assert!(request_id.is_none());
+        assert!(
+            parse(&["cert", "request", "--subject", "CN=A"]).is_err(),
+            "--code needed"
+        );
+        assert!(matches!(
+            parse(&["cert", "install", "c.pem"]).unwrap().command,
+            Command::Cert(cmd::cert::CertCommand::Install { .. })
+        ));
+        assert!(parse(&["cert", "install"]).is_err());
+        assert!(matches!(
+            parse(&["certs"]).unwrap().command,
+            Command::Certs(_)
+        ));
+        let cli = parse(&["sign", "--cert", "0a", "doc.txt", "-o", "d.p7s"]).unwrap();
+        let Command::Sign(a) = cli.command else {
+            panic!("not sign")
+        };
+        assert_eq!(a.serial, "0a");
+        assert_eq!(a.out.as_deref(), Some(std::path::Path::new("d.p7s")));
+        assert!(parse(&["sign", "doc.txt"]).is_err(), "--cert needed");
     }
 
     #[test]

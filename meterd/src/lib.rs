@@ -3,14 +3,15 @@
 //! The TPM ([`housing`]), the ledger ([`ledger`]) and D-Bus ([`bus`]) each
 //! sit behind one door; the services between them ([`postmark`],
 //! [`validate`], [`recharge`], [`rates`], [`provision`], [`lock`],
-//! [`anchor`], [`audit`], [`agent`], [`credit`], [`postage`]) know none of
-//! tss-esapi, rusqlite or zbus. Every chargeable service goes through
-//! [`sale::sell`].
+//! [`anchor`], [`audit`], [`agent`], [`certs`], [`sign`], [`credit`],
+//! [`postage`]) know none of tss-esapi, rusqlite or zbus. Every chargeable
+//! service goes through [`sale::sell`].
 
 pub mod agent;
 pub mod anchor;
 pub mod audit;
 pub mod bus;
+pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod credit;
@@ -29,4 +30,5 @@ pub mod rates;
 pub mod recharge;
 pub mod sale;
 pub mod service;
+pub mod sign;
 pub mod validate;

@@ -42,6 +42,7 @@ pub struct Meter {
     provisioning: tokio::sync::Mutex<()>,
     chain_cache: Arc<meter_pki::tsp::ChainCache>,
     credit: crate::credit::CreditBook,
+    certs: crate::certs::CertStore,
 }
 
 impl Meter {
@@ -59,6 +60,7 @@ impl Meter {
             provisioning: tokio::sync::Mutex::new(()),
             chain_cache: Arc::default(),
             credit: crate::credit::CreditBook::default(),
+            certs: crate::certs::CertStore::default(),
         };
         let has_identity = meter.housing.call(|h| h.has_key(IDENTITY_KEY)).await?;
         if has_identity {
@@ -158,7 +160,13 @@ impl Meter {
         let tables = ledger.products(EntryKind::Rates).await?;
         let book = RateBook::from_products(&tables, &anchors, clock::now())?;
         self.write_inner()?.rates = Arc::new(book);
+        self.certs.load(ledger).await?;
         crate::agent::load(self, ledger).await
+    }
+
+    /// User certificates (Fig. 5), rebuilt from the ledger at start.
+    pub fn certs(&self) -> &crate::certs::CertStore {
+        &self.certs
     }
 
     fn write_inner(&self) -> Result<std::sync::RwLockWriteGuard<'_, Inner>> {

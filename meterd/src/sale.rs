@@ -47,6 +47,25 @@ where
     W: FnOnce(T, Arc<Identity>) -> WF,
     WF: Future<Output = Result<Vec<u8>>>,
 {
+    sell_noted(meter, service, request_id, "", input, work).await
+}
+
+/// [`sell`], with a note on the Debit row so that the rows of one kind of
+/// product can be found again without reading every debit (e.g.
+/// `cert-install`, see `certs`).
+pub async fn sell_noted<I, T, W, WF>(
+    meter: &Meter,
+    service: Service,
+    request_id: Option<&str>,
+    note: &str,
+    input: I,
+    work: W,
+) -> Result<Vec<u8>>
+where
+    I: Future<Output = Result<(Digest, T)>>,
+    W: FnOnce(T, Arc<Identity>) -> WF,
+    WF: Future<Output = Result<Vec<u8>>>,
+{
     let (identity, ledger) = meter.ensure_selling()?;
     if let Some(id) = request_id {
         check_request_id(id)?;
@@ -82,7 +101,7 @@ where
         credit: Amount::ZERO,
         debit: price,
         product,
-        note: String::new(),
+        note: note.to_owned(),
     };
     // The product leaves only once its debit is durable.
     let product_copy = entry.product.clone();

@@ -6,6 +6,8 @@
 
 pub mod agent;
 pub mod audit;
+pub mod cert;
+pub mod certs;
 pub mod clear_lock;
 pub mod completions;
 pub mod credit;
@@ -15,6 +17,7 @@ pub mod postmark;
 pub mod provision;
 pub mod rates;
 pub mod recharge;
+pub mod sign;
 pub mod status;
 pub mod trust_anchor;
 pub mod validate;

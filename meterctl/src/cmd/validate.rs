@@ -1,5 +1,6 @@
-//! `meterctl validate FILE TOKEN`: asks the meter to verify a postmark token
-//! against its message (a charged service).
+//! `meterctl validate FILE TOKEN`: asks the meter to verify a postmark token,
+//! or a detached signature made by `meterctl sign`, against its message (a
+//! charged service).
 //!
 //! A negative verdict is a result, not an error: it is printed like a
 //! positive one and meterctl exits with `exit::NOT_VALID` (12).
@@ -21,7 +22,7 @@ pub struct Args {
     /// The message the token is over.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
-    /// The RFC 3161 token (DER).
+    /// The RFC 3161 token, or a detached CMS signature from `meterctl sign` (DER).
     #[arg(value_name = "TOKEN")]
     pub token: PathBuf,
 }

@@ -5,6 +5,7 @@
 //! here knows the TPM or SQLite; nothing in the services knows zbus.
 
 mod auth;
+mod certs_dict;
 mod credit;
 mod errors;
 mod signals;
@@ -23,8 +24,8 @@ use meter_proto::MeterError;
 
 use crate::meter::Meter;
 use crate::{
-    agent, anchor, audit, credit as credit_service, lock, postage, postmark, provision, rates,
-    recharge, validate,
+    agent, anchor, audit, certs, credit as credit_service, lock, postage, postmark, provision,
+    rates, recharge, sign, validate,
 };
 
 pub use auth::{Authorizer, Role};
@@ -408,6 +409,71 @@ impl MeterIface {
             .await
             .map_err(|e| errors::to_dbus("ListCreditLines", e))?;
         Ok(lines.into_iter().map(credit::line_dict).collect())
+    }
+
+    /// Makes a user key in the TPM and returns its certificate request (CMS).
+    async fn request_certificate(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        subject: HashMap<String, OwnedValue>,
+        request_id: String,
+    ) -> Result<Vec<u8>, MeterError> {
+        let _slot = self
+            .admit(conn, &header, "RequestCertificate", Role::Admin)
+            .await?;
+        let (cn, code) = certs_dict::subject(&subject)?;
+        certs::request(&self.meter, &cn, &code, &request_id)
+            .await
+            .map_err(|e| errors::to_dbus("RequestCertificate", e))
+    }
+
+    /// Installs a user certificate for a pending key; returns its serial.
+    async fn install_certificate(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        cert: Vec<u8>,
+    ) -> Result<String, MeterError> {
+        let _slot = self
+            .admit(conn, &header, "InstallCertificate", Role::Admin)
+            .await?;
+        bounded("certificate", &cert)?;
+        certs::install(&self.meter, &cert)
+            .await
+            .map_err(|e| errors::to_dbus("InstallCertificate", e))
+    }
+
+    /// User certificates and their states.
+    async fn list_certificates(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<HashMap<String, OwnedValue>>, MeterError> {
+        let _slot = self
+            .admit(conn, &header, "ListCertificates", Role::User)
+            .await?;
+        Ok(certs_dict::list(&self.meter))
+    }
+
+    /// Detached CMS signature over the message with a user certificate.
+    async fn sign(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        certificate_serial: String,
+        message: OwnedFd,
+        request_id: String,
+    ) -> Result<Vec<u8>, MeterError> {
+        let _slot = self.admit(conn, &header, "Sign", Role::User).await?;
+        sign::sign_file(
+            &self.meter,
+            &certificate_serial,
+            file_of(message),
+            &request_id,
+        )
+        .await
+        .map_err(|e| errors::to_dbus("Sign", e))
     }
 
     /// Meter id, empty before provisioning.

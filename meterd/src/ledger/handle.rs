@@ -196,6 +196,17 @@ impl Ledger {
         rx.await.map_err(|_| LedgerError::Stopped)?
     }
 
+    /// Rows of `kind` whose note is exactly `note`, as (seq, note, product), in seq order.
+    pub async fn products_noted(
+        &self,
+        kind: EntryKind,
+        note: &str,
+    ) -> Result<Vec<(u64, String, Vec<u8>)>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::ProductsNoted(kind, note.to_owned(), reply))?;
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
     /// Full audit while running (commits wait for it).
     pub async fn audit(&self) -> Result<AuditReport> {
         let (reply, rx) = oneshot::channel();

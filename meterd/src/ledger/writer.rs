@@ -46,6 +46,8 @@ pub(crate) type ProductList = Vec<(u64, String, Vec<u8>)>;
 pub(crate) enum Request {
     Commit(CommitReq),
     Products(EntryKind, oneshot::Sender<Result<ProductList>>),
+    /// Rows of one kind whose note is exactly the given text.
+    ProductsNoted(EntryKind, String, oneshot::Sender<Result<ProductList>>),
     Audit(oneshot::Sender<Result<super::AuditReport>>),
     Close(oneshot::Sender<()>),
 }
@@ -151,7 +153,10 @@ impl Writer {
                     self.serve_batch(batch);
                 }
                 Request::Products(kind, reply) => {
-                    let _ = reply.send(self.products(kind));
+                    let _ = reply.send(self.products(kind, None));
+                }
+                Request::ProductsNoted(kind, note, reply) => {
+                    let _ = reply.send(self.products(kind, Some(&note)));
                 }
                 Request::Audit(reply) => {
                     let _ = reply.send(self.audit());
@@ -355,16 +360,19 @@ impl Writer {
         Ok(outcomes)
     }
 
-    fn products(&mut self, kind: EntryKind) -> Result<Vec<(u64, String, Vec<u8>)>> {
+    fn products(&mut self, kind: EntryKind, note: Option<&str>) -> Result<ProductList> {
+        // The note filter runs in SQL so that, e.g., the few certificate rows
+        // among many debits are found without loading every product.
         let mut stmt = self
             .conn
             .prepare_cached(
                 "SELECT j.seq, j.note, j.product_digest, p.product
-                 FROM journal j JOIN products p ON p.seq = j.seq WHERE j.kind = ?1 ORDER BY j.seq",
+                 FROM journal j JOIN products p ON p.seq = j.seq
+                 WHERE j.kind = ?1 AND (?2 IS NULL OR j.note = ?2) ORDER BY j.seq",
             )
             .map_err(storage)?;
         let rows = stmt
-            .query_map([kind as u8], |r| {
+            .query_map(rusqlite::params![kind as u8, note], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,

@@ -1,0 +1,127 @@
+//! Wire forms of the user-certificate members: the `a{sv}` subject of
+//! `RequestCertificate` (strict: known keys, string values) and the
+//! `aa{sv}` of `ListCertificates`.
+
+use std::collections::HashMap;
+
+use zbus::zvariant::{OwnedValue, Value};
+
+use meter_proto::keys::{certificate as ck, subject as sk};
+use meter_proto::MeterError;
+
+use crate::clock;
+use crate::meter::Meter;
+
+type Dict = HashMap<String, OwnedValue>;
+
+/// (cn, enrolment code) from the subject dictionary; unknown keys and
+/// non-string values are refused.
+pub fn subject(d: &Dict) -> Result<(String, String), MeterError> {
+    let mut cn = None;
+    let mut code = None;
+    for (k, v) in d {
+        let s = match &**v {
+            Value::Str(s) => s.as_str().to_owned(),
+            _ => {
+                return Err(MeterError::InvalidInput(format!(
+                    "subject key {k:?} must be a string"
+                )))
+            }
+        };
+        match k.as_str() {
+            sk::CN => cn = Some(s),
+            sk::ENROLMENT_CODE => code = Some(s),
+            other => {
+                return Err(MeterError::InvalidInput(format!(
+                    "unknown subject key {other:?}; known: {}, {}",
+                    sk::CN,
+                    sk::ENROLMENT_CODE
+                )))
+            }
+        }
+    }
+    match (cn, code) {
+        (Some(cn), Some(code)) => Ok((cn, code)),
+        _ => Err(MeterError::InvalidInput(format!(
+            "the subject needs {:?} and {:?}",
+            sk::CN,
+            sk::ENROLMENT_CODE
+        ))),
+    }
+}
+
+fn put<'a>(d: &mut Dict, key: &str, v: impl Into<Value<'a>>) {
+    if let Ok(v) = v.into().try_to_owned() {
+        d.insert(key.to_owned(), v);
+    }
+}
+
+/// `ListCertificates()`.
+pub fn list(meter: &Meter) -> Vec<Dict> {
+    let now = clock::now();
+    meter
+        .certs()
+        .list()
+        .into_iter()
+        .map(|e| {
+            let mut d = Dict::new();
+            put(&mut d, ck::SERIAL, e.serial());
+            put(&mut d, ck::SUBJECT, e.subject.clone());
+            put(&mut d, ck::NOT_AFTER, e.not_after());
+            put(&mut d, ck::STATE, e.state(now).name());
+            put(&mut d, ck::KEY, e.key.clone());
+            d
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn dict(pairs: &[(&str, Value<'_>)]) -> Dict {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.try_to_owned().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn subject_is_strict() {
+        let ok = dict(&[("cn", "Alice".into()), ("enrolment_code", "C1".into())]);
+        assert_eq!(subject(&ok).unwrap(), ("Alice".into(), "C1".into()));
+        assert!(subject(&dict(&[("cn", "Alice".into())])).is_err());
+        let extra = dict(&[
+            ("cn", "A".into()),
+            ("enrolment_code", "C".into()),
+            ("o", "Org".into()),
+        ]);
+        assert!(subject(&extra).is_err());
+        let typed = dict(&[("cn", 5u32.into()), ("enrolment_code", "C".into())]);
+        assert!(subject(&typed).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn subject_never_panics(
+            keys in proptest::collection::vec(".{0,16}", 0..4),
+            vals in proptest::collection::vec(".{0,80}", 0..4),
+            num in proptest::num::u64::ANY,
+        ) {
+            let mut d = Dict::new();
+            for (i, k) in keys.iter().enumerate() {
+                let v = match vals.get(i) {
+                    Some(s) => Value::from(s.as_str()),
+                    None => Value::from(num),
+                };
+                d.insert(k.clone(), v.try_to_owned().unwrap());
+            }
+            if let Ok((cn, code)) = subject(&d) {
+                proptest::prop_assert_eq!(d.len(), 2);
+                proptest::prop_assert!(keys.contains(&cn) || vals.contains(&cn));
+                proptest::prop_assert!(vals.contains(&code));
+            }
+        }
+    }
+}

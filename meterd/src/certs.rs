@@ -1,0 +1,512 @@
+//! User certificates (Fig. 5): key pairs born in the TPM, certified by the
+//! authority, installed, listed, and found again by serial for `Sign` and
+//! revocation.
+//!
+//! The store is derived from the ledger so that it is as tamper-evident as
+//! the registers: an Event row noted [`NOTE_REQUEST`] records a new pending
+//! key (product: [`PendingRecord`] JSON, which also holds the CMS request
+//! returned to the caller, so a retry returns the same bytes); the Debit row
+//! of the install (service CertificateInstall, noted [`NOTE_INSTALL`])
+//! carries the certificate DER; an Event row noted [`NOTE_REVOKED`] carries
+//! the serial of a revoked certificate. [`CertStore::load`] rebuilds the
+//! store from those rows at start. The state of a certificate (pending,
+//! active, expired, revoked) is computed at the time of asking.
+//!
+//! Revocation (Fig. 6) uses [`CertStore::find`] (serial → key name,
+//! certificate, state) and [`record_revoked`].
+
+use std::sync::RwLock;
+
+use meter_pki::cert::{self, Certificate};
+use meter_pki::certreq::{self, CertRequest};
+use meter_pki::cms::{self, SignOptions};
+use meter_pki::{csr, oid, payload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha384};
+
+use crate::digest::input_digest;
+use crate::error::{Result, ServiceError};
+use crate::ledger::{Entry, EntryKind, Ledger, Outcome};
+use crate::meter::{Meter, IDENTITY_KEY};
+use crate::money::Amount;
+use crate::service::Service;
+use crate::{clock, sale};
+
+/// Note of the Event row recording a new pending key.
+pub const NOTE_REQUEST: &str = "cert-request";
+/// Note of the Debit row installing a certificate.
+pub const NOTE_INSTALL: &str = "cert-install";
+/// Note of the Event row recording a revocation (product: the serial, hex).
+pub const NOTE_REVOKED: &str = "cert-revoked";
+
+/// Where a user certificate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertState {
+    /// Key made and request sent; no certificate installed yet.
+    Pending,
+    /// Installed and within its validity: usable by `Sign`.
+    Active,
+    /// Installed but past its notAfter (or before its notBefore).
+    Expired,
+    /// Revoked (Fig. 6); the key is gone or going.
+    Revoked,
+}
+
+impl CertState {
+    /// Name used on the bus and by meterctl.
+    pub fn name(self) -> &'static str {
+        match self {
+            CertState::Pending => "pending",
+            CertState::Active => "active",
+            CertState::Expired => "expired",
+            CertState::Revoked => "revoked",
+        }
+    }
+}
+
+/// What the Event row of a request keeps (JSON product).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingRecord {
+    /// Housing key name (`user-<12 hex>`).
+    pub key: String,
+    /// Subject common name asked for.
+    pub subject: String,
+    /// Public key, uncompressed SEC1, hex.
+    pub public_hex: String,
+    /// The CMS request returned to the caller, hex.
+    pub request_hex: String,
+}
+
+/// One user key and, once installed, its certificate.
+#[derive(Debug, Clone)]
+pub struct CertEntry {
+    /// Housing key name.
+    pub key: String,
+    /// Subject common name.
+    pub subject: String,
+    /// Public key (uncompressed SEC1).
+    pub public_sec1: Vec<u8>,
+    /// The installed certificate, `None` while pending.
+    pub cert: Option<Certificate>,
+    /// DER of the installed certificate (empty while pending).
+    pub cert_der: Vec<u8>,
+    /// A revocation was recorded.
+    pub revoked: bool,
+}
+
+impl CertEntry {
+    /// Serial as lowercase hex (as stored), empty while pending.
+    pub fn serial(&self) -> String {
+        self.cert.as_ref().map(cert::serial_hex).unwrap_or_default()
+    }
+
+    /// notAfter (unix s), 0 while pending.
+    pub fn not_after(&self) -> i64 {
+        self.cert.as_ref().map(cert::not_after).unwrap_or(0)
+    }
+
+    /// State at time `now` (unix s).
+    pub fn state(&self, now: i64) -> CertState {
+        match &self.cert {
+            _ if self.revoked => CertState::Revoked,
+            None => CertState::Pending,
+            Some(c) if now < cert::not_before(c) || now > cert::not_after(c) => CertState::Expired,
+            Some(_) => CertState::Active,
+        }
+    }
+}
+
+/// Normalizes a serial for comparison: optional `0x`, case and leading zeros ignored.
+pub fn normalize_serial(s: &str) -> String {
+    let s = s.trim();
+    let s = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    let t = s.trim_start_matches('0').to_ascii_lowercase();
+    if t.is_empty() && !s.is_empty() {
+        "0".into()
+    } else {
+        t
+    }
+}
+
+/// The user keys and certificates of this meter, rebuilt from the ledger.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    entries: RwLock<Vec<CertEntry>>,
+    /// Serializes installs, so two installs for one key cannot both pass the checks.
+    install: tokio::sync::Mutex<()>,
+}
+
+fn poisoned<T>(_: T) -> ServiceError {
+    ServiceError::Storage("certificate store lock poisoned".into())
+}
+
+impl CertStore {
+    /// Every entry, pending ones included, in request order.
+    pub fn list(&self) -> Vec<CertEntry> {
+        self.entries.read().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// The installed certificate with this serial (hex, see [`normalize_serial`]).
+    pub fn find(&self, serial: &str) -> Option<CertEntry> {
+        let want = normalize_serial(serial);
+        if want.is_empty() {
+            return None;
+        }
+        self.list()
+            .into_iter()
+            .find(|e| e.cert.is_some() && normalize_serial(&e.serial()) == want)
+    }
+
+    fn by_public(&self, public: &[u8]) -> Option<CertEntry> {
+        self.list().into_iter().find(|e| e.public_sec1 == public)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Vec<CertEntry>)) -> Result<()> {
+        let mut guard = self.entries.write().map_err(poisoned)?;
+        f(&mut guard);
+        Ok(())
+    }
+
+    /// Rebuilds the store from the ledger's request, install and revocation rows.
+    pub async fn load(&self, ledger: &Ledger) -> Result<()> {
+        let requests = ledger
+            .products_noted(EntryKind::Event, NOTE_REQUEST)
+            .await?;
+        let installs = ledger
+            .products_noted(EntryKind::Debit, NOTE_INSTALL)
+            .await?;
+        let revoked = ledger
+            .products_noted(EntryKind::Event, NOTE_REVOKED)
+            .await?;
+        let mut entries: Vec<CertEntry> = Vec::new();
+        for (seq, _, product) in requests {
+            match pending_entry(&product) {
+                Ok(e) => entries.push(e),
+                Err(e) => tracing::error!(seq, error = %e, "unreadable certificate request row"),
+            }
+        }
+        for (seq, _, der) in installs {
+            let Ok(c) = cert::parse(&der) else {
+                tracing::error!(seq, "unreadable certificate install row");
+                continue;
+            };
+            let public = cert::public_key_sec1(&c).unwrap_or_default();
+            match entries.iter_mut().find(|e| e.public_sec1 == public) {
+                Some(e) => {
+                    e.cert = Some(c);
+                    e.cert_der = der;
+                }
+                None => tracing::error!(seq, "installed certificate matches no request row"),
+            }
+        }
+        for (_, _, serial) in revoked {
+            let want = normalize_serial(&String::from_utf8_lossy(&serial));
+            for e in entries.iter_mut() {
+                if e.cert.is_some() && normalize_serial(&e.serial()) == want {
+                    e.revoked = true;
+                }
+            }
+        }
+        tracing::info!(certificates = entries.len(), "user certificates loaded");
+        self.update(|all| *all = entries)
+    }
+}
+
+fn pending_entry(product: &[u8]) -> Result<CertEntry> {
+    let r: PendingRecord = serde_json::from_slice(product)
+        .map_err(|e| ServiceError::Storage(format!("certificate request row: {e}")))?;
+    let public_sec1 = hex::decode(&r.public_hex)
+        .map_err(|_| ServiceError::Storage("certificate request row: public key not hex".into()))?;
+    Ok(CertEntry {
+        key: r.key,
+        subject: r.subject,
+        public_sec1,
+        cert: None,
+        cert_der: Vec::new(),
+        revoked: false,
+    })
+}
+
+fn request_of(product: &[u8]) -> Result<Vec<u8>> {
+    let r: PendingRecord = serde_json::from_slice(product)
+        .map_err(|e| ServiceError::Storage(format!("certificate request row: {e}")))?;
+    hex::decode(&r.request_hex)
+        .map_err(|_| ServiceError::Storage("certificate request row: request not hex".into()))
+}
+
+/// Housing name of the key for a request: stable for a request id, so a
+/// retry after a crash between key creation and ledger row reuses the key.
+pub fn key_name(meter_id: &str, request_id: &str) -> String {
+    let mut h = Sha384::new();
+    h.update(b"meterd-user-key\0");
+    h.update(meter_id.as_bytes());
+    h.update([0]);
+    h.update(request_id.as_bytes());
+    format!("user-{}", hex::encode(&h.finalize()[..6]))
+}
+
+fn check_cn(cn: &str) -> Result<()> {
+    let n = cn.chars().count();
+    if n == 0 || n > 64 || cn.chars().any(char::is_control) {
+        return Err(ServiceError::InvalidInput(format!(
+            "the subject common name must be 1 to 64 printable characters, got {n}"
+        )));
+    }
+    Ok(())
+}
+
+/// `RequestCertificate`: checks funds for an install (no debit), makes a key
+/// in the TPM, and returns its PKCS#10 request with the enrolment code in a
+/// CMS SignedData signed by the meter's identity key. One Event row.
+pub async fn request(meter: &Meter, cn: &str, code: &str, request_id: &str) -> Result<Vec<u8>> {
+    let (identity, ledger) = meter.ensure_selling()?;
+    sale::check_request_id(request_id)?;
+    check_cn(cn)?;
+    certreq::check_code(code).map_err(|e| ServiceError::InvalidInput(e.to_string()))?;
+    let input = input_digest(NOTE_REQUEST, &[cn.as_bytes(), code.as_bytes()]);
+    if let Some(stored) = ledger.lookup(request_id).await? {
+        if stored.kind == EntryKind::Event && stored.input_digest == input {
+            return request_of(&stored.product);
+        }
+        return Err(ServiceError::InvalidInput(format!(
+            "request id {request_id:?} was already used with different input; choose a new request id"
+        )));
+    }
+    let now = clock::now();
+    let price = meter.rates().price(Service::CertificateInstall, now)?;
+    // Fig. 5 checks the funds first; the debit comes with the install.
+    drop(ledger.reserve(price)?);
+    let key = key_name(&identity.meter_id, request_id);
+    let k = key.clone();
+    let public = meter
+        .housing()
+        .call(move |h| {
+            if h.has_key(&k)? {
+                h.public_key(&k)
+            } else {
+                h.create_key(&k)
+            }
+        })
+        .await?;
+    let prepared = csr::prepare(cn, &public)?;
+    let raw = meter.housing().sign_digest(&key, prepared.digest()).await?;
+    let csr_der = prepared.finish(&raw)?;
+    let body = CertRequest {
+        meter_id: identity.meter_id.clone(),
+        subject_cn: cn.to_owned(),
+        enrolment_code: code.to_owned(),
+        csr_hex: hex::encode(&csr_der),
+        issued_at: now,
+    };
+    let content = payload::encode(&body)?;
+    let prepared = cms::prepare(&SignOptions {
+        content_type: oid::CT_CERT_REQUEST,
+        content: &content,
+        signer: &identity.meter_cert,
+        extra_certs: &[],
+        signing_time: Some(now),
+        ess_cert_id_v2: true,
+    })?;
+    let raw = meter
+        .housing()
+        .sign_digest(IDENTITY_KEY, prepared.digest())
+        .await?;
+    let request = prepared.finish(&raw)?;
+    let record = PendingRecord {
+        key,
+        subject: cn.to_owned(),
+        public_hex: hex::encode(&public),
+        request_hex: hex::encode(&request),
+    };
+    let product = serde_json::to_vec(&record)
+        .map_err(|e| ServiceError::Storage(format!("request record: {e}")))?;
+    let entry = Entry {
+        kind: EntryKind::Event,
+        service: None,
+        request_id: Some(request_id.to_owned()),
+        input_digest: input,
+        credit: Amount::ZERO,
+        debit: Amount::ZERO,
+        product: product.clone(),
+        note: NOTE_REQUEST.into(),
+    };
+    match ledger.commit(entry, None).await? {
+        Outcome::Committed { .. } => {
+            let e = pending_entry(&product)?;
+            meter.certs().update(|all| all.push(e))?;
+            tracing::info!(key = %record.key, subject = cn, "user key created, request made");
+            Ok(request)
+        }
+        Outcome::Existing { product, .. } => request_of(&product),
+    }
+}
+
+/// `InstallCertificate`: installs a certificate the authority issued for a
+/// pending key; charged (one Debit row, service CertificateInstall, whose
+/// product is the certificate). Returns its serial (hex).
+pub async fn install(meter: &Meter, bytes: &[u8]) -> Result<String> {
+    let store = meter.certs();
+    let _one_at_a_time = store.install.lock().await;
+    let (identity, _) = meter.ensure_selling()?;
+    let c = cert::parse(bytes)?;
+    let now = clock::now();
+    cert::verify_chain(&c, &[], &identity.anchors, now)?;
+    if cert::is_ca(&c) {
+        return Err(ServiceError::InvalidInput(
+            "a CA certificate is not a user certificate".into(),
+        ));
+    }
+    let public = cert::public_key_sec1(&c)?;
+    let pending = store.by_public(&public).ok_or_else(|| {
+        ServiceError::InvalidInput(
+            "the certificate is for a key this meter does not hold; request one with meterctl cert request".into(),
+        )
+    })?;
+    if pending.cert.is_some() {
+        return Err(ServiceError::InvalidInput(format!(
+            "a certificate (serial {}) is already installed for this key",
+            pending.serial()
+        )));
+    }
+    if cert::subject_cn(&c).as_deref() != Some(pending.subject.as_str()) {
+        return Err(ServiceError::InvalidInput(format!(
+            "the certificate names another subject than the request ({:?})",
+            pending.subject
+        )));
+    }
+    let serial = cert::serial_hex(&c);
+    if store.find(&serial).is_some() {
+        return Err(ServiceError::InvalidInput(format!(
+            "a certificate with serial {serial} is already installed"
+        )));
+    }
+    let der = cert::to_der(&c)?;
+    let digest = input_digest(NOTE_INSTALL, &[&der]);
+    let product = der.clone();
+    // One install per key, ever: the ledger's unique request id enforces it too.
+    let request_id = format!("cert-install:{}", pending.key);
+    sale::sell_noted(
+        meter,
+        Service::CertificateInstall,
+        Some(&request_id),
+        NOTE_INSTALL,
+        async move { Ok((digest, ())) },
+        |(), _| async move { Ok(product) },
+    )
+    .await?;
+    store.update(|all| {
+        if let Some(e) = all.iter_mut().find(|e| e.key == pending.key) {
+            e.cert = Some(c);
+            e.cert_der = der;
+        }
+    })?;
+    tracing::info!(key = %pending.key, %serial, "user certificate installed");
+    Ok(serial)
+}
+
+/// Records the revocation of the installed certificate `serial` (Event row
+/// noted [`NOTE_REVOKED`], product the serial) and marks it revoked. Not
+/// charged here; the caller (revocation service) charges and destroys the key.
+pub async fn record_revoked(meter: &Meter, serial: &str) -> Result<()> {
+    let ledger = meter.require_ledger()?;
+    let entry = meter.certs().find(serial).ok_or_else(|| {
+        ServiceError::InvalidInput(format!("no certificate with serial {serial} is installed"))
+    })?;
+    let canonical = entry.serial();
+    let row = Entry {
+        kind: EntryKind::Event,
+        service: None,
+        request_id: Some(format!("cert-revoked:{canonical}")),
+        input_digest: input_digest(NOTE_REVOKED, &[canonical.as_bytes()]),
+        credit: Amount::ZERO,
+        debit: Amount::ZERO,
+        product: canonical.clone().into_bytes(),
+        note: NOTE_REVOKED.into(),
+    };
+    ledger.commit(row, None).await?;
+    meter.certs().update(|all| {
+        for e in all.iter_mut().filter(|e| e.key == entry.key) {
+            e.revoked = true;
+        }
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use meter_pki::issue::{self, Profile};
+    use p384::ecdsa::SigningKey;
+
+    const T0: i64 = 1_767_225_600;
+
+    #[test]
+    fn serials_compare_loosely() {
+        assert_eq!(normalize_serial("0x0A"), "a");
+        assert_eq!(normalize_serial("000a"), "a");
+        assert_eq!(normalize_serial("00"), "0");
+        assert_eq!(normalize_serial(""), "");
+        assert_ne!(normalize_serial("0b"), normalize_serial("0a"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn serial_normalization_never_panics_and_is_idempotent(s in ".{0,40}") {
+            let n = normalize_serial(&s);
+            proptest::prop_assert_eq!(normalize_serial(&n), n);
+        }
+    }
+
+    #[test]
+    fn key_names_are_stable_and_distinct() {
+        let a = key_name("MTR-1", "r1");
+        assert_eq!(a, key_name("MTR-1", "r1"));
+        assert_ne!(a, key_name("MTR-1", "r2"));
+        assert_ne!(a, key_name("MTR-2", "r1"));
+        assert_eq!(a.len(), "user-".len() + 12);
+    }
+
+    #[test]
+    fn state_follows_validity_and_revocation() {
+        let rk = SigningKey::from_slice(&[1u8; 48]).unwrap();
+        let root = issue::self_signed_root(&rk, "R", 1, T0, 3650).unwrap();
+        let uk = SigningKey::from_slice(&[2u8; 48]).unwrap();
+        let sec1 = uk
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        let c = issue::issue("Alice", &sec1, Profile::User, &rk, &root, 7, T0, 10).unwrap();
+        let mut e = CertEntry {
+            key: "user-x".into(),
+            subject: "Alice".into(),
+            public_sec1: sec1,
+            cert: None,
+            cert_der: vec![],
+            revoked: false,
+        };
+        assert_eq!(e.state(T0), CertState::Pending);
+        assert_eq!(e.serial(), "");
+        e.cert = Some(c);
+        assert_eq!(e.state(T0 + 1), CertState::Active);
+        assert_eq!(e.state(T0 + 11 * 86_400), CertState::Expired);
+        assert_eq!(e.state(T0 - 1), CertState::Expired);
+        assert_eq!(e.serial(), "07");
+        e.revoked = true;
+        assert_eq!(e.state(T0 + 1), CertState::Revoked);
+    }
+
+    #[test]
+    fn damaged_rows_are_refused_not_panicked() {
+        assert!(pending_entry(b"{").is_err());
+        assert!(
+            pending_entry(br#"{"key":"k","subject":"s","public_hex":"zz","request_hex":""}"#)
+                .is_err()
+        );
+        assert!(request_of(b"[]").is_err());
+    }
+}
