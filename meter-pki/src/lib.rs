@@ -18,6 +18,7 @@ pub mod issue;
 pub mod oid;
 pub mod payload;
 pub mod pem;
+pub mod report;
 pub mod sig;
 pub mod tsp;
 
