@@ -51,19 +51,20 @@ pub struct StatusReport {
     pub currency: String,
     /// Minor-unit digits.
     pub digits: u8,
-    /// Ascending register after this report's row.
+    /// Ascending register at row `ledger_rows`.
     pub ascending: u64,
-    /// Descending register after this report's row.
+    /// Descending register at row `ledger_rows`.
     pub descending: u64,
-    /// Control total after this report's row (= ascending + descending).
+    /// Control total at row `ledger_rows` (= ascending + descending).
     pub control_total: u64,
     /// All pieces ever sold.
     pub pieces: u64,
     /// Pieces ever sold, per service name.
     pub counts: BTreeMap<String, u64>,
-    /// Ledger sequence number of this report's row.
-    pub ledger_seq: u64,
-    /// Ledger head (hex SHA-384) before this report's row.
+    /// Ledger rows the snapshot covers: registers, counts and head are as of row
+    /// `ledger_rows`; this report's own row comes after it (and is in the next report).
+    pub ledger_rows: u64,
+    /// Ledger head (hex SHA-384 of row `ledger_rows`).
     pub ledger_head: String,
     /// TPM NV counter bound to that head.
     pub nv_counter: u64,
@@ -77,7 +78,7 @@ pub struct StatusReport {
     pub previous_sequence: u64,
     /// Previous report's time (0: none).
     pub previous_time: i64,
-    /// Usage per service since the previous report (this report's own row included).
+    /// Usage per service over the rows after the previous report's row, up to `ledger_rows`.
     pub usage: BTreeMap<String, ServiceUsage>,
     /// Funds credited since the previous report, minor units.
     pub credited: u64,
@@ -233,7 +234,7 @@ mod tests {
             control_total: 10_000,
             pieces: 2,
             counts: [("postmark".to_string(), 1u64)].into_iter().collect(),
-            ledger_seq: 9,
+            ledger_rows: 9,
             ledger_head: "ab".repeat(48),
             nv_counter: 7,
             rates_version: 1,

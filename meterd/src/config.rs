@@ -33,6 +33,12 @@ pub struct Config {
     pub max_in_flight: usize,
     /// `system` or a D-Bus address.
     pub bus: String,
+    /// Days within which an acknowledged status report must arrive before the
+    /// meter locks (`inspection-overdue`); an acknowledgement may change it.
+    pub inspection_period_days: u32,
+    /// How far (seconds) the system clock may seem to go back before the meter
+    /// locks with reason `clock`.
+    pub clock_tolerance_seconds: u64,
 }
 
 impl Default for Config {
@@ -47,6 +53,8 @@ impl Default for Config {
             max_message_bytes: 1 << 32,
             max_in_flight: 256,
             bus: "system".into(),
+            inspection_period_days: 90,
+            clock_tolerance_seconds: 300,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! The TPM ([`housing`]), the ledger ([`ledger`]) and D-Bus ([`bus`]) each
 //! sit behind one door; the services between them ([`postmark`],
 //! [`validate`], [`recharge`], [`rates`], [`provision`], [`lock`],
-//! [`anchor`], [`audit`]) know none of tss-esapi, rusqlite or zbus. Every chargeable
+//! [`anchor`], [`audit`], [`report`], [`inspection`], [`timecheck`]) know none of tss-esapi, rusqlite or zbus. Every chargeable
 //! service goes through [`sale::sell`].
 
 pub mod anchor;
@@ -15,6 +15,7 @@ pub mod digest;
 pub mod error;
 pub mod housing;
 pub mod identity;
+pub mod inspection;
 pub mod ledger;
 pub mod lock;
 pub mod meter;
@@ -23,6 +24,8 @@ pub mod postmark;
 pub mod provision;
 pub mod rates;
 pub mod recharge;
+pub mod report;
 pub mod sale;
 pub mod service;
+pub mod timecheck;
 pub mod validate;

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
     }
     let args = Args::parse();
     init_logging();
+    meterd::clock::init_from_env();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -95,6 +96,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let meter = Arc::new(Meter::start(config, handle).await?);
     tracing::info!(state = meter.state_name(), meter_id = ?meter.meter_id(), "meter open");
 
+    // Clock check and inspection deadline: once now, before the first
+    // request can arrive, then every 10 s.
+    meterd::inspection::start(Arc::clone(&meter)).await;
     let conn = connect(&bus).await?;
     meterd::bus::serve(&conn, Arc::clone(&meter)).await?;
     conn.request_name(meter_proto::BUS_NAME).await?;

@@ -133,6 +133,56 @@ impl Ledger {
         .map_err(|_| LedgerError::Stopped)?
     }
 
+    /// Runs a read-only query on the reader connection (opened on first use).
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<R> + Send + 'static,
+    {
+        let reader = Arc::clone(&self.reader);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = reader
+                .lock()
+                .map_err(|_| LedgerError::Storage("ledger reader lock poisoned".into()))?;
+            let conn = match guard.take() {
+                Some(c) => guard.insert(c),
+                None => guard.insert(schema::open_reader(&path)?),
+            };
+            f(conn)
+        })
+        .await
+        .map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Pieces, amounts and credits over rows `after < seq <= upto`.
+    pub async fn usage_since(&self, after: u64, upto: u64) -> Result<super::Usage> {
+        self.read(move |c| super::query::usage_in(c, after, upto))
+            .await
+    }
+
+    /// (seq, time in Unix ms) of the last row of `service` at or before row `upto`.
+    pub async fn last_of_service(
+        &self,
+        service: crate::service::Service,
+        upto: u64,
+    ) -> Result<Option<(u64, i64)>> {
+        self.read(move |c| super::query::last_of_service_in(c, service, upto))
+            .await
+    }
+
+    /// Time (Unix ms, the writer's clock) of the last row.
+    pub async fn last_time(&self) -> Result<Option<i64>> {
+        self.read(super::query::last_time_in).await
+    }
+
+    /// (seq, product) of the last row with note `note`.
+    pub async fn last_with_note(&self, note: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        let note = note.to_owned();
+        self.read(move |c| super::query::last_with_note_in(c, &note))
+            .await
+    }
+
     /// Every row of `kind` as (seq, note, product), in seq order.
     pub async fn products(&self, kind: EntryKind) -> Result<Vec<(u64, String, Vec<u8>)>> {
         let (reply, rx) = oneshot::channel();
