@@ -8,6 +8,7 @@
 //! `openssl` given `root.pem`. The binary (`main.rs`) is a thin clap layer over
 //! [`Authority`].
 
+pub mod inspect;
 pub mod rates;
 pub mod state;
 
