@@ -6,12 +6,14 @@
 
 pub mod audit;
 pub mod clear_lock;
+pub mod lock;
 pub mod completions;
 pub mod man;
 pub mod postmark;
 pub mod provision;
 pub mod rates;
 pub mod recharge;
+pub mod report;
 pub mod status;
 pub mod trust_anchor;
 pub mod validate;
