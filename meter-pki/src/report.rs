@@ -78,7 +78,8 @@ pub struct StatusReport {
     pub previous_sequence: u64,
     /// Previous report's time (0: none).
     pub previous_time: i64,
-    /// Usage per service over the rows after the previous report's row, up to `ledger_rows`.
+    /// Usage per service over the rows after the previous report's `ledger_rows`, up to
+    /// this report's `ledger_rows` (so the previous report's own row is counted here).
     pub usage: BTreeMap<String, ServiceUsage>,
     /// Funds credited since the previous report, minor units.
     pub credited: u64,

@@ -10,7 +10,7 @@
 //!
 //! The snapshot is taken at a published ledger state (row N): registers,
 //! counts and head are as of row N, usage covers the rows after the previous
-//! report's row up to N. The report's own row comes after N and so appears
+//! report's snapshot (its `ledger_rows`) up to N. The report's own row comes after N and so appears
 //! in the next report's usage. Reports are serialized so that two never get
 //! the same sequence.
 //!
@@ -88,10 +88,17 @@ pub async fn report(meter: &Meter, request_id: &str) -> Result<Vec<u8>> {
     let reservation = ledger.reserve(price)?;
     let rows = state.rows;
     let regs = &state.registers;
+    // Usage starts where the previous report's snapshot ended, so that its
+    // own row (and any sale that raced it) is counted exactly once.
     let previous = ledger.last_of_service(Service::StatusReport, rows).await?;
-    let usage = ledger
-        .usage_since(previous.map_or(0, |p| p.0), rows)
-        .await?;
+    let (previous_rows, previous_time) = match &previous {
+        Some((_, time, product)) => {
+            let (prev, _) = payload::open::<StatusReport>(product, &identity.anchors, now)?;
+            (prev.ledger_rows, time.div_euclid(1000))
+        }
+        None => (0, 0),
+    };
+    let usage = ledger.usage_since(previous_rows, rows).await?;
     let due = match inspection::schedule(meter).await {
         Ok(s) => s.due,
         Err(e) => {
@@ -124,7 +131,7 @@ pub async fn report(meter: &Meter, request_id: &str) -> Result<Vec<u8>> {
         lock_reason: lock.as_ref().map(|l| l.reason.clone()).unwrap_or_default(),
         lock_nonce: lock.map(|l| l.nonce).unwrap_or_default(),
         previous_sequence: done,
-        previous_time: previous.map_or(0, |p| p.1.div_euclid(1000)),
+        previous_time,
         usage: Service::ALL
             .iter()
             .filter_map(|s| {

@@ -161,12 +161,12 @@ impl Ledger {
             .await
     }
 
-    /// (seq, time in Unix ms) of the last row of `service` at or before row `upto`.
+    /// (seq, time in Unix ms, product) of the last row of `service` at or before row `upto`.
     pub async fn last_of_service(
         &self,
         service: crate::service::Service,
         upto: u64,
-    ) -> Result<Option<(u64, i64)>> {
+    ) -> Result<Option<(u64, i64, Vec<u8>)>> {
         self.read(move |c| super::query::last_of_service_in(c, service, upto))
             .await
     }

@@ -52,26 +52,37 @@ pub(crate) fn usage_in(conn: &Connection, after: u64, upto: u64) -> Result<Usage
     Ok(usage)
 }
 
-/// (seq, time in Unix ms) of the last row of `service` at or before `upto`.
+/// The last row of `service` at or before `upto`: (seq, time in Unix ms,
+/// product), its product checked against the digest the chain holds.
 pub(crate) fn last_of_service_in(
     conn: &Connection,
     service: Service,
     upto: u64,
-) -> Result<Option<(u64, i64)>> {
+) -> Result<Option<(u64, i64, Vec<u8>)>> {
     let upto = to_i64(upto)?;
-    conn.prepare_cached(
-        "SELECT seq, time FROM journal WHERE service = ?1 AND seq <= ?2
-         ORDER BY seq DESC LIMIT 1",
-    )
-    .and_then(|mut s| {
-        s.query_row([i64::from(service.code()), upto], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+    let row = conn
+        .prepare_cached(
+            "SELECT j.seq, j.time, j.product_digest, p.product FROM journal j
+             JOIN products p ON p.seq = j.seq WHERE j.service = ?1 AND j.seq <= ?2
+             ORDER BY j.seq DESC LIMIT 1",
+        )
+        .and_then(|mut s| {
+            s.query_row([i64::from(service.code()), upto], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            })
+            .optional()
         })
-        .optional()
-    })
-    .map_err(storage)?
-    .map(|(seq, time)| Ok((to_u64(seq)?, time)))
-    .transpose()
+        .map_err(storage)?;
+    let Some((seq, time, digest, product)) = row else {
+        return Ok(None);
+    };
+    check_digest(seq, &digest, &product)?;
+    Ok(Some((to_u64(seq)?, time, product)))
 }
 
 /// Time (Unix ms) of the last row, if any.
@@ -104,12 +115,17 @@ pub(crate) fn last_with_note_in(conn: &Connection, note: &str) -> Result<Option<
     let Some((seq, digest, product)) = row else {
         return Ok(None);
     };
-    if chain::sha384(&product).as_slice() != digest.as_slice() {
+    check_digest(seq, &digest, &product)?;
+    Ok(Some((to_u64(seq)?, product)))
+}
+
+fn check_digest(seq: i64, digest: &[u8], product: &[u8]) -> Result<()> {
+    if chain::sha384(product).as_slice() != digest {
         return Err(LedgerError::Storage(format!(
             "product of row {seq} does not match its digest"
         )));
     }
-    Ok(Some((to_u64(seq)?, product)))
+    Ok(())
 }
 
 fn to_i64(v: u64) -> Result<i64> {
