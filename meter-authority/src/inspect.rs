@@ -75,7 +75,12 @@ impl Authority {
     }
 
     /// Issues a lock order for `meter_id` with a fresh nonce.
-    pub fn lock_order(&self, meter_id: &str, reason: &str, now: i64) -> Result<(LockOrder, String)> {
+    pub fn lock_order(
+        &self,
+        meter_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<(LockOrder, String)> {
         check_meter_id(meter_id)?;
         let mut nonce = [0u8; 16];
         rand_core::OsRng.fill_bytes(&mut nonce);

@@ -182,7 +182,9 @@ impl Payload for ReportAck {
         check_name("report_request_id", &self.report_request_id, 128)?;
         check_hex384("report_digest", &self.report_digest)?;
         if self.report_sequence == 0 {
-            return Err(PkiError::Malformed("report_sequence must be positive".into()));
+            return Err(PkiError::Malformed(
+                "report_sequence must be positive".into(),
+            ));
         }
         if let Some(d) = self.period_days {
             if d == 0 || d > MAX_PERIOD_DAYS {

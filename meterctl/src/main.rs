@@ -259,7 +259,10 @@ mod tests {
         let Command::Report(r) = parse(&["report", "ack", "a.pem"]).unwrap().command else {
             panic!("not report ack")
         };
-        assert!(matches!(r.command, Some(cmd::report::ReportCommand::Ack { .. })));
+        assert!(matches!(
+            r.command,
+            Some(cmd::report::ReportCommand::Ack { .. })
+        ));
         assert!(parse(&["report", "-o", "r.pem", "ack", "a.pem"]).is_err());
         assert!(matches!(
             parse(&["lock", "apply", "o.pem"]).unwrap().command,

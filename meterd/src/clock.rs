@@ -45,7 +45,10 @@ pub fn init_from_env() -> i64 {
     match text.trim().parse::<i64>() {
         Ok(secs) => {
             OFFSET_MS.store(secs.saturating_mul(1000), Ordering::Relaxed);
-            tracing::warn!(secs, "TEST CLOCK: the meter's time is shifted (debug build)");
+            tracing::warn!(
+                secs,
+                "TEST CLOCK: the meter's time is shifted (debug build)"
+            );
             secs
         }
         Err(e) => {

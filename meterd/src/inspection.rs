@@ -64,7 +64,11 @@ pub async fn schedule(meter: &Meter) -> Result<Schedule> {
                     ack.report_sequence,
                 )
             }
-            None => (meter_pki::cert::not_before(&identity.meter_cert), default, 0),
+            None => (
+                meter_pki::cert::not_before(&identity.meter_cert),
+                default,
+                0,
+            ),
         };
     Ok(Schedule {
         baseline,

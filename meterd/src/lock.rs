@@ -59,7 +59,8 @@ async fn lock_row(meter: &Meter, reason: &str, request_id: Option<String>) -> Re
 /// for this meter, once per order nonce.
 pub async fn apply_order(meter: &Meter, signed: &[u8]) -> Result<()> {
     let identity = meter.require_identity()?;
-    let (order, _) = meter_pki::payload::open::<LockOrder>(signed, &identity.anchors, clock::now())?;
+    let (order, _) =
+        meter_pki::payload::open::<LockOrder>(signed, &identity.anchors, clock::now())?;
     if order.meter_id != identity.meter_id {
         return Err(ServiceError::InvalidInput(format!(
             "the lock order is for meter {}, this meter is {}",

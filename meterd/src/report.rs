@@ -28,6 +28,7 @@ use meter_pki::cms::{self, SignOptions};
 use meter_pki::payload;
 use meter_pki::report::{report_digest, ReportAck, ServiceUsage, StatusReport};
 
+use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::inspection::{self, ACK_NOTE};
@@ -36,7 +37,6 @@ use crate::meter::{Meter, IDENTITY_KEY};
 use crate::money::Amount;
 use crate::sale::check_request_id;
 use crate::service::Service;
-use crate::clock;
 
 /// One report at a time, so that sequences are unique.
 static REPORTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -176,7 +176,11 @@ pub async fn report(meter: &Meter, request_id: &str) -> Result<Vec<u8>> {
     };
     match ledger.commit(entry, Some(reservation)).await? {
         Outcome::Committed { .. } => {
-            tracing::info!(sequence = body.sequence, price = price.0, "status report issued");
+            tracing::info!(
+                sequence = body.sequence,
+                price = price.0,
+                "status report issued"
+            );
             Ok(signed)
         }
         Outcome::Existing { product, .. } => Ok(product),
@@ -206,8 +210,7 @@ pub async fn acknowledge(meter: &Meter, signed: &[u8]) -> Result<Acknowledged> {
         .await?
         .filter(|s| s.kind == EntryKind::Debit && s.service == Some(Service::StatusReport))
         .ok_or_else(not_ours)?;
-    let (report, opened) =
-        payload::open::<StatusReport>(&stored.product, &identity.anchors, now)?;
+    let (report, opened) = payload::open::<StatusReport>(&stored.product, &identity.anchors, now)?;
     if report.sequence != ack.report_sequence
         || report.time != ack.report_time
         || !report_digest(&opened.content).eq_ignore_ascii_case(&ack.report_digest)

@@ -218,7 +218,13 @@ mod tests {
             tpm_ms: 5_000,
             reset_count: 1,
         };
-        let j = judge(Some(&m), Some(999_000_000), 1_000_010_000, &tpm(15_000, 1), TOL);
+        let j = judge(
+            Some(&m),
+            Some(999_000_000),
+            1_000_010_000,
+            &tpm(15_000, 1),
+            TOL,
+        );
         assert_eq!(j, Judgement::Fine);
         // A forward jump (NTP, or a test clock) is not a lock reason.
         let j = judge(Some(&m), None, 9_000_000_000, &tpm(15_000, 1), TOL);
@@ -265,7 +271,10 @@ mod tests {
             Judgement::Slow { .. }
         ));
         // After a TPM reset the intervals are not comparable.
-        assert_eq!(judge(Some(&m), None, now, &tpm(day, 4), TOL), Judgement::Fine);
+        assert_eq!(
+            judge(Some(&m), None, now, &tpm(day, 4), TOL),
+            Judgement::Fine
+        );
     }
 
     #[test]

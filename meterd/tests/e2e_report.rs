@@ -107,7 +107,10 @@ fn tamper(sb: &Sandbox, pem: &str, from: &str, to: &str) -> String {
     ok(
         &sb.run(
             "openssl",
-            &["cms", "-cmsout", "-in", pem, "-inform", "PEM", "-outform", "DER", "-out", &der_path],
+            &[
+                "cms", "-cmsout", "-in", pem, "-inform", "PEM", "-outform", "DER", "-out",
+                &der_path,
+            ],
         ),
         "PEM to DER",
     );
@@ -170,7 +173,10 @@ fn report_round_trip_charges_once_and_resets_the_watchdog() {
     assert_eq!(s["inspection_period_days"], 30);
     // The same acknowledgement again: Replay, nothing changed.
     let regs = sb.registers();
-    assert_eq!(refused(&sb, &["report", "ack", &ack1]), (exit::REFUSED, "Replay".into()));
+    assert_eq!(
+        refused(&sb, &["report", "ack", &ack1]),
+        (exit::REFUSED, "Replay".into())
+    );
     assert_eq!(sb.registers(), regs);
 
     // The second report covers what happened since the first.
@@ -199,7 +205,10 @@ fn report_round_trip_charges_once_and_resets_the_watchdog() {
     // An older acknowledgement than the one applied is refused once a newer one is in.
     ok(&sb.meterctl(&["report", "ack", &ack2]), "report ack 2");
     let stale = inspect(&sb, &r1, "ack1b.pem", &[]);
-    assert_eq!(refused(&sb, &["report", "ack", &stale]), (exit::REFUSED, "Stale".into()));
+    assert_eq!(
+        refused(&sb, &["report", "ack", &stale]),
+        (exit::REFUSED, "Stale".into())
+    );
     let s = sb.status();
     assert_eq!(s["acknowledged_report"], 2, "{s}");
     assert_eq!(s["inspection_period_days"], 90, "{s}");
@@ -215,7 +224,10 @@ fn overdue_inspection_locks_and_an_acknowledged_report_clears_it() {
     // 91 days later (certification + 90 days is the first deadline).
     restart_at(&sb, 91 * DAY);
     let (st, reason) = state(&sb);
-    assert_eq!((st.as_str(), reason.as_str()), ("locked", "inspection-overdue"));
+    assert_eq!(
+        (st.as_str(), reason.as_str()),
+        ("locked", "inspection-overdue")
+    );
     let human = ok(&sb.meterctl(&["status"]), "status");
     assert!(human.contains("meterctl report ack"), "{human}");
     // Locked: sales refused, nothing charged.
@@ -224,7 +236,13 @@ fn overdue_inspection_locks_and_an_acknowledged_report_clears_it() {
     // A clear-lock order for another nonce does nothing.
     let wrong = path(&sb, "wrong.pem");
     sb.authority(&[
-        "clear-lock", "--meter", &sb.meter_id(), "--nonce", "00ff", "--out", &wrong,
+        "clear-lock",
+        "--meter",
+        &sb.meter_id(),
+        "--nonce",
+        "00ff",
+        "--out",
+        &wrong,
     ]);
     assert_eq!(refused(&sb, &["clear-lock", &wrong]).1, "Stale");
     // Report still answers, free while locked, and says why.
@@ -239,7 +257,10 @@ fn overdue_inspection_locks_and_an_acknowledged_report_clears_it() {
     assert_eq!(s["state"], "ready", "{s}");
     let t = body["time"].as_i64().unwrap();
     assert_eq!(s["inspection_due"].as_i64(), Some(t + 90 * DAY));
-    ok(&sb.postmark_id("p3").2, "postmark after the acknowledgement");
+    ok(
+        &sb.postmark_id("p3").2,
+        "postmark after the acknowledgement",
+    );
     // Still ready after a watchdog tick.
     std::thread::sleep(Duration::from_secs(11));
     assert_eq!(sb.status()["state"], "ready");
@@ -255,21 +276,40 @@ fn forced_lock_order_locks_once_and_only_a_clear_order_clears() {
     let meter = sb.meter_id();
     let regs = sb.registers();
     let order = path(&sb, "lock.pem");
-    sb.authority(&["lock", "--meter", &meter, "--reason", "audit", "--out", &order]);
+    sb.authority(&[
+        "lock", "--meter", &meter, "--reason", "audit", "--out", &order,
+    ]);
 
     // Refused orders change nothing: garbage, another meter, another authority.
     let garbage = write(&sb, "garbage.pem", b"\x30\x03\x02\x01\x01");
     assert_eq!(refused(&sb, &["lock", "apply", &garbage]).0, exit::INVALID);
     let other_meter = path(&sb, "other-meter.pem");
     sb.authority(&[
-        "lock", "--meter", "MTR-000000000000", "--reason", "x", "--out", &other_meter,
+        "lock",
+        "--meter",
+        "MTR-000000000000",
+        "--reason",
+        "x",
+        "--out",
+        &other_meter,
     ]);
-    assert_eq!(refused(&sb, &["lock", "apply", &other_meter]).1, "InvalidInput");
+    assert_eq!(
+        refused(&sb, &["lock", "apply", &other_meter]).1,
+        "InvalidInput"
+    );
     let foreign_dir = path(&sb, "foreign-authority");
     sb.authority(&["--dir", &foreign_dir, "init"]);
     let foreign = path(&sb, "foreign.pem");
     sb.authority(&[
-        "--dir", &foreign_dir, "lock", "--meter", &meter, "--reason", "x", "--out", &foreign,
+        "--dir",
+        &foreign_dir,
+        "lock",
+        "--meter",
+        &meter,
+        "--reason",
+        "x",
+        "--out",
+        &foreign,
     ]);
     assert_eq!(
         refused(&sb, &["lock", "apply", &foreign]),
@@ -278,7 +318,13 @@ fn forced_lock_order_locks_once_and_only_a_clear_order_clears() {
     // A clear order is not a lock order.
     let clear = path(&sb, "clear.pem");
     sb.authority(&[
-        "clear-lock", "--meter", &meter, "--nonce", "00", "--out", &clear,
+        "clear-lock",
+        "--meter",
+        &meter,
+        "--nonce",
+        "00",
+        "--out",
+        &clear,
     ]);
     assert_eq!(refused(&sb, &["lock", "apply", &clear]).0, exit::INVALID);
     assert_eq!(state(&sb).0, "ready");

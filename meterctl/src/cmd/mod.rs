@@ -6,8 +6,8 @@
 
 pub mod audit;
 pub mod clear_lock;
-pub mod lock;
 pub mod completions;
+pub mod lock;
 pub mod man;
 pub mod postmark;
 pub mod provision;

@@ -286,7 +286,9 @@ mod tests {
         let (text, _) = render(&m);
         assert!(line(&text, "why").contains("inspection period"));
         assert!(line(&text, "to unlock").contains("meterctl report ack"));
-        assert!(line(&text, "next inspection due").contains("1970-01-02T00:00:00Z  (period 90 days)"));
+        assert!(
+            line(&text, "next inspection due").contains("1970-01-02T00:00:00Z  (period 90 days)")
+        );
         assert!(line(&text, "last acknowledged report").contains("none yet"));
         m.insert(key::ACKNOWLEDGED_REPORT.into(), OwnedValue::from(3u64));
         let (text, _) = render(&m);

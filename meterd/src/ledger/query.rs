@@ -33,7 +33,11 @@ pub(crate) fn usage_in(conn: &Connection, after: u64, upto: u64) -> Result<Usage
         .map_err(storage)?;
     let rows = stmt
         .query_map([after, upto], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         })
         .map_err(storage)?;
     for row in rows {
