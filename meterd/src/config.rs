@@ -144,4 +144,14 @@ mod tests {
         assert_eq!(c.user_group, "meter");
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
     }
+
+    #[test]
+    fn shipped_file_parses_with_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/meterd.toml");
+        let text = std::fs::read_to_string(path).expect("systemd/meterd.toml");
+        let c: Config = toml::from_str(&text).expect("shipped configuration parses");
+        assert_eq!(c.inspection_period_days, 90);
+        assert_eq!(c.clock_tolerance_seconds, 300);
+        assert_eq!(c.inspection_period_days, Config::default().inspection_period_days);
+    }
 }
