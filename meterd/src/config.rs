@@ -152,6 +152,9 @@ mod tests {
         let c: Config = toml::from_str(&text).expect("shipped configuration parses");
         assert_eq!(c.inspection_period_days, 90);
         assert_eq!(c.clock_tolerance_seconds, 300);
-        assert_eq!(c.inspection_period_days, Config::default().inspection_period_days);
+        assert_eq!(
+            c.inspection_period_days,
+            Config::default().inspection_period_days
+        );
     }
 }

@@ -20,6 +20,7 @@ use meter_pki::report::ReportAck;
 
 use crate::clock;
 use crate::error::Result;
+use crate::ledger::Ledger;
 use crate::lock;
 use crate::meter::Meter;
 use crate::timecheck::{ClockWatch, CHECK_INTERVAL};
@@ -54,28 +55,56 @@ pub async fn schedule(meter: &Meter) -> Result<Schedule> {
     let identity = meter.require_identity()?;
     let ledger = meter.require_ledger()?;
     let default = meter.config().inspection_period_days;
-    let (baseline, period_days, acknowledged_sequence) =
-        match ledger.last_with_note(ACK_NOTE).await? {
-            Some((_, product)) => {
-                let ack = decode_applied(&product, meter)?;
-                (
-                    ack.report_time,
-                    ack.period_days.unwrap_or(default),
-                    ack.report_sequence,
-                )
-            }
-            None => (
-                meter_pki::cert::not_before(&identity.meter_cert),
-                default,
-                0,
-            ),
-        };
+    let (baseline, period_days, acknowledged_sequence) = match latest_ack(meter, &ledger).await? {
+        Some(ack) => (
+            ack.report_time,
+            ack.period_days.unwrap_or(default),
+            ack.report_sequence,
+        ),
+        None => (
+            meter_pki::cert::not_before(&identity.meter_cert),
+            default,
+            0,
+        ),
+    };
     Ok(Schedule {
         baseline,
         period_days,
         due: baseline.saturating_add(i64::from(period_days).saturating_mul(DAY)),
         acknowledged_sequence,
     })
+}
+
+/// What [`latest_ack`] found so far, so that Status and the 10 s tick only
+/// look at rows committed since (the journal has no index on notes).
+struct AckCache {
+    meter_id: String,
+    scanned: u64,
+    ack: Option<ReportAck>,
+}
+
+static ACK_CACHE: std::sync::Mutex<Option<AckCache>> = std::sync::Mutex::new(None);
+
+/// The last acknowledgement applied, looking only at rows not yet scanned.
+async fn latest_ack(meter: &Meter, ledger: &Ledger) -> Result<Option<ReportAck>> {
+    let rows = ledger.state().rows;
+    let meter_id = meter.meter_id().unwrap_or_default();
+    let (from, cached) = match ACK_CACHE.lock().as_deref() {
+        Ok(Some(c)) if c.meter_id == meter_id && c.scanned <= rows => (c.scanned, c.ack.clone()),
+        _ => (0, None),
+    };
+    let ack = match ledger.last_with_note(ACK_NOTE, from, rows).await? {
+        Some((_, product)) => Some(decode_applied(&product, meter)?),
+        None => cached,
+    };
+    if let Ok(mut g) = ACK_CACHE.lock() {
+        *g = Some(AckCache {
+            meter_id,
+            scanned: rows,
+            ack: ack.clone(),
+        });
+    }
+    Ok(ack)
 }
 
 /// Re-opens an acknowledgement the meter applied earlier (it is in the

@@ -385,3 +385,46 @@ fn clock_going_backwards_locks_until_cleared() {
     ok(&sb.postmark_id("p3").2, "postmark after clearing");
     sb.registers();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lock_order_emits_locked_and_clear_emits_unlocked() {
+    use futures_util::StreamExt;
+    let sb = Sandbox::up(100_000);
+    let conn = zbus::connection::Builder::address(sb.env["DBUS_SYSTEM_BUS_ADDRESS"].as_str())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let p = meter_proto::Meter1Proxy::new(&conn).await.unwrap();
+    let mut locked = p.receive_locked().await.unwrap();
+    let mut unlocked = p.receive_unlocked().await.unwrap();
+    let order = path(&sb, "lock.pem");
+    sb.authority(&[
+        "lock",
+        "--meter",
+        &sb.meter_id(),
+        "--reason",
+        "audit",
+        "--out",
+        &order,
+    ]);
+    p.apply_lock_order(&std::fs::read(&order).unwrap())
+        .await
+        .unwrap();
+    let wait = Duration::from_secs(20);
+    let sig = tokio::time::timeout(wait, locked.next())
+        .await
+        .expect("Locked")
+        .unwrap();
+    assert_eq!(sig.args().unwrap().reason, "forced");
+    // Report answers over the bus while locked.
+    let report = p.report("while-locked").await.unwrap();
+    assert!(!report.is_empty());
+    let clear = sb.clear_lock_order();
+    p.clear_lock(&std::fs::read(&clear).unwrap()).await.unwrap();
+    tokio::time::timeout(wait, unlocked.next())
+        .await
+        .expect("Unlocked")
+        .unwrap();
+    assert_eq!(sb.status()["state"], "ready");
+}

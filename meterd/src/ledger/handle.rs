@@ -176,10 +176,15 @@ impl Ledger {
         self.read(super::query::last_time_in).await
     }
 
-    /// (seq, product) of the last row with note `note`.
-    pub async fn last_with_note(&self, note: &str) -> Result<Option<(u64, Vec<u8>)>> {
+    /// (seq, product) of the last row with note `note` among rows `after < seq <= upto`.
+    pub async fn last_with_note(
+        &self,
+        note: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<(u64, Vec<u8>)>> {
         let note = note.to_owned();
-        self.read(move |c| super::query::last_with_note_in(c, &note))
+        self.read(move |c| super::query::last_with_note_in(c, &note, after, upto))
             .await
     }
 

@@ -96,17 +96,25 @@ pub(crate) fn last_time_in(conn: &Connection) -> Result<Option<i64>> {
         .map_err(storage)
 }
 
-/// (seq, product) of the last row whose note is `note`, its product checked
-/// against the digest the chain holds.
-pub(crate) fn last_with_note_in(conn: &Connection, note: &str) -> Result<Option<(u64, Vec<u8>)>> {
+/// (seq, product) of the last row with `after < seq <= upto` whose note is
+/// `note`, its product checked against the digest the chain holds. The range
+/// keeps a repeated query cheap: the caller remembers how far it looked.
+pub(crate) fn last_with_note_in(
+    conn: &Connection,
+    note: &str,
+    after: u64,
+    upto: u64,
+) -> Result<Option<(u64, Vec<u8>)>> {
+    let (after, upto) = (to_i64(after)?, to_i64(upto)?);
     let row = conn
         .prepare_cached(
             "SELECT j.seq, j.product_digest, p.product FROM journal j
-             JOIN products p ON p.seq = j.seq WHERE j.note = ?1
+             JOIN products p ON p.seq = j.seq
+             WHERE j.seq > ?2 AND j.seq <= ?3 AND j.note = ?1
              ORDER BY j.seq DESC LIMIT 1",
         )
         .and_then(|mut s| {
-            s.query_row([note], |r| {
+            s.query_row(rusqlite::params![note, after, upto], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, Vec<u8>>(1)?,
