@@ -24,8 +24,20 @@ use crate::ledger::{Entry, EntryKind, LedgerError, Outcome};
 use crate::meter::Meter;
 use crate::money::Amount;
 
+/// Serializes every change of the lock state made in this process (lock,
+/// clear, acknowledgement unlock): each reads the lock in force and then
+/// commits a row that depends on it, and a Lock row must not slip in between
+/// (an Unlock row would clear it unseen).
+static CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Holds off other lock-state changes while the guard lives.
+pub(crate) async fn hold() -> tokio::sync::MutexGuard<'static, ()> {
+    CHANGES.lock().await
+}
+
 /// Locks the meter for `reason` (no-op if already locked for it).
 pub async fn engage(meter: &Meter, reason: &str) -> Result<()> {
+    let _changing = hold().await;
     let ledger = meter.require_ledger()?;
     if let Some(lock) = ledger.state().lock {
         if lock.reason == reason {
@@ -67,6 +79,7 @@ pub async fn apply_order(meter: &Meter, signed: &[u8]) -> Result<()> {
             order.meter_id, identity.meter_id
         )));
     }
+    let _changing = hold().await;
     let request_id = format!("lock-order:{}", order.nonce);
     let replay = || ServiceError::Replay(format!("lock order {} was already applied", order.nonce));
     if meter.require_ledger()?.lookup(&request_id).await?.is_some() {
@@ -101,6 +114,7 @@ pub async fn clear(meter: &Meter, signed: &[u8]) -> Result<()> {
             order.meter_id, identity.meter_id
         )));
     }
+    let _changing = hold().await;
     let lock = ledger.state().lock.ok_or_else(|| {
         ServiceError::Stale("the meter is not locked; the order has nothing to clear".into())
     })?;

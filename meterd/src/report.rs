@@ -230,6 +230,8 @@ pub async fn acknowledge(meter: &Meter, signed: &[u8]) -> Result<Acknowledged> {
             ack.report_sequence, current.acknowledged_sequence
         )));
     }
+    // No lock may change between reading it and the commit below.
+    let _changing = crate::lock::hold().await;
     let unlocks = ledger.state().lock.is_some_and(|l| {
         l.reason == meter_proto::lock_reason::INSPECTION_OVERDUE && l.nonce == report.lock_nonce
     });
