@@ -428,3 +428,26 @@ async fn lock_order_emits_locked_and_clear_emits_unlocked() {
         .unwrap();
     assert_eq!(sb.status()["state"], "ready");
 }
+
+#[test]
+fn a_report_the_funds_cannot_cover_is_refused_and_changes_nothing() {
+    let sb = Sandbox::up(200);
+    let toml = std::fs::read_to_string(sandbox::repo().join("meter-authority/rates.example.toml"))
+        .unwrap()
+        .replace("version = 1", "version = 2")
+        .replace("status-report = 0", "status-report = 250");
+    let toml_path = write(&sb, "rates2.toml", toml.as_bytes());
+    let table = path(&sb, "rates2.pem");
+    sb.authority(&["rates", "--in", &toml_path, "--out", &table]);
+    sb.meterctl_json(&["rates", "install", &table]);
+    let regs = sb.registers();
+    let rows = sb.status()["ledger_rows"].clone();
+    let out = path(&sb, "r.pem");
+    assert_eq!(
+        refused(&sb, &["report", "-o", &out, "--request-id", "r"]),
+        (exit::FUNDS, "InsufficientFunds".into())
+    );
+    assert_eq!(sb.registers(), regs);
+    assert_eq!(sb.status()["ledger_rows"], rows);
+    assert!(!std::path::Path::new(&out).exists());
+}
