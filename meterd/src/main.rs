@@ -40,7 +40,6 @@ fn main() -> ExitCode {
     }
     let args = Args::parse();
     init_logging();
-    meterd::clock::init_from_env();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,6 +87,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(bus) = args.bus {
         config.bus = bus;
     }
+    // Before anything reads the time (see clock.rs for when it applies).
+    meterd::clock::init_from_env(&config.tcti);
     create_private_dir(&config.state_dir)?;
     tracing::info!(tcti = %config.tcti, state_dir = %config.state_dir.display(), "starting");
     let housing = TpmHousing::open(&config.tcti, &config.key_dir())?;

@@ -1,8 +1,8 @@
 //! End to end: status reports and their acknowledgement, the inspection
 //! watchdog, authority lock orders and the clock check.
 //!
-//! Time is moved with `METERD_TEST_CLOCK_OFFSET` (honoured by debug builds
-//! only, see `meterd/src/clock.rs`) by restarting meterd; offsets only grow
+//! Time is moved with `METERD_TEST_CLOCK_OFFSET` (honoured on a software
+//! TPM only, see `meterd/src/clock.rs`) by restarting meterd; offsets only grow
 //! within a test except where going backwards is the point.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
