@@ -11,6 +11,7 @@
 mod agent;
 pub mod credit;
 pub mod enrol;
+pub mod inspect;
 pub mod rates;
 pub mod state;
 

@@ -79,6 +79,30 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Verify a meter's signed status report and issue its acknowledgement
+    /// (apply with `meterctl report ack ACK`).
+    Inspect {
+        /// The report (CMS SignedData, DER or PEM, from `meterctl report`).
+        report: PathBuf,
+        /// Output: the acknowledgement (PEM, label CMS).
+        #[arg(long)]
+        out: PathBuf,
+        /// Set a new inspection period for the meter, in days.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        period_days: Option<u32>,
+    },
+    /// Issue an order locking a meter (reason `forced`; apply with `meterctl lock apply ORDER`).
+    Lock {
+        /// Meter id.
+        #[arg(long)]
+        meter: String,
+        /// Why, for the meter's operator.
+        #[arg(long)]
+        reason: String,
+        /// Output (PEM, label CMS).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Roll the root over: new root key and certificate, announced to meters by a
     /// trust-anchor update signed with the current root (apply with
     /// `meterctl trust-anchor update`). The old root is kept as root.<n>.key/.pem.
@@ -232,6 +256,42 @@ fn run(cli: Cli) -> Result<()> {
             let a = Authority::open(dir)?;
             write_file(&out, a.clear_lock(&meter, &nonce, t)?.as_bytes())?;
             println!("clear-lock order for {meter} written to {}", out.display());
+        }
+        Cmd::Inspect {
+            report,
+            out,
+            period_days,
+        } => {
+            let a = Authority::open(dir)?;
+            let i = a.inspect(&read_bounded(&report)?, period_days, t)?;
+            write_file(&out, i.pem.as_bytes())?;
+            let r = &i.report;
+            println!(
+                "report {} of meter {} verified (time {}, AR {} + DR {} = CT {}, {} pieces{})",
+                r.sequence,
+                r.meter_id,
+                r.time,
+                r.ascending,
+                r.descending,
+                r.control_total,
+                r.pieces,
+                if r.lock_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(", locked: {}", r.lock_reason)
+                }
+            );
+            println!("acknowledgement written to {}", out.display());
+        }
+        Cmd::Lock { meter, reason, out } => {
+            let a = Authority::open(dir)?;
+            let (order, pem) = a.lock_order(&meter, &reason, t)?;
+            write_file(&out, pem.as_bytes())?;
+            println!(
+                "lock order {} for {meter} written to {}",
+                order.nonce,
+                out.display()
+            );
         }
         Cmd::Rollover {
             out,

@@ -24,6 +24,7 @@ pub mod issue;
 pub mod oid;
 pub mod payload;
 pub mod pem;
+pub mod report;
 pub mod sig;
 pub mod tsp;
 

@@ -23,6 +23,12 @@ pub mod status {
     pub const LEDGER_HEAD: &str = "ledger_head";
     pub const NV_COUNTER: &str = "nv_counter";
     pub const LOW_FUNDS_THRESHOLD: &str = "low_funds_threshold";
+    /// `x`: when the next acknowledged status report is due (Unix s; 0 unknown).
+    pub const INSPECTION_DUE: &str = "inspection_due";
+    /// `u`: inspection period in force, days.
+    pub const INSPECTION_PERIOD_DAYS: &str = "inspection_period_days";
+    /// `t`: sequence of the last acknowledged status report (0: none).
+    pub const ACKNOWLEDGED_REPORT: &str = "acknowledged_report";
 }
 
 /// `Validate()` report keys.

@@ -59,6 +59,17 @@ pub trait Meter1 {
     /// Unsigned register snapshot (keys of [`crate::keys::status`]).
     fn status(&self) -> Result<HashMap<String, OwnedValue>, MeterError>;
 
+    /// Signed status report (CMS SignedData, DER, eContentType `CT_STATUS_REPORT`):
+    /// registers and usage since the previous report. Answered when locked (free then).
+    fn report(&self, request_id: &str) -> Result<Vec<u8>, MeterError>;
+
+    /// Applies the authority's acknowledgement of a report (resets the inspection
+    /// watchdog); returns when the next acknowledged report is due (Unix s).
+    fn acknowledge_report(&self, ack: &[u8]) -> Result<i64, MeterError>;
+
+    /// Applies an authority lock order: the meter locks with reason `forced`.
+    fn apply_lock_order(&self, order: &[u8]) -> Result<(), MeterError>;
+
     /// Re-checks the whole ledger chain and its TPM binding (keys of [`crate::keys::audit`]).
     fn audit(&self) -> Result<HashMap<String, OwnedValue>, MeterError>;
 

@@ -80,6 +80,11 @@ pub enum Command {
     Sign(cmd::sign::Args),
     /// Apply an authority-signed clear-lock order.
     ClearLock(cmd::clear_lock::Args),
+    /// Make a signed status report for the authority, or apply its acknowledgement (`report ack`).
+    Report(cmd::report::Args),
+    /// Apply authority lock orders.
+    #[command(subcommand)]
+    Lock(cmd::lock::LockCommand),
     /// Apply authority trust-anchor updates (root rollover).
     #[command(subcommand)]
     TrustAnchor(cmd::trust_anchor::TrustAnchorCommand),
@@ -128,6 +133,8 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CtlError> {
         Command::Certs(a) => cmd::certs::run(ctx, a).await,
         Command::Sign(a) => cmd::sign::run(ctx, a).await,
         Command::ClearLock(a) => cmd::clear_lock::run(ctx, a).await,
+        Command::Report(a) => cmd::report::run(ctx, a).await,
+        Command::Lock(a) => cmd::lock::run(ctx, a).await,
         Command::TrustAnchor(a) => cmd::trust_anchor::run(ctx, a).await,
         Command::AgentCa(a) => cmd::agent::run_ca(ctx, a).await,
         Command::Agent(a) => cmd::agent::run(ctx, a).await,
@@ -274,6 +281,23 @@ mod tests {
             Command::TrustAnchor(_)
         ));
         assert!(parse(&["trust-anchor", "update"]).is_err());
+        let Command::Report(r) = parse(&["report", "-o", "r.pem"]).unwrap().command else {
+            panic!("not report")
+        };
+        assert!(r.command.is_none() && r.out.is_some());
+        let Command::Report(r) = parse(&["report", "ack", "a.pem"]).unwrap().command else {
+            panic!("not report ack")
+        };
+        assert!(matches!(
+            r.command,
+            Some(cmd::report::ReportCommand::Ack { .. })
+        ));
+        assert!(parse(&["report", "-o", "r.pem", "ack", "a.pem"]).is_err());
+        assert!(matches!(
+            parse(&["lock", "apply", "o.pem"]).unwrap().command,
+            Command::Lock(_)
+        ));
+        assert!(parse(&["lock", "apply"]).is_err());
         assert!(matches!(
             parse(&["agent-ca", "request", "-o", "r.pem"])
                 .unwrap()

@@ -33,6 +33,12 @@ pub struct Config {
     pub max_in_flight: usize,
     /// `system` or a D-Bus address.
     pub bus: String,
+    /// Days within which an acknowledged status report must arrive before the
+    /// meter locks (`inspection-overdue`); an acknowledgement may change it.
+    pub inspection_period_days: u32,
+    /// How far (seconds) the system clock may seem to go back before the meter
+    /// locks with reason `clock`.
+    pub clock_tolerance_seconds: u64,
 }
 
 impl Default for Config {
@@ -47,6 +53,8 @@ impl Default for Config {
             max_message_bytes: 1 << 32,
             max_in_flight: 256,
             bus: "system".into(),
+            inspection_period_days: 90,
+            clock_tolerance_seconds: 300,
         }
     }
 }
@@ -135,5 +143,18 @@ mod tests {
         assert_eq!(c.nv_index, 0x0150_0001);
         assert_eq!(c.user_group, "meter");
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn shipped_file_parses_with_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/meterd.toml");
+        let text = std::fs::read_to_string(path).expect("systemd/meterd.toml");
+        let c: Config = toml::from_str(&text).expect("shipped configuration parses");
+        assert_eq!(c.inspection_period_days, 90);
+        assert_eq!(c.clock_tolerance_seconds, 300);
+        assert_eq!(
+            c.inspection_period_days,
+            Config::default().inspection_period_days
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! sit behind one door; the services between them ([`postmark`],
 //! [`validate`], [`recharge`], [`rates`], [`provision`], [`lock`],
 //! [`anchor`], [`audit`], [`agent`], [`certs`], [`sign`], [`credit`],
-//! [`postage`]) know none of tss-esapi, rusqlite or zbus. Every chargeable
+//! [`postage`], [`report`], [`inspection`], [`timecheck`]) know none of
+//! tss-esapi, rusqlite or zbus. Every chargeable
 //! service goes through [`sale::sell`].
 
 pub mod agent;
@@ -19,6 +20,7 @@ pub mod digest;
 pub mod error;
 pub mod housing;
 pub mod identity;
+pub mod inspection;
 pub mod ledger;
 pub mod lock;
 pub mod meter;
@@ -28,7 +30,9 @@ pub mod postmark;
 pub mod provision;
 pub mod rates;
 pub mod recharge;
+pub mod report;
 pub mod sale;
 pub mod service;
 pub mod sign;
+pub mod timecheck;
 pub mod validate;

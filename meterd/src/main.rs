@@ -87,6 +87,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(bus) = args.bus {
         config.bus = bus;
     }
+    // Before anything reads the time (see clock.rs for when it applies).
+    meterd::clock::init_from_env(&config.tcti);
     create_private_dir(&config.state_dir)?;
     tracing::info!(tcti = %config.tcti, state_dir = %config.state_dir.display(), "starting");
     let housing = TpmHousing::open(&config.tcti, &config.key_dir())?;
@@ -95,6 +97,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let meter = Arc::new(Meter::start(config, handle).await?);
     tracing::info!(state = meter.state_name(), meter_id = ?meter.meter_id(), "meter open");
 
+    // Clock check and inspection deadline: once now, before the first
+    // request can arrive, then every 10 s.
+    meterd::inspection::start(Arc::clone(&meter)).await;
     let conn = connect(&bus).await?;
     meterd::bus::serve(&conn, Arc::clone(&meter)).await?;
     conn.request_name(meter_proto::BUS_NAME).await?;

@@ -12,7 +12,9 @@ use zbus::zvariant::OwnedValue;
 
 use super::Ctx;
 use crate::error::CtlError;
-use crate::output::{dict_to_json, format_amount, short_hex, Dict, Output, Table};
+use crate::output::{
+    dict_to_json, format_amount, format_unix_time, short_hex, Dict, Output, Table,
+};
 
 /// Arguments of `meterctl status` (none yet).
 #[derive(Debug, clap::Args)]
@@ -62,14 +64,20 @@ pub fn render(reply: &HashMap<String, OwnedValue>) -> (String, Vec<String>) {
         let nonce = d.str(key::LOCK_NONCE).unwrap_or_default();
         t.row("lock reason", reason.clone());
         t.row("lock nonce", nonce.clone());
-        t.row(
-            "to unlock",
-            format!(
-                "ask the authority for a clear-lock order: meter-authority clear-lock --meter {} --nonce {}, then: meterctl clear-lock ORDER",
-                if meter_id.is_empty() { "ID" } else { &meter_id },
-                if nonce.is_empty() { "N" } else { &nonce }
-            ),
+        let id = if meter_id.is_empty() { "ID" } else { &meter_id };
+        let order = format!(
+            "ask the authority for a clear-lock order: meter-authority clear-lock --meter {id} --nonce {}, then: meterctl clear-lock ORDER",
+            if nonce.is_empty() { "N" } else { &nonce }
         );
+        t.row("why", lock_explanation(&reason));
+        if reason == meter_proto::lock_reason::INSPECTION_OVERDUE {
+            t.row(
+                "to unlock",
+                "meterctl report -o report.pem; the authority runs meter-authority inspect report.pem --out ack.pem; then: meterctl report ack ack.pem",
+            );
+        } else {
+            t.row("to unlock", order);
+        }
         warnings.push(format!(
             "the meter is locked ({reason}): it sells nothing until cleared"
         ));
@@ -139,6 +147,25 @@ pub fn render(reply: &HashMap<String, OwnedValue>) -> (String, Vec<String>) {
             format_amount(price, digits, &currency),
         );
     }
+    match d.i64(key::INSPECTION_DUE) {
+        Some(due) if due > 0 => {
+            let period = d.u64(key::INSPECTION_PERIOD_DAYS).unwrap_or(0);
+            t.row(
+                "next inspection due",
+                format!("{}  (period {period} days)", format_unix_time(due)),
+            );
+            let last = d.u64(key::ACKNOWLEDGED_REPORT).unwrap_or(0);
+            t.row(
+                "last acknowledged report",
+                if last == 0 {
+                    "none yet (meterctl report, then meterctl report ack)".to_string()
+                } else {
+                    last.to_string()
+                },
+            );
+        }
+        _ => {}
+    }
     t.row(
         "ledger rows",
         d.u64(key::LEDGER_ROWS)
@@ -158,6 +185,20 @@ pub fn render(reply: &HashMap<String, OwnedValue>) -> (String, Vec<String>) {
             .unwrap_or_else(unknown),
     );
     (t.render(), warnings)
+}
+
+/// What a lock reason means, for the operator.
+fn lock_explanation(reason: &str) -> &'static str {
+    use meter_proto::lock_reason as r;
+    match reason {
+        r::TAMPER => "a ledger row was changed or removed, or its seal does not verify",
+        r::ROLLBACK => "an older copy of the ledger was restored (the TPM counter is ahead)",
+        r::CLOCK => "the system clock went backwards against the TPM clock; fix the clock first",
+        r::FORCED => "the authority locked the meter (lock order)",
+        r::INSPECTION_OVERDUE => "no status report was acknowledged within the inspection period",
+        r::PERIOD_CLOSED => "a current-account billing period closed unreported",
+        _ => "see the meter's log",
+    }
 }
 
 #[cfg(test)]
@@ -233,6 +274,25 @@ mod tests {
         assert!(line(&text, "to unlock")
             .contains("meter-authority clear-lock --meter MTR-0001 --nonce n0nce"));
         assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn inspection_lock_and_schedule_are_explained() {
+        let mut m = reply(12_345, 655, 13_000, "locked");
+        m.insert(key::LOCK_REASON.into(), s("inspection-overdue"));
+        m.insert(key::INSPECTION_DUE.into(), OwnedValue::from(86_400i64));
+        m.insert(key::INSPECTION_PERIOD_DAYS.into(), OwnedValue::from(90u32));
+        m.insert(key::ACKNOWLEDGED_REPORT.into(), OwnedValue::from(0u64));
+        let (text, _) = render(&m);
+        assert!(line(&text, "why").contains("inspection period"));
+        assert!(line(&text, "to unlock").contains("meterctl report ack"));
+        assert!(
+            line(&text, "next inspection due").contains("1970-01-02T00:00:00Z  (period 90 days)")
+        );
+        assert!(line(&text, "last acknowledged report").contains("none yet"));
+        m.insert(key::ACKNOWLEDGED_REPORT.into(), OwnedValue::from(3u64));
+        let (text, _) = render(&m);
+        assert!(line(&text, "last acknowledged report").ends_with(" 3"));
     }
 
     #[test]

@@ -24,8 +24,8 @@ use meter_proto::MeterError;
 
 use crate::meter::Meter;
 use crate::{
-    agent, anchor, audit, certs, credit as credit_service, lock, postage, postmark, provision,
-    rates, recharge, sign, validate,
+    agent, anchor, audit, certs, credit as credit_service, inspection, lock, postage, postmark,
+    provision, rates, recharge, report, sign, validate,
 };
 
 pub use auth::{Authorizer, Role};
@@ -239,7 +239,59 @@ impl MeterIface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<HashMap<String, OwnedValue>, MeterError> {
         let _slot = self.admit(conn, &header, "Status", Role::User).await?;
-        Ok(status::status_dict(&self.meter))
+        let mut d = status::status_dict(&self.meter);
+        let schedule = match self.meter.identity() {
+            Some(_) => inspection::schedule(&self.meter).await.ok(),
+            None => None,
+        };
+        status::put_inspection(&mut d, schedule.as_ref());
+        Ok(d)
+    }
+
+    /// Signed status report (CMS, DER); answered even when locked (then free).
+    async fn report(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        request_id: String,
+    ) -> Result<Vec<u8>, MeterError> {
+        let _slot = self.admit(conn, &header, "Report", Role::User).await?;
+        report::report(&self.meter, &request_id)
+            .await
+            .map_err(|e| errors::to_dbus("Report", e))
+    }
+
+    /// Applies an authority acknowledgement of a report; returns the next deadline (Unix s).
+    async fn acknowledge_report(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        ack: Vec<u8>,
+    ) -> Result<i64, MeterError> {
+        let _slot = self
+            .admit(conn, &header, "AcknowledgeReport", Role::Admin)
+            .await?;
+        bounded("acknowledgement", &ack)?;
+        report::acknowledge(&self.meter, &ack)
+            .await
+            .map(|a| a.due)
+            .map_err(|e| errors::to_dbus("AcknowledgeReport", e))
+    }
+
+    /// Applies an authority lock order (reason `forced`).
+    async fn apply_lock_order(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        order: Vec<u8>,
+    ) -> Result<(), MeterError> {
+        let _slot = self
+            .admit(conn, &header, "ApplyLockOrder", Role::Admin)
+            .await?;
+        bounded("lock order", &order)?;
+        lock::apply_order(&self.meter, &order)
+            .await
+            .map_err(|e| errors::to_dbus("ApplyLockOrder", e))
     }
 
     /// Full re-check of the ledger and its TPM binding.

@@ -94,6 +94,22 @@ pub fn status_dict(meter: &Meter) -> Dict {
     d
 }
 
+/// Adds the inspection schedule to a `Status()` dictionary.
+pub fn put_inspection(d: &mut Dict, s: Option<&crate::inspection::Schedule>) {
+    use keys::status as k;
+    put(d, k::INSPECTION_DUE, s.map_or(0i64, |s| s.due));
+    put(
+        d,
+        k::INSPECTION_PERIOD_DAYS,
+        s.map_or(0u32, |s| s.period_days),
+    );
+    put(
+        d,
+        k::ACKNOWLEDGED_REPORT,
+        s.map_or(0u64, |s| s.acknowledged_sequence),
+    );
+}
+
 /// `Validate()` report.
 pub fn report_dict(r: Report) -> Dict {
     use keys::report as k;

@@ -167,12 +167,12 @@ impl Ledger {
         .map_err(|_| LedgerError::Stopped)?
     }
 
-    /// Every row charged to `service` as (seq, note, product), in seq order,
-    /// read on the reader connection (a commit in flight is not waited for).
-    pub async fn service_products(
-        &self,
-        service: crate::service::Service,
-    ) -> Result<Vec<(u64, String, Vec<u8>)>> {
+    /// Runs a read-only query on the reader connection (opened on first use).
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<R> + Send + 'static,
+    {
         let reader = Arc::clone(&self.reader);
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
@@ -183,10 +183,53 @@ impl Ledger {
                 Some(c) => guard.insert(c),
                 None => guard.insert(schema::open_reader(&path)?),
             };
-            super::query::service_products_in(conn, service)
+            f(conn)
         })
         .await
         .map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Every row charged to `service` as (seq, note, product), in seq order,
+    /// read on the reader connection (a commit in flight is not waited for).
+    pub async fn service_products(
+        &self,
+        service: crate::service::Service,
+    ) -> Result<Vec<(u64, String, Vec<u8>)>> {
+        self.read(move |c| super::query::service_products_in(c, service))
+            .await
+    }
+
+    /// Pieces, amounts and credits over rows `after < seq <= upto`.
+    pub async fn usage_since(&self, after: u64, upto: u64) -> Result<super::Usage> {
+        self.read(move |c| super::query::usage_in(c, after, upto))
+            .await
+    }
+
+    /// (seq, time in Unix ms, product) of the last row of `service` at or before row `upto`.
+    pub async fn last_of_service(
+        &self,
+        service: crate::service::Service,
+        upto: u64,
+    ) -> Result<Option<(u64, i64, Vec<u8>)>> {
+        self.read(move |c| super::query::last_of_service_in(c, service, upto))
+            .await
+    }
+
+    /// Time (Unix ms, the writer's clock) of the last row.
+    pub async fn last_time(&self) -> Result<Option<i64>> {
+        self.read(super::query::last_time_in).await
+    }
+
+    /// (seq, product) of the last row with note `note` among rows `after < seq <= upto`.
+    pub async fn last_with_note(
+        &self,
+        note: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<(u64, Vec<u8>)>> {
+        let note = note.to_owned();
+        self.read(move |c| super::query::last_with_note_in(c, &note, after, upto))
+            .await
     }
 
     /// Every row of `kind` as (seq, note, product), in seq order.

@@ -81,6 +81,7 @@ mod writer;
 
 pub use chain::{genesis_prev, seal_digest, verify_seal, MAX_NOTE, MAX_REQUEST_ID};
 pub use handle::Ledger;
+pub use query::Usage;
 pub use reserve::Reservation;
 pub use sealer::{HousingSealer, SoftwareSealer, SoftwareSealerControl};
 

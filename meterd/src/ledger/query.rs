@@ -1,15 +1,153 @@
-//! Read-only queries for services that rebuild their own registers from
-//! chained rows (e.g. the credit lines): rows of one service, with their
-//! products checked against the digests the hash chain vouches for.
+//! Read-only queries for reports, the watchdogs and services that rebuild
+//! their own registers from chained rows (credit lines), served by the ledger's
+//! reader connection (WAL readers never wait for a group commit).
 //!
-//! Kept apart from the writer and the audit: it reads, never appends, and
-//! runs on the ledger's separate reader connection.
+//! Kept apart from the writer: nothing here changes the ledger, and every
+//! query is bounded by a row number taken from a published state, so the
+//! answer is consistent with that state even while commits go on.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use super::schema::storage;
 use super::{chain, LedgerError, Result};
+use crate::money::Amount;
 use crate::service::Service;
+
+/// What was sold and credited over a span of rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// (pieces, amount debited) per service, indexed by [`Service::index`].
+    pub per_service: [(u64, Amount); Service::ALL.len()],
+    /// Funds credited.
+    pub credited: Amount,
+}
+
+/// Usage over rows `after < seq <= upto`.
+pub(crate) fn usage_in(conn: &Connection, after: u64, upto: u64) -> Result<Usage> {
+    let (after, upto) = (to_i64(after)?, to_i64(upto)?);
+    let mut usage = Usage::default();
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT service, COUNT(*), SUM(debit) FROM journal
+             WHERE seq > ?1 AND seq <= ?2 AND service != 0 GROUP BY service",
+        )
+        .map_err(storage)?;
+    let rows = stmt
+        .query_map([after, upto], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(storage)?;
+    for row in rows {
+        let (service, count, debit) = row.map_err(storage)?;
+        let service = u8::try_from(service)
+            .ok()
+            .and_then(Service::from_code)
+            .ok_or_else(|| LedgerError::Storage(format!("unknown service code {service}")))?;
+        usage.per_service[service.index()] = (to_u64(count)?, Amount(to_u64(debit)?));
+    }
+    let credited: i64 = conn
+        .prepare_cached("SELECT COALESCE(SUM(credit), 0) FROM journal WHERE seq > ?1 AND seq <= ?2")
+        .and_then(|mut s| s.query_row([after, upto], |r| r.get(0)))
+        .map_err(storage)?;
+    usage.credited = Amount(to_u64(credited)?);
+    Ok(usage)
+}
+
+/// The last row of `service` at or before `upto`: (seq, time in Unix ms,
+/// product), its product checked against the digest the chain holds.
+pub(crate) fn last_of_service_in(
+    conn: &Connection,
+    service: Service,
+    upto: u64,
+) -> Result<Option<(u64, i64, Vec<u8>)>> {
+    let upto = to_i64(upto)?;
+    let row = conn
+        .prepare_cached(
+            "SELECT j.seq, j.time, j.product_digest, p.product FROM journal j
+             JOIN products p ON p.seq = j.seq WHERE j.service = ?1 AND j.seq <= ?2
+             ORDER BY j.seq DESC LIMIT 1",
+        )
+        .and_then(|mut s| {
+            s.query_row([i64::from(service.code()), upto], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(storage)?;
+    let Some((seq, time, digest, product)) = row else {
+        return Ok(None);
+    };
+    check_digest(seq, &digest, &product)?;
+    Ok(Some((to_u64(seq)?, time, product)))
+}
+
+/// Time (Unix ms) of the last row, if any.
+pub(crate) fn last_time_in(conn: &Connection) -> Result<Option<i64>> {
+    conn.prepare_cached("SELECT time FROM journal ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+        .map_err(storage)
+}
+
+/// (seq, product) of the last row with `after < seq <= upto` whose note is
+/// `note`, its product checked against the digest the chain holds. The range
+/// keeps a repeated query cheap: the caller remembers how far it looked.
+pub(crate) fn last_with_note_in(
+    conn: &Connection,
+    note: &str,
+    after: u64,
+    upto: u64,
+) -> Result<Option<(u64, Vec<u8>)>> {
+    let (after, upto) = (to_i64(after)?, to_i64(upto)?);
+    let row = conn
+        .prepare_cached(
+            "SELECT j.seq, j.product_digest, p.product FROM journal j
+             JOIN products p ON p.seq = j.seq
+             WHERE j.seq > ?2 AND j.seq <= ?3 AND j.note = ?1
+             ORDER BY j.seq DESC LIMIT 1",
+        )
+        .and_then(|mut s| {
+            s.query_row(rusqlite::params![note, after, upto], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(storage)?;
+    let Some((seq, digest, product)) = row else {
+        return Ok(None);
+    };
+    check_digest(seq, &digest, &product)?;
+    Ok(Some((to_u64(seq)?, product)))
+}
+
+fn check_digest(seq: i64, digest: &[u8], product: &[u8]) -> Result<()> {
+    if chain::sha384(product).as_slice() != digest {
+        return Err(LedgerError::Storage(format!(
+            "product of row {seq} does not match its digest"
+        )));
+    }
+    Ok(())
+}
+
+fn to_i64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| LedgerError::Invalid(format!("row number {v} out of range")))
+}
+
+fn to_u64(v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| LedgerError::Storage(format!("negative value {v} in the journal")))
+}
 
 /// Every Debit or other row charged to `service`, as (seq, note, product), in seq order.
 pub(crate) fn service_products_in(

@@ -121,11 +121,9 @@ pub(crate) fn not_defined() -> LedgerError {
     })
 }
 
+/// Row time: the meter's clock (`crate::clock`, the one source of time).
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    crate::clock::now_millis()
 }
 
 /// SQLite stores u64 registers as their i64 bit pattern.

@@ -264,3 +264,25 @@ pub fn write(sb: &Sandbox, name: &str, data: &[u8]) -> String {
     std::fs::write(&p, data).expect("write file");
     p.to_string_lossy().into_owned()
 }
+
+impl Sandbox {
+    /// Runs a sandbox sub-command with extra environment for it and the
+    /// daemon it starts (e.g. `restart-meterd` with `METERD_TEST_CLOCK_OFFSET`).
+    pub fn script_env(&self, verb: &str, env: &[(&str, &str)]) {
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo().join("tests/sandbox"))
+            .arg(verb)
+            .arg(self.dir.path())
+            .env("METERD_BIN_DIR", bin_dir());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run tests/sandbox");
+        assert!(
+            out.status.success(),
+            "tests/sandbox {verb} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

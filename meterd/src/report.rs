@@ -1,0 +1,275 @@
+//! Status reports (SPEC service 11) and their acknowledgement by the authority.
+//!
+//! `Report` signs, with the identity key, a register snapshot and the usage
+//! since the previous report ([`meter_pki::report::StatusReport`], CMS
+//! eContentType `CT_STATUS_REPORT`, opens with `openssl cms -verify`). It is
+//! charged as service `status-report` at the rate in force (0 when the
+//! table has none) and is one ledger row like any sale, but it does NOT go
+//! through `sale::sell`: a locked meter must still report (that is how an
+//! `inspection-overdue` lock gets resolved), and then the report is free.
+//!
+//! The snapshot is taken at a published ledger state (row N): registers,
+//! counts and head are as of row N, usage covers the rows after the previous
+//! report's snapshot (its `ledger_rows`) up to N. The report's own row comes after N and so appears
+//! in the next report's usage. Reports are serialized so that two never get
+//! the same sequence.
+//!
+//! `AcknowledgeReport` applies the authority's [`ReportAck`]: it must name
+//! this meter and a report this meter issued (request id, sequence, time and
+//! SHA-384 of the report JSON all match the stored report), and be newer
+//! than the last one applied. It is recorded as a row with note
+//! [`inspection::ACK_NOTE`] (request id `report-ack:<sequence>`, so a replay
+//! is refused by the ledger), which resets the watchdog. When the meter is
+//! locked `inspection-overdue` and the report was made under that very lock
+//! (it carries the lock's nonce), the row is an Unlock: the authority has
+//! inspected the meter, which is what the lock waited for.
+
+use meter_pki::cms::{self, SignOptions};
+use meter_pki::payload;
+use meter_pki::report::{report_digest, ReportAck, ServiceUsage, StatusReport};
+
+use crate::clock;
+use crate::digest::input_digest;
+use crate::error::{Result, ServiceError};
+use crate::inspection::{self, ACK_NOTE};
+use crate::ledger::{Entry, EntryKind, LedgerError, Outcome};
+use crate::meter::{Meter, IDENTITY_KEY};
+use crate::money::Amount;
+use crate::sale::check_request_id;
+use crate::service::Service;
+
+/// One report at a time, so that sequences are unique.
+static REPORTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What an applied acknowledgement changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// Sequence of the acknowledged report.
+    pub sequence: u64,
+    /// Next deadline, Unix s.
+    pub due: i64,
+    /// Period in force, days.
+    pub period_days: u32,
+    /// Whether it cleared an `inspection-overdue` lock.
+    pub unlocked: bool,
+}
+
+/// `Report`: the signed status report (DER CMS). A retry with the same
+/// request id returns the stored report and charges nothing.
+pub async fn report(meter: &Meter, request_id: &str) -> Result<Vec<u8>> {
+    check_request_id(request_id)?;
+    let ledger = meter.require_ledger()?;
+    let identity = meter.require_identity()?;
+    let _one = REPORTING.lock().await;
+    if let Some(stored) = ledger.lookup(request_id).await? {
+        if stored.kind == EntryKind::Debit && stored.service == Some(Service::StatusReport) {
+            return Ok(stored.product);
+        }
+        return Err(ServiceError::InvalidInput(format!(
+            "request id {request_id:?} was already used for another operation; choose a new request id"
+        )));
+    }
+    let now = clock::now();
+    let state = ledger.state();
+    let book = meter.rates();
+    let table = book.current(now);
+    // Free when locked (the meter must be able to report its way out of an
+    // inspection lock) or when the table in force does not price reports.
+    let price = match (&state.lock, table) {
+        (None, Some(t)) => Amount(
+            t.rates
+                .get(Service::StatusReport.name())
+                .copied()
+                .unwrap_or(0),
+        ),
+        _ => Amount::ZERO,
+    };
+    // Funds are checked before any TPM work.
+    let reservation = ledger.reserve(price)?;
+    let rows = state.rows;
+    let regs = &state.registers;
+    // Usage starts where the previous report's snapshot ended, so that its
+    // own row (and any sale that raced it) is counted exactly once.
+    let previous = ledger.last_of_service(Service::StatusReport, rows).await?;
+    let (previous_rows, previous_time) = match &previous {
+        Some((_, time, product)) => {
+            let (prev, _) = payload::open::<StatusReport>(product, &identity.anchors, now)?;
+            (prev.ledger_rows, time.div_euclid(1000))
+        }
+        None => (0, 0),
+    };
+    let usage = ledger.usage_since(previous_rows, rows).await?;
+    let due = match inspection::schedule(meter).await {
+        Ok(s) => s.due,
+        Err(e) => {
+            tracing::warn!(error = %e, "inspection schedule unavailable for the report");
+            0
+        }
+    };
+    let (currency, digits) = book.currency(now);
+    let done = regs.per_service[Service::StatusReport.index()];
+    let lock = state.lock.clone();
+    let body = StatusReport {
+        meter_id: identity.meter_id.clone(),
+        request_id: request_id.to_owned(),
+        sequence: done.saturating_add(1),
+        time: now,
+        currency,
+        digits,
+        ascending: regs.ascending.0,
+        descending: regs.descending.0,
+        control_total: regs.control_total.0,
+        pieces: regs.pieces,
+        counts: Service::ALL
+            .iter()
+            .map(|s| (s.name().to_owned(), regs.per_service[s.index()]))
+            .collect(),
+        ledger_rows: rows,
+        ledger_head: hex::encode(state.head),
+        nv_counter: state.nv,
+        rates_version: table.map_or(0, |t| t.version),
+        lock_reason: lock.as_ref().map(|l| l.reason.clone()).unwrap_or_default(),
+        lock_nonce: lock.map(|l| l.nonce).unwrap_or_default(),
+        previous_sequence: done,
+        previous_time,
+        usage: Service::ALL
+            .iter()
+            .filter_map(|s| {
+                let (pieces, amount) = usage.per_service[s.index()];
+                (pieces > 0).then(|| {
+                    (
+                        s.name().to_owned(),
+                        ServiceUsage {
+                            pieces,
+                            amount: amount.0,
+                        },
+                    )
+                })
+            })
+            .collect(),
+        credited: usage.credited.0,
+        inspection_due: due,
+    };
+    let content = payload::encode(&body)?;
+    let prepared = cms::prepare(&SignOptions {
+        content_type: meter_pki::oid::CT_STATUS_REPORT,
+        content: &content,
+        signer: &identity.meter_cert,
+        extra_certs: &[],
+        signing_time: Some(now),
+        ess_cert_id_v2: true,
+    })?;
+    let raw = meter
+        .housing()
+        .sign_digest(IDENTITY_KEY, prepared.digest())
+        .await?;
+    let signed = prepared.finish(&raw)?;
+    let entry = Entry {
+        kind: EntryKind::Debit,
+        service: Some(Service::StatusReport),
+        request_id: Some(request_id.to_owned()),
+        input_digest: input_digest("status-report", &[request_id.as_bytes()]),
+        credit: Amount::ZERO,
+        debit: price,
+        product: signed.clone(),
+        note: String::new(),
+    };
+    match ledger.commit(entry, Some(reservation)).await? {
+        Outcome::Committed { .. } => {
+            tracing::info!(
+                sequence = body.sequence,
+                price = price.0,
+                "status report issued"
+            );
+            Ok(signed)
+        }
+        Outcome::Existing { product, .. } => Ok(product),
+    }
+}
+
+/// `AcknowledgeReport`: applies an authority acknowledgement (see the module doc).
+pub async fn acknowledge(meter: &Meter, signed: &[u8]) -> Result<Acknowledged> {
+    let identity = meter.require_identity()?;
+    let ledger = meter.require_ledger()?;
+    let now = clock::now();
+    let (ack, verified) = payload::open::<ReportAck>(signed, &identity.anchors, now)?;
+    if ack.meter_id != identity.meter_id {
+        return Err(ServiceError::InvalidInput(format!(
+            "the acknowledgement is for meter {}, this meter is {}",
+            ack.meter_id, identity.meter_id
+        )));
+    }
+    let not_ours = || {
+        ServiceError::InvalidInput(format!(
+            "this meter issued no report with request id {:?}, sequence {}; the acknowledgement is for another report",
+            ack.report_request_id, ack.report_sequence
+        ))
+    };
+    let stored = ledger
+        .lookup(&ack.report_request_id)
+        .await?
+        .filter(|s| s.kind == EntryKind::Debit && s.service == Some(Service::StatusReport))
+        .ok_or_else(not_ours)?;
+    let (report, opened) = payload::open::<StatusReport>(&stored.product, &identity.anchors, now)?;
+    if report.sequence != ack.report_sequence
+        || report.time != ack.report_time
+        || !report_digest(&opened.content).eq_ignore_ascii_case(&ack.report_digest)
+    {
+        return Err(not_ours());
+    }
+    let current = inspection::schedule(meter).await?;
+    if ack.report_sequence == current.acknowledged_sequence {
+        return Err(ServiceError::Replay(format!(
+            "report {} is already acknowledged",
+            ack.report_sequence
+        )));
+    }
+    if ack.report_sequence < current.acknowledged_sequence {
+        return Err(ServiceError::Stale(format!(
+            "report {} is older than report {}, already acknowledged; send the newest acknowledgement",
+            ack.report_sequence, current.acknowledged_sequence
+        )));
+    }
+    // No lock may change between reading it and the commit below.
+    let _changing = crate::lock::hold().await;
+    let unlocks = ledger.state().lock.is_some_and(|l| {
+        l.reason == meter_proto::lock_reason::INSPECTION_OVERDUE && l.nonce == report.lock_nonce
+    });
+    let entry = Entry {
+        kind: if unlocks {
+            EntryKind::Unlock
+        } else {
+            EntryKind::Event
+        },
+        service: None,
+        request_id: Some(format!("report-ack:{}", ack.report_sequence)),
+        input_digest: input_digest("report-ack", &[&verified.content]),
+        credit: Amount::ZERO,
+        debit: Amount::ZERO,
+        product: signed.to_vec(),
+        note: ACK_NOTE.into(),
+    };
+    match ledger.commit(entry, None).await {
+        Ok(Outcome::Committed { .. }) => {}
+        Ok(Outcome::Existing { .. }) | Err(LedgerError::Conflict(_)) => {
+            return Err(ServiceError::Replay(format!(
+                "report {} is already acknowledged",
+                ack.report_sequence
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let next = inspection::schedule(meter).await?;
+    tracing::info!(
+        sequence = ack.report_sequence,
+        due = next.due,
+        unlocked = unlocks,
+        "status report acknowledged"
+    );
+    Ok(Acknowledged {
+        sequence: ack.report_sequence,
+        due: next.due,
+        period_days: next.period_days,
+        unlocked: unlocks,
+    })
+}
