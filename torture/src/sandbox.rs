@@ -131,12 +131,11 @@ impl Sandbox {
         }
         // Let the kernel reap it (tests/sandbox started it in the background,
         // so it is not our child): wait until the pid is gone.
-        for _ in 0..200 {
-            // SAFETY: signal 0 only probes.
-            if unsafe { libc::kill(pid, 0) } != 0 {
+        for _ in 0..500 {
+            if !alive(pid) {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let _ = std::fs::remove_file(&pid_path);
         Ok(())
@@ -211,6 +210,19 @@ impl Sandbox {
             );
         }
         Ok(out)
+    }
+}
+
+/// The process exists and is not a zombie (a killed meterd whose new
+/// parent has not reaped it yet is dead for our purposes).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
     }
 }
 

@@ -88,6 +88,16 @@ pub async fn verify(
         }
     }
 
+    let orphans = attempts
+        .iter()
+        .filter(|a| matches!(a.outcome, Outcome::Failed { .. }) && rows.contains_key(&a.id))
+        .count();
+    if orphans > 0 {
+        eprintln!(
+            "torture: {orphans} request(s) failed at the client but were debited: their retries must return the stored product"
+        );
+    }
+
     // Retry every id, `clients` at a time.
     let queue: Arc<Mutex<Vec<Attempt>>> = Arc::new(Mutex::new(attempts.to_vec()));
     let rows = Arc::new(rows);
