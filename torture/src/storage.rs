@@ -226,7 +226,8 @@ async fn faults(sb: &Sandbox, clients: usize, ops: u64) -> Result<Tally> {
         must(sb, "stop-meterd").await?;
     } else {
         let log = sb.log_since(log_from);
-        match log.lines().rev().find(|l| l.contains("torage")) {
+        let marks = crate::tamper::STORAGE_MARKS;
+        match log.lines().rev().find(|l| marks.iter().any(|m| l.contains(m))) {
             Some(l) => eprintln!("torture: storage: read-only: meterd refused to start: {}", l.trim()),
             None => t.fault("read-only: meterd failed to start without a Storage error"),
         }

@@ -21,6 +21,10 @@ use crate::summary::Tally;
 /// The ledger's files (database, WAL, shared memory).
 const LEDGER_FILES: &[&str] = &["ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"];
 
+/// How meterd's log says the ledger is unreadable: the `Storage` error's
+/// kind or its message.
+pub(crate) const STORAGE_MARKS: &[&str] = &["Storage", "storage", "the ledger could not be"];
+
 /// An attack on the ledger files in a state directory.
 enum Attack {
     /// Nothing (the control case).
@@ -29,8 +33,15 @@ enum Attack {
     Restore(PathBuf),
     /// SQL run with the append-only triggers dropped.
     Sql(String),
-    /// Cut the database file to half its length.
-    Truncate,
+    /// Cut the database file to half its length (after folding the WAL into
+    /// it when `checkpoint`; otherwise the WAL, where meterd's recent pages
+    /// live, is simply lost with it).
+    Truncate {
+        /// Checkpoint first, so the cut file holds the whole ledger.
+        checkpoint: bool,
+    },
+    /// Remove only the WAL (and its index): the last commits vanish.
+    DeleteWal,
     /// Overwrite the database file with garbage.
     Garbage,
     /// Remove the ledger files altogether.
@@ -87,7 +98,11 @@ fn attack(state: &Path, a: &Attack) -> Result<()> {
             // Leave a closed, checkpointed file: the attacker covers his tracks.
             c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         }
-        Attack::Truncate => {
+        Attack::Truncate { checkpoint } => {
+            if *checkpoint {
+                let c = Connection::open(&db)?;
+                c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+            }
             let len = std::fs::metadata(&db).map_err(io(&db))?.len();
             let f = std::fs::OpenOptions::new()
                 .write(true)
@@ -100,6 +115,11 @@ fn attack(state: &Path, a: &Attack) -> Result<()> {
         }
         Attack::Garbage => {
             std::fs::write(&db, vec![0x5a; 8192]).map_err(io(&db))?;
+            for f in &LEDGER_FILES[1..] {
+                let _ = std::fs::remove_file(state.join(f));
+            }
+        }
+        Attack::DeleteWal => {
             for f in &LEDGER_FILES[1..] {
                 let _ = std::fs::remove_file(state.join(f));
             }
@@ -185,7 +205,15 @@ pub async fn run(sb: &Sandbox, other: &Path) -> Result<Tally> {
             "rows reordered",
             Attack::Sql(reorder_sql()),
         ),
-        ("file truncated to half", Attack::Truncate),
+        ("WAL deleted (last commits lost)", Attack::DeleteWal),
+        (
+            "file truncated to half (WAL folded in first)",
+            Attack::Truncate { checkpoint: true },
+        ),
+        (
+            "file cut to half, WAL deleted",
+            Attack::Truncate { checkpoint: false },
+        ),
         ("file replaced by garbage", Attack::Garbage),
         ("ledger files deleted", Attack::Delete),
         (
@@ -239,7 +267,7 @@ pub async fn run(sb: &Sandbox, other: &Path) -> Result<Tally> {
             let line = log
                 .lines()
                 .rev()
-                .find(|l| l.contains("torage"))
+                .find(|l| STORAGE_MARKS.iter().any(|m| l.contains(m)))
                 .map(str::to_string);
             match (control, line) {
                 (false, Some(l)) => format!("refused to start: {}", l.trim()),
