@@ -129,11 +129,28 @@ async fn start_meterd(sb: &Sandbox) -> Result<()> {
     tokio::task::spawn_blocking(move || sb2.script("start-meterd", &[])).await?
 }
 
+/// Kills meterd with SIGKILL (so it cannot tidy up) and reads the TPM's
+/// handle counts: what meterd really held at that moment.
+async fn counts_after_crash(sb: &Sandbox) -> Result<(usize, usize)> {
+    let sb2 = sb.clone();
+    tokio::task::spawn_blocking(move || sb2.kill_meterd()).await??;
+    let counts = tpm_counts(sb)?;
+    start_meterd(sb).await?;
+    Ok(counts)
+}
+
 async fn leak_check(sb: &Sandbox, clients: usize, ops: u64) -> Result<Tally> {
     let mut t = Tally::default();
+    // Orderly stop: meterd must leave nothing behind.
     stop_meterd(sb).await?;
-    let base = tpm_counts(sb)?;
+    let idle = tpm_counts(sb)?;
     start_meterd(sb).await?;
+    if idle != (0, 0) {
+        t.fault(format!("after an orderly stop the TPM holds {idle:?} (transient, sessions)"));
+    }
+    // Warm up (hot keys loaded), then the baseline as meterd holds it.
+    let warm = load::run(sb, Spec::new(clients, 2 * clients as u64, "tpmwarm-")).await?;
+    let base = counts_after_crash(sb).await?;
     let prefix = "tpmleak-";
     let attempts = load::run(sb, Spec::new(clients, ops, prefix)).await?;
     let done = load::products(&attempts);
@@ -143,21 +160,22 @@ async fn leak_check(sb: &Sandbox, clients: usize, ops: u64) -> Result<Tally> {
             load::failure_kinds(&attempts)
         ));
     }
+    let after = counts_after_crash(sb).await?;
     stop_meterd(sb).await?;
-    let after = tpm_counts(sb)?;
+    let idle_after = tpm_counts(sb)?;
     start_meterd(sb).await?;
     eprintln!(
-        "torture: tpm leak check: transient objects {} -> {}, loaded sessions {} -> {} over {ops} operations",
+        "torture: tpm leak check over {ops} operations: held by meterd (read after kill -9) transient {} -> {}, sessions {} -> {}; after orderly stop {idle:?} -> {idle_after:?}",
         base.0, after.0, base.1, after.1
     );
-    if after != base {
+    if after != base || idle_after != idle {
         t.fault(format!(
-            "TPM handles leaked over {ops} operations: transient {} -> {}, sessions {} -> {}",
+            "TPM handles leaked over {ops} operations: transient {} -> {}, sessions {} -> {}, idle {idle:?} -> {idle_after:?}",
             base.0, after.0, base.1, after.1
         ));
     }
-    let v = verify(sb, prefix, &attempts, clients).await?;
-    t.absorb(v);
-    t.operations += attempts.len() as u64;
+    t.absorb(verify(sb, "tpmwarm-", &warm, clients).await?);
+    t.absorb(verify(sb, prefix, &attempts, clients).await?);
+    t.operations += (warm.len() + attempts.len()) as u64;
     Ok(t)
 }
