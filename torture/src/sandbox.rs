@@ -158,7 +158,7 @@ impl Sandbox {
     /// meterd's log from byte `from` on.
     pub fn log_since(&self, from: usize) -> String {
         let bytes = std::fs::read(self.dir.join("meterd.log")).unwrap_or_default();
-        String::from_utf8_lossy(bytes.get(from..).unwrap_or_default()).into_owned()
+        strip_ansi(&String::from_utf8_lossy(bytes.get(from..).unwrap_or_default()))
     }
 
     /// A new bus connection and proxy (one per client, as mail programs do).
@@ -211,6 +211,24 @@ impl Sandbox {
         }
         Ok(out)
     }
+}
+
+/// The text without terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The process exists and is not a zombie (a killed meterd whose new

@@ -226,10 +226,23 @@ async fn faults(sb: &Sandbox, clients: usize, ops: u64) -> Result<Tally> {
         must(sb, "stop-meterd").await?;
     } else {
         let log = sb.log_since(log_from);
+        // A refusal to start must name the cause: the Storage error, or the
+        // read-only file system it met first (meterd touches its key store
+        // before the ledger).
         let marks = crate::tamper::STORAGE_MARKS;
-        match log.lines().rev().find(|l| marks.iter().any(|m| l.contains(m))) {
-            Some(l) => eprintln!("torture: storage: read-only: meterd refused to start: {}", l.trim()),
-            None => t.fault("read-only: meterd failed to start without a Storage error"),
+        match log
+            .lines()
+            .rev()
+            .find(|l| l.contains("Read-only file system") || marks.iter().any(|m| l.contains(m)))
+        {
+            Some(l) => eprintln!(
+                "torture: storage: read-only: meterd refused to start: {}",
+                l.trim()
+            ),
+            None => t.fault(format!(
+                "read-only: meterd failed to start without naming the cause: {}",
+                log.lines().last().unwrap_or_default()
+            )),
         }
     }
     sh("mount", &["-o", "remount,rw", &state_s])?;
