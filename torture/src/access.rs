@@ -281,8 +281,14 @@ mod tests {
         assert_eq!(
             m,
             vec![
-                Method { name: "A".into(), inputs: vec![] },
-                Method { name: "B".into(), inputs: vec!["s".into()] },
+                Method {
+                    name: "A".into(),
+                    inputs: vec![]
+                },
+                Method {
+                    name: "B".into(),
+                    inputs: vec!["s".into()]
+                },
             ]
         );
     }

@@ -142,7 +142,10 @@ async fn run(cmd: Cmd) -> error::Result<i32> {
         } => {
             let sb = Sandbox::open(&at.dir, &at.sandbox)?;
             let seed = seed.unwrap_or_else(seed_from_clock);
-            ("crash-loop", crash::run(&sb, iterations, clients, seed).await?)
+            (
+                "crash-loop",
+                crash::run(&sb, iterations, clients, seed).await?,
+            )
         }
         Cmd::Tamper { at, other } => {
             let sb = Sandbox::open(&at.dir, &at.sandbox)?;

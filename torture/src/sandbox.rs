@@ -158,7 +158,9 @@ impl Sandbox {
     /// meterd's log from byte `from` on.
     pub fn log_since(&self, from: usize) -> String {
         let bytes = std::fs::read(self.dir.join("meterd.log")).unwrap_or_default();
-        strip_ansi(&String::from_utf8_lossy(bytes.get(from..).unwrap_or_default()))
+        strip_ansi(&String::from_utf8_lossy(
+            bytes.get(from..).unwrap_or_default(),
+        ))
     }
 
     /// A new bus connection and proxy (one per client, as mail programs do).

@@ -87,7 +87,10 @@ fn only_storage(attempts: &[Attempt], what: &str, t: &mut Tally) -> u64 {
             if *kind == "Storage" && !message.trim().is_empty() {
                 storage += 1;
             } else {
-                t.fault(format!("{what}: {} failed with {kind}, expected Storage: {message}", a.id));
+                t.fault(format!(
+                    "{what}: {} failed with {kind}, expected Storage: {message}",
+                    a.id
+                ));
             }
         }
     }
@@ -135,7 +138,11 @@ async fn charged_for_products(
     t: &mut Tally,
 ) -> Result<()> {
     let regs = status(&sb.connect().await?).await?;
-    let price = regs.rates.get(crate::ops::pick(0).rate).copied().unwrap_or(0);
+    let price = regs
+        .rates
+        .get(crate::ops::pick(0).rate)
+        .copied()
+        .unwrap_or(0);
     let expected = price * load::products(attempts);
     let moved = regs.ar.saturating_sub(ar0);
     if moved != expected {
@@ -158,12 +165,22 @@ pub async fn run(sb: &Sandbox, clients: usize, ops: u64) -> Result<Tally> {
     let size = dir_bytes(&disk) + 3 * 1024 * 1024;
     sh(
         "mount",
-        &["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs", &state_s],
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+            &state_s,
+        ],
     )?;
     let result = faults(sb, clients, ops).await;
     // Back to the disk, whatever happened.
     let _ = script(sb, "stop-meterd").await;
-    let _ = sh("cp", &["-a", &format!("{state_s}/."), &disk.to_string_lossy()]);
+    let _ = sh(
+        "cp",
+        &["-a", &format!("{state_s}/."), &disk.to_string_lossy()],
+    );
     let _ = std::fs::remove_file(disk.join("torture-filler"));
     sh("umount", &[&state_s])?;
     std::fs::remove_dir(&state).map_err(io(&state))?;
@@ -175,7 +192,14 @@ pub async fn run(sb: &Sandbox, clients: usize, ops: u64) -> Result<Tally> {
 async fn faults(sb: &Sandbox, clients: usize, ops: u64) -> Result<Tally> {
     let mut t = Tally::default();
     let state_s = sb.state.to_string_lossy().into_owned();
-    sh("cp", &["-a", &format!("{}/.", sb.dir.join("state.disk").to_string_lossy()), &state_s])?;
+    sh(
+        "cp",
+        &[
+            "-a",
+            &format!("{}/.", sb.dir.join("state.disk").to_string_lossy()),
+            &state_s,
+        ],
+    )?;
     must(sb, "start-meterd").await?;
 
     // 1. Full file system.

@@ -252,7 +252,10 @@ pub async fn run(sb: &Sandbox, other: &Path) -> Result<Tally> {
                     "ready (as it must)".to_string()
                 }
                 (true, _) => {
-                    t.fault(format!("{name}: came up {} {}", regs.state, regs.lock_reason));
+                    t.fault(format!(
+                        "{name}: came up {} {}",
+                        regs.state, regs.lock_reason
+                    ));
                     format!("{} {} (FAULT)", regs.state, regs.lock_reason)
                 }
                 (false, true) => format!("locked: {}", regs.lock_reason),
@@ -277,7 +280,9 @@ pub async fn run(sb: &Sandbox, other: &Path) -> Result<Tally> {
                 }
                 (false, None) => {
                     t.missed += 1;
-                    t.note(format!("missed: {name}: meterd failed without a Storage error"));
+                    t.note(format!(
+                        "missed: {name}: meterd failed without a Storage error"
+                    ));
                     "MISSED: failed without a Storage error".to_string()
                 }
             }

@@ -116,7 +116,10 @@ pub fn tpm_counts(sb: &Sandbox) -> Result<(usize, usize)> {
             .filter(|l| l.trim_start().starts_with("- 0x"))
             .count())
     };
-    Ok((count("handles-transient")?, count("handles-loaded-session")?))
+    Ok((
+        count("handles-transient")?,
+        count("handles-loaded-session")?,
+    ))
 }
 
 async fn stop_meterd(sb: &Sandbox) -> Result<()> {
@@ -146,7 +149,9 @@ async fn leak_check(sb: &Sandbox, clients: usize, ops: u64) -> Result<Tally> {
     let idle = tpm_counts(sb)?;
     start_meterd(sb).await?;
     if idle != (0, 0) {
-        t.fault(format!("after an orderly stop the TPM holds {idle:?} (transient, sessions)"));
+        t.fault(format!(
+            "after an orderly stop the TPM holds {idle:?} (transient, sessions)"
+        ));
     }
     // Warm up (hot keys loaded), then the baseline as meterd holds it.
     let warm = load::run(sb, Spec::new(clients, 2 * clients as u64, "tpmwarm-")).await?;

@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 use crate::error::Result;
 use crate::load::{Attempt, Outcome};
 use crate::ops;
-use crate::sandbox::{audit, status, Registers, Sandbox};
+use crate::sandbox::{audit, status, Registers, Row, Sandbox};
 use crate::summary::Tally;
 
 /// Checks audit and balance; records faults with `when` in the note.
@@ -47,18 +47,14 @@ fn price(regs: &Registers, n: u64) -> u64 {
     regs.rates.get(ops::pick(n).rate).copied().unwrap_or(0)
 }
 
-/// The full cross-check of `attempts` (ids under `prefix`), retrying with
-/// `clients` connections. Counts go into the returned tally.
-pub async fn verify(
-    sb: &Sandbox,
-    prefix: &str,
+/// Every product a client received must be in `rows` with the same bytes,
+/// debited at the price in force.
+pub fn check_delivered(
     attempts: &[Attempt],
-    clients: usize,
-) -> Result<Tally> {
-    let mut t = Tally::default();
-    let before = invariants(sb, "after the fault", &mut t).await?;
-    let rows = sb.ledger_rows(prefix)?;
-
+    rows: &HashMap<String, Row>,
+    before: &Registers,
+    t: &mut Tally,
+) {
     for a in attempts {
         if let Outcome::Product(p) = &a.outcome {
             match rows.get(&a.id) {
@@ -74,19 +70,34 @@ pub async fn verify(
                     t.doubles += 1;
                     t.note(format!("double: {} ledger holds another product", a.id));
                 }
-                Some(r) if r.debit != price(&before, a.n) => {
+                Some(r) if r.debit != price(before, a.n) => {
                     t.fault(format!(
                         "{} ({}): ledger debit {} differs from the price {}",
                         a.id,
                         ops::pick(a.n).name,
                         r.debit,
-                        price(&before, a.n)
+                        price(before, a.n)
                     ));
                 }
                 Some(_) => {}
             }
         }
     }
+}
+
+/// The full cross-check of `attempts` (ids under `prefix`), retrying with
+/// `clients` connections. Counts go into the returned tally.
+pub async fn verify(
+    sb: &Sandbox,
+    prefix: &str,
+    attempts: &[Attempt],
+    clients: usize,
+) -> Result<Tally> {
+    let mut t = Tally::default();
+    let before = invariants(sb, "after the fault", &mut t).await?;
+    let rows = sb.ledger_rows(prefix)?;
+
+    check_delivered(attempts, &rows, &before, &mut t);
 
     let orphans = attempts
         .iter()
@@ -190,4 +201,73 @@ pub async fn verify(
         t.note("double: more ledger rows than request ids sent");
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regs(price: u64) -> Registers {
+        Registers {
+            ar: 0,
+            dr: 0,
+            ct: 0,
+            state: "ready".into(),
+            lock_reason: String::new(),
+            rates: [(ops::pick(0).rate.to_string(), price)]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn got(id: &str, product: &[u8]) -> Attempt {
+        Attempt {
+            id: id.into(),
+            n: 0,
+            outcome: Outcome::Product(product.to_vec()),
+        }
+    }
+
+    fn row(debit: u64, product: &[u8]) -> Row {
+        Row {
+            debit,
+            product: product.to_vec(),
+        }
+    }
+
+    #[test]
+    fn delivered_products_are_matched_against_the_ledger() {
+        let rows: HashMap<String, Row> = [
+            ("a".to_string(), row(500, b"tok-a")),
+            ("b".to_string(), row(500, b"other")),
+            ("c".to_string(), row(499, b"tok-c")),
+        ]
+        .into_iter()
+        .collect();
+        let failed = Attempt {
+            id: "d".into(),
+            n: 0,
+            outcome: Outcome::Failed {
+                kind: "Bus",
+                message: "gone".into(),
+            },
+        };
+        let attempts = vec![
+            got("a", b"tok-a"),
+            got("b", b"tok-b"),
+            got("c", b"tok-c"),
+            got("e", b"tok-e"),
+            failed,
+        ];
+        let mut t = Tally::default();
+        check_delivered(&attempts, &rows, &regs(500), &mut t);
+        assert_eq!(t.losses, 1, "e has no row: {:?}", t.notes);
+        assert_eq!(t.doubles, 1, "b's row holds another product");
+        assert_eq!(t.faults, 1, "c debited 499, price 500");
+        assert!(t.failed());
+
+        let mut clean = Tally::default();
+        check_delivered(&attempts[..1], &rows, &regs(500), &mut clean);
+        assert!(!clean.failed(), "{:?}", clean.notes);
+    }
 }
