@@ -51,8 +51,10 @@ enum Cmd {
     Crash {
         #[command(flatten)]
         at: Where,
+        /// Kill-and-restart loops.
         #[arg(long, default_value_t = 10)]
         iterations: u64,
+        /// Concurrent clients (one bus connection each).
         #[arg(long, default_value_t = 32)]
         clients: usize,
         /// Seed of the kill moments (default: from the clock).
@@ -71,6 +73,7 @@ enum Cmd {
     Tpm {
         #[command(flatten)]
         at: Where,
+        /// Concurrent clients (one bus connection each).
         #[arg(long, default_value_t = 32)]
         clients: usize,
         /// Operations of the leak check.
@@ -84,6 +87,7 @@ enum Cmd {
     Storage {
         #[command(flatten)]
         at: Where,
+        /// Concurrent clients (one bus connection each).
         #[arg(long, default_value_t = 8)]
         clients: usize,
         /// Requests sent while the fault is in place.
@@ -100,8 +104,10 @@ enum Cmd {
     },
     /// Internal: one call as the current uid (used by `access`).
     Probe {
+        /// Bus address.
         #[arg(long)]
         bus: String,
+        /// Member of org.meterd.Meter1 to call.
         #[arg(long)]
         method: String,
         /// Input types, comma-separated.

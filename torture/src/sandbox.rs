@@ -94,24 +94,29 @@ impl Sandbox {
 
     /// Runs `tests/sandbox VERB DIR ARGS...`; `Ok(false)` when it failed.
     pub fn try_script(&self, verb: &str, args: &[&str]) -> Result<bool> {
-        let out = Command::new("bash")
+        Ok(self.run_script(verb, args)?.status.success())
+    }
+
+    fn run_script(&self, verb: &str, args: &[&str]) -> Result<std::process::Output> {
+        Command::new("bash")
             .arg(&self.script)
             .arg(verb)
             .arg(&self.dir)
             .args(args)
             .output()
-            .map_err(io(&self.script))?;
-        Ok(out.status.success())
+            .map_err(io(&self.script))
     }
 
     /// Runs `tests/sandbox VERB DIR ARGS...`, failing if it fails.
     pub fn script(&self, verb: &str, args: &[&str]) -> Result<()> {
-        if self.try_script(verb, args)? {
+        let out = self.run_script(verb, args)?;
+        if out.status.success() {
             Ok(())
         } else {
             Err(TortureError::Setup(format!(
-                "tests/sandbox {verb} failed; meterd.log ends with:\n{}",
-                self.log_tail(20)
+                "tests/sandbox {verb} failed:\n{}\nmeterd.log ends with:\n{}",
+                strip_ansi(String::from_utf8_lossy(&out.stderr).trim()),
+                strip_ansi(&self.log_tail(6))
             )))
         }
     }
