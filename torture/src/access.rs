@@ -182,7 +182,9 @@ fn ensure_users() -> Result<()> {
 
 /// Runs the access matrix against the sandbox. Needs root (creates users,
 /// switches uid with `runuser`).
-pub async fn run_matrix(sb: &Sandbox, xml_path: &Path) -> Result<Tally> {
+/// With `daemon_only`, the bus policy lets everything through: a refusal
+/// must be the daemon's own `org.meterd.Meter1.Error.AccessDenied`.
+pub async fn run_matrix(sb: &Sandbox, xml_path: &Path, daemon_only: bool) -> Result<Tally> {
     let xml = std::fs::read_to_string(xml_path).map_err(io(xml_path))?;
     let methods = parse_methods(&xml)?;
     ensure_users()?;
@@ -217,10 +219,13 @@ pub async fn run_matrix(sb: &Sandbox, xml_path: &Path) -> Result<Tally> {
             let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
             let after = status(&root).await?;
             let moved = (before.ar, before.dr, before.ct) != (after.ar, after.dr, after.ct);
-            let denied = line
-                .split_whitespace()
-                .nth(1)
-                .is_some_and(|n| n.ends_with(".AccessDenied"));
+            let denied = line.split_whitespace().nth(1).is_some_and(|n| {
+                if daemon_only {
+                    n == "org.meterd.Meter1.Error.AccessDenied"
+                } else {
+                    n.ends_with(".AccessDenied")
+                }
+            });
             let verdict = if line.starts_with("unsupported") || line.is_empty() {
                 t.fault(format!(
                     "{user} {}: probe could not call it ({line}; {})",

@@ -101,6 +101,11 @@ enum Cmd {
         /// The shipped introspection XML.
         #[arg(long, default_value = "dbus/org.meterd.Meter1.xml")]
         xml: PathBuf,
+        /// `policy`: the shipped bus policy is in force (either fence may
+        /// refuse); `daemon`: the bus lets everything through, so refusals
+        /// must be the daemon's `org.meterd.Meter1.Error.AccessDenied`.
+        #[arg(long, default_value = "policy")]
+        fence: String,
     },
     /// Internal: one call as the current uid (used by `access`).
     Probe {
@@ -173,12 +178,20 @@ async fn run(cmd: Cmd) -> error::Result<i32> {
             let sb = Sandbox::open(&at.dir, &at.sandbox)?;
             ("storage-faults", storage::run(&sb, clients, ops).await?)
         }
-        Cmd::Access { at, xml } => {
+        Cmd::Access { at, xml, fence } => {
+            let name = if fence == "daemon" {
+                "access-daemon"
+            } else {
+                "access"
+            };
             if !storage::is_root() {
-                return Ok(skip("access", "needs root to create users and switch uid"));
+                return Ok(skip(name, "needs root to create users and switch uid"));
             }
             let sb = Sandbox::open(&at.dir, &at.sandbox)?;
-            ("access", access::run_matrix(&sb, &xml).await?)
+            (
+                name,
+                access::run_matrix(&sb, &xml, fence == "daemon").await?,
+            )
         }
     };
     tally.print_row(name, start);
