@@ -1,0 +1,212 @@
+//! `meter-torture`: the driver of the torture suite (`tests/torture`).
+//!
+//! Each subcommand runs one torture test against a sandbox made by
+//! `tests/sandbox up DIR`, checks its invariants with zero tolerance and
+//! prints one tab-separated `ROW` line (test, iterations, operations,
+//! losses, doubles, missed, unauthorized, faults, seconds, verdict) that
+//! `tests/torture` gathers into its summary table. Exit status 1 when the
+//! test found anything, 2 when it could not run.
+
+mod access;
+mod crash;
+mod error;
+mod load;
+mod ops;
+mod sandbox;
+mod storage;
+mod summary;
+mod tamper;
+mod tpm;
+mod verify;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+use crate::sandbox::Sandbox;
+use crate::summary::Tally;
+
+#[derive(Parser)]
+#[command(about = "Torture tests for meterd on a tests/sandbox sandbox")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Where the sandbox is.
+#[derive(clap::Args)]
+struct Where {
+    /// The sandbox directory (`tests/sandbox up DIR`).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Path of the `tests/sandbox` script.
+    #[arg(long, default_value = "tests/sandbox")]
+    sandbox: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Item 1: SIGKILL meterd at random moments under load.
+    Crash {
+        #[command(flatten)]
+        at: Where,
+        /// Kill-and-restart loops.
+        #[arg(long, default_value_t = 10)]
+        iterations: u64,
+        /// Concurrent clients (one bus connection each).
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seed of the kill moments (default: from the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Item 2: rollback and tamper cases against the real meterd.
+    Tamper {
+        #[command(flatten)]
+        at: Where,
+        /// Another meter's sandbox directory (taken down), for the swap case.
+        #[arg(long)]
+        other: PathBuf,
+    },
+    /// Item 3: TPM resets under load, then the handle leak check.
+    Tpm {
+        #[command(flatten)]
+        at: Where,
+        /// Concurrent clients (one bus connection each).
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Operations of the leak check.
+        #[arg(long, default_value_t = 1_000)]
+        ops: u64,
+        /// TPM resets under load.
+        #[arg(long, default_value_t = 1)]
+        resets: u64,
+    },
+    /// Item 4: full and read-only state directory (root only).
+    Storage {
+        #[command(flatten)]
+        at: Where,
+        /// Concurrent clients (one bus connection each).
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Requests sent while the fault is in place.
+        #[arg(long, default_value_t = 300)]
+        ops: u64,
+    },
+    /// Item 6: every method, as three real uids (root only).
+    Access {
+        #[command(flatten)]
+        at: Where,
+        /// The shipped introspection XML.
+        #[arg(long, default_value = "dbus/org.meterd.Meter1.xml")]
+        xml: PathBuf,
+        /// `policy`: the shipped bus policy is in force (either fence may
+        /// refuse); `daemon`: the bus lets everything through, so refusals
+        /// must be the daemon's `org.meterd.Meter1.Error.AccessDenied`.
+        #[arg(long, default_value = "policy")]
+        fence: String,
+    },
+    /// Internal: one call as the current uid (used by `access`).
+    Probe {
+        /// Bus address.
+        #[arg(long)]
+        bus: String,
+        /// Member of org.meterd.Meter1 to call.
+        #[arg(long)]
+        method: String,
+        /// Input types, comma-separated.
+        #[arg(long, default_value = "")]
+        sig: String,
+    },
+}
+
+fn seed_from_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
+fn skip(name: &str, why: &str) -> i32 {
+    println!("SKIP\t{name}\t{why}");
+    0
+}
+
+async fn run(cmd: Cmd) -> error::Result<i32> {
+    let start = Instant::now();
+    let (name, tally): (&str, Tally) = match cmd {
+        Cmd::Probe { bus, method, sig } => {
+            let sig: Vec<String> = sig
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            access::probe(&bus, &method, &sig).await?;
+            return Ok(0);
+        }
+        Cmd::Crash {
+            at,
+            iterations,
+            clients,
+            seed,
+        } => {
+            let sb = Sandbox::open(&at.dir, &at.sandbox)?;
+            let seed = seed.unwrap_or_else(seed_from_clock);
+            (
+                "crash-loop",
+                crash::run(&sb, iterations, clients, seed).await?,
+            )
+        }
+        Cmd::Tamper { at, other } => {
+            let sb = Sandbox::open(&at.dir, &at.sandbox)?;
+            ("rollback-tamper", tamper::run(&sb, &other).await?)
+        }
+        Cmd::Tpm {
+            at,
+            clients,
+            ops,
+            resets,
+        } => {
+            let sb = Sandbox::open(&at.dir, &at.sandbox)?;
+            ("tpm-faults", tpm::run(&sb, clients, ops, resets).await?)
+        }
+        Cmd::Storage { at, clients, ops } => {
+            if !storage::is_root() {
+                return Ok(skip("storage-faults", "needs root to mount a tmpfs"));
+            }
+            let sb = Sandbox::open(&at.dir, &at.sandbox)?;
+            ("storage-faults", storage::run(&sb, clients, ops).await?)
+        }
+        Cmd::Access { at, xml, fence } => {
+            let name = if fence == "daemon" {
+                "access-daemon"
+            } else {
+                "access"
+            };
+            if !storage::is_root() {
+                return Ok(skip(name, "needs root to create users and switch uid"));
+            }
+            let sb = Sandbox::open(&at.dir, &at.sandbox)?;
+            (
+                name,
+                access::run_matrix(&sb, &xml, fence == "daemon").await?,
+            )
+        }
+    };
+    tally.print_row(name, start);
+    Ok(if tally.failed() { 1 } else { 0 })
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli.cmd).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("meter-torture: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
