@@ -102,7 +102,6 @@ impl Meter {
         let index = self.config.nv_index;
         self.housing.call(move |h| h.counter_define(index)).await?;
         let path = self.config.ledger_path();
-        let existed = path.exists();
         let sealer = HousingSealer::new(self.housing.clone(), IDENTITY_KEY, index, public);
         let id = meter_id.clone();
         let (ledger, report) =
@@ -126,10 +125,12 @@ impl Meter {
         match &report.verdict {
             Verdict::Clean | Verdict::RolledForward => {
                 // Provisioning creates the ledger before the postmark key, so
-                // a postmark key without a ledger file means the history was
-                // deleted, not that provisioning was interrupted.
-                if !existed && self.housing.call(|h| h.has_key(POSTMARK_KEY)).await? {
-                    tracing::error!("key blobs exist but the ledger was missing: locking (tamper)");
+                // a postmark key with a ledger this open had to create (no
+                // file, or a file without rows: its WAL deleted, the file
+                // cut) means the history was lost, not that provisioning
+                // was interrupted.
+                if report.created && self.housing.call(|h| h.has_key(POSTMARK_KEY)).await? {
+                    tracing::error!("key blobs exist but the ledger had no history (file missing, WAL deleted or file cut): locking (tamper)");
                     lock::engage(self, meter_proto::lock_reason::TAMPER).await?;
                 }
             }

@@ -355,6 +355,7 @@ pub(crate) fn run(
         ledger_nv,
         tpm_nv,
         millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        created: false,
     };
     let tip = Tip {
         seq: last_seq,

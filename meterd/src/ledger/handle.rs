@@ -362,5 +362,6 @@ fn genesis(w: &mut Writer) -> Result<AuditReport> {
         ledger_nv: w.tip.nv,
         tpm_nv: w.tpm_nv,
         millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        created: true,
     })
 }

@@ -267,6 +267,8 @@ pub struct AuditReport {
     pub tpm_nv: u64,
     /// Time taken.
     pub millis: u64,
+    /// This open created the ledger (it had no rows; a genesis row was just written).
+    pub created: bool,
 }
 
 /// Ledger failures.

@@ -59,6 +59,12 @@ pub(crate) fn signing_key_template() -> TssResult<Public> {
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
         .with_user_with_auth(true)
+        // noDA: the keys have an empty authValue (they are guarded by
+        // fixedTPM and by the blobs' file permissions, not by a PIN), and
+        // without it every unorderly TPM reset counts as a dictionary-attack
+        // failure: after the third, the TPM refuses every sign (lockout) and
+        // the meter stops. Found by `tests/torture --full` (TPM resets).
+        .with_no_da(true)
         .with_sign_encrypt(true)
         .build()?;
     let params = PublicEccParametersBuilder::new_unrestricted_signing_key(
@@ -170,5 +176,7 @@ mod tests {
         // unique point pads to zeros); the storage primary does not.
         assert!(signing_key_point(&t).is_some_and(|p| p.len() == 97));
         assert!(signing_key_point(&primary_template().unwrap()).is_none());
+        // Unorderly resets must not lock the keys out (see the template).
+        assert!(t.object_attributes().no_da());
     }
 }
