@@ -40,10 +40,13 @@ struct BatchRec {
 #[derive(Default)]
 struct Damage {
     first: Option<(u64, String)>,
+    /// Whether anything was ever recorded, forgiven or not.
+    ever: bool,
 }
 
 impl Damage {
     fn record(&mut self, seq: u64, what: impl FnOnce() -> String) {
+        self.ever = true;
         if self.first.is_none() {
             self.first = Some((seq, what()));
         }
@@ -137,115 +140,27 @@ pub(crate) fn run(
     }
     let mut batch_damage = Vec::new();
     let batches = load_batches(conn, &mut batch_damage)?;
-    let mut batch_damage = batch_damage.into_iter().peekable();
 
-    let mut damage = Damage::default();
-    let mut prev: Digest = chain::genesis_prev(meter_id);
-    let mut regs = Registers::default();
-    let mut expected_seq = 1u64;
-    let mut rows = 0u64;
-    let mut bi = 0usize;
-    let mut lock_at: Option<(u64, String)> = None;
-    let mut buf = Vec::with_capacity(512);
-
-    let mut stmt = conn
-        .prepare(
-            "SELECT seq, time, kind, service, request_id, credit, debit, ascending, descending,
-             control_total, pieces, service_count, product_digest, note, prev_hash, hash
-             FROM journal ORDER BY seq",
-        )
-        .map_err(storage)?;
-    let mut q = stmt.query([]).map_err(storage)?;
-    while let Some(r) = q.next().map_err(storage)? {
-        rows += 1;
-        let seq = int(r, 0).unwrap_or(0);
-        if seq != expected_seq {
-            damage.record(expected_seq.min(seq), || {
-                format!("row {expected_seq} expected, found {seq} (rows deleted or reordered)")
-            });
-        }
-        expected_seq = seq.saturating_add(1);
-        let parsed = (|| {
-            Some((
-                RowFields {
-                    seq,
-                    time: int(r, 1)? as i64,
-                    kind: u8::try_from(int(r, 2)?).ok()?,
-                    service: u8::try_from(int(r, 3)?).ok()?,
-                    request_id: opt_text(r, 4)?,
-                    credit: int(r, 5)?,
-                    debit: int(r, 6)?,
-                    ascending: int(r, 7)?,
-                    descending: int(r, 8)?,
-                    control_total: int(r, 9)?,
-                    pieces: int(r, 10)?,
-                    service_count: int(r, 11)?,
-                    product_digest: blob48(r, 12)?,
-                    note: text(r, 13)?,
-                },
-                blob48(r, 14)?,
-                blob48(r, 15)?,
-            ))
-        })();
-        let Some((f, stored_prev, stored_hash)) = parsed else {
-            damage.record(seq, || format!("row {seq}: malformed columns"));
-            continue;
-        };
-        if f.encode(&mut buf).is_err() {
-            damage.record(seq, || format!("row {seq}: field too long"));
-            continue;
-        }
-        let hash = chain::row_hash(&prev, &buf);
-        let linked = stored_prev == &prev && stored_hash == &hash;
-        while let Some((at, what)) = batch_damage.next_if(|d| d.0 < seq) {
-            damage.record(at, || what);
-        }
-        // A verified reanchor forgives what came before it, not itself.
-        if linked && f.kind == EntryKind::Unlock as u8 && f.note == b"reanchor" {
-            damage.first = None;
-        }
-        while let Some((at, what)) = batch_damage.next_if(|d| d.0 <= seq) {
-            damage.record(at, || what);
-        }
-        if !linked {
-            damage.record(seq, || {
-                format!("row {seq}: hash does not match its content or link")
-            });
-        }
-        check_row(&f, &mut regs, &mut damage);
-        let kind = kind_from_code(f.kind);
-        if kind.is_none() || (kind == Some(EntryKind::Genesis)) != (seq == 1) {
-            damage.record(seq, || format!("row {seq}: kind {} out of place", f.kind));
-        }
-        match kind {
-            Some(EntryKind::Lock) => {
-                lock_at = Some((seq, String::from_utf8_lossy(f.note).into_owned()));
-            }
-            Some(EntryKind::Unlock) => lock_at = None,
-            _ => {}
-        }
-        while bi < batches.len() && batches[bi].last < seq {
-            bi += 1;
-        }
-        match batches.get(bi) {
-            Some(b) if b.first <= seq => {
-                if b.last == seq && b.head != Some(hash) {
-                    damage.record(seq, || {
-                        format!("batch ending at row {seq}: head does not match the chain")
-                    });
-                }
-            }
-            _ => damage.record(seq, || {
-                format!("row {seq} is not covered by a sealed batch")
-            }),
-        }
-        prev = hash;
-    }
-    drop(q);
-    drop(stmt);
-    for (at, what) in batch_damage {
-        damage.record(at, || what);
-    }
+    // Fast path: the hashes are checked on a second thread against the
+    // stored ones while this thread reads and checks everything else. On a
+    // clean ledger that is the same verdict as the sequential recomputation
+    // (stored = recomputed on every row, by induction from the genesis
+    // link); on any damage the sequential pass runs to find and report it
+    // exactly: a reanchor forgives only on the recomputed chain, so any
+    // damage at all, even forgiven, sends the audit to the sequential pass.
+    let fast = scan_parallel(conn, meter_id, &batches, &batch_damage)?;
+    let scan = match fast {
+        Some(s) if !s.damage.ever => s,
+        _ => scan(conn, meter_id, &batches, &batch_damage, None)?,
+    };
+    let Scan {
+        mut damage,
+        regs,
+        prev,
+        rows,
+        expected_seq,
+        lock_at,
+    } = scan;
     let last_seq = expected_seq.saturating_sub(1);
     if rows == 0 {
         return Err(LedgerError::Storage("ledger has no rows".into()));
@@ -418,4 +333,229 @@ fn check_row(f: &RowFields<'_>, regs: &mut Registers, damage: &mut Damage) {
     regs.descending.0 = f.descending;
     regs.control_total.0 = f.control_total;
     regs.pieces = f.pieces;
+}
+
+/// What one pass over the journal found.
+struct Scan {
+    damage: Damage,
+    regs: Registers,
+    /// Hash of the last row.
+    prev: Digest,
+    rows: u64,
+    expected_seq: u64,
+    lock_at: Option<(u64, String)>,
+}
+
+/// Rows handed to the hashing thread: per row, stored prev (48) ‖ stored
+/// hash (48) ‖ canonical bytes, back to back; `ends[i]` is where row i ends.
+struct Chunk {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// Rows per chunk: small enough to keep the audit's memory at a few
+/// hundred KiB, large enough that the channel costs nothing.
+const CHUNK_ROWS: usize = 1024;
+
+/// Whether every row of `chunk` satisfies SHA-384(stored prev ‖ canonical)
+/// = stored hash.
+fn chunk_hashes_ok(chunk: &Chunk) -> bool {
+    let mut start = 0;
+    for &end in &chunk.ends {
+        let Some(row) = chunk.bytes.get(start..end) else {
+            return false;
+        };
+        start = end;
+        let (Some(prev), Some(hash), Some(canonical)) =
+            (row.get(..48), row.get(48..96), row.get(96..))
+        else {
+            return false;
+        };
+        let Ok(prev) = <&Digest>::try_from(prev) else {
+            return false;
+        };
+        if chain::row_hash(prev, canonical).as_slice() != hash {
+            return false;
+        }
+    }
+    true
+}
+
+/// The scan with hashing on a second thread. `None` when a stored hash does
+/// not match its row (the caller then runs the sequential scan).
+fn scan_parallel(
+    conn: &Connection,
+    meter_id: &str,
+    batches: &[BatchRec],
+    batch_damage: &[(u64, String)],
+) -> Result<Option<Scan>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(4);
+    std::thread::scope(|s| {
+        let hasher = s.spawn(move || {
+            let mut ok = true;
+            for chunk in rx {
+                // Keep draining after a failure so the sender never blocks.
+                ok = ok && chunk_hashes_ok(&chunk);
+            }
+            ok
+        });
+        let scanned = scan(conn, meter_id, batches, batch_damage, Some(tx));
+        let hashes_ok = hasher.join().unwrap_or(false);
+        Ok(match scanned? {
+            s if hashes_ok => Some(s),
+            _ => None,
+        })
+    })
+}
+
+/// One pass in seq order. Without `defer`, every row hash is recomputed
+/// here and the chain followed as recomputed. With `defer`, the stored
+/// hashes are taken as the chain and every row goes to the hashing thread,
+/// which checks them; the result is only valid if that thread agrees.
+fn scan(
+    conn: &Connection,
+    meter_id: &str,
+    batches: &[BatchRec],
+    batch_damage: &[(u64, String)],
+    defer: Option<std::sync::mpsc::SyncSender<Chunk>>,
+) -> Result<Scan> {
+    let mut batch_damage = batch_damage.iter().cloned().peekable();
+    let mut damage = Damage::default();
+    let mut prev: Digest = chain::genesis_prev(meter_id);
+    let mut regs = Registers::default();
+    let mut expected_seq = 1u64;
+    let mut rows = 0u64;
+    let mut bi = 0usize;
+    let mut lock_at: Option<(u64, String)> = None;
+    let mut buf = Vec::with_capacity(512);
+    let new_chunk = || Chunk {
+        bytes: Vec::with_capacity(CHUNK_ROWS * 320),
+        ends: Vec::with_capacity(CHUNK_ROWS),
+    };
+    let mut chunk = new_chunk();
+
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, time, kind, service, request_id, credit, debit, ascending, descending,
+             control_total, pieces, service_count, product_digest, note, prev_hash, hash
+             FROM journal ORDER BY seq",
+        )
+        .map_err(storage)?;
+    let mut q = stmt.query([]).map_err(storage)?;
+    while let Some(r) = q.next().map_err(storage)? {
+        rows += 1;
+        let seq = int(r, 0).unwrap_or(0);
+        if seq != expected_seq {
+            damage.record(expected_seq.min(seq), || {
+                format!("row {expected_seq} expected, found {seq} (rows deleted or reordered)")
+            });
+        }
+        expected_seq = seq.saturating_add(1);
+        let parsed = (|| {
+            Some((
+                RowFields {
+                    seq,
+                    time: int(r, 1)? as i64,
+                    kind: u8::try_from(int(r, 2)?).ok()?,
+                    service: u8::try_from(int(r, 3)?).ok()?,
+                    request_id: opt_text(r, 4)?,
+                    credit: int(r, 5)?,
+                    debit: int(r, 6)?,
+                    ascending: int(r, 7)?,
+                    descending: int(r, 8)?,
+                    control_total: int(r, 9)?,
+                    pieces: int(r, 10)?,
+                    service_count: int(r, 11)?,
+                    product_digest: blob48(r, 12)?,
+                    note: text(r, 13)?,
+                },
+                blob48(r, 14)?,
+                blob48(r, 15)?,
+            ))
+        })();
+        let Some((f, stored_prev, stored_hash)) = parsed else {
+            damage.record(seq, || format!("row {seq}: malformed columns"));
+            continue;
+        };
+        if f.encode(&mut buf).is_err() {
+            damage.record(seq, || format!("row {seq}: field too long"));
+            continue;
+        }
+        let hash = match &defer {
+            None => chain::row_hash(&prev, &buf),
+            Some(tx) => {
+                chunk.bytes.extend_from_slice(stored_prev);
+                chunk.bytes.extend_from_slice(stored_hash);
+                chunk.bytes.extend_from_slice(&buf);
+                chunk.ends.push(chunk.bytes.len());
+                if chunk.ends.len() == CHUNK_ROWS {
+                    let full = std::mem::replace(&mut chunk, new_chunk());
+                    if tx.send(full).is_err() {
+                        return Err(LedgerError::Storage("audit hashing thread stopped".into()));
+                    }
+                }
+                *stored_hash
+            }
+        };
+        let linked = stored_prev == &prev && stored_hash == &hash;
+        while let Some((at, what)) = batch_damage.next_if(|d| d.0 < seq) {
+            damage.record(at, || what);
+        }
+        // A verified reanchor forgives what came before it, not itself.
+        if linked && f.kind == EntryKind::Unlock as u8 && f.note == b"reanchor" {
+            damage.first = None;
+        }
+        while let Some((at, what)) = batch_damage.next_if(|d| d.0 <= seq) {
+            damage.record(at, || what);
+        }
+        if !linked {
+            damage.record(seq, || {
+                format!("row {seq}: hash does not match its content or link")
+            });
+        }
+        check_row(&f, &mut regs, &mut damage);
+        let kind = kind_from_code(f.kind);
+        if kind.is_none() || (kind == Some(EntryKind::Genesis)) != (seq == 1) {
+            damage.record(seq, || format!("row {seq}: kind {} out of place", f.kind));
+        }
+        match kind {
+            Some(EntryKind::Lock) => {
+                lock_at = Some((seq, String::from_utf8_lossy(f.note).into_owned()));
+            }
+            Some(EntryKind::Unlock) => lock_at = None,
+            _ => {}
+        }
+        while bi < batches.len() && batches[bi].last < seq {
+            bi += 1;
+        }
+        match batches.get(bi) {
+            Some(b) if b.first <= seq => {
+                if b.last == seq && b.head != Some(hash) {
+                    damage.record(seq, || {
+                        format!("batch ending at row {seq}: head does not match the chain")
+                    });
+                }
+            }
+            _ => damage.record(seq, || {
+                format!("row {seq} is not covered by a sealed batch")
+            }),
+        }
+        prev = hash;
+    }
+    if let Some(tx) = defer {
+        if !chunk.ends.is_empty() && tx.send(chunk).is_err() {
+            return Err(LedgerError::Storage("audit hashing thread stopped".into()));
+        }
+    }
+    for (at, what) in batch_damage {
+        damage.record(at, || what);
+    }
+    Ok(Scan {
+        damage,
+        regs,
+        prev,
+        rows,
+        expected_seq,
+        lock_at,
+    })
 }
