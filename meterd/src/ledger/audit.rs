@@ -128,6 +128,15 @@ pub(crate) fn run(
     meter_id: &str,
     sealer: &mut dyn Sealer,
 ) -> Result<AuditOutcome> {
+    schema::set_mmap(conn, true)?;
+    let out = run_mapped(conn, meter_id, sealer);
+    let unmapped = schema::set_mmap(conn, false);
+    let out = out?;
+    unmapped?;
+    Ok(out)
+}
+
+fn run_mapped(conn: &Connection, meter_id: &str, sealer: &mut dyn Sealer) -> Result<AuditOutcome> {
     let started = Instant::now();
     let mut fatal: Option<String> = None;
     match schema::meta_text(conn, "meter_id")? {
