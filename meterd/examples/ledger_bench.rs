@@ -144,7 +144,30 @@ fn time_existing(path: &std::path::Path, rows: u64) -> Result<(), Box<dyn std::e
         .build()?;
     let report = rt.block_on(ledger.audit())?;
     rt.block_on(ledger.close())?;
-    print_sizes(path, rows, 0.0, report.millis, reopen_ms, reopened.batches)
+    print_sizes(path, rows, 0.0, report.millis, reopen_ms, reopened.batches)?;
+    checkpoint_open(path, rows, u64::try_from(nv)?)
+}
+
+/// Opens from the checkpoint the full audits above wrote, with a few rows
+/// appended after it (a restart after some work): `checkpoint_open_ms=…`.
+fn checkpoint_open(
+    path: &std::path::Path,
+    rows: u64,
+    nv: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (sealer, _) = SoftwareSealer::new(&[0x33; 48], nv)?;
+    let t = Instant::now();
+    let (ledger, r) = Ledger::open_from_checkpoint(path, Box::new(sealer), "bench-meter", false)?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    if r.verdict != Verdict::Clean || r.rows != rows {
+        return Err(format!("checkpoint open: {:?} rows {}", r.verdict, r.rows).into());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(ledger.close())?;
+    println!("checkpoint_open_ms={ms:.1} rows_after_checkpoint=0");
+    Ok(())
 }
 
 fn print_sizes(

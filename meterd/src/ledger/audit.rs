@@ -14,6 +14,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row};
 
 use super::chain::{self, RowFields};
+use super::checkpoint::{self, Start};
 use super::schema::{self, storage};
 use super::writer::{kind_from_code, not_defined, Tip};
 use super::{
@@ -128,15 +129,39 @@ pub(crate) fn run(
     meter_id: &str,
     sealer: &mut dyn Sealer,
 ) -> Result<AuditOutcome> {
+    run_with(conn, meter_id, sealer, false)
+}
+
+/// The audit at start: from the last signed checkpoint when one verifies
+/// (see [`super::checkpoint`]), else the full audit.
+pub(crate) fn run_at_start(
+    conn: &Connection,
+    meter_id: &str,
+    sealer: &mut dyn Sealer,
+) -> Result<AuditOutcome> {
+    run_with(conn, meter_id, sealer, true)
+}
+
+fn run_with(
+    conn: &Connection,
+    meter_id: &str,
+    sealer: &mut dyn Sealer,
+    incremental: bool,
+) -> Result<AuditOutcome> {
     schema::set_mmap(conn, true)?;
-    let out = run_mapped(conn, meter_id, sealer);
+    let out = run_mapped(conn, meter_id, sealer, incremental);
     let unmapped = schema::set_mmap(conn, false);
     let out = out?;
     unmapped?;
     Ok(out)
 }
 
-fn run_mapped(conn: &Connection, meter_id: &str, sealer: &mut dyn Sealer) -> Result<AuditOutcome> {
+fn run_mapped(
+    conn: &Connection,
+    meter_id: &str,
+    sealer: &mut dyn Sealer,
+    incremental: bool,
+) -> Result<AuditOutcome> {
     let started = Instant::now();
     let mut fatal: Option<String> = None;
     match schema::meta_text(conn, "meter_id")? {
@@ -149,6 +174,13 @@ fn run_mapped(conn: &Connection, meter_id: &str, sealer: &mut dyn Sealer) -> Res
     }
     let mut batch_damage = Vec::new();
     let batches = load_batches(conn, &mut batch_damage)?;
+    let from = match incremental {
+        true => checkpoint::load(conn, meter_id, sealer.public_key())?,
+        false => None,
+    }
+    .unwrap_or_else(|| Start::genesis(meter_id));
+    // Batches that end at or before the checkpoint were verified with it.
+    batch_damage.retain(|d| d.0 > from.seq);
 
     // Fast path: the hashes are checked on a second thread against the
     // stored ones while this thread reads and checks everything else. On a
@@ -157,10 +189,10 @@ fn run_mapped(conn: &Connection, meter_id: &str, sealer: &mut dyn Sealer) -> Res
     // link); on any damage the sequential pass runs to find and report it
     // exactly: a reanchor forgives only on the recomputed chain, so any
     // damage at all, even forgiven, sends the audit to the sequential pass.
-    let fast = scan_parallel(conn, meter_id, &batches, &batch_damage)?;
+    let fast = scan_parallel(conn, &from, &batches, &batch_damage)?;
     let scan = match fast {
         Some(s) if !s.damage.ever => s,
-        _ => scan(conn, meter_id, &batches, &batch_damage, None)?,
+        _ => scan(conn, &from, &batches, &batch_damage, None)?,
     };
     let Scan {
         mut damage,
@@ -199,6 +231,11 @@ fn run_mapped(conn: &Connection, meter_id: &str, sealer: &mut dyn Sealer) -> Res
         Some((nv, head, seal)) => {
             let nv = nv.unwrap_or(0);
             if let Some(b) = batches.last() {
+                if b.last == last_seq && b.head != Some(prev) {
+                    damage.record(last_seq, || {
+                        format!("last batch head does not match row {last_seq}")
+                    });
+                }
                 if b.last != last_seq {
                     damage.record(b.last.min(last_seq + 1), || {
                         format!(
@@ -254,6 +291,14 @@ fn run_mapped(conn: &Connection, meter_id: &str, sealer: &mut dyn Sealer) -> Res
         }
     };
 
+    if matches!(verdict, Verdict::Clean | Verdict::RolledForward) {
+        let lock_seq = lock_at.as_ref().map_or(0, |l| l.0);
+        // Without a checkpoint the next start audits more: not an error.
+        if let Err(e) = checkpoint::write(conn, meter_id, sealer, last_seq, &prev, &regs, lock_seq)
+        {
+            tracing::warn!(error = %e, "ledger checkpoint not written");
+        }
+    }
     let lock = match lock_at {
         None => None,
         Some((seq, reason)) => {
@@ -394,7 +439,7 @@ fn chunk_hashes_ok(chunk: &Chunk) -> bool {
 /// not match its row (the caller then runs the sequential scan).
 fn scan_parallel(
     conn: &Connection,
-    meter_id: &str,
+    from: &Start,
     batches: &[BatchRec],
     batch_damage: &[(u64, String)],
 ) -> Result<Option<Scan>> {
@@ -408,7 +453,7 @@ fn scan_parallel(
             }
             ok
         });
-        let scanned = scan(conn, meter_id, batches, batch_damage, Some(tx));
+        let scanned = scan(conn, from, batches, batch_damage, Some(tx));
         let hashes_ok = hasher.join().unwrap_or(false);
         Ok(match scanned? {
             s if hashes_ok => Some(s),
@@ -423,19 +468,19 @@ fn scan_parallel(
 /// which checks them; the result is only valid if that thread agrees.
 fn scan(
     conn: &Connection,
-    meter_id: &str,
+    from: &Start,
     batches: &[BatchRec],
     batch_damage: &[(u64, String)],
     defer: Option<std::sync::mpsc::SyncSender<Chunk>>,
 ) -> Result<Scan> {
     let mut batch_damage = batch_damage.iter().cloned().peekable();
     let mut damage = Damage::default();
-    let mut prev: Digest = chain::genesis_prev(meter_id);
-    let mut regs = Registers::default();
-    let mut expected_seq = 1u64;
-    let mut rows = 0u64;
+    let mut prev: Digest = from.prev;
+    let mut regs = from.regs.clone();
+    let mut expected_seq = from.seq + 1;
+    let mut rows = from.seq;
     let mut bi = 0usize;
-    let mut lock_at: Option<(u64, String)> = None;
+    let mut lock_at: Option<(u64, String)> = from.lock_at.clone();
     let mut buf = Vec::with_capacity(512);
     let new_chunk = || Chunk {
         bytes: Vec::with_capacity(CHUNK_ROWS * 320),
@@ -447,10 +492,11 @@ fn scan(
         .prepare(
             "SELECT seq, time, kind, service, request_id, credit, debit, ascending, descending,
              control_total, pieces, service_count, product_digest, note, prev_hash, hash
-             FROM journal ORDER BY seq",
+             FROM journal WHERE seq > ?1 ORDER BY seq",
         )
         .map_err(storage)?;
-    let mut q = stmt.query([]).map_err(storage)?;
+    let after = i64::try_from(from.seq).unwrap_or(i64::MAX);
+    let mut q = stmt.query([after]).map_err(storage)?;
     while let Some(r) = q.next().map_err(storage)? {
         rows += 1;
         let seq = int(r, 0).unwrap_or(0);

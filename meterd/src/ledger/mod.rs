@@ -66,6 +66,7 @@
 
 mod audit;
 mod chain;
+mod checkpoint;
 mod handle;
 mod reserve;
 mod schema;

@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS batches(
     seal BLOB NOT NULL,
     time INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS checkpoints(
+    seq INTEGER PRIMARY KEY,
+    body BLOB NOT NULL,
+    sig BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
+    BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS journal_no_update BEFORE UPDATE ON journal
     BEGIN SELECT RAISE(ABORT, 'journal is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS journal_no_delete BEFORE DELETE ON journal
