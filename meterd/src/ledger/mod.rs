@@ -69,6 +69,7 @@ mod chain;
 mod checkpoint;
 mod handle;
 mod reserve;
+mod scan;
 mod schema;
 mod sealer;
 mod writer;
