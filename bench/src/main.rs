@@ -12,6 +12,8 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod ready;
+
 use clap::{Parser, Subcommand};
 use meter_proto::{Meter1Proxy, MeterError};
 use sha2::{Digest, Sha384};
@@ -74,6 +76,45 @@ enum Cmd {
     /// Owns org.meterd.Meter1 and answers PostmarkDigest/Validate with a
     /// canned reply (bus overhead only; no TPM, no ledger).
     FakeMeter,
+    /// Starts CMD with NOTIFY_SOCKET set and times it to READY=1; then
+    /// reads its idle resident memory and stops it.
+    Ready {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+        /// Idle time before the memory reading.
+        #[arg(long, default_value_t = 1.0)]
+        idle: f64,
+        /// Where the daemon's output goes.
+        #[arg(long, default_value = "/dev/null")]
+        log: PathBuf,
+        /// The daemon and its arguments.
+        #[arg(trailing_var_arg = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Prints the peak VmRSS/RssAnon (KiB) of PID sampled every 50 ms until
+    /// it exits or SECONDS pass.
+    Rss {
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
+}
+
+/// Samples the memory of `pid` until it exits or `seconds` pass; prints the peaks.
+async fn peak_rss(pid: u32, seconds: f64) {
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let (mut rss, mut anon) = (0, 0);
+    while Instant::now() < end {
+        let Some((r, a)) = ready::rss_kib(pid) else {
+            break;
+        };
+        rss = rss.max(r);
+        anon = anon.max(a);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("rss_peak_kib={rss} rss_anon_peak_kib={anon}");
 }
 
 /// Result of one client's loop.
@@ -107,6 +148,22 @@ async fn main() {
             .await
         }
         Cmd::FakeMeter => fake_meter(cli.bus.as_deref()).await,
+        Cmd::Ready {
+            timeout,
+            idle,
+            log,
+            cmd,
+        } => ready::run(
+            &cmd,
+            Duration::from_secs_f64(timeout),
+            Duration::from_secs_f64(idle),
+            &log,
+        )
+        .map_err(|e| BenchError::Setup(e.to_string())),
+        Cmd::Rss { pid, seconds } => {
+            peak_rss(pid, seconds).await;
+            Ok(())
+        }
     };
     if let Err(e) = result {
         eprintln!("meterbench: {e}");

@@ -3,7 +3,9 @@
 //! reopen and measures the journal's size on disk.
 //!
 //! `cargo run --release -p meterd --example ledger_bench [-- ROWS [DIR]]`
-//! prints `rows=… build_s=… batches=… audit_1m_ms=… reopen_ms=… bytes_per_row=…`
+//! or `... -- ROWS --db PATH`: keep the ledger at PATH and, when PATH already
+//! holds a ledger (of a previous run), skip the build and time it again.
+//! Prints `rows=… build_s=… batches=… audit_1m_ms=… reopen_ms=… bytes_per_row=…`
 //! (audit time scaled to 1,000,000 rows when ROWS differs).
 
 use std::time::Instant;
@@ -33,11 +35,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(1_000_000);
-    let dir = match args.next() {
-        Some(d) => tempfile::TempDir::new_in(d)?,
-        None => tempfile::tempdir()?,
+    let (_dir, path) = match args.next().as_deref() {
+        Some("--db") => {
+            let p = std::path::PathBuf::from(args.next().ok_or("--db needs a path")?);
+            (None, p)
+        }
+        Some(d) => {
+            let t = tempfile::TempDir::new_in(d)?;
+            let p = t.path().join("ledger.db");
+            (Some(t), p)
+        }
+        None => {
+            let t = tempfile::tempdir()?;
+            let p = t.path().join("ledger.db");
+            (Some(t), p)
+        }
     };
-    let path = dir.path().join("ledger.db");
+    if path.exists() {
+        return time_existing(&path, rows);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -106,7 +122,63 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     rt.block_on(ledger.close())?;
 
-    let c = rusqlite::Connection::open(&path)?;
+    print_sizes(&path, rows, build_s, audit_ms, reopen_ms, reopened.batches)
+}
+
+/// Reopens (full audit at open) a ledger kept by an earlier run.
+fn time_existing(path: &std::path::Path, rows: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let nv: i64 = rusqlite::Connection::open(path)?.query_row(
+        "SELECT nv FROM batches ORDER BY batch DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )?;
+    let (sealer, _) = SoftwareSealer::new(&[0x33; 48], u64::try_from(nv)?)?;
+    let t = Instant::now();
+    let (ledger, reopened) = Ledger::open(path, Box::new(sealer), "bench-meter", false)?;
+    let reopen_ms = t.elapsed().as_millis();
+    if reopened.verdict != Verdict::Clean || reopened.rows != rows {
+        return Err(format!("reopen: {:?} rows {}", reopened.verdict, reopened.rows).into());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(ledger.audit())?;
+    rt.block_on(ledger.close())?;
+    print_sizes(path, rows, 0.0, report.millis, reopen_ms, reopened.batches)?;
+    checkpoint_open(path, rows, u64::try_from(nv)?)
+}
+
+/// Opens from the checkpoint the full audits above wrote, with a few rows
+/// appended after it (a restart after some work): `checkpoint_open_ms=…`.
+fn checkpoint_open(
+    path: &std::path::Path,
+    rows: u64,
+    nv: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (sealer, _) = SoftwareSealer::new(&[0x33; 48], nv)?;
+    let t = Instant::now();
+    let (ledger, r) = Ledger::open_from_checkpoint(path, Box::new(sealer), "bench-meter", false)?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    if r.verdict != Verdict::Clean || r.rows != rows {
+        return Err(format!("checkpoint open: {:?} rows {}", r.verdict, r.rows).into());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(ledger.close())?;
+    println!("checkpoint_open_ms={ms:.1} rows_after_checkpoint=0");
+    Ok(())
+}
+
+fn print_sizes(
+    path: &std::path::Path,
+    rows: u64,
+    build_s: f64,
+    audit_ms: u64,
+    reopen_ms: u128,
+    batches: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let c = rusqlite::Connection::open(path)?;
     let mut sizes = std::collections::BTreeMap::new();
     let mut stmt = c.prepare("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")?;
     for r in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
@@ -115,12 +187,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let size = |n: &str| sizes.get(n).copied().unwrap_or(0);
     let journal = size("journal") + size("sqlite_autoindex_journal_1") + size("batches");
-    let file = std::fs::metadata(&path)?.len();
+    let file = std::fs::metadata(path)?.len();
     let scale = 1_000_000.0 / rows as f64;
     println!(
         "rows={rows} build_s={build_s:.1} batches={} audit_ms={audit_ms} audit_1m_ms={:.0} reopen_ms={reopen_ms} \
          bytes_per_row={:.1} journal_table={} request_id_index={} batches_table={} products={} file={file}",
-        reopened.batches,
+        batches,
         audit_ms as f64 * scale,
         journal as f64 / rows as f64,
         size("journal"),

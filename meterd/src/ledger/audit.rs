@@ -10,16 +10,14 @@
 
 use std::time::Instant;
 
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension, Row};
+use rusqlite::{Connection, OptionalExtension};
 
-use super::chain::{self, RowFields};
+use super::chain;
+use super::checkpoint::{self, Start};
+use super::scan::{blob48, int, scan, scan_parallel, Scan};
 use super::schema::{self, storage};
-use super::writer::{kind_from_code, not_defined, Tip};
-use super::{
-    AuditReport, Digest, EntryKind, LedgerError, LockInfo, Registers, Result, Sealer, Verdict,
-};
-use crate::service::Service;
+use super::writer::{not_defined, Tip};
+use super::{AuditReport, Digest, LedgerError, LockInfo, Result, Sealer, Verdict};
 
 /// What the audit hands back to the writer.
 pub(crate) struct AuditOutcome {
@@ -29,54 +27,11 @@ pub(crate) struct AuditOutcome {
     pub tpm_nv: u64,
 }
 
-struct BatchRec {
-    first: u64,
-    last: u64,
-    nv: u64,
-    head: Option<Digest>,
-}
-
-/// First damage not (yet) forgiven by a reanchor.
-#[derive(Default)]
-struct Damage {
-    first: Option<(u64, String)>,
-}
-
-impl Damage {
-    fn record(&mut self, seq: u64, what: impl FnOnce() -> String) {
-        if self.first.is_none() {
-            self.first = Some((seq, what()));
-        }
-    }
-}
-
-fn int(row: &Row<'_>, i: usize) -> Option<u64> {
-    match row.get_ref(i) {
-        Ok(ValueRef::Integer(v)) => Some(v as u64),
-        _ => None,
-    }
-}
-
-fn blob48<'a>(row: &'a Row<'_>, i: usize) -> Option<&'a [u8; 48]> {
-    match row.get_ref(i) {
-        Ok(ValueRef::Blob(b)) => b.try_into().ok(),
-        _ => None,
-    }
-}
-
-fn text<'a>(row: &'a Row<'_>, i: usize) -> Option<&'a [u8]> {
-    match row.get_ref(i) {
-        Ok(ValueRef::Text(t)) => Some(t),
-        _ => None,
-    }
-}
-
-fn opt_text<'a>(row: &'a Row<'_>, i: usize) -> Option<Option<&'a [u8]>> {
-    match row.get_ref(i) {
-        Ok(ValueRef::Null) => Some(None),
-        Ok(ValueRef::Text(t)) => Some(Some(t)),
-        _ => None,
-    }
+pub(crate) struct BatchRec {
+    pub first: u64,
+    pub last: u64,
+    pub nv: u64,
+    pub head: Option<Digest>,
 }
 
 fn load_batches(conn: &Connection, damage: &mut Vec<(u64, String)>) -> Result<Vec<BatchRec>> {
@@ -125,6 +80,39 @@ pub(crate) fn run(
     meter_id: &str,
     sealer: &mut dyn Sealer,
 ) -> Result<AuditOutcome> {
+    run_with(conn, meter_id, sealer, false)
+}
+
+/// The audit at start: from the last signed checkpoint when one verifies
+/// (see [`super::checkpoint`]), else the full audit.
+pub(crate) fn run_at_start(
+    conn: &Connection,
+    meter_id: &str,
+    sealer: &mut dyn Sealer,
+) -> Result<AuditOutcome> {
+    run_with(conn, meter_id, sealer, true)
+}
+
+fn run_with(
+    conn: &Connection,
+    meter_id: &str,
+    sealer: &mut dyn Sealer,
+    incremental: bool,
+) -> Result<AuditOutcome> {
+    schema::set_mmap(conn, true)?;
+    let out = run_mapped(conn, meter_id, sealer, incremental);
+    let unmapped = schema::set_mmap(conn, false);
+    let out = out?;
+    unmapped?;
+    Ok(out)
+}
+
+fn run_mapped(
+    conn: &Connection,
+    meter_id: &str,
+    sealer: &mut dyn Sealer,
+    incremental: bool,
+) -> Result<AuditOutcome> {
     let started = Instant::now();
     let mut fatal: Option<String> = None;
     match schema::meta_text(conn, "meter_id")? {
@@ -137,115 +125,34 @@ pub(crate) fn run(
     }
     let mut batch_damage = Vec::new();
     let batches = load_batches(conn, &mut batch_damage)?;
-    let mut batch_damage = batch_damage.into_iter().peekable();
-
-    let mut damage = Damage::default();
-    let mut prev: Digest = chain::genesis_prev(meter_id);
-    let mut regs = Registers::default();
-    let mut expected_seq = 1u64;
-    let mut rows = 0u64;
-    let mut bi = 0usize;
-    let mut lock_at: Option<(u64, String)> = None;
-    let mut buf = Vec::with_capacity(512);
-
-    let mut stmt = conn
-        .prepare(
-            "SELECT seq, time, kind, service, request_id, credit, debit, ascending, descending,
-             control_total, pieces, service_count, product_digest, note, prev_hash, hash
-             FROM journal ORDER BY seq",
-        )
-        .map_err(storage)?;
-    let mut q = stmt.query([]).map_err(storage)?;
-    while let Some(r) = q.next().map_err(storage)? {
-        rows += 1;
-        let seq = int(r, 0).unwrap_or(0);
-        if seq != expected_seq {
-            damage.record(expected_seq.min(seq), || {
-                format!("row {expected_seq} expected, found {seq} (rows deleted or reordered)")
-            });
-        }
-        expected_seq = seq.saturating_add(1);
-        let parsed = (|| {
-            Some((
-                RowFields {
-                    seq,
-                    time: int(r, 1)? as i64,
-                    kind: u8::try_from(int(r, 2)?).ok()?,
-                    service: u8::try_from(int(r, 3)?).ok()?,
-                    request_id: opt_text(r, 4)?,
-                    credit: int(r, 5)?,
-                    debit: int(r, 6)?,
-                    ascending: int(r, 7)?,
-                    descending: int(r, 8)?,
-                    control_total: int(r, 9)?,
-                    pieces: int(r, 10)?,
-                    service_count: int(r, 11)?,
-                    product_digest: blob48(r, 12)?,
-                    note: text(r, 13)?,
-                },
-                blob48(r, 14)?,
-                blob48(r, 15)?,
-            ))
-        })();
-        let Some((f, stored_prev, stored_hash)) = parsed else {
-            damage.record(seq, || format!("row {seq}: malformed columns"));
-            continue;
-        };
-        if f.encode(&mut buf).is_err() {
-            damage.record(seq, || format!("row {seq}: field too long"));
-            continue;
-        }
-        let hash = chain::row_hash(&prev, &buf);
-        let linked = stored_prev == &prev && stored_hash == &hash;
-        while let Some((at, what)) = batch_damage.next_if(|d| d.0 < seq) {
-            damage.record(at, || what);
-        }
-        // A verified reanchor forgives what came before it, not itself.
-        if linked && f.kind == EntryKind::Unlock as u8 && f.note == b"reanchor" {
-            damage.first = None;
-        }
-        while let Some((at, what)) = batch_damage.next_if(|d| d.0 <= seq) {
-            damage.record(at, || what);
-        }
-        if !linked {
-            damage.record(seq, || {
-                format!("row {seq}: hash does not match its content or link")
-            });
-        }
-        check_row(&f, &mut regs, &mut damage);
-        let kind = kind_from_code(f.kind);
-        if kind.is_none() || (kind == Some(EntryKind::Genesis)) != (seq == 1) {
-            damage.record(seq, || format!("row {seq}: kind {} out of place", f.kind));
-        }
-        match kind {
-            Some(EntryKind::Lock) => {
-                lock_at = Some((seq, String::from_utf8_lossy(f.note).into_owned()));
-            }
-            Some(EntryKind::Unlock) => lock_at = None,
-            _ => {}
-        }
-        while bi < batches.len() && batches[bi].last < seq {
-            bi += 1;
-        }
-        match batches.get(bi) {
-            Some(b) if b.first <= seq => {
-                if b.last == seq && b.head != Some(hash) {
-                    damage.record(seq, || {
-                        format!("batch ending at row {seq}: head does not match the chain")
-                    });
-                }
-            }
-            _ => damage.record(seq, || {
-                format!("row {seq} is not covered by a sealed batch")
-            }),
-        }
-        prev = hash;
+    let from = match incremental {
+        true => checkpoint::load(conn, meter_id, sealer.public_key())?,
+        false => None,
     }
-    drop(q);
-    drop(stmt);
-    for (at, what) in batch_damage {
-        damage.record(at, || what);
-    }
+    .unwrap_or_else(|| Start::genesis(meter_id));
+    // Batches that end at or before the checkpoint were verified with it.
+    batch_damage.retain(|d| d.0 > from.seq);
+
+    // Fast path: the hashes are checked on a second thread against the
+    // stored ones while this thread reads and checks everything else. On a
+    // clean ledger that is the same verdict as the sequential recomputation
+    // (stored = recomputed on every row, by induction from the genesis
+    // link); on any damage the sequential pass runs to find and report it
+    // exactly: a reanchor forgives only on the recomputed chain, so any
+    // damage at all, even forgiven, sends the audit to the sequential pass.
+    let fast = scan_parallel(conn, &from, &batches, &batch_damage)?;
+    let scan = match fast {
+        Some(s) if !s.damage.ever => s,
+        _ => scan(conn, &from, &batches, &batch_damage, None)?,
+    };
+    let Scan {
+        mut damage,
+        regs,
+        prev,
+        rows,
+        expected_seq,
+        lock_at,
+    } = scan;
     let last_seq = expected_seq.saturating_sub(1);
     if rows == 0 {
         return Err(LedgerError::Storage("ledger has no rows".into()));
@@ -275,6 +182,11 @@ pub(crate) fn run(
         Some((nv, head, seal)) => {
             let nv = nv.unwrap_or(0);
             if let Some(b) = batches.last() {
+                if b.last == last_seq && b.head != Some(prev) {
+                    damage.record(last_seq, || {
+                        format!("last batch head does not match row {last_seq}")
+                    });
+                }
                 if b.last != last_seq {
                     damage.record(b.last.min(last_seq + 1), || {
                         format!(
@@ -330,6 +242,14 @@ pub(crate) fn run(
         }
     };
 
+    if matches!(verdict, Verdict::Clean | Verdict::RolledForward) {
+        let lock_seq = lock_at.as_ref().map_or(0, |l| l.0);
+        // Without a checkpoint the next start audits more: not an error.
+        if let Err(e) = checkpoint::write(conn, meter_id, sealer, last_seq, &prev, &regs, lock_seq)
+        {
+            tracing::warn!(error = %e, "ledger checkpoint not written");
+        }
+    }
     let lock = match lock_at {
         None => None,
         Some((seq, reason)) => {
@@ -369,54 +289,4 @@ pub(crate) fn run(
         tip,
         tpm_nv,
     })
-}
-
-/// Register checks of one row: AR + DR = CT, and continuity from the
-/// previous row. `regs` becomes this row's registers either way.
-fn check_row(f: &RowFields<'_>, regs: &mut Registers, damage: &mut Damage) {
-    let seq = f.seq;
-    if f.ascending.checked_add(f.descending) != Some(f.control_total) {
-        damage.record(seq, || {
-            format!("row {seq}: ascending + descending != control total")
-        });
-    }
-    let continuous = if super::writer::is_reanchor(f.kind, f.note) {
-        let want = super::writer::reanchored(regs);
-        f.credit == 0
-            && f.debit == 0
-            && want.ascending.0 == f.ascending
-            && want.descending.0 == f.descending
-            && want.control_total.0 == f.control_total
-            && regs.pieces == f.pieces
-    } else {
-        regs.descending
-            .0
-            .checked_add(f.credit)
-            .and_then(|d| d.checked_sub(f.debit))
-            == Some(f.descending)
-            && regs.ascending.0.checked_add(f.debit) == Some(f.ascending)
-            && regs.control_total.0.checked_add(f.credit) == Some(f.control_total)
-            && regs.pieces.checked_add(u64::from(f.service != 0)) == Some(f.pieces)
-    };
-    let service_ok = match f.service {
-        0 => f.service_count == 0,
-        code => match Service::from_code(code) {
-            Some(s) => {
-                let c = &mut regs.per_service[s.index()];
-                let ok = c.checked_add(1) == Some(f.service_count);
-                *c = f.service_count;
-                ok
-            }
-            None => false,
-        },
-    };
-    if !continuous || !service_ok {
-        damage.record(seq, || {
-            format!("row {seq}: registers do not follow from the previous row")
-        });
-    }
-    regs.ascending.0 = f.ascending;
-    regs.descending.0 = f.descending;
-    regs.control_total.0 = f.control_total;
-    regs.pieces = f.pieces;
 }

@@ -55,6 +55,30 @@ impl Ledger {
         meter_id: &str,
         create: bool,
     ) -> Result<(Ledger, AuditReport)> {
+        Self::open_with(path, sealer, meter_id, create, false)
+    }
+
+    /// [`Ledger::open`], but the audit starts from the last signed
+    /// checkpoint when one verifies (every clean audit writes one; see
+    /// `ledger/checkpoint.rs`): rows after it are verified in full, rows
+    /// before it only by a later full audit ([`Ledger::audit`]). Start time
+    /// then grows with the rows since the last clean audit, not the ledger.
+    pub fn open_from_checkpoint(
+        path: &Path,
+        sealer: Box<dyn Sealer>,
+        meter_id: &str,
+        create: bool,
+    ) -> Result<(Ledger, AuditReport)> {
+        Self::open_with(path, sealer, meter_id, create, true)
+    }
+
+    fn open_with(
+        path: &Path,
+        sealer: Box<dyn Sealer>,
+        meter_id: &str,
+        create: bool,
+        from_checkpoint: bool,
+    ) -> Result<(Ledger, AuditReport)> {
         if meter_id.is_empty() || meter_id.len() > MAX_METER_ID {
             return Err(LedgerError::Invalid("meter id empty or too long".into()));
         }
@@ -65,6 +89,7 @@ impl Ledger {
             path: path.to_owned(),
             meter_id: meter_id.to_owned(),
             create,
+            from_checkpoint,
             funds: Arc::clone(&funds),
         };
         std::thread::Builder::new()
@@ -284,6 +309,7 @@ struct StartArgs {
     path: PathBuf,
     meter_id: String,
     create: bool,
+    from_checkpoint: bool,
     funds: SharedFunds,
 }
 
@@ -309,7 +335,11 @@ fn start(a: StartArgs, mut sealer: Box<dyn Sealer>) -> Result<(Writer, Started)>
         };
         (tip, c, None)
     } else {
-        let out = audit::run(&conn, &a.meter_id, sealer.as_mut())?;
+        let out = if a.from_checkpoint {
+            audit::run_at_start(&conn, &a.meter_id, sealer.as_mut())?
+        } else {
+            audit::run(&conn, &a.meter_id, sealer.as_mut())?
+        };
         schema::ensure(&conn)?;
         (out.tip, out.tpm_nv, Some(out.report))
     };

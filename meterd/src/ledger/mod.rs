@@ -19,7 +19,9 @@
 //! `journal` (one row per event, append-only by trigger), `products`
 //! (what each row delivered, kept apart so the journal stays small; the
 //! row holds its SHA-384), `batches` (one per group commit: rows covered,
-//! counter value, head, seal), `meta` (schema version, meter id).
+//! counter value, head, seal), `checkpoints` (signed state after a clean
+//! audit, see `checkpoint.rs`; lets a start verify only newer rows),
+//! `meta` (schema version, meter id).
 //!
 //! # Chain (layout v1)
 //!
@@ -72,9 +74,11 @@
 
 mod audit;
 mod chain;
+mod checkpoint;
 mod handle;
 mod query;
 mod reserve;
+mod scan;
 mod schema;
 mod sealer;
 mod writer;

@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS batches(
     seal BLOB NOT NULL,
     time INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS checkpoints(
+    seq INTEGER PRIMARY KEY,
+    body BLOB NOT NULL,
+    sig BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
+    BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS journal_no_update BEFORE UPDATE ON journal
     BEGIN SELECT RAISE(ABORT, 'journal is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS journal_no_delete BEFORE DELETE ON journal
@@ -90,12 +97,22 @@ pub(crate) fn connect(path: &Path, create: bool) -> Result<Connection> {
             "cannot switch to WAL (journal_mode={mode})"
         )));
     }
-    // mmap spares the audit a copy of every page it streams.
-    conn.execute_batch(
-        "PRAGMA synchronous=FULL; PRAGMA cache_size=-16384; PRAGMA mmap_size=4294967296;",
-    )
-    .map_err(storage)?;
+    // No mmap in steady state: mapped pages of a large ledger would count in
+    // the daemon's resident set for as long as it runs. The audit maps the
+    // file for its one pass only (see `set_mmap`).
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA cache_size=-16384; PRAGMA mmap_size=0;")
+        .map_err(storage)?;
     Ok(conn)
+}
+
+/// Maps the database file (`on`: up to 4 GiB) or unmaps it. The audit maps
+/// it to spare a copy of every page it streams and unmaps it after.
+pub(crate) fn set_mmap(conn: &Connection, on: bool) -> Result<()> {
+    let size: i64 = if on { 1 << 32 } else { 0 };
+    conn.query_row(&format!("PRAGMA mmap_size={size}"), [], |_| Ok(()))
+        .optional()
+        .map(|_| ())
+        .map_err(storage)
 }
 
 /// Opens a read-only connection for lookups; the writer keeps the only

@@ -1,0 +1,338 @@
+//! The pass over the journal behind every audit: row by row in seq order,
+//! recomputing hashes and links, checking registers, kinds and batch
+//! coverage. On a clean ledger the hashing runs on a second thread against
+//! the stored chain (half the wall time on two cores); any damage sends the
+//! audit to the exact sequential pass.
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, Row};
+
+use super::audit::BatchRec;
+use super::chain::{self, RowFields};
+use super::checkpoint::Start;
+use super::schema::storage;
+use super::writer::kind_from_code;
+use super::{Digest, EntryKind, LedgerError, Registers, Result};
+use crate::service::Service;
+
+/// First damage not (yet) forgiven by a reanchor.
+#[derive(Default)]
+pub(crate) struct Damage {
+    pub first: Option<(u64, String)>,
+    /// Whether anything was ever recorded, forgiven or not.
+    pub ever: bool,
+}
+
+impl Damage {
+    pub fn record(&mut self, seq: u64, what: impl FnOnce() -> String) {
+        self.ever = true;
+        if self.first.is_none() {
+            self.first = Some((seq, what()));
+        }
+    }
+}
+
+pub(crate) fn int(row: &Row<'_>, i: usize) -> Option<u64> {
+    match row.get_ref(i) {
+        Ok(ValueRef::Integer(v)) => Some(v as u64),
+        _ => None,
+    }
+}
+
+pub(crate) fn blob48<'a>(row: &'a Row<'_>, i: usize) -> Option<&'a [u8; 48]> {
+    match row.get_ref(i) {
+        Ok(ValueRef::Blob(b)) => b.try_into().ok(),
+        _ => None,
+    }
+}
+
+fn text<'a>(row: &'a Row<'_>, i: usize) -> Option<&'a [u8]> {
+    match row.get_ref(i) {
+        Ok(ValueRef::Text(t)) => Some(t),
+        _ => None,
+    }
+}
+
+fn opt_text<'a>(row: &'a Row<'_>, i: usize) -> Option<Option<&'a [u8]>> {
+    match row.get_ref(i) {
+        Ok(ValueRef::Null) => Some(None),
+        Ok(ValueRef::Text(t)) => Some(Some(t)),
+        _ => None,
+    }
+}
+
+/// Register checks of one row: AR + DR = CT, and continuity from the
+/// previous row. `regs` becomes this row's registers either way.
+fn check_row(f: &RowFields<'_>, regs: &mut Registers, damage: &mut Damage) {
+    let seq = f.seq;
+    if f.ascending.checked_add(f.descending) != Some(f.control_total) {
+        damage.record(seq, || {
+            format!("row {seq}: ascending + descending != control total")
+        });
+    }
+    let continuous = if super::writer::is_reanchor(f.kind, f.note) {
+        let want = super::writer::reanchored(regs);
+        f.credit == 0
+            && f.debit == 0
+            && want.ascending.0 == f.ascending
+            && want.descending.0 == f.descending
+            && want.control_total.0 == f.control_total
+            && regs.pieces == f.pieces
+    } else {
+        regs.descending
+            .0
+            .checked_add(f.credit)
+            .and_then(|d| d.checked_sub(f.debit))
+            == Some(f.descending)
+            && regs.ascending.0.checked_add(f.debit) == Some(f.ascending)
+            && regs.control_total.0.checked_add(f.credit) == Some(f.control_total)
+            && regs.pieces.checked_add(u64::from(f.service != 0)) == Some(f.pieces)
+    };
+    let service_ok = match f.service {
+        0 => f.service_count == 0,
+        code => match Service::from_code(code) {
+            Some(s) => {
+                let c = &mut regs.per_service[s.index()];
+                let ok = c.checked_add(1) == Some(f.service_count);
+                *c = f.service_count;
+                ok
+            }
+            None => false,
+        },
+    };
+    if !continuous || !service_ok {
+        damage.record(seq, || {
+            format!("row {seq}: registers do not follow from the previous row")
+        });
+    }
+    regs.ascending.0 = f.ascending;
+    regs.descending.0 = f.descending;
+    regs.control_total.0 = f.control_total;
+    regs.pieces = f.pieces;
+}
+
+/// What one pass over the journal found.
+pub(crate) struct Scan {
+    pub damage: Damage,
+    pub regs: Registers,
+    /// Hash of the last row.
+    pub prev: Digest,
+    pub rows: u64,
+    pub expected_seq: u64,
+    pub lock_at: Option<(u64, String)>,
+}
+
+/// Rows handed to the hashing thread: per row, stored prev (48) ‖ stored
+/// hash (48) ‖ canonical bytes, back to back; `ends[i]` is where row i ends.
+pub(crate) struct Chunk {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// Rows per chunk: small enough to keep the audit's memory at a few
+/// hundred KiB, large enough that the channel costs nothing.
+const CHUNK_ROWS: usize = 1024;
+
+/// Whether every row of `chunk` satisfies SHA-384(stored prev ‖ canonical)
+/// = stored hash.
+fn chunk_hashes_ok(chunk: &Chunk) -> bool {
+    let mut start = 0;
+    for &end in &chunk.ends {
+        let Some(row) = chunk.bytes.get(start..end) else {
+            return false;
+        };
+        start = end;
+        let (Some(prev), Some(hash), Some(canonical)) =
+            (row.get(..48), row.get(48..96), row.get(96..))
+        else {
+            return false;
+        };
+        let Ok(prev) = <&Digest>::try_from(prev) else {
+            return false;
+        };
+        if chain::row_hash(prev, canonical).as_slice() != hash {
+            return false;
+        }
+    }
+    true
+}
+
+/// The scan with hashing on a second thread. `None` when a stored hash does
+/// not match its row (the caller then runs the sequential scan).
+pub(crate) fn scan_parallel(
+    conn: &Connection,
+    from: &Start,
+    batches: &[BatchRec],
+    batch_damage: &[(u64, String)],
+) -> Result<Option<Scan>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(4);
+    std::thread::scope(|s| {
+        let hasher = s.spawn(move || {
+            let mut ok = true;
+            for chunk in rx {
+                // Keep draining after a failure so the sender never blocks.
+                ok = ok && chunk_hashes_ok(&chunk);
+            }
+            ok
+        });
+        let scanned = scan(conn, from, batches, batch_damage, Some(tx));
+        let hashes_ok = hasher.join().unwrap_or(false);
+        Ok(match scanned? {
+            s if hashes_ok => Some(s),
+            _ => None,
+        })
+    })
+}
+
+/// One pass in seq order. Without `defer`, every row hash is recomputed
+/// here and the chain followed as recomputed. With `defer`, the stored
+/// hashes are taken as the chain and every row goes to the hashing thread,
+/// which checks them; the result is only valid if that thread agrees.
+pub(crate) fn scan(
+    conn: &Connection,
+    from: &Start,
+    batches: &[BatchRec],
+    batch_damage: &[(u64, String)],
+    defer: Option<std::sync::mpsc::SyncSender<Chunk>>,
+) -> Result<Scan> {
+    let mut batch_damage = batch_damage.iter().cloned().peekable();
+    let mut damage = Damage::default();
+    let mut prev: Digest = from.prev;
+    let mut regs = from.regs.clone();
+    let mut expected_seq = from.seq + 1;
+    let mut rows = from.seq;
+    let mut bi = 0usize;
+    let mut lock_at: Option<(u64, String)> = from.lock_at.clone();
+    let mut buf = Vec::with_capacity(512);
+    let new_chunk = || Chunk {
+        bytes: Vec::with_capacity(CHUNK_ROWS * 320),
+        ends: Vec::with_capacity(CHUNK_ROWS),
+    };
+    let mut chunk = new_chunk();
+
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, time, kind, service, request_id, credit, debit, ascending, descending,
+             control_total, pieces, service_count, product_digest, note, prev_hash, hash
+             FROM journal WHERE seq > ?1 ORDER BY seq",
+        )
+        .map_err(storage)?;
+    let after = i64::try_from(from.seq).unwrap_or(i64::MAX);
+    let mut q = stmt.query([after]).map_err(storage)?;
+    while let Some(r) = q.next().map_err(storage)? {
+        rows += 1;
+        let seq = int(r, 0).unwrap_or(0);
+        if seq != expected_seq {
+            damage.record(expected_seq.min(seq), || {
+                format!("row {expected_seq} expected, found {seq} (rows deleted or reordered)")
+            });
+        }
+        expected_seq = seq.saturating_add(1);
+        let parsed = (|| {
+            Some((
+                RowFields {
+                    seq,
+                    time: int(r, 1)? as i64,
+                    kind: u8::try_from(int(r, 2)?).ok()?,
+                    service: u8::try_from(int(r, 3)?).ok()?,
+                    request_id: opt_text(r, 4)?,
+                    credit: int(r, 5)?,
+                    debit: int(r, 6)?,
+                    ascending: int(r, 7)?,
+                    descending: int(r, 8)?,
+                    control_total: int(r, 9)?,
+                    pieces: int(r, 10)?,
+                    service_count: int(r, 11)?,
+                    product_digest: blob48(r, 12)?,
+                    note: text(r, 13)?,
+                },
+                blob48(r, 14)?,
+                blob48(r, 15)?,
+            ))
+        })();
+        let Some((f, stored_prev, stored_hash)) = parsed else {
+            damage.record(seq, || format!("row {seq}: malformed columns"));
+            continue;
+        };
+        if f.encode(&mut buf).is_err() {
+            damage.record(seq, || format!("row {seq}: field too long"));
+            continue;
+        }
+        let hash = match &defer {
+            None => chain::row_hash(&prev, &buf),
+            Some(tx) => {
+                chunk.bytes.extend_from_slice(stored_prev);
+                chunk.bytes.extend_from_slice(stored_hash);
+                chunk.bytes.extend_from_slice(&buf);
+                chunk.ends.push(chunk.bytes.len());
+                if chunk.ends.len() == CHUNK_ROWS {
+                    let full = std::mem::replace(&mut chunk, new_chunk());
+                    if tx.send(full).is_err() {
+                        return Err(LedgerError::Storage("audit hashing thread stopped".into()));
+                    }
+                }
+                *stored_hash
+            }
+        };
+        let linked = stored_prev == &prev && stored_hash == &hash;
+        while let Some((at, what)) = batch_damage.next_if(|d| d.0 < seq) {
+            damage.record(at, || what);
+        }
+        // A verified reanchor forgives what came before it, not itself.
+        if linked && f.kind == EntryKind::Unlock as u8 && f.note == b"reanchor" {
+            damage.first = None;
+        }
+        while let Some((at, what)) = batch_damage.next_if(|d| d.0 <= seq) {
+            damage.record(at, || what);
+        }
+        if !linked {
+            damage.record(seq, || {
+                format!("row {seq}: hash does not match its content or link")
+            });
+        }
+        check_row(&f, &mut regs, &mut damage);
+        let kind = kind_from_code(f.kind);
+        if kind.is_none() || (kind == Some(EntryKind::Genesis)) != (seq == 1) {
+            damage.record(seq, || format!("row {seq}: kind {} out of place", f.kind));
+        }
+        match kind {
+            Some(EntryKind::Lock) => {
+                lock_at = Some((seq, String::from_utf8_lossy(f.note).into_owned()));
+            }
+            Some(EntryKind::Unlock) => lock_at = None,
+            _ => {}
+        }
+        while bi < batches.len() && batches[bi].last < seq {
+            bi += 1;
+        }
+        match batches.get(bi) {
+            Some(b) if b.first <= seq => {
+                if b.last == seq && b.head != Some(hash) {
+                    damage.record(seq, || {
+                        format!("batch ending at row {seq}: head does not match the chain")
+                    });
+                }
+            }
+            _ => damage.record(seq, || {
+                format!("row {seq} is not covered by a sealed batch")
+            }),
+        }
+        prev = hash;
+    }
+    if let Some(tx) = defer {
+        if !chunk.ends.is_empty() && tx.send(chunk).is_err() {
+            return Err(LedgerError::Storage("audit hashing thread stopped".into()));
+        }
+    }
+    for (at, what) in batch_damage {
+        damage.record(at, || what);
+    }
+    Ok(Scan {
+        damage,
+        regs,
+        prev,
+        rows,
+        expected_seq,
+        lock_at,
+    })
+}
