@@ -215,6 +215,26 @@ impl Payload for RevokeConfirmation {
     }
 }
 
+/// Decodes a confirmation the meter signed and kept in its own ledger
+/// (where the chain makes it tamper-evident): structure, content type and
+/// signature are checked, the signer's chain and validity are not (the
+/// meter's certificate may have expired since).
+pub fn stored_confirmation(der: &[u8]) -> Result<RevokeConfirmation> {
+    let p = crate::cms::parse(der)?;
+    if p.content_type != oid::CT_REVOKE_CONFIRMATION {
+        return Err(PkiError::WrongType(format!(
+            "{} is not a revoke confirmation",
+            p.content_type
+        )));
+    }
+    let content = p
+        .content
+        .clone()
+        .ok_or_else(|| PkiError::Malformed("content is detached".into()))?;
+    crate::cms::check_signature(&p, &content)?;
+    crate::payload::decode(&content)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -322,6 +342,8 @@ mod tests {
             let _ = decode::<RevokeOrder>(&bytes);
             let _ = decode::<RevokeConfirmation>(&bytes);
             let _ = canonical_serial(&String::from_utf8_lossy(&bytes));
+            let _ = stored_confirmation(&bytes);
+            let _ = crate::crl::serials(&bytes);
         }
 
         #[test]
