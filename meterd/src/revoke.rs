@@ -24,7 +24,8 @@
 //! ([`crate::ledger::Ledger::set_owed`]), so no sale can spend money the meter
 //! owes — even the little left when the revocation came. [`settle`] runs
 //! after every recharge (and at start, and after a due row): oldest first,
-//! for each due row the descending register covers, it commits a Debit row
+//! for each due row the funds not held by in-flight sales cover
+//! ([`crate::ledger::Ledger::reserve_owed`]), it commits a Debit row
 //! (no service, note [`NOTE_SETTLE`], request id `settle:<seq of the due
 //! row>`), so a settlement happens once even across a crash or a race.
 //! Settlement happens whole, never partly: one row per debt.
@@ -339,9 +340,11 @@ pub async fn settle(meter: &Meter) -> Result<Amount> {
 
 async fn settle_locked(_meter: &Meter, ledger: &Ledger) -> Result<Amount> {
     for (seq, amount) in outstanding(ledger).await? {
-        if ledger.state().registers.descending < amount {
-            break;
-        }
+        let reservation = match ledger.reserve_owed(amount) {
+            Ok(r) => r,
+            Err(LedgerError::InsufficientFunds { .. }) => break,
+            Err(e) => return Err(e.into()),
+        };
         let row = Entry {
             kind: EntryKind::Debit,
             service: None,
@@ -352,7 +355,7 @@ async fn settle_locked(_meter: &Meter, ledger: &Ledger) -> Result<Amount> {
             product: seq.to_string().into_bytes(),
             note: NOTE_SETTLE.into(),
         };
-        match ledger.commit(row, None).await {
+        match ledger.commit(row, Some(reservation)).await {
             Ok(_) => tracing::info!(due_row = seq, amount = amount.0, "revocation fee settled"),
             Err(LedgerError::InsufficientFunds { .. }) => break,
             Err(e) => {
@@ -385,7 +388,13 @@ pub async fn load(meter: &Meter, ledger: &Ledger) -> Result<()> {
         }
     }
     let _one_at_a_time = DUES.lock().await;
-    let owed = settle_locked(meter, ledger).await?;
+    // The hold first (a start must not let sales spend owed money); a failed
+    // settlement only waits for the next recharge.
+    let mut owed = refresh_owed(ledger).await?;
+    match settle_locked(meter, ledger).await {
+        Ok(left) => owed = left,
+        Err(e) => tracing::error!(error = %e, "settling revocation fees at start failed"),
+    }
     if owed > Amount::ZERO {
         tracing::warn!(
             owed = owed.0,

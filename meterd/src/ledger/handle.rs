@@ -109,6 +109,13 @@ impl Ledger {
         Ok(())
     }
 
+    /// Holds `debit` for a settlement of what is owed: granted against the
+    /// funds less live reservations (not less the owed hold, which exists
+    /// for it), so a settlement never takes money an in-flight sale holds.
+    pub fn reserve_owed(&self, debit: Amount) -> Result<Reservation> {
+        reserve::reserve_owed(&self.funds, debit)
+    }
+
     /// The amount [`Ledger::set_owed`] holds.
     pub fn owed(&self) -> Amount {
         self.funds.lock().map(|f| f.owed).unwrap_or(Amount::ZERO)

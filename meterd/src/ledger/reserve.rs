@@ -34,13 +34,25 @@ fn poisoned<T>(_: T) -> LedgerError {
     LedgerError::Storage("funds lock poisoned".into())
 }
 
-/// Reserves `debit` against `funds`.
+/// Reserves `debit` against `funds`, less what is owed.
 pub(crate) fn reserve(funds: &SharedFunds, debit: Amount) -> Result<Reservation> {
+    reserve_with(funds, debit, true)
+}
+
+/// Reserves `debit` to pay what is owed: against the funds less live
+/// reservations only (the owed hold exists for this debit), so a settlement
+/// never takes money an in-flight sale already holds.
+pub(crate) fn reserve_owed(funds: &SharedFunds, debit: Amount) -> Result<Reservation> {
+    reserve_with(funds, debit, false)
+}
+
+fn reserve_with(funds: &SharedFunds, debit: Amount, hold_owed: bool) -> Result<Reservation> {
     let mut f = funds.lock().map_err(poisoned)?;
+    let owed = if hold_owed { f.owed } else { Amount::ZERO };
     let available = f
         .descending
         .checked_sub(f.reserved)
-        .and_then(|a| a.checked_sub(f.owed))
+        .and_then(|a| a.checked_sub(owed))
         .unwrap_or(Amount::ZERO);
     if debit > available {
         return Err(LedgerError::InsufficientFunds {
@@ -145,6 +157,12 @@ mod tests {
         let a = reserve(&funds, Amount(30)).unwrap();
         assert!(reserve(&funds, Amount(1)).is_err());
         drop(a);
+        let settle = reserve_owed(&funds, Amount(70)).unwrap();
+        assert!(
+            reserve_owed(&funds, Amount(31)).is_err(),
+            "70 reserved, 30 left"
+        );
+        drop(settle);
         funds.lock().unwrap().owed = Amount(200);
         assert!(matches!(
             reserve(&funds, Amount(1)),
