@@ -362,6 +362,29 @@ fn revoke_paid_due_forced_crl_and_settlement() {
         !out.status.success(),
         "the authority orders a serial revoked once"
     );
+    // A second valid order for Alice (an authority that lost its record): the
+    // meter refuses a double revocation itself.
+    let record = sb.authority_dir().join("revocations.json");
+    let kept = std::fs::read(&record).unwrap();
+    std::fs::remove_file(&record).unwrap();
+    let second = p(&sb, "order-alice-2.pem");
+    sb.authority(&[
+        "revoke",
+        "--forced",
+        "--meter",
+        &meter_id,
+        "--serial",
+        &alice_serial,
+        "--out",
+        &second,
+    ]);
+    std::fs::write(&record, kept).unwrap();
+    let out = sb.meterctl(&["cert", "apply-revoke", &second]);
+    assert_eq!(out.status.code(), Some(exit::INVALID), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already revoked"),
+        "{out:?}"
+    );
     // A revoked certificate can no longer sign.
     let msg = write(&sb, "msg.txt", b"signed by a revoked key?\n");
     let out = sb.meterctl(&[
