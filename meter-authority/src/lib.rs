@@ -13,6 +13,7 @@ pub mod credit;
 pub mod enrol;
 pub mod inspect;
 pub mod rates;
+pub mod revoke;
 pub mod state;
 
 use meter_pki::cms::SignOptions;

@@ -167,6 +167,36 @@ enum Cmd {
         #[arg(long, conflicts_with = "days")]
         valid_seconds: Option<u32>,
     },
+    /// Answer a meter's revoke request (`meterctl cert revoke`) with a signed,
+    /// single-use revoke order; or, with --forced, order a revocation on the
+    /// authority's own decision (Fig. 6, 608). Recorded for the CRL.
+    Revoke {
+        /// The request (CMS, DER or PEM); not with --forced.
+        #[arg(value_name = "REQUEST", required_unless_present = "forced")]
+        request: Option<PathBuf>,
+        /// Forced revocation: no request; give --meter, --serial and --reason.
+        #[arg(long, requires_all = ["meter", "serial"], conflicts_with = "request")]
+        forced: bool,
+        /// Meter holding the certificate (forced).
+        #[arg(long)]
+        meter: Option<String>,
+        /// Serial of the certificate, hex (forced).
+        #[arg(long)]
+        serial: Option<String>,
+        /// Reason (forced): unspecified, keyCompromise, affiliationChanged,
+        /// superseded, cessationOfOperation, privilegeWithdrawn.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+        /// Output: the revoke order (PEM).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Publish a CRL (RFC 5280 v2, signed by the root) of every revocation ordered.
+    Crl {
+        /// Output: the CRL (PEM).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Verify a postmark token over a message against this authority's root.
     VerifyToken {
         /// The token (DER or PEM).
@@ -357,6 +387,44 @@ fn run(cli: Cli) -> Result<()> {
             let c = a.certify_user(&read_bounded(&request)?, validity, t)?;
             write_cert(&out, &c)?;
             println!("{}", cert::serial_hex(&c));
+        }
+        Cmd::Revoke {
+            request,
+            forced,
+            meter,
+            serial,
+            reason,
+            out,
+        } => {
+            let a = Authority::open(dir)?;
+            let (order, pem) = match (forced, request, meter, serial) {
+                (true, _, Some(m), Some(s)) => a.revoke_forced(&m, &s, &reason, t)?,
+                (false, Some(r), _, _) => a.revoke(&read_bounded(&r)?, t)?,
+                _ => {
+                    return Err(AuthorityError::Invalid(
+                        "give a REQUEST, or --forced --meter ID --serial S".into(),
+                    ))
+                }
+            };
+            write_file(&out, pem.as_bytes())?;
+            println!(
+                "{}revoke order {} for serial {} of meter {} ({}) written to {}",
+                if order.forced { "forced " } else { "" },
+                order.order_id,
+                order.serial,
+                order.meter_id,
+                order.reason,
+                out.display()
+            );
+        }
+        Cmd::Crl { out } => {
+            let a = Authority::open(dir)?;
+            let (pem, number, count) = a.crl(t)?;
+            write_file(&out, pem.as_bytes())?;
+            println!(
+                "CRL {number} ({count} revoked) written to {}",
+                out.display()
+            );
         }
         Cmd::VerifyToken { token, data } => {
             let a = Authority::open(dir)?;

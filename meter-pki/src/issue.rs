@@ -87,7 +87,7 @@ fn extensions(
 }
 
 /// Key identifier of a certificate: its SKI extension if present, else derived from the key.
-fn cert_key_id(c: &Certificate) -> Vec<u8> {
+pub(crate) fn cert_key_id(c: &Certificate) -> Vec<u8> {
     use der::Decode;
     c.tbs_certificate
         .extensions

@@ -16,6 +16,7 @@ pub mod cert;
 pub mod certreq;
 pub mod cms;
 pub mod credit;
+pub mod crl;
 pub mod csr;
 pub mod detached;
 pub mod envelope;
@@ -25,6 +26,7 @@ pub mod oid;
 pub mod payload;
 pub mod pem;
 pub mod report;
+pub mod revoke;
 pub mod sig;
 pub mod tsp;
 

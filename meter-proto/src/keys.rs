@@ -29,6 +29,8 @@ pub mod status {
     pub const INSPECTION_PERIOD_DAYS: &str = "inspection_period_days";
     /// `t`: sequence of the last acknowledged status report (0: none).
     pub const ACKNOWLEDGED_REPORT: &str = "acknowledged_report";
+    /// `t`: revocation fees due, held out of the funds until a recharge settles them.
+    pub const PAYMENT_DUE: &str = "payment_due";
 }
 
 /// `Validate()` report keys.

@@ -126,6 +126,15 @@ pub trait Meter1 {
     /// Lines of credit (keys of [`crate::keys::credit_line`]).
     fn list_credit_lines(&self) -> Result<Vec<HashMap<String, OwnedValue>>, MeterError>;
 
+    /// Signs a request to the authority to revoke installed certificate `serial`
+    /// for `reason` (an RFC 5280 reason name); CMS `CT_REVOKE_REQUEST`, not charged.
+    fn revoke(&self, serial: &str, reason: &str, request_id: &str) -> Result<Vec<u8>, MeterError>;
+
+    /// Applies the authority's revoke order (once): destroys the key, marks the
+    /// certificate revoked, charges `revoke` (or records it due when funds are
+    /// short) and returns the signed confirmation (CMS `CT_REVOKE_CONFIRMATION`).
+    fn apply_revoke_order(&self, order: &[u8]) -> Result<Vec<u8>, MeterError>;
+
     /// Makes a user key in the TPM (funds checked for `certificate-install`, nothing
     /// charged) and returns its PKCS#10 request with the enrolment code, in CMS
     /// SignedData signed by the meter (keys of [`crate::keys::subject`]).

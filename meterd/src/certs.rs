@@ -165,6 +165,23 @@ impl CertStore {
         self.list().into_iter().find(|e| e.public_sec1 == public)
     }
 
+    /// Marks the installed certificate `serial` revoked in memory; the
+    /// caller has made the revocation durable in the ledger first (the
+    /// revocation service's own row, see `revoke`). Returns whether one matched.
+    pub fn mark_revoked(&self, serial: &str) -> Result<bool> {
+        let want = normalize_serial(serial);
+        let mut hit = false;
+        self.update(|all| {
+            for e in all.iter_mut() {
+                if e.cert.is_some() && normalize_serial(&e.serial()) == want {
+                    e.revoked = true;
+                    hit = true;
+                }
+            }
+        })?;
+        Ok(hit)
+    }
+
     fn update(&self, f: impl FnOnce(&mut Vec<CertEntry>)) -> Result<()> {
         let mut guard = self.entries.write().map_err(poisoned)?;
         f(&mut guard);

@@ -31,6 +31,7 @@ pub mod provision;
 pub mod rates;
 pub mod recharge;
 pub mod report;
+pub mod revoke;
 pub mod sale;
 pub mod service;
 pub mod sign;

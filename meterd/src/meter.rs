@@ -162,6 +162,7 @@ impl Meter {
         let book = RateBook::from_products(&tables, &anchors, clock::now())?;
         self.write_inner()?.rates = Arc::new(book);
         self.certs.load(ledger).await?;
+        crate::revoke::load(self, ledger).await?;
         crate::agent::load(self, ledger).await
     }
 

@@ -1,5 +1,9 @@
 //! Recharge (claims 15, 30): credit an authority-signed voucher, once.
 //!
+//! A revocation fee due (see `revoke`) is settled right after the credit,
+//! before the new funds can be sold: the descending register returned is
+//! the one after settlement.
+//!
 //! Single use is enforced by the ledger itself: the voucher's sequence
 //! number becomes the row's request id, which is UNIQUE, so a replay cannot
 //! credit twice even when two copies arrive at the same moment.
@@ -49,7 +53,15 @@ pub async fn recharge(meter: &Meter, signed: &[u8]) -> Result<Amount> {
                 amount = voucher.amount,
                 "voucher credited"
             );
-            Ok(registers.descending)
+            if ledger.owed() == Amount::ZERO {
+                return Ok(registers.descending);
+            }
+            // The credit is durable; a failed settlement is retried at the
+            // next recharge or start, and the owed hold stays meanwhile.
+            if let Err(e) = crate::revoke::settle(meter).await {
+                tracing::error!(error = %e, "settling revocation fees failed");
+            }
+            Ok(ledger.state().registers.descending)
         }
         Ok(Outcome::Existing { .. }) | Err(LedgerError::Conflict(_)) => {
             Err(ServiceError::Replay(format!(

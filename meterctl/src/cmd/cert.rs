@@ -4,7 +4,8 @@
 //! checked, nothing is charged yet) and writes the request the authority
 //! certifies (`meter-authority certify REQUEST --out cert.pem`); `install`
 //! installs the certificate the authority returned, which activates the key
-//! and charges `certificate-install`.
+//! and charges `certificate-install`. `revoke` and `apply-revoke` are the
+//! revocation of Fig. 6 (see `revoke.rs`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -47,6 +48,11 @@ pub enum CertCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Write a signed request to the authority to revoke a certificate (not charged).
+    Revoke(super::revoke::RevokeArgs),
+    /// Apply the authority's revoke order: destroys the key, charges `revoke`
+    /// (or records it due when funds are short) and writes the confirmation.
+    ApplyRevoke(super::revoke::ApplyArgs),
 }
 
 /// `CN=Alice` or `Alice` → `Alice`.
@@ -97,6 +103,8 @@ pub async fn run(ctx: &Ctx, cmd: CertCommand) -> Result<Output, CtlError> {
                 json!({"subject": cn, "request_file": out, "request_id": request_id, "bytes": request.len()}),
             ))
         }
+        CertCommand::Revoke(args) => super::revoke::request(ctx, args).await,
+        CertCommand::ApplyRevoke(args) => super::revoke::apply(ctx, args).await,
         CertCommand::Install { file } => {
             let cert = read_input(&file, MAX_OBJECT)?;
             let meter = ctx.meter().await?;

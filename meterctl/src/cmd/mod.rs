@@ -19,6 +19,7 @@ pub mod provision;
 pub mod rates;
 pub mod recharge;
 pub mod report;
+pub mod revoke;
 pub mod sign;
 pub mod status;
 pub mod trust_anchor;

@@ -105,6 +105,13 @@ pub fn render(reply: &HashMap<String, OwnedValue>) -> (String, Vec<String>) {
         };
         t.row("AR + DR = CT", check);
     }
+    if let Some(due) = d.u64(key::PAYMENT_DUE).filter(|d| *d > 0) {
+        t.row("payment due", money(due));
+        warnings.push(format!(
+            "payment due: {} of revocation fees; the next recharge settles it first, and no sale can spend it meanwhile",
+            format_amount(due, digits, &currency)
+        ));
+    }
     if let (Some(dr), Some(threshold)) = (dr, d.u64(key::LOW_FUNDS_THRESHOLD)) {
         if threshold > 0 && dr < threshold {
             let msg = format!(

@@ -25,7 +25,7 @@ use meter_proto::MeterError;
 use crate::meter::Meter;
 use crate::{
     agent, anchor, audit, certs, credit as credit_service, inspection, lock, postage, postmark,
-    provision, rates, recharge, report, sign, validate,
+    provision, rates, recharge, report, revoke, sign, validate,
 };
 
 pub use auth::{Authorizer, Role};
@@ -461,6 +461,38 @@ impl MeterIface {
             .await
             .map_err(|e| errors::to_dbus("ListCreditLines", e))?;
         Ok(lines.into_iter().map(credit::line_dict).collect())
+    }
+
+    /// Signs a request to the authority to revoke a user certificate (CMS, DER).
+    async fn revoke(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        serial: String,
+        reason: String,
+        request_id: String,
+    ) -> Result<Vec<u8>, MeterError> {
+        let _slot = self.admit(conn, &header, "Revoke", Role::Admin).await?;
+        revoke::request(&self.meter, &serial, &reason, &request_id)
+            .await
+            .map_err(|e| errors::to_dbus("Revoke", e))
+    }
+
+    /// Applies an authority revoke order; returns the signed confirmation
+    /// of revocation and payment, or of payment due (CMS, DER).
+    async fn apply_revoke_order(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        order: Vec<u8>,
+    ) -> Result<Vec<u8>, MeterError> {
+        let _slot = self
+            .admit(conn, &header, "ApplyRevokeOrder", Role::Admin)
+            .await?;
+        bounded("revoke order", &order)?;
+        revoke::apply(&self.meter, &order)
+            .await
+            .map_err(|e| errors::to_dbus("ApplyRevokeOrder", e))
     }
 
     /// Makes a user key in the TPM and returns its certificate request (CMS).

@@ -57,6 +57,7 @@ pub fn status_dict(meter: &Meter) -> Dict {
     put(&mut d, k::ASCENDING, regs.ascending.0);
     put(&mut d, k::CONTROL_TOTAL, regs.control_total.0);
     put(&mut d, k::PIECE_COUNT, regs.pieces);
+    put(&mut d, k::PAYMENT_DUE, crate::revoke::payment_due(meter).0);
     let counts: HashMap<String, u64> = Service::ALL
         .iter()
         .map(|s| (s.name().to_owned(), regs.per_service[s.index()]))

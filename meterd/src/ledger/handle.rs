@@ -122,6 +122,30 @@ impl Ledger {
         reserve::reserve(&self.funds, debit)
     }
 
+    /// Holds `owed` (funds owed, e.g. a revocation fee due) out of what
+    /// [`Ledger::reserve`] grants, so that no sale spends money the meter
+    /// owes; the settlement debit is committed without a reservation.
+    pub fn set_owed(&self, owed: Amount) -> Result<()> {
+        let mut f = self
+            .funds
+            .lock()
+            .map_err(|_| LedgerError::Storage("funds lock poisoned".into()))?;
+        f.owed = owed;
+        Ok(())
+    }
+
+    /// Holds `debit` for a settlement of what is owed: granted against the
+    /// funds less live reservations (not less the owed hold, which exists
+    /// for it), so a settlement never takes money an in-flight sale holds.
+    pub fn reserve_owed(&self, debit: Amount) -> Result<Reservation> {
+        reserve::reserve_owed(&self.funds, debit)
+    }
+
+    /// The amount [`Ledger::set_owed`] holds.
+    pub fn owed(&self) -> Amount {
+        self.funds.lock().map(|f| f.owed).unwrap_or(Amount::ZERO)
+    }
+
     /// Appends `entry` (in the next group commit) and returns once it is
     /// durable and sealed, or an earlier row with its request id exists.
     pub async fn commit(&self, entry: Entry, reservation: Option<Reservation>) -> Result<Outcome> {

@@ -18,6 +18,10 @@ pub(crate) struct Funds {
     pub descending: Amount,
     /// Sum of live reservations.
     pub reserved: Amount,
+    /// Funds owed (a revocation fee due, see `revoke`): held out of every
+    /// reservation so that no sale spends them; only the unreserved
+    /// settlement debit takes them.
+    pub owed: Amount,
     /// Reservations alive: requests between their funds check and their
     /// commit. The commit thread waits for them to fill a batch.
     pub holders: usize,
@@ -30,10 +34,26 @@ fn poisoned<T>(_: T) -> LedgerError {
     LedgerError::Storage("funds lock poisoned".into())
 }
 
-/// Reserves `debit` against `funds`.
+/// Reserves `debit` against `funds`, less what is owed.
 pub(crate) fn reserve(funds: &SharedFunds, debit: Amount) -> Result<Reservation> {
+    reserve_with(funds, debit, true)
+}
+
+/// Reserves `debit` to pay what is owed: against the funds less live
+/// reservations only (the owed hold exists for this debit), so a settlement
+/// never takes money an in-flight sale already holds.
+pub(crate) fn reserve_owed(funds: &SharedFunds, debit: Amount) -> Result<Reservation> {
+    reserve_with(funds, debit, false)
+}
+
+fn reserve_with(funds: &SharedFunds, debit: Amount, hold_owed: bool) -> Result<Reservation> {
     let mut f = funds.lock().map_err(poisoned)?;
-    let available = f.descending.checked_sub(f.reserved).unwrap_or(Amount::ZERO);
+    let owed = if hold_owed { f.owed } else { Amount::ZERO };
+    let available = f
+        .descending
+        .checked_sub(f.reserved)
+        .and_then(|a| a.checked_sub(owed))
+        .unwrap_or(Amount::ZERO);
     if debit > available {
         return Err(LedgerError::InsufficientFunds {
             needed: debit,
@@ -100,6 +120,7 @@ mod tests {
         let funds: SharedFunds = Arc::new(Mutex::new(Funds {
             descending: Amount(100),
             reserved: Amount::ZERO,
+            owed: Amount::ZERO,
             holders: 0,
         }));
         let a = reserve(&funds, Amount(60)).unwrap();
@@ -116,5 +137,39 @@ mod tests {
         let mut f = funds.lock().unwrap();
         b.release_locked(&mut f);
         assert_eq!(f.reserved, Amount::ZERO);
+    }
+
+    #[test]
+    fn owed_funds_are_not_reservable() {
+        let funds: SharedFunds = Arc::new(Mutex::new(Funds {
+            descending: Amount(100),
+            reserved: Amount::ZERO,
+            owed: Amount(70),
+            holders: 0,
+        }));
+        assert!(matches!(
+            reserve(&funds, Amount(31)),
+            Err(LedgerError::InsufficientFunds {
+                available: Amount(30),
+                ..
+            })
+        ));
+        let a = reserve(&funds, Amount(30)).unwrap();
+        assert!(reserve(&funds, Amount(1)).is_err());
+        drop(a);
+        let settle = reserve_owed(&funds, Amount(70)).unwrap();
+        assert!(
+            reserve_owed(&funds, Amount(31)).is_err(),
+            "70 reserved, 30 left"
+        );
+        drop(settle);
+        funds.lock().unwrap().owed = Amount(200);
+        assert!(matches!(
+            reserve(&funds, Amount(1)),
+            Err(LedgerError::InsufficientFunds {
+                available: Amount::ZERO,
+                ..
+            })
+        ));
     }
 }

@@ -1,0 +1,410 @@
+//! Revocation of a user certificate (Fig. 6), its fee, and payment due.
+//!
+//! * [`request`] (`Revoke`): the meter signs a [`RevokeRequest`] with its
+//!   identity key (602). One Event row noted [`NOTE_REQUEST`] keeps it, so a
+//!   retry with the same request id returns the same bytes. Not charged.
+//! * [`apply`] (`ApplyRevokeOrder`): verifies the authority's order (610),
+//!   then, in this order: decides paid or due, signs the confirmation, commits
+//!   ONE Debit row (service `revoke`, request id `revoke-order:<order id>`, so
+//!   an order applies once; product the confirmation; note [`NOTE_PAID`] with
+//!   the fee debited, or [`NOTE_DUE`] with nothing debited), marks the
+//!   certificate revoked, and only then destroys the key blob (616). A crash
+//!   after the commit leaves a blob of a revoked certificate: [`load`]
+//!   destroys such leftovers at start. A forced order (the authority's own,
+//!   no request) takes the same path.
+//!
+//! # Payment due (618–620)
+//!
+//! When the funds cannot cover the fee the meter revokes anyway (a
+//! compromised key must not wait for money) and confirms `payment-due`. The
+//! ledger chain layout is unchanged: the due row is a Debit of 0 that counts
+//! the revoke piece and whose signed product states the amount due. The
+//! amount owed is the sum of due rows without a settlement row; it is
+//! rebuilt from the ledger at start and held out of every reservation
+//! ([`crate::ledger::Ledger::set_owed`]), so no sale can spend money the meter
+//! owes — even the little left when the revocation came. [`settle`] runs
+//! after every recharge (and at start, and after a due row): oldest first,
+//! for each due row the funds not held by in-flight sales cover
+//! ([`crate::ledger::Ledger::reserve_owed`]), it commits a Debit row
+//! (no service, note [`NOTE_SETTLE`], request id `settle:<seq of the due
+//! row>`), so a settlement happens once even across a crash or a race.
+//! Settlement happens whole, never partly: one row per debt.
+//!
+//! A locked meter still applies orders and settles debts: both are the
+//! authority's own business, not sales.
+
+use meter_pki::cms::{self, SignOptions};
+use meter_pki::revoke::{self as rv, RevokeConfirmation, RevokeOrder, RevokeRequest};
+use meter_pki::{oid, payload};
+use tokio::sync::Mutex;
+
+use crate::certs::CertState;
+use crate::digest::input_digest;
+use crate::error::{Result, ServiceError};
+use crate::housing::HousingError;
+use crate::identity::Identity;
+use crate::ledger::{Entry, EntryKind, Ledger, LedgerError, Outcome};
+use crate::meter::{Meter, IDENTITY_KEY};
+use crate::money::Amount;
+use crate::service::Service;
+use crate::{clock, sale};
+
+/// Note of the Event row keeping a revoke request.
+pub const NOTE_REQUEST: &str = "revoke-request";
+/// Note of the revoke Debit row whose fee was debited.
+pub const NOTE_PAID: &str = "revoke-paid";
+/// Note of the revoke Debit row (debit 0) whose fee is due.
+pub const NOTE_DUE: &str = "revoke-due";
+/// Note of the Debit row settling a due fee.
+pub const NOTE_SETTLE: &str = "revoke-settle";
+
+/// Serializes order applications and settlements: the owed hold is set from
+/// the ledger under it.
+static DUES: Mutex<()> = Mutex::const_new(());
+
+fn invalid(m: impl Into<String>) -> ServiceError {
+    ServiceError::InvalidInput(m.into())
+}
+
+fn provisioned(meter: &Meter) -> Result<(std::sync::Arc<Identity>, Ledger)> {
+    Ok((meter.require_identity()?, meter.require_ledger()?))
+}
+
+/// `Revoke`: signs a request to the authority to revoke installed
+/// certificate `serial` for `reason`; one Event row, not charged.
+pub async fn request(
+    meter: &Meter,
+    serial: &str,
+    reason: &str,
+    request_id: &str,
+) -> Result<Vec<u8>> {
+    let (identity, ledger) = provisioned(meter)?;
+    sale::check_request_id(request_id)?;
+    rv::check_reason(reason).map_err(|e| invalid(e.to_string()))?;
+    let entry = meter.certs().find(serial).ok_or_else(|| {
+        invalid(format!(
+            "no user certificate with serial {serial:?} is installed; meterctl certs lists them"
+        ))
+    })?;
+    if entry.revoked {
+        return Err(invalid(format!(
+            "certificate {} is already revoked",
+            entry.serial()
+        )));
+    }
+    let canonical = rv::canonical_serial(&entry.serial())?;
+    let input = input_digest(NOTE_REQUEST, &[canonical.as_bytes(), reason.as_bytes()]);
+    if let Some(stored) = ledger.lookup(request_id).await? {
+        if stored.kind == EntryKind::Event && stored.input_digest == input {
+            return Ok(stored.product);
+        }
+        return Err(invalid(format!(
+            "request id {request_id:?} was already used with different input; choose a new request id"
+        )));
+    }
+    let now = clock::now();
+    let body = RevokeRequest {
+        meter_id: identity.meter_id.clone(),
+        serial: canonical.clone(),
+        reason: reason.to_owned(),
+        request_id: request_id.to_owned(),
+        issued_at: now,
+    };
+    let signed = sign(
+        meter,
+        &identity,
+        oid::CT_REVOKE_REQUEST,
+        &payload::encode(&body)?,
+        now,
+    )
+    .await?;
+    let row = Entry {
+        kind: EntryKind::Event,
+        service: None,
+        request_id: Some(request_id.to_owned()),
+        input_digest: input,
+        credit: Amount::ZERO,
+        debit: Amount::ZERO,
+        product: signed.clone(),
+        note: NOTE_REQUEST.into(),
+    };
+    match ledger.commit(row, None).await? {
+        Outcome::Committed { .. } => {
+            tracing::info!(serial = %canonical, reason, "revocation requested");
+            Ok(signed)
+        }
+        Outcome::Existing { product, .. } => Ok(product),
+    }
+}
+
+async fn sign(
+    meter: &Meter,
+    identity: &Identity,
+    content_type: meter_pki::ObjectIdentifier,
+    content: &[u8],
+    now: i64,
+) -> Result<Vec<u8>> {
+    let prepared = cms::prepare(&SignOptions {
+        content_type,
+        content,
+        signer: &identity.meter_cert,
+        extra_certs: &[],
+        signing_time: Some(now),
+        ess_cert_id_v2: true,
+    })?;
+    let raw = meter
+        .housing()
+        .sign_digest(IDENTITY_KEY, prepared.digest())
+        .await?;
+    Ok(prepared.finish(&raw)?)
+}
+
+/// Price of a revocation: the `revoke` rate; a table that does not price
+/// it makes revocation free (it must never be blocked by a missing rate).
+fn fee(meter: &Meter, now: i64) -> Result<Amount> {
+    match meter.rates().price(Service::Revoke, now) {
+        Ok(a) => Ok(a),
+        Err(ServiceError::InvalidInput(_)) => Ok(Amount::ZERO),
+        Err(e) => Err(e),
+    }
+}
+
+/// `ApplyRevokeOrder`: applies an authority-signed revoke order and returns
+/// the signed confirmation of revocation and payment, or of payment due.
+pub async fn apply(meter: &Meter, signed_order: &[u8]) -> Result<Vec<u8>> {
+    let (identity, ledger) = provisioned(meter)?;
+    let now = clock::now();
+    let (order, verified) = payload::open::<RevokeOrder>(signed_order, &identity.anchors, now)?;
+    if order.meter_id != identity.meter_id {
+        return Err(invalid(format!(
+            "the order is for meter {}, this meter is {}",
+            order.meter_id, identity.meter_id
+        )));
+    }
+    let _one_at_a_time = DUES.lock().await;
+    let request_id = format!("revoke-order:{}", order.order_id);
+    if ledger.lookup(&request_id).await?.is_some() {
+        return Err(ServiceError::Replay(format!(
+            "revoke order {} was already applied; an order is good once",
+            order.order_id
+        )));
+    }
+    let entry = meter.certs().find(&order.serial).ok_or_else(|| {
+        invalid(format!(
+            "no user certificate with serial {} is installed in this meter",
+            order.serial
+        ))
+    })?;
+    if entry.state(now) == CertState::Revoked {
+        return Err(invalid(format!(
+            "certificate {} is already revoked",
+            order.serial
+        )));
+    }
+    let fee = fee(meter, now)?;
+    let reservation = match ledger.reserve(fee) {
+        Ok(r) => Some(r),
+        Err(LedgerError::InsufficientFunds { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let due = reservation.is_none();
+    let confirmation = RevokeConfirmation {
+        meter_id: identity.meter_id.clone(),
+        serial: order.serial.clone(),
+        reason: order.reason.clone(),
+        order_id: order.order_id.clone(),
+        forced: order.forced,
+        revoked_at: now,
+        fee: fee.0,
+        payment: if due { rv::PAYMENT_DUE } else { rv::PAID }.into(),
+        amount_due: if due { fee.0 } else { 0 },
+        key_destroyed: true,
+    };
+    let signed = sign(
+        meter,
+        &identity,
+        oid::CT_REVOKE_CONFIRMATION,
+        &payload::encode(&confirmation)?,
+        now,
+    )
+    .await?;
+    let row = Entry {
+        kind: EntryKind::Debit,
+        service: Some(Service::Revoke),
+        request_id: Some(request_id),
+        input_digest: input_digest("revoke-order", &[&verified.content]),
+        credit: Amount::ZERO,
+        debit: if due { Amount::ZERO } else { fee },
+        product: signed.clone(),
+        note: if due { NOTE_DUE } else { NOTE_PAID }.into(),
+    };
+    if due {
+        // Held before the row exists, so no sale slips in between.
+        ledger.set_owed(ledger.owed().checked_add(fee).map_err(LedgerError::from)?)?;
+    }
+    let committed = ledger.commit(row, reservation).await;
+    let outcome = match committed {
+        Ok(o) => o,
+        Err(e) => {
+            refresh_owed(&ledger).await?;
+            return Err(match e {
+                LedgerError::Conflict(_) => ServiceError::Replay(format!(
+                    "revoke order {} was already applied",
+                    order.order_id
+                )),
+                e => e.into(),
+            });
+        }
+    };
+    if let Outcome::Existing { .. } = outcome {
+        refresh_owed(&ledger).await?;
+        return Err(ServiceError::Replay(format!(
+            "revoke order {} was already applied",
+            order.order_id
+        )));
+    }
+    meter.certs().mark_revoked(&order.serial)?;
+    tracing::info!(
+        serial = %order.serial,
+        reason = %order.reason,
+        forced = order.forced,
+        fee = fee.0,
+        due,
+        "certificate revoked"
+    );
+    destroy(meter, &entry.key).await;
+    if due {
+        settle_locked(meter, &ledger).await?;
+    }
+    Ok(signed)
+}
+
+/// Deletes a revoked key's blobs; a failure is logged and retried at start.
+async fn destroy(meter: &Meter, key: &str) {
+    let k = key.to_owned();
+    let done = meter
+        .housing()
+        .call(move |h| {
+            if h.has_key(&k)? {
+                match h.destroy_key(&k) {
+                    Ok(()) | Err(HousingError::NoSuchKey(_)) => return Ok(true),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(false)
+        })
+        .await;
+    match done {
+        Ok(true) => tracing::info!(key, "revoked key destroyed"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(key, error = %e, "revoked key not destroyed yet; retried at start")
+        }
+    }
+}
+
+/// Due rows not settled yet, oldest first: (seq of the due row, amount).
+async fn outstanding(ledger: &Ledger) -> Result<Vec<(u64, Amount)>> {
+    let mut out = Vec::new();
+    for (seq, _, product) in ledger.products_noted(EntryKind::Debit, NOTE_DUE).await? {
+        let c = match rv::stored_confirmation(&product) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(seq, error = %e, "unreadable revoke-due row");
+                continue;
+            }
+        };
+        if ledger.lookup(&format!("settle:{seq}")).await?.is_none() {
+            out.push((seq, Amount(c.amount_due)));
+        }
+    }
+    Ok(out)
+}
+
+async fn refresh_owed(ledger: &Ledger) -> Result<Amount> {
+    let mut owed = Amount::ZERO;
+    for (_, a) in outstanding(ledger).await? {
+        owed = owed.checked_add(a).map_err(LedgerError::from)?;
+    }
+    ledger.set_owed(owed)?;
+    Ok(owed)
+}
+
+/// Settles due revocation fees the descending register now covers (oldest
+/// first), one Debit row each; returns what is still owed.
+pub async fn settle(meter: &Meter) -> Result<Amount> {
+    let ledger = meter.require_ledger()?;
+    let _one_at_a_time = DUES.lock().await;
+    settle_locked(meter, &ledger).await
+}
+
+async fn settle_locked(_meter: &Meter, ledger: &Ledger) -> Result<Amount> {
+    for (seq, amount) in outstanding(ledger).await? {
+        let reservation = match ledger.reserve_owed(amount) {
+            Ok(r) => r,
+            Err(LedgerError::InsufficientFunds { .. }) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let row = Entry {
+            kind: EntryKind::Debit,
+            service: None,
+            request_id: Some(format!("settle:{seq}")),
+            input_digest: input_digest(NOTE_SETTLE, &[&seq.to_be_bytes()]),
+            credit: Amount::ZERO,
+            debit: amount,
+            product: seq.to_string().into_bytes(),
+            note: NOTE_SETTLE.into(),
+        };
+        match ledger.commit(row, Some(reservation)).await {
+            Ok(_) => tracing::info!(due_row = seq, amount = amount.0, "revocation fee settled"),
+            Err(LedgerError::InsufficientFunds { .. }) => break,
+            Err(e) => {
+                refresh_owed(ledger).await?;
+                return Err(e.into());
+            }
+        }
+    }
+    refresh_owed(ledger).await
+}
+
+/// At start: marks the certificates of revoke rows revoked, destroys
+/// leftover key blobs of revoked certificates (a crash between the row and
+/// the deletion), holds the amount owed, and settles what the funds cover.
+pub async fn load(meter: &Meter, ledger: &Ledger) -> Result<()> {
+    for note in [NOTE_PAID, NOTE_DUE] {
+        for (seq, _, product) in ledger.products_noted(EntryKind::Debit, note).await? {
+            match rv::stored_confirmation(&product) {
+                Ok(c) => {
+                    meter.certs().mark_revoked(&c.serial)?;
+                }
+                Err(e) => tracing::error!(seq, error = %e, "unreadable revoke row"),
+            }
+        }
+    }
+    let now = clock::now();
+    for e in meter.certs().list() {
+        if e.state(now) == CertState::Revoked {
+            destroy(meter, &e.key).await;
+        }
+    }
+    let _one_at_a_time = DUES.lock().await;
+    // The hold first (a start must not let sales spend owed money); a failed
+    // settlement only waits for the next recharge.
+    let mut owed = refresh_owed(ledger).await?;
+    match settle_locked(meter, ledger).await {
+        Ok(left) => owed = left,
+        Err(e) => tracing::error!(error = %e, "settling revocation fees at start failed"),
+    }
+    if owed > Amount::ZERO {
+        tracing::warn!(
+            owed = owed.0,
+            "revocation fees due; the next recharge settles them first"
+        );
+    }
+    Ok(())
+}
+
+/// Amount owed (revocation fees due, not settled yet).
+pub fn payment_due(meter: &Meter) -> Amount {
+    meter.ledger().map(|l| l.owed()).unwrap_or(Amount::ZERO)
+}
