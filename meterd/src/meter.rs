@@ -43,6 +43,7 @@ pub struct Meter {
     chain_cache: Arc<meter_pki::tsp::ChainCache>,
     credit: crate::credit::CreditBook,
     certs: crate::certs::CertStore,
+    account: crate::account::AccountBook,
 }
 
 impl Meter {
@@ -61,6 +62,7 @@ impl Meter {
             chain_cache: Arc::default(),
             credit: crate::credit::CreditBook::default(),
             certs: crate::certs::CertStore::default(),
+            account: crate::account::AccountBook::default(),
         };
         let has_identity = meter.housing.call(|h| h.has_key(IDENTITY_KEY)).await?;
         if has_identity {
@@ -161,7 +163,13 @@ impl Meter {
         let book = RateBook::from_products(&tables, &anchors, clock::now())?;
         self.write_inner()?.rates = Arc::new(book);
         self.certs.load(ledger).await?;
+        crate::account::reload(self).await?;
         crate::agent::load(self, ledger).await
+    }
+
+    /// Current-account mode in force, rebuilt from the ledger at start.
+    pub fn account(&self) -> &crate::account::AccountBook {
+        &self.account
     }
 
     /// User certificates (Fig. 5), rebuilt from the ledger at start.

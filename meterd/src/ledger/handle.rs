@@ -234,9 +234,9 @@ impl Ledger {
             .await
     }
 
-    /// Ascending register after row `seq` (`None`: no such row).
-    pub async fn ascending_at(&self, seq: u64) -> Result<Option<Amount>> {
-        self.read(move |c| super::query::ascending_at_in(c, seq))
+    /// (time in Unix ms, ascending register) of row `seq` (`None`: no such row).
+    pub async fn time_and_ascending_at(&self, seq: u64) -> Result<Option<(i64, Amount)>> {
+        self.read(move |c| super::query::time_and_ascending_in(c, seq))
             .await
     }
 

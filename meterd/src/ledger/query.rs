@@ -97,15 +97,15 @@ pub(crate) fn last_time_in(conn: &Connection) -> Result<Option<i64>> {
         .map_err(storage)
 }
 
-/// Ascending register after row `seq`.
-pub(crate) fn ascending_at_in(conn: &Connection, seq: u64) -> Result<Option<Amount>> {
+/// (time in Unix ms, ascending register) of row `seq`.
+pub(crate) fn time_and_ascending_in(conn: &Connection, seq: u64) -> Result<Option<(i64, Amount)>> {
     let seq = to_i64(seq)?;
-    let v: Option<i64> = conn
-        .prepare_cached("SELECT ascending FROM journal WHERE seq = ?1")
-        .and_then(|mut s| s.query_row([seq], |r| r.get(0)).optional())
+    let v: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT time, ascending FROM journal WHERE seq = ?1")
+        .and_then(|mut s| s.query_row([seq], |r| Ok((r.get(0)?, r.get(1)?))).optional())
         .map_err(storage)?;
     // Registers are stored as the i64 bit pattern of the u64 (see the writer).
-    Ok(v.map(|a| Amount(a as u64)))
+    Ok(v.map(|(t, a)| (t, Amount(a as u64))))
 }
 
 /// (seq, product) of the last row with `after < seq <= upto` whose note is
