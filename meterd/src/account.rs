@@ -196,7 +196,8 @@ async fn derive(meter: &Meter, order_seq: u64, product: &[u8], rows: u64) -> Res
     if let Some((_, ack)) = ledger.last_with_note(ACK_NOTE, order_seq, rows).await? {
         let ack = inspection::decode_applied(&ack, meter)?;
         if let Some(stored) = ledger.lookup(&ack.report_request_id).await? {
-            let (report, _) = meter_pki::payload::open::<StatusReport>(&stored.product, &anchors, now)?;
+            let (report, _) =
+                meter_pki::payload::open::<StatusReport>(&stored.product, &anchors, now)?;
             // A report made before the order says nothing about this account.
             if report.ledger_rows >= order_seq && stored.service == Some(Service::StatusReport) {
                 start = (report.time, Amount(report.ascending));
@@ -221,9 +222,10 @@ fn period_end(start: i64, days: u32) -> i64 {
 /// Whether acknowledging `report` opens a period not yet over at `now`:
 /// then it clears a `period-closed` lock (see `report::acknowledge`).
 pub fn ack_reopens(meter: &Meter, report: &StatusReport, now: i64) -> bool {
-    meter.account().current().is_some_and(|a| {
-        report.ledger_rows >= a.order_seq && !a.closed_at(report.time, now)
-    })
+    meter
+        .account()
+        .current()
+        .is_some_and(|a| report.ledger_rows >= a.order_seq && !a.closed_at(report.time, now))
 }
 
 impl Account {

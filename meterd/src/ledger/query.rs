@@ -102,7 +102,10 @@ pub(crate) fn time_and_ascending_in(conn: &Connection, seq: u64) -> Result<Optio
     let seq = to_i64(seq)?;
     let v: Option<(i64, i64)> = conn
         .prepare_cached("SELECT time, ascending FROM journal WHERE seq = ?1")
-        .and_then(|mut s| s.query_row([seq], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .and_then(|mut s| {
+            s.query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
         .map_err(storage)?;
     // Registers are stored as the i64 bit pattern of the u64 (see the writer).
     Ok(v.map(|(t, a)| (t, Amount(a as u64))))
