@@ -81,9 +81,11 @@ mod tests {
         let mut bad = o;
         bad.meter_id = String::new();
         assert!(decode::<AccountOrder>(&encode(&bad).unwrap()).is_err());
-        let extra = br#"{"meter_id":"M","credit_limit":1,"period_days":1,"nonce":"n","issued_at":0,"x":1}"#;
+        let extra =
+            br#"{"meter_id":"M","credit_limit":1,"period_days":1,"nonce":"n","issued_at":0,"x":1}"#;
         assert!(decode::<AccountOrder>(extra).is_err());
-        let negative = br#"{"meter_id":"M","credit_limit":-1,"period_days":1,"nonce":"n","issued_at":0}"#;
+        let negative =
+            br#"{"meter_id":"M","credit_limit":-1,"period_days":1,"nonce":"n","issued_at":0}"#;
         assert!(decode::<AccountOrder>(negative).is_err());
     }
 }
