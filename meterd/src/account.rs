@@ -170,7 +170,7 @@ pub async fn apply_order(meter: &Meter, signed: &[u8]) -> Result<Account> {
 /// Rebuilds the account from the ledger (last order row, then the last
 /// acknowledged report made after it) and hands its terms to the ledger's
 /// admission check. Called at start, after an order and after an
-/// acknowledgement.
+/// acknowledgement, with [`hold`] taken except at start.
 pub async fn reload(meter: &Meter) -> Result<Option<Account>> {
     let ledger = meter.require_ledger()?;
     let rows = ledger.state().rows;

@@ -273,6 +273,17 @@ impl Meter {
                 reason: lock.reason,
             });
         }
+        // A closed billing period refuses sales at once; the watchdog tick
+        // records the lock row (see `account`).
+        if self
+            .account
+            .current()
+            .is_some_and(|a| a.closed(clock::now()))
+        {
+            return Err(ServiceError::Locked {
+                reason: meter_proto::lock_reason::PERIOD_CLOSED.into(),
+            });
+        }
         let identity = self.require_identity()?;
         Ok((identity, ledger))
     }

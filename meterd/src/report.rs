@@ -265,7 +265,10 @@ pub async fn acknowledge(meter: &Meter, signed: &[u8]) -> Result<Acknowledged> {
         }
         Err(e) => return Err(e.into()),
     }
-    crate::account::reload(meter).await?;
+    {
+        let _mode = crate::account::hold().await;
+        crate::account::reload(meter).await?;
+    }
     let next = inspection::schedule(meter).await?;
     tracing::info!(
         sequence = ack.report_sequence,

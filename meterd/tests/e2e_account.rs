@@ -227,6 +227,9 @@ fn current_account_bills_by_report_and_locks_when_the_period_closes() {
     assert_eq!(body["descending"], 0);
     assert_eq!(body["control_total"], 2 * POSTMARK);
     assert_eq!(body["usage"]["postmark"]["pieces"], 2, "{body}");
+    assert_eq!(body["usage"]["postmark"]["amount"], 2 * POSTMARK, "{body}");
+    // Charges booked as credit = debit are not funds credited.
+    assert_eq!(body["credited"], 0, "{body}");
 
     // Its acknowledgement opens the next period and lifts the lock.
     let ack = path(&sb, "ack1.pem");

@@ -50,8 +50,17 @@ pub(crate) fn usage_in(conn: &Connection, after: u64, upto: u64) -> Result<Usage
         usage.per_service[service.index()] = (to_u64(count)?, Amount(to_u64(debit)?));
     }
     let credited: i64 = conn
-        .prepare_cached("SELECT COALESCE(SUM(credit), 0) FROM journal WHERE seq > ?1 AND seq <= ?2")
-        .and_then(|mut s| s.query_row([after, upto], |r| r.get(0)))
+        // A Debit row's credit is a current-account charge booked as
+        // credit = debit (see `reserve`), not funds credited.
+        .prepare_cached(
+            "SELECT COALESCE(SUM(credit), 0) FROM journal WHERE seq > ?1 AND seq <= ?2 AND kind != ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                [after, upto, i64::from(super::EntryKind::Debit as u8)],
+                |r| r.get(0),
+            )
+        })
         .map_err(storage)?;
     usage.credited = Amount(to_u64(credited)?);
     Ok(usage)
