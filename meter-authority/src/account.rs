@@ -34,3 +34,28 @@ impl Authority {
         Ok((order, pem))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_orders_verify_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Authority::init(dir.path(), "Test Root", crate::now()).unwrap();
+        let (o1, pem) = a.account_order("MTR-1", 5_000, 30, crate::now()).unwrap();
+        let (o2, _) = a.account_order("MTR-1", 5_000, 30, crate::now()).unwrap();
+        assert_ne!(o1.nonce, o2.nonce);
+        let (back, _) = meter_pki::payload::open::<AccountOrder>(
+            pem.as_bytes(),
+            std::slice::from_ref(a.root()),
+            crate::now(),
+        )
+        .unwrap();
+        assert_eq!(back, o1);
+        assert_eq!((back.credit_limit, back.period_days), (5_000, 30));
+        assert!(a.account_order("MTR-1", 5_000, 0, crate::now()).is_err());
+        assert!(a.account_order("", 5_000, 30, crate::now()).is_err());
+    }
+}
