@@ -8,6 +8,7 @@
 //! `openssl` given `root.pem`. The binary (`main.rs`) is a thin clap layer over
 //! [`Authority`].
 
+mod account;
 mod agent;
 pub mod credit;
 pub mod enrol;

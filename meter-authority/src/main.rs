@@ -103,6 +103,22 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Issue a current-account order: the meter sells up to LIMIT per billing period and
+    /// must have a report acknowledged each period (apply with `meterctl account apply ORDER`).
+    Account {
+        /// Meter id.
+        #[arg(long)]
+        meter: String,
+        /// Credit limit per billing period, minor units.
+        #[arg(long)]
+        limit: u64,
+        /// Billing period, days.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        period_days: u32,
+        /// Output (PEM, label CMS).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Roll the root over: new root key and certificate, announced to meters by a
     /// trust-anchor update signed with the current root (apply with
     /// `meterctl trust-anchor update`). The old root is kept as root.<n>.key/.pem.
@@ -319,6 +335,21 @@ fn run(cli: Cli) -> Result<()> {
             write_file(&out, pem.as_bytes())?;
             println!(
                 "lock order {} for {meter} written to {}",
+                order.nonce,
+                out.display()
+            );
+        }
+        Cmd::Account {
+            meter,
+            limit,
+            period_days,
+            out,
+        } => {
+            let a = Authority::open(dir)?;
+            let (order, pem) = a.account_order(&meter, limit, period_days, t)?;
+            write_file(&out, pem.as_bytes())?;
+            println!(
+                "account order {} for {meter} (limit {limit}, period {period_days} days) written to {}",
                 order.nonce,
                 out.display()
             );

@@ -11,6 +11,7 @@
 //! Algorithms are fixed: ECDSA P-384 with SHA-384 everywhere. Untrusted input is bounded by
 //! [`MAX_OBJECT`] and parsed strictly; every failure is a named [`PkiError`], never a panic.
 
+pub mod account;
 pub mod agent;
 pub mod cert;
 pub mod certreq;

@@ -31,6 +31,14 @@ pub mod status {
     pub const ACKNOWLEDGED_REPORT: &str = "acknowledged_report";
     /// `t`: revocation fees due, held out of the funds until a recharge settles them.
     pub const PAYMENT_DUE: &str = "payment_due";
+    /// `b`: current-account mode (credit limit and billing period) in force.
+    pub const ACCOUNT_MODE: &str = "account_mode";
+    /// `t`: current account: credit limit per billing period (0 in prepaid mode).
+    pub const CREDIT_LIMIT: &str = "credit_limit";
+    /// `x`: current account: end of the billing period (Unix s; 0 in prepaid mode).
+    pub const PERIOD_END: &str = "period_end";
+    /// `t`: current account: charged in the billing period so far.
+    pub const PERIOD_USED: &str = "period_used";
 }
 
 /// `Validate()` report keys.

@@ -70,6 +70,10 @@ pub trait Meter1 {
     /// Applies an authority lock order: the meter locks with reason `forced`.
     fn apply_lock_order(&self, order: &[u8]) -> Result<(), MeterError>;
 
+    /// Applies an authority current-account order; returns the end of the
+    /// billing period in force (Unix s).
+    fn set_account_mode(&self, order: &[u8]) -> Result<i64, MeterError>;
+
     /// Re-checks the whole ledger chain and its TPM binding (keys of [`crate::keys::audit`]).
     fn audit(&self) -> Result<HashMap<String, OwnedValue>, MeterError>;
 

@@ -82,6 +82,9 @@ pub enum Command {
     ClearLock(cmd::clear_lock::Args),
     /// Make a signed status report for the authority, or apply its acknowledgement (`report ack`).
     Report(cmd::report::Args),
+    /// Current-account mode: apply authority account orders.
+    #[command(subcommand)]
+    Account(cmd::account::AccountCommand),
     /// Apply authority lock orders.
     #[command(subcommand)]
     Lock(cmd::lock::LockCommand),
@@ -135,6 +138,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CtlError> {
         Command::ClearLock(a) => cmd::clear_lock::run(ctx, a).await,
         Command::Report(a) => cmd::report::run(ctx, a).await,
         Command::Lock(a) => cmd::lock::run(ctx, a).await,
+        Command::Account(a) => cmd::account::run(ctx, a).await,
         Command::TrustAnchor(a) => cmd::trust_anchor::run(ctx, a).await,
         Command::AgentCa(a) => cmd::agent::run_ca(ctx, a).await,
         Command::Agent(a) => cmd::agent::run(ctx, a).await,
@@ -298,6 +302,11 @@ mod tests {
             Command::Lock(_)
         ));
         assert!(parse(&["lock", "apply"]).is_err());
+        assert!(matches!(
+            parse(&["account", "apply", "o.pem"]).unwrap().command,
+            Command::Account(_)
+        ));
+        assert!(parse(&["account", "apply"]).is_err());
         assert!(matches!(
             parse(&["agent-ca", "request", "-o", "r.pem"])
                 .unwrap()

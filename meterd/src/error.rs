@@ -19,6 +19,16 @@ pub enum ServiceError {
         /// Funds available.
         available: Amount,
     },
+    /// Current-account mode: the charge would pass the period's credit limit.
+    #[error("credit limit reached: the charge is {needed}, {available} left of the credit limit {limit} for this billing period; wait for the next period (send the report: meterctl report) or ask the authority for a higher limit")]
+    CreditLimit {
+        /// Price of the service.
+        needed: Amount,
+        /// Left in the period.
+        available: Amount,
+        /// Credit limit per period.
+        limit: Amount,
+    },
     /// The line of credit cannot cover the payment.
     #[error("insufficient credit on line {serial}: the payment is {needed}, {remaining} remaining; ask the creditor for a new line (meterctl credit request)")]
     InsufficientCredit {
@@ -70,6 +80,15 @@ impl From<LedgerError> for ServiceError {
             LedgerError::InsufficientFunds { needed, available } => {
                 ServiceError::InsufficientFunds { needed, available }
             }
+            LedgerError::CreditLimit {
+                needed,
+                available,
+                limit,
+            } => ServiceError::CreditLimit {
+                needed,
+                available,
+                limit,
+            },
             LedgerError::Overflow(_) => ServiceError::InvalidInput(
                 "the amount would overflow a register; nothing was changed".into(),
             ),

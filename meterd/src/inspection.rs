@@ -152,12 +152,16 @@ pub async fn start(meter: Arc<Meter>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Clock first (a clock lock makes the deadline moot), then the deadline.
+/// Clock first (a clock lock makes the deadline moot), then the deadline,
+/// then the current-account billing period.
 async fn run_once(meter: &Meter, clock_watch: &mut ClockWatch) {
     if let Err(e) = clock_watch.tick(meter).await {
         tracing::warn!(error = %e, "clock check failed; retrying at the next tick");
     }
     if let Err(e) = check(meter).await {
         tracing::warn!(error = %e, "inspection check failed; retrying at the next tick");
+    }
+    if let Err(e) = crate::account::check(meter).await {
+        tracing::warn!(error = %e, "billing period check failed; retrying at the next tick");
     }
 }

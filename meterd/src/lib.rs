@@ -8,6 +8,7 @@
 //! tss-esapi, rusqlite or zbus. Every chargeable
 //! service goes through [`sale::sell`].
 
+pub mod account;
 pub mod agent;
 pub mod anchor;
 pub mod audit;

@@ -43,6 +43,7 @@ pub struct Meter {
     chain_cache: Arc<meter_pki::tsp::ChainCache>,
     credit: crate::credit::CreditBook,
     certs: crate::certs::CertStore,
+    account: crate::account::AccountBook,
 }
 
 impl Meter {
@@ -61,6 +62,7 @@ impl Meter {
             chain_cache: Arc::default(),
             credit: crate::credit::CreditBook::default(),
             certs: crate::certs::CertStore::default(),
+            account: crate::account::AccountBook::default(),
         };
         let has_identity = meter.housing.call(|h| h.has_key(IDENTITY_KEY)).await?;
         if has_identity {
@@ -163,7 +165,13 @@ impl Meter {
         self.write_inner()?.rates = Arc::new(book);
         self.certs.load(ledger).await?;
         crate::revoke::load(self, ledger).await?;
+        crate::account::reload(self).await?;
         crate::agent::load(self, ledger).await
+    }
+
+    /// Current-account mode in force, rebuilt from the ledger at start.
+    pub fn account(&self) -> &crate::account::AccountBook {
+        &self.account
     }
 
     /// User certificates (Fig. 5), rebuilt from the ledger at start.
@@ -265,6 +273,17 @@ impl Meter {
         if let Some(lock) = ledger.state().lock {
             return Err(ServiceError::Locked {
                 reason: lock.reason,
+            });
+        }
+        // A closed billing period refuses sales at once; the watchdog tick
+        // records the lock row (see `account`).
+        if self
+            .account
+            .current()
+            .is_some_and(|a| a.closed(clock::now()))
+        {
+            return Err(ServiceError::Locked {
+                reason: meter_proto::lock_reason::PERIOD_CLOSED.into(),
             });
         }
         let identity = self.require_identity()?;

@@ -36,6 +36,13 @@ pub async fn recharge(meter: &Meter, signed: &[u8]) -> Result<Amount> {
     if voucher.amount == 0 {
         return Err(ServiceError::InvalidInput("voucher amount is zero".into()));
     }
+    // No prepaid funds in current-account mode (see `account`).
+    let _mode = crate::account::hold().await;
+    if meter.account().current().is_some() {
+        return Err(ServiceError::InvalidInput(
+            "the meter is in current-account mode: it takes no vouchers, sales are billed by report".into(),
+        ));
+    }
     let entry = Entry {
         kind: EntryKind::Credit,
         service: None,

@@ -22,7 +22,9 @@
 //! is refused by the ledger), which resets the watchdog. When the meter is
 //! locked `inspection-overdue` and the report was made under that very lock
 //! (it carries the lock's nonce), the row is an Unlock: the authority has
-//! inspected the meter, which is what the lock waited for.
+//! inspected the meter, which is what the lock waited for. Likewise for a
+//! `period-closed` lock (current account, see `account`) when the report
+//! opens a billing period not yet over.
 
 use meter_pki::cms::{self, SignOptions};
 use meter_pki::payload;
@@ -232,8 +234,12 @@ pub async fn acknowledge(meter: &Meter, signed: &[u8]) -> Result<Acknowledged> {
     }
     // No lock may change between reading it and the commit below.
     let _changing = crate::lock::hold().await;
+    // A `period-closed` lock (current account) is lifted by an ack that
+    // opens a period not yet over.
     let unlocks = ledger.state().lock.is_some_and(|l| {
-        l.reason == meter_proto::lock_reason::INSPECTION_OVERDUE && l.nonce == report.lock_nonce
+        (l.reason == meter_proto::lock_reason::INSPECTION_OVERDUE && l.nonce == report.lock_nonce)
+            || (l.reason == meter_proto::lock_reason::PERIOD_CLOSED
+                && crate::account::ack_reopens(meter, &report, now))
     });
     let entry = Entry {
         kind: if unlocks {
@@ -258,6 +264,10 @@ pub async fn acknowledge(meter: &Meter, signed: &[u8]) -> Result<Acknowledged> {
             )))
         }
         Err(e) => return Err(e.into()),
+    }
+    {
+        let _mode = crate::account::hold().await;
+        crate::account::reload(meter).await?;
     }
     let next = inspection::schedule(meter).await?;
     tracing::info!(

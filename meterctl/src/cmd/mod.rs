@@ -4,6 +4,7 @@
 //! Commands only build an [`Output`](crate::output::Output); printing and exit
 //! codes are decided by `main`, so every command behaves alike in both modes.
 
+pub mod account;
 pub mod agent;
 pub mod audit;
 pub mod cert;

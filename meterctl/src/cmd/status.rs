@@ -2,7 +2,9 @@
 //!
 //! Shows what an operator must act on first: the lock and how to clear it,
 //! the registers with their control-total check, and a low-funds warning.
-//! `--json` prints the daemon's dictionary as it is, converted to JSON.
+//! `--json` prints the daemon's dictionary as it is, converted to JSON, plus
+//! `user_certificates` (how many `ListCertificates` returns, pending ones
+//! included) when the meter answers it.
 
 use std::collections::HashMap;
 
@@ -24,14 +26,53 @@ pub struct Args {}
 pub async fn run(ctx: &Ctx, _args: Args) -> Result<Output, CtlError> {
     let meter = ctx.meter().await?;
     let reply = meter.status().await?;
-    let (human, warnings) = render(&reply);
-    let mut out = Output::new(human, dict_to_json(&reply));
+    // An unprovisioned meter has no certificate store: leave the row out.
+    let certs = match meter.list_certificates().await {
+        Ok(list) => Some(CertCounts::of(&list)),
+        Err(_) => None,
+    };
+    let (human, warnings) = render(&reply, certs);
+    let mut json = dict_to_json(&reply);
+    if let (Some(c), Some(obj)) = (certs, json.as_object_mut()) {
+        obj.insert("user_certificates".into(), c.total.into());
+    }
+    let mut out = Output::new(human, json);
     out.warnings = warnings;
     Ok(out)
 }
 
+/// User certificates by state, from `ListCertificates`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CertCounts {
+    /// All of them, pending ones included.
+    pub total: usize,
+    /// Active (installed, valid, not revoked).
+    pub active: usize,
+    /// Requested, not installed yet.
+    pub pending: usize,
+}
+
+impl CertCounts {
+    /// Counts a `ListCertificates()` reply.
+    pub fn of(list: &[HashMap<String, OwnedValue>]) -> CertCounts {
+        let state = |e: &HashMap<String, OwnedValue>| {
+            Dict(e)
+                .str(meter_proto::keys::certificate::STATE)
+                .unwrap_or_default()
+        };
+        CertCounts {
+            total: list.len(),
+            active: list.iter().filter(|e| state(e) == "active").count(),
+            pending: list.iter().filter(|e| state(e) == "pending").count(),
+        }
+    }
+}
+
 /// The human table and the warnings for a `Status()` reply.
-pub fn render(reply: &HashMap<String, OwnedValue>) -> (String, Vec<String>) {
+pub fn render(
+    reply: &HashMap<String, OwnedValue>,
+    certs: Option<CertCounts>,
+) -> (String, Vec<String>) {
     let d = Dict(reply);
     let mut warnings = Vec::new();
     let currency = d.str(key::CURRENCY).unwrap_or_default();
@@ -70,7 +111,9 @@ pub fn render(reply: &HashMap<String, OwnedValue>) -> (String, Vec<String>) {
             if nonce.is_empty() { "N" } else { &nonce }
         );
         t.row("why", lock_explanation(&reason));
-        if reason == meter_proto::lock_reason::INSPECTION_OVERDUE {
+        if reason == meter_proto::lock_reason::INSPECTION_OVERDUE
+            || reason == meter_proto::lock_reason::PERIOD_CLOSED
+        {
             t.row(
                 "to unlock",
                 "meterctl report -o report.pem; the authority runs meter-authority inspect report.pem --out ack.pem; then: meterctl report ack ack.pem",
@@ -105,6 +148,26 @@ pub fn render(reply: &HashMap<String, OwnedValue>) -> (String, Vec<String>) {
         };
         t.row("AR + DR = CT", check);
     }
+    let account = d.bool(key::ACCOUNT_MODE).unwrap_or(false);
+    if account {
+        let limit = d.u64(key::CREDIT_LIMIT).unwrap_or(0);
+        let used = d.u64(key::PERIOD_USED).unwrap_or(0);
+        t.row("mode", "current account (billed by report, no vouchers)");
+        t.row("credit limit", money(limit));
+        t.row("used this period", money(used));
+        t.row(
+            "period ends",
+            d.i64(key::PERIOD_END)
+                .map(format_unix_time)
+                .unwrap_or_else(unknown),
+        );
+        if used >= limit {
+            warnings.push(
+                "the credit limit of this period is used up: sales are refused until the next period"
+                    .to_string(),
+            );
+        }
+    }
     if let Some(due) = d.u64(key::PAYMENT_DUE).filter(|d| *d > 0) {
         t.row("payment due", money(due));
         warnings.push(format!(
@@ -112,7 +175,7 @@ pub fn render(reply: &HashMap<String, OwnedValue>) -> (String, Vec<String>) {
             format_amount(due, digits, &currency)
         ));
     }
-    if let (Some(dr), Some(threshold)) = (dr, d.u64(key::LOW_FUNDS_THRESHOLD)) {
+    if let (false, Some(dr), Some(threshold)) = (account, dr, d.u64(key::LOW_FUNDS_THRESHOLD)) {
         if threshold > 0 && dr < threshold {
             let msg = format!(
                 "low funds: {} left, below the {} threshold: recharge with meterctl recharge VOUCHER",
@@ -138,6 +201,12 @@ pub fn render(reply: &HashMap<String, OwnedValue>) -> (String, Vec<String>) {
     );
     for (service, n) in d.counts(key::SERVICE_COUNTS).unwrap_or_default() {
         t.row(format!("  {service}"), n.to_string());
+    }
+    if let Some(c) = certs {
+        t.row(
+            "user certificates",
+            format!("{}  ({} active, {} pending)", c.total, c.active, c.pending),
+        );
     }
     let version = d.u64(key::RATES_VERSION);
     t.row(
@@ -251,6 +320,61 @@ mod tests {
         m
     }
 
+    fn render_plain(r: &HashMap<String, OwnedValue>) -> (String, Vec<String>) {
+        render(r, None)
+    }
+
+    #[test]
+    fn account_mode_payment_due_and_certificates() {
+        let mut m = reply(0, 700, 700, "ready");
+        m.insert(key::ACCOUNT_MODE.into(), OwnedValue::from(true));
+        m.insert(key::CREDIT_LIMIT.into(), OwnedValue::from(1_000u64));
+        m.insert(key::PERIOD_USED.into(), OwnedValue::from(300u64));
+        m.insert(key::PERIOD_END.into(), OwnedValue::from(86_400i64));
+        m.insert("payment_due".into(), OwnedValue::from(250u64));
+        let certs = CertCounts {
+            total: 3,
+            active: 2,
+            pending: 1,
+        };
+        let (text, warnings) = render(&m, Some(certs));
+        // DR is 0 by design in this mode: no low-funds warning.
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(line(&text, "mode").contains("current account"));
+        assert!(line(&text, "credit limit").contains("1.000 USD"));
+        assert!(line(&text, "used this period").contains("0.300 USD"));
+        assert!(line(&text, "period ends").contains("1970-01-02T00:00:00Z"));
+        assert!(line(&text, "payment due").contains("0.250 USD"));
+        assert!(line(&text, "user certificates").contains("3  (2 active, 1 pending)"));
+        m.insert(key::PERIOD_USED.into(), OwnedValue::from(1_000u64));
+        m.insert(key::STATE.into(), s("locked"));
+        m.insert(key::LOCK_REASON.into(), s("period-closed"));
+        let (text, warnings) = render(&m, None);
+        assert!(warnings.iter().any(|w| w.contains("credit limit")));
+        assert!(line(&text, "to unlock").contains("meterctl report ack"));
+        assert!(!text.contains("user certificates"));
+    }
+
+    #[test]
+    fn certificate_counts() {
+        let entry =
+            |st: &str| HashMap::from([(meter_proto::keys::certificate::STATE.to_string(), s(st))]);
+        let c = CertCounts::of(&[
+            entry("active"),
+            entry("pending"),
+            entry("revoked"),
+            entry("active"),
+        ]);
+        assert_eq!(
+            c,
+            CertCounts {
+                total: 4,
+                active: 2,
+                pending: 1
+            }
+        );
+    }
+
     fn line<'a>(text: &'a str, label: &str) -> &'a str {
         text.lines()
             .find(|l| l.starts_with(label))
@@ -259,7 +383,7 @@ mod tests {
 
     #[test]
     fn ready_meter_table() {
-        let (text, warnings) = render(&reply(12_345, 655, 13_000, "ready"));
+        let (text, warnings) = render_plain(&reply(12_345, 655, 13_000, "ready"));
         assert!(warnings.is_empty(), "{warnings:?}");
         assert!(line(&text, "meter id").ends_with("MTR-0001"));
         assert!(line(&text, "descending (DR)").contains("12.345 USD  (12345 minor units)"));
@@ -276,7 +400,7 @@ mod tests {
 
     #[test]
     fn locked_meter_says_how_to_unlock() {
-        let (text, warnings) = render(&reply(12_345, 655, 13_000, "locked"));
+        let (text, warnings) = render_plain(&reply(12_345, 655, 13_000, "locked"));
         assert!(line(&text, "lock reason").ends_with("rollback"));
         assert!(line(&text, "to unlock")
             .contains("meter-authority clear-lock --meter MTR-0001 --nonce n0nce"));
@@ -290,7 +414,7 @@ mod tests {
         m.insert(key::INSPECTION_DUE.into(), OwnedValue::from(86_400i64));
         m.insert(key::INSPECTION_PERIOD_DAYS.into(), OwnedValue::from(90u32));
         m.insert(key::ACKNOWLEDGED_REPORT.into(), OwnedValue::from(0u64));
-        let (text, _) = render(&m);
+        let (text, _) = render_plain(&m);
         assert!(line(&text, "why").contains("inspection period"));
         assert!(line(&text, "to unlock").contains("meterctl report ack"));
         assert!(
@@ -298,23 +422,23 @@ mod tests {
         );
         assert!(line(&text, "last acknowledged report").contains("none yet"));
         m.insert(key::ACKNOWLEDGED_REPORT.into(), OwnedValue::from(3u64));
-        let (text, _) = render(&m);
+        let (text, _) = render_plain(&m);
         assert!(line(&text, "last acknowledged report").ends_with(" 3"));
     }
 
     #[test]
     fn control_total_mismatch_and_low_funds_are_flagged() {
-        let (text, warnings) = render(&reply(999, 1, 13_000, "ready"));
+        let (text, warnings) = render_plain(&reply(999, 1, 13_000, "ready"));
         assert!(line(&text, "AR + DR = CT").contains("MISMATCH (1 + 999 = 1000 ≠ 13000)"));
         assert!(line(&text, "funds").contains("LOW (below 1.000 USD)"));
         assert_eq!(warnings.len(), 2, "{warnings:?}");
-        let (_, warnings) = render(&reply(u64::MAX, 1, 0, "ready"));
+        let (_, warnings) = render_plain(&reply(u64::MAX, 1, 0, "ready"));
         assert!(warnings.iter().any(|w| w.contains("overflows")));
     }
 
     #[test]
     fn missing_keys_show_question_marks() {
-        let (text, _) = render(&HashMap::new());
+        let (text, _) = render_plain(&HashMap::new());
         assert!(line(&text, "state").ends_with('?'));
         assert!(line(&text, "descending (DR)").ends_with('?'));
         assert!(!text.contains("AR + DR = CT"));

@@ -12,6 +12,7 @@ pub fn to_dbus(member: &str, e: ServiceError) -> MeterError {
     let message = e.to_string();
     match e {
         ServiceError::InsufficientFunds { .. } => MeterError::InsufficientFunds(message),
+        ServiceError::CreditLimit { .. } => MeterError::InsufficientFunds(message),
         ServiceError::InsufficientCredit { .. } => MeterError::InsufficientFunds(message),
         ServiceError::Locked { .. } => MeterError::Locked(message),
         ServiceError::NotProvisioned(_) => MeterError::NotProvisioned(message),

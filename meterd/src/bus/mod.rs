@@ -24,8 +24,8 @@ use meter_proto::MeterError;
 
 use crate::meter::Meter;
 use crate::{
-    agent, anchor, audit, certs, credit as credit_service, inspection, lock, postage, postmark,
-    provision, rates, recharge, report, revoke, sign, validate,
+    account, agent, anchor, audit, certs, credit as credit_service, inspection, lock, postage,
+    postmark, provision, rates, recharge, report, revoke, sign, validate,
 };
 
 pub use auth::{Authorizer, Role};
@@ -245,6 +245,7 @@ impl MeterIface {
             None => None,
         };
         status::put_inspection(&mut d, schedule.as_ref());
+        status::put_account(&mut d, &self.meter);
         Ok(d)
     }
 
@@ -292,6 +293,24 @@ impl MeterIface {
         lock::apply_order(&self.meter, &order)
             .await
             .map_err(|e| errors::to_dbus("ApplyLockOrder", e))
+    }
+
+    /// Applies an authority current-account order (credit limit, billing
+    /// period); returns the end of the period now in force (Unix s).
+    async fn set_account_mode(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+        order: Vec<u8>,
+    ) -> Result<i64, MeterError> {
+        let _slot = self
+            .admit(conn, &header, "SetAccountMode", Role::Admin)
+            .await?;
+        bounded("account order", &order)?;
+        account::apply_order(&self.meter, &order)
+            .await
+            .map(|a| a.period_end)
+            .map_err(|e| errors::to_dbus("SetAccountMode", e))
     }
 
     /// Full re-check of the ledger and its TPM binding.

@@ -111,6 +111,33 @@ pub fn put_inspection(d: &mut Dict, s: Option<&crate::inspection::Schedule>) {
     );
 }
 
+/// Adds the current-account keys to a `Status()` dictionary (all zero/false
+/// in prepaid mode).
+pub fn put_account(d: &mut Dict, meter: &Meter) {
+    use keys::status as k;
+    let account = meter.account().current();
+    let ascending = meter
+        .ledger_state()
+        .map(|s| s.registers.ascending)
+        .unwrap_or_default();
+    put(d, k::ACCOUNT_MODE, account.is_some());
+    put(
+        d,
+        k::CREDIT_LIMIT,
+        account.as_ref().map_or(0u64, |a| a.limit.0),
+    );
+    put(
+        d,
+        k::PERIOD_END,
+        account.as_ref().map_or(0i64, |a| a.period_end),
+    );
+    put(
+        d,
+        k::PERIOD_USED,
+        account.as_ref().map_or(0u64, |a| a.used(ascending).0),
+    );
+}
+
 /// `Validate()` report.
 pub fn report_dict(r: Report) -> Dict {
     use keys::report as k;

@@ -6,7 +6,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use tokio::sync::{oneshot, watch};
 
-use super::reserve::{self, Funds, Reservation, SharedFunds};
+use super::reserve::{self, AccountTerms, Funds, Reservation, SharedFunds};
 use super::writer::{not_defined, CommitReq, Request, Tip, Writer};
 use super::{
     audit, chain, schema, AuditReport, Entry, EntryKind, Finisher, LedgerError, LedgerState,
@@ -146,6 +146,25 @@ impl Ledger {
         self.funds.lock().map(|f| f.owed).unwrap_or(Amount::ZERO)
     }
 
+    /// Sets the current-account terms the admission check applies (`None`:
+    /// prepaid mode). Requests already admitted keep the mode they were
+    /// admitted in; the commit re-checks a booked charge against the terms
+    /// in force.
+    pub fn set_account(&self, terms: Option<AccountTerms>) -> Result<()> {
+        let mut f = self
+            .funds
+            .lock()
+            .map_err(|_| LedgerError::Storage("funds lock poisoned".into()))?;
+        f.account = terms;
+        Ok(())
+    }
+
+    /// Current-account terms in force and the amount reserved now.
+    pub fn account(&self) -> Option<(AccountTerms, Amount)> {
+        let f = self.funds.lock().ok()?;
+        f.account.map(|t| (t, f.reserved))
+    }
+
     /// Appends `entry` (in the next group commit) and returns once it is
     /// durable and sealed, or an earlier row with its request id exists.
     pub async fn commit(&self, entry: Entry, reservation: Option<Reservation>) -> Result<Outcome> {
@@ -264,6 +283,12 @@ impl Ledger {
             .await
     }
 
+    /// (time in Unix ms, ascending register) of row `seq` (`None`: no such row).
+    pub async fn time_and_ascending_at(&self, seq: u64) -> Result<Option<(i64, Amount)>> {
+        self.read(move |c| super::query::time_and_ascending_in(c, seq))
+            .await
+    }
+
     /// Time (Unix ms, the writer's clock) of the last row.
     pub async fn last_time(&self) -> Result<Option<i64>> {
         self.read(super::query::last_time_in).await
@@ -369,6 +394,7 @@ fn start(a: StartArgs, mut sealer: Box<dyn Sealer>) -> Result<(Writer, Started)>
     };
     if let Ok(mut f) = a.funds.lock() {
         f.descending = tip.registers.descending;
+        f.ascending = tip.registers.ascending;
     }
     let (state, state_rx) = watch::channel(tip.state());
     let mut writer = Writer {

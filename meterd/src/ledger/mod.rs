@@ -86,7 +86,7 @@ mod writer;
 pub use chain::{genesis_prev, seal_digest, verify_seal, MAX_NOTE, MAX_REQUEST_ID};
 pub use handle::Ledger;
 pub use query::Usage;
-pub use reserve::Reservation;
+pub use reserve::{AccountTerms, Reservation};
 pub use sealer::{HousingSealer, SoftwareSealer, SoftwareSealerControl};
 
 use crate::housing::RawSignature;
@@ -285,6 +285,16 @@ pub enum LedgerError {
         needed: Amount,
         /// Amount available (after reservations).
         available: Amount,
+    },
+    /// Current-account mode: the charge would pass the period's credit limit.
+    #[error("credit limit reached: {needed} needed, {available} left of the limit {limit}")]
+    CreditLimit {
+        /// Amount needed.
+        needed: Amount,
+        /// Amount left in the period (after reservations).
+        available: Amount,
+        /// Credit limit per period.
+        limit: Amount,
     },
     /// A register would overflow.
     #[error("register overflow")]

@@ -50,8 +50,17 @@ pub(crate) fn usage_in(conn: &Connection, after: u64, upto: u64) -> Result<Usage
         usage.per_service[service.index()] = (to_u64(count)?, Amount(to_u64(debit)?));
     }
     let credited: i64 = conn
-        .prepare_cached("SELECT COALESCE(SUM(credit), 0) FROM journal WHERE seq > ?1 AND seq <= ?2")
-        .and_then(|mut s| s.query_row([after, upto], |r| r.get(0)))
+        // A Debit row's credit is a current-account charge booked as
+        // credit = debit (see `reserve`), not funds credited.
+        .prepare_cached(
+            "SELECT COALESCE(SUM(credit), 0) FROM journal WHERE seq > ?1 AND seq <= ?2 AND kind != ?3",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                [after, upto, i64::from(super::EntryKind::Debit as u8)],
+                |r| r.get(0),
+            )
+        })
         .map_err(storage)?;
     usage.credited = Amount(to_u64(credited)?);
     Ok(usage)
@@ -95,6 +104,20 @@ pub(crate) fn last_time_in(conn: &Connection) -> Result<Option<i64>> {
     conn.prepare_cached("SELECT time FROM journal ORDER BY seq DESC LIMIT 1")
         .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
         .map_err(storage)
+}
+
+/// (time in Unix ms, ascending register) of row `seq`.
+pub(crate) fn time_and_ascending_in(conn: &Connection, seq: u64) -> Result<Option<(i64, Amount)>> {
+    let seq = to_i64(seq)?;
+    let v: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT time, ascending FROM journal WHERE seq = ?1")
+        .and_then(|mut s| {
+            s.query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(storage)?;
+    // Registers are stored as the i64 bit pattern of the u64 (see the writer).
+    Ok(v.map(|(t, a)| (t, Amount(a as u64))))
 }
 
 /// (seq, product) of the last row with `after < seq <= upto` whose note is

@@ -5,6 +5,14 @@
 //! cannot cover it. The commit thread updates the descending register and
 //! releases the batch's reservations under the same lock, so there is no
 //! moment where the funds are counted neither as reserved nor as spent.
+//!
+//! In current-account mode ([`AccountTerms`]) the meter holds no prepaid
+//! funds: a request is admitted when what the period has used (ascending
+//! register less its value at the period start), plus what is reserved,
+//! plus its price stays within the credit limit. Such a reservation is
+//! marked, and the writer books its row as credit = debit = price (AR and CT
+//! rise together, DR stays put), re-checking the limit inside the
+//! transaction.
 
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +33,35 @@ pub(crate) struct Funds {
     /// Reservations alive: requests between their funds check and their
     /// commit. The commit thread waits for them to fill a batch.
     pub holders: usize,
+    /// Ascending register after the last commit.
+    pub ascending: Amount,
+    /// Current-account terms in force (`None`: prepaid mode).
+    pub account: Option<AccountTerms>,
+}
+
+/// Current-account terms: the admission check counts against a credit
+/// limit per billing period instead of the descending register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountTerms {
+    /// Most that may be charged in the current period.
+    pub limit: Amount,
+    /// Ascending register at the start of the period.
+    pub baseline: Amount,
+}
+
+impl AccountTerms {
+    /// Charged in the period when the ascending register is `ascending`.
+    pub fn used(&self, ascending: Amount) -> Amount {
+        ascending.checked_sub(self.baseline).unwrap_or(Amount::ZERO)
+    }
+
+    /// What may still be charged, less `reserved`.
+    pub fn available(&self, ascending: Amount, reserved: Amount) -> Amount {
+        self.limit
+            .checked_sub(self.used(ascending))
+            .and_then(|a| a.checked_sub(reserved))
+            .unwrap_or(Amount::ZERO)
+    }
 }
 
 /// Shared funds state.
@@ -48,17 +85,31 @@ pub(crate) fn reserve_owed(funds: &SharedFunds, debit: Amount) -> Result<Reserva
 
 fn reserve_with(funds: &SharedFunds, debit: Amount, hold_owed: bool) -> Result<Reservation> {
     let mut f = funds.lock().map_err(poisoned)?;
-    let owed = if hold_owed { f.owed } else { Amount::ZERO };
-    let available = f
-        .descending
-        .checked_sub(f.reserved)
-        .and_then(|a| a.checked_sub(owed))
-        .unwrap_or(Amount::ZERO);
-    if debit > available {
-        return Err(LedgerError::InsufficientFunds {
-            needed: debit,
-            available,
-        });
+    match f.account {
+        None => {
+            let owed = if hold_owed { f.owed } else { Amount::ZERO };
+            let available = f
+                .descending
+                .checked_sub(f.reserved)
+                .and_then(|a| a.checked_sub(owed))
+                .unwrap_or(Amount::ZERO);
+            if debit > available {
+                return Err(LedgerError::InsufficientFunds {
+                    needed: debit,
+                    available,
+                });
+            }
+        }
+        Some(terms) => {
+            let available = terms.available(f.ascending, f.reserved);
+            if debit > available {
+                return Err(LedgerError::CreditLimit {
+                    needed: debit,
+                    available,
+                    limit: terms.limit,
+                });
+            }
+        }
     }
     f.reserved = f.reserved.checked_add(debit)?;
     f.holders += 1;
@@ -66,6 +117,7 @@ fn reserve_with(funds: &SharedFunds, debit: Amount, hold_owed: bool) -> Result<R
         funds: Arc::clone(funds),
         amount: debit,
         live: true,
+        account: f.account.is_some(),
     })
 }
 
@@ -75,12 +127,19 @@ pub struct Reservation {
     funds: SharedFunds,
     amount: Amount,
     live: bool,
+    account: bool,
 }
 
 impl Reservation {
     /// Amount held.
     pub fn amount(&self) -> Amount {
         self.amount
+    }
+
+    /// Whether it was admitted against a current-account credit limit (its
+    /// row is then booked as credit = debit).
+    pub fn is_account(&self) -> bool {
+        self.account
     }
 
     /// Releases the hold while the caller already holds the funds lock.
@@ -122,6 +181,7 @@ mod tests {
             reserved: Amount::ZERO,
             owed: Amount::ZERO,
             holders: 0,
+            ..Funds::default()
         }));
         let a = reserve(&funds, Amount(60)).unwrap();
         assert!(matches!(
@@ -146,6 +206,7 @@ mod tests {
             reserved: Amount::ZERO,
             owed: Amount(70),
             holders: 0,
+            ..Funds::default()
         }));
         assert!(matches!(
             reserve(&funds, Amount(31)),
@@ -171,5 +232,38 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn account_mode_counts_against_the_limit() {
+        let funds: SharedFunds = Arc::new(Mutex::new(Funds {
+            ascending: Amount(700),
+            account: Some(AccountTerms {
+                limit: Amount(500),
+                baseline: Amount(400),
+            }),
+            ..Funds::default()
+        }));
+        // 300 used of 500: 200 left, whatever the descending register says.
+        let a = reserve(&funds, Amount(150)).unwrap();
+        assert!(a.is_account());
+        assert!(matches!(
+            reserve(&funds, Amount(51)),
+            Err(LedgerError::CreditLimit {
+                available: Amount(50),
+                limit: Amount(500),
+                ..
+            })
+        ));
+        let b = reserve(&funds, Amount(50)).unwrap();
+        drop(a);
+        drop(b);
+        assert_eq!(funds.lock().unwrap().reserved, Amount::ZERO);
+        let prepaid: SharedFunds = Arc::new(Mutex::new(Funds::default()));
+        assert!(matches!(
+            reserve(&prepaid, Amount(1)),
+            Err(LedgerError::InsufficientFunds { .. })
+        ));
+        assert!(!reserve(&prepaid, Amount::ZERO).unwrap().is_account());
     }
 }

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{oneshot, watch};
 
 use super::chain::{self, RowFields, MAX_NOTE, MAX_REQUEST_ID};
-use super::reserve::{Reservation, SharedFunds};
+use super::reserve::{AccountTerms, Reservation, SharedFunds};
 use super::schema::storage;
 use super::{
     Digest, Entry, EntryKind, Finisher, LedgerError, LedgerState, LockInfo, Outcome, Registers,
@@ -268,10 +268,25 @@ impl Writer {
             return fail_all(e);
         }
         let mut work = self.tip.clone();
+        let terms = match self.funds.lock() {
+            Ok(f) => f.account,
+            Err(p) => p.into_inner().account,
+        };
         let mut refs = Vec::with_capacity(n);
         let mut reservations = Vec::with_capacity(n);
-        for (e, r, f) in entries {
-            refs.push((e, f));
+        for (mut e, r, f) in entries {
+            // Current account: the charge is booked as credit = debit, so AR
+            // and CT rise by the price and DR stays put (AR + DR = CT).
+            let limit = match (&r, terms) {
+                (Some(r), Some(t)) if r.is_account() => {
+                    if e.credit == Amount::ZERO {
+                        e.credit = e.debit;
+                    }
+                    Some(t)
+                }
+                _ => None,
+            };
+            refs.push((e, f, limit));
             reservations.push(r);
         }
         let outcomes = match self.apply_batch(refs, &mut work) {
@@ -289,6 +304,7 @@ impl Writer {
                 Err(p) => p.into_inner(),
             };
             funds.descending = self.tip.registers.descending;
+            funds.ascending = self.tip.registers.ascending;
             for r in reservations.into_iter().flatten() {
                 r.release_locked(&mut funds);
             }
@@ -317,7 +333,7 @@ impl Writer {
 
     fn apply_batch(
         &mut self,
-        entries: Vec<(Entry, Option<Finisher>)>,
+        entries: Vec<(Entry, Option<Finisher>, Option<AccountTerms>)>,
         work: &mut Tip,
     ) -> Result<Vec<Result<Outcome>>> {
         let now = now_ms();
@@ -327,8 +343,15 @@ impl Writer {
             .map_err(storage)?;
         let first_seq = work.seq + 1;
         let mut outcomes = Vec::with_capacity(entries.len());
-        for (entry, finish) in entries {
-            outcomes.push(apply_entry(&tx, work, &entry, finish, now, &mut self.buf)?);
+        for (entry, finish, limit) in entries {
+            outcomes.push(apply_entry(
+                &tx,
+                work,
+                (&entry, limit),
+                finish,
+                now,
+                &mut self.buf,
+            )?);
         }
         if work.seq >= first_seq {
             let nv = self
@@ -422,11 +445,12 @@ pub(crate) fn kind_from_code(code: u8) -> Option<EntryKind> {
 
 /// Applies one entry inside the batch transaction. The outer error aborts
 /// the batch (storage failed); the inner one refuses this entry only, and
-/// is always decided before anything of the entry is written.
+/// is always decided before anything of the entry is written. `limit`:
+/// the current-account terms a booked charge must stay within.
 fn apply_entry(
     tx: &rusqlite::Transaction<'_>,
     work: &mut Tip,
-    e: &Entry,
+    (e, limit): (&Entry, Option<AccountTerms>),
     finish: Option<Finisher>,
     now: i64,
     buf: &mut Vec<u8>,
@@ -477,6 +501,16 @@ fn apply_entry(
                 }));
             }
             return Ok(Err(LedgerError::Conflict(id.clone())));
+        }
+    }
+    if let Some(t) = limit {
+        let available = t.available(work.registers.ascending, Amount::ZERO);
+        if e.debit > available {
+            return Ok(Err(LedgerError::CreditLimit {
+                needed: e.debit,
+                available,
+                limit: t.limit,
+            }));
         }
     }
     let regs = match next_registers(&work.registers, e) {
