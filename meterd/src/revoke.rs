@@ -276,6 +276,12 @@ pub async fn apply(meter: &Meter, signed_order: &[u8]) -> Result<Vec<u8>> {
     if due {
         settle_locked(meter, &ledger).await?;
     }
+    if order.forced {
+        // SPEC, Locks: a revocation the authority forced stops the meter
+        // until the authority clears it (the revocation itself is done and
+        // confirmed either way).
+        crate::lock::engage(meter, meter_proto::lock_reason::FORCED).await?;
+    }
     Ok(signed)
 }
 

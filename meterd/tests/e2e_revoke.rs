@@ -425,9 +425,21 @@ fn revoke_paid_due_forced_crl_and_settlement() {
     let s3 = snapshot(&sb);
     assert_eq!(
         (s3.0, s3.1, s3.2, s3.3),
-        (s2.0, s2.1, s2.2, s2.3 + 1),
-        "due: nothing debited, one row"
+        (s2.0, s2.1, s2.2, s2.3 + 2),
+        "due: nothing debited, the revoke row and the forced lock row"
     );
+    // A forced revocation locks the meter (SPEC, Locks) until the authority clears it.
+    let st = sb.status();
+    assert_eq!(st["state"], "locked", "{st}");
+    assert_eq!(st["lock_reason"], "forced", "{st}");
+    let (_, _, out) = sb.postmark_id("pm-forced-locked");
+    assert_eq!(out.status.code(), Some(exit::LOCKED), "{out:?}");
+    assert_eq!(snapshot(&sb), s3);
+    let order = sb.clear_lock_order();
+    assert!(sb.meterctl(&["clear-lock", &order]).status.success());
+    let s3 = snapshot(&sb);
+    assert_eq!(s3.3, s2.3 + 3, "plus the unlock row");
+    assert_eq!((s3.0, s3.1, s3.2), (s2.0, s2.1, s2.2));
     let c = open_confirmation(&sb, &conf_bob);
     assert_eq!(c["payment"], "payment-due");
     assert_eq!(c["amount_due"].as_u64(), Some(fee));
