@@ -19,7 +19,6 @@ use meter_pki::issue::{self, Profile};
 use meter_pki::{cert, csr, payload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha384};
-use std::io::Write;
 use std::path::Path;
 
 /// Default validity of a user certificate (1 year).
@@ -54,26 +53,12 @@ impl Enrolments {
 
     /// Reads `enrolments.json` (empty when absent).
     pub fn load(dir: &Path) -> Result<Enrolments> {
-        let path = Self::path(dir);
-        if !path.exists() {
-            return Ok(Enrolments::default());
-        }
-        let bytes = std::fs::read(&path).map_err(|e| AuthorityError::io(&path, e))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| AuthorityError::Corrupt(format!("{}: {e}", path.display())))
+        Ok(crate::state::read_json(&Self::path(dir))?.unwrap_or_default())
     }
 
     /// Writes `enrolments.json` atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let path = Self::path(dir);
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| AuthorityError::Corrupt(format!("enrolments encoding: {e}")))?;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(|e| AuthorityError::io(&tmp, e))?;
-        f.write_all(&json)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| AuthorityError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| AuthorityError::io(&path, e))
+        crate::state::write_json_atomic(&Self::path(dir), self, "enrolments")
     }
 }
 

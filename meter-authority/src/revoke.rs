@@ -15,7 +15,6 @@ use meter_pki::revoke::{self as rv, RevokeOrder, RevokeRequest};
 use meter_pki::{cert, pem};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 
 use crate::{check_meter_id, Authority, AuthorityError, Result};
@@ -67,26 +66,12 @@ impl Revocations {
 
     /// Reads `revocations.json` (empty when absent).
     pub fn load(dir: &Path) -> Result<Revocations> {
-        let path = Self::path(dir);
-        if !path.exists() {
-            return Ok(Revocations::default());
-        }
-        let bytes = std::fs::read(&path).map_err(|e| AuthorityError::io(&path, e))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| AuthorityError::Corrupt(format!("{}: {e}", path.display())))
+        Ok(crate::state::read_json(&Self::path(dir))?.unwrap_or_default())
     }
 
     /// Writes `revocations.json` atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let path = Self::path(dir);
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| AuthorityError::Corrupt(format!("revocations encoding: {e}")))?;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(|e| AuthorityError::io(&tmp, e))?;
-        f.write_all(&json)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| AuthorityError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| AuthorityError::io(&path, e))
+        crate::state::write_json_atomic(&Self::path(dir), self, "revocations")
     }
 }
 

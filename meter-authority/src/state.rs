@@ -46,6 +46,34 @@ impl Default for State {
     }
 }
 
+/// Reads a JSON state file of the authority; `None` when it does not exist.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(path).map_err(|e| AuthorityError::io(path, e))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| AuthorityError::Corrupt(format!("{}: {e}", path.display())))
+}
+
+/// Writes a JSON state file atomically (temporary file, fsync, rename), so a
+/// crash leaves the old or the new state, never half of one.
+pub(crate) fn write_json_atomic<T: serde::Serialize>(
+    path: &Path,
+    value: &T,
+    what: &str,
+) -> Result<()> {
+    let json = serde_json::to_vec_pretty(value)
+        .map_err(|e| AuthorityError::Corrupt(format!("{what} encoding: {e}")))?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| AuthorityError::io(&tmp, e))?;
+    f.write_all(&json)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| AuthorityError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| AuthorityError::io(path, e))
+}
+
 impl State {
     /// Reads `state.json`.
     pub fn load(path: &Path) -> Result<State> {
@@ -56,14 +84,7 @@ impl State {
 
     /// Writes `state.json` atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| AuthorityError::Corrupt(format!("state encoding: {e}")))?;
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(|e| AuthorityError::io(&tmp, e))?;
-        f.write_all(&json)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| AuthorityError::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| AuthorityError::io(path, e))
+        write_json_atomic(path, self, "state")
     }
 
     /// Takes the next certificate serial.
