@@ -13,6 +13,7 @@ mod error;
 mod load;
 mod ops;
 mod sandbox;
+mod setup;
 mod storage;
 mod summary;
 mod tamper;
@@ -60,6 +61,13 @@ enum Cmd {
         /// Seed of the kill moments (default: from the clock).
         #[arg(long)]
         seed: Option<u64>,
+        /// Postmark only: skip the setup (certificate, credit line, postage
+        /// rates) that mixes sign, postage and pay into the load.
+        #[arg(long)]
+        postmark_only: bool,
+        /// Amount of the credit line the setup opens (minor units).
+        #[arg(long, default_value_t = 100_000_000)]
+        credit: u64,
     },
     /// Item 2: rollback and tamper cases against the real meterd.
     Tamper {
@@ -150,8 +158,13 @@ async fn run(cmd: Cmd) -> error::Result<i32> {
             iterations,
             clients,
             seed,
+            postmark_only,
+            credit,
         } => {
-            let sb = Sandbox::open(&at.dir, &at.sandbox)?;
+            let mut sb = Sandbox::open(&at.dir, &at.sandbox)?;
+            if !postmark_only {
+                sb.mix = setup::run(&sb, credit).await?;
+            }
             let seed = seed.unwrap_or_else(seed_from_clock);
             (
                 "crash-loop",
