@@ -112,6 +112,8 @@ pub async fn probe(bus: &str, method: &str, sig: &[String]) -> Result<()> {
             "i" => Value::from(0i32),
             "y" => Value::from(0u8),
             "b" => Value::from(false),
+            // An empty dictionary: the method's own check must refuse it.
+            "a{sv}" => Value::from(std::collections::HashMap::<String, Value<'static>>::new()),
             other => {
                 println!("unsupported {other}");
                 return Ok(());
