@@ -32,6 +32,10 @@ pub const USER_METHODS: &[&str] = &[
     "Pay",
     "Audit",
     "Report",
+    // Read-only lists a user needs to sign (which serial) and to pay (which
+    // line); the shipped bus policy and the daemon both allow them.
+    "ListCertificates",
+    "ListCreditLines",
 ];
 
 /// The three callers: (user name, supplementary group or none).
