@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 use crate::error::Result;
 use crate::load::{Attempt, Outcome};
 use crate::ops::{Mix, PAY_AMOUNT};
-use crate::sandbox::{audit, credit_lines, status, Registers, Row, Sandbox};
+use crate::sandbox::{audit, credit_lines, status, CreditLine, Registers, Row, Sandbox};
 use crate::summary::Tally;
 
 /// Checks audit and balance; records faults with `when` in the note.
@@ -60,21 +60,30 @@ async fn credit(
         t.fault(format!("{when}: credit line {serial} is not listed"));
         return Ok(());
     };
-    if line.used.checked_add(line.remaining) != Some(line.granted) {
-        t.fault(format!(
-            "{when}: credit line {serial}: granted {} != used {} + remaining {}",
-            line.granted, line.used, line.remaining
-        ));
-    }
-    let paid = sb.payment_rows()?;
-    let expected = paid.saturating_mul(PAY_AMOUNT);
-    if line.used != expected {
-        t.fault(format!(
-            "{when}: credit line {serial}: used {} but the ledger holds {paid} payment(s) of {PAY_AMOUNT} ({expected})",
-            line.used
-        ));
+    for problem in credit_problems(line, sb.payment_rows()?) {
+        t.fault(format!("{when}: {problem}"));
     }
     Ok(())
+}
+
+/// What is wrong with `line` when the ledger holds `paid` payments of
+/// [`PAY_AMOUNT`] (empty when nothing).
+pub fn credit_problems(line: &CreditLine, paid: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    if line.used.checked_add(line.remaining) != Some(line.granted) {
+        out.push(format!(
+            "credit line {}: granted {} != used {} + remaining {}",
+            line.serial, line.granted, line.used, line.remaining
+        ));
+    }
+    let expected = paid.saturating_mul(PAY_AMOUNT);
+    if line.used != expected {
+        out.push(format!(
+            "credit line {}: used {} but the ledger holds {paid} payment(s) of {PAY_AMOUNT} ({expected})",
+            line.serial, line.used
+        ));
+    }
+    out
 }
 
 /// Every product a client received must be in `rows` with the same bytes,
@@ -299,5 +308,22 @@ mod tests {
         let mut clean = Tally::default();
         check_delivered(&Mix::basic(), &attempts[..1], &rows, &regs(500), &mut clean);
         assert!(!clean.failed(), "{:?}", clean.notes);
+    }
+
+    #[test]
+    fn credit_line_must_match_the_paid_ids() {
+        let line = |granted, used, remaining| CreditLine {
+            serial: "CL1".into(),
+            granted,
+            used,
+            remaining,
+            state: "open".into(),
+        };
+        assert!(credit_problems(&line(100, 7, 93), 7).is_empty());
+        // Registers that do not add up.
+        assert_eq!(credit_problems(&line(100, 7, 92), 7).len(), 1);
+        // A payment on the line without its ledger row, or a row not on the line.
+        assert_eq!(credit_problems(&line(100, 8, 92), 7).len(), 1);
+        assert_eq!(credit_problems(&line(100, 6, 94), 7).len(), 1);
     }
 }
