@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::ops;
 use crate::sandbox::Sandbox;
 
 /// What one request got.
@@ -30,7 +29,7 @@ pub enum Outcome {
 pub struct Attempt {
     /// The request id.
     pub id: String,
-    /// Sequence number (selects the operation, see [`ops::pick`]).
+    /// Sequence number (selects the operation, see [`crate::ops::Mix::pick`]).
     pub n: u64,
     /// What came back.
     pub outcome: Outcome,
@@ -75,6 +74,7 @@ pub async fn run(sb: &Sandbox, spec: Spec) -> Result<Vec<Attempt>> {
     for proxy in proxies {
         let spec = spec.clone();
         let next = next.clone();
+        let mix = sb.mix.clone();
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             while !spec.stop.load(Ordering::Relaxed) {
@@ -83,8 +83,7 @@ pub async fn run(sb: &Sandbox, spec: Spec) -> Result<Vec<Attempt>> {
                     break;
                 }
                 let id = format!("{}{n}", spec.prefix);
-                let op = ops::pick(n);
-                let outcome = match (op.call)(&proxy, &id).await {
+                let outcome = match mix.call(&proxy, n, &id).await {
                     Ok(p) => Outcome::Product(p),
                     Err(e) => Outcome::Failed {
                         kind: e.kind(),

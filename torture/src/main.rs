@@ -13,6 +13,7 @@ mod error;
 mod load;
 mod ops;
 mod sandbox;
+mod setup;
 mod storage;
 mod summary;
 mod tamper;
@@ -45,6 +46,29 @@ struct Where {
     sandbox: PathBuf,
 }
 
+/// Which operations the load mixes.
+#[derive(clap::Args)]
+struct MixArgs {
+    /// Postmark only: skip the setup (certificate, credit line, postage
+    /// rates) that mixes sign, postage and pay into the load.
+    #[arg(long)]
+    postmark_only: bool,
+    /// Amount of the credit line the setup opens (minor units).
+    #[arg(long, default_value_t = 100_000_000)]
+    credit: u64,
+}
+
+impl MixArgs {
+    /// Opens the sandbox and, unless postmark only, sets it up for every operation.
+    async fn open(&self, at: &Where) -> error::Result<Sandbox> {
+        let mut sb = Sandbox::open(&at.dir, &at.sandbox)?;
+        if !self.postmark_only {
+            sb.mix = setup::run(&sb, self.credit).await?;
+        }
+        Ok(sb)
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Item 1: SIGKILL meterd at random moments under load.
@@ -60,6 +84,8 @@ enum Cmd {
         /// Seed of the kill moments (default: from the clock).
         #[arg(long)]
         seed: Option<u64>,
+        #[command(flatten)]
+        mix: MixArgs,
     },
     /// Item 2: rollback and tamper cases against the real meterd.
     Tamper {
@@ -82,6 +108,8 @@ enum Cmd {
         /// TPM resets under load.
         #[arg(long, default_value_t = 1)]
         resets: u64,
+        #[command(flatten)]
+        mix: MixArgs,
     },
     /// Item 4: full and read-only state directory (root only).
     Storage {
@@ -150,8 +178,9 @@ async fn run(cmd: Cmd) -> error::Result<i32> {
             iterations,
             clients,
             seed,
+            mix,
         } => {
-            let sb = Sandbox::open(&at.dir, &at.sandbox)?;
+            let sb = mix.open(&at).await?;
             let seed = seed.unwrap_or_else(seed_from_clock);
             (
                 "crash-loop",
@@ -167,8 +196,9 @@ async fn run(cmd: Cmd) -> error::Result<i32> {
             clients,
             ops,
             resets,
+            mix,
         } => {
-            let sb = Sandbox::open(&at.dir, &at.sandbox)?;
+            let sb = mix.open(&at).await?;
             ("tpm-faults", tpm::run(&sb, clients, ops, resets).await?)
         }
         Cmd::Storage { at, clients, ops } => {

@@ -16,6 +16,7 @@ use rusqlite::{Connection, OpenFlags};
 use zbus::zvariant::{OwnedValue, Value};
 
 use crate::error::{io, Result, TortureError};
+use crate::ops::{Mix, PAYMENT_SERVICE_CODE};
 
 /// A sandbox directory and the script that manages it.
 #[derive(Clone)]
@@ -30,6 +31,12 @@ pub struct Sandbox {
     pub state: PathBuf,
     /// TCTI string of the sandbox's swtpm (for tpm2-tools).
     pub tcti: String,
+    /// Directory of meterctl and meter-authority.
+    pub bin_dir: PathBuf,
+    /// The sandbox authority's directory.
+    pub authority: PathBuf,
+    /// The operations the load sends ([`Mix::basic`] until [`crate::setup`]).
+    pub mix: Mix,
 }
 
 /// Register snapshot and state from `Status()`.
@@ -89,6 +96,9 @@ impl Sandbox {
             bus: get("DBUS_SYSTEM_BUS_ADDRESS")?,
             state: PathBuf::from(get("METERD_STATE_DIR")?),
             tcti: get("METERD_TCTI")?,
+            bin_dir: PathBuf::from(get("METERD_BIN_DIR")?),
+            authority: PathBuf::from(get("METER_AUTHORITY_DIR")?),
+            mix: Mix::basic(),
         })
     }
 
@@ -218,6 +228,66 @@ impl Sandbox {
         }
         Ok(out)
     }
+}
+
+impl Sandbox {
+    /// Number of payment-certificate rows in the whole ledger (each a
+    /// distinct request id: the column is UNIQUE), read from the file.
+    pub fn payment_rows(&self) -> Result<u64> {
+        let conn = Connection::open_with_flags(
+            self.ledger_path(),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(DISTINCT request_id) FROM journal WHERE service = ?1",
+            [PAYMENT_SERVICE_CODE],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// A line of credit as `ListCreditLines()` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreditLine {
+    /// Serial.
+    pub serial: String,
+    /// Amount granted.
+    pub granted: u64,
+    /// Amount paid out.
+    pub used: u64,
+    /// Amount left.
+    pub remaining: u64,
+    /// `open`, `expired`, ...
+    pub state: String,
+}
+
+/// `ListCreditLines()` as [`CreditLine`]s.
+pub async fn credit_lines(proxy: &Meter1Proxy<'_>) -> Result<Vec<CreditLine>> {
+    use meter_proto::keys::credit_line as k;
+    let mut out = Vec::new();
+    for d in proxy.list_credit_lines().await? {
+        out.push(CreditLine {
+            serial: get_str(&d, k::SERIAL),
+            granted: get_u64(&d, k::GRANTED)?,
+            used: get_u64(&d, k::USED)?,
+            remaining: get_u64(&d, k::REMAINING)?,
+            state: get_str(&d, k::STATE),
+        });
+    }
+    Ok(out)
+}
+
+/// `ListCertificates()`: (serial, state) of each user certificate.
+pub async fn certificates(proxy: &Meter1Proxy<'_>) -> Result<Vec<(String, String)>> {
+    use meter_proto::keys::certificate as k;
+    Ok(proxy
+        .list_certificates()
+        .await?
+        .iter()
+        .map(|d| (get_str(d, k::SERIAL), get_str(d, k::STATE)))
+        .collect())
 }
 
 /// The text without terminal colour sequences (`ESC [ ... m`).

@@ -138,12 +138,11 @@ async fn charged_for_products(
     t: &mut Tally,
 ) -> Result<()> {
     let regs = status(&sb.connect().await?).await?;
-    let price = regs
-        .rates
-        .get(crate::ops::pick(0).rate)
-        .copied()
-        .unwrap_or(0);
-    let expected = price * load::products(attempts);
+    let expected: u64 = attempts
+        .iter()
+        .filter(|a| matches!(a.outcome, crate::load::Outcome::Product(_)))
+        .map(|a| sb.mix.price(&regs, a.n))
+        .sum();
     let moved = regs.ar.saturating_sub(ar0);
     if moved != expected {
         t.fault(format!(

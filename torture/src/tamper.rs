@@ -239,7 +239,7 @@ pub async fn run(sb: &Sandbox, other: &Path) -> Result<Tally> {
                 && ["tamper", "rollback"].contains(&regs.lock_reason.as_str());
             // A locked meter sells nothing and charges nothing.
             if locked {
-                let r = (crate::ops::pick(0).call)(&proxy, "tamper-after").await;
+                let r = sb.mix.call(&proxy, 0, "tamper-after").await;
                 let after = status(&proxy).await?;
                 if !matches!(r, Err(meter_proto::MeterError::Locked(_)))
                     || (after.ar, after.dr) != (regs.ar, regs.dr)

@@ -37,7 +37,10 @@ pub async fn run(sb: &Sandbox, clients: usize, ops: u64, resets: u64) -> Result<
 
 async fn reset_under_load(sb: &Sandbox, clients: usize, round: u64) -> Result<Tally> {
     let prefix = format!("tpmreset-{round}-");
-    let spec = Spec::new(clients, 50_000, &prefix);
+    let mut spec = Spec::new(clients, 50_000, &prefix);
+    // While the TPM is away calls fail at once: a longer pause keeps the
+    // thousands of Housing errors (each retried by the cross-check) in bounds.
+    spec.backoff = Duration::from_millis(100);
     let stop = spec.stop.clone();
     let sb2 = sb.clone();
     let started = Instant::now();

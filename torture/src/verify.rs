@@ -17,8 +17,8 @@ use tokio::sync::Mutex;
 
 use crate::error::Result;
 use crate::load::{Attempt, Outcome};
-use crate::ops;
-use crate::sandbox::{audit, status, Registers, Row, Sandbox};
+use crate::ops::{Mix, PAY_AMOUNT};
+use crate::sandbox::{audit, credit_lines, status, CreditLine, Registers, Row, Sandbox};
 use crate::summary::Tally;
 
 /// Checks audit and balance; records faults with `when` in the note.
@@ -40,16 +40,56 @@ pub async fn invariants(sb: &Sandbox, when: &str, t: &mut Tally) -> Result<Regis
             regs.state, regs.lock_reason
         ));
     }
+    if sb.mix.pays() {
+        credit(sb, &proxy, when, t).await?;
+    }
     Ok(regs)
 }
 
-fn price(regs: &Registers, n: u64) -> u64 {
-    regs.rates.get(ops::pick(n).rate).copied().unwrap_or(0)
+/// The line `pay` draws on: granted = used + remaining, and used = the
+/// number of distinct paid request ids in the ledger file × the amount.
+async fn credit(
+    sb: &Sandbox,
+    proxy: &meter_proto::Meter1Proxy<'static>,
+    when: &str,
+    t: &mut Tally,
+) -> Result<()> {
+    let serial = &sb.mix.ctx().credit_serial;
+    let lines = credit_lines(proxy).await?;
+    let Some(line) = lines.iter().find(|l| &l.serial == serial) else {
+        t.fault(format!("{when}: credit line {serial} is not listed"));
+        return Ok(());
+    };
+    for problem in credit_problems(line, sb.payment_rows()?) {
+        t.fault(format!("{when}: {problem}"));
+    }
+    Ok(())
+}
+
+/// What is wrong with `line` when the ledger holds `paid` payments of
+/// [`PAY_AMOUNT`] (empty when nothing).
+pub fn credit_problems(line: &CreditLine, paid: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    if line.used.checked_add(line.remaining) != Some(line.granted) {
+        out.push(format!(
+            "credit line {}: granted {} != used {} + remaining {}",
+            line.serial, line.granted, line.used, line.remaining
+        ));
+    }
+    let expected = paid.saturating_mul(PAY_AMOUNT);
+    if line.used != expected {
+        out.push(format!(
+            "credit line {}: used {} but the ledger holds {paid} payment(s) of {PAY_AMOUNT} ({expected})",
+            line.serial, line.used
+        ));
+    }
+    out
 }
 
 /// Every product a client received must be in `rows` with the same bytes,
 /// debited at the price in force.
 pub fn check_delivered(
+    mix: &Mix,
     attempts: &[Attempt],
     rows: &HashMap<String, Row>,
     before: &Registers,
@@ -63,20 +103,20 @@ pub fn check_delivered(
                     t.note(format!(
                         "loss: {} ({}) delivered a product with no ledger row",
                         a.id,
-                        ops::pick(a.n).name
+                        mix.pick(a.n).name
                     ));
                 }
                 Some(r) if &r.product != p => {
                     t.doubles += 1;
                     t.note(format!("double: {} ledger holds another product", a.id));
                 }
-                Some(r) if r.debit != price(before, a.n) => {
+                Some(r) if r.debit != mix.price(before, a.n) => {
                     t.fault(format!(
                         "{} ({}): ledger debit {} differs from the price {}",
                         a.id,
-                        ops::pick(a.n).name,
+                        mix.pick(a.n).name,
                         r.debit,
-                        price(before, a.n)
+                        mix.price(before, a.n)
                     ));
                 }
                 Some(_) => {}
@@ -97,7 +137,7 @@ pub async fn verify(
     let before = invariants(sb, "after the fault", &mut t).await?;
     let rows = sb.ledger_rows(prefix)?;
 
-    check_delivered(attempts, &rows, &before, &mut t);
+    check_delivered(&sb.mix, attempts, &rows, &before, &mut t);
 
     let orphans = attempts
         .iter()
@@ -118,6 +158,7 @@ pub async fn verify(
         let queue = queue.clone();
         let rows = rows.clone();
         let regs = before.clone();
+        let mix = sb.mix.clone();
         tasks.push(tokio::spawn(async move {
             let mut t = Tally::default();
             let mut fresh_charge = 0u64;
@@ -127,7 +168,7 @@ pub async fn verify(
                     break;
                 };
                 t.operations += 1;
-                let got = (ops::pick(a.n).call)(&proxy, &a.id).await;
+                let got = mix.call(&proxy, a.n, &a.id).await;
                 match (rows.get(&a.id), got) {
                     (Some(r), Ok(p)) if p == r.product => {}
                     (Some(_), Ok(_)) => {
@@ -144,7 +185,7 @@ pub async fn verify(
                         ));
                     }
                     (None, Ok(_)) => {
-                        fresh_charge += price(&regs, a.n);
+                        fresh_charge += mix.price(&regs, a.n);
                         fresh.push(a.id.clone());
                     }
                     (None, Err(e)) => t.fault(format!(
@@ -171,7 +212,7 @@ pub async fn verify(
     let moved = after.ar.saturating_sub(before.ar);
     let unit = attempts
         .first()
-        .map(|a| price(&before, a.n))
+        .map(|a| sb.mix.price(&before, a.n))
         .unwrap_or(1)
         .max(1);
     if moved > expected {
@@ -214,9 +255,7 @@ mod tests {
             ct: 0,
             state: "ready".into(),
             lock_reason: String::new(),
-            rates: [(ops::pick(0).rate.to_string(), price)]
-                .into_iter()
-                .collect(),
+            rates: [("postmark".to_string(), price)].into_iter().collect(),
         }
     }
 
@@ -260,14 +299,31 @@ mod tests {
             failed,
         ];
         let mut t = Tally::default();
-        check_delivered(&attempts, &rows, &regs(500), &mut t);
+        check_delivered(&Mix::basic(), &attempts, &rows, &regs(500), &mut t);
         assert_eq!(t.losses, 1, "e has no row: {:?}", t.notes);
         assert_eq!(t.doubles, 1, "b's row holds another product");
         assert_eq!(t.faults, 1, "c debited 499, price 500");
         assert!(t.failed());
 
         let mut clean = Tally::default();
-        check_delivered(&attempts[..1], &rows, &regs(500), &mut clean);
+        check_delivered(&Mix::basic(), &attempts[..1], &rows, &regs(500), &mut clean);
         assert!(!clean.failed(), "{:?}", clean.notes);
+    }
+
+    #[test]
+    fn credit_line_must_match_the_paid_ids() {
+        let line = |granted, used, remaining| CreditLine {
+            serial: "CL1".into(),
+            granted,
+            used,
+            remaining,
+            state: "open".into(),
+        };
+        assert!(credit_problems(&line(100, 7, 93), 7).is_empty());
+        // Registers that do not add up.
+        assert_eq!(credit_problems(&line(100, 7, 92), 7).len(), 1);
+        // A payment on the line without its ledger row, or a row not on the line.
+        assert_eq!(credit_problems(&line(100, 8, 92), 7).len(), 1);
+        assert_eq!(credit_problems(&line(100, 6, 94), 7).len(), 1);
     }
 }
