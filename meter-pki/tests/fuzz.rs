@@ -15,10 +15,15 @@
 
 mod common;
 use common::*;
+use meter_pki::account::AccountOrder;
+use meter_pki::certreq::CertRequest;
 use meter_pki::cms::{self, SignOptions};
+use meter_pki::credit::{CreditLine, Payment};
 use meter_pki::payload::{self, AnchorUpdate, ClearLockOrder, RateTable, Voucher};
+use meter_pki::report::{LockOrder, ReportAck};
+use meter_pki::revoke::{RevokeOrder, RevokeRequest};
 use meter_pki::tsp::{self, TokenParams};
-use meter_pki::{cert, csr, oid, sig};
+use meter_pki::{cert, csr, indicium, oid, sig};
 use proptest::prelude::*;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -33,6 +38,12 @@ struct Samples {
     signed_rates: Vec<u8>,
     signed_order: Vec<u8>,
     signed_anchor: Vec<u8>,
+    /// A valid indicium signed by the TSA key (the decoder needs no particular signer).
+    indicium: Vec<u8>,
+    /// Signed samples of the later authority → meter objects, one per type.
+    signed_more: Vec<Vec<u8>>,
+    /// Their JSON, one per type.
+    json_more: Vec<Vec<u8>>,
 }
 
 fn sign_payload(pki: &Pki, content_type: der::asn1::ObjectIdentifier, json: &[u8]) -> Vec<u8> {
@@ -94,7 +105,36 @@ fn samples() -> &'static Samples {
             .finish(&sig::sign_prehash_raw(&k, &rp.digest()).unwrap())
             .unwrap();
         let cert = cert::to_der(&pki.tsa).unwrap();
+        let body = indicium::IndiciumBody {
+            // The CN of the sample signer, so the sample verifies.
+            meter_id: "meter-0001".into(),
+            date: 1_700_000_000,
+            seq: 7,
+            amount: 730,
+            ascending: 1_460,
+            descending: 98_540,
+            pieces: 2,
+            rates_version: 2,
+            currency: "EUR".into(),
+            digits: 2,
+            class: "letter".into(),
+            grams: 20,
+            origin: "10115".into(),
+            destination: "75001".into(),
+        }
+        .encode()
+        .unwrap();
+        let isig = sig::sign_prehash_raw(&pki.tsa_key, &indicium::body_digest(&body)).unwrap();
+        let indicium = indicium::assemble(&body, &isig);
+        let json_more: Vec<Vec<u8>> = MORE_JSON.iter().map(|(_, j)| j.to_vec()).collect();
+        let signed_more = MORE_JSON
+            .iter()
+            .map(|(ct, j)| sign_payload(&pki, *ct, j))
+            .collect();
         Samples {
+            indicium,
+            signed_more,
+            json_more,
             signed_rates: sign_payload(&pki, oid::CT_RATES, RATE_JSON),
             signed_order: sign_payload(&pki, oid::CT_CLEAR_LOCK, ORDER_JSON),
             signed_anchor: sign_payload(&pki, oid::CT_ANCHOR_UPDATE, ANCHOR_JSON),
@@ -275,6 +315,72 @@ const TARGETS: &[Target] = &[
             let _ = payload::decode::<AnchorUpdate>(b);
         },
     },
+    Target {
+        name: "indicium_decode",
+        seeds: |s| vec![&s.indicium],
+        run: |s, b| {
+            let _ = indicium::decode(b);
+            let _ = indicium::verify(b, &s.pki.tsa);
+        },
+    },
+    Target {
+        name: "signed_orders",
+        seeds: |s| s.signed_more.iter().map(Vec::as_slice).collect(),
+        run: |s, b| {
+            let a = anchors(s);
+            let _ = payload::open::<ReportAck>(b, a, now());
+            let _ = payload::open::<LockOrder>(b, a, now());
+            let _ = payload::open::<RevokeOrder>(b, a, now());
+            let _ = payload::open::<AccountOrder>(b, a, now());
+            let _ = payload::open::<CreditLine>(b, a, now());
+            let _ = payload::open::<CertRequest>(b, a, now());
+            let _ = payload::open::<RevokeRequest>(b, a, now());
+            let _ = payload::open::<Payment>(b, a, now());
+        },
+    },
+    Target {
+        name: "orders_json",
+        seeds: |s| s.json_more.iter().map(Vec::as_slice).collect(),
+        run: |_, b| {
+            let _ = payload::decode::<ReportAck>(b);
+            let _ = payload::decode::<LockOrder>(b);
+            let _ = payload::decode::<RevokeOrder>(b);
+            let _ = payload::decode::<AccountOrder>(b);
+            let _ = payload::decode::<CreditLine>(b);
+            let _ = payload::decode::<CertRequest>(b);
+            let _ = payload::decode::<RevokeRequest>(b);
+            let _ = payload::decode::<Payment>(b);
+        },
+    },
+];
+
+/// JSON samples of the later signed objects (authority orders, credit grants,
+/// requests a meter sends the authority), with their content types.
+const MORE_JSON: &[(der::asn1::ObjectIdentifier, &[u8])] = &[
+    (
+        oid::CT_REPORT_ACK,
+        br#"{"meter_id":"MTR-0123456789ab","report_request_id":"r1","report_sequence":3,"report_time":1700000000,"report_digest":"000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000","period_days":30,"issued_at":1700000000}"#,
+    ),
+    (
+        oid::CT_LOCK_ORDER,
+        br#"{"meter_id":"MTR-0123456789ab","nonce":"00ff00ff00ff00ff","reason":"audit","issued_at":1700000000}"#,
+    ),
+    (
+        oid::CT_REVOKE_ORDER,
+        br#"{"meter_id":"MTR-0123456789ab","serial":"a","reason":"keyCompromise","order_id":"00112233445566778899aabbccddeeff","forced":false,"request_id":"r2","issued_at":1700000000}"#,
+    ),
+    (
+        oid::CT_ACCOUNT_ORDER,
+        br#"{"meter_id":"MTR-0123456789ab","credit_limit":100000,"period_days":30,"nonce":"00ff00ff00ff00ff","issued_at":1700000000}"#,
+    ),
+    (
+        oid::CT_CREDIT_LINE,
+        br#"{"serial":"CL1","holder":"MTR-0123456789ab","holder_key_hex":"04000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000","issuer":"Bank","amount":1000,"not_before":0,"not_after":1900000000,"authorized_use":"any purchase","request_digest_hex":"000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"}"#,
+    ),
+    (
+        oid::CT_PAYMENT,
+        br#"{"holder":"MTR-0123456789ab","serial":"CL1-1","meter_id":"MTR-0123456789ab","credit_serial":"CL1","credit_line_digest_hex":"000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000","amount":5,"payee":"shop","credit_remaining":995,"sequence":1,"time":1700000000}"#,
+    ),
 ];
 
 const RATE_JSON: &[u8] = br#"{"version":2,"effective":0,"currency":"EUR","digits":2,"rates":{"postmark":30},"postage":[]}"#;
@@ -356,6 +462,9 @@ fuzz_tests!(
     signed_clear_lock_order,
     signed_anchor_update,
     payload_json,
+    indicium_decode,
+    signed_orders,
+    orders_json,
 );
 
 /// Inputs found by earlier runs: `tests/fuzz-regressions/<target>-*`.
@@ -413,4 +522,19 @@ fn valid_samples_verify() {
     assert!(payload::open::<ClearLockOrder>(&s.signed_order, anchors, now()).is_ok());
     assert!(payload::open::<AnchorUpdate>(&s.signed_anchor, anchors, now()).is_ok());
     assert!(payload::decode::<RateTable>(RATE_JSON).is_ok());
+    assert!(indicium::verify(&s.indicium, &s.pki.tsa).is_ok());
+    // Every later sample decodes as its own type (so mutations start from valid objects).
+    let errors: Vec<String> = [
+        payload::decode::<ReportAck>(&s.json_more[0]).err(),
+        payload::decode::<LockOrder>(&s.json_more[1]).err(),
+        payload::decode::<RevokeOrder>(&s.json_more[2]).err(),
+        payload::decode::<AccountOrder>(&s.json_more[3]).err(),
+        payload::decode::<CreditLine>(&s.json_more[4]).err(),
+        payload::decode::<Payment>(&s.json_more[5]).err(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|e| e.to_string())
+    .collect();
+    assert!(errors.is_empty(), "{errors:?}");
 }
