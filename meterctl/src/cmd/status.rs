@@ -340,7 +340,10 @@ mod tests {
         let (text, warnings) = render(&m, Some(certs));
         // DR is 0 by design in this mode: no low-funds warning; only the debt is flagged.
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].starts_with("payment due: 0.250 USD"), "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("payment due: 0.250 USD"),
+            "{warnings:?}"
+        );
         assert!(line(&text, "mode").contains("current account"));
         assert!(line(&text, "credit limit").contains("1.000 USD"));
         assert!(line(&text, "used this period").contains("0.300 USD"));
