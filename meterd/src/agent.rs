@@ -15,7 +15,6 @@
 use der::{Decode, Encode, Reader, SliceReader};
 use meter_pki::agent::{self, AgentSubject};
 use meter_pki::cert::{self, Certificate};
-use meter_pki::cms::SignOptions;
 use meter_pki::{csr, envelope, oid};
 use p384::pkcs8::EncodePrivateKey;
 use rand_core::{OsRng, RngCore};
@@ -24,7 +23,7 @@ use sha2::{Digest as _, Sha384};
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::ledger::{Entry, EntryKind, Ledger, LedgerError, Outcome};
-use crate::meter::{Meter, IDENTITY_KEY};
+use crate::meter::Meter;
 use crate::money::Amount;
 use crate::service::Service;
 use crate::{clock, sale};
@@ -123,19 +122,9 @@ pub async fn request_ca(meter: &Meter) -> Result<Vec<u8>> {
         .sign_digest(AGENT_CA_KEY, prepared.digest())
         .await?;
     let request = prepared.finish(&raw)?;
-    let signed = meter_pki::cms::prepare(&SignOptions {
-        content_type: oid::CT_CERT_REQUEST,
-        content: &request,
-        signer: &identity.meter_cert,
-        extra_certs: &[],
-        signing_time: Some(clock::now()),
-        ess_cert_id_v2: true,
-    })?;
-    let raw = meter
-        .housing()
-        .sign_digest(IDENTITY_KEY, signed.digest())
-        .await?;
-    Ok(signed.finish(&raw)?)
+    meter
+        .sign_as_meter(&identity, oid::CT_CERT_REQUEST, &request, clock::now())
+        .await
 }
 
 /// `InstallAgentCa`: checks the authority's agent-CA certificate (chains to a trust anchor,

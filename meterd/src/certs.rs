@@ -19,7 +19,6 @@ use std::sync::RwLock;
 
 use meter_pki::cert::{self, Certificate};
 use meter_pki::certreq::{self, CertRequest};
-use meter_pki::cms::{self, SignOptions};
 use meter_pki::{csr, oid, payload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha384};
@@ -27,7 +26,7 @@ use sha2::{Digest as _, Sha384};
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::ledger::{Entry, EntryKind, Ledger, Outcome};
-use crate::meter::{Meter, IDENTITY_KEY};
+use crate::meter::Meter;
 use crate::money::Amount;
 use crate::service::Service;
 use crate::{clock, sale};
@@ -320,19 +319,9 @@ pub async fn request(meter: &Meter, cn: &str, code: &str, request_id: &str) -> R
         issued_at: now,
     };
     let content = payload::encode(&body)?;
-    let prepared = cms::prepare(&SignOptions {
-        content_type: oid::CT_CERT_REQUEST,
-        content: &content,
-        signer: &identity.meter_cert,
-        extra_certs: &[],
-        signing_time: Some(now),
-        ess_cert_id_v2: true,
-    })?;
-    let raw = meter
-        .housing()
-        .sign_digest(IDENTITY_KEY, prepared.digest())
+    let request = meter
+        .sign_as_meter(&identity, oid::CT_CERT_REQUEST, &content, now)
         .await?;
-    let request = prepared.finish(&raw)?;
     let record = PendingRecord {
         key,
         subject: cn.to_owned(),

@@ -96,6 +96,32 @@ impl Meter {
         &self.housing
     }
 
+    /// CMS SignedData of `content` (type `content_type`) signed in the TPM
+    /// by the meter's identity key, its certificate embedded: the one way
+    /// every message the meter itself authors (requests, reports,
+    /// confirmations, payment certificates) is signed.
+    pub async fn sign_as_meter(
+        &self,
+        identity: &Identity,
+        content_type: meter_pki::ObjectIdentifier,
+        content: &[u8],
+        signing_time: i64,
+    ) -> Result<Vec<u8>> {
+        let prepared = meter_pki::cms::prepare(&meter_pki::cms::SignOptions {
+            content_type,
+            content,
+            signer: &identity.meter_cert,
+            extra_certs: &[],
+            signing_time: Some(signing_time),
+            ess_cert_id_v2: true,
+        })?;
+        let raw = self
+            .housing
+            .sign_digest(IDENTITY_KEY, prepared.digest())
+            .await?;
+        Ok(prepared.finish(&raw)?)
+    }
+
     /// Opens (creating if missing) the ledger sealed by the identity key,
     /// audits it, locks on damage, and loads identity and rates from it.
     pub(crate) async fn open_ledger(&self) -> Result<()> {

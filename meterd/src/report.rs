@@ -26,7 +26,6 @@
 //! `period-closed` lock (current account, see `account`) when the report
 //! opens a billing period not yet over.
 
-use meter_pki::cms::{self, SignOptions};
 use meter_pki::payload;
 use meter_pki::report::{report_digest, ReportAck, ServiceUsage, StatusReport};
 
@@ -35,7 +34,7 @@ use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::inspection::{self, ACK_NOTE};
 use crate::ledger::{Entry, EntryKind, LedgerError, Outcome};
-use crate::meter::{Meter, IDENTITY_KEY};
+use crate::meter::Meter;
 use crate::money::Amount;
 use crate::sale::check_request_id;
 use crate::service::Service;
@@ -153,19 +152,9 @@ pub async fn report(meter: &Meter, request_id: &str) -> Result<Vec<u8>> {
         inspection_due: due,
     };
     let content = payload::encode(&body)?;
-    let prepared = cms::prepare(&SignOptions {
-        content_type: meter_pki::oid::CT_STATUS_REPORT,
-        content: &content,
-        signer: &identity.meter_cert,
-        extra_certs: &[],
-        signing_time: Some(now),
-        ess_cert_id_v2: true,
-    })?;
-    let raw = meter
-        .housing()
-        .sign_digest(IDENTITY_KEY, prepared.digest())
+    let signed = meter
+        .sign_as_meter(&identity, meter_pki::oid::CT_STATUS_REPORT, &content, now)
         .await?;
-    let signed = prepared.finish(&raw)?;
     let entry = Entry {
         kind: EntryKind::Debit,
         service: Some(Service::StatusReport),

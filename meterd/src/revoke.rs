@@ -33,7 +33,6 @@
 //! A locked meter still applies orders and settles debts: both are the
 //! authority's own business, not sales.
 
-use meter_pki::cms::{self, SignOptions};
 use meter_pki::revoke::{self as rv, RevokeConfirmation, RevokeOrder, RevokeRequest};
 use meter_pki::{oid, payload};
 use tokio::sync::Mutex;
@@ -44,7 +43,7 @@ use crate::error::{Result, ServiceError};
 use crate::housing::HousingError;
 use crate::identity::Identity;
 use crate::ledger::{Entry, EntryKind, Ledger, LedgerError, Outcome};
-use crate::meter::{Meter, IDENTITY_KEY};
+use crate::meter::Meter;
 use crate::money::Amount;
 use crate::service::Service;
 use crate::{clock, sale};
@@ -110,14 +109,14 @@ pub async fn request(
         request_id: request_id.to_owned(),
         issued_at: now,
     };
-    let signed = sign(
-        meter,
-        &identity,
-        oid::CT_REVOKE_REQUEST,
-        &payload::encode(&body)?,
-        now,
-    )
-    .await?;
+    let signed = meter
+        .sign_as_meter(
+            &identity,
+            oid::CT_REVOKE_REQUEST,
+            &payload::encode(&body)?,
+            now,
+        )
+        .await?;
     let row = Entry {
         kind: EntryKind::Event,
         service: None,
@@ -135,28 +134,6 @@ pub async fn request(
         }
         Outcome::Existing { product, .. } => Ok(product),
     }
-}
-
-async fn sign(
-    meter: &Meter,
-    identity: &Identity,
-    content_type: meter_pki::ObjectIdentifier,
-    content: &[u8],
-    now: i64,
-) -> Result<Vec<u8>> {
-    let prepared = cms::prepare(&SignOptions {
-        content_type,
-        content,
-        signer: &identity.meter_cert,
-        extra_certs: &[],
-        signing_time: Some(now),
-        ess_cert_id_v2: true,
-    })?;
-    let raw = meter
-        .housing()
-        .sign_digest(IDENTITY_KEY, prepared.digest())
-        .await?;
-    Ok(prepared.finish(&raw)?)
 }
 
 /// Price of a revocation: the `revoke` rate; a table that does not price
@@ -220,14 +197,14 @@ pub async fn apply(meter: &Meter, signed_order: &[u8]) -> Result<Vec<u8>> {
         amount_due: if due { fee.0 } else { 0 },
         key_destroyed: true,
     };
-    let signed = sign(
-        meter,
-        &identity,
-        oid::CT_REVOKE_CONFIRMATION,
-        &payload::encode(&confirmation)?,
-        now,
-    )
-    .await?;
+    let signed = meter
+        .sign_as_meter(
+            &identity,
+            oid::CT_REVOKE_CONFIRMATION,
+            &payload::encode(&confirmation)?,
+            now,
+        )
+        .await?;
     let row = Entry {
         kind: EntryKind::Debit,
         service: Some(Service::Revoke),

@@ -37,14 +37,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use der::{Decode, Reader, SliceReader};
-use meter_pki::cms::{self, SignOptions};
 use meter_pki::credit::{read_unverified, CreditLine, Payment};
 use meter_pki::payload::{self, Payload};
 
 use crate::error::{Result, ServiceError};
 use crate::identity::Identity;
 use crate::ledger::{Digest, Ledger};
-use crate::meter::{Meter, IDENTITY_KEY};
+use crate::meter::Meter;
 use crate::money::Amount;
 use crate::service::Service;
 
@@ -329,19 +328,9 @@ pub(crate) async fn sign_with_identity<T: Payload>(
 ) -> Result<Vec<u8>> {
     v.validate()?;
     let content = payload::encode(v)?;
-    let prepared = cms::prepare(&SignOptions {
-        content_type: T::CONTENT_TYPE,
-        content: &content,
-        signer: &identity.meter_cert,
-        extra_certs: &[],
-        signing_time: Some(crate::clock::now()),
-        ess_cert_id_v2: true,
-    })?;
-    let raw = meter
-        .housing()
-        .sign_digest(IDENTITY_KEY, prepared.digest())
-        .await?;
-    Ok(prepared.finish(&raw)?)
+    meter
+        .sign_as_meter(identity, T::CONTENT_TYPE, &content, crate::clock::now())
+        .await
 }
 
 #[cfg(test)]
