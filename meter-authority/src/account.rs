@@ -6,7 +6,6 @@
 
 use meter_pki::account::AccountOrder;
 use meter_pki::payload::Payload;
-use rand_core::RngCore;
 
 use crate::{check_meter_id, Authority, Result};
 
@@ -20,13 +19,12 @@ impl Authority {
         now: i64,
     ) -> Result<(AccountOrder, String)> {
         check_meter_id(meter_id)?;
-        let mut nonce = [0u8; 16];
-        rand_core::OsRng.fill_bytes(&mut nonce);
+        let nonce = crate::fresh_nonce_hex();
         let order = AccountOrder {
             meter_id: meter_id.to_owned(),
             credit_limit,
             period_days,
-            nonce: hex::encode(nonce),
+            nonce,
             issued_at: now,
         };
         order.validate()?;

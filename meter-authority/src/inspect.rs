@@ -11,7 +11,6 @@
 use meter_pki::payload::Payload;
 use meter_pki::report::{self, LockOrder, ReportAck, StatusReport};
 use meter_pki::{cert, cms, oid};
-use rand_core::RngCore;
 
 use crate::{check_meter_id, Authority, AuthorityError, Result};
 
@@ -82,11 +81,10 @@ impl Authority {
         now: i64,
     ) -> Result<(LockOrder, String)> {
         check_meter_id(meter_id)?;
-        let mut nonce = [0u8; 16];
-        rand_core::OsRng.fill_bytes(&mut nonce);
+        let nonce = crate::fresh_nonce_hex();
         let order = LockOrder {
             meter_id: meter_id.to_owned(),
-            nonce: hex::encode(nonce),
+            nonce,
             reason: reason.to_owned(),
             issued_at: now,
         };

@@ -110,6 +110,15 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| AuthorityError::io(path, e))
 }
 
+/// A fresh random 128-bit id in hex: the single-use nonce of every order the
+/// authority signs (lock, account, revoke), so a meter can refuse a replay.
+pub(crate) fn fresh_nonce_hex() -> String {
+    use rand_core::RngCore;
+    let mut b = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
 /// Checks a meter id: 1..64 characters of `[A-Za-z0-9-]`.
 pub fn check_meter_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()

@@ -13,7 +13,6 @@ use meter_pki::crl::{self, CrlEntry};
 use meter_pki::payload::{self, Payload};
 use meter_pki::revoke::{self as rv, RevokeOrder, RevokeRequest};
 use meter_pki::{cert, pem};
-use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -143,13 +142,12 @@ impl Authority {
                 r.revoked_at, r.order_id
             )));
         }
-        let mut id = [0u8; 16];
-        rand_core::OsRng.fill_bytes(&mut id);
+        let id = crate::fresh_nonce_hex();
         let order = RevokeOrder {
             meter_id: meter_id.to_owned(),
             serial: serial.to_owned(),
             reason: reason.to_owned(),
-            order_id: hex::encode(id),
+            order_id: id,
             forced: request_id.is_empty(),
             request_id: request_id.to_owned(),
             issued_at: now,
