@@ -33,6 +33,10 @@ pub enum MeterError {
     Housing(String),
     /// The ledger could not be read or written.
     Storage(String),
+    /// Too many calls in flight from this caller, or the meter is stopping; retry later.
+    Busy(String),
+    /// A fault inside the meter; the request was not served.
+    Internal(String),
 }
 
 impl MeterError {
@@ -50,6 +54,8 @@ impl MeterError {
             MeterError::Stale(_) => "Stale",
             MeterError::Housing(_) => "Housing",
             MeterError::Storage(_) => "Storage",
+            MeterError::Busy(_) => "Busy",
+            MeterError::Internal(_) => "Internal",
         }
     }
 
@@ -66,7 +72,9 @@ impl MeterError {
             | MeterError::Replay(m)
             | MeterError::Stale(m)
             | MeterError::Housing(m)
-            | MeterError::Storage(m) => m.clone(),
+            | MeterError::Storage(m)
+            | MeterError::Busy(m)
+            | MeterError::Internal(m) => m.clone(),
         }
     }
 
@@ -89,6 +97,8 @@ impl MeterError {
             }
             MeterError::Housing(_) => exit::HOUSING,
             MeterError::Storage(_) => exit::STORAGE,
+            MeterError::Busy(_) => exit::BUSY,
+            MeterError::Internal(_) => exit::DAEMON_INTERNAL,
         }
     }
 }

@@ -51,3 +51,7 @@ pub const TABLE: &[(i32, &str)] = &[
         "verification negative (token not valid, audit found damage)",
     ),
 ];
+/// The meter is busy (too many calls in flight from this user); retry later.
+pub const BUSY: i32 = 11;
+/// The meter failed inside (a bug); the request was not served.
+pub const DAEMON_INTERNAL: i32 = 12;

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use meterd::ledger::{Entry, EntryKind, Ledger, SoftwareSealer, Verdict};
+use meterd::ledger::{Entry, Key, Ledger, SoftwareSealer, Verdict};
 use meterd::money::Amount;
 use meterd::service::Service;
 use sha2::{Digest as _, Sha384};
@@ -64,16 +64,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (ledger, _) = Ledger::open(&path, Box::new(sealer), "bench-meter", true)?;
     let debits = rows.saturating_sub(2);
     rt.block_on(async {
-        let credit = Entry {
-            kind: EntryKind::Credit,
-            service: None,
-            request_id: Some("voucher:1".into()),
-            input_digest: [1; 48],
-            credit: Amount(u64::MAX / 2),
-            debit: Amount::ZERO,
-            product: b"voucher".to_vec(),
-            note: String::new(),
-        };
+        let credit = Entry::credit(
+            Key::meter("voucher", 1),
+            [1; 48],
+            Amount(u64::MAX / 2),
+            b"voucher".to_vec(),
+            "",
+        );
         ledger.commit(credit, None).await?;
         let mut tasks = tokio::task::JoinSet::new();
         for w in 0..WORKERS {
@@ -83,16 +80,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 while i < debits {
                     let id = request_id(i);
                     let input: [u8; 48] = Sha384::digest(id.as_bytes()).into();
-                    let e = Entry {
-                        kind: EntryKind::Debit,
-                        service: Some(Service::Postmark),
-                        request_id: Some(id),
-                        input_digest: input,
-                        credit: Amount::ZERO,
-                        debit: Amount(1 + i % 997),
-                        product: input[..32].to_vec(),
-                        note: String::new(),
-                    };
+                    let key = Key::caller(1000, &id)?;
+                    let e = Entry::debit(
+                        Some(Service::Postmark),
+                        Some(key),
+                        input,
+                        Amount(1 + i % 997),
+                        input[..32].to_vec(),
+                        "",
+                    );
                     l.commit(e, None).await?;
                     i += WORKERS;
                 }

@@ -20,13 +20,15 @@ use p384::pkcs8::EncodePrivateKey;
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest as _, Sha384};
 
+use std::sync::Arc;
+
+use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
-use crate::ledger::{Entry, EntryKind, Ledger, LedgerError, Outcome};
+use crate::ledger::{EntryKind, Key, Ledger};
 use crate::meter::Meter;
-use crate::money::Amount;
+use crate::sale::{self, Guard, Made, Sale, Spec};
 use crate::service::Service;
-use crate::{clock, sale};
 
 /// Name of the agent-CA key in the housing.
 pub const AGENT_CA_KEY: &str = "agent-ca";
@@ -92,22 +94,49 @@ pub fn subject_from_map(map: &std::collections::HashMap<String, String>) -> Resu
     Ok(AgentSubject::new(cn, get("o"), get("ou"), get("email"))?)
 }
 
-/// Loads the last installed agent-CA certificate from the ledger (at start).
-pub(crate) async fn load(meter: &Meter, ledger: &Ledger) -> Result<()> {
-    let rows = ledger.products(EntryKind::Event).await?;
-    if let Some((_, _, der)) = rows.iter().rev().find(|(_, note, _)| note == AGENT_CA_NOTE) {
-        let c = Certificate::from_der(der)
-            .map_err(|e| ServiceError::Storage(format!("agent-CA row: {e}")))?;
-        meter.set_agent_ca(c)?;
+/// The agent-CA certificate installed (Fig. 3A), owned by this feature.
+#[derive(Debug, Default)]
+pub struct AgentBook {
+    ca: std::sync::RwLock<Option<Arc<Certificate>>>,
+}
+
+impl AgentBook {
+    /// The agent-CA certificate in force, if any.
+    pub fn ca(&self) -> Option<Arc<Certificate>> {
+        self.ca.read().ok().and_then(|g| g.clone())
     }
-    Ok(())
+
+    fn set(&self, c: Certificate) -> Result<()> {
+        *self
+            .ca
+            .write()
+            .map_err(|_| ServiceError::Internal("agent state lock poisoned".into()))? =
+            Some(Arc::new(c));
+        Ok(())
+    }
+
+    /// Loads the last installed agent-CA certificate from the ledger (at start).
+    pub async fn load(&self, ledger: &Ledger) -> Result<()> {
+        let rows = ledger
+            .products_noted(EntryKind::Event, AGENT_CA_NOTE)
+            .await?;
+        if let Some((_, _, der)) = rows.last() {
+            let c = Certificate::from_der(der)
+                .map_err(|e| ServiceError::Storage(format!("agent-CA row: {e}")))?;
+            self.set(c)?;
+        }
+        Ok(())
+    }
 }
 
 /// `RequestAgentCa`: creates the agent key if needed and returns its PKCS#10 (CN
 /// `<meter id> Agent CA`) inside a CMS SignedData by the identity key (eContentType
-/// `CT_CERT_REQUEST`), for `meter-authority certify-agent-ca`.
+/// `CT_CERT_REQUEST`), for `meter-authority certify-agent-ca`. Records nothing.
 pub async fn request_ca(meter: &Meter) -> Result<Vec<u8>> {
-    let (identity, _) = meter.ensure_selling()?;
+    let (identity, ledger) = meter.provisioned()?;
+    if let Some(refusal) = meter.refusal(&ledger, clock::now()) {
+        return Err(refusal);
+    }
     {
         let _guard = meter.provisioning().lock().await;
         if !meter.housing().call(|h| h.has_key(AGENT_CA_KEY)).await? {
@@ -129,9 +158,9 @@ pub async fn request_ca(meter: &Meter) -> Result<Vec<u8>> {
 
 /// `InstallAgentCa`: checks the authority's agent-CA certificate (chains to a trust anchor,
 /// CA with pathLen 0, for the agent key this meter holds, named for this meter) and records
-/// it; returns its serial (hex).
-pub async fn install_ca(meter: &Meter, der_or_pem: &[u8]) -> Result<String> {
-    let (identity, ledger) = meter.ensure_selling()?;
+/// it (Event row, key `m/agent-ca/<sha384>`); returns its serial (hex).
+pub async fn install_ca(meter: &Meter, book: &AgentBook, der_or_pem: &[u8]) -> Result<String> {
+    let identity = meter.require_identity()?;
     let c = cert::parse(der_or_pem)?;
     let now = clock::now();
     agent::check_agent_ca(&c)?;
@@ -154,28 +183,27 @@ pub async fn install_ca(meter: &Meter, der_or_pem: &[u8]) -> Result<String> {
         )));
     }
     let der = cert::to_der(&c)?;
-    let entry = Entry {
-        kind: EntryKind::Event,
-        service: None,
-        request_id: Some(format!("agent-ca:{}", hex::encode(Sha384::digest(&der)))),
-        input_digest: input_digest("agent-ca", &[&der]),
-        credit: Amount::ZERO,
-        debit: Amount::ZERO,
-        product: der,
-        note: AGENT_CA_NOTE.into(),
-    };
-    match ledger.commit(entry, None).await {
-        Ok(Outcome::Committed { .. }) => {}
-        Ok(Outcome::Existing { .. }) | Err(LedgerError::Conflict(_)) => {
+    let key = Key::meter("agent-ca", hex::encode(Sha384::digest(&der)));
+    let spec = Spec::record(
+        EntryKind::Event,
+        key,
+        input_digest("agent-ca", &[&der]),
+        AGENT_CA_NOTE,
+    )
+    .guarded(Guard::Selling);
+    let sold = sale::sell(meter, spec, async move |_: &Sale| Ok(Made::Product(der))).await;
+    match sold {
+        Ok(s) if s.fresh => {}
+        Ok(_) | Err(ServiceError::Conflict { .. }) => {
             return Err(ServiceError::Replay(
                 "this agent-CA certificate is already installed".into(),
             ))
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     }
     let serial = cert::serial_hex(&c);
     tracing::info!(%serial, not_after = cert::not_after(&c), "agent-CA certificate installed");
-    meter.set_agent_ca(c)?;
+    book.set(c)?;
     Ok(serial)
 }
 
@@ -183,44 +211,48 @@ pub async fn install_ca(meter: &Meter, der_or_pem: &[u8]) -> Result<String> {
 /// encrypted to `receiver` (P-384 certificate, SPKI or SEC1 key, DER or PEM).
 pub async fn issue(
     meter: &Meter,
+    book: &AgentBook,
     subject: &AgentSubject,
     receiver: &[u8],
-    request_id: &str,
+    key: Key,
 ) -> Result<AgentProduct> {
     // Cheap checks first, so a refused request never reaches the ledger or the TPM.
     let parsed = envelope::parse_receiver(receiver)?;
-    let agent_ca = meter.agent_ca().ok_or_else(|| {
+    let agent_ca = book.ca().ok_or_else(|| {
         ServiceError::NotProvisioned(
             "no agent-CA certificate is installed: run meterctl agent-ca request, have the authority certify it (meter-authority certify-agent-ca), then meterctl agent-ca install".into(),
         )
     })?;
-    let digest = input_digest(
-        Service::AgentCertificate.name(),
-        &[&subject.canonical(), receiver],
-    );
-    let product = sale::sell(
-        meter,
+    let spec = Spec::sale(
         Service::AgentCertificate,
-        Some(request_id),
-        async move { Ok((digest, ())) },
-        |(), _identity| make(meter, subject, parsed, agent_ca),
-    )
+        Some(key),
+        input_digest(
+            Service::AgentCertificate.name(),
+            &[&subject.canonical(), receiver],
+        ),
+    );
+    let sold = sale::sell(meter, spec, async |sale: &Sale| {
+        Ok(Made::Product(
+            make(meter, sale, subject, parsed, agent_ca).await?,
+        ))
+    })
     .await?;
-    AgentProduct::from_bytes(&product)
+    AgentProduct::from_bytes(&sold.product)
 }
 
 async fn make(
     meter: &Meter,
+    sale: &Sale,
     subject: &AgentSubject,
     receiver: envelope::Receiver,
-    agent_ca: std::sync::Arc<Certificate>,
+    agent_ca: Arc<Certificate>,
 ) -> Result<Vec<u8>> {
     // The secret key zeroizes itself on drop, and so does its PKCS#8 document.
     let secret = p384::SecretKey::random(&mut OsRng);
     let public = secret.public_key().to_sec1_bytes().to_vec();
     let pkcs8 = secret
         .to_pkcs8_der()
-        .map_err(|e| ServiceError::InvalidInput(format!("key encoding: {e}")))?;
+        .map_err(|e| ServiceError::Internal(format!("key encoding: {e}")))?;
     drop(secret);
     let envelope = envelope::seal(pkcs8.as_bytes(), &receiver, &mut OsRng)?;
     drop(pkcs8);
@@ -228,7 +260,7 @@ async fn make(
     let mut serial = [0u8; 16];
     OsRng.fill_bytes(&mut serial);
     serial[0] = (serial[0] & 0x7f).max(1);
-    let now = clock::now();
+    let now = sale.now();
     let prepared = agent::prepare_employee(
         subject,
         &public,

@@ -17,9 +17,9 @@ use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::identity::Identity;
-use crate::ledger::{Entry, EntryKind, LedgerError, Outcome};
+use crate::ledger::{EntryKind, Key};
 use crate::meter::Meter;
-use crate::money::Amount;
+use crate::sale::{self, Made, Sale, Spec};
 
 /// `UpdateTrustAnchor`: applies an authority-signed anchor update; returns
 /// the number of anchors now trusted.
@@ -27,7 +27,6 @@ pub async fn update(meter: &Meter, signed: &[u8]) -> Result<usize> {
     // One update at a time: each reads the identity it replaces.
     let _guard = meter.provisioning().lock().await;
     let identity = meter.require_identity()?;
-    let ledger = meter.require_ledger()?;
     let now = clock::now();
     let verified = meter_pki::cms::verify(
         signed,
@@ -71,24 +70,20 @@ pub async fn update(meter: &Meter, signed: &[u8]) -> Result<usize> {
     } else {
         "anchor-add"
     };
-    let entry = Entry {
-        kind: EntryKind::Provision,
-        service: None,
-        request_id: Some(format!("anchor:{}", hex::encode(Sha384::digest(&der)))),
-        input_digest: input_digest("anchor-update", &[&verified.content]),
-        credit: Amount::ZERO,
-        debit: Amount::ZERO,
-        product: bundle,
-        note: note.into(),
-    };
-    match ledger.commit(entry, None).await {
-        Ok(Outcome::Committed { .. }) => {}
-        Ok(Outcome::Existing { .. }) | Err(LedgerError::Conflict(_)) => {
+    let spec = Spec::record(
+        EntryKind::Provision,
+        Key::meter("anchor", hex::encode(Sha384::digest(&der))),
+        input_digest("anchor-update", &[&verified.content]),
+        note,
+    );
+    match sale::sell(meter, spec, async move |_: &Sale| Ok(Made::Product(bundle))).await {
+        Ok(s) if s.fresh => {}
+        Ok(_) | Err(ServiceError::Conflict { .. }) => {
             return Err(ServiceError::Replay(
                 "this trust-anchor update was already applied".into(),
             ))
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     }
     let count = updated.anchors.len();
     tracing::warn!(

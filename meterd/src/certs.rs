@@ -13,7 +13,7 @@
 //! active, expired, revoked) is computed at the time of asking.
 //!
 //! Revocation (Fig. 6) uses [`CertStore::find`] (serial → key name,
-//! certificate, state) and [`record_revoked`].
+//! certificate, state) and [`CertStore::mark_revoked`].
 
 use std::sync::RwLock;
 
@@ -23,13 +23,13 @@ use meter_pki::{csr, oid, payload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha384};
 
+use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
-use crate::ledger::{Entry, EntryKind, Ledger, Outcome};
+use crate::ledger::{EntryKind, Key, Ledger};
 use crate::meter::Meter;
-use crate::money::Amount;
+use crate::sale::{self, Guard, Made, Price, Sale, Spec};
 use crate::service::Service;
-use crate::{clock, sale};
 
 /// Note of the Event row recording a new pending key.
 pub const NOTE_REQUEST: &str = "cert-request";
@@ -254,14 +254,15 @@ fn request_of(product: &[u8]) -> Result<Vec<u8>> {
         .map_err(|_| ServiceError::Storage("certificate request row: request not hex".into()))
 }
 
-/// Housing name of the key for a request: stable for a request id, so a
-/// retry after a crash between key creation and ledger row reuses the key.
-pub fn key_name(meter_id: &str, request_id: &str) -> String {
+/// Housing name of the key for a request: stable for a request key (which
+/// names the caller's uid too), so a retry after a crash between key
+/// creation and ledger row reuses the key.
+pub fn key_name(meter_id: &str, key: &Key) -> String {
     let mut h = Sha384::new();
     h.update(b"meterd-user-key\0");
     h.update(meter_id.as_bytes());
     h.update([0]);
-    h.update(request_id.as_bytes());
+    h.update(key.encode().as_bytes());
     format!("user-{}", hex::encode(&h.finalize()[..6]))
 }
 
@@ -278,86 +279,81 @@ fn check_cn(cn: &str) -> Result<()> {
 /// `RequestCertificate`: checks funds for an install (no debit), makes a key
 /// in the TPM, and returns its PKCS#10 request with the enrolment code in a
 /// CMS SignedData signed by the meter's identity key. One Event row.
-pub async fn request(meter: &Meter, cn: &str, code: &str, request_id: &str) -> Result<Vec<u8>> {
-    let (identity, ledger) = meter.ensure_selling()?;
-    sale::check_request_id(request_id)?;
+pub async fn request(
+    meter: &Meter,
+    store: &CertStore,
+    cn: &str,
+    code: &str,
+    key: Key,
+) -> Result<Vec<u8>> {
     check_cn(cn)?;
     certreq::check_code(code).map_err(|e| ServiceError::InvalidInput(e.to_string()))?;
-    let input = input_digest(NOTE_REQUEST, &[cn.as_bytes(), code.as_bytes()]);
-    if let Some(stored) = ledger.lookup(request_id).await? {
-        if stored.kind == EntryKind::Event && stored.input_digest == input {
-            return request_of(&stored.product);
-        }
-        return Err(ServiceError::InvalidInput(format!(
-            "request id {request_id:?} was already used with different input; choose a new request id"
-        )));
-    }
-    let now = clock::now();
-    let price = meter.rates().price(Service::CertificateInstall, now)?;
+    let meter_id = meter.require_identity()?.meter_id.clone();
+    let name = key_name(&meter_id, &key);
     // Fig. 5 checks the funds first; the debit comes with the install.
-    drop(ledger.reserve(price)?);
-    let key = key_name(&identity.meter_id, request_id);
-    let k = key.clone();
-    let public = meter
-        .housing()
-        .call(move |h| {
-            if h.has_key(&k)? {
-                h.public_key(&k)
-            } else {
-                h.create_key(&k)
-            }
-        })
-        .await?;
-    let prepared = csr::prepare(cn, &public)?;
-    let raw = meter.housing().sign_digest(&key, prepared.digest()).await?;
-    let csr_der = prepared.finish(&raw)?;
-    let body = CertRequest {
-        meter_id: identity.meter_id.clone(),
-        subject_cn: cn.to_owned(),
-        enrolment_code: code.to_owned(),
-        csr_hex: hex::encode(&csr_der),
-        issued_at: now,
-    };
-    let content = payload::encode(&body)?;
-    let request = meter
-        .sign_as_meter(&identity, oid::CT_CERT_REQUEST, &content, now)
-        .await?;
-    let record = PendingRecord {
+    let spec = Spec::record(
+        EntryKind::Event,
         key,
-        subject: cn.to_owned(),
-        public_hex: hex::encode(&public),
-        request_hex: hex::encode(&request),
-    };
-    let product = serde_json::to_vec(&record)
-        .map_err(|e| ServiceError::Storage(format!("request record: {e}")))?;
-    let entry = Entry {
-        kind: EntryKind::Event,
-        service: None,
-        request_id: Some(request_id.to_owned()),
-        input_digest: input,
-        credit: Amount::ZERO,
-        debit: Amount::ZERO,
-        product: product.clone(),
-        note: NOTE_REQUEST.into(),
-    };
-    match ledger.commit(entry, None).await? {
-        Outcome::Committed { .. } => {
-            let e = pending_entry(&product)?;
-            meter.certs().update(|all| all.push(e))?;
-            tracing::info!(key = %record.key, subject = cn, "user key created, request made");
-            Ok(request)
-        }
-        Outcome::Existing { product, .. } => request_of(&product),
+        input_digest(NOTE_REQUEST, &[cn.as_bytes(), code.as_bytes()]),
+        NOTE_REQUEST,
+    )
+    .guarded(Guard::Selling)
+    .priced(Price::Afford(Service::CertificateInstall));
+    let sold = sale::sell(meter, spec, async |sale: &Sale| {
+        let k = name.clone();
+        let public = meter
+            .housing()
+            .call(move |h| {
+                if h.has_key(&k)? {
+                    h.public_key(&k)
+                } else {
+                    h.create_key(&k)
+                }
+            })
+            .await?;
+        let prepared = csr::prepare(cn, &public)?;
+        let raw = meter
+            .housing()
+            .sign_digest(&name, prepared.digest())
+            .await?;
+        let csr_der = prepared.finish(&raw)?;
+        let body = CertRequest {
+            meter_id: sale.identity.meter_id.clone(),
+            subject_cn: cn.to_owned(),
+            enrolment_code: code.to_owned(),
+            csr_hex: hex::encode(&csr_der),
+            issued_at: sale.now(),
+        };
+        let content = payload::encode(&body)?;
+        let request = meter
+            .sign_as_meter(&sale.identity, oid::CT_CERT_REQUEST, &content, sale.now())
+            .await?;
+        let record = PendingRecord {
+            key: name.clone(),
+            subject: cn.to_owned(),
+            public_hex: hex::encode(&public),
+            request_hex: hex::encode(&request),
+        };
+        let product = serde_json::to_vec(&record)
+            .map_err(|e| ServiceError::Internal(format!("request record: {e}")))?;
+        Ok(Made::Product(product))
+    })
+    .await?;
+    if sold.fresh {
+        let e = pending_entry(&sold.product)?;
+        store.update(|all| all.push(e))?;
+        tracing::info!(key = %name, subject = cn, "user key created, request made");
     }
+    request_of(&sold.product)
 }
 
 /// `InstallCertificate`: installs a certificate the authority issued for a
 /// pending key; charged (one Debit row, service CertificateInstall, whose
-/// product is the certificate). Returns its serial (hex).
-pub async fn install(meter: &Meter, bytes: &[u8]) -> Result<String> {
-    let store = meter.certs();
+/// product is the certificate; key `m/cert-install/<key>`: one install per
+/// key, ever). Returns its serial (hex).
+pub async fn install(meter: &Meter, store: &CertStore, bytes: &[u8]) -> Result<String> {
     let _one_at_a_time = store.install.lock().await;
-    let (identity, _) = meter.ensure_selling()?;
+    let identity = meter.require_identity()?;
     let c = cert::parse(bytes)?;
     let now = clock::now();
     cert::verify_chain(&c, &[], &identity.anchors, now)?;
@@ -391,18 +387,16 @@ pub async fn install(meter: &Meter, bytes: &[u8]) -> Result<String> {
         )));
     }
     let der = cert::to_der(&c)?;
-    let digest = input_digest(NOTE_INSTALL, &[&der]);
-    let product = der.clone();
-    // One install per key, ever: the ledger's unique request id enforces it too.
-    let request_id = format!("cert-install:{}", pending.key);
-    sale::sell_noted(
-        meter,
+    let spec = Spec::sale(
         Service::CertificateInstall,
-        Some(&request_id),
-        NOTE_INSTALL,
-        async move { Ok((digest, ())) },
-        |(), _| async move { Ok(product) },
+        Some(Key::meter("cert-install", &pending.key)),
+        input_digest(NOTE_INSTALL, &[&der]),
     )
+    .noted(NOTE_INSTALL);
+    let product = der.clone();
+    sale::sell(meter, spec, async move |_: &Sale| {
+        Ok(Made::Product(product))
+    })
     .await?;
     store.update(|all| {
         if let Some(e) = all.iter_mut().find(|e| e.key == pending.key) {
@@ -412,33 +406,6 @@ pub async fn install(meter: &Meter, bytes: &[u8]) -> Result<String> {
     })?;
     tracing::info!(key = %pending.key, %serial, "user certificate installed");
     Ok(serial)
-}
-
-/// Records the revocation of the installed certificate `serial` (Event row
-/// noted [`NOTE_REVOKED`], product the serial) and marks it revoked. Not
-/// charged here; the caller (revocation service) charges and destroys the key.
-pub async fn record_revoked(meter: &Meter, serial: &str) -> Result<()> {
-    let ledger = meter.require_ledger()?;
-    let entry = meter.certs().find(serial).ok_or_else(|| {
-        ServiceError::InvalidInput(format!("no certificate with serial {serial} is installed"))
-    })?;
-    let canonical = entry.serial();
-    let row = Entry {
-        kind: EntryKind::Event,
-        service: None,
-        request_id: Some(format!("cert-revoked:{canonical}")),
-        input_digest: input_digest(NOTE_REVOKED, &[canonical.as_bytes()]),
-        credit: Amount::ZERO,
-        debit: Amount::ZERO,
-        product: canonical.clone().into_bytes(),
-        note: NOTE_REVOKED.into(),
-    };
-    ledger.commit(row, None).await?;
-    meter.certs().update(|all| {
-        for e in all.iter_mut().filter(|e| e.key == entry.key) {
-            e.revoked = true;
-        }
-    })
 }
 
 #[cfg(test)]
@@ -469,10 +436,12 @@ mod tests {
 
     #[test]
     fn key_names_are_stable_and_distinct() {
-        let a = key_name("MTR-1", "r1");
-        assert_eq!(a, key_name("MTR-1", "r1"));
-        assert_ne!(a, key_name("MTR-1", "r2"));
-        assert_ne!(a, key_name("MTR-2", "r1"));
+        let k = |uid, id| Key::caller(uid, id).unwrap();
+        let a = key_name("MTR-1", &k(0, "r1"));
+        assert_eq!(a, key_name("MTR-1", &k(0, "r1")));
+        assert_ne!(a, key_name("MTR-1", &k(0, "r2")));
+        assert_ne!(a, key_name("MTR-1", &k(1, "r1")));
+        assert_ne!(a, key_name("MTR-2", &k(0, "r1")));
         assert_eq!(a.len(), "user-".len() + 12);
     }
 

@@ -39,6 +39,9 @@ pub struct Config {
     /// How far (seconds) the system clock may seem to go back before the meter
     /// locks with reason `clock`.
     pub clock_tolerance_seconds: u64,
+    /// How often (ms) the watchdog reads the TPM clock and checks the
+    /// inspection deadline and billing period (tests set it small).
+    pub check_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             bus: "system".into(),
             inspection_period_days: 90,
             clock_tolerance_seconds: 300,
+            check_interval_ms: 10_000,
         }
     }
 }

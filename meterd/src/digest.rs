@@ -15,7 +15,7 @@ use crate::ledger::Digest;
 pub async fn sha384_file(file: std::fs::File, limit: u64) -> Result<Digest> {
     tokio::task::spawn_blocking(move || sha384_reader(file, limit))
         .await
-        .map_err(|e| ServiceError::InvalidInput(format!("hashing task failed: {e}")))?
+        .map_err(|e| ServiceError::Internal(format!("hashing task: {e}")))?
 }
 
 /// SHA-384 of a reader, refusing more than `limit` bytes.

@@ -54,6 +54,32 @@ pub enum ServiceError {
     /// Bad argument.
     #[error("{0}")]
     InvalidInput(String),
+    /// The request key was used before with different input.
+    #[error("request id {id:?} was already used with different input; choose a new request id")]
+    Conflict {
+        /// The id as the caller gave it (or the meter's own key).
+        id: String,
+    },
+    /// The rate table in force does not price the service.
+    #[error("service {service} has no rate in table version {version}; the authority must issue a table that prices it")]
+    Unpriced {
+        /// The service.
+        service: crate::service::Service,
+        /// Version of the table in force.
+        version: u32,
+    },
+    /// Too many calls in flight from this caller, or the meter is stopping.
+    #[error("{0}")]
+    Busy(String),
+    /// Reading the caller's input took longer than allowed.
+    #[error("{0}")]
+    TimedOut(String),
+    /// The caller left the bus; nobody waits for the answer.
+    #[error("the caller left before the request was served")]
+    Cancelled,
+    /// A fault inside the meter (a task that died, a poisoned lock).
+    #[error("internal error in meterd: {0}; the request was not served, retry or report it")]
+    Internal(String),
     /// A signed object does not verify.
     #[error("{0}")]
     BadSignature(String),
@@ -92,9 +118,9 @@ impl From<LedgerError> for ServiceError {
             LedgerError::Overflow(_) => ServiceError::InvalidInput(
                 "the amount would overflow a register; nothing was changed".into(),
             ),
-            LedgerError::Conflict(id) => ServiceError::InvalidInput(format!(
-                "request id {id:?} was already used with different input; choose a new request id"
-            )),
+            LedgerError::Conflict(key) => ServiceError::Conflict {
+                id: key.shown().to_owned(),
+            },
             LedgerError::Invalid(m) => ServiceError::InvalidInput(m),
             LedgerError::Housing(h) => ServiceError::Housing(h),
             LedgerError::Storage(m) => ServiceError::Storage(m),

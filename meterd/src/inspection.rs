@@ -9,21 +9,18 @@
 //! configuration). Before any acknowledgement the period runs from the
 //! meter certificate's notBefore, i.e. from certification.
 //!
-//! [`start`] runs the background task that checks, at start and every
-//! [`CHECK_INTERVAL`], first the clock ([`crate::timecheck`]) and then the
-//! deadline. A meter already locked for another reason is not locked again:
-//! one lock at a time, the first reason stays visible.
+//! `watchdog` checks the deadline at start and at every tick. A meter
+//! already locked for another reason is not locked again: one lock at a
+//! time, the first reason stays visible.
 
-use std::sync::Arc;
-
+use meter_pki::cert::Certificate;
 use meter_pki::report::ReportAck;
 
 use crate::clock;
 use crate::error::Result;
 use crate::ledger::Ledger;
-use crate::lock;
 use crate::meter::Meter;
-use crate::timecheck::{ClockWatch, CHECK_INTERVAL};
+use crate::regime::AckMemo;
 
 /// Note of the ledger row that records an applied acknowledgement.
 pub const ACK_NOTE: &str = "report-ack";
@@ -52,8 +49,7 @@ impl Schedule {
 
 /// Computes the schedule from the ledger and the configuration.
 pub async fn schedule(meter: &Meter) -> Result<Schedule> {
-    let identity = meter.require_identity()?;
-    let ledger = meter.require_ledger()?;
+    let (identity, ledger) = meter.provisioned()?;
     let default = meter.config().inspection_period_days;
     let (baseline, period_days, acknowledged_sequence) = match latest_ack(meter, &ledger).await? {
         Some(ack) => (
@@ -75,42 +71,34 @@ pub async fn schedule(meter: &Meter) -> Result<Schedule> {
     })
 }
 
-/// What [`latest_ack`] found so far, so that Status and the 10 s tick only
-/// look at rows committed since (the journal has no index on notes).
-struct AckCache {
-    meter_id: String,
-    scanned: u64,
-    ack: Option<ReportAck>,
-}
-
-static ACK_CACHE: std::sync::Mutex<Option<AckCache>> = std::sync::Mutex::new(None);
-
-/// The last acknowledgement applied, looking only at rows not yet scanned.
+/// The last acknowledgement applied, looking only at rows not scanned
+/// before (the journal has no index on notes; Status and the watchdog ask
+/// often). The memo lives in the meter's regime.
 async fn latest_ack(meter: &Meter, ledger: &Ledger) -> Result<Option<ReportAck>> {
     let rows = ledger.state().rows;
-    let meter_id = meter.meter_id().unwrap_or_default();
-    let (from, cached) = match ACK_CACHE.lock().as_deref() {
-        Ok(Some(c)) if c.meter_id == meter_id && c.scanned <= rows => (c.scanned, c.ack.clone()),
-        _ => (0, None),
+    let memo = meter.regime().ack_memo();
+    let (from, cached) = if memo.scanned <= rows {
+        (memo.scanned, memo.product)
+    } else {
+        (0, None)
     };
-    let ack = match ledger.last_with_note(ACK_NOTE, from, rows).await? {
-        Some((_, product)) => Some(decode_applied(&product, meter)?),
+    let product = match ledger.last_with_note(ACK_NOTE, from, rows).await? {
+        Some((_, product)) => Some(product),
         None => cached,
     };
-    if let Ok(mut g) = ACK_CACHE.lock() {
-        *g = Some(AckCache {
-            meter_id,
-            scanned: rows,
-            ack: ack.clone(),
-        });
-    }
-    Ok(ack)
+    meter.regime().set_ack_memo(AckMemo {
+        scanned: rows,
+        product: product.clone(),
+    });
+    product
+        .map(|p| decode_applied(&p, &meter.anchors()))
+        .transpose()
 }
 
 /// Re-opens an acknowledgement the meter applied earlier (it is in the
 /// sealed ledger; verifying it again also checks the product's type).
-pub(crate) fn decode_applied(product: &[u8], meter: &Meter) -> Result<ReportAck> {
-    let (ack, _) = meter_pki::payload::open::<ReportAck>(product, &meter.anchors(), clock::now())?;
+pub fn decode_applied(product: &[u8], anchors: &[Certificate]) -> Result<ReportAck> {
+    let (ack, _) = meter_pki::payload::open::<ReportAck>(product, anchors, clock::now())?;
     Ok(ack)
 }
 
@@ -132,36 +120,9 @@ pub async fn check(meter: &Meter) -> Result<bool> {
         period_days = s.period_days,
         "no acknowledged status report within the inspection period: locking"
     );
-    lock::engage(meter, meter_proto::lock_reason::INSPECTION_OVERDUE).await?;
+    meter
+        .regime()
+        .engage(&ledger, meter_proto::lock_reason::INSPECTION_OVERDUE)
+        .await?;
     Ok(true)
-}
-
-/// Runs the first check now (so that the meter does not serve a sale before
-/// it) and then starts the background watchdog, every [`CHECK_INTERVAL`].
-pub async fn start(meter: Arc<Meter>) -> tokio::task::JoinHandle<()> {
-    let mut clock_watch = ClockWatch::new(&meter.config().state_dir);
-    run_once(&meter, &mut clock_watch).await;
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(CHECK_INTERVAL);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval.tick().await;
-        loop {
-            interval.tick().await;
-            run_once(&meter, &mut clock_watch).await;
-        }
-    })
-}
-
-/// Clock first (a clock lock makes the deadline moot), then the deadline,
-/// then the current-account billing period.
-async fn run_once(meter: &Meter, clock_watch: &mut ClockWatch) {
-    if let Err(e) = clock_watch.tick(meter).await {
-        tracing::warn!(error = %e, "clock check failed; retrying at the next tick");
-    }
-    if let Err(e) = check(meter).await {
-        tracing::warn!(error = %e, "inspection check failed; retrying at the next tick");
-    }
-    if let Err(e) = crate::account::check(meter).await {
-        tracing::warn!(error = %e, "billing period check failed; retrying at the next tick");
-    }
 }

@@ -1,16 +1,25 @@
 //! meterd: a postage and certificate meter on a TPM 2.0.
 //!
-//! The TPM ([`housing`]), the ledger ([`ledger`]) and D-Bus ([`bus`]) each
-//! sit behind one door; the services between them ([`postmark`],
-//! [`validate`], [`recharge`], [`rates`], [`provision`], [`lock`],
-//! [`anchor`], [`audit`], [`agent`], [`certs`], [`sign`], [`credit`],
-//! [`postage`], [`report`], [`inspection`], [`timecheck`]) know none of
-//! tss-esapi, rusqlite or zbus. Every chargeable
-//! service goes through [`sale::sell`].
+//! Floors, lowest first (a module imports only from floors below it):
+//!
+//! 1. the doors and plain values: [`housing`] (the TPM), [`ledger`]
+//!    (SQLite), [`clock`], [`config`], [`money`], [`service`];
+//! 2. [`error`], [`digest`], [`identity`], [`tariff`], [`timecheck`],
+//!    [`regime`] (locks, account, inspection state: one owned machine);
+//! 3. [`meter`]: the doors and what every sale needs;
+//! 4. [`sale`]: the one pipeline every recorded operation takes;
+//! 5. the services, one module each ([`postmark`], [`validate`], [`sign`],
+//!    [`postage`], [`certs`], [`agent`], [`credit`], [`revoke`],
+//!    [`recharge`], [`report`], [`rates`], [`anchor`], [`provision`],
+//!    [`lock`], [`account`], [`inspection`], [`audit`]) and the
+//!    [`watchdog`]; they know none of tss-esapi, rusqlite or zbus;
+//! 6. [`app`]: the meter and each feature's own state, composed;
+//! 7. [`bus`]: the D-Bus door on top.
 
 pub mod account;
 pub mod agent;
 pub mod anchor;
+pub mod app;
 pub mod audit;
 pub mod bus;
 pub mod certs;
@@ -31,10 +40,13 @@ pub mod postmark;
 pub mod provision;
 pub mod rates;
 pub mod recharge;
+pub mod regime;
 pub mod report;
 pub mod revoke;
 pub mod sale;
 pub mod service;
 pub mod sign;
+pub mod tariff;
 pub mod timecheck;
 pub mod validate;
+pub mod watchdog;

@@ -1,18 +1,19 @@
 //! Locks: the meter stops selling, says why, and waits for the authority.
 //!
 //! One mechanism for every reason: a Lock row in the ledger (reason and a
-//! fresh nonce), cleared only by an authority-signed order that names this
-//! meter and that nonce, recorded as an Unlock row. Because the lock lives
-//! in the sealed ledger, restarting the daemon does not clear it. Clearing a
-//! `tamper` lock re-anchors the chain: the authority accepts the ledger as it
-//! now stands.
+//! fresh nonce, written by [`crate::regime::Regime::engage`]), cleared only
+//! by an authority-signed order that names this meter and that nonce,
+//! recorded as an Unlock row. Because the lock lives in the sealed ledger,
+//! restarting the daemon does not clear it. Clearing a `tamper` lock
+//! re-anchors the chain: the authority accepts the ledger as it now stands.
 //!
-//! Reasons: `tamper` and `rollback` (the ledger audit), `clock`
-//! ([`crate::timecheck`]), `inspection-overdue` ([`crate::inspection`]),
-//! `forced` (an authority [`LockOrder`], applied by [`apply_order`]; its
-//! nonce is the Lock row's request id, so an order locks once) and
-//! `period-closed` (current-account mode). A locked meter refuses every sale
-//! (`Meter::ensure_selling`) but still answers Status and Report.
+//! Reasons: `tamper` and `rollback` (the ledger audit), `clock` (the sale
+//! pipeline and the watchdog, see `timecheck`), `inspection-overdue`
+//! (`inspection`), `forced` (an authority [`LockOrder`], applied by
+//! [`apply_order`]; its nonce makes the Lock row's key
+//! `m/lock-order/<nonce>`, so an order locks once) and `period-closed`
+//! (current-account mode). A locked meter refuses every sale but still
+//! answers Status and Report.
 
 use meter_pki::payload::ClearLockOrder;
 use meter_pki::report::LockOrder;
@@ -20,57 +21,14 @@ use meter_pki::report::LockOrder;
 use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
-use crate::ledger::{Entry, EntryKind, LedgerError, Outcome};
+use crate::ledger::{EntryKind, Key};
 use crate::meter::Meter;
-use crate::money::Amount;
-
-/// Serializes every change of the lock state made in this process (lock,
-/// clear, acknowledgement unlock): each reads the lock in force and then
-/// commits a row that depends on it, and a Lock row must not slip in between
-/// (an Unlock row would clear it unseen).
-static CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Holds off other lock-state changes while the guard lives.
-pub(crate) async fn hold() -> tokio::sync::MutexGuard<'static, ()> {
-    CHANGES.lock().await
-}
-
-/// Locks the meter for `reason` (no-op if already locked for it).
-pub async fn engage(meter: &Meter, reason: &str) -> Result<()> {
-    let _changing = hold().await;
-    let ledger = meter.require_ledger()?;
-    if let Some(lock) = ledger.state().lock {
-        if lock.reason == reason {
-            return Ok(());
-        }
-    }
-    lock_row(meter, reason, None).await.map(|_| ())
-}
-
-/// Appends a Lock row for `reason` with a fresh nonce (the one a clear order
-/// must carry) and an optional request id.
-async fn lock_row(meter: &Meter, reason: &str, request_id: Option<String>) -> Result<Outcome> {
-    let ledger = meter.require_ledger()?;
-    let nonce = fresh_nonce()?;
-    let entry = Entry {
-        kind: EntryKind::Lock,
-        service: None,
-        request_id,
-        input_digest: input_digest("lock", &[reason.as_bytes(), nonce.as_bytes()]),
-        credit: Amount::ZERO,
-        debit: Amount::ZERO,
-        product: nonce.into_bytes(),
-        note: reason.to_owned(),
-    };
-    let outcome = ledger.commit(entry, None).await?;
-    tracing::warn!(reason, "meter locked");
-    Ok(outcome)
-}
+use crate::sale::{self, Made, Sale, Spec};
 
 /// `ApplyLockOrder`: locks the meter (reason `forced`) on an authority order
 /// for this meter, once per order nonce.
 pub async fn apply_order(meter: &Meter, signed: &[u8]) -> Result<()> {
-    let identity = meter.require_identity()?;
+    let (identity, ledger) = meter.provisioned()?;
     let (order, _) =
         meter_pki::payload::open::<LockOrder>(signed, &identity.anchors, clock::now())?;
     if order.meter_id != identity.meter_id {
@@ -79,28 +37,26 @@ pub async fn apply_order(meter: &Meter, signed: &[u8]) -> Result<()> {
             order.meter_id, identity.meter_id
         )));
     }
-    let _changing = hold().await;
-    let request_id = format!("lock-order:{}", order.nonce);
-    let replay = || ServiceError::Replay(format!("lock order {} was already applied", order.nonce));
-    if meter.require_ledger()?.lookup(&request_id).await?.is_some() {
-        return Err(replay());
-    }
-    match lock_row(meter, meter_proto::lock_reason::FORCED, Some(request_id)).await {
-        Ok(Outcome::Committed { .. }) => {
-            tracing::warn!(reason = %order.reason, "authority lock order applied");
-            Ok(())
-        }
-        // The nonce of the Lock row is fresh, so a second copy of the order
-        // conflicts with the first on the request id.
-        Ok(Outcome::Existing { .. }) | Err(ServiceError::InvalidInput(_)) => Err(replay()),
-        Err(e) => Err(e),
+    let regime = meter.regime();
+    let held = regime.hold().await;
+    let key = Key::meter("lock-order", &order.nonce);
+    if regime
+        .engage_order(&held, &ledger, meter_proto::lock_reason::FORCED, key)
+        .await?
+    {
+        tracing::warn!(reason = %order.reason, "authority lock order applied");
+        Ok(())
+    } else {
+        Err(ServiceError::Replay(format!(
+            "lock order {} was already applied",
+            order.nonce
+        )))
     }
 }
 
 /// `ClearLock`: applies an authority order for the lock in force.
 pub async fn clear(meter: &Meter, signed: &[u8]) -> Result<()> {
-    let identity = meter.require_identity()?;
-    let ledger = meter.require_ledger()?;
+    let (identity, ledger) = meter.provisioned()?;
     let verified = meter_pki::cms::verify(
         signed,
         &identity.anchors,
@@ -114,7 +70,7 @@ pub async fn clear(meter: &Meter, signed: &[u8]) -> Result<()> {
             order.meter_id, identity.meter_id
         )));
     }
-    let _changing = hold().await;
+    let _held = meter.regime().hold().await;
     let lock = ledger.state().lock.ok_or_else(|| {
         ServiceError::Stale("the meter is not locked; the order has nothing to clear".into())
     })?;
@@ -129,32 +85,25 @@ pub async fn clear(meter: &Meter, signed: &[u8]) -> Result<()> {
     } else {
         "clear"
     };
-    let entry = Entry {
-        kind: EntryKind::Unlock,
-        service: None,
-        request_id: Some(format!("clear-lock:{}", order.nonce)),
-        input_digest: input_digest("clear-lock", &[&verified.content]),
-        credit: Amount::ZERO,
-        debit: Amount::ZERO,
-        product: signed.to_vec(),
-        note: note.into(),
-    };
-    match ledger.commit(entry, None).await {
-        Ok(Outcome::Committed { .. }) => {
+    let spec = Spec::record(
+        EntryKind::Unlock,
+        Key::meter("clear-lock", &order.nonce),
+        input_digest("clear-lock", &[&verified.content]),
+        note,
+    );
+    let product = signed.to_vec();
+    match sale::sell(meter, spec, async move |_: &Sale| {
+        Ok(Made::Product(product))
+    })
+    .await
+    {
+        Ok(s) if s.fresh => {
             tracing::warn!(reason = %lock.reason, "lock cleared by authority order");
             Ok(())
         }
-        Ok(Outcome::Existing { .. }) | Err(LedgerError::Conflict(_)) => Err(ServiceError::Replay(
+        Ok(_) | Err(ServiceError::Conflict { .. }) => Err(ServiceError::Replay(
             "this order was already applied".into(),
         )),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
-}
-
-/// 128 random bits, hex.
-fn fresh_nonce() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes)
-        .map_err(|e| ServiceError::Storage(format!("no randomness for the lock nonce: {e}")))?;
-    Ok(hex::encode(bytes))
 }

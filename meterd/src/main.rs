@@ -9,10 +9,10 @@ use clap::Parser;
 use futures_util::StreamExt;
 use tracing_subscriber::prelude::*;
 
+use meterd::app::App;
 use meterd::config::Config;
 use meterd::housing::tpm::TpmHousing;
 use meterd::housing::HousingHandle;
-use meterd::meter::Meter;
 
 /// Postage and certificate meter daemon.
 #[derive(Parser, Debug)]
@@ -94,14 +94,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let housing = TpmHousing::open(&config.tcti, &config.key_dir())?;
     let handle = HousingHandle::spawn(housing)?;
     let bus = config.bus.clone();
-    let meter = Arc::new(Meter::start(config, handle).await?);
+    let app = Arc::new(App::start(config, handle).await?);
+    let meter = Arc::clone(&app.meter);
     tracing::info!(state = meter.state_name(), meter_id = ?meter.meter_id(), "meter open");
 
     // Clock check and inspection deadline: once now, before the first
-    // request can arrive, then every 10 s.
-    meterd::inspection::start(Arc::clone(&meter)).await;
+    // request can arrive, then every check interval.
+    meterd::watchdog::start(Arc::clone(&meter)).await;
     let conn = connect(&bus).await?;
-    meterd::bus::serve(&conn, Arc::clone(&meter)).await?;
+    meterd::bus::serve(&conn, Arc::clone(&app)).await?;
     conn.request_name(meter_proto::BUS_NAME).await?;
     tokio::spawn(meterd::bus::watch_and_emit(
         conn.clone(),

@@ -1,22 +1,29 @@
-//! The meter: the state every service shares, and its start-up.
+//! The meter: the two doors and the state every service shares, and its
+//! start-up.
 //!
-//! Holds the two doors (housing handle, ledger) and what is derived from the
-//! ledger at start: the meter's identity (certificates, trust anchors) and
-//! the rate tables. The ledger is absent until `Provision` creates the keys,
-//! because its seals are made with the identity key.
+//! Holds the housing handle and the ledger, what is derived from the ledger
+//! at start that every sale needs (identity, trust anchors, rate tables),
+//! and the [`Regime`] (locks, account, inspection). The ledger is absent
+//! until `Provision` creates the keys, because its seals are made with the
+//! identity key. State that belongs to one feature (user certificates,
+//! credit lines, revocation dues, ...) is owned by that feature and
+//! composed in [`crate::app::App`]; this module imports no service, so the
+//! services can all import it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use meter_pki::cert::Certificate;
 
+use crate::clock;
 use crate::config::Config;
 use crate::error::{Result, ServiceError};
 use crate::housing::HousingHandle;
 use crate::identity::{self, Identity};
 use crate::ledger::{EntryKind, HousingSealer, Ledger, LedgerState, Verdict};
-use crate::rates::RateBook;
-use crate::{clock, lock};
+use crate::regime::Regime;
+use crate::tariff::RateBook;
+use crate::timecheck::ClockGuard;
 
 /// Name of the identity (communications) key in the housing; it also seals the ledger.
 pub const IDENTITY_KEY: &str = "identity";
@@ -29,7 +36,6 @@ struct Inner {
     ledger: Option<Ledger>,
     identity: Option<Arc<Identity>>,
     rates: Arc<RateBook>,
-    agent_ca: Option<Arc<Certificate>>,
 }
 
 /// Shared state of the daemon; services take `&Meter`.
@@ -41,17 +47,19 @@ pub struct Meter {
     ledger_ready: tokio::sync::watch::Sender<Option<Ledger>>,
     provisioning: tokio::sync::Mutex<()>,
     chain_cache: Arc<meter_pki::tsp::ChainCache>,
-    credit: crate::credit::CreditBook,
-    certs: crate::certs::CertStore,
-    account: crate::account::AccountBook,
+    regime: Regime,
 }
 
 impl Meter {
     /// Builds the meter over an already spawned housing and, if the meter
     /// has keys, opens and audits its ledger (locking it when the audit
-    /// finds rollback or tamper).
+    /// finds rollback or tamper) and loads identity and rates from it.
     pub async fn start(config: Config, housing: HousingHandle) -> Result<Meter> {
         let (ledger_ready, _) = tokio::sync::watch::channel(None);
+        let tolerance_ms = i64::try_from(config.clock_tolerance_seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        let regime = Regime::new(ClockGuard::new(&config.state_dir, tolerance_ms));
         let meter = Meter {
             config,
             housing,
@@ -60,9 +68,7 @@ impl Meter {
             ledger_ready,
             provisioning: tokio::sync::Mutex::new(()),
             chain_cache: Arc::default(),
-            credit: crate::credit::CreditBook::default(),
-            certs: crate::certs::CertStore::default(),
-            account: crate::account::AccountBook::default(),
+            regime,
         };
         let has_identity = meter.housing.call(|h| h.has_key(IDENTITY_KEY)).await?;
         if has_identity {
@@ -76,14 +82,14 @@ impl Meter {
         &self.provisioning
     }
 
+    /// Locks, account and inspection state.
+    pub fn regime(&self) -> &Regime {
+        &self.regime
+    }
+
     /// Signer certificates Validate has already chained to the anchors.
     pub fn chain_cache(&self) -> Arc<meter_pki::tsp::ChainCache> {
         Arc::clone(&self.chain_cache)
-    }
-
-    /// Open lines of credit and their registers.
-    pub fn credit(&self) -> &crate::credit::CreditBook {
-        &self.credit
     }
 
     /// Configuration in force.
@@ -135,7 +141,7 @@ impl Meter {
         let (ledger, report) =
             tokio::task::spawn_blocking(move || Ledger::open(&path, Box::new(sealer), &id, true))
                 .await
-                .map_err(|e| ServiceError::Storage(format!("ledger open task: {e}")))??;
+                .map_err(|e| ServiceError::Internal(format!("ledger open task: {e}")))??;
         tracing::info!(
             meter_id = %meter_id,
             rows = report.rows,
@@ -150,29 +156,31 @@ impl Meter {
             inner.ledger = Some(ledger.clone());
         }
         self.ledger_ready.send_replace(Some(ledger.clone()));
-        match &report.verdict {
-            Verdict::Clean | Verdict::RolledForward => {
-                // Provisioning creates the ledger before the postmark key, so
-                // a postmark key with a ledger this open had to create (no
-                // file, or a file without rows: its WAL deleted, the file
-                // cut) means the history was lost, not that provisioning
-                // was interrupted.
-                if report.created && self.housing.call(|h| h.has_key(POSTMARK_KEY)).await? {
-                    tracing::error!("key blobs exist but the ledger had no history (file missing, WAL deleted or file cut): locking (tamper)");
-                    lock::engage(self, meter_proto::lock_reason::TAMPER).await?;
-                }
+        // Provisioning creates the ledger before the postmark key, so a
+        // postmark key with a ledger this open had to create (no file, or a
+        // file without rows: its WAL deleted, the file cut) means the
+        // history was lost, not that provisioning was interrupted.
+        let lost = report.created && self.housing.call(|h| h.has_key(POSTMARK_KEY)).await?;
+        let lock = match &report.verdict {
+            Verdict::Clean | Verdict::RolledForward if lost => {
+                tracing::error!("key blobs exist but the ledger had no history (file missing, WAL deleted or file cut): locking (tamper)");
+                Some(meter_proto::lock_reason::TAMPER)
             }
+            Verdict::Clean | Verdict::RolledForward => None,
             Verdict::Rollback { ledger_nv, tpm_nv } => {
                 tracing::error!(ledger_nv, tpm_nv, "ledger rollback detected");
-                lock::engage(self, meter_proto::lock_reason::ROLLBACK).await?;
+                Some(meter_proto::lock_reason::ROLLBACK)
             }
             Verdict::Tamper {
                 detail,
                 first_bad_seq,
             } => {
                 tracing::error!(%detail, ?first_bad_seq, "ledger tamper detected");
-                lock::engage(self, meter_proto::lock_reason::TAMPER).await?;
+                Some(meter_proto::lock_reason::TAMPER)
             }
+        };
+        if let Some(reason) = lock {
+            self.regime.engage(&ledger, reason).await?;
         }
         self.load_from_ledger(&ledger).await
     }
@@ -189,26 +197,13 @@ impl Meter {
         let tables = ledger.products(EntryKind::Rates).await?;
         let book = RateBook::from_products(&tables, &anchors, clock::now())?;
         self.write_inner()?.rates = Arc::new(book);
-        self.certs.load(ledger).await?;
-        crate::revoke::load(self, ledger).await?;
-        crate::account::reload(self).await?;
-        crate::agent::load(self, ledger).await
-    }
-
-    /// Current-account mode in force, rebuilt from the ledger at start.
-    pub fn account(&self) -> &crate::account::AccountBook {
-        &self.account
-    }
-
-    /// User certificates (Fig. 5), rebuilt from the ledger at start.
-    pub fn certs(&self) -> &crate::certs::CertStore {
-        &self.certs
+        Ok(())
     }
 
     fn write_inner(&self) -> Result<std::sync::RwLockWriteGuard<'_, Inner>> {
         self.inner
             .write()
-            .map_err(|_| ServiceError::Storage("meter state lock poisoned".into()))
+            .map_err(|_| ServiceError::Internal("meter state lock poisoned".into()))
     }
 
     fn read_inner(&self) -> Option<std::sync::RwLockReadGuard<'_, Inner>> {
@@ -240,6 +235,12 @@ impl Meter {
         self.identity().ok_or_else(not_provisioned)
     }
 
+    /// Identity and ledger, or `NotProvisioned`: every operation that
+    /// records something needs both.
+    pub fn provisioned(&self) -> Result<(Arc<Identity>, Ledger)> {
+        Ok((self.require_identity()?, self.require_ledger()?))
+    }
+
     /// Trust anchors (empty before provisioning).
     pub fn anchors(&self) -> Vec<Certificate> {
         self.identity()
@@ -256,16 +257,6 @@ impl Meter {
 
     pub(crate) fn set_identity(&self, identity: Identity) -> Result<()> {
         self.write_inner()?.identity = Some(Arc::new(identity));
-        Ok(())
-    }
-
-    /// The agent-CA certificate installed (Fig. 3A), if any.
-    pub fn agent_ca(&self) -> Option<Arc<Certificate>> {
-        self.read_inner()?.agent_ca.clone()
-    }
-
-    pub(crate) fn set_agent_ca(&self, cert: Certificate) -> Result<()> {
-        self.write_inner()?.agent_ca = Some(Arc::new(cert));
         Ok(())
     }
 
@@ -293,27 +284,21 @@ impl Meter {
         }
     }
 
-    /// Refuses unless provisioned and not locked: the gate of every sale.
-    pub fn ensure_selling(&self) -> Result<(Arc<Identity>, Ledger)> {
-        let ledger = self.require_ledger()?;
+    /// Why the meter may not sell now, if it may not: a lock in force, or
+    /// a billing period closed (the watchdog records the Lock row for the
+    /// latter at its next tick; sales stop at once).
+    pub fn refusal(&self, ledger: &Ledger, now: i64) -> Option<ServiceError> {
         if let Some(lock) = ledger.state().lock {
-            return Err(ServiceError::Locked {
+            return Some(ServiceError::Locked {
                 reason: lock.reason,
             });
         }
-        // A closed billing period refuses sales at once; the watchdog tick
-        // records the lock row (see `account`).
-        if self
-            .account
-            .current()
-            .is_some_and(|a| a.closed(clock::now()))
-        {
-            return Err(ServiceError::Locked {
+        if self.regime.account().is_some_and(|a| a.closed(now)) {
+            return Some(ServiceError::Locked {
                 reason: meter_proto::lock_reason::PERIOD_CLOSED.into(),
             });
         }
-        let identity = self.require_identity()?;
-        Ok((identity, ledger))
+        None
     }
 
     /// Next postmark serial: unique across restarts because the base is the

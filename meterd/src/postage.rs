@@ -20,14 +20,16 @@
 
 use meter_pki::indicium::{self, IndiciumBody, TEXT_LEN};
 
-use crate::clock;
+use std::sync::Arc;
+
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
-use crate::ledger::{Finisher, LedgerError, RowContext};
+use crate::ledger::{Finisher, Key, LedgerError, RowContext};
 use crate::meter::{Meter, IDENTITY_KEY};
 use crate::money::Amount;
-use crate::sale;
+use crate::sale::{self, Made, Price, Sale, Spec};
 use crate::service::Service;
+use crate::tariff::RateBook;
 
 /// Heaviest piece accepted before the rate table is even consulted (grams).
 pub const MAX_GRAMS: u32 = 1_000_000;
@@ -100,8 +102,7 @@ impl PostageRequest {
 
 /// Prices `req` from the table in force at `now`: the lightest band of its
 /// class that holds the weight.
-pub fn quote(meter: &Meter, req: &PostageRequest, now: i64) -> Result<Quote> {
-    let book = meter.rates();
+pub fn quote(book: &RateBook, req: &PostageRequest, now: i64) -> Result<Quote> {
     let table = book.current(now).ok_or_else(|| {
         ServiceError::NotProvisioned(
             "no rate table in force: install one signed by the authority (meterctl rates install)"
@@ -145,20 +146,22 @@ pub fn quote(meter: &Meter, req: &PostageRequest, now: i64) -> Result<Quote> {
     })
 }
 
-/// `Postage`: validates, prices, reserves (refusing before any TPM work when
-/// funds are short), then debits and returns the indicium made at commit.
-/// A retry with the same request id and input returns the same indicium.
-pub async fn postage(meter: &Meter, req: PostageRequest, request_id: &str) -> Result<Vec<u8>> {
+/// `Postage`: validates, prices at the sale's time, reserves (refusing
+/// before any TPM work when funds are short), then debits and returns the
+/// indicium made at commit. A retry with the same request id and input
+/// returns the same indicium, even if the table changed since.
+pub async fn postage(meter: &Meter, req: PostageRequest, key: Key) -> Result<Vec<u8>> {
     req.check()?;
-    sale::check_request_id(request_id)?;
-    let digest = req.input_digest();
-    sale::sell_at_commit(meter, Service::Postage, request_id, digest, || {
-        let q = quote(meter, &req, clock::now())?;
-        let meter_id = meter
-            .meter_id()
-            .ok_or_else(|| ServiceError::NotProvisioned("meter not provisioned".into()))?;
+    let spec = Spec::sale(Service::Postage, Some(key), req.input_digest());
+    let priced = req.clone();
+    let spec = spec.priced(Price::Quoted(Arc::new(move |book, now| {
+        Ok(quote(book, &priced, now)?.amount)
+    })));
+    let sold = sale::sell(meter, spec, async |sale: &Sale| {
+        let q = quote(&sale.rates, &req, sale.now())?;
+        let meter_id = sale.identity.meter_id.clone();
         let housing = meter.housing().clone();
-        let amount = q.amount;
+        let req = req.clone();
         let finish: Finisher = Box::new(move |row: &RowContext| {
             let body = body_for(&meter_id, &req, &q, row)?;
             let bytes = body
@@ -169,9 +172,10 @@ pub async fn postage(meter: &Meter, req: PostageRequest, request_id: &str) -> Re
                 housing.call_urgent_blocking(move |h| h.sign_digest(IDENTITY_KEY, &digest))?;
             Ok(indicium::assemble(&bytes, &sig))
         });
-        Ok((amount, finish))
+        Ok(Made::AtCommit(finish))
     })
-    .await
+    .await?;
+    Ok(sold.product)
 }
 
 /// The indicium fields for the row `row`.

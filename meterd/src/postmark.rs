@@ -4,69 +4,53 @@
 //! The token names the meter (TSA name = the postmark certificate's subject,
 //! whose CN is the meter id) and carries a serial unique to this meter, so
 //! any relying party with the authority's root verifies it with
-//! `openssl ts -verify`.
+//! `openssl ts -verify`. Its genTime is the sale's checked time (see
+//! `sale`): never earlier than the ledger's last row.
 
 use meter_pki::tsp::{self, TokenParams};
 
-use crate::digest::{input_digest, sha384_file};
+use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
-use crate::ledger::Digest;
+use crate::ledger::{Digest, Key};
 use crate::meter::{Meter, POSTMARK_KEY};
+use crate::sale::{self, Made, Sale, Spec};
 use crate::service::Service;
-use crate::{clock, sale};
 
-/// `Postmark`: hashes the message from its descriptor, then postmarks the digest.
-pub async fn postmark_file(
-    meter: &Meter,
-    file: std::fs::File,
-    request_id: &str,
-) -> Result<Vec<u8>> {
-    let limit = meter.config().max_message_bytes;
-    sale::sell(
-        meter,
+/// `Postmark` / `PostmarkDigest`: postmarks the SHA-384 `imprint` (the
+/// caller's, or one the door computed from the message's descriptor before
+/// anything was reserved).
+pub async fn postmark(meter: &Meter, imprint: Digest, key: Key) -> Result<Vec<u8>> {
+    let spec = Spec::sale(
         Service::Postmark,
-        Some(request_id),
-        async move {
-            let imprint = sha384_file(file, limit).await?;
-            Ok((input_digest("postmark", &[&imprint]), imprint))
-        },
-        |imprint, identity| make_token(meter, imprint, identity),
-    )
-    .await
+        Some(key),
+        input_digest("postmark", &[&imprint]),
+    );
+    let sold = sale::sell(meter, spec, async |sale: &Sale| {
+        Ok(Made::Product(token(meter, sale, imprint).await?))
+    })
+    .await?;
+    Ok(sold.product)
 }
 
-/// `PostmarkDigest`: postmarks a SHA-384 digest the caller computed.
-pub async fn postmark_digest(meter: &Meter, imprint: &[u8], request_id: &str) -> Result<Vec<u8>> {
-    let imprint: Digest = imprint.try_into().map_err(|_| {
-        ServiceError::InvalidInput(format!(
-            "a SHA-384 digest is 48 bytes, got {}",
-            imprint.len()
-        ))
-    })?;
-    sale::sell(
-        meter,
-        Service::Postmark,
-        Some(request_id),
-        async move { Ok((input_digest("postmark", &[&imprint]), imprint)) },
-        |imprint, identity| make_token(meter, imprint, identity),
-    )
-    .await
+/// A caller-computed digest must be a SHA-384.
+pub fn imprint_of(bytes: &[u8]) -> Result<Digest> {
+    bytes.try_into().map_err(|_| {
+        ServiceError::InvalidInput(format!("a SHA-384 digest is 48 bytes, got {}", bytes.len()))
+    })
 }
 
-async fn make_token(
-    meter: &Meter,
-    imprint: Digest,
-    identity: std::sync::Arc<crate::identity::Identity>,
-) -> Result<Vec<u8>> {
+/// Signs a token over `imprint` at the sale's time; also used by the credit
+/// request (Fig. 8, 802), which carries a postmark of its own.
+pub async fn token(meter: &Meter, sale: &Sale, imprint: Digest) -> Result<Vec<u8>> {
     let params = TokenParams {
         imprint,
         serial: meter.next_postmark_serial(),
-        gen_time: clock::now(),
+        gen_time: sale.now(),
         policy: meter_pki::oid::POSTMARK_POLICY,
         accuracy_secs: 1,
         nonce: None,
     };
-    let prepared = tsp::prepare(&params, &identity.postmark_cert, &[])?;
+    let prepared = tsp::prepare(&params, &sale.identity.postmark_cert, &[])?;
     let raw = meter
         .housing()
         .sign_digest(POSTMARK_KEY, prepared.digest())

@@ -16,9 +16,8 @@ use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::identity::{meter_id_from_key, Identity};
-use crate::ledger::{Entry, EntryKind, Outcome};
+use crate::ledger::{Entry, EntryKind, Key, Outcome};
 use crate::meter::{Meter, IDENTITY_KEY, POSTMARK_KEY};
-use crate::money::Amount;
 
 /// What `begin` returns.
 #[derive(Debug, Clone)]
@@ -122,16 +121,15 @@ pub async fn install(
         anchors,
     };
     let bundle = identity.to_bundle()?;
-    let entry = Entry {
-        kind: EntryKind::Provision,
-        service: None,
-        request_id: Some("provision".into()),
-        input_digest: input_digest("provision", &[&bundle]),
-        credit: Amount::ZERO,
-        debit: Amount::ZERO,
-        product: bundle,
-        note: "installed".into(),
-    };
+    // The bootstrap row: the pipeline needs an identity, which is what
+    // this row installs, so it is committed directly.
+    let entry = Entry::record(
+        EntryKind::Provision,
+        Some(Key::meter("provision", "")),
+        input_digest("provision", &[&bundle]),
+        bundle,
+        "installed",
+    );
     if let Outcome::Existing { .. } = ledger.commit(entry, None).await? {
         return Err(ServiceError::InvalidInput(
             "the meter is already provisioned".into(),

@@ -6,109 +6,19 @@
 //! ahead of a tariff change. A table not newer than the newest installed is
 //! refused (`Stale`).
 
-use meter_pki::cert::Certificate;
-use meter_pki::payload::RateTable;
-
 use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
-use crate::ledger::{Entry, EntryKind, Outcome};
+use crate::ledger::{EntryKind, Key};
 use crate::meter::Meter;
-use crate::money::Amount;
-use crate::service::Service;
+use crate::sale::{self, Made, Sale, Spec};
+use crate::tariff::open_table;
 
-/// All installed tables, oldest version first.
-#[derive(Debug, Default)]
-pub struct RateBook {
-    tables: Vec<RateTable>,
-}
-
-impl RateBook {
-    /// Rebuilds the book from the ledger's Rates rows (re-verified against
-    /// the anchors; a row that no longer verifies is skipped and logged).
-    pub fn from_products(
-        products: &[(u64, String, Vec<u8>)],
-        anchors: &[Certificate],
-        now: i64,
-    ) -> Result<RateBook> {
-        let mut tables = Vec::new();
-        for (seq, _, signed) in products {
-            match open_table(signed, anchors, now) {
-                Ok(t) => tables.push(t),
-                Err(e) => tracing::warn!(seq, error = %e, "stored rate table no longer verifies"),
-            }
-        }
-        tables.sort_by_key(|t| t.version);
-        Ok(RateBook { tables })
-    }
-
-    /// Highest version installed (0 when none).
-    pub fn latest_version(&self) -> u32 {
-        self.tables.last().map(|t| t.version).unwrap_or(0)
-    }
-
-    /// The table in force at `now`.
-    pub fn current(&self, now: i64) -> Option<&RateTable> {
-        self.tables.iter().rev().find(|t| t.effective <= now)
-    }
-
-    /// Price of one piece of `service` at `now`.
-    pub fn price(&self, service: Service, now: i64) -> Result<Amount> {
-        let table = self.current(now).ok_or_else(|| {
-            ServiceError::NotProvisioned(
-                "no rate table in force: install one signed by the authority (meterctl rates install)".into(),
-            )
-        })?;
-        table
-            .rates
-            .get(service.name())
-            .map(|a| Amount(*a))
-            .ok_or_else(|| {
-                ServiceError::InvalidInput(format!(
-                    "service {service} has no rate in table version {}; the authority must issue a table that prices it",
-                    table.version
-                ))
-            })
-    }
-
-    /// Currency code and digits in force (defaults: "", 3).
-    pub fn currency(&self, now: i64) -> (String, u8) {
-        self.current(now)
-            .map(|t| (t.currency.clone(), t.digits))
-            .unwrap_or_else(|| (String::new(), 3))
-    }
-
-    fn with(&self, table: RateTable) -> RateBook {
-        let mut tables = self.tables.clone();
-        tables.push(table);
-        tables.sort_by_key(|t| t.version);
-        RateBook { tables }
-    }
-}
-
-/// Verifies a signed table against the anchors and checks its content.
-fn open_table(signed: &[u8], anchors: &[Certificate], now: i64) -> Result<RateTable> {
-    let verified = meter_pki::cms::verify(signed, anchors, Some(&meter_pki::oid::CT_RATES), now)?;
-    let table: RateTable = meter_pki::payload::decode(&verified.content)?;
-    for name in table.rates.keys() {
-        if Service::from_name(name).is_none() {
-            return Err(ServiceError::InvalidInput(format!(
-                "rate table names unknown service {name:?}"
-            )));
-        }
-    }
-    if table.version == 0 {
-        return Err(ServiceError::InvalidInput(
-            "rate table version must be at least 1".into(),
-        ));
-    }
-    Ok(table)
-}
-
-/// `InstallRates`: verifies and records a new table; returns its version.
+/// `InstallRates`: verifies the table and records it (key `m/rates/v<N>`);
+/// returns its version. A table not newer than the newest installed is
+/// refused (`Stale`).
 pub async fn install(meter: &Meter, signed: &[u8]) -> Result<u32> {
     let identity = meter.require_identity()?;
-    let ledger = meter.require_ledger()?;
     let table = open_table(signed, &identity.anchors, clock::now())?;
     let book = meter.rates();
     if table.version <= book.latest_version() {
@@ -119,23 +29,25 @@ pub async fn install(meter: &Meter, signed: &[u8]) -> Result<u32> {
         )));
     }
     let version = table.version;
-    let entry = Entry {
-        kind: EntryKind::Rates,
-        service: None,
-        request_id: Some(format!("rates:v{version}")),
-        input_digest: input_digest("rates", &[signed]),
-        credit: Amount::ZERO,
-        debit: Amount::ZERO,
-        product: signed.to_vec(),
-        note: format!("v{version}"),
-    };
-    match ledger.commit(entry, None).await? {
-        Outcome::Committed { .. } => {}
-        Outcome::Existing { .. } => {
+    let spec = Spec::record(
+        EntryKind::Rates,
+        Key::meter("rates", format!("v{version}")),
+        input_digest("rates", &[signed]),
+        format!("v{version}"),
+    );
+    let product = signed.to_vec();
+    let sold = sale::sell(meter, spec, async move |_: &Sale| {
+        Ok(Made::Product(product))
+    })
+    .await;
+    match sold {
+        Ok(s) if s.fresh => {}
+        Ok(_) | Err(ServiceError::Conflict { .. }) => {
             return Err(ServiceError::Stale(format!(
                 "rate table version {version} is already installed"
             )))
         }
+        Err(e) => return Err(e),
     }
     meter.set_rates(book.with(table))?;
     tracing::info!(version, "rate table installed");

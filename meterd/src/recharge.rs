@@ -5,7 +5,8 @@
 //! the one after settlement.
 //!
 //! Single use is enforced by the ledger itself: the voucher's sequence
-//! number becomes the row's request id, which is UNIQUE, so a replay cannot
+//! number becomes the row's key `m/voucher/<seq>`, which is UNIQUE and in
+//! the meter's own namespace (no caller can burn it), so a replay cannot
 //! credit twice even when two copies arrive at the same moment.
 
 use meter_pki::payload::Voucher;
@@ -13,13 +14,16 @@ use meter_pki::payload::Voucher;
 use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
-use crate::ledger::{Entry, EntryKind, LedgerError, Outcome};
+use crate::ledger::{EntryKind, Key};
 use crate::meter::Meter;
 use crate::money::Amount;
+use crate::revoke::Dues;
+use crate::sale::{self, Made, Sale, Spec};
 
-/// `Recharge`: verifies the voucher, credits it, returns the new descending register.
-pub async fn recharge(meter: &Meter, signed: &[u8]) -> Result<Amount> {
-    let (identity, ledger) = meter.ensure_selling()?;
+/// `Recharge`: verifies the voucher, credits it, settles fees due, returns
+/// the new descending register.
+pub async fn recharge(meter: &Meter, dues: &Dues, signed: &[u8]) -> Result<Amount> {
+    let (identity, ledger) = meter.provisioned()?;
     let verified = meter_pki::cms::verify(
         signed,
         &identity.anchors,
@@ -36,49 +40,52 @@ pub async fn recharge(meter: &Meter, signed: &[u8]) -> Result<Amount> {
     if voucher.amount == 0 {
         return Err(ServiceError::InvalidInput("voucher amount is zero".into()));
     }
-    // No prepaid funds in current-account mode (see `account`).
-    let _mode = crate::account::hold().await;
-    if meter.account().current().is_some() {
+    // No prepaid funds in current-account mode (see `account`): the mode
+    // must not change between this check and the credit.
+    let _regime = meter.regime().hold().await;
+    if meter.regime().account().is_some() {
         return Err(ServiceError::InvalidInput(
             "the meter is in current-account mode: it takes no vouchers, sales are billed by report".into(),
         ));
     }
-    let entry = Entry {
-        kind: EntryKind::Credit,
-        service: None,
-        request_id: Some(format!("voucher:{}", voucher.sequence)),
-        input_digest: input_digest("voucher", &[&verified.content]),
-        credit: Amount(voucher.amount),
-        debit: Amount::ZERO,
-        product: signed.to_vec(),
-        note: format!("seq {}", voucher.sequence),
+    let replay = || {
+        ServiceError::Replay(format!(
+            "voucher sequence {} was already credited; a voucher is good once",
+            voucher.sequence
+        ))
     };
-    match ledger.commit(entry, None).await {
-        Ok(Outcome::Committed { registers, .. }) => {
-            tracing::info!(
-                sequence = voucher.sequence,
-                amount = voucher.amount,
-                "voucher credited"
-            );
-            if ledger.owed() == Amount::ZERO {
-                return Ok(registers.descending);
-            }
-            // The credit is durable; a failed settlement is retried at the
-            // next recharge or start, and the owed hold stays meanwhile.
-            if let Err(e) = crate::revoke::settle(meter).await {
-                tracing::error!(error = %e, "settling revocation fees failed");
-            }
-            Ok(ledger.state().registers.descending)
-        }
-        Ok(Outcome::Existing { .. }) | Err(LedgerError::Conflict(_)) => {
-            Err(ServiceError::Replay(format!(
-                "voucher sequence {} was already credited; a voucher is good once",
-                voucher.sequence
-            )))
-        }
-        Err(LedgerError::Overflow(_)) => Err(ServiceError::InvalidInput(
-            "the voucher would overflow the registers; nothing was credited".into(),
-        )),
-        Err(e) => Err(e.into()),
+    // Recorded whatever the lock: funds from the authority are not a sale,
+    // and a locked meter keeps them for when the lock is cleared.
+    let spec = Spec {
+        credit: Amount(voucher.amount),
+        ..Spec::record(
+            EntryKind::Credit,
+            Key::meter("voucher", voucher.sequence),
+            input_digest("voucher", &[&verified.content]),
+            format!("seq {}", voucher.sequence),
+        )
+    };
+    let product = signed.to_vec();
+    match sale::sell(meter, spec, async move |_: &Sale| {
+        Ok(Made::Product(product))
+    })
+    .await
+    {
+        Ok(s) if s.fresh => {}
+        Ok(_) | Err(ServiceError::Conflict { .. }) => return Err(replay()),
+        Err(e) => return Err(e),
     }
+    tracing::info!(
+        sequence = voucher.sequence,
+        amount = voucher.amount,
+        "voucher credited"
+    );
+    if ledger.owed() > Amount::ZERO {
+        // The credit is durable; a failed settlement is retried at the
+        // next recharge or start, and the owed hold stays meanwhile.
+        if let Err(e) = crate::revoke::settle(meter, dues).await {
+            tracing::error!(error = %e, "settling revocation fees failed");
+        }
+    }
+    Ok(ledger.state().registers.descending)
 }

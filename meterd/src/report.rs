@@ -4,9 +4,11 @@
 //! since the previous report ([`meter_pki::report::StatusReport`], CMS
 //! eContentType `CT_STATUS_REPORT`, opens with `openssl cms -verify`). It is
 //! charged as service `status-report` at the rate in force (0 when the
-//! table has none) and is one ledger row like any sale, but it does NOT go
-//! through `sale::sell`: a locked meter must still report (that is how an
-//! `inspection-overdue` lock gets resolved), and then the report is free.
+//! table has none) and is one ledger row like any sale; a locked meter must
+//! still report (that is how an
+//! `inspection-overdue` lock gets resolved), and then the report is free:
+//! it goes through the pipeline with [`Guard::Recording`] and
+//! [`Price::RateUnlessLocked`].
 //!
 //! The snapshot is taken at a published ledger state (row N): registers,
 //! counts and head are as of row N, usage covers the rows after the previous
@@ -16,10 +18,10 @@
 //!
 //! `AcknowledgeReport` applies the authority's [`ReportAck`]: it must name
 //! this meter and a report this meter issued (request id, sequence, time and
-//! SHA-384 of the report JSON all match the stored report), and be newer
-//! than the last one applied. It is recorded as a row with note
-//! [`inspection::ACK_NOTE`] (request id `report-ack:<sequence>`, so a replay
-//! is refused by the ledger), which resets the watchdog. When the meter is
+//! SHA-384 of the report JSON all match the stored report, found by its
+//! sequence), and be newer than the last one applied. It is recorded as a
+//! row with note [`inspection::ACK_NOTE`] (key `m/report-ack/<sequence>`, so
+//! a replay is refused by the ledger), which resets the watchdog. When the meter is
 //! locked `inspection-overdue` and the report was made under that very lock
 //! (it carries the lock's nonce), the row is an Unlock: the authority has
 //! inspected the meter, which is what the lock waited for. Likewise for a
@@ -29,18 +31,21 @@
 use meter_pki::payload;
 use meter_pki::report::{report_digest, ReportAck, ServiceUsage, StatusReport};
 
-use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::inspection::{self, ACK_NOTE};
-use crate::ledger::{Entry, EntryKind, LedgerError, Outcome};
+use crate::ledger::{EntryKind, Key};
 use crate::meter::Meter;
-use crate::money::Amount;
-use crate::sale::check_request_id;
+use crate::sale::{self, Guard, Made, Price, Sale, Spec};
 use crate::service::Service;
+use crate::{account, clock};
 
-/// One report at a time, so that sequences are unique.
-static REPORTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// What this feature owns: reports are made one at a time, so that two
+/// never get the same sequence.
+#[derive(Debug, Default)]
+pub struct Reports {
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
 
 /// What an applied acknowledgement changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,40 +62,53 @@ pub struct Acknowledged {
 
 /// `Report`: the signed status report (DER CMS). A retry with the same
 /// request id returns the stored report and charges nothing.
-pub async fn report(meter: &Meter, request_id: &str) -> Result<Vec<u8>> {
-    check_request_id(request_id)?;
-    let ledger = meter.require_ledger()?;
-    let identity = meter.require_identity()?;
-    let _one = REPORTING.lock().await;
-    if let Some(stored) = ledger.lookup(request_id).await? {
-        if stored.kind == EntryKind::Debit && stored.service == Some(Service::StatusReport) {
-            return Ok(stored.product);
-        }
-        return Err(ServiceError::InvalidInput(format!(
-            "request id {request_id:?} was already used for another operation; choose a new request id"
-        )));
-    }
-    let now = clock::now();
-    let state = ledger.state();
-    let book = meter.rates();
-    let table = book.current(now);
+pub async fn report(meter: &Meter, reports: &Reports, key: Key) -> Result<Vec<u8>> {
+    let _one = reports.one_at_a_time.lock().await;
+    let request_id = key.shown().to_owned();
+    let spec = Spec::sale(
+        Service::StatusReport,
+        Some(key),
+        input_digest("status-report", &[request_id.as_bytes()]),
+    )
+    .guarded(Guard::Recording)
     // Free when locked (the meter must be able to report its way out of an
     // inspection lock) or when the table in force does not price reports.
-    let price = match (&state.lock, table) {
-        (None, Some(t)) => Amount(
-            t.rates
-                .get(Service::StatusReport.name())
-                .copied()
-                .unwrap_or(0),
-        ),
-        _ => Amount::ZERO,
-    };
-    // Funds are checked before any TPM work.
-    let reservation = ledger.reserve(price)?;
+    .priced(Price::RateUnlessLocked(Service::StatusReport));
+    let sold = sale::sell(meter, spec, async |sale: &Sale| {
+        let body = snapshot(meter, sale, &request_id).await?;
+        let content = payload::encode(&body)?;
+        let signed = meter
+            .sign_as_meter(
+                &sale.identity,
+                meter_pki::oid::CT_STATUS_REPORT,
+                &content,
+                sale.now(),
+            )
+            .await?;
+        tracing::info!(
+            sequence = body.sequence,
+            price = sale.price.0,
+            "status report issued"
+        );
+        Ok(Made::Product(signed))
+    })
+    .await?;
+    Ok(sold.product)
+}
+
+/// The report's body at the ledger state published now (row N): registers,
+/// counts and head as of row N; usage over the rows after the previous
+/// report's snapshot up to N (its own row comes after N and so appears in
+/// the next report's usage).
+async fn snapshot(meter: &Meter, sale: &Sale, request_id: &str) -> Result<StatusReport> {
+    let now = sale.now();
+    let identity = &sale.identity;
+    let ledger = &sale.ledger;
+    let state = ledger.state();
+    let book = &sale.rates;
+    let table = book.current(now);
     let rows = state.rows;
     let regs = &state.registers;
-    // Usage starts where the previous report's snapshot ended, so that its
-    // own row (and any sale that raced it) is counted exactly once.
     let previous = ledger.last_of_service(Service::StatusReport, rows).await?;
     let (previous_rows, previous_time) = match &previous {
         Some((_, time, product)) => {
@@ -110,7 +128,7 @@ pub async fn report(meter: &Meter, request_id: &str) -> Result<Vec<u8>> {
     let (currency, digits) = book.currency(now);
     let done = regs.per_service[Service::StatusReport.index()];
     let lock = state.lock.clone();
-    let body = StatusReport {
+    Ok(StatusReport {
         meter_id: identity.meter_id.clone(),
         request_id: request_id.to_owned(),
         sequence: done.saturating_add(1),
@@ -150,38 +168,12 @@ pub async fn report(meter: &Meter, request_id: &str) -> Result<Vec<u8>> {
             .collect(),
         credited: usage.credited.0,
         inspection_due: due,
-    };
-    let content = payload::encode(&body)?;
-    let signed = meter
-        .sign_as_meter(&identity, meter_pki::oid::CT_STATUS_REPORT, &content, now)
-        .await?;
-    let entry = Entry {
-        kind: EntryKind::Debit,
-        service: Some(Service::StatusReport),
-        request_id: Some(request_id.to_owned()),
-        input_digest: input_digest("status-report", &[request_id.as_bytes()]),
-        credit: Amount::ZERO,
-        debit: price,
-        product: signed.clone(),
-        note: String::new(),
-    };
-    match ledger.commit(entry, Some(reservation)).await? {
-        Outcome::Committed { .. } => {
-            tracing::info!(
-                sequence = body.sequence,
-                price = price.0,
-                "status report issued"
-            );
-            Ok(signed)
-        }
-        Outcome::Existing { product, .. } => Ok(product),
-    }
+    })
 }
 
 /// `AcknowledgeReport`: applies an authority acknowledgement (see the module doc).
 pub async fn acknowledge(meter: &Meter, signed: &[u8]) -> Result<Acknowledged> {
-    let identity = meter.require_identity()?;
-    let ledger = meter.require_ledger()?;
+    let (identity, ledger) = meter.provisioned()?;
     let now = clock::now();
     let (ack, verified) = payload::open::<ReportAck>(signed, &identity.anchors, now)?;
     if ack.meter_id != identity.meter_id {
@@ -196,13 +188,15 @@ pub async fn acknowledge(meter: &Meter, signed: &[u8]) -> Result<Acknowledged> {
             ack.report_request_id, ack.report_sequence
         ))
     };
-    let stored = ledger
-        .lookup(&ack.report_request_id)
+    // Reports are found by their sequence (their keys are scoped to the
+    // caller who asked, which the authority does not know).
+    let (_, _, stored) = ledger
+        .nth_of_service(Service::StatusReport, ack.report_sequence)
         .await?
-        .filter(|s| s.kind == EntryKind::Debit && s.service == Some(Service::StatusReport))
         .ok_or_else(not_ours)?;
-    let (report, opened) = payload::open::<StatusReport>(&stored.product, &identity.anchors, now)?;
+    let (report, opened) = payload::open::<StatusReport>(&stored, &identity.anchors, now)?;
     if report.sequence != ack.report_sequence
+        || report.request_id != ack.report_request_id
         || report.time != ack.report_time
         || !report_digest(&opened.content).eq_ignore_ascii_case(&ack.report_digest)
     {
@@ -222,42 +216,42 @@ pub async fn acknowledge(meter: &Meter, signed: &[u8]) -> Result<Acknowledged> {
         )));
     }
     // No lock may change between reading it and the commit below.
-    let _changing = crate::lock::hold().await;
+    let held = meter.regime().hold().await;
     // A `period-closed` lock (current account) is lifted by an ack that
     // opens a period not yet over.
     let unlocks = ledger.state().lock.is_some_and(|l| {
         (l.reason == meter_proto::lock_reason::INSPECTION_OVERDUE && l.nonce == report.lock_nonce)
             || (l.reason == meter_proto::lock_reason::PERIOD_CLOSED
-                && crate::account::ack_reopens(meter, &report, now))
+                && account::ack_reopens(meter, &report, now))
     });
-    let entry = Entry {
-        kind: if unlocks {
-            EntryKind::Unlock
-        } else {
-            EntryKind::Event
-        },
-        service: None,
-        request_id: Some(format!("report-ack:{}", ack.report_sequence)),
-        input_digest: input_digest("report-ack", &[&verified.content]),
-        credit: Amount::ZERO,
-        debit: Amount::ZERO,
-        product: signed.to_vec(),
-        note: ACK_NOTE.into(),
+    let kind = if unlocks {
+        EntryKind::Unlock
+    } else {
+        EntryKind::Event
     };
-    match ledger.commit(entry, None).await {
-        Ok(Outcome::Committed { .. }) => {}
-        Ok(Outcome::Existing { .. }) | Err(LedgerError::Conflict(_)) => {
+    let spec = Spec::record(
+        kind,
+        Key::meter("report-ack", ack.report_sequence),
+        input_digest("report-ack", &[&verified.content]),
+        ACK_NOTE,
+    );
+    let product = signed.to_vec();
+    match sale::sell(meter, spec, async move |_: &Sale| {
+        Ok(Made::Product(product))
+    })
+    .await
+    {
+        Ok(s) if s.fresh => {}
+        Ok(_) | Err(ServiceError::Conflict { .. }) => {
             return Err(ServiceError::Replay(format!(
                 "report {} is already acknowledged",
                 ack.report_sequence
             )))
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     }
-    {
-        let _mode = crate::account::hold().await;
-        crate::account::reload(meter).await?;
-    }
+    account::reload(meter, &held).await?;
+    drop(held);
     let next = inspection::schedule(meter).await?;
     tracing::info!(
         sequence = ack.report_sequence,

@@ -5,7 +5,7 @@
 //!   retry with the same request id returns the same bytes. Not charged.
 //! * [`apply`] (`ApplyRevokeOrder`): verifies the authority's order (610),
 //!   then, in this order: decides paid or due, signs the confirmation, commits
-//!   ONE Debit row (service `revoke`, request id `revoke-order:<order id>`, so
+//!   ONE Debit row (service `revoke`, request id `m/revoke-order/<order id>`, so
 //!   an order applies once; product the confirmation; note [`NOTE_PAID`] with
 //!   the fee debited, or [`NOTE_DUE`] with nothing debited), marks the
 //!   certificate revoked, and only then destroys the key blob (616). A crash
@@ -26,7 +26,7 @@
 //! after every recharge (and at start, and after a due row): oldest first,
 //! for each due row the funds not held by in-flight sales cover
 //! ([`crate::ledger::Ledger::reserve_owed`]), it commits a Debit row
-//! (no service, note [`NOTE_SETTLE`], request id `settle:<seq of the due
+//! (no service, note [`NOTE_SETTLE`], key `m/settle/<seq of the due
 //! row>`), so a settlement happens once even across a crash or a race.
 //! Settlement happens whole, never partly: one row per debt.
 //!
@@ -37,16 +37,16 @@ use meter_pki::revoke::{self as rv, RevokeConfirmation, RevokeOrder, RevokeReque
 use meter_pki::{oid, payload};
 use tokio::sync::Mutex;
 
-use crate::certs::CertState;
+use crate::certs::{CertState, CertStore};
+use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::housing::HousingError;
-use crate::identity::Identity;
-use crate::ledger::{Entry, EntryKind, Ledger, LedgerError, Outcome};
+use crate::ledger::{EntryKind, Key, Ledger, LedgerError};
 use crate::meter::Meter;
 use crate::money::Amount;
+use crate::sale::{self, Guard, Made, Price, Sale, Spec};
 use crate::service::Service;
-use crate::{clock, sale};
 
 /// Note of the Event row keeping a revoke request.
 pub const NOTE_REQUEST: &str = "revoke-request";
@@ -57,30 +57,28 @@ pub const NOTE_DUE: &str = "revoke-due";
 /// Note of the Debit row settling a due fee.
 pub const NOTE_SETTLE: &str = "revoke-settle";
 
-/// Serializes order applications and settlements: the owed hold is set from
-/// the ledger under it.
-static DUES: Mutex<()> = Mutex::const_new(());
+/// What this feature owns: the serialization of order applications and
+/// settlements (the owed hold is set from the ledger under it).
+#[derive(Debug, Default)]
+pub struct Dues {
+    gate: Mutex<()>,
+}
 
 fn invalid(m: impl Into<String>) -> ServiceError {
     ServiceError::InvalidInput(m.into())
-}
-
-fn provisioned(meter: &Meter) -> Result<(std::sync::Arc<Identity>, Ledger)> {
-    Ok((meter.require_identity()?, meter.require_ledger()?))
 }
 
 /// `Revoke`: signs a request to the authority to revoke installed
 /// certificate `serial` for `reason`; one Event row, not charged.
 pub async fn request(
     meter: &Meter,
+    certs: &CertStore,
     serial: &str,
     reason: &str,
-    request_id: &str,
+    key: Key,
 ) -> Result<Vec<u8>> {
-    let (identity, ledger) = provisioned(meter)?;
-    sale::check_request_id(request_id)?;
     rv::check_reason(reason).map_err(|e| invalid(e.to_string()))?;
-    let entry = meter.certs().find(serial).ok_or_else(|| {
+    let entry = certs.find(serial).ok_or_else(|| {
         invalid(format!(
             "no user certificate with serial {serial:?} is installed; meterctl certs lists them"
         ))
@@ -92,64 +90,47 @@ pub async fn request(
         )));
     }
     let canonical = rv::canonical_serial(&entry.serial())?;
-    let input = input_digest(NOTE_REQUEST, &[canonical.as_bytes(), reason.as_bytes()]);
-    if let Some(stored) = ledger.lookup(request_id).await? {
-        if stored.kind == EntryKind::Event && stored.input_digest == input {
-            return Ok(stored.product);
-        }
-        return Err(invalid(format!(
-            "request id {request_id:?} was already used with different input; choose a new request id"
-        )));
+    let request_id = key.shown().to_owned();
+    let spec = Spec::record(
+        EntryKind::Event,
+        key,
+        input_digest(NOTE_REQUEST, &[canonical.as_bytes(), reason.as_bytes()]),
+        NOTE_REQUEST,
+    );
+    let sold = sale::sell(meter, spec, async |sale: &Sale| {
+        let body = RevokeRequest {
+            meter_id: sale.identity.meter_id.clone(),
+            serial: canonical.clone(),
+            reason: reason.to_owned(),
+            request_id: request_id.clone(),
+            issued_at: sale.now(),
+        };
+        let signed = meter
+            .sign_as_meter(
+                &sale.identity,
+                oid::CT_REVOKE_REQUEST,
+                &payload::encode(&body)?,
+                sale.now(),
+            )
+            .await?;
+        Ok(Made::Product(signed))
+    })
+    .await?;
+    if sold.fresh {
+        tracing::info!(serial = %canonical, reason, "revocation requested");
     }
-    let now = clock::now();
-    let body = RevokeRequest {
-        meter_id: identity.meter_id.clone(),
-        serial: canonical.clone(),
-        reason: reason.to_owned(),
-        request_id: request_id.to_owned(),
-        issued_at: now,
-    };
-    let signed = meter
-        .sign_as_meter(
-            &identity,
-            oid::CT_REVOKE_REQUEST,
-            &payload::encode(&body)?,
-            now,
-        )
-        .await?;
-    let row = Entry {
-        kind: EntryKind::Event,
-        service: None,
-        request_id: Some(request_id.to_owned()),
-        input_digest: input,
-        credit: Amount::ZERO,
-        debit: Amount::ZERO,
-        product: signed.clone(),
-        note: NOTE_REQUEST.into(),
-    };
-    match ledger.commit(row, None).await? {
-        Outcome::Committed { .. } => {
-            tracing::info!(serial = %canonical, reason, "revocation requested");
-            Ok(signed)
-        }
-        Outcome::Existing { product, .. } => Ok(product),
-    }
-}
-
-/// Price of a revocation: the `revoke` rate; a table that does not price
-/// it makes revocation free (it must never be blocked by a missing rate).
-fn fee(meter: &Meter, now: i64) -> Result<Amount> {
-    match meter.rates().price(Service::Revoke, now) {
-        Ok(a) => Ok(a),
-        Err(ServiceError::InvalidInput(_)) => Ok(Amount::ZERO),
-        Err(e) => Err(e),
-    }
+    Ok(sold.product)
 }
 
 /// `ApplyRevokeOrder`: applies an authority-signed revoke order and returns
 /// the signed confirmation of revocation and payment, or of payment due.
-pub async fn apply(meter: &Meter, signed_order: &[u8]) -> Result<Vec<u8>> {
-    let (identity, ledger) = provisioned(meter)?;
+pub async fn apply(
+    meter: &Meter,
+    certs: &CertStore,
+    dues: &Dues,
+    signed_order: &[u8],
+) -> Result<Vec<u8>> {
+    let (identity, ledger) = meter.provisioned()?;
     let now = clock::now();
     let (order, verified) = payload::open::<RevokeOrder>(signed_order, &identity.anchors, now)?;
     if order.meter_id != identity.meter_id {
@@ -158,108 +139,96 @@ pub async fn apply(meter: &Meter, signed_order: &[u8]) -> Result<Vec<u8>> {
             order.meter_id, identity.meter_id
         )));
     }
-    let _one_at_a_time = DUES.lock().await;
-    let request_id = format!("revoke-order:{}", order.order_id);
-    if ledger.lookup(&request_id).await?.is_some() {
-        return Err(ServiceError::Replay(format!(
+    let _one_at_a_time = dues.gate.lock().await;
+    let replay = || {
+        ServiceError::Replay(format!(
             "revoke order {} was already applied; an order is good once",
             order.order_id
-        )));
-    }
-    let entry = meter.certs().find(&order.serial).ok_or_else(|| {
+        ))
+    };
+    let entry = certs.find(&order.serial).ok_or_else(|| {
         invalid(format!(
             "no user certificate with serial {} is installed in this meter",
             order.serial
         ))
     })?;
-    if entry.state(now) == CertState::Revoked {
-        return Err(invalid(format!(
-            "certificate {} is already revoked",
-            order.serial
-        )));
-    }
-    let fee = fee(meter, now)?;
-    let reservation = match ledger.reserve(fee) {
-        Ok(r) => Some(r),
-        Err(LedgerError::InsufficientFunds { .. }) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let due = reservation.is_none();
-    let confirmation = RevokeConfirmation {
-        meter_id: identity.meter_id.clone(),
-        serial: order.serial.clone(),
-        reason: order.reason.clone(),
-        order_id: order.order_id.clone(),
-        forced: order.forced,
-        revoked_at: now,
-        fee: fee.0,
-        payment: if due { rv::PAYMENT_DUE } else { rv::PAID }.into(),
-        amount_due: if due { fee.0 } else { 0 },
-        key_destroyed: true,
-    };
-    let signed = meter
-        .sign_as_meter(
-            &identity,
-            oid::CT_REVOKE_CONFIRMATION,
-            &payload::encode(&confirmation)?,
-            now,
-        )
-        .await?;
-    let row = Entry {
-        kind: EntryKind::Debit,
-        service: Some(Service::Revoke),
-        request_id: Some(request_id),
-        input_digest: input_digest("revoke-order", &[&verified.content]),
-        credit: Amount::ZERO,
-        debit: if due { Amount::ZERO } else { fee },
-        product: signed.clone(),
-        note: if due { NOTE_DUE } else { NOTE_PAID }.into(),
-    };
-    if due {
-        // Held before the row exists, so no sale slips in between.
-        ledger.set_owed(ledger.owed().checked_add(fee).map_err(LedgerError::from)?)?;
-    }
-    let committed = ledger.commit(row, reservation).await;
-    let outcome = match committed {
-        Ok(o) => o,
+    let spec = Spec::sale(
+        Service::Revoke,
+        Some(Key::meter("revoke-order", &order.order_id)),
+        input_digest("revoke-order", &[&verified.content]),
+    )
+    .guarded(Guard::Recording)
+    .priced(Price::RateOrDue(Service::Revoke))
+    .noted(NOTE_PAID);
+    let sold = sale::sell(meter, spec, async |sale: &Sale| {
+        if entry.state(sale.now()) == CertState::Revoked {
+            return Err(invalid(format!(
+                "certificate {} is already revoked",
+                order.serial
+            )));
+        }
+        let fee = sale.price;
+        let confirmation = RevokeConfirmation {
+            meter_id: sale.identity.meter_id.clone(),
+            serial: order.serial.clone(),
+            reason: order.reason.clone(),
+            order_id: order.order_id.clone(),
+            forced: order.forced,
+            revoked_at: sale.now(),
+            fee: fee.0,
+            payment: if sale.due { rv::PAYMENT_DUE } else { rv::PAID }.into(),
+            amount_due: if sale.due { fee.0 } else { 0 },
+            key_destroyed: true,
+        };
+        let signed = meter
+            .sign_as_meter(
+                &sale.identity,
+                oid::CT_REVOKE_CONFIRMATION,
+                &payload::encode(&confirmation)?,
+                sale.now(),
+            )
+            .await?;
+        Ok(if sale.due {
+            Made::Noted(signed, NOTE_DUE.into())
+        } else {
+            Made::Product(signed)
+        })
+    })
+    .await;
+    let sold = match sold {
+        Ok(s) if s.fresh => s,
+        Ok(_) | Err(ServiceError::Conflict { .. }) => {
+            refresh_owed(&ledger).await?;
+            return Err(replay());
+        }
         Err(e) => {
             refresh_owed(&ledger).await?;
-            return Err(match e {
-                LedgerError::Conflict(_) => ServiceError::Replay(format!(
-                    "revoke order {} was already applied",
-                    order.order_id
-                )),
-                e => e.into(),
-            });
+            return Err(e);
         }
     };
-    if let Outcome::Existing { .. } = outcome {
-        refresh_owed(&ledger).await?;
-        return Err(ServiceError::Replay(format!(
-            "revoke order {} was already applied",
-            order.order_id
-        )));
-    }
-    meter.certs().mark_revoked(&order.serial)?;
+    certs.mark_revoked(&order.serial)?;
     tracing::info!(
         serial = %order.serial,
         reason = %order.reason,
         forced = order.forced,
-        fee = fee.0,
-        due,
+        fee = sold.charged.0,
+        due = sold.due,
         "certificate revoked"
     );
     destroy(meter, &entry.key).await;
-    if due {
+    if sold.due {
         settle_locked(meter, &ledger).await?;
     }
     if order.forced {
         // SPEC, Locks: a revocation the authority forced stops the meter
         // until the authority clears it (the revocation itself is done and
         // confirmed either way).
-        crate::lock::engage(meter, meter_proto::lock_reason::FORCED).await?;
+        meter
+            .regime()
+            .engage(&ledger, meter_proto::lock_reason::FORCED)
+            .await?;
     }
-    Ok(signed)
+    Ok(sold.product)
 }
 
 /// Deletes a revoked key's blobs; a failure is logged and retried at start.
@@ -297,11 +266,19 @@ async fn outstanding(ledger: &Ledger) -> Result<Vec<(u64, Amount)>> {
                 continue;
             }
         };
-        if ledger.lookup(&format!("settle:{seq}")).await?.is_none() {
+        let settled = ledger
+            .lookup(&settle_key(seq))
+            .await?
+            .is_some_and(|s| s.kind == EntryKind::Debit && s.service.is_none());
+        if !settled {
             out.push((seq, Amount(c.amount_due)));
         }
     }
     Ok(out)
+}
+
+fn settle_key(due_row: u64) -> Key {
+    Key::meter("settle", due_row)
 }
 
 async fn refresh_owed(ledger: &Ledger) -> Result<Amount> {
@@ -315,35 +292,35 @@ async fn refresh_owed(ledger: &Ledger) -> Result<Amount> {
 
 /// Settles due revocation fees the descending register now covers (oldest
 /// first), one Debit row each; returns what is still owed.
-pub async fn settle(meter: &Meter) -> Result<Amount> {
+pub async fn settle(meter: &Meter, dues: &Dues) -> Result<Amount> {
     let ledger = meter.require_ledger()?;
-    let _one_at_a_time = DUES.lock().await;
+    let _one_at_a_time = dues.gate.lock().await;
     settle_locked(meter, &ledger).await
 }
 
-async fn settle_locked(_meter: &Meter, ledger: &Ledger) -> Result<Amount> {
+async fn settle_locked(meter: &Meter, ledger: &Ledger) -> Result<Amount> {
     for (seq, amount) in outstanding(ledger).await? {
-        let reservation = match ledger.reserve_owed(amount) {
-            Ok(r) => r,
-            Err(LedgerError::InsufficientFunds { .. }) => break,
-            Err(e) => return Err(e.into()),
-        };
-        let row = Entry {
+        let spec = Spec {
             kind: EntryKind::Debit,
             service: None,
-            request_id: Some(format!("settle:{seq}")),
-            input_digest: input_digest(NOTE_SETTLE, &[&seq.to_be_bytes()]),
+            key: Some(settle_key(seq)),
+            input: input_digest(NOTE_SETTLE, &[&seq.to_be_bytes()]),
+            guard: Guard::Recording,
+            price: Price::Owed(amount),
             credit: Amount::ZERO,
-            debit: amount,
-            product: seq.to_string().into_bytes(),
             note: NOTE_SETTLE.into(),
         };
-        match ledger.commit(row, Some(reservation)).await {
+        let product = seq.to_string().into_bytes();
+        match sale::sell(meter, spec, async move |_: &Sale| {
+            Ok(Made::Product(product))
+        })
+        .await
+        {
             Ok(_) => tracing::info!(due_row = seq, amount = amount.0, "revocation fee settled"),
-            Err(LedgerError::InsufficientFunds { .. }) => break,
+            Err(ServiceError::InsufficientFunds { .. }) => break,
             Err(e) => {
                 refresh_owed(ledger).await?;
-                return Err(e.into());
+                return Err(e);
             }
         }
     }
@@ -353,30 +330,33 @@ async fn settle_locked(_meter: &Meter, ledger: &Ledger) -> Result<Amount> {
 /// At start: marks the certificates of revoke rows revoked, destroys
 /// leftover key blobs of revoked certificates (a crash between the row and
 /// the deletion), holds the amount owed, and settles what the funds cover.
-pub async fn load(meter: &Meter, ledger: &Ledger) -> Result<()> {
+pub async fn load(meter: &Meter, certs: &CertStore, dues: &Dues) -> Result<()> {
+    let ledger = meter.require_ledger()?;
     for note in [NOTE_PAID, NOTE_DUE] {
         for (seq, _, product) in ledger.products_noted(EntryKind::Debit, note).await? {
             match rv::stored_confirmation(&product) {
                 Ok(c) => {
-                    meter.certs().mark_revoked(&c.serial)?;
+                    certs.mark_revoked(&c.serial)?;
                 }
                 Err(e) => tracing::error!(seq, error = %e, "unreadable revoke row"),
             }
         }
     }
     let now = clock::now();
-    for e in meter.certs().list() {
+    for e in certs.list() {
         if e.state(now) == CertState::Revoked {
             destroy(meter, &e.key).await;
         }
     }
-    let _one_at_a_time = DUES.lock().await;
+    let _one_at_a_time = dues.gate.lock().await;
     // The hold first (a start must not let sales spend owed money); a failed
     // settlement only waits for the next recharge.
-    let mut owed = refresh_owed(ledger).await?;
-    match settle_locked(meter, ledger).await {
-        Ok(left) => owed = left,
-        Err(e) => tracing::error!(error = %e, "settling revocation fees at start failed"),
+    let mut owed = refresh_owed(&ledger).await?;
+    if meter.identity().is_some() {
+        match settle_locked(meter, &ledger).await {
+            Ok(left) => owed = left,
+            Err(e) => tracing::error!(error = %e, "settling revocation fees at start failed"),
+        }
     }
     if owed > Amount::ZERO {
         tracing::warn!(

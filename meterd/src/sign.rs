@@ -1,8 +1,8 @@
 //! Sign: a detached CMS signature made with an installed user certificate's
 //! TPM key, for authentication, integrity and non-repudiation.
 //!
-//! The message arrives as a file descriptor and is streamed through SHA-384,
-//! so the signature is built from the digest (`cms::prepare_detached_digest`):
+//! The message arrives as a file descriptor and is hashed by the door, so
+//! the signature is built from the digest (`cms::prepare_detached_digest`):
 //! eContentType id-data, signed attributes contentType, messageDigest,
 //! signingTime and signingCertificateV2, the user certificate embedded. Any
 //! relying party checks it with `openssl cms -verify -binary -content MSG
@@ -11,30 +11,33 @@
 use meter_pki::cms::{self, SignOptions};
 use meter_pki::oid;
 
-use crate::certs::CertState;
-use crate::digest::{input_digest, sha384_file};
+use crate::certs::{CertState, CertStore};
+use crate::clock;
+use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
+use crate::ledger::{Digest, Key};
 use crate::meter::Meter;
+use crate::sale::{self, Made, Sale, Spec};
 use crate::service::Service;
-use crate::{clock, sale};
 
-/// `Sign`: detached CMS SignedData over the message with certificate `serial`.
+/// `Sign`: detached CMS SignedData over the message whose SHA-384 is
+/// `imprint`, with certificate `serial`.
 ///
 /// Refused before anything is charged when the serial is unknown (or only
 /// pending), the certificate expired (`Stale`) or was revoked.
-pub async fn sign_file(
+pub async fn sign(
     meter: &Meter,
+    certs: &CertStore,
     serial: &str,
-    file: std::fs::File,
-    request_id: &str,
+    imprint: Digest,
+    key: Key,
 ) -> Result<Vec<u8>> {
-    let entry = meter.certs().find(serial).ok_or_else(|| {
+    let entry = certs.find(serial).ok_or_else(|| {
         ServiceError::InvalidInput(format!(
             "no user certificate with serial {serial:?} is installed; meterctl certs lists them"
         ))
     })?;
-    let now = clock::now();
-    match entry.state(now) {
+    match entry.state(clock::now()) {
         CertState::Active => {}
         CertState::Expired => {
             return Err(ServiceError::Stale(format!(
@@ -55,42 +58,34 @@ pub async fn sign_file(
             ))
         }
     }
-    let serial_norm = entry.serial();
-    let limit = meter.config().max_message_bytes;
-    sale::sell(
-        meter,
+    let cert = entry
+        .cert
+        .clone()
+        .ok_or_else(|| ServiceError::InvalidInput("certificate not installed".into()))?;
+    let spec = Spec::sale(
         Service::Sign,
-        Some(request_id),
-        async move {
-            let imprint = sha384_file(file, limit).await?;
-            Ok((
-                input_digest("sign", &[serial_norm.as_bytes(), &imprint]),
-                imprint,
-            ))
-        },
-        |imprint, _identity| async move {
-            let cert = entry
-                .cert
-                .as_ref()
-                .ok_or_else(|| ServiceError::InvalidInput("certificate not installed".into()))?;
-            let prepared = cms::prepare_detached_digest(
-                &SignOptions {
-                    content_type: oid::ID_DATA,
-                    content: &[],
-                    signer: cert,
-                    extra_certs: &[],
-                    signing_time: Some(clock::now()),
-                    ess_cert_id_v2: true,
-                },
-                imprint,
-            )?;
-            // The key was matched to this certificate at install.
-            let raw = meter
-                .housing()
-                .sign_digest(&entry.key, prepared.digest())
-                .await?;
-            Ok(prepared.finish(&raw)?)
-        },
-    )
-    .await
+        Some(key),
+        input_digest("sign", &[entry.serial().as_bytes(), &imprint]),
+    );
+    let sold = sale::sell(meter, spec, async |sale: &Sale| {
+        let prepared = cms::prepare_detached_digest(
+            &SignOptions {
+                content_type: oid::ID_DATA,
+                content: &[],
+                signer: &cert,
+                extra_certs: &[],
+                signing_time: Some(sale.now()),
+                ess_cert_id_v2: true,
+            },
+            imprint,
+        )?;
+        // The key was matched to this certificate at install.
+        let raw = meter
+            .housing()
+            .sign_digest(&entry.key, prepared.digest())
+            .await?;
+        Ok(Made::Product(prepared.finish(&raw)?))
+    })
+    .await?;
+    Ok(sold.product)
 }

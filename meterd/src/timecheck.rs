@@ -20,6 +20,7 @@
 //! once the authority clears it, the current time is accepted as the new mark.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -27,8 +28,6 @@ use serde::{Deserialize, Serialize};
 use crate::clock;
 use crate::error::{Result, ServiceError};
 use crate::housing::TpmClock;
-use crate::lock;
-use crate::meter::Meter;
 
 /// How often the background task checks the clock and the inspection deadline.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);
@@ -122,77 +121,96 @@ pub fn store(path: &Path, mark: &ClockMark) -> Result<()> {
         .map_err(|e| ServiceError::Storage(format!("{}: {e}", path.display())))
 }
 
-/// The clock watcher's memory between ticks.
-pub struct ClockWatch {
+/// The clock watcher: judges every sale against the last reading
+/// (no TPM command) and, at each tick, the TPM clock against the mark.
+#[derive(Debug)]
+pub struct ClockGuard {
     path: PathBuf,
+    tolerance_ms: i64,
+    state: Mutex<GuardState>,
+}
+
+#[derive(Debug, Default)]
+struct GuardState {
     prev: Option<ClockMark>,
     was_clock_locked: Option<bool>,
 }
 
-impl ClockWatch {
-    /// Watcher over `state_dir/clock.json`.
-    pub fn new(state_dir: &Path) -> ClockWatch {
+impl ClockGuard {
+    /// Guard over `state_dir/clock.json` allowing `tolerance_ms` of slack.
+    pub fn new(state_dir: &Path, tolerance_ms: i64) -> ClockGuard {
         let path = state_dir.join("clock.json");
         let prev = load(&path);
-        ClockWatch {
+        ClockGuard {
             path,
-            prev,
-            was_clock_locked: None,
+            tolerance_ms,
+            state: Mutex::new(GuardState {
+                prev,
+                was_clock_locked: None,
+            }),
         }
     }
 
-    /// One check: reads the TPM clock, judges, locks on a bad verdict, or
-    /// records the reading. Does nothing before provisioning.
-    pub async fn tick(&mut self, meter: &Meter) -> Result<Judgement> {
-        let Some(ledger) = meter.ledger() else {
-            return Ok(Judgement::Fine);
-        };
-        if meter.identity().is_none() {
-            return Ok(Judgement::Fine);
+    /// Per-sale check: the time to stamp (Unix ms), never earlier than the
+    /// ledger's last row; a clock behind that row beyond the tolerance is a
+    /// bad judgement.
+    pub fn check_sale(&self, last_row_ms: i64) -> std::result::Result<i64, Judgement> {
+        let now_ms = clock::now_millis();
+        if now_ms < last_row_ms.saturating_sub(self.tolerance_ms) {
+            return Err(Judgement::Backwards {
+                now_ms,
+                floor_ms: last_row_ms,
+            });
         }
-        let clock_locked = ledger
-            .state()
-            .lock
-            .is_some_and(|l| l.reason == meter_proto::lock_reason::CLOCK);
-        let tpm = meter.housing().call(|h| h.clock()).await?;
+        Ok(now_ms.max(last_row_ms))
+    }
+
+    /// One background check against the TPM clock `tpm`: judges, records
+    /// the reading when fine, and returns the judgement; the caller locks
+    /// on a bad one. While a `clock` lock is in force the reading is not
+    /// moved; once the authority clears it, the current time is accepted.
+    pub fn tick(
+        &self,
+        tpm: TpmClock,
+        last_row_ms: Option<i64>,
+        clock_locked: bool,
+    ) -> Result<Judgement> {
         let now_ms = clock::now_millis();
         let mark = ClockMark {
             system_ms: now_ms,
             tpm_ms: tpm.clock_ms,
             reset_count: tpm.reset_count,
         };
-        let cleared = self.was_clock_locked == Some(true) && !clock_locked;
-        self.was_clock_locked = Some(clock_locked);
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| ServiceError::Internal("clock guard lock poisoned".into()))?;
+        let cleared = st.was_clock_locked == Some(true) && !clock_locked;
+        st.was_clock_locked = Some(clock_locked);
         if clock_locked {
             return Ok(Judgement::Fine);
         }
         if cleared {
-            // The authority reviewed the clock and cleared the lock: accept now.
             tracing::info!("clock lock cleared: accepting the current time");
-            return self.accept(mark);
+            store(&self.path, &mark)?;
+            st.prev = Some(mark);
+            return Ok(Judgement::Fine);
         }
-        let last = ledger.last_time().await?;
-        let tolerance = i64::try_from(meter.config().clock_tolerance_seconds)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1000);
-        let verdict = judge(self.prev.as_ref(), last, now_ms, &tpm, tolerance);
-        match &verdict {
+        let verdict = judge(
+            st.prev.as_ref(),
+            last_row_ms,
+            now_ms,
+            &tpm,
+            self.tolerance_ms,
+        );
+        match verdict {
             Judgement::Fine => {
-                self.accept(mark)?;
+                store(&self.path, &mark)?;
+                st.prev = Some(mark);
             }
-            bad => {
-                tracing::error!(verdict = ?bad, ?tpm, "the clock went backwards: locking");
-                lock::engage(meter, meter_proto::lock_reason::CLOCK).await?;
-                self.was_clock_locked = Some(true);
-            }
+            _ => st.was_clock_locked = Some(true),
         }
         Ok(verdict)
-    }
-
-    fn accept(&mut self, mark: ClockMark) -> Result<Judgement> {
-        store(&self.path, &mark)?;
-        self.prev = Some(mark);
-        Ok(Judgement::Fine)
     }
 }
 

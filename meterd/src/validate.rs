@@ -13,11 +13,13 @@ use serde::Serialize;
 use meter_pki::detached::{self, DetachedFailure};
 use meter_pki::tsp::{self, TokenFailure};
 
-use crate::digest::{input_digest, sha384_file};
+use crate::clock;
+use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
+use crate::ledger::Digest;
 use crate::meter::Meter;
+use crate::sale::{self, Made, Sale, Spec};
 use crate::service::Service;
-use crate::{clock, sale};
 
 /// Largest token accepted.
 pub const MAX_TOKEN: usize = meter_pki::MAX_OBJECT;
@@ -55,40 +57,34 @@ impl Report {
     }
 }
 
-/// `Validate`: charged verification of `token` against the message in `file`.
-pub async fn validate(meter: &Meter, file: std::fs::File, token: Vec<u8>) -> Result<Report> {
+/// `Validate`: charged verification of `token` against the message whose
+/// SHA-384 is `imprint` (hashed by the door before anything is reserved).
+/// Every call is a new sale (no request id): the report is the product.
+pub async fn validate(meter: &Meter, imprint: Digest, token: Vec<u8>) -> Result<Report> {
     if token.len() > MAX_TOKEN {
         return Err(ServiceError::InvalidInput(format!(
             "token of {} bytes exceeds the {MAX_TOKEN}-byte limit",
             token.len()
         )));
     }
-    let limit = meter.config().max_message_bytes;
-    let product = sale::sell(
-        meter,
+    let spec = Spec::sale(
         Service::Validate,
         None,
-        async move {
-            let imprint = sha384_file(file, limit).await?;
-            Ok((
-                input_digest("validate", &[&imprint, &token]),
-                (imprint, token),
-            ))
-        },
-        |(imprint, token), identity| async move {
-            let anchors = identity.anchors.clone();
-            let cache = meter.chain_cache();
-            let report = tokio::task::spawn_blocking(move || {
-                check(&token, &imprint, &anchors, Some(&cache))
-            })
-            .await
-            .map_err(|e| ServiceError::InvalidInput(format!("validation task failed: {e}")))?;
-            serde_json::to_vec(&report)
-                .map_err(|e| ServiceError::InvalidInput(format!("report encoding: {e}")))
-        },
-    )
+        input_digest("validate", &[&imprint, &token]),
+    );
+    let sold = sale::sell(meter, spec, async move |sale: &Sale| {
+        let anchors = sale.identity.anchors.clone();
+        let cache = meter.chain_cache();
+        let report =
+            tokio::task::spawn_blocking(move || check(&token, &imprint, &anchors, Some(&cache)))
+                .await
+                .map_err(|e| ServiceError::Internal(format!("validation task: {e}")))?;
+        let bytes = serde_json::to_vec(&report)
+            .map_err(|e| ServiceError::Internal(format!("report encoding: {e}")))?;
+        Ok(Made::Product(bytes))
+    })
     .await?;
-    serde_json::from_slice(&product)
+    serde_json::from_slice(&sold.product)
         .map_err(|e| ServiceError::Storage(format!("stored report unreadable: {e}")))
 }
 

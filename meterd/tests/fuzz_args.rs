@@ -5,7 +5,11 @@
 //! `meter-pki/tests/fuzz.rs` (`tests/fuzz --full`: 10^6).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use meterd::sale::{check_request_id, MAX_REQUEST_ID};
+use meterd::ledger::{Key, MAX_CALLER_ID as MAX_REQUEST_ID};
+
+fn check_request_id(id: &str) -> Result<Key, meterd::ledger::LedgerError> {
+    Key::caller(1000, id)
+}
 use zbus::zvariant::serialized::{Context, Data};
 use zbus::zvariant::{to_bytes, LE};
 

@@ -64,7 +64,7 @@ async fn funds_idempotency_and_conflicts() {
         "{err:?}"
     );
     assert_eq!(l.state(), before);
-    assert!(l.lookup("pm-2").await.unwrap().is_none());
+    assert!(l.lookup(&key("pm-2")).await.unwrap().is_none());
 
     // Overflow refused, nothing changes.
     let err = l
@@ -75,7 +75,7 @@ async fn funds_idempotency_and_conflicts() {
     assert_eq!(l.state(), before);
 
     // Idempotent retry: same product, no second charge.
-    let first = l.lookup("pm-1").await.unwrap().unwrap();
+    let first = l.lookup(&key("pm-1")).await.unwrap().unwrap();
     let again = l.commit(debit("pm-1", 30, b"mail 1"), None).await.unwrap();
     let Outcome::Existing { seq, product } = again else {
         panic!("not existing: {again:?}")
@@ -92,7 +92,7 @@ async fn funds_idempotency_and_conflicts() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, LedgerError::Conflict(ref id) if id == "pm-1"),
+        matches!(err, LedgerError::Conflict(ref k) if *k == key("pm-1")),
         "{err:?}"
     );
     assert_eq!(l.state(), before);
@@ -276,7 +276,7 @@ async fn seal_failure_charges_nothing() {
     assert!(matches!(err, LedgerError::Housing(_)), "{err:?}");
     assert_eq!(l.state(), before);
     assert_eq!(c.counter(), counter);
-    assert!(l.lookup("pm-1").await.unwrap().is_none());
+    assert!(l.lookup(&key("pm-1")).await.unwrap().is_none());
     // The reservation was released with the failure.
     assert!(l.reserve(Amount(100)).is_ok());
     c.fail_sign(false);

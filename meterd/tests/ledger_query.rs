@@ -15,7 +15,7 @@ fn report_row(id: &str, price: u64) -> Entry {
     Entry {
         kind: EntryKind::Debit,
         service: Some(Service::StatusReport),
-        request_id: Some(id.to_owned()),
+        key: Some(key(id)),
         input_digest: digest(id.as_bytes()),
         credit: Amount::ZERO,
         debit: Amount(price),

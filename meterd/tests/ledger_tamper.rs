@@ -330,7 +330,7 @@ async fn reanchor_forgives_reviewed_damage_only() {
     let p = copy(&path, d.path());
     attacker(&p)
         .execute(
-            "UPDATE journal SET debit = 2 WHERE request_id = 'pm-after'",
+            "UPDATE journal SET debit = 2 WHERE request_id = 'c/0/pm-after'",
             [],
         )
         .unwrap();

@@ -195,9 +195,13 @@ impl Sandbox {
         self.state.join("ledger.sqlite")
     }
 
-    /// Every journal row with a request id starting with `prefix`, with
-    /// its product, read straight from the database file.
+    /// Every journal row of this process's uid whose request id starts with
+    /// `prefix`, keyed by that request id, with its product, read straight
+    /// from the database file. (The meter stores a caller's id scoped to
+    /// its uid, as `c/<uid>/<id>`.)
     pub fn ledger_rows(&self, prefix: &str) -> Result<HashMap<String, Row>> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let scope = format!("c/{}/", unsafe { libc::geteuid() });
         let conn = Connection::open_with_flags(
             self.ledger_path(),
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -208,8 +212,9 @@ impl Sandbox {
              LEFT JOIN products p ON p.seq = j.seq
              WHERE j.request_id >= ?1 AND j.request_id < ?2",
         )?;
-        let upper = format!("{prefix}\u{7f}");
-        let rows = stmt.query_map([prefix, upper.as_str()], |r| {
+        let lower = format!("{scope}{prefix}");
+        let upper = format!("{scope}{prefix}\u{7f}");
+        let rows = stmt.query_map([lower.as_str(), upper.as_str()], |r| {
             let id: String = r.get(0)?;
             let debit: i64 = r.get(1)?;
             let product: Option<Vec<u8>> = r.get(2)?;
@@ -218,6 +223,7 @@ impl Sandbox {
         let mut out = HashMap::new();
         for row in rows {
             let (id, debit, product) = row?;
+            let id = id.strip_prefix(&scope).unwrap_or(&id).to_owned();
             out.insert(
                 id,
                 Row {

@@ -23,11 +23,25 @@ pub enum Role {
     Admin,
 }
 
+/// Who is calling, as the bus says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Unique bus name (`:1.42`); empty on a peer-to-peer connection.
+    pub unique: String,
+    /// The caller's uid (0 on a peer-to-peer connection: whoever was let
+    /// onto the socket).
+    pub uid: u32,
+    /// The caller's pid, when the bus knows it.
+    pub pid: Option<u32>,
+    /// What the caller may do.
+    pub role: Role,
+}
+
 /// Resolves callers to roles.
 pub struct Authorizer {
     user_group: String,
     admin_group: String,
-    cache: Mutex<HashMap<String, Role>>,
+    cache: Mutex<HashMap<String, Caller>>,
 }
 
 impl Authorizer {
@@ -40,16 +54,21 @@ impl Authorizer {
         }
     }
 
-    /// The caller's role (Nobody when it cannot be told).
-    pub async fn role(&self, conn: &Connection, header: &Header<'_>) -> Role {
+    /// The caller of the message with `header` (role Nobody when it cannot be told).
+    pub async fn caller(&self, conn: &Connection, header: &Header<'_>) -> Caller {
         let Some(sender) = header.sender() else {
             // Peer-to-peer connection: no bus to ask, the peer is whoever
             // was let onto the socket.
-            return Role::Admin;
+            return Caller {
+                unique: String::new(),
+                uid: 0,
+                pid: None,
+                role: Role::Admin,
+            };
         };
         let key = sender.as_str().to_owned();
-        if let Some(role) = self.cache.lock().ok().and_then(|c| c.get(&key).copied()) {
-            return role;
+        if let Some(c) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return c;
         }
         let uid = match zbus::fdo::DBusProxy::new(conn).await {
             Ok(proxy) => proxy
@@ -58,14 +77,28 @@ impl Authorizer {
                 .ok(),
             Err(_) => None,
         };
-        let role = uid.map(|uid| self.role_of_uid(uid)).unwrap_or(Role::Nobody);
+        let caller = Caller {
+            unique: key.clone(),
+            uid: uid.unwrap_or(u32::MAX),
+            pid: None,
+            role: uid.map(|uid| self.role_of_uid(uid)).unwrap_or(Role::Nobody),
+        };
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() > 4096 {
                 cache.clear();
             }
-            cache.insert(key, role);
+            cache.insert(key, caller.clone());
         }
-        role
+        caller
+    }
+
+    /// The group a role's members belong to, for messages.
+    pub fn group_of(&self, role: Role) -> &str {
+        if role == Role::Admin {
+            &self.admin_group
+        } else {
+            &self.user_group
+        }
     }
 
     fn role_of_uid(&self, uid: u32) -> Role {

@@ -9,8 +9,8 @@ use zbus::zvariant::{OwnedValue, Value};
 use meter_proto::keys::{certificate as ck, subject as sk};
 use meter_proto::MeterError;
 
+use crate::certs::CertStore;
 use crate::clock;
-use crate::meter::Meter;
 
 type Dict = HashMap<String, OwnedValue>;
 
@@ -57,10 +57,9 @@ fn put<'a>(d: &mut Dict, key: &str, v: impl Into<Value<'a>>) {
 }
 
 /// `ListCertificates()`.
-pub fn list(meter: &Meter) -> Vec<Dict> {
+pub fn list(certs: &CertStore) -> Vec<Dict> {
     let now = clock::now();
-    meter
-        .certs()
+    certs
         .list()
         .into_iter()
         .map(|e| {

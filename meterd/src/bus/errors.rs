@@ -17,7 +17,15 @@ pub fn to_dbus(member: &str, e: ServiceError) -> MeterError {
         ServiceError::Locked { .. } => MeterError::Locked(message),
         ServiceError::NotProvisioned(_) => MeterError::NotProvisioned(message),
         ServiceError::AccessDenied(_) => MeterError::AccessDenied(message),
-        ServiceError::InvalidInput(_) => MeterError::InvalidInput(message),
+        ServiceError::InvalidInput(_)
+        | ServiceError::Conflict { .. }
+        | ServiceError::TimedOut(_) => MeterError::InvalidInput(message),
+        ServiceError::Unpriced { .. } => MeterError::NotProvisioned(message),
+        ServiceError::Busy(_) | ServiceError::Cancelled => MeterError::Busy(message),
+        ServiceError::Internal(ref cause) => {
+            tracing::error!(member, error = %cause, "internal failure");
+            MeterError::Internal(message)
+        }
         ServiceError::BadSignature(_) => MeterError::BadSignature(message),
         ServiceError::Replay(_) => MeterError::Replay(message),
         ServiceError::Stale(_) => MeterError::Stale(message),

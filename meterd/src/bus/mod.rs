@@ -1,12 +1,14 @@
 //! The D-Bus door: `org.meterd.Meter1` on `/org/meterd/Meter1`.
 //!
-//! Each member is a dozen lines: take a slot (requests in flight are
-//! capped), authorize the caller, call one service, map the error. Nothing
+//! Each member is a few lines: pass the [`door::Door`] (caller, rights,
+//! lane), make the caller's request key, call one service, and answer
+//! through the call (which maps the error and logs a refusal). Nothing
 //! here knows the TPM or SQLite; nothing in the services knows zbus.
 
 mod auth;
 mod certs_dict;
 mod credit;
+mod door;
 mod errors;
 mod signals;
 mod status;
@@ -14,21 +16,24 @@ mod status;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{OwnedFd, OwnedValue};
-use zbus::{interface, Connection};
+use zbus::{fdo, interface, Connection};
 
 use meter_proto::MeterError;
 
-use crate::meter::Meter;
+use crate::app::App;
 use crate::{
-    account, agent, anchor, audit, certs, credit as credit_service, inspection, lock, postage,
-    postmark, provision, rates, recharge, report, revoke, sign, validate,
+    account, agent, anchor, audit, certs, credit as credit_service, lock, postage, postmark,
+    provision, rates, recharge, report, revoke, sign, validate,
 };
+use auth::Role;
+use door::{Call, Door, Lane};
 
-pub use auth::{Authorizer, Role};
+type Admitted<'a> = Result<Call<'a>, MeterError>;
+
+pub use auth::{Authorizer, Caller};
 pub use signals::watch_and_emit;
 
 /// Largest signed object (voucher, table, order, certificate) accepted as bytes.
@@ -36,44 +41,59 @@ const MAX_OBJECT: usize = meter_pki::MAX_OBJECT;
 
 /// The served object.
 pub struct MeterIface {
-    meter: Arc<Meter>,
-    auth: Authorizer,
-    slots: Semaphore,
+    app: Arc<App>,
+    door: Door,
+    /// The connection it is served on (asked who is calling).
+    conn: Connection,
 }
 
 impl MeterIface {
-    /// Interface over `meter`, with its configured groups and in-flight cap.
-    pub fn new(meter: Arc<Meter>) -> MeterIface {
-        let config = meter.config();
-        let auth = Authorizer::new(&config.user_group, &config.admin_group);
-        let slots = Semaphore::new(config.max_in_flight.max(1));
-        MeterIface { meter, auth, slots }
+    /// Interface over `app` served on `conn`, with the configured groups
+    /// and capacities.
+    pub fn new(app: Arc<App>, conn: Connection) -> MeterIface {
+        let door = Door::new(app.meter.config());
+        MeterIface { app, door, conn }
     }
 
-    async fn admit(
-        &self,
-        conn: &Connection,
-        header: &Header<'_>,
-        member: &str,
-        needed: Role,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, MeterError> {
-        let role = self.auth.role(conn, header).await;
-        if role < needed {
-            tracing::warn!(member, ?role, "access denied");
-            return Err(MeterError::AccessDenied(format!(
-                "{member} needs membership of group {}; ask an administrator",
-                if needed == Role::Admin {
-                    &self.meter.config().admin_group
-                } else {
-                    &self.meter.config().user_group
-                }
-            )));
-        }
-        self.slots
-            .acquire()
-            .await
-            .map_err(|_| MeterError::Storage("the meter is shutting down".into()))
+    /// An administrator's call (control lane).
+    async fn admin(&self, h: &Header<'_>, member: &'static str) -> Admitted<'_> {
+        self.enter(h, member, Role::Admin, Lane::Control).await
     }
+
+    /// A user's read, report or audit (control lane).
+    async fn user(&self, h: &Header<'_>, member: &'static str) -> Admitted<'_> {
+        self.enter(h, member, Role::User, Lane::Control).await
+    }
+
+    /// A user's sale (sale lane).
+    async fn seller(&self, h: &Header<'_>, member: &'static str) -> Admitted<'_> {
+        self.enter(h, member, Role::User, Lane::Sale).await
+    }
+
+    async fn enter(&self, h: &Header<'_>, m: &'static str, r: Role, l: Lane) -> Admitted<'_> {
+        self.door.enter(&self.conn, h, m, r, l).await
+    }
+
+    /// A property read: the caller must be a user (`None` header: the
+    /// daemon's own read for change signals).
+    async fn read<T>(
+        &self,
+        header: Option<Header<'_>>,
+        property: &str,
+        f: impl FnOnce(&App) -> T,
+    ) -> fdo::Result<T> {
+        self.door
+            .may_read(&self.conn, header.as_ref(), property)
+            .await?;
+        Ok(f(&self.app))
+    }
+}
+
+fn registers(app: &App) -> crate::ledger::Registers {
+    app.meter
+        .ledger_state()
+        .map(|s| s.registers)
+        .unwrap_or_default()
 }
 
 fn bounded(what: &str, bytes: &[u8]) -> Result<(), MeterError> {
@@ -86,37 +106,27 @@ fn bounded(what: &str, bytes: &[u8]) -> Result<(), MeterError> {
     Ok(())
 }
 
-fn file_of(fd: OwnedFd) -> std::fs::File {
-    std::fs::File::from(std::os::fd::OwnedFd::from(fd))
-}
-
 #[interface(name = "org.meterd.Meter1")]
 impl MeterIface {
     /// Creates the keys (if needed) and returns PKCS#10 requests for them.
     async fn provision(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<HashMap<String, OwnedValue>, MeterError> {
-        let _slot = self.admit(conn, &header, "Provision", Role::Admin).await?;
-        let r = provision::begin(&self.meter)
-            .await
-            .map_err(|e| errors::to_dbus("Provision", e))?;
+        let call = self.admin(&header, "Provision").await?;
+        let r = call.done(provision::begin(&self.app.meter).await)?;
         Ok(status::provision_dict(r))
     }
 
     /// Installs the authority's certificates and root.
     async fn install_provisioning(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         meter_cert: Vec<u8>,
         postmark_cert: Vec<u8>,
         root_cert: Vec<u8>,
     ) -> Result<(), MeterError> {
-        let _slot = self
-            .admit(conn, &header, "InstallProvisioning", Role::Admin)
-            .await?;
+        let call = self.admin(&header, "InstallProvisioning").await?;
         for (what, b) in [
             ("meter certificate", &meter_cert),
             ("postmark certificate", &postmark_cert),
@@ -124,71 +134,61 @@ impl MeterIface {
         ] {
             bounded(what, b)?;
         }
-        provision::install(&self.meter, &meter_cert, &postmark_cert, &root_cert)
-            .await
-            .map_err(|e| errors::to_dbus("InstallProvisioning", e))
+        call.done(
+            self.app
+                .install_provisioning(&meter_cert, &postmark_cert, &root_cert)
+                .await,
+        )
     }
 
     /// Installs a signed rate table.
     async fn install_rates(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         table: Vec<u8>,
     ) -> Result<(), MeterError> {
-        let _slot = self
-            .admit(conn, &header, "InstallRates", Role::Admin)
-            .await?;
+        let call = self.admin(&header, "InstallRates").await?;
         bounded("rate table", &table)?;
-        rates::install(&self.meter, &table)
-            .await
+        call.done(rates::install(&self.app.meter, &table).await)
             .map(|_| ())
-            .map_err(|e| errors::to_dbus("InstallRates", e))
     }
 
     /// Credits a voucher; returns the descending register.
     async fn recharge(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         voucher: Vec<u8>,
     ) -> Result<u64, MeterError> {
-        let _slot = self.admit(conn, &header, "Recharge", Role::Admin).await?;
+        let call = self.admin(&header, "Recharge").await?;
         bounded("voucher", &voucher)?;
-        recharge::recharge(&self.meter, &voucher)
-            .await
+        call.done(recharge::recharge(&self.app.meter, &self.app.dues, &voucher).await)
             .map(|a| a.0)
-            .map_err(|e| errors::to_dbus("Recharge", e))
     }
 
     /// RFC 3161 token over SHA-384 of the message behind the descriptor.
     async fn postmark(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         message: OwnedFd,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self.admit(conn, &header, "Postmark", Role::User).await?;
-        postmark::postmark_file(&self.meter, file_of(message), &request_id)
-            .await
-            .map_err(|e| errors::to_dbus("Postmark", e))
+        let call = self.seller(&header, "Postmark").await?;
+        let key = call.key(&request_id)?;
+        let imprint = call.hash(message).await?;
+        call.done(postmark::postmark(&self.app.meter, imprint, key).await)
     }
 
     /// RFC 3161 token over a caller-computed SHA-384.
     async fn postmark_digest(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         sha384: Vec<u8>,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self
-            .admit(conn, &header, "PostmarkDigest", Role::User)
-            .await?;
-        postmark::postmark_digest(&self.meter, &sha384, &request_id)
-            .await
-            .map_err(|e| errors::to_dbus("PostmarkDigest", e))
+        let call = self.seller(&header, "PostmarkDigest").await?;
+        let key = call.key(&request_id)?;
+        let imprint = call.done(postmark::imprint_of(&sha384))?;
+        call.done(postmark::postmark(&self.app.meter, imprint, key).await)
     }
 
     /// Postage indicium for one mail piece (claims 17–31): priced by class
@@ -197,7 +197,6 @@ impl MeterIface {
     #[allow(clippy::too_many_arguments)]
     async fn postage(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         class: String,
         grams: u32,
@@ -205,203 +204,153 @@ impl MeterIface {
         destination: String,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self.admit(conn, &header, "Postage", Role::User).await?;
+        let call = self.seller(&header, "Postage").await?;
+        let key = call.key(&request_id)?;
         let req = postage::PostageRequest {
             class,
             grams,
             origin,
             destination,
         };
-        postage::postage(&self.meter, req, &request_id)
-            .await
-            .map_err(|e| errors::to_dbus("Postage", e))
+        call.done(postage::postage(&self.app.meter, req, key).await)
     }
 
     /// Charged verification of a token against the message.
     async fn validate(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         message: OwnedFd,
         token: Vec<u8>,
     ) -> Result<HashMap<String, OwnedValue>, MeterError> {
-        let _slot = self.admit(conn, &header, "Validate", Role::User).await?;
-        let report = validate::validate(&self.meter, file_of(message), token)
-            .await
-            .map_err(|e| errors::to_dbus("Validate", e))?;
+        let call = self.seller(&header, "Validate").await?;
+        bounded("token", &token)?;
+        let imprint = call.hash(message).await?;
+        let report = call.done(validate::validate(&self.app.meter, imprint, token).await)?;
         Ok(status::report_dict(report))
     }
 
     /// Unsigned snapshot of registers and state.
     async fn status(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<HashMap<String, OwnedValue>, MeterError> {
-        let _slot = self.admit(conn, &header, "Status", Role::User).await?;
-        let mut d = status::status_dict(&self.meter);
-        let schedule = match self.meter.identity() {
-            Some(_) => inspection::schedule(&self.meter).await.ok(),
-            None => None,
-        };
-        status::put_inspection(&mut d, schedule.as_ref());
-        status::put_account(&mut d, &self.meter);
-        Ok(d)
+        let _call = self.user(&header, "Status").await?;
+        Ok(status::full(&self.app.meter).await)
     }
 
     /// Signed status report (CMS, DER); answered even when locked (then free).
     async fn report(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self.admit(conn, &header, "Report", Role::User).await?;
-        report::report(&self.meter, &request_id)
-            .await
-            .map_err(|e| errors::to_dbus("Report", e))
+        let call = self.user(&header, "Report").await?;
+        let key = call.key(&request_id)?;
+        call.done(report::report(&self.app.meter, &self.app.reports, key).await)
     }
 
     /// Applies an authority acknowledgement of a report; returns the next deadline (Unix s).
     async fn acknowledge_report(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         ack: Vec<u8>,
     ) -> Result<i64, MeterError> {
-        let _slot = self
-            .admit(conn, &header, "AcknowledgeReport", Role::Admin)
-            .await?;
+        let call = self.admin(&header, "AcknowledgeReport").await?;
         bounded("acknowledgement", &ack)?;
-        report::acknowledge(&self.meter, &ack)
-            .await
+        call.done(report::acknowledge(&self.app.meter, &ack).await)
             .map(|a| a.due)
-            .map_err(|e| errors::to_dbus("AcknowledgeReport", e))
     }
 
     /// Applies an authority lock order (reason `forced`).
     async fn apply_lock_order(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         order: Vec<u8>,
     ) -> Result<(), MeterError> {
-        let _slot = self
-            .admit(conn, &header, "ApplyLockOrder", Role::Admin)
-            .await?;
+        let call = self.admin(&header, "ApplyLockOrder").await?;
         bounded("lock order", &order)?;
-        lock::apply_order(&self.meter, &order)
-            .await
-            .map_err(|e| errors::to_dbus("ApplyLockOrder", e))
+        call.done(lock::apply_order(&self.app.meter, &order).await)
     }
 
     /// Applies an authority current-account order (credit limit, billing
     /// period); returns the end of the period now in force (Unix s).
     async fn set_account_mode(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         order: Vec<u8>,
     ) -> Result<i64, MeterError> {
-        let _slot = self
-            .admit(conn, &header, "SetAccountMode", Role::Admin)
-            .await?;
+        let call = self.admin(&header, "SetAccountMode").await?;
         bounded("account order", &order)?;
-        account::apply_order(&self.meter, &order)
-            .await
+        call.done(account::apply_order(&self.app.meter, &order).await)
             .map(|a| a.period_end)
-            .map_err(|e| errors::to_dbus("SetAccountMode", e))
     }
 
     /// Full re-check of the ledger and its TPM binding.
     async fn audit(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<HashMap<String, OwnedValue>, MeterError> {
-        let _slot = self.admit(conn, &header, "Audit", Role::User).await?;
-        let report = audit::audit(&self.meter)
-            .await
-            .map_err(|e| errors::to_dbus("Audit", e))?;
+        let call = self.user(&header, "Audit").await?;
+        let report = call.done(audit::audit(&self.app.meter).await)?;
         Ok(status::audit_dict(report))
     }
 
     /// Applies an authority clear-lock order.
     async fn clear_lock(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         order: Vec<u8>,
     ) -> Result<(), MeterError> {
-        let _slot = self.admit(conn, &header, "ClearLock", Role::Admin).await?;
+        let call = self.admin(&header, "ClearLock").await?;
         bounded("order", &order)?;
-        lock::clear(&self.meter, &order)
-            .await
-            .map_err(|e| errors::to_dbus("ClearLock", e))
+        call.done(lock::clear(&self.app.meter, &order).await)
     }
 
     /// Applies an authority-signed trust-anchor update; returns the number of anchors.
     async fn update_trust_anchor(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         message: Vec<u8>,
     ) -> Result<u32, MeterError> {
-        let _slot = self
-            .admit(conn, &header, "UpdateTrustAnchor", Role::Admin)
-            .await?;
+        let call = self.admin(&header, "UpdateTrustAnchor").await?;
         bounded("trust-anchor update", &message)?;
-        anchor::update(&self.meter, &message)
-            .await
+        call.done(anchor::update(&self.app.meter, &message).await)
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
-            .map_err(|e| errors::to_dbus("UpdateTrustAnchor", e))
     }
 
     /// Creates the agent-CA key if needed; returns its certification request (CMS
     /// SignedData by the identity key around the PKCS#10) for the authority.
     async fn request_agent_ca(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self
-            .admit(conn, &header, "RequestAgentCa", Role::Admin)
-            .await?;
-        agent::request_ca(&self.meter)
-            .await
-            .map_err(|e| errors::to_dbus("RequestAgentCa", e))
+        let call = self.admin(&header, "RequestAgentCa").await?;
+        call.done(agent::request_ca(&self.app.meter).await)
     }
 
     /// Installs the authority's agent-CA certificate; returns its serial (hex).
     async fn install_agent_ca(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         certificate: Vec<u8>,
     ) -> Result<String, MeterError> {
-        let _slot = self
-            .admit(conn, &header, "InstallAgentCa", Role::Admin)
-            .await?;
+        let call = self.admin(&header, "InstallAgentCa").await?;
         bounded("agent-CA certificate", &certificate)?;
-        agent::install_ca(&self.meter, &certificate)
-            .await
-            .map_err(|e| errors::to_dbus("InstallAgentCa", e))
+        call.done(agent::install_ca(&self.app.meter, &self.app.agent, &certificate).await)
     }
 
     /// Issues an employee certificate under the agent CA (charged); returns the
     /// certificate, the private key enveloped to the receiver, and the agent-CA certificate.
     async fn issue_agent_certificate(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         subject: HashMap<String, OwnedValue>,
         receiver: Vec<u8>,
         request_id: String,
     ) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), MeterError> {
-        let _slot = self
-            .admit(conn, &header, "IssueAgentCertificate", Role::Admin)
-            .await?;
+        let call = self.admin(&header, "IssueAgentCertificate").await?;
         bounded("receiver key", &receiver)?;
+        let key = call.key(&request_id)?;
         let mut fields = HashMap::with_capacity(subject.len());
         for (k, v) in subject {
             let v = String::try_from(v).map_err(|_| {
@@ -409,236 +358,237 @@ impl MeterIface {
             })?;
             fields.insert(k, v);
         }
-        let subject = agent::subject_from_map(&fields)
-            .map_err(|e| errors::to_dbus("IssueAgentCertificate", e))?;
-        let p = agent::issue(&self.meter, &subject, &receiver, &request_id)
-            .await
-            .map_err(|e| errors::to_dbus("IssueAgentCertificate", e))?;
+        let subject = call.done(agent::subject_from_map(&fields))?;
+        let p = call
+            .done(agent::issue(&self.app.meter, &self.app.agent, &subject, &receiver, key).await)?;
         Ok((p.certificate, p.envelope, p.agent_ca))
     }
 
     /// A signed, postmarked credit request for `creditor` (Fig. 8, 802).
     async fn request_credit(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         creditor: String,
         amount: u64,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self
-            .admit(conn, &header, "RequestCredit", Role::Admin)
-            .await?;
-        credit_service::request::request_credit(&self.meter, &creditor, amount, &request_id)
-            .await
-            .map_err(|e| errors::to_dbus("RequestCredit", e))
+        let call = self.admin(&header, "RequestCredit").await?;
+        let key = call.key(&request_id)?;
+        call.done(
+            credit_service::request::request_credit(&self.app.meter, &creditor, amount, key).await,
+        )
     }
 
     /// Opens a line of credit; returns the first payment certificate.
     async fn open_credit_line(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         certificate: Vec<u8>,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self
-            .admit(conn, &header, "OpenCreditLine", Role::Admin)
-            .await?;
+        let call = self.admin(&header, "OpenCreditLine").await?;
         bounded("line-of-credit certificate", &certificate)?;
-        credit_service::open::open_credit_line(&self.meter, &certificate, &request_id)
-            .await
-            .map_err(|e| errors::to_dbus("OpenCreditLine", e))
+        let key = call.key(&request_id)?;
+        call.done(
+            credit_service::open::open_credit_line(
+                &self.app.meter,
+                &self.app.credit,
+                &certificate,
+                key,
+            )
+            .await,
+        )
     }
 
     /// Pays from a line of credit; returns the payment certificate.
     async fn pay(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         credit_serial: String,
         amount: u64,
         payee: String,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self.admit(conn, &header, "Pay", Role::User).await?;
-        credit_service::pay::pay(&self.meter, &credit_serial, amount, &payee, &request_id)
-            .await
-            .map_err(|e| errors::to_dbus("Pay", e))
+        let call = self.seller(&header, "Pay").await?;
+        let key = call.key(&request_id)?;
+        call.done(
+            credit_service::pay::pay(
+                &self.app.meter,
+                &self.app.credit,
+                &credit_serial,
+                amount,
+                &payee,
+                key,
+            )
+            .await,
+        )
     }
 
     /// The lines of credit and their registers.
     async fn list_credit_lines(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<HashMap<String, OwnedValue>>, MeterError> {
-        let _slot = self
-            .admit(conn, &header, "ListCreditLines", Role::User)
-            .await?;
-        let lines = credit_service::list(&self.meter)
-            .await
-            .map_err(|e| errors::to_dbus("ListCreditLines", e))?;
+        let call = self.user(&header, "ListCreditLines").await?;
+        let lines = call.done(credit_service::list(&self.app.meter, &self.app.credit).await)?;
         Ok(lines.into_iter().map(credit::line_dict).collect())
     }
 
     /// Signs a request to the authority to revoke a user certificate (CMS, DER).
     async fn revoke(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         serial: String,
         reason: String,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self.admit(conn, &header, "Revoke", Role::Admin).await?;
-        revoke::request(&self.meter, &serial, &reason, &request_id)
-            .await
-            .map_err(|e| errors::to_dbus("Revoke", e))
+        let call = self.admin(&header, "Revoke").await?;
+        let key = call.key(&request_id)?;
+        call.done(revoke::request(&self.app.meter, &self.app.certs, &serial, &reason, key).await)
     }
 
     /// Applies an authority revoke order; returns the signed confirmation
     /// of revocation and payment, or of payment due (CMS, DER).
     async fn apply_revoke_order(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         order: Vec<u8>,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self
-            .admit(conn, &header, "ApplyRevokeOrder", Role::Admin)
-            .await?;
+        let call = self.admin(&header, "ApplyRevokeOrder").await?;
         bounded("revoke order", &order)?;
-        revoke::apply(&self.meter, &order)
-            .await
-            .map_err(|e| errors::to_dbus("ApplyRevokeOrder", e))
+        call.done(revoke::apply(&self.app.meter, &self.app.certs, &self.app.dues, &order).await)
     }
 
     /// Makes a user key in the TPM and returns its certificate request (CMS).
     async fn request_certificate(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         subject: HashMap<String, OwnedValue>,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self
-            .admit(conn, &header, "RequestCertificate", Role::Admin)
-            .await?;
+        let call = self.admin(&header, "RequestCertificate").await?;
+        let key = call.key(&request_id)?;
         let (cn, code) = certs_dict::subject(&subject)?;
-        certs::request(&self.meter, &cn, &code, &request_id)
-            .await
-            .map_err(|e| errors::to_dbus("RequestCertificate", e))
+        call.done(certs::request(&self.app.meter, &self.app.certs, &cn, &code, key).await)
     }
 
     /// Installs a user certificate for a pending key; returns its serial.
     async fn install_certificate(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         cert: Vec<u8>,
     ) -> Result<String, MeterError> {
-        let _slot = self
-            .admit(conn, &header, "InstallCertificate", Role::Admin)
-            .await?;
+        let call = self.admin(&header, "InstallCertificate").await?;
         bounded("certificate", &cert)?;
-        certs::install(&self.meter, &cert)
-            .await
-            .map_err(|e| errors::to_dbus("InstallCertificate", e))
+        call.done(certs::install(&self.app.meter, &self.app.certs, &cert).await)
     }
 
     /// User certificates and their states.
     async fn list_certificates(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<HashMap<String, OwnedValue>>, MeterError> {
-        let _slot = self
-            .admit(conn, &header, "ListCertificates", Role::User)
-            .await?;
-        Ok(certs_dict::list(&self.meter))
+        let _call = self.user(&header, "ListCertificates").await?;
+        Ok(certs_dict::list(&self.app.certs))
     }
 
     /// Detached CMS signature over the message with a user certificate.
     async fn sign(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         certificate_serial: String,
         message: OwnedFd,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self.admit(conn, &header, "Sign", Role::User).await?;
-        sign::sign_file(
-            &self.meter,
-            &certificate_serial,
-            file_of(message),
-            &request_id,
+        let call = self.seller(&header, "Sign").await?;
+        let key = call.key(&request_id)?;
+        let imprint = call.hash(message).await?;
+        call.done(
+            sign::sign(
+                &self.app.meter,
+                &self.app.certs,
+                &certificate_serial,
+                imprint,
+                key,
+            )
+            .await,
         )
-        .await
-        .map_err(|e| errors::to_dbus("Sign", e))
     }
 
     /// Meter id, empty before provisioning.
     #[zbus(property)]
-    async fn meter_id(&self) -> String {
-        self.meter.meter_id().unwrap_or_default()
+    async fn meter_id(&self, #[zbus(header)] h: Option<Header<'_>>) -> fdo::Result<String> {
+        self.read(h, "MeterId", |a| a.meter.meter_id().unwrap_or_default())
+            .await
     }
 
     /// `unprovisioned`, `ready` or `locked`.
     #[zbus(property)]
-    async fn state(&self) -> String {
-        self.meter.state_name().to_owned()
+    async fn state(&self, #[zbus(header)] h: Option<Header<'_>>) -> fdo::Result<String> {
+        self.read(h, "State", |a| a.meter.state_name().to_owned())
+            .await
     }
 
     /// Why the meter is locked, empty otherwise.
     #[zbus(property)]
-    async fn lock_reason(&self) -> String {
-        self.meter
-            .ledger_state()
-            .and_then(|s| s.lock)
-            .map(|l| l.reason)
-            .unwrap_or_default()
+    async fn lock_reason(&self, #[zbus(header)] h: Option<Header<'_>>) -> fdo::Result<String> {
+        self.read(h, "LockReason", |a| {
+            a.meter
+                .ledger_state()
+                .and_then(|s| s.lock)
+                .map(|l| l.reason)
+                .unwrap_or_default()
+        })
+        .await
     }
 
     /// Funds available.
     #[zbus(property)]
-    async fn descending(&self) -> u64 {
-        self.registers().descending.0
+    async fn descending(&self, #[zbus(header)] h: Option<Header<'_>>) -> fdo::Result<u64> {
+        self.read(h, "Descending", |a| registers(a).descending.0)
+            .await
     }
 
     /// Funds used.
     #[zbus(property)]
-    async fn ascending(&self) -> u64 {
-        self.registers().ascending.0
+    async fn ascending(&self, #[zbus(header)] h: Option<Header<'_>>) -> fdo::Result<u64> {
+        self.read(h, "Ascending", |a| registers(a).ascending.0)
+            .await
     }
 
     /// All funds ever credited.
     #[zbus(property)]
-    async fn control_total(&self) -> u64 {
-        self.registers().control_total.0
+    async fn control_total(&self, #[zbus(header)] h: Option<Header<'_>>) -> fdo::Result<u64> {
+        self.read(h, "ControlTotal", |a| registers(a).control_total.0)
+            .await
     }
 
     /// Pieces sold.
     #[zbus(property)]
-    async fn piece_count(&self) -> u64 {
-        self.registers().pieces
+    async fn piece_count(&self, #[zbus(header)] h: Option<Header<'_>>) -> fdo::Result<u64> {
+        self.read(h, "PieceCount", |a| registers(a).pieces).await
     }
 
     /// Digits of the minor unit.
     #[zbus(property)]
-    async fn currency_digits(&self) -> u8 {
-        self.meter.rates().currency(crate::clock::now()).1
+    async fn currency_digits(&self, #[zbus(header)] h: Option<Header<'_>>) -> fdo::Result<u8> {
+        self.read(h, "CurrencyDigits", |a| {
+            a.meter.rates().currency(crate::clock::now()).1
+        })
+        .await
     }
 
     /// Rate table version in force.
     #[zbus(property)]
-    async fn rates_version(&self) -> u32 {
-        self.meter
-            .rates()
-            .current(crate::clock::now())
-            .map(|t| t.version)
-            .unwrap_or(0)
+    async fn rates_version(&self, #[zbus(header)] h: Option<Header<'_>>) -> fdo::Result<u32> {
+        self.read(h, "RatesVersion", |a| {
+            a.meter
+                .rates()
+                .current(crate::clock::now())
+                .map(|t| t.version)
+                .unwrap_or(0)
+        })
+        .await
     }
 
     /// The descending register fell below the threshold.
@@ -654,19 +604,10 @@ impl MeterIface {
     pub async fn unlocked(emitter: &SignalEmitter<'_>) -> zbus::Result<()>;
 }
 
-impl MeterIface {
-    fn registers(&self) -> crate::ledger::Registers {
-        self.meter
-            .ledger_state()
-            .map(|s| s.registers)
-            .unwrap_or_default()
-    }
-}
-
 /// Serves the interface on `conn` (bus or peer-to-peer) at the object path.
-pub async fn serve(conn: &Connection, meter: Arc<Meter>) -> zbus::Result<()> {
+pub async fn serve(conn: &Connection, app: Arc<App>) -> zbus::Result<()> {
     conn.object_server()
-        .at(meter_proto::OBJECT_PATH, MeterIface::new(meter))
+        .at(meter_proto::OBJECT_PATH, MeterIface::new(app, conn.clone()))
         .await?;
     Ok(())
 }

@@ -96,6 +96,19 @@ pub fn status_dict(meter: &Meter) -> Dict {
 }
 
 /// Adds the inspection schedule to a `Status()` dictionary.
+/// `Status()`: the snapshot with the inspection schedule and the account.
+pub async fn full(meter: &Meter) -> Dict {
+    let mut d = status_dict(meter);
+    let schedule = match meter.identity() {
+        Some(_) => crate::inspection::schedule(meter).await.ok(),
+        None => None,
+    };
+    put_inspection(&mut d, schedule.as_ref());
+    put_account(&mut d, meter);
+    d
+}
+
+/// Adds the inspection schedule keys.
 pub fn put_inspection(d: &mut Dict, s: Option<&crate::inspection::Schedule>) {
     use keys::status as k;
     put(d, k::INSPECTION_DUE, s.map_or(0i64, |s| s.due));
@@ -115,7 +128,7 @@ pub fn put_inspection(d: &mut Dict, s: Option<&crate::inspection::Schedule>) {
 /// in prepaid mode).
 pub fn put_account(d: &mut Dict, meter: &Meter) {
     use keys::status as k;
-    let account = meter.account().current();
+    let account = meter.regime().account();
     let ascending = meter
         .ledger_state()
         .map(|s| s.registers.ascending)

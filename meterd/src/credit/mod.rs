@@ -108,7 +108,7 @@ impl std::fmt::Debug for CreditBook {
 }
 
 fn poisoned<T>(_: T) -> ServiceError {
-    ServiceError::Storage("credit book lock poisoned".into())
+    ServiceError::Internal("credit book lock poisoned".into())
 }
 
 impl CreditBook {
@@ -156,9 +156,8 @@ impl CreditBook {
 }
 
 /// Every line, for `ListCreditLines`, ordered by serial.
-pub async fn list(meter: &Meter) -> Result<Vec<LineView>> {
+pub async fn list(meter: &Meter, book: &CreditBook) -> Result<Vec<LineView>> {
     let ledger = meter.require_ledger()?;
-    let book = meter.credit();
     book.ensure_loaded(&ledger).await?;
     let now = crate::clock::now();
     book.with_lines(|lines| {
@@ -320,16 +319,18 @@ fn apply(line: &mut Line, der: &[u8]) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Signs `v` as CMS SignedData with the meter's identity key (certificate embedded).
+/// Signs `v` as CMS SignedData with the meter's identity key (certificate
+/// embedded), signing time `now`.
 pub(crate) async fn sign_with_identity<T: Payload>(
     meter: &Meter,
     identity: &Identity,
     v: &T,
+    now: i64,
 ) -> Result<Vec<u8>> {
     v.validate()?;
     let content = payload::encode(v)?;
     meter
-        .sign_as_meter(identity, T::CONTENT_TYPE, &content, crate::clock::now())
+        .sign_as_meter(identity, T::CONTENT_TYPE, &content, now)
         .await
 }
 

@@ -12,36 +12,31 @@
 use meter_pki::credit::{CreditLine, Payment};
 use meter_pki::{cert, payload, pem};
 
-use super::{sign_with_identity, split_open_product, Line, NOTE_OPEN};
+use super::{sign_with_identity, split_open_product, CreditBook, Line, NOTE_OPEN};
+use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
-use crate::ledger::{Entry, EntryKind, Outcome};
+use crate::ledger::Key;
 use crate::meter::Meter;
 use crate::money::Amount;
+use crate::sale::{self, Made, Sale, Spec};
 use crate::service::Service;
-use crate::{clock, sale};
 
 /// Seconds a grant may be dated ahead of the meter's clock.
 const CLOCK_SKEW: i64 = 300;
 
 /// Opens the line in `grant` (CMS, DER or PEM); returns the first payment certificate (DER).
-pub async fn open_credit_line(meter: &Meter, grant: &[u8], request_id: &str) -> Result<Vec<u8>> {
-    let (identity, ledger) = meter.ensure_selling()?;
-    sale::check_request_id(request_id)?;
+pub async fn open_credit_line(
+    meter: &Meter,
+    book: &CreditBook,
+    grant: &[u8],
+    key: Key,
+) -> Result<Vec<u8>> {
+    let (identity, ledger) = meter.provisioned()?;
     let grant_der = pem::decode_any(grant, "CMS")?;
-    let input = input_digest("credit-open", &[&meter_pki::credit::sha384(&grant_der)]);
-    let book = meter.credit();
+    let digest = meter_pki::credit::sha384(&grant_der);
     let _opening = book.opening.lock().await;
     book.load_locked(&ledger).await?;
-    if let Some(stored) = ledger.lookup(request_id).await? {
-        if stored.input_digest == input && stored.service == Some(Service::CreditLine) {
-            let (first, _) = split_open_product(&stored.product)?;
-            return Ok(first.to_vec());
-        }
-        return Err(ServiceError::InvalidInput(format!(
-            "request id {request_id:?} was already used with different input; choose a new request id"
-        )));
-    }
     let now = clock::now();
     let (line, verified) = payload::open::<CreditLine>(&grant_der, &identity.anchors, now)?;
     // Chaining to the root is not enough: every meter holds a certificate
@@ -60,73 +55,67 @@ pub async fn open_credit_line(meter: &Meter, grant: &[u8], request_id: &str) -> 
             line.holder
         )));
     }
-    if now > line.not_after {
-        return Err(ServiceError::Stale(format!(
-            "line of credit {} expired at {}; ask the creditor for a new one",
-            line.serial, line.not_after
-        )));
-    }
-    if line.not_before > now + CLOCK_SKEW {
-        return Err(ServiceError::Stale(format!(
-            "line of credit {} is not valid before {}; check the clock",
-            line.serial, line.not_before
-        )));
-    }
-    if book.with_lines(|l| l.contains_key(&line.serial))? {
-        return Err(ServiceError::Replay(format!(
-            "line of credit {} is already open on this meter; nothing was changed",
-            line.serial
-        )));
-    }
-    let price = meter.rates().price(Service::CreditLine, now)?;
-    let reservation = ledger.reserve(price)?;
-    let digest = meter_pki::credit::sha384(&grant_der);
-    let first = Payment {
-        holder: line.holder.clone(),
-        serial: Payment::serial_for(&line.serial, 0),
-        meter_id: meter_id.clone(),
-        credit_serial: line.serial.clone(),
-        credit_line_digest_hex: hex::encode(digest),
-        amount: 0,
-        payee: line.issuer.clone(),
-        credit_remaining: line.amount,
-        sequence: 0,
-        time: now,
-    };
-    let first_der = sign_with_identity(meter, &identity, &first).await?;
-    let mut product = first_der.clone();
-    product.extend_from_slice(&grant_der);
-    let entry = Entry {
-        kind: EntryKind::Debit,
-        service: Some(Service::CreditLine),
-        request_id: Some(request_id.to_owned()),
-        input_digest: input,
-        credit: Amount::ZERO,
-        debit: price,
-        product,
-        note: format!("{NOTE_OPEN}{}", line.serial),
-    };
-    match ledger.commit(entry, Some(reservation)).await? {
-        Outcome::Committed { .. } => {
-            tracing::info!(serial = %line.serial, amount = line.amount, issuer = %line.issuer, "credit line opened");
-            let serial = line.serial.clone();
-            let amount = Amount(line.amount);
-            book.with_lines(|l| {
-                l.insert(
-                    serial,
-                    Line {
-                        grant: line,
-                        digest,
-                        used: Amount::ZERO,
-                        remaining: amount,
-                        next_sequence: 1,
-                        damaged: None,
-                        gate: Default::default(),
-                    },
-                )
-            })?;
-            Ok(first_der)
+    let spec = Spec::sale(
+        Service::CreditLine,
+        Some(key),
+        input_digest("credit-open", &[&digest]),
+    )
+    .noted(format!("{NOTE_OPEN}{}", line.serial));
+    let sold = sale::sell(meter, spec, async |sale: &Sale| {
+        let now = sale.now();
+        if now > line.not_after {
+            return Err(ServiceError::Stale(format!(
+                "line of credit {} expired at {}; ask the creditor for a new one",
+                line.serial, line.not_after
+            )));
         }
-        Outcome::Existing { product, .. } => Ok(split_open_product(&product)?.0.to_vec()),
+        if line.not_before > now + CLOCK_SKEW {
+            return Err(ServiceError::Stale(format!(
+                "line of credit {} is not valid before {}; check the clock",
+                line.serial, line.not_before
+            )));
+        }
+        if book.with_lines(|l| l.contains_key(&line.serial))? {
+            return Err(ServiceError::Replay(format!(
+                "line of credit {} is already open on this meter; nothing was changed",
+                line.serial
+            )));
+        }
+        let first = Payment {
+            holder: line.holder.clone(),
+            serial: Payment::serial_for(&line.serial, 0),
+            meter_id: meter_id.clone(),
+            credit_serial: line.serial.clone(),
+            credit_line_digest_hex: hex::encode(digest),
+            amount: 0,
+            payee: line.issuer.clone(),
+            credit_remaining: line.amount,
+            sequence: 0,
+            time: now,
+        };
+        let mut product = sign_with_identity(meter, &sale.identity, &first, now).await?;
+        product.extend_from_slice(&grant_der);
+        Ok(Made::Product(product))
+    })
+    .await?;
+    if sold.fresh {
+        tracing::info!(serial = %line.serial, amount = line.amount, issuer = %line.issuer, "credit line opened");
+        let serial = line.serial.clone();
+        let amount = Amount(line.amount);
+        book.with_lines(|l| {
+            l.insert(
+                serial,
+                Line {
+                    grant: line,
+                    digest,
+                    used: Amount::ZERO,
+                    remaining: amount,
+                    next_sequence: 1,
+                    damaged: None,
+                    gate: Default::default(),
+                },
+            )
+        })?;
     }
+    Ok(split_open_product(&sold.product)?.0.to_vec())
 }

@@ -8,21 +8,22 @@
 //! `CT_CREDIT_REQUEST`) proves the meter's identity key made the request.
 
 use meter_pki::credit::{CreditAsk, CreditRequest, MAX_NAME};
-use meter_pki::tsp::{self, TokenParams};
 
 use super::sign_with_identity;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
-use crate::meter::{Meter, POSTMARK_KEY};
+use crate::ledger::Key;
+use crate::meter::Meter;
+use crate::postmark;
+use crate::sale::{self, Made, Sale, Spec};
 use crate::service::Service;
-use crate::{clock, sale};
 
 /// Makes a signed, postmarked credit request; returns it (CMS DER).
 pub async fn request_credit(
     meter: &Meter,
     creditor: &str,
     amount: u64,
-    request_id: &str,
+    key: Key,
 ) -> Result<Vec<u8>> {
     let ok = !creditor.is_empty()
         && creditor.len() <= MAX_NAME
@@ -37,43 +38,32 @@ pub async fn request_credit(
             "the credit asked must be positive".into(),
         ));
     }
-    let digest = input_digest(
-        "credit-request",
-        &[creditor.as_bytes(), &amount.to_be_bytes()],
-    );
-    sale::sell(
-        meter,
+    let request_id = key.shown().to_owned();
+    let spec = Spec::sale(
         Service::Postmark,
-        Some(request_id),
-        async move { Ok((digest, ())) },
-        |(), identity| async move {
-            let ask = CreditAsk {
-                meter_id: identity.meter_id.clone(),
-                creditor: creditor.to_owned(),
-                amount,
-                requested_at: clock::now(),
-                request_id: request_id.to_owned(),
-            };
-            let params = TokenParams {
-                imprint: CreditRequest::imprint(&ask)?,
-                serial: meter.next_postmark_serial(),
-                gen_time: clock::now(),
-                policy: meter_pki::oid::POSTMARK_POLICY,
-                accuracy_secs: 1,
-                nonce: None,
-            };
-            let prepared = tsp::prepare(&params, &identity.postmark_cert, &[])?;
-            let raw = meter
-                .housing()
-                .sign_digest(POSTMARK_KEY, prepared.digest())
-                .await?;
-            let token = prepared.finish(&raw)?;
-            let request = CreditRequest {
-                ask,
-                postmark_hex: hex::encode(token),
-            };
-            sign_with_identity(meter, &identity, &request).await
-        },
-    )
-    .await
+        Some(key),
+        input_digest(
+            "credit-request",
+            &[creditor.as_bytes(), &amount.to_be_bytes()],
+        ),
+    );
+    let sold = sale::sell(meter, spec, async move |sale: &Sale| {
+        let ask = CreditAsk {
+            meter_id: sale.identity.meter_id.clone(),
+            creditor: creditor.to_owned(),
+            amount,
+            requested_at: sale.now(),
+            request_id,
+        };
+        let token = postmark::token(meter, sale, CreditRequest::imprint(&ask)?).await?;
+        let request = CreditRequest {
+            ask,
+            postmark_hex: hex::encode(token),
+        };
+        Ok(Made::Product(
+            sign_with_identity(meter, &sale.identity, &request, sale.now()).await?,
+        ))
+    })
+    .await?;
+    Ok(sold.product)
 }

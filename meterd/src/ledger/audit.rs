@@ -14,10 +14,10 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::chain;
 use super::checkpoint::{self, Start};
-use super::scan::{blob48, int, scan, scan_parallel, Scan};
+use super::rows::{not_defined, Tip};
+use super::scan::{blob48, int, scan, scan_parallel, BatchRec, Scan};
 use super::schema::{self, storage};
-use super::writer::{not_defined, Tip};
-use super::{AuditReport, Digest, LedgerError, LockInfo, Result, Sealer, Verdict};
+use super::{AuditReport, LedgerError, LockInfo, Result, Sealer, Verdict};
 
 /// What the audit hands back to the writer.
 pub(crate) struct AuditOutcome {
@@ -25,13 +25,6 @@ pub(crate) struct AuditOutcome {
     pub tip: Tip,
     /// Counter value after any roll-forward.
     pub tpm_nv: u64,
-}
-
-pub(crate) struct BatchRec {
-    pub first: u64,
-    pub last: u64,
-    pub nv: u64,
-    pub head: Option<Digest>,
 }
 
 fn load_batches(conn: &Connection, damage: &mut Vec<(u64, String)>) -> Result<Vec<BatchRec>> {
@@ -283,6 +276,7 @@ fn run_mapped(
         registers: regs,
         lock,
         nv: ledger_nv,
+        time_ms: super::query::last_time_in(conn)?.unwrap_or(0),
     };
     Ok(AuditOutcome {
         report,

@@ -11,8 +11,9 @@ use sha2::{Digest as _, Sha384};
 
 use super::Digest;
 
-/// Longest request id accepted, in bytes.
-pub const MAX_REQUEST_ID: usize = 128;
+/// Longest stored request key accepted, in bytes (a scoped caller key is
+/// `c/<uid>/` plus up to 128 bytes; the length is one byte in the layout).
+pub const MAX_REQUEST_ID: usize = 200;
 /// Longest note accepted, in bytes.
 pub const MAX_NOTE: usize = 64;
 

@@ -7,7 +7,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::{oneshot, watch};
 
 use super::reserve::{self, AccountTerms, Funds, Reservation, SharedFunds};
-use super::writer::{not_defined, CommitReq, Request, Tip, Writer};
+use super::rows::{not_defined, Tip};
+use super::writer::{CommitReq, Request, Writer};
 use super::{
     audit, chain, schema, AuditReport, Entry, EntryKind, Finisher, LedgerError, LedgerState,
     Outcome, Result, Sealer, Stored, Verdict,
@@ -134,6 +135,26 @@ impl Ledger {
         Ok(())
     }
 
+    /// Adds `amount` to the owed hold (a fee due is being recorded).
+    pub fn hold_owed(&self, amount: Amount) -> Result<()> {
+        let mut f = self
+            .funds
+            .lock()
+            .map_err(|_| LedgerError::Storage("funds lock poisoned".into()))?;
+        f.owed = f.owed.checked_add(amount)?;
+        Ok(())
+    }
+
+    /// Takes `amount` off the owed hold (the fee's row was not written).
+    pub fn release_owed(&self, amount: Amount) -> Result<()> {
+        let mut f = self
+            .funds
+            .lock()
+            .map_err(|_| LedgerError::Storage("funds lock poisoned".into()))?;
+        f.owed = f.owed.checked_sub(amount).unwrap_or(Amount::ZERO);
+        Ok(())
+    }
+
     /// Holds `debit` for a settlement of what is owed: granted against the
     /// funds less live reservations (not less the owed hold, which exists
     /// for it), so a settlement never takes money an in-flight sale holds.
@@ -211,16 +232,17 @@ impl Ledger {
         Ok((outcome, product))
     }
 
-    /// The row stored under `request_id`, if any.
+    /// The row stored under `key`, if any (for a meter key, also its
+    /// schema-1 form: check the row's kind, see [`super::Key::legacy`]).
     ///
     /// Served by a separate read-only connection, so a lookup does not wait
     /// behind a group commit that is busy sealing in the TPM. A row committed
     /// after the lookup is still caught: the commit refuses a second row
-    /// with the same request id.
-    pub async fn lookup(&self, request_id: &str) -> Result<Option<Stored>> {
+    /// with the same key.
+    pub async fn lookup(&self, key: &super::Key) -> Result<Option<Stored>> {
         let reader = Arc::clone(&self.reader);
         let path = self.path.clone();
-        let id = request_id.to_owned();
+        let id = key.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = reader
                 .lock()
@@ -229,7 +251,7 @@ impl Ledger {
                 Some(c) => guard.insert(c),
                 None => guard.insert(schema::open_reader(&path)?),
             };
-            super::writer::lookup_in(conn, &id)
+            super::rows::lookup_in(conn, &id)
         })
         .await
         .map_err(|_| LedgerError::Stopped)?
@@ -280,6 +302,17 @@ impl Ledger {
         upto: u64,
     ) -> Result<Option<(u64, i64, Vec<u8>)>> {
         self.read(move |c| super::query::last_of_service_in(c, service, upto))
+            .await
+    }
+
+    /// (seq, time in Unix ms, product) of the row that made `service`'s
+    /// count reach `count` (status report number `count`, say).
+    pub async fn nth_of_service(
+        &self,
+        service: crate::service::Service,
+        count: u64,
+    ) -> Result<Option<(u64, i64, Vec<u8>)>> {
+        self.read(move |c| super::query::nth_of_service_in(c, service, count))
             .await
     }
 
@@ -381,6 +414,7 @@ fn start(a: StartArgs, mut sealer: Box<dyn Sealer>) -> Result<(Writer, Started)>
             seq: 0,
             registers: super::Registers::default(),
             lock: None,
+            time_ms: 0,
         };
         (tip, c, None)
     } else {
@@ -421,7 +455,7 @@ fn genesis(w: &mut Writer) -> Result<AuditReport> {
     let entry = Entry {
         kind: EntryKind::Genesis,
         service: None,
-        request_id: None,
+        key: None,
         input_digest: [0; 48],
         credit: Amount::ZERO,
         debit: Amount::ZERO,

@@ -32,7 +32,7 @@
 //!
 //! ```text
 //! seq u64 | time i64 (Unix ms) | kind u8 | service u8 (0 = none)
-//! | request_id: 0x00 (absent) or 0x01, len u8, bytes (<= 128)
+//! | request_id: 0x00 (absent) or 0x01, len u8, bytes (<= 200; see `key.rs`)
 //! | credit u64 | debit u64 | ascending u64 | descending u64 | control_total u64
 //! | pieces u64 | service_count u64 (this row's service, after it; 0 if none)
 //! | product_digest [48] (SHA-384 of the product) | note: len u8, bytes (<= 64)
@@ -76,8 +76,10 @@ mod audit;
 mod chain;
 mod checkpoint;
 mod handle;
+mod key;
 mod query;
 mod reserve;
+mod rows;
 mod scan;
 mod schema;
 mod sealer;
@@ -85,6 +87,7 @@ mod writer;
 
 pub use chain::{genesis_prev, seal_digest, verify_seal, MAX_NOTE, MAX_REQUEST_ID};
 pub use handle::Ledger;
+pub use key::{Key, MAX_CALLER_ID};
 pub use query::Usage;
 pub use reserve::{AccountTerms, Reservation};
 pub use sealer::{HousingSealer, SoftwareSealer, SoftwareSealerControl};
@@ -119,16 +122,18 @@ pub enum EntryKind {
     Event = 8,
 }
 
-/// One row to append.
+/// One row to append. Build it with the constructors ([`Entry::debit`],
+/// [`Entry::credit`], [`Entry::event`], [`Entry::lock`], [`Entry::unlock`],
+/// [`Entry::record`]) so that each kind carries the fields it must.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Event kind.
     pub kind: EntryKind,
     /// Service charged or counted, if any (counts a piece when set).
     pub service: Option<Service>,
-    /// Caller's idempotency key; unique in the ledger when present.
-    pub request_id: Option<String>,
-    /// Digest of the request's input, to tell a retry from a conflicting reuse of its id.
+    /// Idempotency key; unique in the ledger when present.
+    pub key: Option<Key>,
+    /// Digest of the request's input, to tell a retry from a conflicting reuse of its key.
     pub input_digest: Digest,
     /// Added to the descending register and the control total.
     pub credit: Amount,
@@ -139,6 +144,100 @@ pub struct Entry {
     pub product: Vec<u8>,
     /// Short text (lock reason, event name); at most 64 bytes.
     pub note: String,
+}
+
+impl Entry {
+    /// A sale (or a settlement, `service` None): `debit` moves from DR to AR.
+    pub fn debit(
+        service: Option<Service>,
+        key: Option<Key>,
+        input_digest: Digest,
+        debit: Amount,
+        product: Vec<u8>,
+        note: impl Into<String>,
+    ) -> Entry {
+        Entry {
+            kind: EntryKind::Debit,
+            service,
+            key,
+            input_digest,
+            credit: Amount::ZERO,
+            debit,
+            product,
+            note: note.into(),
+        }
+    }
+
+    /// Funds from outside (a voucher): `credit` joins DR and the control total.
+    pub fn credit(
+        key: Key,
+        input_digest: Digest,
+        credit: Amount,
+        product: Vec<u8>,
+        note: impl Into<String>,
+    ) -> Entry {
+        Entry {
+            kind: EntryKind::Credit,
+            service: None,
+            key: Some(key),
+            input_digest,
+            credit,
+            debit: Amount::ZERO,
+            product,
+            note: note.into(),
+        }
+    }
+
+    /// A recorded event that moves no money (an order applied, a request made).
+    pub fn event(
+        key: Key,
+        input_digest: Digest,
+        product: Vec<u8>,
+        note: impl Into<String>,
+    ) -> Entry {
+        Entry::record(EntryKind::Event, Some(key), input_digest, product, note)
+    }
+
+    /// A lock for `reason`; `nonce` is what a clear-lock order must name.
+    pub fn lock(reason: &str, nonce: &str, key: Option<Key>, input_digest: Digest) -> Entry {
+        Entry::record(
+            EntryKind::Lock,
+            key,
+            input_digest,
+            nonce.as_bytes().to_vec(),
+            reason,
+        )
+    }
+
+    /// A lock cleared (product: the order or acknowledgement that cleared it).
+    pub fn unlock(
+        key: Key,
+        input_digest: Digest,
+        product: Vec<u8>,
+        note: impl Into<String>,
+    ) -> Entry {
+        Entry::record(EntryKind::Unlock, Some(key), input_digest, product, note)
+    }
+
+    /// A row of `kind` that moves no money (provisioning, rates, events).
+    pub fn record(
+        kind: EntryKind,
+        key: Option<Key>,
+        input_digest: Digest,
+        product: Vec<u8>,
+        note: impl Into<String>,
+    ) -> Entry {
+        Entry {
+            kind,
+            service: None,
+            key,
+            input_digest,
+            credit: Amount::ZERO,
+            debit: Amount::ZERO,
+            product,
+            note: note.into(),
+        }
+    }
 }
 
 /// What a [`Finisher`] learns about the row it makes the product of.
@@ -195,6 +294,8 @@ pub struct LedgerState {
     pub nv: u64,
     /// Lock in force, if any.
     pub lock: Option<LockInfo>,
+    /// Time of the last row (Unix ms; 0 before the first).
+    pub time_ms: i64,
 }
 
 /// Outcome of a commit.
@@ -299,9 +400,9 @@ pub enum LedgerError {
     /// A register would overflow.
     #[error("register overflow")]
     Overflow(#[from] Overflow),
-    /// The request id was used before with different input.
-    #[error("request id {0:?} was already used with different input")]
-    Conflict(String),
+    /// The key was used before with different input.
+    #[error("request key {0} was already used with different input")]
+    Conflict(Key),
     /// An argument is out of bounds (note too long, request id too long, ...).
     #[error("invalid entry: {0}")]
     Invalid(String),

@@ -99,6 +99,40 @@ pub(crate) fn last_of_service_in(
     Ok(Some((to_u64(seq)?, time, product)))
 }
 
+/// The row that made `service`'s count reach `count` (the `count`-th piece
+/// of that service; e.g. status report number `count`): (seq, time in Unix
+/// ms, product), its product checked against the digest the chain holds.
+pub(crate) fn nth_of_service_in(
+    conn: &Connection,
+    service: Service,
+    count: u64,
+) -> Result<Option<(u64, i64, Vec<u8>)>> {
+    let count = to_i64(count)?;
+    let row = conn
+        .prepare_cached(
+            "SELECT j.seq, j.time, j.product_digest, p.product FROM journal j
+             JOIN products p ON p.seq = j.seq WHERE j.service = ?1 AND j.service_count = ?2
+             ORDER BY j.seq LIMIT 1",
+        )
+        .and_then(|mut s| {
+            s.query_row([i64::from(service.code()), count], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(storage)?;
+    let Some((seq, time, digest, product)) = row else {
+        return Ok(None);
+    };
+    check_digest(seq, &digest, &product)?;
+    Ok(Some((to_u64(seq)?, time, product)))
+}
+
 /// Time (Unix ms) of the last row, if any.
 pub(crate) fn last_time_in(conn: &Connection) -> Result<Option<i64>> {
     conn.prepare_cached("SELECT time FROM journal ORDER BY seq DESC LIMIT 1")

@@ -7,13 +7,20 @@
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Row};
 
-use super::audit::BatchRec;
 use super::chain::{self, RowFields};
 use super::checkpoint::Start;
+use super::rows::{is_reanchor, kind_from_code, reanchored};
 use super::schema::storage;
-use super::writer::kind_from_code;
 use super::{Digest, EntryKind, LedgerError, Registers, Result};
 use crate::service::Service;
+
+/// One batch row as the audit reads it.
+pub(crate) struct BatchRec {
+    pub first: u64,
+    pub last: u64,
+    pub nv: u64,
+    pub head: Option<Digest>,
+}
 
 /// First damage not (yet) forgiven by a reanchor.
 #[derive(Default)]
@@ -70,8 +77,8 @@ fn check_row(f: &RowFields<'_>, regs: &mut Registers, damage: &mut Damage) {
             format!("row {seq}: ascending + descending != control total")
         });
     }
-    let continuous = if super::writer::is_reanchor(f.kind, f.note) {
-        let want = super::writer::reanchored(regs);
+    let continuous = if is_reanchor(f.kind, f.note) {
+        let want = reanchored(regs);
         f.credit == 0
             && f.debit == 0
             && want.ascending.0 == f.ascending

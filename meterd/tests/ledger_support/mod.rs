@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use meterd::ledger::{
-    AuditReport, Entry, EntryKind, Ledger, Sealer, SoftwareSealer, SoftwareSealerControl,
+    AuditReport, Entry, EntryKind, Key, Ledger, Sealer, SoftwareSealer, SoftwareSealerControl,
 };
 use meterd::money::Amount;
 use meterd::service::Service;
@@ -47,7 +47,7 @@ pub fn credit(id: &str, amount: u64) -> Entry {
     Entry {
         kind: EntryKind::Credit,
         service: None,
-        request_id: Some(id.to_owned()),
+        key: Some(Key::meter("voucher", id)),
         input_digest: digest(id.as_bytes()),
         credit: Amount(amount),
         debit: Amount::ZERO,
@@ -60,7 +60,7 @@ pub fn debit(id: &str, amount: u64, input: &[u8]) -> Entry {
     Entry {
         kind: EntryKind::Debit,
         service: Some(Service::Postmark),
-        request_id: Some(id.to_owned()),
+        key: Some(key(id)),
         input_digest: digest(input),
         credit: Amount::ZERO,
         debit: Amount(amount),
@@ -73,13 +73,18 @@ pub fn event(kind: EntryKind, note: &str, product: &[u8]) -> Entry {
     Entry {
         kind,
         service: None,
-        request_id: None,
+        key: None,
         input_digest: [0; 48],
         credit: Amount::ZERO,
         debit: Amount::ZERO,
         product: product.to_vec(),
         note: note.to_owned(),
     }
+}
+
+/// A caller's key (uid 0) for the test id `id`.
+pub fn key(id: &str) -> Key {
+    Key::caller(0, id).unwrap()
 }
 
 pub fn digest(b: &[u8]) -> [u8; 48] {
