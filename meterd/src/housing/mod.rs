@@ -9,7 +9,12 @@
 //! [`HousingHandle::spawn`] moves the housing onto one dedicated thread and
 //! everybody else talks to it through a channel. Ledger seals go through the
 //! urgent lane so that a group commit is never stuck behind a queue of signs.
+//!
+//! [`soft::SoftwareHousing`] implements the same trait in memory for fast
+//! in-process tests; it protects nothing and the daemon cannot be configured
+//! to use it.
 
+pub mod soft;
 pub mod tpm;
 
 use std::collections::VecDeque;
@@ -69,7 +74,8 @@ pub const NV_INDEX_FIRST: u32 = 0x0100_0000;
 /// Last handle of the NV index range.
 pub const NV_INDEX_LAST: u32 = 0x01FF_FFFF;
 
-/// Checks a key name: `[a-z0-9-]{1,64}`.
+/// Checks a key name: `[a-z0-9-]{1,64}` (every housing, so that a name a
+/// test housing takes is one the TPM housing takes too).
 pub(crate) fn check_key_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
