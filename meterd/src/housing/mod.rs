@@ -9,7 +9,12 @@
 //! [`HousingHandle::spawn`] moves the housing onto one dedicated thread and
 //! everybody else talks to it through a channel. Ledger seals go through the
 //! urgent lane so that a group commit is never stuck behind a queue of signs.
+//!
+//! [`soft::SoftwareHousing`] implements the same trait in memory for fast
+//! in-process tests; it protects nothing and the daemon cannot be configured
+//! to use it.
 
+pub mod soft;
 pub mod tpm;
 
 use std::collections::VecDeque;
@@ -63,6 +68,41 @@ pub enum HousingError {
 
 /// Result of housing operations.
 pub type Result<T> = std::result::Result<T, HousingError>;
+
+/// First handle of the TPM's NV index range (TPM_HT_NV_INDEX), where counters live.
+pub const NV_INDEX_FIRST: u32 = 0x0100_0000;
+/// Last handle of the NV index range.
+pub const NV_INDEX_LAST: u32 = 0x01FF_FFFF;
+
+/// Checks a key name: `[a-z0-9-]{1,64}` (every housing, so that a name a
+/// test housing takes is one the TPM housing takes too).
+pub(crate) fn check_key_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(HousingError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("invalid key name {name:?}: expected [a-z0-9-]{{1,64}}"),
+        )))
+    }
+}
+
+/// Checks that `index` is an NV index handle.
+pub(crate) fn check_nv_index(index: u32) -> Result<()> {
+    if (NV_INDEX_FIRST..=NV_INDEX_LAST).contains(&index) {
+        Ok(())
+    } else {
+        Err(HousingError::Tpm {
+            command: "nv",
+            message: format!("{index:#010x} is not an NV index handle"),
+        })
+    }
+}
 
 /// The TPM operations the meter needs; implemented once, for tss-esapi.
 ///
@@ -216,5 +256,30 @@ fn next_job(shared: &Shared) -> Option<Job> {
             return None;
         }
         q = shared.ready.wait(q).ok()?;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names() {
+        for good in ["a", "postmark", "key-1", &"x".repeat(64)] {
+            assert!(check_key_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "A", "a_b", "a/b", "..", "é", &"x".repeat(65), "a b"] {
+            assert!(check_key_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nv_indices() {
+        assert!(check_nv_index(NV_INDEX_FIRST).is_ok());
+        assert!(check_nv_index(0x0150_4d54).is_ok());
+        assert!(check_nv_index(NV_INDEX_LAST).is_ok());
+        assert!(check_nv_index(NV_INDEX_LAST + 1).is_err());
+        assert!(check_nv_index(NV_INDEX_FIRST - 1).is_err());
     }
 }

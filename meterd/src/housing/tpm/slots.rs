@@ -1,0 +1,137 @@
+//! The TPM's transient slots: the storage primary, the small LRU of loaded
+//! signing keys, and listing (or flushing) the handles the TPM holds.
+//!
+//! swtpm and many TPMs have three transient slots, so the primary lives only
+//! while a key is created or loaded, at most [`MAX_LOADED_KEYS`] keys stay
+//! loaded, and a reset that emptied the TPM behind our back is detected
+//! before any load (see [`ensure_loaded`]).
+
+use tss_esapi::constants::CapabilityType;
+use tss_esapi::handles::{KeyHandle, TpmHandle, TransientTpmHandle};
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::CapabilityData;
+use tss_esapi::Context;
+
+use super::conn::{tpm_error, Attempt, Conn, LoadedKey, Tag};
+use super::keystore::KeyStore;
+use super::{templates, MAX_LOADED_KEYS};
+
+/// First handle of the transient-object range.
+pub(super) const TRANSIENT_FIRST: u32 = 0x8000_0000;
+/// First handle of the loaded-session range (HMAC and policy sessions).
+pub(super) const LOADED_SESSION_FIRST: u32 = 0x0200_0000;
+
+/// Creates the storage primary from the fixed template.
+pub(super) fn create_primary(ctx: &mut Context) -> Attempt<KeyHandle> {
+    let template = templates::primary_template().tag("primary_template")?;
+    let primary = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
+            c.create_primary(Hierarchy::Owner, template, None, None, None, None)
+        })
+        .tag("create_primary")?;
+    Ok(primary.key_handle)
+}
+
+/// Flushes least recently used keys until one more fits.
+pub(super) fn make_room(conn: &mut Conn) -> Attempt<()> {
+    while conn.keys.len() >= MAX_LOADED_KEYS {
+        let victim = conn.keys.remove(0);
+        conn.ctx
+            .flush_context(victim.handle.into())
+            .tag("flush_context")?;
+    }
+    Ok(())
+}
+
+/// Loads key `name` (or finds it loaded), marking it most recently used.
+pub(super) fn ensure_loaded(conn: &mut Conn, store: &KeyStore, name: &str) -> Attempt<KeyHandle> {
+    if let Some(pos) = conn.keys.iter().position(|k| k.name == name) {
+        let key = conn.keys.remove(pos);
+        let handle = key.handle;
+        conn.keys.push(key);
+        return Ok(handle);
+    }
+    let (public, private) = store.load(name)?;
+    let point = templates::signing_key_point(&public).ok_or_else(|| {
+        tpm_error(
+            "load",
+            format!("blob of {name:?} is not a P-384 signing key"),
+        )
+    })?;
+    make_room(conn)?;
+    // A TPM reset empties the TPM without telling us (the swtpm TCTI
+    // reconnects by itself), and the TPM then hands out the same handle
+    // numbers again: a cached handle could name another key. Before any
+    // load, the TPM must still hold every key we think is loaded.
+    if count_handles(&mut conn.ctx, TRANSIENT_FIRST)? < conn.keys.len() {
+        tracing::warn!("TPM reset detected (our keys are gone); reloading from blobs");
+        conn.keys.clear();
+        conn.clock_offsets = None;
+    }
+    let primary = create_primary(&mut conn.ctx)?;
+    let loaded = conn
+        .ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
+            c.load(primary, private, public)
+        });
+    let flushed = conn.ctx.flush_context(primary.into());
+    let handle = loaded.tag("load")?;
+    conn.keys.push(LoadedKey {
+        name: name.to_owned(),
+        handle,
+        point,
+    });
+    flushed.tag("flush_context")?;
+    Ok(handle)
+}
+
+/// Counts the handles in the range starting at `first` (same top byte,
+/// or the policy-session byte for the loaded-session range).
+pub(super) fn count_handles(ctx: &mut Context, first: u32) -> Attempt<usize> {
+    list_handles(ctx, first).map(|l| l.len())
+}
+
+/// Lists the handles in the range starting at `first`.
+fn list_handles(ctx: &mut Context, first: u32) -> Attempt<Vec<u32>> {
+    let top = first >> 24;
+    let mut property = first;
+    let mut found = Vec::new();
+    loop {
+        let (data, more) = ctx
+            .execute_without_session(|c| c.get_capability(CapabilityType::Handles, property, 64))
+            .tag("get_capability")?;
+        let CapabilityData::Handles(list) = data else {
+            return Err(tpm_error("get_capability", "unexpected capability data"));
+        };
+        let mut last = None;
+        for handle in list.iter() {
+            let raw = u32::from(*handle);
+            let t = raw >> 24;
+            if t == top || (top == 0x02 && t == 0x03) {
+                found.push(raw);
+            }
+            last = Some(raw);
+        }
+        match (more, last) {
+            (true, Some(l)) if l < u32::MAX => property = l + 1,
+            _ => return Ok(found),
+        }
+    }
+}
+
+/// Flushes transient objects left by an earlier meterd that died without
+/// flushing (kill -9): without a resource manager (swtpm, or /dev/tpm0)
+/// they would hold the TPM's few slots forever. Under /dev/tpmrm0 the
+/// kernel shows each connection only its own objects, so this finds none.
+pub(super) fn flush_leftovers(ctx: &mut Context) -> Attempt<usize> {
+    let handles = list_handles(ctx, TRANSIENT_FIRST)?;
+    for raw in &handles {
+        let tpm_handle = TransientTpmHandle::new(*raw).tag("transient_handle")?;
+        let object = ctx
+            .tr_from_tpm_public(TpmHandle::Transient(tpm_handle))
+            .tag("tr_from_tpm_public")?;
+        ctx.flush_context(object).tag("flush_context")?;
+    }
+    Ok(handles.len())
+}
