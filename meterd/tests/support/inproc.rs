@@ -31,6 +31,7 @@ use meter_proto::Meter1Proxy;
 use meterd::config::Config;
 use meterd::housing::soft::{SoftwareHousing, SoftwareHousingControl, SoftwareOptions};
 use meterd::housing::HousingHandle;
+use meterd::app::App;
 use meterd::meter::Meter;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::{OwnedValue, Value};
@@ -285,11 +286,10 @@ async fn start(
     housing: SoftwareHousing,
 ) -> (Arc<Meter>, zbus::Connection, Meter1Proxy<'static>) {
     let handle = HousingHandle::spawn(housing).expect("housing thread");
-    let meter = Arc::new(Meter::start(config, handle).await.expect("Meter::start"));
+    let app = Arc::new(App::start(config, handle).await.expect("App::start"));
+    let meter = Arc::clone(&app.meter);
     let (server, client) = p2p_pair().await;
-    meterd::bus::serve(&server, Arc::clone(&meter))
-        .await
-        .expect("serve");
+    meterd::bus::serve(&server, app).await.expect("serve");
     let proxy = Meter1Proxy::builder(&client)
         .cache_properties(CacheProperties::No)
         .build()
