@@ -89,7 +89,8 @@ fn user_report_with_settle_id_does_not_cancel_the_revocation_fee() {
     ]);
     let order = p(&sb, "order-alice.pem");
     sb.authority(&["revoke", &req, "--out", &order]);
-    let applied = sb.meterctl_json(&["cert", "apply-revoke", &order]);
+    let conf = p(&sb, "conf-alice.pem");
+    let applied = sb.meterctl_json(&["cert", "apply-revoke", &order, "-o", &conf]);
     assert_eq!(applied["payment"], "payment-due", "{applied}");
     let s = sb.status();
     assert_eq!(s["payment_due"].as_u64(), Some(fee), "{s}");
@@ -317,7 +318,18 @@ fn user_report_cannot_burn_any_internal_id_of_an_admin_operation() {
     );
     results.push((
         "revoke-order",
-        burn_then(&sb, &mallory, &id, &["cert", "apply-revoke", &order]),
+        burn_then(
+            &sb,
+            &mallory,
+            &id,
+            &[
+                "cert",
+                "apply-revoke",
+                &order,
+                "-o",
+                &p(&sb, "conf-alice.pem"),
+            ],
+        ),
     ));
 
     // anchor:<sha384 of the new root> — last: it changes the authority's root.
