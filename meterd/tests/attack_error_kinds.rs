@@ -18,8 +18,8 @@
 //!   surface today (pricing fails only with NotProvisioned, which is passed
 //!   on, or with the unpriced InvalidInput), so there is no test for it.
 //! * (c) A message whose `h` argument has no fd attached, crafted by hand
-//!   with zbus's raw message builder, must get a named
-//!   `org.meterd.Meter1.Error.*` error (InvalidInput after the fix).
+//!   with zbus's raw message builder, must get the named
+//!   `org.meterd.Meter1.Error.InvalidInput`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -150,8 +150,16 @@ fn fd_index_without_attached_fd_gets_a_named_meter_error() {
     let address = sb.env["DBUS_SYSTEM_BUS_ADDRESS"].clone();
     let (ar0, dr0, ct0) = sb.registers();
     let index0 = 0u32.to_le_bytes();
-    let cases: [(&str, &str, Vec<u8>); 2] = [
+    // Sign: a 2-character serial string is 7 bytes, padded to 8 for the index.
+    let mut serial = dbus_string("01");
+    serial.push(0);
+    let cases: [(&str, &str, Vec<u8>); 3] = [
         ("Postmark", "hs", body(&[&index0, &dbus_string("bad-fd-1")])),
+        (
+            "Sign",
+            "shs",
+            body(&[&serial, &index0, &dbus_string("bad-fd-2")]),
+        ),
         (
             "Validate",
             "hay",
@@ -161,7 +169,7 @@ fn fd_index_without_attached_fd_gets_a_named_meter_error() {
     let mut wrong = Vec::new();
     for (method, sig, b) in &cases {
         match call_without_fds(&address, method, sig, b) {
-            Err((name, _)) if name.starts_with("org.meterd.Meter1.Error.") => {}
+            Err((name, _)) if name == "org.meterd.Meter1.Error.InvalidInput" => {}
             Err((name, text)) => wrong.push(format!("{method}: {name}: {text}")),
             Ok(()) => wrong.push(format!("{method}: succeeded without a message")),
         }
@@ -169,8 +177,8 @@ fn fd_index_without_attached_fd_gets_a_named_meter_error() {
     assert_eq!(sb.registers(), (ar0, dr0, ct0), "nothing charged");
     assert!(
         wrong.is_empty(),
-        "an `h` argument with no fd attached must get a named org.meterd.Meter1.Error.* \
-         (InvalidInput), got:\n  {}",
+        "an `h` argument with no fd attached must get the named \
+         org.meterd.Meter1.Error.InvalidInput, got:\n  {}",
         wrong.join("\n  ")
     );
     // The meter still serves.
