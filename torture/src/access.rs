@@ -9,12 +9,18 @@
 //! Who may do what is [`USER_METHODS`] (SPEC "Who may do what"): every
 //! other method is for administrators, so a new member is admin-only until
 //! someone says otherwise here.
+//!
+//! After the matrix, the same plain users attack request ids
+//! ([`crate::ids`], issue 11): the meter's own ids and one id for two users.
 
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 
+use sha2::{Digest, Sha256, Sha384};
 use zbus::zvariant::{Fd, StructureBuilder, Value};
 
 use crate::error::{io, Result, TortureError};
@@ -44,6 +50,11 @@ const CALLERS: &[(&str, Option<&str>)] = &[
     ("mtorture-user", Some("meter")),
     ("mtorture-admin", Some("meteradmin")),
 ];
+
+/// The plain user of the matrix (group `meter` only).
+pub const PLAIN_USER: &str = "mtorture-user";
+/// A second plain user, for two callers choosing the same request id.
+pub const SECOND_USER: &str = "mtorture-user2";
 
 /// A method of the interface with its input signature (one type per arg).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,16 +110,44 @@ pub fn parse_methods(xml: &str) -> Result<Vec<Method>> {
     Ok(methods)
 }
 
+/// What the probe sends beyond placeholders: a request id for every `s`
+/// argument, and a message for every `h` (its bytes, on a socket) and `ay`
+/// (its SHA-384, as `PostmarkDigest` takes it).
+#[derive(Debug, Default, Clone)]
+pub struct ProbeArgs {
+    /// Request id (default: a placeholder naming the method).
+    pub request_id: Option<String>,
+    /// Message (default: /dev/null for fds, a placeholder for bytes).
+    pub message: Option<String>,
+}
+
 /// The probe (runs as the caller's uid): calls `method` with placeholder
-/// arguments of the right types on `bus`; prints `reply` or `error NAME MSG`.
-pub async fn probe(bus: &str, method: &str, sig: &[String]) -> Result<()> {
+/// arguments of the right types (or those of `args`) on `bus`; prints
+/// `reply HEX` (SHA-256 of the reply's body, to compare products) or
+/// `error NAME MSG`.
+pub async fn probe(bus: &str, method: &str, sig: &[String], args: &ProbeArgs) -> Result<()> {
     let conn = zbus::connection::Builder::address(bus)?.build().await?;
     let devnull = std::fs::File::open("/dev/null").map_err(io("/dev/null"))?;
+    // The message on a socket whose writing end is shut: the meter reads it to EOF.
+    let (reader, mut writer) = UnixStream::pair().map_err(io("socketpair"))?;
+    if let Some(m) = &args.message {
+        writer.write_all(m.as_bytes()).map_err(io("socketpair"))?;
+    }
+    writer
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(io("socketpair"))?;
     let mut body = StructureBuilder::new();
     for ty in sig {
         let v: Value<'_> = match ty.as_str() {
-            "ay" => Value::from(b"torture-access".to_vec()),
-            "s" => Value::from(format!("torture-access-{method}")),
+            "ay" => match &args.message {
+                Some(m) => Value::from(Sha384::digest(m.as_bytes()).to_vec()),
+                None => Value::from(b"torture-access".to_vec()),
+            },
+            "s" => match &args.request_id {
+                Some(id) => Value::from(id.clone()),
+                None => Value::from(format!("torture-access-{method}")),
+            },
+            "h" if args.message.is_some() => Value::Fd(Fd::from(reader.as_fd())),
             "h" => Value::Fd(Fd::from(devnull.as_fd())),
             "u" => Value::from(0u32),
             "t" => Value::from(0u64),
@@ -146,7 +185,10 @@ pub async fn probe(bus: &str, method: &str, sig: &[String]) -> Result<()> {
         .await
     };
     match reply {
-        Ok(_) => println!("reply"),
+        Ok(r) => println!(
+            "reply {}",
+            hex::encode(Sha256::digest(r.body().data().bytes()))
+        ),
         Err(zbus::Error::MethodError(name, msg, _)) => {
             println!("error {} {}", name.as_str(), msg.unwrap_or_default())
         }
@@ -166,7 +208,7 @@ fn ensure_users() -> Result<()> {
     for g in ["meter", "meteradmin"] {
         run("groupadd", &["-f", g])?;
     }
-    for (user, group) in CALLERS {
+    for (user, group) in CALLERS.iter().chain(&[(SECOND_USER, Some("meter"))]) {
         if run("id", &[user])?.status.success() {
             continue;
         }
@@ -214,15 +256,15 @@ pub async fn run_matrix(sb: &Sandbox, xml_path: &Path, daemon_only: bool) -> Res
             };
             let before = status(&root).await?;
             let sig = m.inputs.join(",");
-            let out = run(
-                "runuser",
-                &[
-                    "-u", user, "--", &probe_s, "probe", "--bus", &sb.bus, "--method", &m.name,
-                    "--sig", &sig,
-                ],
+            let (line, stderr) = call_as(
+                user,
+                &probe_s,
+                &sb.bus,
+                &m.name,
+                &sig,
+                &ProbeArgs::default(),
             )?;
             t.operations += 1;
-            let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
             let after = status(&root).await?;
             let moved = (before.ar, before.dr, before.ct) != (after.ar, after.dr, after.ct);
             let denied = line.split_whitespace().nth(1).is_some_and(|n| {
@@ -236,7 +278,7 @@ pub async fn run_matrix(sb: &Sandbox, xml_path: &Path, daemon_only: bool) -> Res
                 t.fault(format!(
                     "{user} {}: probe could not call it ({line}; {})",
                     m.name,
-                    String::from_utf8_lossy(&out.stderr).trim()
+                    stderr.trim()
                 ));
                 "?"
             } else if allowed && denied {
@@ -260,7 +302,35 @@ pub async fn run_matrix(sb: &Sandbox, xml_path: &Path, daemon_only: bool) -> Res
             );
         }
     }
+    crate::ids::run(sb, &probe_s, &mut t).await?;
     Ok(t)
+}
+
+/// Runs the probe (a copy of this binary at `probe`) as `user` with
+/// `runuser`: one call of `method` (input types `sig`, comma-separated);
+/// returns its output line (`reply HEX` or `error NAME MSG`) and stderr.
+pub fn call_as(
+    user: &str,
+    probe: &str,
+    bus: &str,
+    method: &str,
+    sig: &str,
+    args: &ProbeArgs,
+) -> Result<(String, String)> {
+    let mut argv = vec![
+        "-u", user, "--", probe, "probe", "--bus", bus, "--method", method, "--sig", sig,
+    ];
+    if let Some(id) = &args.request_id {
+        argv.extend(["--request-id", id.as_str()]);
+    }
+    if let Some(m) = &args.message {
+        argv.extend(["--message", m.as_str()]);
+    }
+    let out = run("runuser", &argv)?;
+    Ok((
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 mod access;
 mod crash;
 mod error;
+mod ids;
 mod load;
 mod ops;
 mod sandbox;
@@ -146,6 +147,12 @@ enum Cmd {
         /// Input types, comma-separated.
         #[arg(long, default_value = "")]
         sig: String,
+        /// Request id for every `s` argument (default: a placeholder).
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Message for every `h` (its bytes) and `ay` (its SHA-384) argument.
+        #[arg(long)]
+        message: Option<String>,
     },
 }
 
@@ -164,13 +171,23 @@ fn skip(name: &str, why: &str) -> i32 {
 async fn run(cmd: Cmd) -> error::Result<i32> {
     let start = Instant::now();
     let (name, tally): (&str, Tally) = match cmd {
-        Cmd::Probe { bus, method, sig } => {
+        Cmd::Probe {
+            bus,
+            method,
+            sig,
+            request_id,
+            message,
+        } => {
             let sig: Vec<String> = sig
                 .split(',')
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .collect();
-            access::probe(&bus, &method, &sig).await?;
+            let args = access::ProbeArgs {
+                request_id,
+                message,
+            };
+            access::probe(&bus, &method, &sig, &args).await?;
             return Ok(0);
         }
         Cmd::Crash {
