@@ -8,6 +8,7 @@ mod auth;
 mod certs_dict;
 mod credit;
 mod errors;
+mod props;
 mod signals;
 mod status;
 
@@ -28,7 +29,7 @@ use crate::{
     postmark, provision, rates, recharge, report, revoke, sign, validate,
 };
 
-pub use auth::{Authorizer, Role};
+pub use auth::{Authorizer, Caller, Role};
 pub use signals::watch_and_emit;
 
 /// Largest signed object (voucher, table, order, certificate) accepted as bytes.
@@ -37,16 +38,15 @@ const MAX_OBJECT: usize = meter_pki::MAX_OBJECT;
 /// The served object.
 pub struct MeterIface {
     meter: Arc<Meter>,
-    auth: Authorizer,
+    auth: Arc<Authorizer>,
     slots: Semaphore,
 }
 
 impl MeterIface {
-    /// Interface over `meter`, with its configured groups and in-flight cap.
-    pub fn new(meter: Arc<Meter>) -> MeterIface {
-        let config = meter.config();
-        let auth = Authorizer::new(&config.user_group, &config.admin_group);
-        let slots = Semaphore::new(config.max_in_flight.max(1));
+    /// Interface over `meter`, checking callers with `auth` (shared with
+    /// the Properties gate), with its configured in-flight cap.
+    pub fn new(meter: Arc<Meter>, auth: Arc<Authorizer>) -> MeterIface {
+        let slots = Semaphore::new(meter.config().max_in_flight.max(1));
         MeterIface { meter, auth, slots }
     }
 
@@ -57,18 +57,7 @@ impl MeterIface {
         member: &str,
         needed: Role,
     ) -> Result<tokio::sync::SemaphorePermit<'_>, MeterError> {
-        let role = self.auth.role(conn, header).await;
-        if role < needed {
-            tracing::warn!(member, ?role, "access denied");
-            return Err(MeterError::AccessDenied(format!(
-                "{member} needs membership of group {}; ask an administrator",
-                if needed == Role::Admin {
-                    &self.meter.config().admin_group
-                } else {
-                    &self.meter.config().user_group
-                }
-            )));
-        }
+        let _caller = self.auth.admit(conn, header, member, needed).await?;
         self.slots
             .acquire()
             .await
@@ -581,64 +570,129 @@ impl MeterIface {
 
     /// Meter id, empty before provisioning.
     #[zbus(property)]
-    async fn meter_id(&self) -> String {
-        self.meter.meter_id().unwrap_or_default()
+    async fn meter_id(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Option<Header<'_>>,
+    ) -> zbus::fdo::Result<String> {
+        self.auth
+            .read_property(conn, header.as_ref(), "MeterId")
+            .await?;
+        Ok(self.meter.meter_id().unwrap_or_default())
     }
 
     /// `unprovisioned`, `ready` or `locked`.
     #[zbus(property)]
-    async fn state(&self) -> String {
-        self.meter.state_name().to_owned()
+    async fn state(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Option<Header<'_>>,
+    ) -> zbus::fdo::Result<String> {
+        self.auth
+            .read_property(conn, header.as_ref(), "State")
+            .await?;
+        Ok(self.meter.state_name().to_owned())
     }
 
     /// Why the meter is locked, empty otherwise.
     #[zbus(property)]
-    async fn lock_reason(&self) -> String {
-        self.meter
+    async fn lock_reason(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Option<Header<'_>>,
+    ) -> zbus::fdo::Result<String> {
+        self.auth
+            .read_property(conn, header.as_ref(), "LockReason")
+            .await?;
+        Ok(self
+            .meter
             .ledger_state()
             .and_then(|s| s.lock)
             .map(|l| l.reason)
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 
     /// Funds available.
     #[zbus(property)]
-    async fn descending(&self) -> u64 {
-        self.registers().descending.0
+    async fn descending(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Option<Header<'_>>,
+    ) -> zbus::fdo::Result<u64> {
+        self.auth
+            .read_property(conn, header.as_ref(), "Descending")
+            .await?;
+        Ok(self.registers().descending.0)
     }
 
     /// Funds used.
     #[zbus(property)]
-    async fn ascending(&self) -> u64 {
-        self.registers().ascending.0
+    async fn ascending(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Option<Header<'_>>,
+    ) -> zbus::fdo::Result<u64> {
+        self.auth
+            .read_property(conn, header.as_ref(), "Ascending")
+            .await?;
+        Ok(self.registers().ascending.0)
     }
 
     /// All funds ever credited.
     #[zbus(property)]
-    async fn control_total(&self) -> u64 {
-        self.registers().control_total.0
+    async fn control_total(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Option<Header<'_>>,
+    ) -> zbus::fdo::Result<u64> {
+        self.auth
+            .read_property(conn, header.as_ref(), "ControlTotal")
+            .await?;
+        Ok(self.registers().control_total.0)
     }
 
     /// Pieces sold.
     #[zbus(property)]
-    async fn piece_count(&self) -> u64 {
-        self.registers().pieces
+    async fn piece_count(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Option<Header<'_>>,
+    ) -> zbus::fdo::Result<u64> {
+        self.auth
+            .read_property(conn, header.as_ref(), "PieceCount")
+            .await?;
+        Ok(self.registers().pieces)
     }
 
     /// Digits of the minor unit.
     #[zbus(property)]
-    async fn currency_digits(&self) -> u8 {
-        self.meter.rates().currency(crate::clock::now()).1
+    async fn currency_digits(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Option<Header<'_>>,
+    ) -> zbus::fdo::Result<u8> {
+        self.auth
+            .read_property(conn, header.as_ref(), "CurrencyDigits")
+            .await?;
+        Ok(self.meter.rates().currency(crate::clock::now()).1)
     }
 
     /// Rate table version in force.
     #[zbus(property)]
-    async fn rates_version(&self) -> u32 {
-        self.meter
+    async fn rates_version(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Option<Header<'_>>,
+    ) -> zbus::fdo::Result<u32> {
+        self.auth
+            .read_property(conn, header.as_ref(), "RatesVersion")
+            .await?;
+        Ok(self
+            .meter
             .rates()
             .current(crate::clock::now())
             .map(|t| t.version)
-            .unwrap_or(0)
+            .unwrap_or(0))
     }
 
     /// The descending register fell below the threshold.
@@ -664,9 +718,16 @@ impl MeterIface {
 }
 
 /// Serves the interface on `conn` (bus or peer-to-peer) at the object path.
+/// Every member and every property checks its caller (`Authorizer`), and
+/// `Properties.GetAll` is refused as a whole (`props`).
 pub async fn serve(conn: &Connection, meter: Arc<Meter>) -> zbus::Result<()> {
+    let config = meter.config();
+    let auth = Arc::new(Authorizer::new(&config.user_group, &config.admin_group));
     conn.object_server()
-        .at(meter_proto::OBJECT_PATH, MeterIface::new(meter))
+        .at(
+            meter_proto::OBJECT_PATH,
+            MeterIface::new(meter, Arc::clone(&auth)),
+        )
         .await?;
-    Ok(())
+    props::install(conn, auth).await
 }
