@@ -134,18 +134,32 @@ enum Cmd {
         /// must be the daemon's `org.meterd.Meter1.Error.AccessDenied`.
         #[arg(long, default_value = "policy")]
         fence: String,
+        /// Write this run's verdicts (user, call, allowed/denied) here.
+        #[arg(long)]
+        verdicts_out: Option<PathBuf>,
+        /// Fault every call whose verdict differs from this file's (the
+        /// shipped-policy run's), so the two fences are shown to agree.
+        #[arg(long)]
+        verdicts_in: Option<PathBuf>,
     },
     /// Internal: one call as the current uid (used by `access`).
     Probe {
         /// Bus address.
         #[arg(long)]
         bus: String,
-        /// Member of org.meterd.Meter1 to call.
+        /// Interface of the call: org.meterd.Meter1, or
+        /// org.freedesktop.DBus.Properties (Get, GetAll, Set on the meter's).
+        #[arg(long, default_value = "org.meterd.Meter1")]
+        iface: String,
+        /// Member to call.
         #[arg(long)]
         method: String,
-        /// Input types, comma-separated.
+        /// Input types, comma-separated (org.meterd.Meter1 members).
         #[arg(long, default_value = "")]
         sig: String,
+        /// Property named by Get and Set.
+        #[arg(long)]
+        property: Option<String>,
     },
 }
 
@@ -164,13 +178,19 @@ fn skip(name: &str, why: &str) -> i32 {
 async fn run(cmd: Cmd) -> error::Result<i32> {
     let start = Instant::now();
     let (name, tally): (&str, Tally) = match cmd {
-        Cmd::Probe { bus, method, sig } => {
+        Cmd::Probe {
+            bus,
+            iface,
+            method,
+            sig,
+            property,
+        } => {
             let sig: Vec<String> = sig
                 .split(',')
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .collect();
-            access::probe(&bus, &method, &sig).await?;
+            access::probe(&bus, &iface, &method, &sig, property.as_deref()).await?;
             return Ok(0);
         }
         Cmd::Crash {
@@ -208,7 +228,13 @@ async fn run(cmd: Cmd) -> error::Result<i32> {
             let sb = Sandbox::open(&at.dir, &at.sandbox)?;
             ("storage-faults", storage::run(&sb, clients, ops).await?)
         }
-        Cmd::Access { at, xml, fence } => {
+        Cmd::Access {
+            at,
+            xml,
+            fence,
+            verdicts_out,
+            verdicts_in,
+        } => {
             let name = if fence == "daemon" {
                 "access-daemon"
             } else {
@@ -218,9 +244,13 @@ async fn run(cmd: Cmd) -> error::Result<i32> {
                 return Ok(skip(name, "needs root to create users and switch uid"));
             }
             let sb = Sandbox::open(&at.dir, &at.sandbox)?;
+            let files = access::VerdictFiles {
+                out: verdicts_out,
+                compare: verdicts_in,
+            };
             (
                 name,
-                access::run_matrix(&sb, &xml, fence == "daemon").await?,
+                access::run_matrix(&sb, &xml, fence == "daemon", &files).await?,
             )
         }
     };
