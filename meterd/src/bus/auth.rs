@@ -6,7 +6,9 @@
 //! fences must judge alike, so the daemon takes the groups the bus itself
 //! uses: the connection's credentials (`GetConnectionCredentials`:
 //! `UnixUserID`, `UnixGroupIDs`, `ProcessID`, which the bus got from the
-//! kernel when the client connected), never the user database. A user
+//! kernel when the client connected), not the user database (only a bus
+//! that reports no `UnixGroupIDs`, which then judges its own policy by the
+//! user database, is followed there too). A user
 //! added to `meter` in `/etc/group` is a member once a new login gives its
 //! processes the group, for the bus and the daemon alike; a process given
 //! the group by its parent is a member for both too. Only the configured
