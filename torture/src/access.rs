@@ -1,18 +1,26 @@
-//! Access (issue 7, item 6): real uids — one outside the meter's groups,
-//! one in `meter`, one in `meteradmin` — call EVERY method of
-//! `org.meterd.Meter1`, the list parsed from the shipped introspection XML so
-//! a new method is covered the day it is added. Exactly the allowed calls may
-//! get through (succeed, or fail for a non-access reason); the others must
-//! get `AccessDenied` from the bus policy or the daemon, and must not move
-//! the registers.
+//! Access (issue 7, item 6; issue 11, hole 6): real uids — one outside the
+//! meter's groups, one in `meter`, one in `meteradmin` — call EVERY method
+//! of `org.meterd.Meter1` and read EVERY property (`Get` each, `GetAll`,
+//! `Set`), the lists parsed from the shipped introspection XML so a new
+//! member is covered the day it is added. Exactly the allowed calls may get
+//! through (succeed, or fail for a non-access reason); the others must get
+//! `AccessDenied` from the bus policy or the daemon, and must not move the
+//! registers.
 //!
 //! Who may do what is [`USER_METHODS`] (SPEC "Who may do what"): every
 //! other method is for administrators, so a new member is admin-only until
-//! someone says otherwise here.
+//! someone says otherwise here; properties are read by users, `Set` is an
+//! administrator's call (no property is writable).
+//!
+//! The two fences must agree: the run on the shipped policy writes its
+//! verdicts (`--verdicts-out`), the run on a permissive bus (the daemon
+//! alone) compares its own with them (`--verdicts-in`), call by call.
+
 //!
 //! After the matrix, the same plain users attack request ids
 //! ([`crate::ids`], issue 11): the meter's own ids and one id for two users.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
@@ -121,12 +129,122 @@ pub struct ProbeArgs {
     pub message: Option<String>,
 }
 
-/// The probe (runs as the caller's uid): calls `method` with placeholder
-/// arguments of the right types (or those of `args`) on `bus`; prints
-/// `reply HEX` (SHA-256 of the reply's body, to compare products) or
-/// `error NAME MSG`.
-pub async fn probe(bus: &str, method: &str, sig: &[String], args: &ProbeArgs) -> Result<()> {
+/// Properties of `org.meterd.Meter1` in an introspection document.
+pub fn parse_properties(xml: &str) -> Vec<String> {
+    let open = "<interface name=\"org.meterd.Meter1\">";
+    let Some(start) = xml.find(open) else {
+        return Vec::new();
+    };
+    let body = &xml[start..];
+    let body = &body[..body.find("</interface>").unwrap_or(body.len())];
+    body.split("<property ")
+        .skip(1)
+        .filter_map(|tag| attr(&tag[..tag.find('>').unwrap_or(tag.len())], "name"))
+        .collect()
+}
+
+/// The Properties interface.
+pub const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
+
+/// One call of the matrix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// How it is reported (`Status`, `Get Descending`, `GetAll`, `Set`).
+    pub label: String,
+    /// Interface of the call.
+    pub iface: String,
+    /// Member called.
+    pub member: String,
+    /// Input types (methods of org.meterd.Meter1) or the property (Properties).
+    pub sig: Vec<String>,
+    /// Property named by Get / Set.
+    pub property: Option<String>,
+    /// Whether a member of `meter` may make it.
+    pub user: bool,
+}
+
+/// Every call the matrix makes: each method, each property read, GetAll, Set.
+pub fn calls(methods: &[Method], properties: &[String]) -> Vec<Call> {
+    let mut v: Vec<Call> = methods
+        .iter()
+        .map(|m| Call {
+            label: m.name.clone(),
+            iface: meter_proto::INTERFACE.into(),
+            member: m.name.clone(),
+            sig: m.inputs.clone(),
+            property: None,
+            user: USER_METHODS.contains(&m.name.as_str()),
+        })
+        .collect();
+    let prop = |label: String, member: &str, property: Option<&String>, user: bool| Call {
+        label,
+        iface: PROPERTIES.into(),
+        member: member.into(),
+        sig: Vec::new(),
+        property: property.cloned(),
+        user,
+    };
+    for p in properties {
+        v.push(prop(format!("Get {p}"), "Get", Some(p), true));
+    }
+    v.push(prop("GetAll".into(), "GetAll", None, true));
+    if let Some(p) = properties.first() {
+        v.push(prop(format!("Set {p}"), "Set", Some(p), false));
+    }
+    v
+}
+
+/// The probe (runs as the caller's uid): calls `method` of `iface` with
+/// placeholder arguments of the right types (or those of `args`) on `bus`;
+/// prints `reply HEX` (SHA-256 of the reply's body, to compare products)
+/// or `error NAME MSG`.
+pub async fn probe(
+    bus: &str,
+    iface: &str,
+    method: &str,
+    sig: &[String],
+    property: Option<&str>,
+    args: &ProbeArgs,
+) -> Result<()> {
     let conn = zbus::connection::Builder::address(bus)?.build().await?;
+    if iface == PROPERTIES {
+        let i = meter_proto::INTERFACE;
+        let p = property.unwrap_or_default();
+        let reply = match method {
+            "Get" => {
+                conn.call_method(
+                    Some(meter_proto::BUS_NAME),
+                    meter_proto::OBJECT_PATH,
+                    Some(iface),
+                    method,
+                    &(i, p),
+                )
+                .await
+            }
+            "Set" => {
+                conn.call_method(
+                    Some(meter_proto::BUS_NAME),
+                    meter_proto::OBJECT_PATH,
+                    Some(iface),
+                    method,
+                    &(i, p, Value::from(1u64)),
+                )
+                .await
+            }
+            _ => {
+                conn.call_method(
+                    Some(meter_proto::BUS_NAME),
+                    meter_proto::OBJECT_PATH,
+                    Some(iface),
+                    method,
+                    &(i,),
+                )
+                .await
+            }
+        };
+        print_reply(reply);
+        return Ok(());
+    }
     let devnull = std::fs::File::open("/dev/null").map_err(io("/dev/null"))?;
     // The message on a socket whose writing end is shut: the meter reads it to EOF.
     let (reader, mut writer) = UnixStream::pair().map_err(io("socketpair"))?;
@@ -184,6 +302,11 @@ pub async fn probe(bus: &str, method: &str, sig: &[String], args: &ProbeArgs) ->
         )
         .await
     };
+    print_reply(reply);
+    Ok(())
+}
+
+fn print_reply(reply: zbus::Result<zbus::Message>) {
     match reply {
         Ok(r) => println!(
             "reply {}",
@@ -194,7 +317,51 @@ pub async fn probe(bus: &str, method: &str, sig: &[String], args: &ProbeArgs) ->
         }
         Err(e) => println!("error transport {e}"),
     }
-    Ok(())
+}
+
+/// A refusal, told apart by fence: with `daemon_only` it must be the
+/// daemon's (its own error name for methods; for properties, which can only
+/// answer `org.freedesktop.DBus.Error.*`, the standard name with the
+/// daemon's message naming the group).
+fn is_denied(line: &str, property: bool, daemon_only: bool) -> bool {
+    let mut words = line.splitn(3, ' ');
+    let (Some("error"), Some(name)) = (words.next(), words.next()) else {
+        return false;
+    };
+    let msg = words.next().unwrap_or_default();
+    if !daemon_only {
+        return name.ends_with(".AccessDenied");
+    }
+    if property {
+        name == "org.freedesktop.DBus.Error.AccessDenied"
+            && msg.contains("needs membership of group")
+    } else {
+        name == "org.meterd.Meter1.Error.AccessDenied"
+    }
+}
+
+/// Verdicts of one run: (user, call label) -> allowed.
+type Verdicts = HashMap<(String, String), bool>;
+
+fn read_verdicts(path: &Path) -> Result<Verdicts> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let mut v = Verdicts::new();
+    for line in text.lines() {
+        let mut f = line.split('\t');
+        if let (Some(u), Some(l), Some(a)) = (f.next(), f.next(), f.next()) {
+            v.insert((u.to_string(), l.to_string()), a == "allowed");
+        }
+    }
+    Ok(v)
+}
+
+fn write_verdicts(path: &Path, v: &Verdicts) -> Result<()> {
+    let mut lines: Vec<String> = v
+        .iter()
+        .map(|((u, l), a)| format!("{u}\t{l}\t{}", if *a { "allowed" } else { "denied" }))
+        .collect();
+    lines.sort();
+    std::fs::write(path, lines.join("\n") + "\n").map_err(io(path))
 }
 
 fn run(program: &str, args: &[&str]) -> Result<std::process::Output> {
@@ -228,13 +395,27 @@ fn ensure_users() -> Result<()> {
     Ok(())
 }
 
+/// Where a run's verdicts go, or which verdicts it must reproduce.
+#[derive(Debug, Default, Clone)]
+pub struct VerdictFiles {
+    /// Write this run's verdicts here (the shipped-policy run).
+    pub out: Option<std::path::PathBuf>,
+    /// Compare this run's verdicts with these (the daemon-only run).
+    pub compare: Option<std::path::PathBuf>,
+}
+
 /// Runs the access matrix against the sandbox. Needs root (creates users,
 /// switches uid with `runuser`).
 /// With `daemon_only`, the bus policy lets everything through: a refusal
-/// must be the daemon's own `org.meterd.Meter1.Error.AccessDenied`.
-pub async fn run_matrix(sb: &Sandbox, xml_path: &Path, daemon_only: bool) -> Result<Tally> {
+/// must be the daemon's own (see [`is_denied`]).
+pub async fn run_matrix(
+    sb: &Sandbox,
+    xml_path: &Path,
+    daemon_only: bool,
+    files: &VerdictFiles,
+) -> Result<Tally> {
     let xml = std::fs::read_to_string(xml_path).map_err(io(xml_path))?;
-    let methods = parse_methods(&xml)?;
+    let calls = calls(&parse_methods(&xml)?, &parse_properties(&xml));
     ensure_users()?;
     // A copy of this binary the other uids can execute.
     let exe = std::env::current_exe().map_err(io("current_exe"))?;
@@ -246,80 +427,111 @@ pub async fn run_matrix(sb: &Sandbox, xml_path: &Path, daemon_only: bool) -> Res
 
     let root = sb.connect().await?;
     let mut t = Tally::default();
+    let mut verdicts = Verdicts::new();
     for (user, group) in CALLERS {
         t.iterations += 1;
-        for m in &methods {
+        for c in &calls {
             let allowed = match group {
                 None => false,
-                Some("meter") => USER_METHODS.contains(&m.name.as_str()),
+                Some("meter") => c.user,
                 Some(_) => true,
             };
             let before = status(&root).await?;
-            let sig = m.inputs.join(",");
+            let sig = c.sig.join(",");
             let (line, stderr) = call_as(
                 user,
                 &probe_s,
                 &sb.bus,
-                &m.name,
+                (&c.iface, &c.member, c.property.as_deref()),
                 &sig,
                 &ProbeArgs::default(),
             )?;
             t.operations += 1;
             let after = status(&root).await?;
             let moved = (before.ar, before.dr, before.ct) != (after.ar, after.dr, after.ct);
-            let denied = line.split_whitespace().nth(1).is_some_and(|n| {
-                if daemon_only {
-                    n == "org.meterd.Meter1.Error.AccessDenied"
-                } else {
-                    n.ends_with(".AccessDenied")
-                }
-            });
+            let denied = is_denied(&line, c.iface == PROPERTIES, daemon_only);
+            verdicts.insert((user.to_string(), c.label.clone()), !denied);
             let verdict = if line.starts_with("unsupported") || line.is_empty() {
                 t.fault(format!(
                     "{user} {}: probe could not call it ({line}; {})",
-                    m.name,
+                    c.label,
                     stderr.trim()
                 ));
                 "?"
             } else if allowed && denied {
-                t.fault(format!("{user} {}: denied but allowed: {line}", m.name));
+                t.fault(format!("{user} {}: denied but allowed: {line}", c.label));
                 "WRONGLY DENIED"
             } else if !allowed && !denied {
                 t.unauthorized += 1;
-                t.note(format!("{user} {}: got through: {line}", m.name));
+                t.note(format!("{user} {}: got through: {line}", c.label));
                 "UNAUTHORIZED"
             } else if !allowed && moved {
                 t.unauthorized += 1;
-                t.note(format!("{user} {}: denied yet the registers moved", m.name));
+                t.note(format!(
+                    "{user} {}: denied yet the registers moved",
+                    c.label
+                ));
                 "MOVED"
             } else {
                 "ok"
             };
             eprintln!(
                 "torture: access {user:<15} {:<22} expected {:<7} got {line:.90} -> {verdict}",
-                m.name,
+                c.label,
                 if allowed { "allowed" } else { "denied" }
             );
         }
     }
     crate::ids::run(sb, &probe_s, &mut t).await?;
+    if let Some(path) = &files.out {
+        write_verdicts(path, &verdicts)?;
+    }
+    if let Some(path) = &files.compare {
+        compare(&read_verdicts(path)?, &verdicts, &mut t);
+    }
     Ok(t)
 }
 
+/// Faults every call on which the shipped policy (`policy`) and the
+/// daemon alone (`daemon`) gave different verdicts, or that one run lacks.
+fn compare(policy: &Verdicts, daemon: &Verdicts, t: &mut Tally) {
+    let word = |a: bool| if a { "allowed" } else { "denied" };
+    let mut keys: Vec<&(String, String)> = policy.keys().chain(daemon.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        match (policy.get(k), daemon.get(k)) {
+            (Some(p), Some(d)) if p == d => {}
+            (p, d) => t.fault(format!(
+                "{} {}: the shipped policy says {}, the daemon {}",
+                k.0,
+                k.1,
+                p.map_or("nothing", |a| word(*a)),
+                d.map_or("nothing", |a| word(*a))
+            )),
+        }
+    }
+}
+
 /// Runs the probe (a copy of this binary at `probe`) as `user` with
-/// `runuser`: one call of `method` (input types `sig`, comma-separated);
-/// returns its output line (`reply HEX` or `error NAME MSG`) and stderr.
+/// `runuser`: one call of `method` of `iface` (input types `sig`,
+/// comma-separated; `property` for Get and Set); returns its output line
+/// (`reply HEX` or `error NAME MSG`) and stderr.
 pub fn call_as(
     user: &str,
     probe: &str,
     bus: &str,
-    method: &str,
+    (iface, method, property): (&str, &str, Option<&str>),
     sig: &str,
     args: &ProbeArgs,
 ) -> Result<(String, String)> {
     let mut argv = vec![
-        "-u", user, "--", probe, "probe", "--bus", bus, "--method", method, "--sig", sig,
+        "-u", user, "--", probe, "probe", "--bus", bus, "--iface", iface, "--method", method,
+        "--sig", sig,
     ];
+    if let Some(p) = property {
+        argv.extend(["--property", p]);
+    }
     if let Some(id) = &args.request_id {
         argv.extend(["--request-id", id.as_str()]);
     }
@@ -350,6 +562,53 @@ mod tests {
         // Out-args and signals are not inputs / methods.
         assert!(!m.iter().any(|m| m.name == "LowFunds"));
         assert!(m.len() >= 11);
+    }
+
+    #[test]
+    fn every_property_is_read_and_set_is_for_admins() {
+        let xml = include_str!("../../dbus/org.meterd.Meter1.xml");
+        let props = parse_properties(xml);
+        assert!(props.contains(&"Descending".to_string()) && props.len() >= 9);
+        let c = calls(&parse_methods(xml).unwrap(), &props);
+        let get = c.iter().find(|c| c.label == "Get Descending").unwrap();
+        assert!(get.user && get.iface == PROPERTIES);
+        assert!(c.iter().any(|c| c.label == "GetAll" && c.user));
+        assert!(c.iter().any(|c| c.member == "Set" && !c.user));
+        assert!(c.iter().any(|c| c.label == "Status" && c.user));
+        assert!(c.iter().any(|c| c.label == "Recharge" && !c.user));
+    }
+
+    #[test]
+    fn refusals_are_told_apart_by_fence() {
+        let bus = "error org.freedesktop.DBus.Error.AccessDenied Rejected send message";
+        let daemon_prop =
+            "error org.freedesktop.DBus.Error.AccessDenied Descending needs membership of group meter";
+        let daemon_method = "error org.meterd.Meter1.Error.AccessDenied Status needs membership";
+        assert!(is_denied(bus, true, false) && is_denied(bus, false, false));
+        assert!(!is_denied(bus, true, true) && !is_denied(bus, false, true));
+        assert!(is_denied(daemon_prop, true, true));
+        assert!(is_denied(daemon_method, false, true));
+        assert!(!is_denied("reply", false, false));
+        assert!(!is_denied(
+            "error org.meterd.Meter1.Error.InvalidInput x",
+            false,
+            false
+        ));
+    }
+
+    #[test]
+    fn verdicts_must_match_call_by_call() {
+        let k = |u: &str, l: &str| (u.to_string(), l.to_string());
+        let policy: Verdicts = [(k("a", "Status"), true), (k("a", "GetAll"), false)].into();
+        let mut t = Tally::default();
+        compare(&policy, &policy.clone(), &mut t);
+        assert_eq!(t.faults, 0);
+        let daemon: Verdicts = [(k("a", "Status"), true), (k("a", "GetAll"), true)].into();
+        compare(&policy, &daemon, &mut t);
+        assert_eq!(t.faults, 1);
+        let missing: Verdicts = [(k("a", "Status"), true)].into();
+        compare(&policy, &missing, &mut t);
+        assert_eq!(t.faults, 2);
     }
 
     #[test]

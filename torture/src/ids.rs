@@ -163,7 +163,14 @@ async fn internal(sb: &Sandbox, probe: &str, root: &Meter1Proxy<'_>, t: &mut Tal
                     request_id: Some(id.clone()),
                     message: Some(format!("torture ids {method} {id}")),
                 };
-                let (line, _) = call_as(PLAIN_USER, probe, &sb.bus, method, sig, &args)?;
+                let (line, _) = call_as(
+                    PLAIN_USER,
+                    probe,
+                    &sb.bus,
+                    (meter_proto::INTERFACE, method, None),
+                    sig,
+                    &args,
+                )?;
                 t.operations += 1;
                 tried += 1;
                 let took = !existed && has_row(sb, &id)?;
@@ -203,7 +210,15 @@ async fn shared(sb: &Sandbox, probe: &str, root: &Meter1Proxy<'_>, t: &mut Tally
             request_id: Some(id.to_string()),
             message: Some(message.to_string()),
         };
-        call_as(user, probe, &sb.bus, "Postmark", "h,s", &args).map(|(line, _)| line)
+        call_as(
+            user,
+            probe,
+            &sb.bus,
+            (meter_proto::INTERFACE, "Postmark", None),
+            "h,s",
+            &args,
+        )
+        .map(|(line, _)| line)
     };
     t.iterations += 1;
     // Different messages under one id.

@@ -135,16 +135,27 @@ enum Cmd {
         /// must be the daemon's `org.meterd.Meter1.Error.AccessDenied`.
         #[arg(long, default_value = "policy")]
         fence: String,
+        /// Write this run's verdicts (user, call, allowed/denied) here.
+        #[arg(long)]
+        verdicts_out: Option<PathBuf>,
+        /// Fault every call whose verdict differs from this file's (the
+        /// shipped-policy run's), so the two fences are shown to agree.
+        #[arg(long)]
+        verdicts_in: Option<PathBuf>,
     },
     /// Internal: one call as the current uid (used by `access`).
     Probe {
         /// Bus address.
         #[arg(long)]
         bus: String,
-        /// Member of org.meterd.Meter1 to call.
+        /// Interface of the call: org.meterd.Meter1, or
+        /// org.freedesktop.DBus.Properties (Get, GetAll, Set on the meter's).
+        #[arg(long, default_value = "org.meterd.Meter1")]
+        iface: String,
+        /// Member to call.
         #[arg(long)]
         method: String,
-        /// Input types, comma-separated.
+        /// Input types, comma-separated (org.meterd.Meter1 members).
         #[arg(long, default_value = "")]
         sig: String,
         /// Request id for every `s` argument (default: a placeholder).
@@ -153,6 +164,9 @@ enum Cmd {
         /// Message for every `h` (its bytes) and `ay` (its SHA-384) argument.
         #[arg(long)]
         message: Option<String>,
+        /// Property named by Get and Set.
+        #[arg(long)]
+        property: Option<String>,
     },
 }
 
@@ -173,10 +187,12 @@ async fn run(cmd: Cmd) -> error::Result<i32> {
     let (name, tally): (&str, Tally) = match cmd {
         Cmd::Probe {
             bus,
+            iface,
             method,
             sig,
             request_id,
             message,
+            property,
         } => {
             let sig: Vec<String> = sig
                 .split(',')
@@ -187,7 +203,7 @@ async fn run(cmd: Cmd) -> error::Result<i32> {
                 request_id,
                 message,
             };
-            access::probe(&bus, &method, &sig, &args).await?;
+            access::probe(&bus, &iface, &method, &sig, property.as_deref(), &args).await?;
             return Ok(0);
         }
         Cmd::Crash {
@@ -225,7 +241,13 @@ async fn run(cmd: Cmd) -> error::Result<i32> {
             let sb = Sandbox::open(&at.dir, &at.sandbox)?;
             ("storage-faults", storage::run(&sb, clients, ops).await?)
         }
-        Cmd::Access { at, xml, fence } => {
+        Cmd::Access {
+            at,
+            xml,
+            fence,
+            verdicts_out,
+            verdicts_in,
+        } => {
             let name = if fence == "daemon" {
                 "access-daemon"
             } else {
@@ -235,9 +257,13 @@ async fn run(cmd: Cmd) -> error::Result<i32> {
                 return Ok(skip(name, "needs root to create users and switch uid"));
             }
             let sb = Sandbox::open(&at.dir, &at.sandbox)?;
+            let files = access::VerdictFiles {
+                out: verdicts_out,
+                compare: verdicts_in,
+            };
             (
                 name,
-                access::run_matrix(&sb, &xml, fence == "daemon").await?,
+                access::run_matrix(&sb, &xml, fence == "daemon", &files).await?,
             )
         }
     };

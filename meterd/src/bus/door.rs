@@ -7,6 +7,8 @@
 //! of sales — or of calls stuck reading a message — never queues Status or
 //! an administrator behind it.
 
+use std::sync::Arc;
+
 use tokio::sync::{Semaphore, SemaphorePermit};
 use zbus::message::Header;
 use zbus::zvariant::OwnedFd;
@@ -31,7 +33,7 @@ pub enum Lane {
 
 /// The door: authorization and admission.
 pub struct Door {
-    auth: Authorizer,
+    auth: Arc<Authorizer>,
     sales: Semaphore,
     control: Semaphore,
     max_message: u64,
@@ -49,7 +51,7 @@ impl Door {
     /// A door with the configured groups and capacities.
     pub fn new(config: &Config) -> Door {
         Door {
-            auth: Authorizer::new(&config.user_group, &config.admin_group),
+            auth: Arc::new(Authorizer::new(&config.user_group, &config.admin_group)),
             sales: Semaphore::new(config.max_in_flight.max(1)),
             control: Semaphore::new(config.max_in_flight.max(1)),
             max_message: config.max_message_bytes,
@@ -90,15 +92,7 @@ impl Door {
         member: &str,
         needed: Role,
     ) -> Result<Caller, MeterError> {
-        let caller = self.auth.caller(conn, header).await;
-        if caller.role < needed {
-            tracing::warn!(member, uid = caller.uid, pid = ?caller.pid, role = ?caller.role, "access denied");
-            return Err(MeterError::AccessDenied(format!(
-                "{member} needs membership of group {}; ask an administrator",
-                self.auth.group_of(needed)
-            )));
-        }
-        Ok(caller)
+        self.auth.admit(conn, header, member, needed).await
     }
 
     /// For property getters: `None` header is the daemon's own read (for
@@ -109,13 +103,12 @@ impl Door {
         header: Option<&Header<'_>>,
         property: &str,
     ) -> zbus::fdo::Result<()> {
-        let Some(header) = header else {
-            return Ok(());
-        };
-        self.require(conn, header, property, Role::User)
-            .await
-            .map(|_| ())
-            .map_err(|e| zbus::fdo::Error::AccessDenied(e.message()))
+        self.auth.read_property(conn, header, property).await
+    }
+
+    /// The authorizer (shared with the Properties gate, see `props`).
+    pub fn auth(&self) -> Arc<Authorizer> {
+        Arc::clone(&self.auth)
     }
 }
 

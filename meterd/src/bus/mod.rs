@@ -10,6 +10,7 @@ mod certs_dict;
 mod credit;
 mod door;
 mod errors;
+mod props;
 mod signals;
 mod status;
 
@@ -605,9 +606,13 @@ impl MeterIface {
 }
 
 /// Serves the interface on `conn` (bus or peer-to-peer) at the object path.
+/// Every member and every property checks its caller, and
+/// `Properties.GetAll` is refused as a whole (`props`).
 pub async fn serve(conn: &Connection, app: Arc<App>) -> zbus::Result<()> {
+    let iface = MeterIface::new(app, conn.clone());
+    let auth = iface.door.auth();
     conn.object_server()
-        .at(meter_proto::OBJECT_PATH, MeterIface::new(app, conn.clone()))
+        .at(meter_proto::OBJECT_PATH, iface)
         .await?;
-    Ok(())
+    props::install(conn, auth).await
 }

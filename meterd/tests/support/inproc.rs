@@ -28,10 +28,10 @@ use std::sync::Arc;
 
 use meter_authority::Authority;
 use meter_proto::Meter1Proxy;
+use meterd::app::App;
 use meterd::config::Config;
 use meterd::housing::soft::{SoftwareHousing, SoftwareHousingControl, SoftwareOptions};
 use meterd::housing::HousingHandle;
-use meterd::app::App;
 use meterd::meter::Meter;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::{OwnedValue, Value};
