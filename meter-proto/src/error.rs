@@ -33,6 +33,12 @@ pub enum MeterError {
     Housing(String),
     /// The ledger could not be read or written.
     Storage(String),
+    /// Too many calls from this caller are in flight, or the meter is
+    /// shutting down; retry later.
+    Busy(String),
+    /// A fault on the meter's side (a bug, e.g. a task that died); the log
+    /// says more.
+    Internal(String),
 }
 
 impl MeterError {
@@ -50,6 +56,8 @@ impl MeterError {
             MeterError::Stale(_) => "Stale",
             MeterError::Housing(_) => "Housing",
             MeterError::Storage(_) => "Storage",
+            MeterError::Busy(_) => "Busy",
+            MeterError::Internal(_) => "Internal",
         }
     }
 
@@ -66,7 +74,9 @@ impl MeterError {
             | MeterError::Replay(m)
             | MeterError::Stale(m)
             | MeterError::Housing(m)
-            | MeterError::Storage(m) => m.clone(),
+            | MeterError::Storage(m)
+            | MeterError::Busy(m)
+            | MeterError::Internal(m) => m.clone(),
         }
     }
 
@@ -89,6 +99,8 @@ impl MeterError {
             }
             MeterError::Housing(_) => exit::HOUSING,
             MeterError::Storage(_) => exit::STORAGE,
+            MeterError::Busy(_) => exit::BUSY,
+            MeterError::Internal(_) => exit::DAEMON_INTERNAL,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod housing;
 pub mod identity;
 pub mod inspection;
+pub mod intake;
 pub mod ledger;
 pub mod lock;
 pub mod meter;

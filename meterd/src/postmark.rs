@@ -8,26 +8,31 @@
 
 use meter_pki::tsp::{self, TokenParams};
 
-use crate::digest::{input_digest, sha384_file};
+use tokio_util::sync::CancellationToken;
+
+use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
+use crate::intake::{hash_message, ReadLimits};
 use crate::ledger::Digest;
 use crate::meter::{Meter, POSTMARK_KEY};
 use crate::service::Service;
 use crate::{clock, sale};
 
-/// `Postmark`: hashes the message from its descriptor, then postmarks the digest.
+/// `Postmark`: hashes the message from its descriptor (bounded, ended by
+/// `cancel`), then postmarks the digest.
 pub async fn postmark_file(
     meter: &Meter,
-    file: std::fs::File,
+    fd: std::os::fd::OwnedFd,
     request_id: &str,
+    cancel: &CancellationToken,
 ) -> Result<Vec<u8>> {
-    let limit = meter.config().max_message_bytes;
+    let limits = ReadLimits::from_config(meter.config());
     sale::sell(
         meter,
         Service::Postmark,
         Some(request_id),
         async move {
-            let imprint = sha384_file(file, limit).await?;
+            let imprint = hash_message(fd, &limits, cancel).await?;
             Ok((input_digest("postmark", &[&imprint]), imprint))
         },
         |imprint, identity| make_token(meter, imprint, identity),

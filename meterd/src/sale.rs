@@ -1,11 +1,12 @@
 //! The one path every chargeable service takes.
 //!
 //! Order matters and is the same for all: refuse when locked or not
-//! provisioned; look the request id up (a retry returns the stored product
-//! even when funds are now short); reserve the price, so that a request the
-//! funds cannot cover is refused before any work; compute the input; do the
-//! work (TPM signing); commit the debit with the product in one ledger row;
-//! only then hand the product out.
+//! provisioned; compute the input (reading the caller's message, bounded by
+//! `intake`, before anything is held); look the request id up (a retry
+//! returns the stored product even when funds are now short); reserve the
+//! price, so that a request the funds cannot cover is refused before any
+//! work; do the work (TPM signing); commit the debit with the product in one
+//! ledger row; only then hand the product out.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -70,6 +71,9 @@ where
     if let Some(id) = request_id {
         check_request_id(id)?;
     }
+    // The input first (it may read the caller's message, bounded but slow):
+    // nothing is reserved while a caller takes its time.
+    let (input_digest, prepared) = input.await?;
     let existing = match request_id {
         Some(id) => ledger.lookup(id).await?,
         None => None,
@@ -82,7 +86,6 @@ where
         Some(_) => None,
         None => Some(ledger.reserve(price)?),
     };
-    let (input_digest, prepared) = input.await?;
     if let Some(stored) = existing {
         if stored.input_digest == input_digest && stored.service == Some(service) {
             return Ok(stored.product);

@@ -12,8 +12,11 @@ use meter_pki::cms::{self, SignOptions};
 use meter_pki::oid;
 
 use crate::certs::CertState;
-use crate::digest::{input_digest, sha384_file};
+use tokio_util::sync::CancellationToken;
+
+use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
+use crate::intake::{hash_message, ReadLimits};
 use crate::meter::Meter;
 use crate::service::Service;
 use crate::{clock, sale};
@@ -25,8 +28,9 @@ use crate::{clock, sale};
 pub async fn sign_file(
     meter: &Meter,
     serial: &str,
-    file: std::fs::File,
+    fd: std::os::fd::OwnedFd,
     request_id: &str,
+    cancel: &CancellationToken,
 ) -> Result<Vec<u8>> {
     let entry = meter.certs().find(serial).ok_or_else(|| {
         ServiceError::InvalidInput(format!(
@@ -56,13 +60,13 @@ pub async fn sign_file(
         }
     }
     let serial_norm = entry.serial();
-    let limit = meter.config().max_message_bytes;
+    let limits = ReadLimits::from_config(meter.config());
     sale::sell(
         meter,
         Service::Sign,
         Some(request_id),
         async move {
-            let imprint = sha384_file(file, limit).await?;
+            let imprint = hash_message(fd, &limits, cancel).await?;
             Ok((
                 input_digest("sign", &[serial_norm.as_bytes(), &imprint]),
                 imprint,

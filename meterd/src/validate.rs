@@ -13,8 +13,11 @@ use serde::Serialize;
 use meter_pki::detached::{self, DetachedFailure};
 use meter_pki::tsp::{self, TokenFailure};
 
-use crate::digest::{input_digest, sha384_file};
+use tokio_util::sync::CancellationToken;
+
+use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
+use crate::intake::{hash_message, ReadLimits};
 use crate::meter::Meter;
 use crate::service::Service;
 use crate::{clock, sale};
@@ -55,21 +58,27 @@ impl Report {
     }
 }
 
-/// `Validate`: charged verification of `token` against the message in `file`.
-pub async fn validate(meter: &Meter, file: std::fs::File, token: Vec<u8>) -> Result<Report> {
+/// `Validate`: charged verification of `token` against the message behind
+/// `fd` (read bounded, ended by `cancel`).
+pub async fn validate(
+    meter: &Meter,
+    fd: std::os::fd::OwnedFd,
+    token: Vec<u8>,
+    cancel: &CancellationToken,
+) -> Result<Report> {
     if token.len() > MAX_TOKEN {
         return Err(ServiceError::InvalidInput(format!(
             "token of {} bytes exceeds the {MAX_TOKEN}-byte limit",
             token.len()
         )));
     }
-    let limit = meter.config().max_message_bytes;
+    let limits = ReadLimits::from_config(meter.config());
     let product = sale::sell(
         meter,
         Service::Validate,
         None,
         async move {
-            let imprint = sha384_file(file, limit).await?;
+            let imprint = hash_message(fd, &limits, cancel).await?;
             Ok((
                 input_digest("validate", &[&imprint, &token]),
                 (imprint, token),

@@ -27,7 +27,7 @@ pub enum Role {
 pub struct Authorizer {
     user_group: String,
     admin_group: String,
-    cache: Mutex<HashMap<String, Role>>,
+    cache: Mutex<HashMap<String, (Role, Option<u32>)>>,
 }
 
 impl Authorizer {
@@ -42,14 +42,20 @@ impl Authorizer {
 
     /// The caller's role (Nobody when it cannot be told).
     pub async fn role(&self, conn: &Connection, header: &Header<'_>) -> Role {
+        self.identify(conn, header).await.0
+    }
+
+    /// The caller's role and uid (uid 0 and Admin on a peer-to-peer
+    /// connection; `None` when the bus cannot tell, then Nobody).
+    pub async fn identify(&self, conn: &Connection, header: &Header<'_>) -> (Role, Option<u32>) {
         let Some(sender) = header.sender() else {
             // Peer-to-peer connection: no bus to ask, the peer is whoever
             // was let onto the socket.
-            return Role::Admin;
+            return (Role::Admin, Some(0));
         };
         let key = sender.as_str().to_owned();
-        if let Some(role) = self.cache.lock().ok().and_then(|c| c.get(&key).copied()) {
-            return role;
+        if let Some(known) = self.cache.lock().ok().and_then(|c| c.get(&key).copied()) {
+            return known;
         }
         let uid = match zbus::fdo::DBusProxy::new(conn).await {
             Ok(proxy) => proxy
@@ -63,9 +69,9 @@ impl Authorizer {
             if cache.len() > 4096 {
                 cache.clear();
             }
-            cache.insert(key, role);
+            cache.insert(key, (role, uid));
         }
-        role
+        (role, uid)
     }
 
     fn role_of_uid(&self, uid: u32) -> Role {

@@ -29,5 +29,18 @@ pub fn to_dbus(member: &str, e: ServiceError) -> MeterError {
             tracing::error!(member, error = %cause, "storage failure");
             MeterError::Storage(message)
         }
+        ServiceError::Busy(_) => MeterError::Busy(message),
+        // A read past its deadline is the caller's input that never ended.
+        ServiceError::TimedOut(_) => MeterError::InvalidInput(message),
+        // Nobody waits for this reply; Busy is the closest kind if one does
+        // (a peer-to-peer caller when the meter stops).
+        ServiceError::Cancelled => {
+            tracing::info!(member, "call cancelled: the caller left");
+            MeterError::Busy(message)
+        }
+        ServiceError::Internal(ref cause) => {
+            tracing::error!(member, error = %cause, "internal failure");
+            MeterError::Internal(message)
+        }
     }
 }

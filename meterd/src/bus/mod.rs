@@ -5,19 +5,20 @@
 //! here knows the TPM or SQLite; nothing in the services knows zbus.
 
 mod auth;
+mod callers;
 mod certs_dict;
 mod credit;
 mod errors;
+mod fd_arg;
 mod signals;
 mod status;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
-use zbus::zvariant::{OwnedFd, OwnedValue};
+use zbus::zvariant::OwnedValue;
 use zbus::{interface, Connection};
 
 use meter_proto::MeterError;
@@ -29,6 +30,8 @@ use crate::{
 };
 
 pub use auth::{Authorizer, Role};
+pub use callers::{CallGuard, Callers, Lane};
+pub use fd_arg::MessageFd;
 pub use signals::watch_and_emit;
 
 /// Largest signed object (voucher, table, order, certificate) accepted as bytes.
@@ -38,16 +41,20 @@ const MAX_OBJECT: usize = meter_pki::MAX_OBJECT;
 pub struct MeterIface {
     meter: Arc<Meter>,
     auth: Authorizer,
-    slots: Semaphore,
+    callers: Callers,
 }
 
 impl MeterIface {
-    /// Interface over `meter`, with its configured groups and in-flight cap.
-    pub fn new(meter: Arc<Meter>) -> MeterIface {
+    /// Interface over `meter`, with its configured groups; calls are
+    /// admitted by `callers`.
+    pub fn new(meter: Arc<Meter>, callers: Callers) -> MeterIface {
         let config = meter.config();
         let auth = Authorizer::new(&config.user_group, &config.admin_group);
-        let slots = Semaphore::new(config.max_in_flight.max(1));
-        MeterIface { meter, auth, slots }
+        MeterIface {
+            meter,
+            auth,
+            callers,
+        }
     }
 
     async fn admit(
@@ -56,8 +63,9 @@ impl MeterIface {
         header: &Header<'_>,
         member: &str,
         needed: Role,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, MeterError> {
-        let role = self.auth.role(conn, header).await;
+        lane: Lane,
+    ) -> Result<CallGuard, MeterError> {
+        let (role, uid) = self.auth.identify(conn, header).await;
         if role < needed {
             tracing::warn!(member, ?role, "access denied");
             return Err(MeterError::AccessDenied(format!(
@@ -69,10 +77,10 @@ impl MeterIface {
                 }
             )));
         }
-        self.slots
-            .acquire()
-            .await
-            .map_err(|_| MeterError::Storage("the meter is shutting down".into()))
+        // A known role implies a known uid; Nobody was refused above.
+        let uid = uid.unwrap_or(u32::MAX);
+        let unique = header.sender().map(|s| s.as_str());
+        self.callers.enter(unique, uid, lane).await
     }
 }
 
@@ -86,10 +94,6 @@ fn bounded(what: &str, bytes: &[u8]) -> Result<(), MeterError> {
     Ok(())
 }
 
-fn file_of(fd: OwnedFd) -> std::fs::File {
-    std::fs::File::from(std::os::fd::OwnedFd::from(fd))
-}
-
 #[interface(name = "org.meterd.Meter1")]
 impl MeterIface {
     /// Creates the keys (if needed) and returns PKCS#10 requests for them.
@@ -98,7 +102,9 @@ impl MeterIface {
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<HashMap<String, OwnedValue>, MeterError> {
-        let _slot = self.admit(conn, &header, "Provision", Role::Admin).await?;
+        let _slot = self
+            .admit(conn, &header, "Provision", Role::Admin, Lane::Control)
+            .await?;
         let r = provision::begin(&self.meter)
             .await
             .map_err(|e| errors::to_dbus("Provision", e))?;
@@ -115,7 +121,13 @@ impl MeterIface {
         root_cert: Vec<u8>,
     ) -> Result<(), MeterError> {
         let _slot = self
-            .admit(conn, &header, "InstallProvisioning", Role::Admin)
+            .admit(
+                conn,
+                &header,
+                "InstallProvisioning",
+                Role::Admin,
+                Lane::Control,
+            )
             .await?;
         for (what, b) in [
             ("meter certificate", &meter_cert),
@@ -137,7 +149,7 @@ impl MeterIface {
         table: Vec<u8>,
     ) -> Result<(), MeterError> {
         let _slot = self
-            .admit(conn, &header, "InstallRates", Role::Admin)
+            .admit(conn, &header, "InstallRates", Role::Admin, Lane::Control)
             .await?;
         bounded("rate table", &table)?;
         rates::install(&self.meter, &table)
@@ -153,7 +165,9 @@ impl MeterIface {
         #[zbus(header)] header: Header<'_>,
         voucher: Vec<u8>,
     ) -> Result<u64, MeterError> {
-        let _slot = self.admit(conn, &header, "Recharge", Role::Admin).await?;
+        let _slot = self
+            .admit(conn, &header, "Recharge", Role::Admin, Lane::Control)
+            .await?;
         bounded("voucher", &voucher)?;
         recharge::recharge(&self.meter, &voucher)
             .await
@@ -166,11 +180,14 @@ impl MeterIface {
         &self,
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
-        message: OwnedFd,
+        message: MessageFd,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self.admit(conn, &header, "Postmark", Role::User).await?;
-        postmark::postmark_file(&self.meter, file_of(message), &request_id)
+        let call = self
+            .admit(conn, &header, "Postmark", Role::User, Lane::Sale)
+            .await?;
+        let fd = message.into_fd()?;
+        postmark::postmark_file(&self.meter, fd, &request_id, call.cancel())
             .await
             .map_err(|e| errors::to_dbus("Postmark", e))
     }
@@ -184,7 +201,7 @@ impl MeterIface {
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
         let _slot = self
-            .admit(conn, &header, "PostmarkDigest", Role::User)
+            .admit(conn, &header, "PostmarkDigest", Role::User, Lane::Sale)
             .await?;
         postmark::postmark_digest(&self.meter, &sha384, &request_id)
             .await
@@ -205,7 +222,9 @@ impl MeterIface {
         destination: String,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self.admit(conn, &header, "Postage", Role::User).await?;
+        let _slot = self
+            .admit(conn, &header, "Postage", Role::User, Lane::Sale)
+            .await?;
         let req = postage::PostageRequest {
             class,
             grams,
@@ -222,11 +241,14 @@ impl MeterIface {
         &self,
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
-        message: OwnedFd,
+        message: MessageFd,
         token: Vec<u8>,
     ) -> Result<HashMap<String, OwnedValue>, MeterError> {
-        let _slot = self.admit(conn, &header, "Validate", Role::User).await?;
-        let report = validate::validate(&self.meter, file_of(message), token)
+        let call = self
+            .admit(conn, &header, "Validate", Role::User, Lane::Sale)
+            .await?;
+        let fd = message.into_fd()?;
+        let report = validate::validate(&self.meter, fd, token, call.cancel())
             .await
             .map_err(|e| errors::to_dbus("Validate", e))?;
         Ok(status::report_dict(report))
@@ -238,7 +260,9 @@ impl MeterIface {
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<HashMap<String, OwnedValue>, MeterError> {
-        let _slot = self.admit(conn, &header, "Status", Role::User).await?;
+        let _slot = self
+            .admit(conn, &header, "Status", Role::User, Lane::Control)
+            .await?;
         let mut d = status::status_dict(&self.meter);
         let schedule = match self.meter.identity() {
             Some(_) => inspection::schedule(&self.meter).await.ok(),
@@ -256,7 +280,9 @@ impl MeterIface {
         #[zbus(header)] header: Header<'_>,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self.admit(conn, &header, "Report", Role::User).await?;
+        let _slot = self
+            .admit(conn, &header, "Report", Role::User, Lane::Control)
+            .await?;
         report::report(&self.meter, &request_id)
             .await
             .map_err(|e| errors::to_dbus("Report", e))
@@ -270,7 +296,13 @@ impl MeterIface {
         ack: Vec<u8>,
     ) -> Result<i64, MeterError> {
         let _slot = self
-            .admit(conn, &header, "AcknowledgeReport", Role::Admin)
+            .admit(
+                conn,
+                &header,
+                "AcknowledgeReport",
+                Role::Admin,
+                Lane::Control,
+            )
             .await?;
         bounded("acknowledgement", &ack)?;
         report::acknowledge(&self.meter, &ack)
@@ -287,7 +319,7 @@ impl MeterIface {
         order: Vec<u8>,
     ) -> Result<(), MeterError> {
         let _slot = self
-            .admit(conn, &header, "ApplyLockOrder", Role::Admin)
+            .admit(conn, &header, "ApplyLockOrder", Role::Admin, Lane::Control)
             .await?;
         bounded("lock order", &order)?;
         lock::apply_order(&self.meter, &order)
@@ -304,7 +336,7 @@ impl MeterIface {
         order: Vec<u8>,
     ) -> Result<i64, MeterError> {
         let _slot = self
-            .admit(conn, &header, "SetAccountMode", Role::Admin)
+            .admit(conn, &header, "SetAccountMode", Role::Admin, Lane::Control)
             .await?;
         bounded("account order", &order)?;
         account::apply_order(&self.meter, &order)
@@ -319,7 +351,9 @@ impl MeterIface {
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<HashMap<String, OwnedValue>, MeterError> {
-        let _slot = self.admit(conn, &header, "Audit", Role::User).await?;
+        let _slot = self
+            .admit(conn, &header, "Audit", Role::User, Lane::Control)
+            .await?;
         let report = audit::audit(&self.meter)
             .await
             .map_err(|e| errors::to_dbus("Audit", e))?;
@@ -333,7 +367,9 @@ impl MeterIface {
         #[zbus(header)] header: Header<'_>,
         order: Vec<u8>,
     ) -> Result<(), MeterError> {
-        let _slot = self.admit(conn, &header, "ClearLock", Role::Admin).await?;
+        let _slot = self
+            .admit(conn, &header, "ClearLock", Role::Admin, Lane::Control)
+            .await?;
         bounded("order", &order)?;
         lock::clear(&self.meter, &order)
             .await
@@ -348,7 +384,13 @@ impl MeterIface {
         message: Vec<u8>,
     ) -> Result<u32, MeterError> {
         let _slot = self
-            .admit(conn, &header, "UpdateTrustAnchor", Role::Admin)
+            .admit(
+                conn,
+                &header,
+                "UpdateTrustAnchor",
+                Role::Admin,
+                Lane::Control,
+            )
             .await?;
         bounded("trust-anchor update", &message)?;
         anchor::update(&self.meter, &message)
@@ -365,7 +407,7 @@ impl MeterIface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<u8>, MeterError> {
         let _slot = self
-            .admit(conn, &header, "RequestAgentCa", Role::Admin)
+            .admit(conn, &header, "RequestAgentCa", Role::Admin, Lane::Control)
             .await?;
         agent::request_ca(&self.meter)
             .await
@@ -380,7 +422,7 @@ impl MeterIface {
         certificate: Vec<u8>,
     ) -> Result<String, MeterError> {
         let _slot = self
-            .admit(conn, &header, "InstallAgentCa", Role::Admin)
+            .admit(conn, &header, "InstallAgentCa", Role::Admin, Lane::Control)
             .await?;
         bounded("agent-CA certificate", &certificate)?;
         agent::install_ca(&self.meter, &certificate)
@@ -399,7 +441,13 @@ impl MeterIface {
         request_id: String,
     ) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), MeterError> {
         let _slot = self
-            .admit(conn, &header, "IssueAgentCertificate", Role::Admin)
+            .admit(
+                conn,
+                &header,
+                "IssueAgentCertificate",
+                Role::Admin,
+                Lane::Control,
+            )
             .await?;
         bounded("receiver key", &receiver)?;
         let mut fields = HashMap::with_capacity(subject.len());
@@ -427,7 +475,7 @@ impl MeterIface {
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
         let _slot = self
-            .admit(conn, &header, "RequestCredit", Role::Admin)
+            .admit(conn, &header, "RequestCredit", Role::Admin, Lane::Control)
             .await?;
         credit_service::request::request_credit(&self.meter, &creditor, amount, &request_id)
             .await
@@ -443,7 +491,7 @@ impl MeterIface {
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
         let _slot = self
-            .admit(conn, &header, "OpenCreditLine", Role::Admin)
+            .admit(conn, &header, "OpenCreditLine", Role::Admin, Lane::Control)
             .await?;
         bounded("line-of-credit certificate", &certificate)?;
         credit_service::open::open_credit_line(&self.meter, &certificate, &request_id)
@@ -461,7 +509,9 @@ impl MeterIface {
         payee: String,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self.admit(conn, &header, "Pay", Role::User).await?;
+        let _slot = self
+            .admit(conn, &header, "Pay", Role::User, Lane::Sale)
+            .await?;
         credit_service::pay::pay(&self.meter, &credit_serial, amount, &payee, &request_id)
             .await
             .map_err(|e| errors::to_dbus("Pay", e))
@@ -474,7 +524,7 @@ impl MeterIface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<HashMap<String, OwnedValue>>, MeterError> {
         let _slot = self
-            .admit(conn, &header, "ListCreditLines", Role::User)
+            .admit(conn, &header, "ListCreditLines", Role::User, Lane::Control)
             .await?;
         let lines = credit_service::list(&self.meter)
             .await
@@ -491,7 +541,9 @@ impl MeterIface {
         reason: String,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self.admit(conn, &header, "Revoke", Role::Admin).await?;
+        let _slot = self
+            .admit(conn, &header, "Revoke", Role::Admin, Lane::Control)
+            .await?;
         revoke::request(&self.meter, &serial, &reason, &request_id)
             .await
             .map_err(|e| errors::to_dbus("Revoke", e))
@@ -506,7 +558,13 @@ impl MeterIface {
         order: Vec<u8>,
     ) -> Result<Vec<u8>, MeterError> {
         let _slot = self
-            .admit(conn, &header, "ApplyRevokeOrder", Role::Admin)
+            .admit(
+                conn,
+                &header,
+                "ApplyRevokeOrder",
+                Role::Admin,
+                Lane::Control,
+            )
             .await?;
         bounded("revoke order", &order)?;
         revoke::apply(&self.meter, &order)
@@ -523,7 +581,13 @@ impl MeterIface {
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
         let _slot = self
-            .admit(conn, &header, "RequestCertificate", Role::Admin)
+            .admit(
+                conn,
+                &header,
+                "RequestCertificate",
+                Role::Admin,
+                Lane::Control,
+            )
             .await?;
         let (cn, code) = certs_dict::subject(&subject)?;
         certs::request(&self.meter, &cn, &code, &request_id)
@@ -539,7 +603,13 @@ impl MeterIface {
         cert: Vec<u8>,
     ) -> Result<String, MeterError> {
         let _slot = self
-            .admit(conn, &header, "InstallCertificate", Role::Admin)
+            .admit(
+                conn,
+                &header,
+                "InstallCertificate",
+                Role::Admin,
+                Lane::Control,
+            )
             .await?;
         bounded("certificate", &cert)?;
         certs::install(&self.meter, &cert)
@@ -554,7 +624,7 @@ impl MeterIface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<HashMap<String, OwnedValue>>, MeterError> {
         let _slot = self
-            .admit(conn, &header, "ListCertificates", Role::User)
+            .admit(conn, &header, "ListCertificates", Role::User, Lane::Control)
             .await?;
         Ok(certs_dict::list(&self.meter))
     }
@@ -565,15 +635,19 @@ impl MeterIface {
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
         certificate_serial: String,
-        message: OwnedFd,
+        message: MessageFd,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let _slot = self.admit(conn, &header, "Sign", Role::User).await?;
+        let call = self
+            .admit(conn, &header, "Sign", Role::User, Lane::Sale)
+            .await?;
+        let fd = message.into_fd()?;
         sign::sign_file(
             &self.meter,
             &certificate_serial,
-            file_of(message),
+            fd,
             &request_id,
+            call.cancel(),
         )
         .await
         .map_err(|e| errors::to_dbus("Sign", e))
@@ -665,8 +739,14 @@ impl MeterIface {
 
 /// Serves the interface on `conn` (bus or peer-to-peer) at the object path.
 pub async fn serve(conn: &Connection, meter: Arc<Meter>) -> zbus::Result<()> {
+    let config = meter.config();
+    let callers = Callers::new(config.max_in_flight, config.max_in_flight_per_caller);
+    // Before the first call: a client that leaves must cancel its reads.
+    if let Err(e) = callers.watch(conn).await {
+        tracing::info!(error = %e, "no bus to watch for departing callers (peer-to-peer?); reads end at their deadline");
+    }
     conn.object_server()
-        .at(meter_proto::OBJECT_PATH, MeterIface::new(meter))
+        .at(meter_proto::OBJECT_PATH, MeterIface::new(meter, callers))
         .await?;
     Ok(())
 }
