@@ -232,8 +232,10 @@ fn mail_client_cannot_wedge_the_meter_with_stuck_pipes() {
         return;
     }
     let deadline = 10u64;
+    // Funds for every stuck call, so that none is refused for funds (on
+    // the meter of the issue, each held a reservation and a slot).
     let sb = sandbox_with_users(
-        100_000,
+        1_000_000,
         &format!("message_read_timeout_seconds = {deadline}\n"),
     );
     let pid = meterd_pid(&sb);
@@ -312,6 +314,11 @@ fn mail_client_cannot_wedge_the_meter_with_stuck_pipes() {
         "another user's PostmarkDigest failed while 300 Postmark calls hung (took {:?}): {}",
         other.3,
         other.2
+    );
+    eprintln!(
+        "figures: while they hung, Status answered in {:?}, the other user's PostmarkDigest in {:?} \
+         (meterctl as another uid, process start included)",
+        status.3, other.3
     );
     let after_other = sb.registers();
     assert_eq!(
