@@ -6,7 +6,8 @@
 //! [`anchor`], [`audit`], [`agent`], [`certs`], [`sign`], [`credit`],
 //! [`postage`], [`report`], [`inspection`], [`timecheck`]) know none of
 //! tss-esapi, rusqlite or zbus. Every chargeable
-//! service goes through [`sale::sell`].
+//! service goes through [`sale::sell`]; messages passed as descriptors are
+//! read by [`intake`] (bounded in size and time, cancellable).
 
 pub mod account;
 pub mod agent;
