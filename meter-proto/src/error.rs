@@ -33,9 +33,11 @@ pub enum MeterError {
     Housing(String),
     /// The ledger could not be read or written.
     Storage(String),
-    /// Too many calls in flight from this caller, or the meter is stopping; retry later.
+    /// Too many calls from this caller are in flight, or the meter is
+    /// shutting down; retry later.
     Busy(String),
-    /// A fault inside the meter; the request was not served.
+    /// A fault on the meter's side (a bug, e.g. a task that died); the log
+    /// says more.
     Internal(String),
 }
 

@@ -28,6 +28,11 @@ pub const STORAGE: i32 = 10;
 pub const BUS: i32 = 11;
 /// A verification that meterctl ran locally failed (e.g. `validate` said not valid, `audit` found damage).
 pub const NOT_VALID: i32 = 12;
+/// The meter is busy: too many calls from this caller in flight, or it is
+/// shutting down. Retrying later may succeed.
+pub const BUSY: i32 = 13;
+/// The daemon failed internally (a bug on the meter's side; see its log).
+pub const DAEMON_INTERNAL: i32 = 14;
 
 /// Table for `--help` and docs: (code, meaning).
 pub const TABLE: &[(i32, &str)] = &[
@@ -50,8 +55,9 @@ pub const TABLE: &[(i32, &str)] = &[
         NOT_VALID,
         "verification negative (token not valid, audit found damage)",
     ),
+    (
+        BUSY,
+        "meter busy (too many calls in flight from this caller); retry later",
+    ),
+    (DAEMON_INTERNAL, "internal error in meterd (see its log)"),
 ];
-/// The meter is busy (too many calls in flight from this user); retry later.
-pub const BUSY: i32 = 11;
-/// The meter failed inside (a bug); the request was not served.
-pub const DAEMON_INTERNAL: i32 = 12;

@@ -29,8 +29,17 @@ pub struct Config {
     pub low_funds_threshold: u64,
     /// Largest message accepted through a file descriptor, bytes.
     pub max_message_bytes: u64,
-    /// Requests handled at once; more wait their turn.
+    /// Longest a message may take to read from its descriptor, seconds;
+    /// past it the call is refused (a pipe that never closes).
+    pub message_read_timeout_seconds: u64,
+    /// Sales (Postmark, PostmarkDigest, Postage, Validate, Sign, Pay)
+    /// handled at once; more wait their turn. Status, Report, reads and
+    /// administration have their own lane and never wait behind sales.
     pub max_in_flight: usize,
+    /// Calls one user (uid) may have in flight in each lane; more are
+    /// refused at once with `Busy`, so that one caller cannot take every
+    /// slot.
+    pub max_in_flight_per_caller: usize,
     /// `system` or a D-Bus address.
     pub bus: String,
     /// Days within which an acknowledged status report must arrive before the
@@ -53,8 +62,10 @@ impl Default for Config {
             user_group: "meter".into(),
             admin_group: "meteradmin".into(),
             low_funds_threshold: 10_000,
-            max_message_bytes: 1 << 32,
-            max_in_flight: 256,
+            max_message_bytes: 64 << 20,
+            message_read_timeout_seconds: 30,
+            max_in_flight: 128,
+            max_in_flight_per_caller: 32,
             bus: "system".into(),
             inspection_period_days: 90,
             clock_tolerance_seconds: 300,
@@ -156,6 +167,15 @@ mod tests {
         let c: Config = toml::from_str(&text).expect("shipped configuration parses");
         assert_eq!(c.inspection_period_days, 90);
         assert_eq!(c.clock_tolerance_seconds, 300);
+        // The shipped file states the defaults: they must be the defaults.
+        let d = Config::default();
+        assert_eq!(c.max_message_bytes, d.max_message_bytes);
+        assert_eq!(
+            c.message_read_timeout_seconds,
+            d.message_read_timeout_seconds
+        );
+        assert_eq!(c.max_in_flight, d.max_in_flight);
+        assert_eq!(c.max_in_flight_per_caller, d.max_in_flight_per_caller);
         assert_eq!(
             c.inspection_period_days,
             Config::default().inspection_period_days

@@ -68,18 +68,6 @@ pub enum ServiceError {
         /// Version of the table in force.
         version: u32,
     },
-    /// Too many calls in flight from this caller, or the meter is stopping.
-    #[error("{0}")]
-    Busy(String),
-    /// Reading the caller's input took longer than allowed.
-    #[error("{0}")]
-    TimedOut(String),
-    /// The caller left the bus; nobody waits for the answer.
-    #[error("the caller left before the request was served")]
-    Cancelled,
-    /// A fault inside the meter (a task that died, a poisoned lock).
-    #[error("internal error in meterd: {0}; the request was not served, retry or report it")]
-    Internal(String),
     /// A signed object does not verify.
     #[error("{0}")]
     BadSignature(String),
@@ -95,6 +83,19 @@ pub enum ServiceError {
     /// The ledger failed.
     #[error("the ledger could not be written: {0}; check the state directory (space, permissions), then retry")]
     Storage(String),
+    /// Too many calls in flight from this caller, or the meter is stopping.
+    #[error("{0}")]
+    Busy(String),
+    /// The message was not read within the configured time.
+    #[error("{0}")]
+    TimedOut(String),
+    /// The caller left the bus (or the meter is stopping) before the call
+    /// was done; nobody waits for a reply.
+    #[error("the call was cancelled: the caller left the bus before it was done")]
+    Cancelled,
+    /// A fault on the meter's side (a task that died, an unexpected system error).
+    #[error("internal error in meterd: {0}; see the meter's log")]
+    Internal(String),
 }
 
 /// Result of a service call.

@@ -4,7 +4,8 @@
 //!
 //! 1. the doors and plain values: [`housing`] (the TPM), [`ledger`]
 //!    (SQLite), [`clock`], [`config`], [`money`], [`service`];
-//! 2. [`error`], [`digest`], [`identity`], [`tariff`], [`timecheck`],
+//! 2. [`error`], [`digest`], [`intake`] (messages read from descriptors,
+//!    bounded in size and time, cancellable), [`identity`], [`tariff`], [`timecheck`],
 //!    [`regime`] (locks, account, inspection state: one owned machine);
 //! 3. [`meter`]: the doors and what every sale needs;
 //! 4. [`sale`]: the one pipeline every recorded operation takes;
@@ -31,6 +32,7 @@ pub mod error;
 pub mod housing;
 pub mod identity;
 pub mod inspection;
+pub mod intake;
 pub mod ledger;
 pub mod lock;
 pub mod meter;

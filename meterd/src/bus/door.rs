@@ -2,49 +2,41 @@
 //! place in the right lane, the caller's request key, the message read
 //! within bounds, and the one mapping of the service's answer to the wire.
 //!
-//! Lanes: sales (postmark, validate, sign, postage, pay) and everything
-//! else (status, reports, admin calls) have separate capacity, so a flood
-//! of sales — or of calls stuck reading a message — never queues Status or
-//! an administrator behind it.
+//! Lanes (`callers`): sales (postmark, validate, sign, postage, pay) and
+//! everything else (status, reports, admin calls) have separate capacity,
+//! and each uid a cap per lane, so a flood of sales — or of calls stuck
+//! reading a message — never queues Status, another user or an
+//! administrator behind it.
 
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, SemaphorePermit};
 use zbus::message::Header;
-use zbus::zvariant::OwnedFd;
 use zbus::Connection;
 
 use meter_proto::MeterError;
 
 use super::auth::{Authorizer, Caller, Role};
+use super::callers::{CallGuard, Callers, Lane};
 use super::errors;
+use super::fd_arg::MessageFd;
 use crate::config::Config;
 use crate::error::ServiceError;
+use crate::intake::{self, ReadLimits};
 use crate::ledger::{Digest, Key};
-
-/// Which capacity a member draws on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
-    /// Chargeable sales from users.
-    Sale,
-    /// Reads, reports and administration.
-    Control,
-}
 
 /// The door: authorization and admission.
 pub struct Door {
     auth: Arc<Authorizer>,
-    sales: Semaphore,
-    control: Semaphore,
-    max_message: u64,
+    callers: Callers,
+    limits: ReadLimits,
 }
 
 /// One admitted call.
 pub struct Call<'a> {
     member: &'static str,
     caller: Caller,
-    _slot: SemaphorePermit<'a>,
-    max_message: u64,
+    guard: CallGuard,
+    limits: &'a ReadLimits,
 }
 
 impl Door {
@@ -52,9 +44,8 @@ impl Door {
     pub fn new(config: &Config) -> Door {
         Door {
             auth: Arc::new(Authorizer::new(&config.user_group, &config.admin_group)),
-            sales: Semaphore::new(config.max_in_flight.max(1)),
-            control: Semaphore::new(config.max_in_flight.max(1)),
-            max_message: config.max_message_bytes,
+            callers: Callers::new(config.max_in_flight, config.max_in_flight_per_caller),
+            limits: ReadLimits::from_config(config),
         }
     }
 
@@ -68,19 +59,13 @@ impl Door {
         lane: Lane,
     ) -> Result<Call<'_>, MeterError> {
         let caller = self.require(conn, header, member, needed).await?;
-        let pool = match lane {
-            Lane::Sale => &self.sales,
-            Lane::Control => &self.control,
-        };
-        let slot = pool
-            .acquire()
-            .await
-            .map_err(|_| MeterError::Busy("the meter is shutting down".into()))?;
+        let unique = (!caller.unique.is_empty()).then_some(caller.unique.as_str());
+        let guard = self.callers.enter(unique, caller.uid, lane).await?;
         Ok(Call {
             member,
             caller,
-            _slot: slot,
-            max_message: self.max_message,
+            guard,
+            limits: &self.limits,
         })
     }
 
@@ -110,6 +95,14 @@ impl Door {
     pub fn auth(&self) -> Arc<Authorizer> {
         Arc::clone(&self.auth)
     }
+
+    /// Watches the bus for callers that leave (their reads are cancelled);
+    /// on a peer-to-peer connection reads end at their deadline instead.
+    pub async fn watch(&self, conn: &Connection) {
+        if let Err(e) = self.callers.watch(conn).await {
+            tracing::debug!(error = %e, "not watching callers (peer-to-peer?): reads end at their deadline");
+        }
+    }
 }
 
 impl Call<'_> {
@@ -118,10 +111,12 @@ impl Call<'_> {
         Key::caller(self.caller.uid, request_id).map_err(|e| self.refuse(ServiceError::from(e)))
     }
 
-    /// SHA-384 of the message behind `fd`, within the configured size.
-    pub async fn hash(&self, fd: OwnedFd) -> Result<Digest, MeterError> {
-        let file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
-        crate::digest::sha384_file(file, self.max_message)
+    /// SHA-384 of the message behind `fd`: read before anything is
+    /// reserved, within the configured size and time, ended if the caller
+    /// leaves the bus (see `intake`).
+    pub async fn hash(&self, fd: MessageFd) -> Result<Digest, MeterError> {
+        let fd = fd.into_fd()?;
+        intake::hash_message(fd, self.limits, self.guard.cancel())
             .await
             .map_err(|e| self.refuse(e))
     }

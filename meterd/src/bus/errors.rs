@@ -17,15 +17,10 @@ pub fn to_dbus(member: &str, e: ServiceError) -> MeterError {
         ServiceError::Locked { .. } => MeterError::Locked(message),
         ServiceError::NotProvisioned(_) => MeterError::NotProvisioned(message),
         ServiceError::AccessDenied(_) => MeterError::AccessDenied(message),
-        ServiceError::InvalidInput(_)
-        | ServiceError::Conflict { .. }
-        | ServiceError::TimedOut(_) => MeterError::InvalidInput(message),
-        ServiceError::Unpriced { .. } => MeterError::NotProvisioned(message),
-        ServiceError::Busy(_) | ServiceError::Cancelled => MeterError::Busy(message),
-        ServiceError::Internal(ref cause) => {
-            tracing::error!(member, error = %cause, "internal failure");
-            MeterError::Internal(message)
+        ServiceError::InvalidInput(_) | ServiceError::Conflict { .. } => {
+            MeterError::InvalidInput(message)
         }
+        ServiceError::Unpriced { .. } => MeterError::NotProvisioned(message),
         ServiceError::BadSignature(_) => MeterError::BadSignature(message),
         ServiceError::Replay(_) => MeterError::Replay(message),
         ServiceError::Stale(_) => MeterError::Stale(message),
@@ -36,6 +31,19 @@ pub fn to_dbus(member: &str, e: ServiceError) -> MeterError {
         ServiceError::Storage(ref cause) => {
             tracing::error!(member, error = %cause, "storage failure");
             MeterError::Storage(message)
+        }
+        ServiceError::Busy(_) => MeterError::Busy(message),
+        // A read past its deadline is the caller's input that never ended.
+        ServiceError::TimedOut(_) => MeterError::InvalidInput(message),
+        // Nobody waits for this reply; Busy is the closest kind if one does
+        // (a peer-to-peer caller when the meter stops).
+        ServiceError::Cancelled => {
+            tracing::info!(member, "call cancelled: the caller left");
+            MeterError::Busy(message)
+        }
+        ServiceError::Internal(ref cause) => {
+            tracing::error!(member, error = %cause, "internal failure");
+            MeterError::Internal(message)
         }
     }
 }

@@ -6,10 +6,12 @@
 //! here knows the TPM or SQLite; nothing in the services knows zbus.
 
 mod auth;
+mod callers;
 mod certs_dict;
 mod credit;
 mod door;
 mod errors;
+mod fd_arg;
 mod props;
 mod signals;
 mod status;
@@ -19,7 +21,7 @@ use std::sync::Arc;
 
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
-use zbus::zvariant::{OwnedFd, OwnedValue};
+use zbus::zvariant::OwnedValue;
 use zbus::{fdo, interface, Connection};
 
 use meter_proto::MeterError;
@@ -30,7 +32,9 @@ use crate::{
     provision, rates, recharge, report, revoke, sign, validate,
 };
 use auth::Role;
-use door::{Call, Door, Lane};
+use callers::Lane;
+use door::{Call, Door};
+use fd_arg::MessageFd;
 
 type Admitted<'a> = Result<Call<'a>, MeterError>;
 
@@ -170,7 +174,7 @@ impl MeterIface {
     async fn postmark(
         &self,
         #[zbus(header)] header: Header<'_>,
-        message: OwnedFd,
+        message: MessageFd,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
         let call = self.seller(&header, "Postmark").await?;
@@ -220,7 +224,7 @@ impl MeterIface {
     async fn validate(
         &self,
         #[zbus(header)] header: Header<'_>,
-        message: OwnedFd,
+        message: MessageFd,
         token: Vec<u8>,
     ) -> Result<HashMap<String, OwnedValue>, MeterError> {
         let call = self.seller(&header, "Validate").await?;
@@ -498,7 +502,7 @@ impl MeterIface {
         &self,
         #[zbus(header)] header: Header<'_>,
         certificate_serial: String,
-        message: OwnedFd,
+        message: MessageFd,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
         let call = self.seller(&header, "Sign").await?;
@@ -611,6 +615,7 @@ impl MeterIface {
 pub async fn serve(conn: &Connection, app: Arc<App>) -> zbus::Result<()> {
     let iface = MeterIface::new(app, conn.clone());
     let auth = iface.door.auth();
+    iface.door.watch(conn).await;
     conn.object_server()
         .at(meter_proto::OBJECT_PATH, iface)
         .await?;
