@@ -10,9 +10,10 @@
 //! meter certificate's notBefore, i.e. from certification.
 //!
 //! [`start`] runs the background task that checks, at start and every
-//! [`CHECK_INTERVAL`], first the clock ([`crate::timecheck`]) and then the
-//! deadline. A meter already locked for another reason is not locked again:
-//! one lock at a time, the first reason stays visible.
+//! `check_interval_ms` (configuration, 10 s by default), first the clock
+//! ([`crate::timecheck`], against the TPM clock) and then the deadline. A
+//! meter already locked for another reason is not locked again for the
+//! deadline: one lock at a time, the first reason stays visible.
 
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ use crate::error::Result;
 use crate::ledger::Ledger;
 use crate::lock;
 use crate::meter::Meter;
-use crate::timecheck::{ClockWatch, CHECK_INTERVAL};
+use crate::timecheck::Judgement;
 
 /// Note of the ledger row that records an applied acknowledgement.
 pub const ACK_NOTE: &str = "report-ack";
@@ -137,25 +138,24 @@ pub async fn check(meter: &Meter) -> Result<bool> {
 }
 
 /// Runs the first check now (so that the meter does not serve a sale before
-/// it) and then starts the background watchdog, every [`CHECK_INTERVAL`].
+/// it) and then starts the background watchdog, every `check_interval_ms`.
 pub async fn start(meter: Arc<Meter>) -> tokio::task::JoinHandle<()> {
-    let mut clock_watch = ClockWatch::new(&meter.config().state_dir);
-    run_once(&meter, &mut clock_watch).await;
+    run_once(&meter).await;
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(CHECK_INTERVAL);
+        let mut interval = tokio::time::interval(meter.config().check_interval());
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval.tick().await;
         loop {
             interval.tick().await;
-            run_once(&meter, &mut clock_watch).await;
+            run_once(&meter).await;
         }
     })
 }
 
 /// Clock first (a clock lock makes the deadline moot), then the deadline,
 /// then the current-account billing period.
-async fn run_once(meter: &Meter, clock_watch: &mut ClockWatch) {
-    if let Err(e) = clock_watch.tick(meter).await {
+async fn run_once(meter: &Meter) {
+    if let Err(e) = clock_tick(meter).await {
         tracing::warn!(error = %e, "clock check failed; retrying at the next tick");
     }
     if let Err(e) = check(meter).await {
@@ -164,4 +164,25 @@ async fn run_once(meter: &Meter, clock_watch: &mut ClockWatch) {
     if let Err(e) = crate::account::check(meter).await {
         tracing::warn!(error = %e, "billing period check failed; retrying at the next tick");
     }
+}
+
+/// One clock check against the TPM clock ([`crate::timecheck::ClockGuard::tick`]);
+/// locks with `clock` on a bad verdict. Does nothing before provisioning.
+async fn clock_tick(meter: &Meter) -> Result<Judgement> {
+    let (Some(ledger), Some(_)) = (meter.ledger(), meter.identity()) else {
+        return Ok(Judgement::Fine);
+    };
+    let state = ledger.state();
+    let clock_locked = state
+        .lock
+        .as_ref()
+        .is_some_and(|l| l.reason == meter_proto::lock_reason::CLOCK);
+    let tpm = meter.housing().call(|h| h.clock()).await?;
+    let last_row = (state.time_ms > 0).then_some(state.time_ms);
+    let verdict = meter.clock().tick(tpm, last_row, clock_locked)?;
+    if !verdict.is_fine() {
+        tracing::error!(?verdict, ?tpm, "the clock went back: locking");
+        lock::engage(meter, meter_proto::lock_reason::CLOCK).await?;
+    }
+    Ok(verdict)
 }

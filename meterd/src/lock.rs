@@ -139,6 +139,11 @@ pub async fn clear(meter: &Meter, signed: &[u8]) -> Result<()> {
         product: signed.to_vec(),
         note: note.into(),
     };
+    if lock.reason == meter_proto::lock_reason::CLOCK {
+        // Before the Unlock row, so that no sale sees the lock gone and the
+        // old anchors; harmless if the commit fails (the lock stays).
+        meter.clock().cleared(ledger.state().time_ms);
+    }
     match ledger.commit(entry, None).await {
         Ok(Outcome::Committed { .. }) => {
             tracing::warn!(reason = %lock.reason, "lock cleared by authority order");

@@ -44,6 +44,7 @@ pub struct Meter {
     credit: crate::credit::CreditBook,
     certs: crate::certs::CertStore,
     account: crate::account::AccountBook,
+    clock: crate::timecheck::ClockGuard,
 }
 
 impl Meter {
@@ -52,6 +53,7 @@ impl Meter {
     /// finds rollback or tamper).
     pub async fn start(config: Config, housing: HousingHandle) -> Result<Meter> {
         let (ledger_ready, _) = tokio::sync::watch::channel(None);
+        let clock = crate::timecheck::ClockGuard::new(&config.state_dir);
         let meter = Meter {
             config,
             housing,
@@ -63,6 +65,7 @@ impl Meter {
             credit: crate::credit::CreditBook::default(),
             certs: crate::certs::CertStore::default(),
             account: crate::account::AccountBook::default(),
+            clock,
         };
         let has_identity = meter.housing.call(|h| h.has_key(IDENTITY_KEY)).await?;
         if has_identity {
@@ -79,6 +82,11 @@ impl Meter {
     /// Signer certificates Validate has already chained to the anchors.
     pub fn chain_cache(&self) -> Arc<meter_pki::tsp::ChainCache> {
         Arc::clone(&self.chain_cache)
+    }
+
+    /// The clock check (sale gate and watchdog, see [`crate::timecheck`]).
+    pub fn clock(&self) -> &crate::timecheck::ClockGuard {
+        &self.clock
     }
 
     /// Open lines of credit and their registers.

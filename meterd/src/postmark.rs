@@ -12,8 +12,8 @@ use crate::digest::{input_digest, sha384_file};
 use crate::error::{Result, ServiceError};
 use crate::ledger::Digest;
 use crate::meter::{Meter, POSTMARK_KEY};
+use crate::sale;
 use crate::service::Service;
-use crate::{clock, sale};
 
 /// `Postmark`: hashes the message from its descriptor, then postmarks the digest.
 pub async fn postmark_file(
@@ -61,7 +61,9 @@ async fn make_token(
     let params = TokenParams {
         imprint,
         serial: meter.next_postmark_serial(),
-        gen_time: clock::now(),
+        gen_time: sale::checked_time(meter, &meter.require_ledger()?)
+            .await?
+            .div_euclid(1000),
         policy: meter_pki::oid::POSTMARK_POLICY,
         accuracy_secs: 1,
         nonce: None,

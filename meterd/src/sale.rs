@@ -10,10 +10,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use crate::clock;
 use crate::error::{Result, ServiceError};
 use crate::identity::Identity;
-use crate::ledger::{Digest, Entry, EntryKind, Outcome};
+use crate::ledger::{Digest, Entry, EntryKind, Ledger, Outcome};
 use crate::meter::Meter;
 use crate::money::Amount;
 use crate::service::Service;
@@ -29,6 +28,22 @@ pub fn check_request_id(id: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The clock at the gate (see [`crate::timecheck`]): the time to stamp,
+/// Unix ms, never earlier than the ledger's last row; on a clock set back,
+/// the meter locks with reason `clock` and the sale is refused.
+pub(crate) async fn checked_time(meter: &Meter, ledger: &Ledger) -> Result<i64> {
+    match meter.clock().check_sale(ledger.state().time_ms) {
+        Ok(ms) => Ok(ms),
+        Err(judgement) => {
+            tracing::error!(?judgement, "the clock went back: locking");
+            crate::lock::engage(meter, meter_proto::lock_reason::CLOCK).await?;
+            Err(ServiceError::Locked {
+                reason: meter_proto::lock_reason::CLOCK.into(),
+            })
+        }
+    }
 }
 
 /// Sells one piece of `service`.
@@ -67,6 +82,7 @@ where
     WF: Future<Output = Result<Vec<u8>>>,
 {
     let (identity, ledger) = meter.ensure_selling()?;
+    let now_ms = checked_time(meter, &ledger).await?;
     if let Some(id) = request_id {
         check_request_id(id)?;
     }
@@ -76,7 +92,7 @@ where
     };
     let price = match existing {
         Some(_) => Amount::ZERO,
-        None => meter.rates().price(service, clock::now())?,
+        None => meter.rates().price(service, now_ms.div_euclid(1000))?,
     };
     let reservation = match existing {
         Some(_) => None,
@@ -132,6 +148,7 @@ where
     P: FnOnce() -> Result<(Amount, crate::ledger::Finisher)>,
 {
     let (_identity, ledger) = meter.ensure_selling()?;
+    checked_time(meter, &ledger).await?;
     check_request_id(request_id)?;
     if let Some(stored) = ledger.lookup(request_id).await? {
         if stored.input_digest == input_digest && stored.service == Some(service) {

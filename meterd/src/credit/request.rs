@@ -14,8 +14,8 @@ use super::sign_with_identity;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::meter::{Meter, POSTMARK_KEY};
+use crate::sale;
 use crate::service::Service;
-use crate::{clock, sale};
 
 /// Makes a signed, postmarked credit request; returns it (CMS DER).
 pub async fn request_credit(
@@ -47,17 +47,20 @@ pub async fn request_credit(
         Some(request_id),
         async move { Ok((digest, ())) },
         |(), identity| async move {
+            let now = sale::checked_time(meter, &meter.require_ledger()?)
+                .await?
+                .div_euclid(1000);
             let ask = CreditAsk {
                 meter_id: identity.meter_id.clone(),
                 creditor: creditor.to_owned(),
                 amount,
-                requested_at: clock::now(),
+                requested_at: now,
                 request_id: request_id.to_owned(),
             };
             let params = TokenParams {
                 imprint: CreditRequest::imprint(&ask)?,
                 serial: meter.next_postmark_serial(),
-                gen_time: clock::now(),
+                gen_time: now,
                 policy: meter_pki::oid::POSTMARK_POLICY,
                 accuracy_secs: 1,
                 nonce: None,

@@ -283,6 +283,7 @@ fn run_mapped(
         registers: regs,
         lock,
         nv: ledger_nv,
+        time: 0,
     };
     Ok(AuditOutcome {
         report,

@@ -372,7 +372,7 @@ fn start(a: StartArgs, mut sealer: Box<dyn Sealer>) -> Result<(Writer, Started)>
             a.path.display()
         )));
     }
-    let (tip, tpm_nv, report) = if fresh {
+    let (mut tip, tpm_nv, report) = if fresh {
         schema::create(&conn, &a.meter_id)?;
         let c = sealer.counter_read()?.ok_or_else(not_defined)?;
         let tip = Tip {
@@ -381,6 +381,7 @@ fn start(a: StartArgs, mut sealer: Box<dyn Sealer>) -> Result<(Writer, Started)>
             seq: 0,
             registers: super::Registers::default(),
             lock: None,
+            time: 0,
         };
         (tip, c, None)
     } else {
@@ -392,6 +393,7 @@ fn start(a: StartArgs, mut sealer: Box<dyn Sealer>) -> Result<(Writer, Started)>
         schema::ensure(&conn)?;
         (out.tip, out.tpm_nv, Some(out.report))
     };
+    tip.time = super::query::last_time_in(&conn)?.unwrap_or(0);
     if let Ok(mut f) = a.funds.lock() {
         f.descending = tip.registers.descending;
         f.ascending = tip.registers.ascending;

@@ -195,6 +195,9 @@ pub struct LedgerState {
     pub nv: u64,
     /// Lock in force, if any.
     pub lock: Option<LockInfo>,
+    /// Time of the last row, Unix ms (0 before any): no row or sale is
+    /// dated earlier (see [`crate::timecheck`]).
+    pub time_ms: i64,
 }
 
 /// Outcome of a commit.

@@ -61,6 +61,8 @@ pub(crate) struct Tip {
     pub lock: Option<LockInfo>,
     /// Counter value carried by the last batch.
     pub nv: u64,
+    /// Time of the last row, Unix ms (0 before any).
+    pub time: i64,
 }
 
 impl Tip {
@@ -71,6 +73,7 @@ impl Tip {
             head: self.head,
             nv: self.nv,
             lock: self.lock.clone(),
+            time_ms: self.time,
         }
     }
 }
@@ -121,9 +124,13 @@ pub(crate) fn not_defined() -> LedgerError {
     })
 }
 
-/// Row time: the meter's clock (`crate::clock`, the one source of time).
-fn now_ms() -> i64 {
-    crate::clock::now_millis()
+/// Row time: the meter's clock (`crate::clock`, the one source of time),
+/// never earlier than the last row's, so that a clock set back cannot date
+/// a row before one already sealed (the sale gate locks the meter on such a
+/// clock, see `crate::timecheck`; rows the gate does not see, such as the
+/// Lock row itself, are dated at the last row's time).
+fn row_time(tip: &Tip) -> i64 {
+    crate::clock::now_millis().max(tip.time)
 }
 
 /// SQLite stores u64 registers as their i64 bit pattern.
@@ -336,7 +343,7 @@ impl Writer {
         entries: Vec<(Entry, Option<Finisher>, Option<AccountTerms>)>,
         work: &mut Tip,
     ) -> Result<Vec<Result<Outcome>>> {
-        let now = now_ms();
+        let now = row_time(work);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -376,6 +383,7 @@ impl Writer {
             })
             .map_err(storage)?;
             work.nv = nv;
+            work.time = now;
         }
         tx.commit().map_err(storage)?;
         Ok(outcomes)
