@@ -231,6 +231,42 @@ pub fn verify_cached(
     })
 }
 
+/// Checks the time a token or signature claims (genTime, signingTime)
+/// against its signer certificate and the verifier's clock: a time before
+/// the certificate's notBefore or after its notAfter was not vouched for by
+/// it, and a time later than `now + future_skew` has not happened yet (a
+/// signer whose clock was set forward). `Err` says which, for the report.
+///
+/// [`verify`] does not call it: a chain valid now and a signature that
+/// checks do not make the time right, and the caller decides the skew.
+pub fn check_time(
+    time: i64,
+    signer: &Certificate,
+    now: i64,
+    future_skew: i64,
+) -> Result<(), String> {
+    let (nb, na) = (cert::not_before(signer), cert::not_after(signer));
+    if time < nb {
+        return Err(format!(
+            "dated {time}, {} s before its signer certificate's notBefore {nb}",
+            nb - time
+        ));
+    }
+    if time > na {
+        return Err(format!(
+            "dated {time}, {} s after its signer certificate's notAfter {na}",
+            time - na
+        ));
+    }
+    if time > now.saturating_add(future_skew) {
+        return Err(format!(
+            "dated {time}, {} s in the future (this clock: {now}, {future_skew} s allowed)",
+            time - now
+        ));
+    }
+    Ok(())
+}
+
 /// The first ESSCertIDv2 must name the signer certificate (RFC 5035 §5.4).
 fn check_ess(ess: &SigningCertificateV2, signer: &Certificate) -> Result<(), TokenFailure> {
     let first = ess

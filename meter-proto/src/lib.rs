@@ -57,4 +57,7 @@ pub mod step {
     pub const SIGNATURE: &str = "signature";
     /// The message digest differs from the one in the token.
     pub const DIGEST: &str = "digest";
+    /// The time in the token (genTime, or a signature's signingTime) lies in
+    /// the future, or outside the signer certificate's validity.
+    pub const TIME: &str = "time";
 }

@@ -1,8 +1,12 @@
 //! The meter's notion of time: the one place time comes from.
 //!
-//! Wall-clock time comes from the system clock; the housing's TPM clock is
-//! the witness that it never runs backwards (see [`crate::timecheck`], which
-//! locks the meter with reason `clock`).
+//! Wall-clock time ([`now_millis`]) comes from the system clock, through the
+//! C library, so that a test can move it the way an operator would (with
+//! libfaketime). [`boot_millis`] is CLOCK_BOOTTIME, read by a raw system call
+//! that no `LD_PRELOAD` library intercepts and that root cannot step: it
+//! counts from boot, suspend included. The two, and the housing's TPM clock,
+//! are the witnesses that the wall clock never runs backwards (see
+//! [`crate::timecheck`]; the meter locks with reason `clock`).
 //!
 //! # Test clock
 //!
@@ -85,6 +89,37 @@ pub fn now_millis() -> i64 {
         .max(0)
 }
 
+/// CLOCK_BOOTTIME in milliseconds: time since boot, suspend included.
+///
+/// Read by `syscall(SYS_clock_gettime)` rather than the C library's
+/// `clock_gettime`, which an `LD_PRELOAD` library (libfaketime, or an
+/// attacker's) may replace. No one can set this clock (`clock_settime`
+/// refuses it); only the rate at which all kernel clocks advance can be
+/// adjusted (`adjtimex`), which the TPM clock check answers. Returns 0 if
+/// the call fails (it cannot on Linux ≥ 2.6.39).
+pub fn boot_millis() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one `struct timespec` through the
+    // pointer, which points at a live, properly aligned local.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clock_gettime,
+            libc::CLOCK_BOOTTIME,
+            std::ptr::addr_of_mut!(ts),
+        )
+    };
+    if rc != 0 {
+        return 0;
+    }
+    // `time_t` and `c_long` are i32 on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    let (secs, nanos) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
+    secs.saturating_mul(1000).saturating_add(nanos / 1_000_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +135,16 @@ mod tests {
             assert_eq!(init_from_env("swtpm:port=1"), 0);
         }
         assert_eq!(init_from_env("device:/dev/tpmrm0"), 0);
+    }
+
+    #[test]
+    fn boot_clock_counts_from_boot_and_moves_with_real_time() {
+        let a = boot_millis();
+        assert!(a > 0);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let b = boot_millis();
+        assert!((45..5_000).contains(&(b - a)), "{a} → {b}");
+        // Since boot, not since 1970.
+        assert!(a < now_millis() / 2);
     }
 }

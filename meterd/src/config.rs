@@ -45,11 +45,14 @@ pub struct Config {
     /// Days within which an acknowledged status report must arrive before the
     /// meter locks (`inspection-overdue`); an acknowledgement may change it.
     pub inspection_period_days: u32,
-    /// How far (seconds) the system clock may seem to go back before the meter
-    /// locks with reason `clock`.
+    /// How far (seconds) the time in a token or signature may lie ahead of
+    /// this meter's clock before Validate reports step `time` (another
+    /// machine's clock may run a little ahead). The meter's own clock check
+    /// has a fixed tolerance (1 s + 500 ppm, see `timecheck`).
     pub clock_tolerance_seconds: u64,
-    /// How often (ms) the watchdog reads the TPM clock and checks the
-    /// inspection deadline and billing period (tests set it small).
+    /// Interval of the watchdog's checks (clock against the TPM, inspection
+    /// deadline, billing period), ms. `METERD_CHECK_INTERVAL_MS` overrides it
+    /// (the tests make it short rather than wait).
     pub check_interval_ms: u64,
 }
 
@@ -69,7 +72,7 @@ impl Default for Config {
             bus: "system".into(),
             inspection_period_days: 90,
             clock_tolerance_seconds: 300,
-            check_interval_ms: 10_000,
+            check_interval_ms: crate::timecheck::DEFAULT_CHECK_INTERVAL_MS,
         }
     }
 }
@@ -132,7 +135,19 @@ impl Config {
         if let Ok(tcti) = std::env::var("METERD_TCTI") {
             config.tcti = tcti;
         }
+        if let Some(ms) = std::env::var("METERD_CHECK_INTERVAL_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+        {
+            config.check_interval_ms = ms;
+        }
         Ok(config)
+    }
+
+    /// The watchdog's interval, bounded to 10 ms .. 10 min (a longer one
+    /// would leave the TPM clock check too far apart).
+    pub fn check_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.check_interval_ms.clamp(10, 600_000))
     }
 
     /// Path of the ledger database.
@@ -176,6 +191,8 @@ mod tests {
         );
         assert_eq!(c.max_in_flight, d.max_in_flight);
         assert_eq!(c.max_in_flight_per_caller, d.max_in_flight_per_caller);
+        assert_eq!(c.check_interval_ms, 10_000);
+        assert_eq!(c.check_interval(), std::time::Duration::from_secs(10));
         assert_eq!(
             c.inspection_period_days,
             Config::default().inspection_period_days

@@ -80,6 +80,11 @@ pub async fn clear(meter: &Meter, signed: &[u8]) -> Result<()> {
             order.nonce, lock.nonce
         )));
     }
+    if lock.reason == meter_proto::lock_reason::CLOCK {
+        // The authority reviewed the clock: the current time becomes the
+        // new anchor, before any sale can see the lock gone.
+        meter.regime().clock().cleared(ledger.state().time_ms);
+    }
     let note = if lock.reason == meter_proto::lock_reason::TAMPER {
         "reanchor"
     } else {

@@ -56,10 +56,7 @@ impl Meter {
     /// finds rollback or tamper) and loads identity and rates from it.
     pub async fn start(config: Config, housing: HousingHandle) -> Result<Meter> {
         let (ledger_ready, _) = tokio::sync::watch::channel(None);
-        let tolerance_ms = i64::try_from(config.clock_tolerance_seconds)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1000);
-        let regime = Regime::new(ClockGuard::new(&config.state_dir, tolerance_ms));
+        let regime = Regime::new(ClockGuard::new(&config.state_dir));
         let meter = Meter {
             config,
             housing,

@@ -3,17 +3,19 @@
 //!
 //! Steps, in the patent's order: funds; the signer's certificate against the
 //! trust anchors (`chain`); the signature with the key taken from that
-//! certificate (`signature`); the digest in the token against the message's
-//! (`digest`). The report names the first step that failed. The check is a
-//! service like any other: charged, and recorded as one ledger row whose
-//! product is the report.
+//! certificate (`signature`); the time the token claims (`time`: genTime, or
+//! a signature's signingTime, must lie within the signer certificate's
+//! validity and not in the future beyond `clock_tolerance_seconds`: a signer
+//! whose clock was set back or forward is caught here); the digest in the
+//! token against the message's (`digest`). The report names the first step
+//! that failed. The check is a service like any other: charged, and recorded
+//! as one ledger row whose product is the report.
 
 use serde::Serialize;
 
 use meter_pki::detached::{self, DetachedFailure};
 use meter_pki::tsp::{self, TokenFailure};
 
-use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::ledger::Digest;
@@ -67,6 +69,7 @@ pub async fn validate(meter: &Meter, imprint: Digest, token: Vec<u8>) -> Result<
             token.len()
         )));
     }
+    let skew = i64::try_from(meter.config().clock_tolerance_seconds).unwrap_or(i64::MAX);
     let spec = Spec::sale(
         Service::Validate,
         None,
@@ -75,10 +78,15 @@ pub async fn validate(meter: &Meter, imprint: Digest, token: Vec<u8>) -> Result<
     let sold = sale::sell(meter, spec, async move |sale: &Sale| {
         let anchors = sale.identity.anchors.clone();
         let cache = meter.chain_cache();
-        let report =
-            tokio::task::spawn_blocking(move || check(&token, &imprint, &anchors, Some(&cache)))
-                .await
-                .map_err(|e| ServiceError::Internal(format!("validation task: {e}")))?;
+        let when = When {
+            now: sale.now(),
+            future_skew: skew,
+        };
+        let report = tokio::task::spawn_blocking(move || {
+            check(&token, &imprint, &anchors, Some(&cache), when)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("validation task: {e}")))?;
         let bytes = serde_json::to_vec(&report)
             .map_err(|e| ServiceError::Internal(format!("report encoding: {e}")))?;
         Ok(Made::Product(bytes))
@@ -86,6 +94,15 @@ pub async fn validate(meter: &Meter, imprint: Digest, token: Vec<u8>) -> Result<
     .await?;
     serde_json::from_slice(&sold.product)
         .map_err(|e| ServiceError::Storage(format!("stored report unreadable: {e}")))
+}
+
+/// The verifier's clock, and how far ahead of it a token may be dated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct When {
+    /// Now, Unix s.
+    pub now: i64,
+    /// Seconds a token may lie in the future (`clock_tolerance_seconds`).
+    pub future_skew: i64,
 }
 
 /// The verification itself, pure and CPU-bound. Tokens go first (the common
@@ -97,13 +114,14 @@ pub fn check(
     imprint: &[u8; 48],
     anchors: &[meter_pki::cert::Certificate],
     cache: Option<&tsp::ChainCache>,
+    when: When,
 ) -> Report {
-    let info = match tsp::verify_cached(token, anchors, clock::now(), cache) {
+    let info = match tsp::verify_cached(token, anchors, when.now, cache) {
         Ok(info) => info,
         Err(TokenFailure::Malformed(d)) => {
             return match detached::content_type(token) {
                 Ok(ct) if ct != meter_pki::oid::ID_CT_TSTINFO => {
-                    check_detached(token, imprint, anchors)
+                    check_detached(token, imprint, anchors, when)
                 }
                 _ => Report::failed(meter_proto::step::MALFORMED, d),
             }
@@ -121,7 +139,11 @@ pub fn check(
         meter_id: signer,
         serial: hex::encode(&info.serial),
     };
-    if info.hash_oid != const_oid::db::rfc5912::ID_SHA_384 {
+    if let Err(d) = tsp::check_time(info.gen_time, &info.signer, when.now, when.future_skew) {
+        report.valid = false;
+        report.step = meter_proto::step::TIME.into();
+        report.detail = format!("the token is {d}");
+    } else if info.hash_oid != const_oid::db::rfc5912::ID_SHA_384 {
         report.valid = false;
         report.step = meter_proto::step::DIGEST.into();
         report.detail = format!(
@@ -142,18 +164,28 @@ fn check_detached(
     sig: &[u8],
     imprint: &[u8; 48],
     anchors: &[meter_pki::cert::Certificate],
+    when: When,
 ) -> Report {
     use meter_proto::step;
-    match detached::verify_digest(sig, imprint, anchors, clock::now()) {
-        Ok(info) => Report {
-            valid: true,
-            step: step::OK.into(),
-            detail: String::new(),
-            signer: info.signer_cn.unwrap_or_default(),
-            time: info.signing_time.unwrap_or(0),
-            meter_id: String::new(),
-            serial: meter_pki::cert::serial_hex(&info.signer),
-        },
+    match detached::verify_digest(sig, imprint, anchors, when.now) {
+        Ok(info) => {
+            let time = info
+                .signing_time
+                .map(|t| tsp::check_time(t, &info.signer, when.now, when.future_skew));
+            let (valid, step, detail) = match time {
+                Some(Err(d)) => (false, step::TIME, format!("the signature is {d}")),
+                _ => (true, step::OK, String::new()),
+            };
+            Report {
+                valid,
+                step: step.into(),
+                detail,
+                signer: info.signer_cn.unwrap_or_default(),
+                time: info.signing_time.unwrap_or(0),
+                meter_id: String::new(),
+                serial: meter_pki::cert::serial_hex(&info.signer),
+            }
+        }
         Err(DetachedFailure::Malformed(d)) => Report::failed(step::MALFORMED, d),
         Err(DetachedFailure::Chain(d)) => Report::failed(step::CHAIN, d),
         Err(DetachedFailure::Signature(d)) => Report::failed(step::SIGNATURE, d),
@@ -165,52 +197,181 @@ fn check_detached(
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use meter_pki::cert::Certificate;
     use meter_pki::cms::{self, SignOptions};
     use meter_pki::issue::{self, Profile};
     use p384::ecdsa::SigningKey;
     use sha2::{Digest as _, Sha384};
 
-    #[test]
-    fn detached_signatures_are_checked_step_by_step() {
-        let now = clock::now();
+    const DAY: i64 = 86_400;
+
+    struct Pki {
+        now: i64,
+        root: Certificate,
+        rk: SigningKey,
+    }
+
+    /// A root valid from a day ago; `leaf` issues under it from `from`.
+    fn pki() -> Pki {
+        let now = crate::clock::now();
         let rk = SigningKey::from_slice(&[1u8; 48]).unwrap();
-        let root = issue::self_signed_root(&rk, "R", 1, now - 60, 10).unwrap();
-        let uk = SigningKey::from_slice(&[2u8; 48]).unwrap();
-        let sec1 = uk.verifying_key().to_encoded_point(false);
-        let user = issue::issue(
-            "Alice",
-            sec1.as_bytes(),
-            Profile::User,
-            &rk,
-            &root,
-            5,
-            now - 60,
-            10,
-        )
-        .unwrap();
-        let digest: [u8; 48] = Sha384::digest(b"msg").into();
+        let root = issue::self_signed_root(&rk, "R", 1, now - DAY, 30).unwrap();
+        Pki { now, root, rk }
+    }
+
+    impl Pki {
+        fn leaf(
+            &self,
+            cn: &str,
+            profile: Profile,
+            seed: u8,
+            from: i64,
+        ) -> (Certificate, SigningKey) {
+            let k = SigningKey::from_slice(&[seed; 48]).unwrap();
+            let sec1 = k.verifying_key().to_encoded_point(false);
+            let c = issue::issue(
+                cn,
+                sec1.as_bytes(),
+                profile,
+                &self.rk,
+                &self.root,
+                5,
+                from,
+                10,
+            )
+            .unwrap();
+            (c, k)
+        }
+
+        fn when(&self) -> When {
+            When {
+                now: self.now,
+                future_skew: 300,
+            }
+        }
+    }
+
+    fn sign_detached(user: &Certificate, key: &SigningKey, digest: [u8; 48], t: i64) -> Vec<u8> {
         let p = cms::prepare_detached_digest(
             &SignOptions {
                 content_type: meter_pki::oid::ID_DATA,
                 content: &[],
-                signer: &user,
+                signer: user,
                 extra_certs: &[],
-                signing_time: Some(now),
+                signing_time: Some(t),
                 ess_cert_id_v2: true,
             },
             digest,
         )
         .unwrap();
-        let raw = meter_pki::sig::sign_prehash_raw(&uk, &p.digest()).unwrap();
-        let sig = p.finish(&raw).unwrap();
-        let anchors = [root];
-        let r = check(&sig, &digest, &anchors, None);
+        let raw = meter_pki::sig::sign_prehash_raw(key, &p.digest()).unwrap();
+        p.finish(&raw).unwrap()
+    }
+
+    fn token(tsa: &Certificate, key: &SigningKey, imprint: [u8; 48], gen_time: i64) -> Vec<u8> {
+        let p = tsp::prepare(
+            &tsp::TokenParams {
+                imprint,
+                serial: 7,
+                gen_time,
+                policy: meter_pki::oid::POSTMARK_POLICY,
+                accuracy_secs: 1,
+                nonce: None,
+            },
+            tsa,
+            &[],
+        )
+        .unwrap();
+        let raw = meter_pki::sig::sign_prehash_raw(key, &p.digest()).unwrap();
+        p.finish(&raw).unwrap()
+    }
+
+    #[test]
+    fn detached_signatures_are_checked_step_by_step() {
+        let k = pki();
+        let now = k.now;
+        let (user, uk) = k.leaf("Alice", Profile::User, 2, now - 60);
+        let digest: [u8; 48] = Sha384::digest(b"msg").into();
+        let sig = sign_detached(&user, &uk, digest, now);
+        let anchors = [k.root.clone()];
+        let r = check(&sig, &digest, &anchors, None, k.when());
         assert!(r.valid, "{r:?}");
         assert_eq!((r.signer.as_str(), r.serial.as_str()), ("Alice", "05"));
         assert_eq!(r.time, now);
-        assert_eq!(check(&sig, &[0; 48], &anchors, None).step, "digest");
+        assert_eq!(
+            check(&sig, &[0; 48], &anchors, None, k.when()).step,
+            "digest"
+        );
         let other = issue::self_signed_root(&uk, "Other", 1, now - 60, 10).unwrap();
-        assert_eq!(check(&sig, &digest, &[other], None).step, "chain");
-        assert_eq!(check(b"junk", &digest, &anchors, None).step, "malformed");
+        assert_eq!(check(&sig, &digest, &[other], None, k.when()).step, "chain");
+        assert_eq!(
+            check(b"junk", &digest, &anchors, None, k.when()).step,
+            "malformed"
+        );
+    }
+
+    #[test]
+    fn a_signature_dated_outside_its_certificate_or_ahead_fails_at_time() {
+        let k = pki();
+        let now = k.now;
+        let (user, uk) = k.leaf("Alice", Profile::User, 2, now - 60);
+        let digest: [u8; 48] = Sha384::digest(b"msg").into();
+        let anchors = [k.root.clone()];
+        for (t, what) in [(now + DAY, "future"), (now - 3_600, "notBefore")] {
+            let r = check(
+                &sign_detached(&user, &uk, digest, t),
+                &digest,
+                &anchors,
+                None,
+                k.when(),
+            );
+            assert_eq!((r.valid, r.step.as_str()), (false, "time"), "{r:?}");
+            assert!(r.detail.contains(what), "{r:?}");
+            assert_eq!(r.time, t);
+        }
+        // Within the skew: valid.
+        let r = check(
+            &sign_detached(&user, &uk, digest, now + 200),
+            &digest,
+            &anchors,
+            None,
+            k.when(),
+        );
+        assert!(r.valid, "{r:?}");
+    }
+
+    #[test]
+    fn tokens_are_checked_for_time_between_signature_and_digest() {
+        let k = pki();
+        let now = k.now;
+        let (tsa, tk) = k.leaf("MTR-TEST", Profile::Postmark, 3, now - 60);
+        let imprint: [u8; 48] = Sha384::digest(b"letter").into();
+        let anchors = [k.root.clone()];
+        let r = check(
+            &token(&tsa, &tk, imprint, now),
+            &imprint,
+            &anchors,
+            None,
+            k.when(),
+        );
+        assert!(r.valid, "{r:?}");
+        // Two days ahead of the verifier: `time`, not `ok`.
+        let ahead = token(&tsa, &tk, imprint, now + 2 * DAY);
+        let r = check(&ahead, &imprint, &anchors, None, k.when());
+        assert_eq!((r.valid, r.step.as_str()), (false, "time"), "{r:?}");
+        assert!(r.detail.contains("in the future"), "{r:?}");
+        assert_eq!((r.time, r.signer.as_str()), (now + 2 * DAY, "MTR-TEST"));
+        // Dated before its certificate (a meter whose clock was set back).
+        let early = token(&tsa, &tk, imprint, now - 300 * DAY);
+        let r = check(&early, &imprint, &anchors, None, k.when());
+        assert_eq!((r.valid, r.step.as_str()), (false, "time"), "{r:?}");
+        assert!(r.detail.contains("notBefore"), "{r:?}");
+        // Time comes before the digest: a wrong time over another message
+        // still names `time`.
+        let r = check(&early, &[0; 48], &anchors, None, k.when());
+        assert_eq!(r.step, "time");
+        // Within the skew: valid.
+        let near = token(&tsa, &tk, imprint, now + 299);
+        assert!(check(&near, &imprint, &anchors, None, k.when()).valid);
     }
 }

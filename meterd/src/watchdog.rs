@@ -8,16 +8,14 @@
 //! once; the tick is what reads the TPM and writes the Lock rows.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::meter::Meter;
-use crate::timecheck::Judgement;
 use crate::{account, inspection};
 
 /// Runs the first check now, then starts the background task.
 pub async fn start(meter: Arc<Meter>) -> tokio::task::JoinHandle<()> {
     run_once(&meter).await;
-    let every = Duration::from_millis(meter.config().check_interval_ms.max(10));
+    let every = meter.config().check_interval();
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -57,7 +55,7 @@ async fn clock_tick(meter: &Meter) -> crate::error::Result<()> {
     let tpm = meter.housing().call(|h| h.clock()).await?;
     let last = (state.time_ms > 0).then_some(state.time_ms);
     let verdict = meter.regime().clock().tick(tpm, last, clock_locked)?;
-    if verdict != Judgement::Fine {
+    if !verdict.is_fine() {
         tracing::error!(?verdict, ?tpm, "the clock went backwards: locking");
         meter
             .regime()

@@ -294,7 +294,8 @@ pub struct LedgerState {
     pub nv: u64,
     /// Lock in force, if any.
     pub lock: Option<LockInfo>,
-    /// Time of the last row (Unix ms; 0 before the first).
+    /// Time of the last row, Unix ms (0 before any): no row or sale is
+    /// dated earlier (see [`crate::timecheck`]).
     pub time_ms: i64,
 }
 

@@ -56,9 +56,13 @@ pub(crate) fn not_defined() -> LedgerError {
     })
 }
 
-/// Row time: the meter's clock (`crate::clock`, the one source of time).
-pub(crate) fn now_ms() -> i64 {
-    crate::clock::now_millis()
+/// Row time: the meter's clock (`crate::clock`, the one source of time),
+/// never earlier than the last row's, so that a clock set back cannot date
+/// a row before one already sealed (the sale gate locks the meter on such a
+/// clock, see `crate::timecheck`; rows the gate does not see, such as the
+/// Lock row itself, are dated at the last row's time).
+pub(crate) fn row_time(tip: &Tip) -> i64 {
+    crate::clock::now_millis().max(tip.time_ms)
 }
 
 /// SQLite stores u64 registers as their i64 bit pattern.

@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::chain;
 use super::reserve::{AccountTerms, Reservation, SharedFunds};
-use super::rows::{apply_entry, check_product, not_defined, now_ms, to_sql, Tip};
+use super::rows::{apply_entry, check_product, not_defined, row_time, to_sql, Tip};
 use super::schema::storage;
 use super::{Entry, EntryKind, Finisher, LedgerError, LedgerState, Outcome, Result, Sealer};
 use crate::housing::HousingError;
@@ -291,7 +291,7 @@ impl Writer {
         entries: Vec<(Entry, Option<Finisher>, Option<AccountTerms>)>,
         work: &mut Tip,
     ) -> Result<Vec<Result<Outcome>>> {
-        let now = now_ms();
+        let now = row_time(work);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
