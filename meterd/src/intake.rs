@@ -37,6 +37,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha384};
@@ -55,27 +56,37 @@ const CHUNK: usize = 64 * 1024;
 /// Reads running on blocking threads at once, meter-wide (see the module doc).
 pub const MAX_BLOCKING_READS: usize = 64;
 
-/// Blocking reads in progress. A counter, not a lock: it only bounds how
-/// many threads reads that the kernel will not interrupt can hold.
-static BLOCKING_READS: AtomicUsize = AtomicUsize::new(0);
-
-/// How much of a message is read, and for how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How much of a message is read, and for how long; owned by the door
+/// that reads messages.
+#[derive(Debug, Clone)]
 pub struct ReadLimits {
     /// Largest message accepted, bytes (`max_message_bytes`).
     pub max_bytes: u64,
     /// Longest a read may take from start to end of file
     /// (`message_read_timeout_seconds`).
     pub deadline: Duration,
+    /// Blocking reads in progress (shared by every read under these
+    /// limits). A counter, not a lock: it only bounds how many threads
+    /// reads that the kernel will not interrupt can hold.
+    pub blocking: Arc<AtomicUsize>,
 }
 
 impl ReadLimits {
+    /// Limits of `max_bytes` and `deadline`, with a fresh blocking-read count.
+    pub fn new(max_bytes: u64, deadline: Duration) -> ReadLimits {
+        ReadLimits {
+            max_bytes,
+            deadline,
+            blocking: Arc::default(),
+        }
+    }
+
     /// The limits configured for the meter.
     pub fn from_config(config: &Config) -> ReadLimits {
-        ReadLimits {
-            max_bytes: config.max_message_bytes,
-            deadline: Duration::from_secs(config.message_read_timeout_seconds.max(1)),
-        }
+        ReadLimits::new(
+            config.max_message_bytes,
+            Duration::from_secs(config.message_read_timeout_seconds.max(1)),
+        )
     }
 }
 
@@ -265,25 +276,25 @@ async fn read_polled(
     Ok(hasher.finalize().into())
 }
 
-/// One slot of [`BLOCKING_READS`], released when the thread ends.
-struct BlockingSlot;
+/// One slot of [`ReadLimits::blocking`], released when the thread ends.
+struct BlockingSlot(Arc<AtomicUsize>);
 
 impl BlockingSlot {
-    fn take() -> Result<BlockingSlot> {
-        let prev = BLOCKING_READS.fetch_add(1, Ordering::AcqRel);
+    fn take(count: &Arc<AtomicUsize>) -> Result<BlockingSlot> {
+        let prev = count.fetch_add(1, Ordering::AcqRel);
         if prev >= MAX_BLOCKING_READS {
-            BLOCKING_READS.fetch_sub(1, Ordering::AcqRel);
+            count.fetch_sub(1, Ordering::AcqRel);
             return Err(ServiceError::Busy(format!(
                 "{MAX_BLOCKING_READS} messages are being read from files already; retry shortly"
             )));
         }
-        Ok(BlockingSlot)
+        Ok(BlockingSlot(Arc::clone(count)))
     }
 }
 
 impl Drop for BlockingSlot {
     fn drop(&mut self) {
-        BLOCKING_READS.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -295,7 +306,7 @@ async fn read_blocking(
     deadline: Instant,
     cancel: &CancellationToken,
 ) -> Result<Digest> {
-    let slot = BlockingSlot::take()?;
+    let slot = BlockingSlot::take(&limits.blocking)?;
     // Fires when the caller leaves, and when this future ends for any
     // reason (deadline, drop), so that the thread stops at its next chunk.
     let stop = cancel.child_token();

@@ -13,10 +13,7 @@ use super::{hash_message, ReadLimits};
 use crate::error::ServiceError;
 
 fn limits(max_bytes: u64, deadline_ms: u64) -> ReadLimits {
-    ReadLimits {
-        max_bytes,
-        deadline: Duration::from_millis(deadline_ms),
-    }
+    ReadLimits::new(max_bytes, Duration::from_millis(deadline_ms))
 }
 
 fn pipe() -> (OwnedFd, std::fs::File) {

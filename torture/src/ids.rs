@@ -18,8 +18,8 @@ use meter_proto::Meter1Proxy;
 use rusqlite::{Connection, OpenFlags};
 use zbus::zvariant::{OwnedValue, Value};
 
-use crate::access::{call_as, ProbeArgs, PLAIN_USER, SECOND_USER};
 use crate::error::{io, Result, TortureError};
+use crate::probe::{call_as, ProbeArgs, PLAIN_USER, SECOND_USER};
 use crate::sandbox::{status, Sandbox};
 use crate::summary::Tally;
 

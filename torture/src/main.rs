@@ -13,6 +13,8 @@ mod error;
 mod ids;
 mod load;
 mod ops;
+mod probe;
+mod regs;
 mod sandbox;
 mod setup;
 mod storage;
@@ -199,11 +201,11 @@ async fn run(cmd: Cmd) -> error::Result<i32> {
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .collect();
-            let args = access::ProbeArgs {
+            let args = probe::ProbeArgs {
                 request_id,
                 message,
             };
-            access::probe(&bus, &iface, &method, &sig, property.as_deref(), &args).await?;
+            probe::probe(&bus, &iface, &method, &sig, property.as_deref(), &args).await?;
             return Ok(0);
         }
         Cmd::Crash {

@@ -19,7 +19,7 @@ use meter_proto::{Meter1Proxy, MeterError};
 use sha2::{Digest, Sha384};
 use zbus::zvariant::Fd;
 
-use crate::sandbox::Registers;
+use crate::regs::Registers;
 
 /// A boxed call future.
 pub type Call<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, MeterError>> + Send + 'a>>;

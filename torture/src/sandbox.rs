@@ -17,6 +17,7 @@ use zbus::zvariant::{OwnedValue, Value};
 
 use crate::error::{io, Result, TortureError};
 use crate::ops::{Mix, PAYMENT_SERVICE_CODE};
+pub use crate::regs::Registers;
 
 /// A sandbox directory and the script that manages it.
 #[derive(Clone)]
@@ -37,30 +38,6 @@ pub struct Sandbox {
     pub authority: PathBuf,
     /// The operations the load sends ([`Mix::basic`] until [`crate::setup`]).
     pub mix: Mix,
-}
-
-/// Register snapshot and state from `Status()`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Registers {
-    /// Ascending register.
-    pub ar: u64,
-    /// Descending register.
-    pub dr: u64,
-    /// Control total.
-    pub ct: u64,
-    /// `ready`, `locked`, ...
-    pub state: String,
-    /// Why locked, empty otherwise.
-    pub lock_reason: String,
-    /// Price per rate-table key.
-    pub rates: HashMap<String, u64>,
-}
-
-impl Registers {
-    /// AR + DR = CT (checked, no overflow).
-    pub fn balanced(&self) -> bool {
-        self.ar.checked_add(self.dr) == Some(self.ct)
-    }
 }
 
 /// A debit row of the ledger with its stored product.

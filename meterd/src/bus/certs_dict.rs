@@ -56,6 +56,19 @@ fn put<'a>(d: &mut Dict, key: &str, v: impl Into<Value<'a>>) {
     }
 }
 
+/// The string values of an `a{sv}` (an agent certificate's subject);
+/// any other type of value is refused.
+pub fn strings(d: Dict) -> Result<HashMap<String, String>, MeterError> {
+    let mut out = HashMap::with_capacity(d.len());
+    for (k, v) in d {
+        let v = String::try_from(v).map_err(|_| {
+            MeterError::InvalidInput(format!("subject field {k:?} must be a string"))
+        })?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
 /// `ListCertificates()`.
 pub fn list(certs: &CertStore) -> Vec<Dict> {
     let now = clock::now();

@@ -137,3 +137,18 @@ impl Call<'_> {
         errors::to_dbus(self.member, e)
     }
 }
+
+/// Largest signed object (voucher, table, order, certificate) accepted as bytes.
+const MAX_OBJECT: usize = meter_pki::MAX_OBJECT;
+
+/// Refuses an object argument larger than [`MAX_OBJECT`] before anything
+/// parses it.
+pub fn bounded(what: &str, bytes: &[u8]) -> Result<(), MeterError> {
+    if bytes.len() > MAX_OBJECT {
+        return Err(MeterError::InvalidInput(format!(
+            "{what} of {} bytes exceeds the {MAX_OBJECT}-byte limit",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}

@@ -33,16 +33,13 @@ use crate::{
 };
 use auth::Role;
 use callers::Lane;
-use door::{Call, Door};
+use door::{bounded, Call, Door};
 use fd_arg::MessageFd;
 
 type Admitted<'a> = Result<Call<'a>, MeterError>;
 
 pub use auth::{Authorizer, Caller};
 pub use signals::watch_and_emit;
-
-/// Largest signed object (voucher, table, order, certificate) accepted as bytes.
-const MAX_OBJECT: usize = meter_pki::MAX_OBJECT;
 
 /// The served object.
 pub struct MeterIface {
@@ -99,16 +96,6 @@ fn registers(app: &App) -> crate::ledger::Registers {
         .ledger_state()
         .map(|s| s.registers)
         .unwrap_or_default()
-}
-
-fn bounded(what: &str, bytes: &[u8]) -> Result<(), MeterError> {
-    if bytes.len() > MAX_OBJECT {
-        return Err(MeterError::InvalidInput(format!(
-            "{what} of {} bytes exceeds the {MAX_OBJECT}-byte limit",
-            bytes.len()
-        )));
-    }
-    Ok(())
 }
 
 #[interface(name = "org.meterd.Meter1")]
@@ -356,14 +343,7 @@ impl MeterIface {
         let call = self.admin(&header, "IssueAgentCertificate").await?;
         bounded("receiver key", &receiver)?;
         let key = call.key(&request_id)?;
-        let mut fields = HashMap::with_capacity(subject.len());
-        for (k, v) in subject {
-            let v = String::try_from(v).map_err(|_| {
-                MeterError::InvalidInput(format!("subject field {k:?} must be a string"))
-            })?;
-            fields.insert(k, v);
-        }
-        let subject = call.done(agent::subject_from_map(&fields))?;
+        let subject = call.done(agent::subject_from_map(&certs_dict::strings(subject)?))?;
         let p = call
             .done(agent::issue(&self.app.meter, &self.app.agent, &subject, &receiver, key).await)?;
         Ok((p.certificate, p.envelope, p.agent_ca))

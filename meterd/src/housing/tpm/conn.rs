@@ -14,7 +14,6 @@ use tss_esapi::{Context, Error as TssError};
 
 use super::errors::{self, is_link_failure, map_tss, tpm_kind};
 use super::keystore::KeyStore;
-use super::slots::flush_leftovers;
 use super::{clock, TpmHousing};
 use crate::housing::{HousingError, Result};
 
@@ -73,31 +72,6 @@ pub(super) fn tpm_error(command: &'static str, message: impl Into<String>) -> Fa
 }
 
 impl TpmHousing {
-    /// Opens the context if there is none.
-    pub(super) fn connect(&mut self) -> Result<&mut Conn> {
-        match self.conn {
-            Some(ref mut conn) => Ok(conn),
-            None => {
-                let mut ctx = Context::new(self.tcti.clone())
-                    .map_err(|e| HousingError::Unavailable(format!("open TCTI: {e}")))?;
-                match flush_leftovers(&mut ctx) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::warn!(objects = n, "flushed transient objects left in the TPM")
-                    }
-                    Err(e) => tracing::warn!(error = ?e, "could not list leftover TPM objects"),
-                }
-                Ok(self.conn.insert(Conn {
-                    ctx,
-                    keys: Vec::new(),
-                    nv: HashMap::new(),
-                    clock_offsets: None,
-                    counters: HashMap::new(),
-                }))
-            }
-        }
-    }
-
     /// Runs `op` on the connection; on a link failure drops the context and
     /// retries once on a fresh one (a TPM needing TPM2_Startup gets one).
     pub(super) fn run<T>(

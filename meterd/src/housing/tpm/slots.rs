@@ -6,6 +6,8 @@
 //! loaded, and a reset that emptied the TPM behind our back is detected
 //! before any load (see [`ensure_loaded`]).
 
+use std::collections::HashMap;
+
 use tss_esapi::constants::CapabilityType;
 use tss_esapi::handles::{KeyHandle, TpmHandle, TransientTpmHandle};
 use tss_esapi::interface_types::resource_handles::Hierarchy;
@@ -15,7 +17,8 @@ use tss_esapi::Context;
 
 use super::conn::{tpm_error, Attempt, Conn, LoadedKey, Tag};
 use super::keystore::KeyStore;
-use super::{templates, MAX_LOADED_KEYS};
+use super::{templates, TpmHousing, MAX_LOADED_KEYS};
+use crate::housing::{HousingError, Result};
 
 /// First handle of the transient-object range.
 pub(super) const TRANSIENT_FIRST: u32 = 0x8000_0000;
@@ -134,4 +137,31 @@ pub(super) fn flush_leftovers(ctx: &mut Context) -> Attempt<usize> {
         ctx.flush_context(object).tag("flush_context")?;
     }
     Ok(handles.len())
+}
+
+impl TpmHousing {
+    /// Opens the context if there is none.
+    pub(super) fn connect(&mut self) -> Result<&mut Conn> {
+        match self.conn {
+            Some(ref mut conn) => Ok(conn),
+            None => {
+                let mut ctx = Context::new(self.tcti.clone())
+                    .map_err(|e| HousingError::Unavailable(format!("open TCTI: {e}")))?;
+                match flush_leftovers(&mut ctx) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(objects = n, "flushed transient objects left in the TPM")
+                    }
+                    Err(e) => tracing::warn!(error = ?e, "could not list leftover TPM objects"),
+                }
+                Ok(self.conn.insert(Conn {
+                    ctx,
+                    keys: Vec::new(),
+                    nv: HashMap::new(),
+                    clock_offsets: None,
+                    counters: HashMap::new(),
+                }))
+            }
+        }
+    }
 }

@@ -1,0 +1,28 @@
+//! The registers and state as `Status()` reports them: what every load
+//! test compares before and after.
+
+use std::collections::HashMap;
+
+/// Register snapshot and state from `Status()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registers {
+    /// Ascending register.
+    pub ar: u64,
+    /// Descending register.
+    pub dr: u64,
+    /// Control total.
+    pub ct: u64,
+    /// `ready`, `locked`, ...
+    pub state: String,
+    /// Why locked, empty otherwise.
+    pub lock_reason: String,
+    /// Price per rate-table key.
+    pub rates: HashMap<String, u64>,
+}
+
+impl Registers {
+    /// AR + DR = CT (checked, no overflow).
+    pub fn balanced(&self) -> bool {
+        self.ar.checked_add(self.dr) == Some(self.ct)
+    }
+}
