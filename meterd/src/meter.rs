@@ -233,9 +233,19 @@ impl Meter {
     }
 
     /// Identity and ledger, or `NotProvisioned`: every operation that
-    /// records something needs both.
+    /// records something needs both. A ledger that lost its history (and so
+    /// the identity rows) is locked `tamper`: that lock is the answer then.
     pub fn provisioned(&self) -> Result<(Arc<Identity>, Ledger)> {
-        Ok((self.require_identity()?, self.require_ledger()?))
+        let ledger = self.require_ledger()?;
+        match self.identity() {
+            Some(identity) => Ok((identity, ledger)),
+            None => Err(match ledger.state().lock {
+                Some(lock) => ServiceError::Locked {
+                    reason: lock.reason,
+                },
+                None => not_provisioned(),
+            }),
+        }
     }
 
     /// Trust anchors (empty before provisioning).
