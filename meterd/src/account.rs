@@ -30,7 +30,7 @@ use crate::ledger::{EntryKind, Key};
 use crate::meter::Meter;
 use crate::money::Amount;
 use crate::regime::{period_end, Account, Held};
-use crate::sale::{self, Made, Sale, Spec};
+use crate::sale::{self, Spec};
 use crate::service::Service;
 
 /// Note of the ledger row that records an applied account order.
@@ -76,16 +76,7 @@ pub async fn apply_order(meter: &Meter, signed: &[u8]) -> Result<Account> {
         input_digest("account-order", &[&verified.content]),
         ORDER_NOTE,
     );
-    let product = signed.to_vec();
-    match sale::sell(meter, spec, async move |_: &Sale| {
-        Ok(Made::Product(product))
-    })
-    .await
-    {
-        Ok(s) if s.fresh => {}
-        Ok(_) | Err(ServiceError::Conflict { .. }) => return Err(replay()),
-        Err(e) => return Err(e),
-    }
+    sale::record_once(meter, spec, signed.to_vec(), replay).await?;
     let account = reload(meter, &held)
         .await?
         .ok_or_else(|| ServiceError::Storage("the account order row was not found".into()))?;

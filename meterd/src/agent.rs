@@ -191,16 +191,10 @@ pub async fn install_ca(meter: &Meter, book: &AgentBook, der_or_pem: &[u8]) -> R
         AGENT_CA_NOTE,
     )
     .guarded(Guard::Selling);
-    let sold = sale::sell(meter, spec, async move |_: &Sale| Ok(Made::Product(der))).await;
-    match sold {
-        Ok(s) if s.fresh => {}
-        Ok(_) | Err(ServiceError::Conflict { .. }) => {
-            return Err(ServiceError::Replay(
-                "this agent-CA certificate is already installed".into(),
-            ))
-        }
-        Err(e) => return Err(e),
-    }
+    sale::record_once(meter, spec, der, || {
+        ServiceError::Replay("this agent-CA certificate is already installed".into())
+    })
+    .await?;
     let serial = cert::serial_hex(&c);
     tracing::info!(%serial, not_after = cert::not_after(&c), "agent-CA certificate installed");
     book.set(c)?;

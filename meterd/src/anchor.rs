@@ -19,7 +19,7 @@ use crate::error::{Result, ServiceError};
 use crate::identity::Identity;
 use crate::ledger::{EntryKind, Key};
 use crate::meter::Meter;
-use crate::sale::{self, Made, Sale, Spec};
+use crate::sale::{self, Spec};
 
 /// `UpdateTrustAnchor`: applies an authority-signed anchor update; returns
 /// the number of anchors now trusted.
@@ -76,15 +76,10 @@ pub async fn update(meter: &Meter, signed: &[u8]) -> Result<usize> {
         input_digest("anchor-update", &[&verified.content]),
         note,
     );
-    match sale::sell(meter, spec, async move |_: &Sale| Ok(Made::Product(bundle))).await {
-        Ok(s) if s.fresh => {}
-        Ok(_) | Err(ServiceError::Conflict { .. }) => {
-            return Err(ServiceError::Replay(
-                "this trust-anchor update was already applied".into(),
-            ))
-        }
-        Err(e) => return Err(e),
-    }
+    sale::record_once(meter, spec, bundle, || {
+        ServiceError::Replay("this trust-anchor update was already applied".into())
+    })
+    .await?;
     let count = updated.anchors.len();
     tracing::warn!(
         mode = %order.mode,

@@ -7,9 +7,10 @@
 //! key (product: [`PendingRecord`] JSON, which also holds the CMS request
 //! returned to the caller, so a retry returns the same bytes); the Debit row
 //! of the install (service CertificateInstall, noted [`NOTE_INSTALL`])
-//! carries the certificate DER; an Event row noted [`NOTE_REVOKED`] carries
-//! the serial of a revoked certificate. [`CertStore::load`] rebuilds the
-//! store from those rows at start. The state of a certificate (pending,
+//! carries the certificate DER. Revocations are the revoke service's own
+//! rows (`revoke`), which mark entries revoked at start; Event rows noted
+//! [`NOTE_REVOKED`] (written by earlier versions) are still read.
+//! [`CertStore::load`] rebuilds the store from those rows at start. The state of a certificate (pending,
 //! active, expired, revoked) is computed at the time of asking.
 //!
 //! Revocation (Fig. 6) uses [`CertStore::find`] (serial → key name,
@@ -35,7 +36,8 @@ use crate::service::Service;
 pub const NOTE_REQUEST: &str = "cert-request";
 /// Note of the Debit row installing a certificate.
 pub const NOTE_INSTALL: &str = "cert-install";
-/// Note of the Event row recording a revocation (product: the serial, hex).
+/// Note of the Event row an earlier version wrote for a revocation
+/// (product: the serial, hex); read at start, no longer written.
 pub const NOTE_REVOKED: &str = "cert-revoked";
 
 /// Where a user certificate stands.

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// Default interval of the watchdog's checks, ms.
+pub const DEFAULT_CHECK_INTERVAL_MS: u64 = 10_000;
+
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/meterd/meterd.toml";
 
@@ -72,7 +75,7 @@ impl Default for Config {
             bus: "system".into(),
             inspection_period_days: 90,
             clock_tolerance_seconds: 300,
-            check_interval_ms: crate::timecheck::DEFAULT_CHECK_INTERVAL_MS,
+            check_interval_ms: DEFAULT_CHECK_INTERVAL_MS,
         }
     }
 }

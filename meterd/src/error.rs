@@ -119,9 +119,7 @@ impl From<LedgerError> for ServiceError {
             LedgerError::Overflow(_) => ServiceError::InvalidInput(
                 "the amount would overflow a register; nothing was changed".into(),
             ),
-            LedgerError::Conflict(key) => ServiceError::Conflict {
-                id: key.shown().to_owned(),
-            },
+            LedgerError::Conflict(key) => ServiceError::Conflict { id: key.shown() },
             LedgerError::Invalid(m) => ServiceError::InvalidInput(m),
             LedgerError::Housing(h) => ServiceError::Housing(h),
             LedgerError::Storage(m) => ServiceError::Storage(m),

@@ -1,6 +1,7 @@
 //! meterd: a postage and certificate meter on a TPM 2.0.
 //!
-//! Floors, lowest first (a module imports only from floors below it):
+//! Floors, lowest first (a module imports from its own floor, one way, or
+//! from floors below it; never from above, and there is no import cycle):
 //!
 //! 1. the doors and plain values: [`housing`] (the TPM), [`ledger`]
 //!    (SQLite), [`clock`], [`config`], [`money`], [`service`];

@@ -23,7 +23,7 @@ use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::ledger::{EntryKind, Key};
 use crate::meter::Meter;
-use crate::sale::{self, Made, Sale, Spec};
+use crate::sale::{self, Spec};
 
 /// `ApplyLockOrder`: locks the meter (reason `forced`) on an authority order
 /// for this meter, once per order nonce.
@@ -96,19 +96,10 @@ pub async fn clear(meter: &Meter, signed: &[u8]) -> Result<()> {
         input_digest("clear-lock", &[&verified.content]),
         note,
     );
-    let product = signed.to_vec();
-    match sale::sell(meter, spec, async move |_: &Sale| {
-        Ok(Made::Product(product))
+    sale::record_once(meter, spec, signed.to_vec(), || {
+        ServiceError::Replay("this order was already applied".into())
     })
-    .await
-    {
-        Ok(s) if s.fresh => {
-            tracing::warn!(reason = %lock.reason, "lock cleared by authority order");
-            Ok(())
-        }
-        Ok(_) | Err(ServiceError::Conflict { .. }) => Err(ServiceError::Replay(
-            "this order was already applied".into(),
-        )),
-        Err(e) => Err(e),
-    }
+    .await?;
+    tracing::warn!(reason = %lock.reason, "lock cleared by authority order");
+    Ok(())
 }

@@ -11,7 +11,7 @@ use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::ledger::{EntryKind, Key};
 use crate::meter::Meter;
-use crate::sale::{self, Made, Sale, Spec};
+use crate::sale::{self, Spec};
 use crate::tariff::open_table;
 
 /// `InstallRates`: verifies the table and records it (key `m/rates/v<N>`);
@@ -35,20 +35,10 @@ pub async fn install(meter: &Meter, signed: &[u8]) -> Result<u32> {
         input_digest("rates", &[signed]),
         format!("v{version}"),
     );
-    let product = signed.to_vec();
-    let sold = sale::sell(meter, spec, async move |_: &Sale| {
-        Ok(Made::Product(product))
+    sale::record_once(meter, spec, signed.to_vec(), || {
+        ServiceError::Stale(format!("rate table version {version} is already installed"))
     })
-    .await;
-    match sold {
-        Ok(s) if s.fresh => {}
-        Ok(_) | Err(ServiceError::Conflict { .. }) => {
-            return Err(ServiceError::Stale(format!(
-                "rate table version {version} is already installed"
-            )))
-        }
-        Err(e) => return Err(e),
-    }
+    .await?;
     meter.set_rates(book.with(table))?;
     tracing::info!(version, "rate table installed");
     Ok(version)

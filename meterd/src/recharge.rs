@@ -18,7 +18,7 @@ use crate::ledger::{EntryKind, Key};
 use crate::meter::Meter;
 use crate::money::Amount;
 use crate::revoke::Dues;
-use crate::sale::{self, Made, Sale, Spec};
+use crate::sale::{self, Spec};
 
 /// `Recharge`: verifies the voucher, credits it, settles fees due, returns
 /// the new descending register.
@@ -41,8 +41,9 @@ pub async fn recharge(meter: &Meter, dues: &Dues, signed: &[u8]) -> Result<Amoun
         return Err(ServiceError::InvalidInput("voucher amount is zero".into()));
     }
     // No prepaid funds in current-account mode (see `account`): the mode
-    // must not change between this check and the credit.
-    let _regime = meter.regime().hold().await;
+    // must not change between this check and the credit. Released before
+    // settling fees (the dues gate is never taken under the regime).
+    let regime = meter.regime().hold().await;
     if meter.regime().account().is_some() {
         return Err(ServiceError::InvalidInput(
             "the meter is in current-account mode: it takes no vouchers, sales are billed by report".into(),
@@ -65,16 +66,8 @@ pub async fn recharge(meter: &Meter, dues: &Dues, signed: &[u8]) -> Result<Amoun
             format!("seq {}", voucher.sequence),
         )
     };
-    let product = signed.to_vec();
-    match sale::sell(meter, spec, async move |_: &Sale| {
-        Ok(Made::Product(product))
-    })
-    .await
-    {
-        Ok(s) if s.fresh => {}
-        Ok(_) | Err(ServiceError::Conflict { .. }) => return Err(replay()),
-        Err(e) => return Err(e),
-    }
+    sale::record_once(meter, spec, signed.to_vec(), replay).await?;
+    drop(regime);
     tracing::info!(
         sequence = voucher.sequence,
         amount = voucher.amount,

@@ -14,10 +14,15 @@
 //! must not race an account order: a current account starts with no prepaid
 //! funds). Each reads the regime and then commits a row that depends on it;
 //! nothing may slip in between (an Unlock row would clear an unseen Lock).
-//! It is taken before any other lock of a feature (a credit line's gate,
-//! the dues of revocation, the report sequence) and never while holding
-//! one, so there is no lock-order cycle. Functions that need it while a
-//! caller already holds it take the [`Held`] token instead of taking it.
+//! A feature's own lock (a credit line's gate, the dues of revocation, the
+//! report sequence, a certificate install) may be held when the regime is
+//! taken — a sale under a credit line's gate whose clock check fails locks
+//! the meter from inside the pipeline — but nothing that holds the regime
+//! ever waits for a feature's lock: a recharge releases the regime before
+//! it settles fees, a forced revocation releases the dues gate before it
+//! locks. So the order is always feature lock → regime, and there is no
+//! cycle. Functions that need the regime while a caller already holds it
+//! take the [`Held`] token instead of taking it.
 
 use std::sync::{Mutex, RwLock};
 
@@ -155,7 +160,9 @@ impl Regime {
         }
     }
 
-    /// Locks the meter for `reason` (no-op if already locked for it).
+    /// Locks the meter for `reason`; a no-op if a lock is already in force
+    /// (one lock at a time: the first reason stays visible and its nonce
+    /// stays the one the authority's clear order must name).
     pub async fn engage(&self, ledger: &Ledger, reason: &str) -> Result<()> {
         let held = self.hold().await;
         self.engage_held(&held, ledger, reason).await
@@ -163,7 +170,10 @@ impl Regime {
 
     /// [`Regime::engage`] for a caller that already holds the regime.
     pub async fn engage_held(&self, _held: &Held<'_>, ledger: &Ledger, reason: &str) -> Result<()> {
-        if ledger.state().lock.is_some_and(|l| l.reason == reason) {
+        if let Some(lock) = ledger.state().lock {
+            if lock.reason != reason {
+                tracing::warn!(in_force = %lock.reason, reason, "already locked; the lock in force stays");
+            }
             return Ok(());
         }
         lock_row(ledger, reason, None).await.map(|_| ())

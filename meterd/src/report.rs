@@ -64,7 +64,7 @@ pub struct Acknowledged {
 /// request id returns the stored report and charges nothing.
 pub async fn report(meter: &Meter, reports: &Reports, key: Key) -> Result<Vec<u8>> {
     let _one = reports.one_at_a_time.lock().await;
-    let request_id = key.shown().to_owned();
+    let request_id = key.shown();
     let spec = Spec::sale(
         Service::StatusReport,
         Some(key),
@@ -235,21 +235,13 @@ pub async fn acknowledge(meter: &Meter, signed: &[u8]) -> Result<Acknowledged> {
         input_digest("report-ack", &[&verified.content]),
         ACK_NOTE,
     );
-    let product = signed.to_vec();
-    match sale::sell(meter, spec, async move |_: &Sale| {
-        Ok(Made::Product(product))
+    sale::record_once(meter, spec, signed.to_vec(), || {
+        ServiceError::Replay(format!(
+            "report {} is already acknowledged",
+            ack.report_sequence
+        ))
     })
-    .await
-    {
-        Ok(s) if s.fresh => {}
-        Ok(_) | Err(ServiceError::Conflict { .. }) => {
-            return Err(ServiceError::Replay(format!(
-                "report {} is already acknowledged",
-                ack.report_sequence
-            )))
-        }
-        Err(e) => return Err(e),
-    }
+    .await?;
     account::reload(meter, &held).await?;
     drop(held);
     let next = inspection::schedule(meter).await?;

@@ -90,7 +90,7 @@ pub async fn request(
         )));
     }
     let canonical = rv::canonical_serial(&entry.serial())?;
-    let request_id = key.shown().to_owned();
+    let request_id = key.shown();
     let spec = Spec::record(
         EntryKind::Event,
         key,
@@ -139,7 +139,7 @@ pub async fn apply(
             order.meter_id, identity.meter_id
         )));
     }
-    let _one_at_a_time = dues.gate.lock().await;
+    let one_at_a_time = dues.gate.lock().await;
     let replay = || {
         ServiceError::Replay(format!(
             "revoke order {} was already applied; an order is good once",
@@ -219,6 +219,8 @@ pub async fn apply(
     if sold.due {
         settle_locked(meter, &ledger).await?;
     }
+    // The regime is never taken under the dues gate (see `regime`).
+    drop(one_at_a_time);
     if order.forced {
         // SPEC, Locks: a revocation the authority forced stops the meter
         // until the authority clears it (the revocation itself is done and

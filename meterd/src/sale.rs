@@ -275,11 +275,10 @@ where
     };
     let (mut reservation, due) = match reserved {
         Ok(r) => (Some(r), false),
-        Err(crate::ledger::LedgerError::InsufficientFunds { .. })
-            if matches!(spec.price, Price::RateOrDue(_)) =>
-        {
-            (None, true)
-        }
+        Err(
+            crate::ledger::LedgerError::InsufficientFunds { .. }
+            | crate::ledger::LedgerError::CreditLimit { .. },
+        ) if matches!(spec.price, Price::RateOrDue(_)) => (None, true),
         Err(e) => return Err(e.into()),
     };
     let charge = !due && !matches!(spec.price, Price::Afford(_));
@@ -364,6 +363,27 @@ where
     }
 }
 
+/// Records `product` (a signed object from the authority: a voucher, an
+/// order, an acknowledgement, a table) once under `spec`'s key: a second
+/// application of the same object, or another object under the same key,
+/// is refused with `refused()` (Replay or Stale, as the object's kind says).
+pub async fn record_once(
+    meter: &Meter,
+    spec: Spec,
+    product: Vec<u8>,
+    refused: impl FnOnce() -> ServiceError,
+) -> Result<Sold> {
+    match sell(meter, spec, async move |_: &Sale| {
+        Ok(Made::Product(product))
+    })
+    .await
+    {
+        Ok(sold) if sold.fresh => Ok(sold),
+        Ok(_) | Err(ServiceError::Conflict { .. }) => Err(refused()),
+        Err(e) => Err(e),
+    }
+}
+
 async fn commit(
     ledger: &Ledger,
     entry: Entry,
@@ -394,9 +414,7 @@ async fn found(ledger: &Ledger, key: &Key, spec: &Spec) -> Result<Option<Sold>> 
         // A schema-1 row of another kind under the same text: not ours.
         return Ok(None);
     }
-    Err(ServiceError::Conflict {
-        id: key.shown().to_owned(),
-    })
+    Err(ServiceError::Conflict { id: key.shown() })
 }
 
 /// Step 3: the guard and the time of the sale.
@@ -404,6 +422,9 @@ async fn checked_time(meter: &Meter, ledger: &Ledger, guard: Guard) -> Result<i6
     let last = ledger.state().time_ms;
     if guard == Guard::Recording {
         return Ok(clock::now_millis().max(last));
+    }
+    if let Some(refusal) = meter.refusal(ledger, clock::now()) {
+        return Err(refusal);
     }
     let now_ms = match meter.regime().check_clock(last) {
         Ok(t) => t,

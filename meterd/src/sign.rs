@@ -12,7 +12,6 @@ use meter_pki::cms::{self, SignOptions};
 use meter_pki::oid;
 
 use crate::certs::{CertState, CertStore};
-use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::ledger::{Digest, Key};
@@ -23,8 +22,8 @@ use crate::service::Service;
 /// `Sign`: detached CMS SignedData over the message whose SHA-384 is
 /// `imprint`, with certificate `serial`.
 ///
-/// Refused before anything is charged when the serial is unknown (or only
-/// pending), the certificate expired (`Stale`) or was revoked.
+/// Refused before any TPM work, nothing charged, when the serial is unknown,
+/// the certificate expired (`Stale`) or was revoked.
 pub async fn sign(
     meter: &Meter,
     certs: &CertStore,
@@ -37,27 +36,21 @@ pub async fn sign(
             "no user certificate with serial {serial:?} is installed; meterctl certs lists them"
         ))
     })?;
-    match entry.state(clock::now()) {
-        CertState::Active => {}
-        CertState::Expired => {
-            return Err(ServiceError::Stale(format!(
-                "certificate {} expired at {} (unix s); request and install a new one",
-                entry.serial(),
-                entry.not_after()
-            )))
-        }
-        CertState::Revoked => {
-            return Err(ServiceError::InvalidInput(format!(
-                "certificate {} is revoked",
-                entry.serial()
-            )))
-        }
-        CertState::Pending => {
-            return Err(ServiceError::InvalidInput(
-                "the certificate is not installed yet".into(),
-            ))
-        }
-    }
+    let refuse_state = |now: i64| match entry.state(now) {
+        CertState::Active => Ok(()),
+        CertState::Expired => Err(ServiceError::Stale(format!(
+            "certificate {} expired at {} (unix s); request and install a new one",
+            entry.serial(),
+            entry.not_after()
+        ))),
+        CertState::Revoked => Err(ServiceError::InvalidInput(format!(
+            "certificate {} is revoked",
+            entry.serial()
+        ))),
+        CertState::Pending => Err(ServiceError::InvalidInput(
+            "the certificate is not installed yet".into(),
+        )),
+    };
     let cert = entry
         .cert
         .clone()
@@ -67,7 +60,11 @@ pub async fn sign(
         Some(key),
         input_digest("sign", &[entry.serial().as_bytes(), &imprint]),
     );
+    // The state is checked after the key lookup (inside the work, before
+    // any TPM work), so that a retry of a signature made before the
+    // certificate expired or was revoked still gets its stored signature.
     let sold = sale::sell(meter, spec, async |sale: &Sale| {
+        refuse_state(sale.now())?;
         let prepared = cms::prepare_detached_digest(
             &SignOptions {
                 content_type: oid::ID_DATA,

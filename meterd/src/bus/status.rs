@@ -95,7 +95,6 @@ pub fn status_dict(meter: &Meter) -> Dict {
     d
 }
 
-/// Adds the inspection schedule to a `Status()` dictionary.
 /// `Status()`: the snapshot with the inspection schedule and the account.
 pub async fn full(meter: &Meter) -> Dict {
     let mut d = status_dict(meter);
@@ -108,7 +107,7 @@ pub async fn full(meter: &Meter) -> Dict {
     d
 }
 
-/// Adds the inspection schedule keys.
+/// Adds the inspection schedule to a `Status()` dictionary.
 pub fn put_inspection(d: &mut Dict, s: Option<&crate::inspection::Schedule>) {
     use keys::status as k;
     put(d, k::INSPECTION_DUE, s.map_or(0i64, |s| s.due));

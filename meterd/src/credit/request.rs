@@ -38,7 +38,7 @@ pub async fn request_credit(
             "the credit asked must be positive".into(),
         ));
     }
-    let request_id = key.shown().to_owned();
+    let request_id = key.shown();
     let spec = Spec::sale(
         Service::Postmark,
         Some(key),

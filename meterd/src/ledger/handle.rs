@@ -240,21 +240,8 @@ impl Ledger {
     /// after the lookup is still caught: the commit refuses a second row
     /// with the same key.
     pub async fn lookup(&self, key: &super::Key) -> Result<Option<Stored>> {
-        let reader = Arc::clone(&self.reader);
-        let path = self.path.clone();
-        let id = key.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = reader
-                .lock()
-                .map_err(|_| LedgerError::Storage("ledger reader lock poisoned".into()))?;
-            let conn = match guard.take() {
-                Some(c) => guard.insert(c),
-                None => guard.insert(schema::open_reader(&path)?),
-            };
-            super::rows::lookup_in(conn, &id)
-        })
-        .await
-        .map_err(|_| LedgerError::Stopped)?
+        let key = key.clone();
+        self.read(move |c| super::rows::lookup_in(c, &key)).await
     }
 
     /// Runs a read-only query on the reader connection (opened on first use).

@@ -84,11 +84,12 @@ impl Key {
         }
     }
 
-    /// The caller's own id (what it passed), or the encoded meter key.
-    pub fn shown(&self) -> &str {
+    /// The caller's own id (what it passed), or the meter's key as stored:
+    /// what an error message names.
+    pub fn shown(&self) -> String {
         match self {
-            Key::Caller { id, .. } => id,
-            Key::Meter { what, .. } => what,
+            Key::Caller { id, .. } => id.clone(),
+            Key::Meter { .. } => self.encode(),
         }
     }
 }

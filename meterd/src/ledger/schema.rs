@@ -12,8 +12,11 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::{LedgerError, Result};
 
-/// Schema version written in `meta`.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// Schema version written in `meta`. Version 2: request keys are scoped
+/// (`ledger::Key`); a version-1 ledger is upgraded in place at open (only
+/// the number changes: its rows keep their raw ids, found again through
+/// `Key::legacy`).
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
@@ -158,7 +161,13 @@ pub(crate) fn create(conn: &Connection, meter_id: &str) -> Result<()> {
 /// Re-creates any missing table or append-only trigger of an existing
 /// ledger (an attacker who dropped them does not keep the door open).
 pub(crate) fn ensure(conn: &Connection) -> Result<()> {
-    conn.execute_batch(TABLES).map_err(storage)
+    conn.execute_batch(TABLES).map_err(storage)?;
+    conn.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?1)",
+        [SCHEMA_VERSION],
+    )
+    .map_err(storage)?;
+    Ok(())
 }
 
 /// Reads a text value from `meta`.

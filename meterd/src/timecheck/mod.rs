@@ -40,10 +40,6 @@ use crate::error::{Result, ServiceError};
 use crate::housing::TpmClock;
 pub use judge::{Anchors, BootMark, Judgement, Reading, TpmMark};
 
-/// Default interval of the watchdog's check (clock, inspection deadline,
-/// billing period): `check_interval_ms` in the configuration.
-pub const DEFAULT_CHECK_INTERVAL_MS: u64 = 10_000;
-
 /// File of the anchors in the state directory.
 pub const FILE: &str = "clock.json";
 
