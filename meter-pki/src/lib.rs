@@ -23,6 +23,7 @@ pub mod detached;
 pub mod envelope;
 pub mod indicium;
 pub mod issue;
+pub mod ledger_format;
 pub mod oid;
 pub mod payload;
 pub mod pem;
