@@ -39,6 +39,10 @@ pub mod status {
     pub const PERIOD_END: &str = "period_end";
     /// `t`: current account: charged in the billing period so far.
     pub const PERIOD_USED: &str = "period_used";
+    /// `b`: the meter's TPM keys and NV counter were made without
+    /// authorization (provisioned before TPM authorization): anyone who can
+    /// reach the TPM can use them; re-provision.
+    pub const TPM_LEGACY_AUTH: &str = "tpm_legacy_auth";
 }
 
 /// `Validate()` report keys.

@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::housing::auth::{
+    AuthOptions, DEFAULT_AUTH_CREDENTIAL, DEFAULT_ENDORSEMENT_CREDENTIAL, DEFAULT_OWNER_CREDENTIAL,
+};
+use crate::housing::tpm::TpmOptions;
+
 /// Default interval of the watchdog's checks, ms.
 pub const DEFAULT_CHECK_INTERVAL_MS: u64 = 10_000;
 
@@ -24,6 +29,17 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// NV index of the ledger's monotonic counter.
     pub nv_index: u32,
+    /// Name of the systemd credential (in `$CREDENTIALS_DIRECTORY`) holding
+    /// the TPM owner-hierarchy password, used to create the storage primary
+    /// and define the NV counter; absent credential: empty password. The
+    /// password itself is never a configuration value.
+    pub owner_auth_credential: String,
+    /// Name of the credential holding the endorsement-hierarchy password
+    /// (the TPM clock's calibration key and GetTime).
+    pub endorsement_auth_credential: String,
+    /// Name of the credential holding the secret the TPM objects' auth values
+    /// derive from; absent: `<state_dir>/keys/auth` (created at provisioning).
+    pub auth_credential: String,
     /// Group whose members may use the meter.
     pub user_group: String,
     /// Group whose members may administer it.
@@ -65,6 +81,9 @@ impl Default for Config {
             tcti: "device:/dev/tpmrm0".into(),
             state_dir: PathBuf::from("/var/lib/meterd"),
             nv_index: 0x0150_4d54,
+            owner_auth_credential: DEFAULT_OWNER_CREDENTIAL.into(),
+            endorsement_auth_credential: DEFAULT_ENDORSEMENT_CREDENTIAL.into(),
+            auth_credential: DEFAULT_AUTH_CREDENTIAL.into(),
             user_group: "meter".into(),
             admin_group: "meteradmin".into(),
             low_funds_threshold: 10_000,
@@ -162,6 +181,24 @@ impl Config {
     pub fn key_dir(&self) -> PathBuf {
         self.state_dir.join("keys")
     }
+
+    /// How to open the TPM housing: the TCTI, the key directory and the
+    /// credentials systemd passed (`$CREDENTIALS_DIRECTORY`, from
+    /// `LoadCredential=` in the unit).
+    pub fn tpm_options(&self) -> TpmOptions {
+        TpmOptions {
+            tcti: self.tcti.clone(),
+            key_dir: self.key_dir(),
+            auth: AuthOptions {
+                credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY")
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from),
+                auth_credential: self.auth_credential.clone(),
+                owner_credential: self.owner_auth_credential.clone(),
+                endorsement_credential: self.endorsement_auth_credential.clone(),
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -175,7 +212,10 @@ mod tests {
         assert_eq!(c.tcti, "swtpm:port=1");
         assert_eq!(c.nv_index, 0x0150_0001);
         assert_eq!(c.user_group, "meter");
+        assert_eq!(c.owner_auth_credential, "owner-auth");
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
+        // A password is never a configuration value.
+        assert!(toml::from_str::<Config>("owner_auth = \"pw\"").is_err());
     }
 
     #[test]
@@ -195,6 +235,9 @@ mod tests {
         assert_eq!(c.max_in_flight, d.max_in_flight);
         assert_eq!(c.max_in_flight_per_caller, d.max_in_flight_per_caller);
         assert_eq!(c.check_interval_ms, 10_000);
+        assert_eq!(c.owner_auth_credential, d.owner_auth_credential);
+        assert_eq!(c.endorsement_auth_credential, d.endorsement_auth_credential);
+        assert_eq!(c.auth_credential, d.auth_credential);
         assert_eq!(c.check_interval(), std::time::Duration::from_secs(10));
         assert_eq!(
             c.inspection_period_days,

@@ -91,7 +91,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     meterd::clock::init_from_env(&config.tcti);
     create_private_dir(&config.state_dir)?;
     tracing::info!(tcti = %config.tcti, state_dir = %config.state_dir.display(), "starting");
-    let housing = TpmHousing::open(&config.tcti, &config.key_dir())?;
+    let housing = TpmHousing::open_with(&config.tpm_options())?;
     let handle = HousingHandle::spawn(housing)?;
     let bus = config.bus.clone();
     let app = Arc::new(App::start(config, handle).await?);

@@ -126,6 +126,14 @@ pub fn render(
         ));
     }
 
+    if d.bool(key::TPM_LEGACY_AUTH) == Some(true) {
+        warnings.push(
+            "legacy TPM objects without authorization: anyone who can reach the TPM can sign \
+             with this meter's keys and move its counter; re-provision the meter"
+                .into(),
+        );
+    }
+
     let dr = d.u64(key::DESCENDING);
     let ar = d.u64(key::ASCENDING);
     let ct = d.u64(key::CONTROL_TOTAL);

@@ -92,6 +92,7 @@ pub fn status_dict(meter: &Meter) -> Dict {
         k::NV_COUNTER,
         state.as_ref().map(|s| s.nv).unwrap_or(0),
     );
+    put(&mut d, k::TPM_LEGACY_AUTH, meter.housing().legacy_auth());
     d
 }
 

@@ -14,6 +14,7 @@
 //! in-process tests; it protects nothing and the daemon cannot be configured
 //! to use it.
 
+pub mod auth;
 pub mod soft;
 pub mod tpm;
 
@@ -137,6 +138,14 @@ pub trait Housing: Send + 'static {
     fn loaded_sessions(&mut self) -> Result<usize>;
     /// Orderly stop: flush everything and send TPM2_Shutdown(STATE).
     fn shutdown(&mut self) -> Result<()>;
+    /// Whether the meter's objects were made without authorization (a meter
+    /// provisioned before TPM authorization, see [`auth`]): they keep
+    /// working with an empty auth, and anyone who can reach the TPM can use
+    /// them. Fixed for the life of the housing. The software housing has
+    /// no authorization to speak of and keeps the default.
+    fn legacy_auth(&self) -> bool {
+        false
+    }
 }
 
 type Job = Box<dyn FnOnce(&mut dyn Housing) + Send>;
@@ -158,6 +167,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct HousingHandle {
     shared: Arc<Shared>,
+    legacy_auth: bool,
 }
 
 impl HousingHandle {
@@ -168,6 +178,7 @@ impl HousingHandle {
             ready: Condvar::new(),
         });
         let worker = Arc::clone(&shared);
+        let legacy_auth = housing.legacy_auth();
         std::thread::Builder::new()
             .name("housing".into())
             .spawn(move || {
@@ -177,7 +188,15 @@ impl HousingHandle {
                 }
                 let _ = housing.shutdown();
             })?;
-        Ok(HousingHandle { shared })
+        Ok(HousingHandle {
+            shared,
+            legacy_auth,
+        })
+    }
+
+    /// [`Housing::legacy_auth`] of the housing, without a trip to its thread.
+    pub fn legacy_auth(&self) -> bool {
+        self.legacy_auth
     }
 
     /// Stops the housing thread after the queued jobs; it then sends TPM2_Shutdown.

@@ -9,6 +9,13 @@
 //!   small LRU; the least recently used is flushed before another loads.
 //! * **Sessions.** Only the password pseudo-session is used (no TPM session
 //!   slot, and an HMAC session costs 3.5× per sign in libtss2 3.2.1).
+//! * **Authorization.** Every key is created with its auth value and the NV
+//!   counter is defined with its own (see `housing/auth.rs`); the values are
+//!   set on each ESAPI handle when it is loaded or looked up (`tr_set_auth`),
+//!   so a fresh context after a reset re-supplies them with the reload. The
+//!   owner and endorsement hierarchy passwords (systemd credentials) are set
+//!   on every new context. A refused authorization is a final error that
+//!   names its cause (the credential to set, or the secret file).
 //! * **Outages.** A TCTI/link failure (swtpm restarted or gone, device
 //!   error) drops the context; the next command opens a fresh one, forgets
 //!   every loaded handle (they died with the reset) and is retried once.
@@ -38,16 +45,17 @@ mod nv;
 mod slots;
 mod templates;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use tss_esapi::constants::StartupType;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::Digest;
+use tss_esapi::structures::{Auth, Digest};
 use tss_esapi::TctiNameConf;
 
+use super::auth::{AuthOptions, AuthValue, HierarchyAuth};
 use super::{check_key_name, Housing, HousingError, RawSignature, Result, TpmClock};
-use conn::{tpm_error, Attempt, Conn, Fail, Tag};
+use conn::{object_failure, tpm_error, Attempt, Conn, Fail, Tag};
 use errors::{is_link_failure, map_tss};
 use keystore::KeyStore;
 use nv::{
@@ -60,32 +68,80 @@ use slots::{
 /// Signing keys kept loaded at once (one slot stays free for the primary).
 pub const MAX_LOADED_KEYS: usize = 2;
 
+/// What [`TpmHousing::open_with`] needs.
+#[derive(Debug, Clone)]
+pub struct TpmOptions {
+    /// TCTI: `device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`, ...
+    pub tcti: String,
+    /// Key blob directory (created, mode 0700, if missing); the object
+    /// secret `auth` lives there unless a credential holds it.
+    pub key_dir: PathBuf,
+    /// Where the object secret and the hierarchy passwords come from.
+    pub auth: AuthOptions,
+}
+
 /// The TPM housing: keys, NV counter and clock over one ESAPI context.
 pub struct TpmHousing {
     tcti: TctiNameConf,
     store: KeyStore,
     conn: Option<Conn>,
+    owner: HierarchyAuth,
+    endorsement: HierarchyAuth,
 }
 
 impl TpmHousing {
     /// Opens the TPM at `tcti` (`device:/dev/tpmrm0`,
     /// `swtpm:host=127.0.0.1,port=2321`, ...) with key blobs in `key_dir`
-    /// (created, mode 0700, if missing).
+    /// and no credentials: empty hierarchy passwords, the object secret in
+    /// `key_dir/auth` (see [`Self::open_with`]).
+    pub fn open(tcti: &str, key_dir: &Path) -> Result<TpmHousing> {
+        TpmHousing::open_with(&TpmOptions {
+            tcti: tcti.to_owned(),
+            key_dir: key_dir.to_path_buf(),
+            auth: AuthOptions::default(),
+        })
+    }
+
+    /// Opens the TPM with the authorizations of `options`.
     ///
     /// Sets `TSS2_LOG=all+NONE` if unset, to silence the TSS C logger; the
     /// environment is process-wide, so call this early, before other
     /// threads read the environment.
-    pub fn open(tcti: &str, key_dir: &Path) -> Result<TpmHousing> {
+    pub fn open_with(options: &TpmOptions) -> Result<TpmHousing> {
         if std::env::var_os("TSS2_LOG").is_none() {
             std::env::set_var("TSS2_LOG", "all+NONE");
         }
+        let tcti = &options.tcti;
         let conf = TctiNameConf::from_str(tcti)
             .map_err(|e| HousingError::Unavailable(format!("bad TCTI {tcti:?}: {e}")))?;
-        let store = KeyStore::open(key_dir)?;
+        let store = KeyStore::open(&options.key_dir, &options.auth)?;
+        let owner = HierarchyAuth::load("owner", &options.auth, &options.auth.owner_credential)?;
+        let endorsement = HierarchyAuth::load(
+            "endorsement",
+            &options.auth,
+            &options.auth.endorsement_credential,
+        )?;
+        if store.auth().legacy() {
+            tracing::warn!(
+                key_dir = %options.key_dir.display(),
+                "legacy TPM objects without authorization: this meter was provisioned before \
+                 TPM authorization, so anyone who can reach the TPM can use its keys and move \
+                 its counter; re-provision it"
+            );
+        }
+        tracing::info!(
+            secret = %store.auth().source(),
+            owner_password = owner.value.is_some(),
+            endorsement_password = endorsement.value.is_some(),
+            legacy = store.auth().legacy(),
+            "TPM authorization"
+        );
         let mut housing = TpmHousing {
             tcti: conf,
             store,
             conn: None,
+            owner,
+            endorsement,
         };
         housing.connect()?;
         Ok(housing)
@@ -109,15 +165,18 @@ impl Housing for TpmHousing {
                 format!("key {name:?} already exists"),
             )));
         }
+        // The secret exists before the first object that uses it.
+        self.store.auth_mut().ensure_secret()?;
         let name_owned = name.to_owned();
         self.run(move |conn, store| {
             let template = templates::signing_key_template().tag("key_template")?;
+            let auth = tpm_auth(store.auth().key(&name_owned).as_ref())?;
             make_room(conn)?;
             let primary = create_primary(&mut conn.ctx)?;
             let created = conn
                 .ctx
                 .execute_with_session(Some(AuthSession::Password), |c| {
-                    c.create(primary, template, None, None, None, None)
+                    c.create(primary, template, auth, None, None, None)
                 });
             let created = match created {
                 Ok(c) => c,
@@ -164,7 +223,7 @@ impl Housing for TpmHousing {
                 .execute_with_session(Some(AuthSession::Password), |c| {
                     c.sign(handle, digest.clone(), scheme, ticket.clone())
                 })
-                .tag("sign")?;
+                .map_err(|e| object_failure(store, &format!("key {name:?}"), "sign", e))?;
             templates::raw_signature(&sig)
                 .ok_or_else(|| tpm_error("sign", "TPM returned a non-ECDSA signature"))
         })
@@ -186,13 +245,16 @@ impl Housing for TpmHousing {
     }
 
     fn counter_define(&mut self, index: u32) -> Result<u64> {
+        let raw = index;
         let index = check_nv_index(index)?;
-        self.run(|conn, _| {
-            let handle = match nv_handle(conn, index)? {
+        self.store.auth_mut().ensure_secret()?;
+        self.run(|conn, store| {
+            let auth = store.auth().nv(raw);
+            let handle = match nv_handle(conn, index, auth.as_ref())? {
                 Some(h) => h,
                 None => {
-                    nv_define_counter(conn, index)?;
-                    nv_handle(conn, index)?
+                    nv_define_counter(conn, index, tpm_auth(auth.as_ref())?)?;
+                    nv_handle(conn, index, auth.as_ref())?
                         .ok_or_else(|| tpm_error("counter_define", "index vanished after define"))?
                 }
             };
@@ -209,8 +271,8 @@ impl Housing for TpmHousing {
     fn counter_read(&mut self, index: u32) -> Result<Option<u64>> {
         let raw = index;
         let index = check_nv_index(index)?;
-        self.run(|conn, _| {
-            let Some(handle) = nv_handle(conn, index)? else {
+        self.run(|conn, store| {
+            let Some(handle) = nv_handle(conn, index, store.auth().nv(raw).as_ref())? else {
                 return Ok(None);
             };
             match nv_value(&mut conn.ctx, handle)? {
@@ -230,9 +292,9 @@ impl Housing for TpmHousing {
         let raw = index;
         let index = check_nv_index(index)?;
         let mut attempts = 0u32;
-        self.run(|conn, _| {
+        self.run(|conn, store| {
             attempts += 1;
-            let handle = nv_handle(conn, index)?
+            let handle = nv_handle(conn, index, store.auth().nv(raw).as_ref())?
                 .ok_or_else(|| tpm_error("counter_increment", "counter not defined"))?;
             // The value this connection last saw, if the link never broke:
             // a counter moves by exactly one per increment, so reading it
@@ -277,4 +339,16 @@ impl Housing for TpmHousing {
                 .tag("shutdown")
         })
     }
+
+    fn legacy_auth(&self) -> bool {
+        self.store.auth().legacy()
+    }
+}
+
+/// An auth value as ESAPI takes it; `None` is the empty auth.
+fn tpm_auth(value: Option<&AuthValue>) -> Attempt<Option<Auth>> {
+    value
+        .map(|v| Auth::try_from(v.to_vec()))
+        .transpose()
+        .tag("auth_value")
 }

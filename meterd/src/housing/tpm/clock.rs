@@ -87,7 +87,7 @@ fn calibrate(ctx: &mut Context) -> Attempt<Offsets> {
         .execute_with_session(Some(AuthSession::Password), |c| {
             c.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
         })
-        .tag("create_primary")?
+        .tag("clock_primary")?
         .key_handle;
     let signed = ctx.execute_with_sessions(TWO_PASSWORDS, |c| {
         c.get_time(key, Data::default(), SignatureScheme::Null)

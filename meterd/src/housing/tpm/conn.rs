@@ -12,7 +12,7 @@ use tss_esapi::constants::{StartupType, Tss2ResponseCodeKind};
 use tss_esapi::handles::{KeyHandle, NvIndexHandle};
 use tss_esapi::{Context, Error as TssError};
 
-use super::errors::{self, is_link_failure, map_tss, tpm_kind};
+use super::errors::{self, describe, is_bad_auth, is_link_failure, map_tss, tpm_kind};
 use super::keystore::KeyStore;
 use super::{clock, TpmHousing};
 use crate::housing::{HousingError, Result};
@@ -71,6 +71,25 @@ pub(super) fn tpm_error(command: &'static str, message: impl Into<String>) -> Fa
     })
 }
 
+/// A failed command that used `object`'s auth value: a refused
+/// authorization becomes a final error that keeps the TPM's kind and says
+/// where the secret is; anything else goes through the retry rule.
+pub(super) fn object_failure(
+    store: &KeyStore,
+    object: &str,
+    command: &'static str,
+    e: TssError,
+) -> Fail {
+    if is_bad_auth(&e) {
+        tpm_error(
+            command,
+            format!("{}: {}", describe(&e), store.auth().refusal_hint(object)),
+        )
+    } else {
+        Fail::Tss(command, e)
+    }
+}
+
 impl TpmHousing {
     /// Runs `op` on the connection; on a link failure drops the context and
     /// retries once on a fresh one (a TPM needing TPM2_Startup gets one).
@@ -106,12 +125,31 @@ impl TpmHousing {
                     .startup(StartupType::Clear)
                     .map_err(|e| map_tss("startup", e))?;
             } else {
-                return Err(map_tss(command, e));
+                return Err(self.final_error(command, e));
             }
             if retried {
-                return Err(map_tss(command, e));
+                return Err(self.final_error(command, e));
             }
             retried = true;
+        }
+    }
+
+    /// The housing error of a command that failed for good. A refused
+    /// authorization names its cause: the hierarchy password and the
+    /// credential to set, or the object secret.
+    fn final_error(&self, command: &'static str, e: TssError) -> HousingError {
+        if !is_bad_auth(&e) {
+            return map_tss(command, e);
+        }
+        let hint = match command {
+            "create_primary" | "nv_define_space" => self.owner.refusal_hint(),
+            "clock_primary" | "get_time" => self.endorsement.refusal_hint(),
+            "nv_read" | "nv_increment" => self.store.auth().refusal_hint("the NV counter"),
+            _ => return map_tss(command, e),
+        };
+        HousingError::Tpm {
+            command,
+            message: format!("{}: {hint}", describe(&e)),
         }
     }
 

@@ -89,6 +89,16 @@ pub(crate) fn is_stale_handle(err: &TssError) -> bool {
     )
 }
 
+/// Whether the TPM refused an authorization value (TPM_RC_BAD_AUTH for
+/// objects and hierarchies exempt from dictionary-attack protection,
+/// TPM_RC_AUTH_FAIL for the others).
+pub(crate) fn is_bad_auth(err: &TssError) -> bool {
+    matches!(
+        tpm_kind(err),
+        Some(Tss2ResponseCodeKind::BadAuth | Tss2ResponseCodeKind::AuthFail)
+    )
+}
+
 /// The decoded TPM response kind, only for codes from the TPM layer.
 pub(crate) fn tpm_kind(err: &TssError) -> Option<Tss2ResponseCodeKind> {
     let TssError::Tss2Error(rc) = err else {
@@ -116,7 +126,7 @@ pub(crate) fn map_tss(command: &'static str, err: TssError) -> HousingError {
 }
 
 /// "`<decoded message>` (rc 0x...)" — the kind name plus the raw code.
-fn describe(err: &TssError) -> String {
+pub(crate) fn describe(err: &TssError) -> String {
     match (tpm_kind(err), raw_rc(err)) {
         (Some(kind), Some(rc)) => format!("{kind:?}: {err} (rc {rc:#010x})"),
         (None, Some(rc)) => format!("TSS layer {} error (rc {rc:#010x})", (rc >> 16) & 0xFF),
@@ -186,5 +196,19 @@ mod tests {
         assert!(!is_stale_handle(&rc(0x0000_014A)));
         // The same error number in the TCTI layer is not a TPM kind.
         assert_eq!(tpm_kind(&rc(0x000A_014A)), None);
+    }
+
+    #[test]
+    fn refused_authorizations() {
+        // TPM_RC_BAD_AUTH on session 1 (noDA object or a hierarchy).
+        assert!(is_bad_auth(&rc(0x0000_09A2)));
+        assert_eq!(
+            tpm_kind(&rc(0x0000_09A2)),
+            Some(Tss2ResponseCodeKind::BadAuth)
+        );
+        // TPM_RC_AUTH_FAIL on session 1 (DA-protected object).
+        assert!(is_bad_auth(&rc(0x0000_098E)));
+        assert!(!is_bad_auth(&rc(0x0000_014A)));
+        assert!(!is_bad_auth(&rc(0x000A_09A2)));
     }
 }

@@ -1,4 +1,6 @@
-//! The key blob store: `<dir>/<name>.pub` and `<dir>/<name>.priv`.
+//! The key blob store: `<dir>/<name>.pub` and `<dir>/<name>.priv`, and
+//! the object authorization of the keys in it ([`ObjectAuth`]: the secret
+//! in `<dir>/auth` or a credential, see `housing/auth.rs`).
 //!
 //! A TPM key never leaves the TPM in the clear; what we keep on disk are
 //! the marshalled `TPM2B_PUBLIC` and `TPM2B_PRIVATE` that `TPM2_Create`
@@ -14,29 +16,44 @@ use std::path::{Path, PathBuf};
 use tss_esapi::structures::{Private, Public, PublicBuffer};
 use tss_esapi::traits::{Marshall, UnMarshall};
 
+use crate::housing::auth::{AuthOptions, ObjectAuth};
 use crate::housing::{check_key_name, HousingError, Result};
 
 /// Largest blob file we accept; real blobs are a few hundred bytes.
 const MAX_BLOB: u64 = 4096;
 
-/// The directory holding the key blobs.
-#[derive(Debug, Clone)]
+/// The directory holding the key blobs, and their authorization.
+#[derive(Debug)]
 pub(crate) struct KeyStore {
     dir: PathBuf,
+    auth: ObjectAuth,
 }
 
 impl KeyStore {
-    /// Opens (creating if needed, mode 0700) the blob directory.
-    pub(crate) fn open(dir: &Path) -> Result<KeyStore> {
+    /// Opens (creating if needed, mode 0700) the blob directory and finds
+    /// the object secret (see [`ObjectAuth::open`]).
+    pub(crate) fn open(dir: &Path, options: &AuthOptions) -> Result<KeyStore> {
         fs::create_dir_all(dir)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
         }
+        let auth = ObjectAuth::open(dir, options, has_any_key(dir)?)?;
         Ok(KeyStore {
             dir: dir.to_path_buf(),
+            auth,
         })
+    }
+
+    /// The keys' (and the NV counter's) authorization.
+    pub(crate) fn auth(&self) -> &ObjectAuth {
+        &self.auth
+    }
+
+    /// The same, to create the secret before a first object.
+    pub(crate) fn auth_mut(&mut self) -> &mut ObjectAuth {
+        &mut self.auth
     }
 
     fn path(&self, name: &str, ext: &str) -> PathBuf {
@@ -117,6 +134,20 @@ impl KeyStore {
     }
 }
 
+/// Whether `dir` holds at least one key (a `<name>.pub` with a valid name).
+fn has_any_key(dir: &Path) -> Result<bool> {
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(".pub") {
+            if check_key_name(stem).is_ok() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// Body of a `TPM2B` (big-endian u16 size, then exactly that many bytes).
 fn parse_tpm2b(bytes: &[u8]) -> Option<&[u8]> {
     let (size, body) = bytes.split_first_chunk::<2>()?;
@@ -167,7 +198,7 @@ mod tests {
     #[test]
     fn missing_key_is_no_such_key() {
         let dir = tempfile::tempdir().unwrap();
-        let ks = KeyStore::open(dir.path()).unwrap();
+        let ks = KeyStore::open(dir.path(), &AuthOptions::default()).unwrap();
         assert!(!ks.exists("k").unwrap());
         assert!(matches!(ks.load("k"), Err(HousingError::NoSuchKey(_))));
         assert!(matches!(ks.remove("k"), Err(HousingError::NoSuchKey(_))));
@@ -176,9 +207,23 @@ mod tests {
     #[test]
     fn oversized_blob_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let ks = KeyStore::open(dir.path()).unwrap();
+        let ks = KeyStore::open(dir.path(), &AuthOptions::default()).unwrap();
         fs::write(dir.path().join("k.pub"), vec![0u8; 5000]).unwrap();
         fs::write(dir.path().join("k.priv"), [0u8, 1, 2]).unwrap();
         assert!(matches!(ks.load("k"), Err(HousingError::Io(_))));
+    }
+
+    #[test]
+    fn blobs_without_secret_make_a_legacy_store() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!KeyStore::open(dir.path(), &AuthOptions::default())
+            .unwrap()
+            .auth()
+            .legacy());
+        fs::write(dir.path().join("identity.pub"), [0u8; 4]).unwrap();
+        assert!(KeyStore::open(dir.path(), &AuthOptions::default())
+            .unwrap()
+            .auth()
+            .legacy());
     }
 }

@@ -9,15 +9,17 @@
 use std::collections::HashMap;
 
 use tss_esapi::constants::CapabilityType;
-use tss_esapi::handles::{KeyHandle, TpmHandle, TransientTpmHandle};
+use tss_esapi::handles::{KeyHandle, ObjectHandle, TpmHandle, TransientTpmHandle};
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::CapabilityData;
+use tss_esapi::structures::{Auth, CapabilityData};
 use tss_esapi::Context;
 
 use super::conn::{tpm_error, Attempt, Conn, LoadedKey, Tag};
+use super::errors::map_tss;
 use super::keystore::KeyStore;
-use super::{templates, TpmHousing, MAX_LOADED_KEYS};
+use super::{templates, tpm_auth, TpmHousing, MAX_LOADED_KEYS};
+use crate::housing::auth::HierarchyAuth;
 use crate::housing::{HousingError, Result};
 
 /// First handle of the transient-object range.
@@ -80,6 +82,16 @@ pub(super) fn ensure_loaded(conn: &mut Conn, store: &KeyStore, name: &str) -> At
         });
     let flushed = conn.ctx.flush_context(primary.into());
     let handle = loaded.tag("load")?;
+    // The key's auth value lives on this ESAPI handle only: set it at every
+    // load, so a reload after a TPM reset re-supplies it.
+    let auth = tpm_auth(store.auth().key(name).as_ref()).and_then(|auth| match auth {
+        Some(a) => conn.ctx.tr_set_auth(handle.into(), a).tag("tr_set_auth"),
+        None => Ok(()),
+    });
+    if let Err(e) = auth {
+        let _ = conn.ctx.flush_context(handle.into());
+        return Err(e);
+    }
     conn.keys.push(LoadedKey {
         name: name.to_owned(),
         handle,
@@ -139,6 +151,16 @@ pub(super) fn flush_leftovers(ctx: &mut Context) -> Attempt<usize> {
     Ok(handles.len())
 }
 
+/// Sets a hierarchy's password (from its credential) on the context.
+fn set_hierarchy_auth(ctx: &mut Context, handle: ObjectHandle, h: &HierarchyAuth) -> Result<()> {
+    let Some(value) = &h.value else {
+        return Ok(());
+    };
+    let auth = Auth::try_from(value.to_vec()).map_err(|e| map_tss("tr_set_auth", e))?;
+    ctx.tr_set_auth(handle, auth)
+        .map_err(|e| map_tss("tr_set_auth", e))
+}
+
 impl TpmHousing {
     /// Opens the context if there is none.
     pub(super) fn connect(&mut self) -> Result<&mut Conn> {
@@ -147,6 +169,10 @@ impl TpmHousing {
             None => {
                 let mut ctx = Context::new(self.tcti.clone())
                     .map_err(|e| HousingError::Unavailable(format!("open TCTI: {e}")))?;
+                // The hierarchy passwords live in the context: set them on
+                // every new one (after a reset as at start).
+                set_hierarchy_auth(&mut ctx, ObjectHandle::Owner, &self.owner)?;
+                set_hierarchy_auth(&mut ctx, ObjectHandle::Endorsement, &self.endorsement)?;
                 match flush_leftovers(&mut ctx) {
                     Ok(0) => {}
                     Ok(n) => {

@@ -3,9 +3,14 @@
 //! The primary is an ECC P-384 restricted decryption (storage) key from a
 //! fixed template under the owner hierarchy: the TPM derives it from the
 //! owner seed, so recreating it after a TPM reset yields the same key and
-//! the stored child blobs load again. Signing keys are unrestricted ECDSA
-//! P-384 / SHA-384 keys that never leave the TPM (`fixedTPM|fixedParent|
-//! sensitiveDataOrigin|userWithAuth|sign`).
+//! the stored child blobs load again. Its own auth value is empty: whoever
+//! derives it picks the auth of their instance, so one would protect
+//! nothing; the children's auth values do. Signing keys are unrestricted
+//! ECDSA P-384 / SHA-384 keys that never leave the TPM (`fixedTPM|
+//! fixedParent|sensitiveDataOrigin|userWithAuth|noDA|sign`, no
+//! `adminWithPolicy`, empty `authPolicy`): USER and ADMIN roles are both
+//! satisfied by the key's auth value (created with it, see
+//! `housing/auth.rs`) in a password session.
 
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
@@ -59,11 +64,12 @@ pub(crate) fn signing_key_template() -> TssResult<Public> {
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
         .with_user_with_auth(true)
-        // noDA: the keys have an empty authValue (they are guarded by
-        // fixedTPM and by the blobs' file permissions, not by a PIN), and
-        // without it every unorderly TPM reset counts as a dictionary-attack
-        // failure: after the third, the TPM refuses every sign (lockout) and
-        // the meter stops. Found by `tests/torture --full` (TPM resets).
+        // noDA: the auth value is 256 random bits (housing/auth.rs), so the
+        // dictionary-attack counter adds nothing against guessing; with it,
+        // every unorderly TPM reset counts as a DA failure (after the third
+        // the TPM refuses every sign: lockout; found by `tests/torture
+        // --full`), and anyone holding a copy of the blobs could send wrong
+        // values until the TPM locks out every DA-protected object.
         .with_no_da(true)
         .with_sign_encrypt(true)
         .build()?;
@@ -178,5 +184,10 @@ mod tests {
         assert!(signing_key_point(&primary_template().unwrap()).is_none());
         // Unorderly resets must not lock the keys out (see the template).
         assert!(t.object_attributes().no_da());
+        // The auth value, not a policy, authorizes every use (TPM2_Certify
+        // shows these attributes and the empty authPolicy).
+        let a = t.object_attributes();
+        assert!(a.user_with_auth() && !a.admin_with_policy());
+        assert!(t.auth_policy().is_empty());
     }
 }
