@@ -426,6 +426,38 @@ fn check_type(p: &Parsed, expected: Option<&ObjectIdentifier>) -> Result<()> {
     }
 }
 
+/// What a SignedData with embedded content says, NOTHING verified: for an
+/// object that was verified when it came in and is kept where tampering is
+/// caught otherwise (the meter's hash-chained ledger), or to learn when it
+/// claims to have been signed before verifying it at that time.
+#[derive(Debug, Clone)]
+pub struct Unverified {
+    /// eContentType.
+    pub content_type: ObjectIdentifier,
+    /// eContent bytes.
+    pub content: Vec<u8>,
+    /// The certificate the signer info names (embedded).
+    pub signer: Certificate,
+    /// signingTime attribute, if present (unix s).
+    pub signing_time: Option<i64>,
+}
+
+/// Reads a SignedData with embedded content without verifying anything but
+/// its structure (see [`Unverified`]).
+pub fn peek(der_or_pem: &[u8]) -> Result<Unverified> {
+    let p = parse(der_or_pem)?;
+    let signing_time = signing_time(&p)?;
+    let content = p
+        .content
+        .ok_or_else(|| PkiError::Malformed("content is detached".into()))?;
+    Ok(Unverified {
+        content_type: p.content_type,
+        content,
+        signer: p.signer,
+        signing_time,
+    })
+}
+
 /// Verifies a SignedData with embedded content: structure, eContentType (`WrongType`),
 /// signer chain to `anchors` at `now` (`Untrusted`/`Expired`), then contentType and
 /// messageDigest attributes and the signature (`BadSignature`).

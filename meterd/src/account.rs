@@ -34,7 +34,7 @@ use crate::sale::{self, Spec};
 use crate::service::Service;
 
 /// Note of the ledger row that records an applied account order.
-pub const ORDER_NOTE: &str = "account-order";
+pub const ORDER_NOTE: &str = crate::semantic::NOTE_ACCOUNT_ORDER;
 
 /// `SetAccountMode`: applies an authority order (see the module doc).
 pub async fn apply_order(meter: &Meter, signed: &[u8]) -> Result<Account> {

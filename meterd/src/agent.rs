@@ -33,7 +33,7 @@ use crate::service::Service;
 /// Name of the agent-CA key in the housing.
 pub const AGENT_CA_KEY: &str = "agent-ca";
 /// Note of the ledger rows that install an agent-CA certificate.
-pub const AGENT_CA_NOTE: &str = "agent-ca";
+pub const AGENT_CA_NOTE: &str = crate::semantic::NOTE_AGENT_CA;
 /// Validity asked for an employee certificate (clipped to the agent CA's).
 pub const EMPLOYEE_DAYS: i64 = 365;
 

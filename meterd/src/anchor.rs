@@ -2,9 +2,10 @@
 //!
 //! The only way in is an `AnchorUpdate` signed by a root the meter trusts NOW,
 //! so a stolen bus socket cannot plant a root. The updated identity (same
-//! certificates, new anchor list) is written as a new Provision row: the
-//! meter loads the LAST Provision row at start, so the new anchors survive a
-//! restart, and the row's request id (`anchor:<SHA-384 of the new root>`)
+//! certificates, new anchor list), followed by the signed update itself, is
+//! written as a new Provision row: the meter loads the LAST Provision row at
+//! start, so the new anchors survive a restart, the audit verifies the update
+//! again (`semantic`), and the row's request id (`anchor:<SHA-384 of the new root>`)
 //! makes each new root installable once. Old anchors are always kept, so
 //! tokens, vouchers and tables signed under them still verify; the mode only
 //! decides which anchor is first (current).
@@ -64,11 +65,15 @@ pub async fn update(meter: &Meter, signed: &[u8]) -> Result<usize> {
         anchors,
         ..(*identity).clone()
     };
-    let bundle = updated.to_bundle()?;
+    // The row keeps the authority's signed update after the new bundle
+    // (`identity::split_row`), so every audit can verify again that an
+    // anchor in force then signed it (`semantic`).
+    let mut product = updated.to_bundle()?;
+    product.extend_from_slice(&meter_pki::pem::decode_any(signed, "CMS")?);
     let note = if replace {
-        "anchor-replace"
+        crate::semantic::NOTE_ANCHOR_REPLACE
     } else {
-        "anchor-add"
+        crate::semantic::NOTE_ANCHOR_ADD
     };
     let spec = Spec::record(
         EntryKind::Provision,
@@ -76,7 +81,7 @@ pub async fn update(meter: &Meter, signed: &[u8]) -> Result<usize> {
         input_digest("anchor-update", &[&verified.content]),
         note,
     );
-    sale::record_once(meter, spec, bundle, || {
+    sale::record_once(meter, spec, product, || {
         ServiceError::Replay("this trust-anchor update was already applied".into())
     })
     .await?;

@@ -44,8 +44,10 @@ impl Identity {
         Ok(out)
     }
 
-    /// Parses a bundle written by [`Identity::to_bundle`].
-    pub fn from_bundle(meter_id: &str, bundle: &[u8]) -> Result<Identity> {
+    /// Parses the bundle of a Provision row's product (see [`split_row`]):
+    /// what [`Identity::to_bundle`] wrote, and any authority object after it.
+    pub fn from_bundle(meter_id: &str, product: &[u8]) -> Result<Identity> {
+        let (bundle, _) = split_row(product)?;
         let bad = |e: der::Error| ServiceError::Storage(format!("provisioning bundle: {e}"));
         let mut reader = SliceReader::new(bundle).map_err(bad)?;
         let mut certs = Vec::new();
@@ -65,6 +67,33 @@ impl Identity {
             )),
         }
     }
+}
+
+/// Splits a Provision row's product into the bundle of certificates and
+/// what follows it: the authority's signed object that made the row (a
+/// trust-anchor update stores the [`meter_pki::payload::AnchorUpdate`] CMS
+/// after the new bundle, so the audit can verify it again; the first
+/// provisioning stores the bundle alone). At most one object follows, and
+/// it is the last DER element.
+pub fn split_row(product: &[u8]) -> Result<(&[u8], Option<&[u8]>)> {
+    let bad = |e: der::Error| ServiceError::Storage(format!("provisioning row: {e}"));
+    let mut reader = SliceReader::new(product).map_err(bad)?;
+    let mut start = 0usize;
+    while !reader.is_finished() {
+        der::asn1::AnyRef::decode(&mut reader).map_err(bad)?;
+        let end = usize::try_from(reader.position()).map_err(bad)?;
+        let element = product.get(start..end).unwrap_or_default();
+        if Certificate::from_der(element).is_err() {
+            if end != product.len() {
+                return Err(ServiceError::Storage(
+                    "provisioning row: more than one object after the certificates".into(),
+                ));
+            }
+            return Ok((product.get(..start).unwrap_or_default(), Some(element)));
+        }
+        start = end;
+    }
+    Ok((product, None))
 }
 
 #[cfg(test)]

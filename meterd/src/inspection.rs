@@ -23,7 +23,7 @@ use crate::meter::Meter;
 use crate::regime::AckMemo;
 
 /// Note of the ledger row that records an applied acknowledgement.
-pub const ACK_NOTE: &str = "report-ack";
+pub const ACK_NOTE: &str = crate::semantic::NOTE_REPORT_ACK;
 
 const DAY: i64 = 86_400;
 

@@ -7,7 +7,8 @@
 //!    (SQLite), [`clock`], [`config`], [`money`], [`service`];
 //! 2. [`error`], [`digest`], [`intake`] (messages read from descriptors,
 //!    bounded in size and time, cancellable), [`identity`], [`tariff`], [`timecheck`],
-//!    [`regime`] (locks, account, inspection state: one owned machine);
+//!    [`regime`] (locks, account, inspection state: one owned machine),
+//!    [`semantic`] (the signed objects of the ledger's rows verified again);
 //! 3. [`meter`]: the doors and what every sale needs;
 //! 4. [`sale`]: the one pipeline every recorded operation takes;
 //! 5. the services, one module each ([`postmark`], [`validate`], [`sign`],
@@ -47,6 +48,7 @@ pub mod regime;
 pub mod report;
 pub mod revoke;
 pub mod sale;
+pub mod semantic;
 pub mod service;
 pub mod sign;
 pub mod tariff;

@@ -86,9 +86,9 @@ pub async fn clear(meter: &Meter, signed: &[u8]) -> Result<()> {
         meter.regime().clock().cleared(ledger.state().time_ms);
     }
     let note = if lock.reason == meter_proto::lock_reason::TAMPER {
-        "reanchor"
+        crate::semantic::NOTE_REANCHOR
     } else {
-        "clear"
+        crate::semantic::NOTE_CLEAR
     };
     let spec = Spec::record(
         EntryKind::Unlock,

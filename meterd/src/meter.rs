@@ -139,6 +139,9 @@ impl Meter {
             tokio::task::spawn_blocking(move || Ledger::open(&path, Box::new(sealer), &id, true))
                 .await
                 .map_err(|e| ServiceError::Internal(format!("ledger open task: {e}")))??;
+        // The rows' signed objects, verified again (issue 12); 0: every row
+        // (the start from a checkpoint passes the checkpoint's seq).
+        let report = crate::semantic::confirm(&ledger, &meter_id, 0, report).await?;
         tracing::info!(
             meter_id = %meter_id,
             rows = report.rows,

@@ -128,7 +128,7 @@ pub async fn install(
         Some(Key::meter("provision", "")),
         input_digest("provision", &[&bundle]),
         bundle,
-        "installed",
+        crate::semantic::NOTE_INSTALLED,
     );
     if let Outcome::Existing { .. } = ledger.commit(entry, None).await? {
         return Err(ServiceError::InvalidInput(

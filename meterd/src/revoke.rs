@@ -51,11 +51,11 @@ use crate::service::Service;
 /// Note of the Event row keeping a revoke request.
 pub const NOTE_REQUEST: &str = "revoke-request";
 /// Note of the revoke Debit row whose fee was debited.
-pub const NOTE_PAID: &str = "revoke-paid";
+pub const NOTE_PAID: &str = crate::semantic::NOTE_REVOKE_PAID;
 /// Note of the revoke Debit row (debit 0) whose fee is due.
-pub const NOTE_DUE: &str = "revoke-due";
+pub const NOTE_DUE: &str = crate::semantic::NOTE_REVOKE_DUE;
 /// Note of the Debit row settling a due fee.
-pub const NOTE_SETTLE: &str = "revoke-settle";
+pub const NOTE_SETTLE: &str = crate::semantic::NOTE_REVOKE_SETTLE;
 
 /// What this feature owns: the serialization of order applications and
 /// settlements (the owed hold is set from the ledger under it).

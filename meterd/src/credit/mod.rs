@@ -48,9 +48,9 @@ use crate::money::Amount;
 use crate::service::Service;
 
 /// Note prefix of the row that opened a line.
-pub const NOTE_OPEN: &str = "credit-open ";
+pub const NOTE_OPEN: &str = crate::semantic::NOTE_CREDIT_OPEN;
 /// Note prefix of a payment row.
-pub const NOTE_PAY: &str = "credit-pay ";
+pub const NOTE_PAY: &str = crate::semantic::NOTE_CREDIT_PAY;
 
 /// One open line and its registers.
 #[derive(Debug, Clone)]

@@ -309,6 +309,21 @@ impl Ledger {
             .await
     }
 
+    /// Rows `after < seq <= upto` that `filter` names or that move money
+    /// outside a sale, at most `limit`, in seq order, on the reader
+    /// connection (see [`super::RowFilter`]); page with the last seq as the
+    /// next `after`.
+    pub async fn rows(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: usize,
+        filter: super::RowFilter,
+    ) -> Result<Vec<super::FilteredRow>> {
+        self.read(move |c| super::query::rows_in(c, after, upto, limit, &filter))
+            .await
+    }
+
     /// Time (Unix ms, the writer's clock) of the last row.
     pub async fn last_time(&self) -> Result<Option<i64>> {
         self.read(super::query::last_time_in).await

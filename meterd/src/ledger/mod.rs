@@ -88,7 +88,7 @@ mod writer;
 pub use chain::{genesis_prev, seal_digest, verify_seal, MAX_NOTE, MAX_REQUEST_ID};
 pub use handle::Ledger;
 pub use key::{Key, MAX_CALLER_ID};
-pub use query::Usage;
+pub use query::{FilteredRow, RowFilter, Usage};
 pub use reserve::{AccountTerms, Reservation};
 pub use sealer::{HousingSealer, SoftwareSealer, SoftwareSealerControl};
 

@@ -232,6 +232,16 @@ impl InProc {
     /// [`Self::restart`], calling `while_stopped` on the software "TPM"
     /// between the stop and the start (e.g. to move its counter or clock).
     pub async fn restart_with(self, while_stopped: impl FnOnce(&SoftwareHousingControl)) -> InProc {
+        objects_verify(&self.meter, &self.meter_id).await;
+        self.restart_unchecked(while_stopped).await
+    }
+
+    /// [`Self::restart_with`] without checking the ledger's signed objects
+    /// first (for a meter whose ledger was tampered with).
+    pub async fn restart_unchecked(
+        self,
+        while_stopped: impl FnOnce(&SoftwareHousingControl),
+    ) -> InProc {
         let InProc {
             meter,
             client,
@@ -260,8 +270,31 @@ impl InProc {
 
     /// Stops the meter: the ledger finishes, the housing shuts down.
     pub async fn down(self) {
+        objects_verify(&self.meter, &self.meter_id).await;
         self.meter.close().await;
     }
+}
+
+/// Asserts that every signed object the ledger keeps verifies again
+/// (`meterd::semantic`): whatever a test did through the services, the
+/// meter's own rows must pass the check it runs at every start. Called at
+/// every [`InProc::restart`] and [`InProc::down`]; tests that tamper with
+/// the ledger stop the meter with `meter.close()` instead.
+pub async fn objects_verify(meter: &Meter, meter_id: &str) {
+    let Ok(ledger) = meter.require_ledger() else {
+        return;
+    };
+    if meter_id.is_empty() {
+        return;
+    }
+    let s = meterd::semantic::check(&ledger, meter_id, 0)
+        .await
+        .expect("ledger object check");
+    assert!(
+        s.finding.is_none(),
+        "the meter's own rows do not pass the object check: {:?}",
+        s.finding
+    );
 }
 
 /// A fresh temporary directory, in memory (`/dev/shm`) when there is one:

@@ -1,0 +1,404 @@
+//! Attack: rewrite the ledger of a stopped meter (issue 12, "Rewrite the
+//! ledger"), the way root on the workstation would: a raw SQLite
+//! connection to the state directory's ledger, the append-only triggers
+//! dropped, rows edited or appended, the registers, row hashes and batch
+//! heads recomputed with the ledger's own canonical encoding
+//! (`meter_pki::ledger_format`, public), the checkpoints deleted, and the
+//! last batch seal signed again with the meter's identity key at the TPM
+//! counter's value (root holds the key blob; here the in-process
+//! `SoftwareHousing` plays the TPM and signs for him, as `tpm2_sign` would).
+//! The chain then verifies: only the authority's signatures the rows keep
+//! (`meterd::semantic`) can tell, and the meter must start locked `tamper`.
+//!
+//! On main before issue 12 item 2, `edited_voucher_amount_resealed_is_tamper`
+//! and `unlock_without_order_is_tamper` fail: the meter starts unlocked with
+//! the forged funds.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/inproc.rs"]
+mod inproc;
+
+use std::path::Path;
+
+use inproc::{InProc, Options, RATES};
+use meter_pki::ledger_format::{genesis_prev, row_hash, seal_digest, sha384, RowFields};
+use meterd::housing::soft::SoftwareHousingControl;
+use meterd::housing::Housing;
+use rusqlite::{params, Connection};
+
+/// The attacker's connection: triggers dropped.
+fn attacker(path: &Path) -> Connection {
+    let c = Connection::open(path).unwrap();
+    for t in [
+        "journal_no_update",
+        "journal_no_delete",
+        "products_no_update",
+        "products_no_delete",
+        "batches_no_update",
+        "batches_no_delete",
+        "checkpoints_no_update",
+    ] {
+        c.execute_batch(&format!("DROP TRIGGER IF EXISTS {t}"))
+            .unwrap();
+    }
+    c
+}
+
+fn last_seq(c: &Connection) -> i64 {
+    c.query_row("SELECT MAX(seq) FROM journal", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Recomputes every row hash and link from row 1, the batch heads, drops
+/// the checkpoints (signed: easier deleted than forged), and signs the last
+/// batch's seal again with the identity key.
+fn rechain_and_reseal(c: &Connection, meter_id: &str, tpm: &SoftwareHousingControl) {
+    let mut prev = genesis_prev(meter_id);
+    let mut buf = Vec::new();
+    for seq in 1..=last_seq(c) {
+        let hash = c
+            .query_row(
+                "SELECT seq, time, kind, service, request_id, credit, debit, ascending, \
+                 descending, control_total, pieces, service_count, product_digest, note \
+                 FROM journal WHERE seq=?1",
+                [seq],
+                |r| {
+                    let request_id: Option<String> = r.get(4)?;
+                    let digest: Vec<u8> = r.get(12)?;
+                    let note: String = r.get(13)?;
+                    let u = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+                    let digest: [u8; 48] = digest.try_into().unwrap();
+                    let f = RowFields {
+                        seq: u(0)?,
+                        time: r.get(1)?,
+                        kind: r.get(2)?,
+                        service: r.get(3)?,
+                        request_id: request_id.as_deref().map(str::as_bytes),
+                        credit: u(5)?,
+                        debit: u(6)?,
+                        ascending: u(7)?,
+                        descending: u(8)?,
+                        control_total: u(9)?,
+                        pieces: u(10)?,
+                        service_count: u(11)?,
+                        product_digest: &digest,
+                        note: note.as_bytes(),
+                    };
+                    f.encode(&mut buf).unwrap();
+                    Ok(row_hash(&prev, &buf))
+                },
+            )
+            .unwrap();
+        c.execute(
+            "UPDATE journal SET prev_hash=?1, hash=?2 WHERE seq=?3",
+            params![&prev[..], &hash[..], seq],
+        )
+        .unwrap();
+        prev = hash;
+    }
+    c.execute_batch(
+        "UPDATE batches SET head = (SELECT hash FROM journal WHERE seq = batches.last_seq);
+         DELETE FROM checkpoints;",
+    )
+    .unwrap();
+    let (batch, nv, head): (i64, i64, Vec<u8>) = c
+        .query_row(
+            "SELECT batch, nv, head FROM batches ORDER BY batch DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let digest = seal_digest(meter_id, nv as u64, &head.try_into().unwrap());
+    let seal = tpm
+        .housing()
+        .sign_digest(meterd::meter::IDENTITY_KEY, &digest)
+        .unwrap();
+    c.execute(
+        "UPDATE batches SET seal=?1 WHERE batch=?2",
+        params![&seal[..], batch],
+    )
+    .unwrap();
+}
+
+/// Appends a row after the last (registers following from it, `credit`
+/// added), alone in a new batch at counter + 1, and moves the counter there
+/// (`tpm2_nvincrement`); the caller rechains and reseals.
+fn append(
+    c: &Connection,
+    tpm: &SoftwareHousingControl,
+    nv_index: u32,
+    (kind, note, key, product, credit): (u8, &str, &str, &[u8], i64),
+) {
+    let seq = last_seq(c) + 1;
+    c.execute(
+        "INSERT INTO journal(seq, time, kind, service, request_id, credit, debit, ascending,
+            descending, control_total, pieces, service_count, product_digest, note,
+            prev_hash, hash)
+         SELECT ?1, time + 1, ?2, 0, ?3, ?4, 0, ascending, descending + ?4,
+            control_total + ?4, pieces, 0, ?5, ?6, x'', x''
+         FROM journal WHERE seq = ?1 - 1",
+        params![seq, kind, key, credit, &sha384(product)[..], note],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO products(seq, input_digest, product) VALUES (?1, ?2, ?3)",
+        params![seq, &[0u8; 48][..], product],
+    )
+    .unwrap();
+    let nv: i64 = c
+        .query_row("SELECT MAX(nv) FROM batches", [], |r| r.get(0))
+        .unwrap();
+    c.execute(
+        "INSERT INTO batches(first_seq, last_seq, nv, head, seal, time)
+         SELECT ?1, ?1, ?2, x'', x'', time FROM journal WHERE seq = ?1",
+        params![seq, nv + 1],
+    )
+    .unwrap();
+    tpm.set_counter(nv_index, (nv + 1) as u64);
+}
+
+async fn lock_reason(m: &InProc) -> Option<String> {
+    m.meter
+        .require_ledger()
+        .unwrap()
+        .state()
+        .lock
+        .map(|l| l.reason)
+}
+
+async fn funded() -> InProc {
+    InProc::up_with(Options {
+        funds: 100_000,
+        rates: Some(RATES.into()),
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn edited_voucher_amount_resealed_is_tamper() {
+    let m = funded().await;
+    let (_, dr, _) = m.registers().await;
+    assert_eq!(dr, 100_000);
+    let path = m.config.ledger_path();
+    let meter_id = m.meter_id.clone();
+    let m = m
+        .restart_with(|tpm| {
+            let c = attacker(&path);
+            let seq: i64 = c
+                .query_row("SELECT seq FROM journal WHERE kind = 4", [], |r| r.get(0))
+                .unwrap();
+            let delta = 10_000_000 - 100_000;
+            c.execute(
+                "UPDATE journal SET credit = credit + ?1 WHERE seq = ?2",
+                params![delta, seq],
+            )
+            .unwrap();
+            c.execute(
+                "UPDATE journal SET descending = descending + ?1,
+                    control_total = control_total + ?1 WHERE seq >= ?2",
+                params![delta, seq],
+            )
+            .unwrap();
+            rechain_and_reseal(&c, &meter_id, tpm);
+        })
+        .await;
+    // The chain and the seal verify (the forged funds are in the registers)...
+    assert_eq!(
+        m.meter
+            .require_ledger()
+            .unwrap()
+            .state()
+            .registers
+            .descending
+            .0,
+        10_000_000
+    );
+    // ...but the voucher the row keeps says 100,000.
+    assert_eq!(lock_reason(&m).await.as_deref(), Some("tamper"));
+    let audit = meterd::audit::audit(&m.meter).await.unwrap();
+    assert!(
+        matches!(&audit.verdict, meterd::ledger::Verdict::Tamper { detail, .. }
+            if detail.contains("voucher")),
+        "{audit:?}"
+    );
+    m.meter.close().await;
+}
+
+/// Locks the meter (`clock`), stops it, and appends an Unlock row that
+/// carries no clear order, crediting `credit`.
+async fn unlock_attack(credit: i64) {
+    let m = funded().await;
+    let ledger = m.meter.require_ledger().unwrap();
+    m.meter
+        .regime()
+        .engage(&ledger, meter_proto::lock_reason::CLOCK)
+        .await
+        .unwrap();
+    let nonce = ledger.state().lock.unwrap().nonce;
+    drop(ledger);
+    let path = m.config.ledger_path();
+    let meter_id = m.meter_id.clone();
+    let index = m.config.nv_index;
+    let m = m
+        .restart_with(|tpm| {
+            let c = attacker(&path);
+            let key = format!("m/clear-lock/{nonce}");
+            append(&c, tpm, index, (7, "clear", &key, b"no order", credit));
+            rechain_and_reseal(&c, &meter_id, tpm);
+        })
+        .await;
+    assert_eq!(
+        lock_reason(&m).await.as_deref(),
+        Some("tamper"),
+        "an Unlock row without a clear order (credit {credit}) was accepted"
+    );
+    m.meter.close().await;
+}
+
+#[tokio::test]
+async fn unlock_without_order_is_tamper() {
+    unlock_attack(0).await;
+}
+
+#[tokio::test]
+async fn unlock_with_a_credit_is_tamper() {
+    unlock_attack(5_000_000).await;
+}
+
+/// The same rewrite with the meter's own stored objects left alone (only
+/// rehashed and resealed) is clean: the check judges what the rows say,
+/// not that they were rehashed.
+#[tokio::test]
+async fn rehashed_untouched_ledger_is_clean() {
+    let m = funded().await;
+    let path = m.config.ledger_path();
+    let meter_id = m.meter_id.clone();
+    let m = m
+        .restart_with(|tpm| {
+            let c = attacker(&path);
+            rechain_and_reseal(&c, &meter_id, tpm);
+        })
+        .await;
+    assert_eq!(lock_reason(&m).await, None);
+    m.down().await;
+}
+
+/// An older ledger: a trust-anchor row as meterd wrote it before issue 12
+/// (the new bundle alone, without the authority's signed update). It is
+/// refused (`tamper`, the row named): nothing left in the row shows that an
+/// anchor in force signed the new root, and no marker could tell an old
+/// row from a forged one (root rewrites a marker as easily as any row).
+/// The authority accepts it with a clear order for the `tamper` lock
+/// signed by a root the meter trusted before that row (here its retired
+/// root): after that `reanchor`, the meter starts clean and trusts the new
+/// root. Every other row that brings value already kept its signed object
+/// before issue 12.
+#[tokio::test]
+async fn legacy_anchor_row_without_its_update_is_refused_until_the_authority_reanchors() {
+    let mut m = funded().await;
+    let meter_id = m.meter_id.clone();
+    let (update, n) = m
+        .authority
+        .rollover(
+            "Second Root",
+            "add",
+            Some(&meter_id),
+            meter_authority::now(),
+        )
+        .unwrap();
+    assert_eq!(
+        m.client
+            .update_trust_anchor(update.as_bytes())
+            .await
+            .unwrap(),
+        2
+    );
+    let path = m.config.ledger_path();
+    let m = m
+        .restart_with(|tpm| {
+            let c = attacker(&path);
+            let (seq, product): (i64, Vec<u8>) = c
+                .query_row(
+                    "SELECT j.seq, p.product FROM journal j JOIN products p ON p.seq = j.seq
+                     WHERE j.note = 'anchor-add'",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            let (bundle, signed) = meterd::identity::split_row(&product).unwrap();
+            assert!(signed.is_some(), "the row keeps the signed update");
+            let bundle = bundle.to_vec();
+            c.execute(
+                "UPDATE products SET product = ?1 WHERE seq = ?2",
+                params![&bundle, seq],
+            )
+            .unwrap();
+            c.execute(
+                "UPDATE journal SET product_digest = ?1 WHERE seq = ?2",
+                params![&sha384(&bundle)[..], seq],
+            )
+            .unwrap();
+            rechain_and_reseal(&c, &meter_id, tpm);
+        })
+        .await;
+    assert_eq!(lock_reason(&m).await.as_deref(), Some("tamper"));
+    let nonce = m
+        .meter
+        .require_ledger()
+        .unwrap()
+        .state()
+        .lock
+        .unwrap()
+        .nonce;
+
+    // A clear order signed by the new root does not pardon the row that
+    // brought that root: the next start locks again.
+    let order = m
+        .authority
+        .clear_lock(&meter_id, &nonce, meter_authority::now())
+        .unwrap();
+    m.client.clear_lock(order.as_bytes()).await.unwrap();
+    let ledger = m.meter.require_ledger().unwrap();
+    let s = meterd::semantic::check(&ledger, &meter_id, 0)
+        .await
+        .unwrap();
+    let f = s.finding.expect("the legacy row stays a finding");
+    assert!(
+        f.detail.contains("without the authority's signed update"),
+        "{f:?}"
+    );
+    drop(ledger);
+    let m = m.restart_unchecked(|_| {}).await;
+    assert_eq!(lock_reason(&m).await.as_deref(), Some("tamper"));
+    let nonce = m
+        .meter
+        .require_ledger()
+        .unwrap()
+        .state()
+        .lock
+        .unwrap()
+        .nonce;
+
+    // The same order from the root the meter trusted before that row
+    // (the authority's retired root `root.<n>`) accepts the ledger.
+    let dir = m.dir.path().join("authority");
+    let old = m.dir.path().join("authority-old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::copy(dir.join("state.json"), old.join("state.json")).unwrap();
+    std::fs::copy(dir.join(format!("root.{n}.key")), old.join("root.key")).unwrap();
+    std::fs::copy(dir.join(format!("root.{n}.pem")), old.join("root.pem")).unwrap();
+    let old = meter_authority::Authority::open(&old).unwrap();
+    let order = old
+        .clear_lock(&meter_id, &nonce, meter_authority::now())
+        .unwrap();
+    m.client.clear_lock(order.as_bytes()).await.unwrap();
+    let mut m = m.restart().await;
+    assert_eq!(lock_reason(&m).await, None);
+    // The new root is trusted from then on, by the meter and by the check.
+    let voucher = m.voucher(1_000);
+    m.client.recharge(&voucher).await.unwrap();
+    let m = m.restart().await;
+    assert_eq!(lock_reason(&m).await, None);
+    m.down().await;
+}
