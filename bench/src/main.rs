@@ -126,21 +126,27 @@ enum Cmd {
         upstream: u16,
         /// Chip to emulate: slb9670, slb9672, st33ktpm, npct750, or zero
         /// (no delay: the proxy alone).
-        #[arg(long, default_value = "slb9672")]
+        #[arg(long, default_value = profile::DEFAULT)]
         profile: String,
         /// NV write time in ms (no published figure; see `profile`).
         #[arg(long)]
         nv_ms: Option<f64>,
+        /// P-384 sign time ÷ the chip's published P-256 sign time (2.25:
+        /// the pessimistic estimate; see `profile`).
+        #[arg(long, default_value_t = 1.0)]
+        p384_factor: f64,
         /// File created once the proxy listens.
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
     /// Prints the latencies of a profile (`tpm-proxy --profile`).
     Profile {
-        #[arg(default_value = "slb9672")]
+        #[arg(default_value = profile::DEFAULT)]
         name: String,
         #[arg(long)]
         nv_ms: Option<f64>,
+        #[arg(long, default_value_t = 1.0)]
+        p384_factor: f64,
     },
 }
 
@@ -226,8 +232,9 @@ async fn main() {
             upstream,
             profile,
             nv_ms,
+            p384_factor,
             ready_file,
-        } => match chip(&profile, nv_ms) {
+        } => match chip(&profile, nv_ms, p384_factor) {
             Ok(profile) => tpmproxy::run(tpmproxy::ProxyOpts {
                 listen_port: listen,
                 upstream_port: upstream,
@@ -238,7 +245,11 @@ async fn main() {
             .map_err(|e| BenchError::Setup(format!("tpm-proxy: {e}"))),
             Err(e) => Err(e),
         },
-        Cmd::Profile { name, nv_ms } => chip(&name, nv_ms).map(|p| println!("{}", p.describe())),
+        Cmd::Profile {
+            name,
+            nv_ms,
+            p384_factor,
+        } => chip(&name, nv_ms, p384_factor).map(|p| println!("{}", p.describe())),
     };
     if let Err(e) = result {
         eprintln!("meterbench: {e}");
@@ -246,8 +257,14 @@ async fn main() {
     }
 }
 
-/// The named chip profile, with the NV write time overridden if given.
-fn chip(name: &str, nv_ms: Option<f64>) -> Result<profile::Profile, BenchError> {
+/// The named chip profile, with the NV write time overridden if given and
+/// its P-384 sign at `p384_factor` × its P-256 sign.
+fn chip(name: &str, nv_ms: Option<f64>, p384_factor: f64) -> Result<profile::Profile, BenchError> {
+    if !(0.5..=10.0).contains(&p384_factor) {
+        return Err(BenchError::Setup(format!(
+            "--p384-factor {p384_factor} out of range (0.5 to 10)"
+        )));
+    }
     let mut p = profile::by_name(name).ok_or_else(|| {
         BenchError::Setup(format!(
             "unknown profile {name:?} (one of {})",
@@ -260,7 +277,7 @@ fn chip(name: &str, nv_ms: Option<f64>) -> Result<profile::Profile, BenchError> 
         }
         p.nv_write = Duration::from_secs_f64(ms / 1000.0);
     }
-    Ok(p)
+    Ok(p.with_p384_factor(p384_factor))
 }
 
 /// What to read at the edges of a load's window besides the calls.
