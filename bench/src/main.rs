@@ -5,6 +5,10 @@
 //! and prints one `key=value` line: throughput, errors and latency
 //! percentiles. `fake-meter` serves the same two members with a canned reply
 //! so the generator and the bus overhead can be measured without a TPM.
+//! During a load it can also read, at the exact edges of the window, the
+//! CPU time of the processes around it and the NV writes of swtpm
+//! (`procstat`). `tpm-proxy` puts a discrete TPM's pace between a client
+//! and swtpm (`tpmproxy`, latencies and their sources in `profile`).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,7 +16,10 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod procstat;
+mod profile;
 mod ready;
+mod tpmproxy;
 
 use clap::{Parser, Subcommand};
 use meter_proto::{Meter1Proxy, MeterError};
@@ -62,6 +69,14 @@ enum Cmd {
         clients: usize,
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// LABEL=PID (PID `self`: this generator): print `cpu_LABEL_ms=`,
+        /// its CPU time over the window. Repeatable.
+        #[arg(long = "cpu", value_parser = procstat::parse_watch)]
+        cpu: Vec<procstat::Watched>,
+        /// swtpm's state directory: print `nv_writes=`, the state-file
+        /// writes over the window (inotify).
+        #[arg(long)]
+        nv_dir: Option<PathBuf>,
     },
     /// Validate calls of FILE against a token made once at the start.
     Validate {
@@ -100,6 +115,39 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
     },
+    /// Delaying proxy between a TPM client and swtpm (127.0.0.1): a
+    /// discrete TPM's latency by command code. SIGUSR1 prints its counters.
+    TpmProxy {
+        /// Server port to listen on; the control port is the next one.
+        #[arg(long)]
+        listen: u16,
+        /// swtpm's server port; its control port is the next one.
+        #[arg(long)]
+        upstream: u16,
+        /// Chip to emulate: slb9670, slb9672, st33ktpm, npct750, or zero
+        /// (no delay: the proxy alone).
+        #[arg(long, default_value = profile::DEFAULT)]
+        profile: String,
+        /// NV write time in ms (no published figure; see `profile`).
+        #[arg(long)]
+        nv_ms: Option<f64>,
+        /// P-384 sign time ÷ the chip's published P-256 sign time (2.25:
+        /// the pessimistic estimate; see `profile`).
+        #[arg(long, default_value_t = 1.0)]
+        p384_factor: f64,
+        /// File created once the proxy listens.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Prints the latencies of a profile (`tpm-proxy --profile`).
+    Profile {
+        #[arg(default_value = profile::DEFAULT)]
+        name: String,
+        #[arg(long)]
+        nv_ms: Option<f64>,
+        #[arg(long, default_value_t = 1.0)]
+        p384_factor: f64,
+    },
 }
 
 /// Samples the memory of `pid` until it exits or `seconds` pass; prints the peaks.
@@ -130,8 +178,22 @@ struct ClientStats {
 async fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Postmark { clients, seconds } => {
-            run_load("postmarks", cli.bus.as_deref(), clients, seconds, None).await
+        Cmd::Postmark {
+            clients,
+            seconds,
+            cpu,
+            nv_dir,
+        } => {
+            let watch = Watch { cpu, nv_dir };
+            run_load(
+                "postmarks",
+                cli.bus.as_deref(),
+                clients,
+                seconds,
+                None,
+                watch,
+            )
+            .await
         }
         Cmd::Validate {
             clients,
@@ -144,6 +206,7 @@ async fn main() {
                 clients,
                 seconds,
                 Some(file),
+                Watch::default(),
             )
             .await
         }
@@ -164,11 +227,64 @@ async fn main() {
             peak_rss(pid, seconds).await;
             Ok(())
         }
+        Cmd::TpmProxy {
+            listen,
+            upstream,
+            profile,
+            nv_ms,
+            p384_factor,
+            ready_file,
+        } => match chip(&profile, nv_ms, p384_factor) {
+            Ok(profile) => tpmproxy::run(tpmproxy::ProxyOpts {
+                listen_port: listen,
+                upstream_port: upstream,
+                profile,
+                ready_file,
+            })
+            .await
+            .map_err(|e| BenchError::Setup(format!("tpm-proxy: {e}"))),
+            Err(e) => Err(e),
+        },
+        Cmd::Profile {
+            name,
+            nv_ms,
+            p384_factor,
+        } => chip(&name, nv_ms, p384_factor).map(|p| println!("{}", p.describe())),
     };
     if let Err(e) = result {
         eprintln!("meterbench: {e}");
         std::process::exit(1);
     }
+}
+
+/// The named chip profile, with the NV write time overridden if given and
+/// its P-384 sign at `p384_factor` × its P-256 sign.
+fn chip(name: &str, nv_ms: Option<f64>, p384_factor: f64) -> Result<profile::Profile, BenchError> {
+    if !(0.5..=10.0).contains(&p384_factor) {
+        return Err(BenchError::Setup(format!(
+            "--p384-factor {p384_factor} out of range (0.5 to 10)"
+        )));
+    }
+    let mut p = profile::by_name(name).ok_or_else(|| {
+        BenchError::Setup(format!(
+            "unknown profile {name:?} (one of {})",
+            profile::NAMES.join(", ")
+        ))
+    })?;
+    if let Some(ms) = nv_ms {
+        if !(0.0..=10_000.0).contains(&ms) {
+            return Err(BenchError::Setup(format!("--nv-ms {ms} out of range")));
+        }
+        p.nv_write = Duration::from_secs_f64(ms / 1000.0);
+    }
+    Ok(p.with_p384_factor(p384_factor))
+}
+
+/// What to read at the edges of a load's window besides the calls.
+#[derive(Default)]
+struct Watch {
+    cpu: Vec<procstat::Watched>,
+    nv_dir: Option<PathBuf>,
 }
 
 async fn connect(bus: Option<&str>) -> Result<zbus::Connection, zbus::Error> {
@@ -191,6 +307,7 @@ async fn run_load(
     clients: usize,
     seconds: f64,
     validate_file: Option<PathBuf>,
+    watch: Watch,
 ) -> Result<(), BenchError> {
     // Validation needs a token over the file: make it once, outside the clock.
     let token = match &validate_file {
@@ -213,7 +330,16 @@ async fn run_load(
         let conn = connect(bus).await?;
         proxies.push((conn.clone(), Meter1Proxy::new(&conn).await?));
     }
+    let nv = match &watch.nv_dir {
+        Some(dir) => Some(
+            procstat::NvWrites::watch(dir)
+                .map_err(|e| BenchError::Setup(format!("inotify on {}: {e}", dir.display())))?,
+        ),
+        None => None,
+    };
     let duration = Duration::from_secs_f64(seconds.max(0.1));
+    let nv_before = nv.as_ref().and_then(|n| n.count());
+    let cpu_before = procstat::snapshot(&watch.cpu);
     let start = Instant::now();
     let deadline = start + duration;
     let run_tag = format!("{}-{}", std::process::id(), now_nanos());
@@ -258,6 +384,19 @@ async fn run_load(
         total.latencies_us.extend(s.latencies_us);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_after = procstat::snapshot(&watch.cpu);
+    let nv_after = nv.as_ref().and_then(|n| n.count());
+    let mut extra = String::new();
+    if !watch.cpu.is_empty() {
+        extra.push(' ');
+        extra.push_str(&procstat::cpu_report(&watch.cpu, &cpu_before, &cpu_after));
+    }
+    if nv.is_some() {
+        match (nv_before, nv_after) {
+            (Some(b), Some(a)) => extra.push_str(&format!(" nv_writes={}", a - b)),
+            _ => extra.push_str(" nv_writes=n/a"),
+        }
+    }
     if total.ok == 0 {
         return Err(BenchError::AllFailed(
             total.errors,
@@ -270,7 +409,7 @@ async fn run_load(
         total.latencies_us.get(idx).copied().unwrap_or(0) as f64 / 1000.0
     };
     println!(
-        "{what}_per_sec={:.1} ok={} errors={} clients={clients} seconds={elapsed:.2} p50_ms={:.2} p99_ms={:.2}",
+        "{what}_per_sec={:.1} ok={} errors={} clients={clients} seconds={elapsed:.3} p50_ms={:.2} p99_ms={:.2}{extra}",
         total.ok as f64 / elapsed,
         total.ok,
         total.errors,

@@ -10,6 +10,12 @@
 //! raw_nv_increments_per_sec=<y>
 //! ```
 //!
+//! With `--busy-pid PID` (swtpm's), a third line gives that process's CPU
+//! time over exactly the sign window, in clock ticks, and the window:
+//! `busy_cpu_ticks=<t> sign_seconds=<s>` — how busy one client feeding it
+//! back to back keeps the TPM on this machine (`bench/run` divides by
+//! `getconf CLK_TCK`).
+//!
 //! The counter is defined at `--nv-index` (default 0x01500fff) and left in
 //! place; the key blobs vanish with the temporary directory.
 
@@ -32,6 +38,18 @@ struct Args {
     /// NV index of the scratch counter.
     #[arg(long, default_value = "0x01500fff", value_parser = parse_index)]
     nv_index: u32,
+    /// Report this process's CPU time over the sign window (swtpm's pid).
+    #[arg(long)]
+    busy_pid: Option<u32>,
+}
+
+/// utime + stime of `pid` in clock ticks (/proc/PID/stat fields 14, 15;
+/// the name, field 2, may hold spaces).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 fn parse_index(s: &str) -> Result<u32, String> {
@@ -52,6 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut digest: [u8; 48] = Sha384::digest(b"rawsign").into();
     // Warm up: load the key once, outside the measurement.
     housing.sign_digest("rawsign", &digest)?;
+    let busy_before = args.busy_pid.and_then(cpu_ticks);
     let start = Instant::now();
     let mut signs = 0u64;
     while start.elapsed() < window {
@@ -59,7 +78,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         housing.sign_digest("rawsign", &digest)?;
         signs += 1;
     }
-    let sign_rate = signs as f64 / start.elapsed().as_secs_f64();
+    let sign_seconds = start.elapsed().as_secs_f64();
+    let busy_after = args.busy_pid.and_then(cpu_ticks);
+    let sign_rate = signs as f64 / sign_seconds;
 
     housing.counter_define(args.nv_index)?;
     let start = Instant::now();
@@ -74,5 +95,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     housing.shutdown()?;
     println!("raw_signs_per_sec={sign_rate:.1}");
     println!("raw_nv_increments_per_sec={nv_rate:.1}");
+    if let (Some(b), Some(a)) = (busy_before, busy_after) {
+        println!(
+            "busy_cpu_ticks={} sign_seconds={sign_seconds:.3}",
+            a.saturating_sub(b)
+        );
+    }
     Ok(())
 }
