@@ -416,3 +416,66 @@ fn operator_root_with_the_secret_can_still_sign() {
     assert!(signature_verifies(&dir, &pubkey, &dir.join("sig.der")));
     sb.script("start-meterd");
 }
+
+/// Issue 13: meterd started by a uid outside group `tss` on a TPM device
+/// node `root:tss 0660` (as udev makes /dev/tpmrm0) says so, naming the
+/// group, instead of "response code not recognized". The node is a file
+/// with the device's ownership: the open fails before any TPM I/O.
+#[test]
+fn meterd_outside_group_tss_names_the_group() {
+    if !is_root() {
+        eprintln!("skipped: playing another uid needs root (CI runs as root)");
+        return;
+    }
+    let _ = tss_user(); // makes sure group tss exists
+    let dir = tempfile::Builder::new()
+        .prefix("meterd-tss-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let node = dir.path().join("tpmrm0");
+    std::fs::write(&node, b"").unwrap();
+    ok(
+        &Command::new("chown")
+            .arg("root:tss")
+            .arg(&node)
+            .output()
+            .unwrap(),
+        "chown root:tss",
+    );
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    ok(
+        &Command::new("chown")
+            .arg("65534:65534")
+            .arg(&state)
+            .output()
+            .unwrap(),
+        "chown nobody",
+    );
+    let config = dir.path().join("meterd.toml");
+    std::fs::write(&config, b"").unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_meterd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--tcti")
+        .arg(format!("device:{}", node.display()))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("METERD_LOG", "info")
+        .output()
+        .unwrap();
+    let text = outcome(&out);
+    assert!(!out.status.success(), "meterd started: {text}");
+    assert!(
+        text.contains("permission denied") && text.contains("group `tss`"),
+        "the refusal must name the tss group: {text}"
+    );
+    assert!(text.contains("uid 65534"), "and who meterd runs as: {text}");
+}
