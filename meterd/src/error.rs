@@ -78,7 +78,7 @@ pub enum ServiceError {
     #[error("{0}")]
     Stale(String),
     /// The TPM failed.
-    #[error("the TPM failed: {0}; check that the TPM (or swtpm) is reachable, then retry")]
+    #[error("the TPM failed: {0}{hint}", hint = housing_hint(.0))]
     Housing(#[from] HousingError),
     /// The ledger failed.
     #[error("the ledger could not be written: {0}; check the state directory (space, permissions), then retry")]
@@ -100,6 +100,19 @@ pub enum ServiceError {
 
 /// Result of a service call.
 pub type Result<T> = std::result::Result<T, ServiceError>;
+
+/// What to check after a housing error. A refused authorization is no
+/// reachability problem: its message already names the password or secret.
+fn housing_hint(e: &HousingError) -> &'static str {
+    match e {
+        HousingError::Tpm { message, .. }
+            if message.starts_with("BadAuth") || message.starts_with("AuthFail") =>
+        {
+            ""
+        }
+        _ => "; check that the TPM (or swtpm) is reachable, then retry",
+    }
+}
 
 impl From<LedgerError> for ServiceError {
     fn from(e: LedgerError) -> Self {

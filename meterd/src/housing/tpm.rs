@@ -39,6 +39,7 @@
 
 mod clock;
 mod conn;
+mod device;
 mod errors;
 mod keystore;
 mod nv;
@@ -87,6 +88,8 @@ pub struct TpmHousing {
     conn: Option<Conn>,
     owner: HierarchyAuth,
     endorsement: HierarchyAuth,
+    /// The device node of a `device:` TCTI, to explain a failed open.
+    device: Option<PathBuf>,
 }
 
 impl TpmHousing {
@@ -142,6 +145,7 @@ impl TpmHousing {
             conn: None,
             owner,
             endorsement,
+            device: device::device_path(tcti),
         };
         housing.connect()?;
         Ok(housing)

@@ -167,8 +167,13 @@ impl TpmHousing {
         match self.conn {
             Some(ref mut conn) => Ok(conn),
             None => {
-                let mut ctx = Context::new(self.tcti.clone())
-                    .map_err(|e| HousingError::Unavailable(format!("open TCTI: {e}")))?;
+                let mut ctx = Context::new(self.tcti.clone()).map_err(|e| {
+                    // A device node we cannot open says why (group tss, no TPM).
+                    match self.device.as_deref().and_then(super::device::diagnose) {
+                        Some(why) => HousingError::Unavailable(format!("open TCTI: {why}")),
+                        None => HousingError::Unavailable(format!("open TCTI: {e}")),
+                    }
+                })?;
                 // The hierarchy passwords live in the context: set them on
                 // every new one (after a reset as at start).
                 set_hierarchy_auth(&mut ctx, ObjectHandle::Owner, &self.owner)?;
