@@ -324,3 +324,27 @@ async fn legacy_anchor_row_without_its_update_is_refused_until_the_authority_rea
     assert_eq!(lock_reason(&m).await, None);
     m.down().await;
 }
+
+/// Cost of the check (`cargo nextest run --release -p meterd --test
+/// attack_rewrite --run-ignored only`): 500 vouchers (each a CMS signature
+/// and a certificate chain verified again), walked as at every start.
+#[tokio::test]
+#[ignore]
+async fn check_cost_for_500_vouchers() {
+    let mut m = funded().await;
+    for _ in 0..500 {
+        let v = m.voucher(10);
+        m.client.recharge(&v).await.unwrap();
+    }
+    let ledger = m.meter.require_ledger().unwrap();
+    let s = meterd::semantic::check(&ledger, &m.meter_id, 0)
+        .await
+        .unwrap();
+    eprintln!(
+        "semantic check: {} rows walked, {} signatures verified, {} ms",
+        s.rows, s.verified, s.millis
+    );
+    assert!(s.finding.is_none());
+    drop(ledger);
+    m.down().await;
+}
