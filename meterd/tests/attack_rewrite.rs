@@ -17,98 +17,20 @@
 
 #[path = "support/inproc.rs"]
 mod inproc;
-
-use std::path::Path;
+#[path = "support/rewrite.rs"]
+mod rewrite;
 
 use inproc::{InProc, Options, RATES};
-use meter_pki::ledger_format::{genesis_prev, row_hash, seal_digest, sha384, RowFields};
+use meter_pki::ledger_format::sha384;
 use meterd::housing::soft::SoftwareHousingControl;
 use meterd::housing::Housing;
+use rewrite::{attacker, last_seq};
 use rusqlite::{params, Connection};
 
-/// The attacker's connection: triggers dropped.
-fn attacker(path: &Path) -> Connection {
-    let c = Connection::open(path).unwrap();
-    for t in [
-        "journal_no_update",
-        "journal_no_delete",
-        "products_no_update",
-        "products_no_delete",
-        "batches_no_update",
-        "batches_no_delete",
-        "checkpoints_no_update",
-    ] {
-        c.execute_batch(&format!("DROP TRIGGER IF EXISTS {t}"))
-            .unwrap();
-    }
-    c
-}
-
-fn last_seq(c: &Connection) -> i64 {
-    c.query_row("SELECT MAX(seq) FROM journal", [], |r| r.get(0))
-        .unwrap()
-}
-
-/// Recomputes every row hash and link from row 1, the batch heads, drops
-/// the checkpoints (signed: easier deleted than forged), and signs the last
-/// batch's seal again with the identity key.
+/// Rechains (see `rewrite::rechain`) and signs the last batch's seal
+/// again with the identity key.
 fn rechain_and_reseal(c: &Connection, meter_id: &str, tpm: &SoftwareHousingControl) {
-    let mut prev = genesis_prev(meter_id);
-    let mut buf = Vec::new();
-    for seq in 1..=last_seq(c) {
-        let hash = c
-            .query_row(
-                "SELECT seq, time, kind, service, request_id, credit, debit, ascending, \
-                 descending, control_total, pieces, service_count, product_digest, note \
-                 FROM journal WHERE seq=?1",
-                [seq],
-                |r| {
-                    let request_id: Option<String> = r.get(4)?;
-                    let digest: Vec<u8> = r.get(12)?;
-                    let note: String = r.get(13)?;
-                    let u = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
-                    let digest: [u8; 48] = digest.try_into().unwrap();
-                    let f = RowFields {
-                        seq: u(0)?,
-                        time: r.get(1)?,
-                        kind: r.get(2)?,
-                        service: r.get(3)?,
-                        request_id: request_id.as_deref().map(str::as_bytes),
-                        credit: u(5)?,
-                        debit: u(6)?,
-                        ascending: u(7)?,
-                        descending: u(8)?,
-                        control_total: u(9)?,
-                        pieces: u(10)?,
-                        service_count: u(11)?,
-                        product_digest: &digest,
-                        note: note.as_bytes(),
-                    };
-                    f.encode(&mut buf).unwrap();
-                    Ok(row_hash(&prev, &buf))
-                },
-            )
-            .unwrap();
-        c.execute(
-            "UPDATE journal SET prev_hash=?1, hash=?2 WHERE seq=?3",
-            params![&prev[..], &hash[..], seq],
-        )
-        .unwrap();
-        prev = hash;
-    }
-    c.execute_batch(
-        "UPDATE batches SET head = (SELECT hash FROM journal WHERE seq = batches.last_seq);
-         DELETE FROM checkpoints;",
-    )
-    .unwrap();
-    let (batch, nv, head): (i64, i64, Vec<u8>) = c
-        .query_row(
-            "SELECT batch, nv, head FROM batches ORDER BY batch DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
-    let digest = seal_digest(meter_id, nv as u64, &head.try_into().unwrap());
+    let (batch, digest) = rewrite::rechain(c, meter_id);
     let seal = tpm
         .housing()
         .sign_digest(meterd::meter::IDENTITY_KEY, &digest)
@@ -400,5 +322,29 @@ async fn legacy_anchor_row_without_its_update_is_refused_until_the_authority_rea
     m.client.recharge(&voucher).await.unwrap();
     let m = m.restart().await;
     assert_eq!(lock_reason(&m).await, None);
+    m.down().await;
+}
+
+/// Cost of the check (`cargo nextest run --release -p meterd --test
+/// attack_rewrite --run-ignored only`): 500 vouchers (each a CMS signature
+/// and a certificate chain verified again), walked as at every start.
+#[tokio::test]
+#[ignore]
+async fn check_cost_for_500_vouchers() {
+    let mut m = funded().await;
+    for _ in 0..500 {
+        let v = m.voucher(10);
+        m.client.recharge(&v).await.unwrap();
+    }
+    let ledger = m.meter.require_ledger().unwrap();
+    let s = meterd::semantic::check(&ledger, &m.meter_id, 0)
+        .await
+        .unwrap();
+    eprintln!(
+        "semantic check: {} rows walked, {} signatures verified, {} ms",
+        s.rows, s.verified, s.millis
+    );
+    assert!(s.finding.is_none());
+    drop(ledger);
     m.down().await;
 }

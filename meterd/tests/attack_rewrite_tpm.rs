@@ -1,0 +1,127 @@
+//! Attack: rewrite the ledger of a stopped meter on a real (software) TPM,
+//! the attacker's way (issue 12, "Rewrite the ledger"): `tests/sandbox
+//! stop-meterd`; `sqlite3` on the state directory's ledger drops the
+//! append-only triggers and turns the 100,000 voucher into 10,000,000
+//! (credit and every register after it); the row hashes and batch heads
+//! are recomputed with the ledger's public canonical encoding
+//! (`meter_pki::ledger_format`); the last batch seal is signed again with
+//! the meter's identity key, loaded from its blobs in `state/keys` with
+//! `tpm2_createprimary` (the code's template), `tpm2_load` and `tpm2_sign`.
+//! The meter then starts on a chain that verifies; only the voucher the
+//! row keeps (`meterd::semantic`) says 100,000, and the meter must start
+//! locked `tamper` and `meterctl audit` must say so.
+//!
+//! Fails on main before issue 12 item 2 (the meter starts unlocked with
+//! 10,000,000). Once the TPM objects carry authorization (issue 12 item 3),
+//! `tpm2_sign` with an empty auth fails: the reseal is then refused by the
+//! TPM and the test says so instead (prevented a step earlier).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/rewrite.rs"]
+mod rewrite;
+#[path = "support/sandbox.rs"]
+mod sandbox;
+
+use std::process::Command;
+
+use sandbox::Sandbox;
+
+fn sh(sb: &Sandbox, script: &str) -> std::process::Output {
+    Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(sb.dir.path())
+        .env(
+            "TPM2TOOLS_TCTI",
+            format!(
+                "swtpm:host=127.0.0.1,port={}",
+                std::fs::read_to_string(sb.path("swtpm.port"))
+                    .unwrap()
+                    .trim()
+            ),
+        )
+        .output()
+        .unwrap()
+}
+
+/// r ‖ s (48 bytes each) of a DER ECDSA-Sig-Value.
+fn raw_signature(der: &[u8]) -> Vec<u8> {
+    p384::ecdsa::Signature::from_der(der)
+        .expect("tpm2_sign -f plain gives DER")
+        .to_bytes()
+        .to_vec()
+}
+
+#[test]
+fn edited_voucher_resealed_with_tpm2_tools_is_tamper() {
+    let sb = Sandbox::up(100_000);
+    let meter_id = sb.meter_id();
+    sb.script("stop-meterd");
+    let db = sb.path("state/ledger.sqlite");
+    let db = db.to_str().unwrap();
+
+    // sqlite3: triggers dropped, the voucher and the registers after it.
+    let out = sh(
+        &sb,
+        &format!(
+            "sqlite3 {db} \"
+            DROP TRIGGER journal_no_update; DROP TRIGGER batches_no_update;
+            DROP TRIGGER checkpoints_no_update; DELETE FROM checkpoints;
+            UPDATE journal SET credit = 10000000 WHERE kind = 4 AND credit = 100000;
+            UPDATE journal SET descending = descending + 9900000,
+                control_total = control_total + 9900000
+              WHERE seq >= (SELECT seq FROM journal WHERE kind = 4 AND credit = 10000000);\""
+        ),
+    );
+    assert!(out.status.success(), "sqlite3: {out:?}");
+
+    // Hashes and heads again, with the public canonical encoding.
+    let c = rewrite::attacker(&sb.path("state/ledger.sqlite"));
+    let (batch, digest) = rewrite::rechain(&c, &meter_id);
+    drop(c);
+    std::fs::write(sb.path("seal.digest"), digest).unwrap();
+
+    // The seal again, with the identity key's blobs and tpm2-tools.
+    let out = sh(
+        &sb,
+        "set -e
+         tpm2_flushcontext -t
+         tpm2_createprimary -Q -C o -G ecc384:aes256cfb -g sha256 \
+           -a 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt' \
+           -c primary.ctx
+         tpm2_load -Q -C primary.ctx -u state/keys/identity.pub -r state/keys/identity.priv \
+           -c identity.ctx
+         tpm2_flushcontext -t
+         tpm2_sign -c identity.ctx -g sha384 -s ecdsa -d -f plain -o seal.der seal.digest",
+    );
+    if !out.status.success() {
+        // Issue 12 item 3: the identity key needs an authorization the
+        // attacker does not have; the ledger cannot be resealed.
+        eprintln!(
+            "tpm2_sign refused: the reseal is prevented by the TPM: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let seal = raw_signature(&std::fs::read(sb.path("seal.der")).unwrap());
+    let out = sh(
+        &sb,
+        &format!(
+            "sqlite3 {db} \"UPDATE batches SET seal = X'{}' WHERE batch = {batch};\"",
+            hex::encode(&seal)
+        ),
+    );
+    assert!(out.status.success(), "sqlite3: {out:?}");
+
+    sb.script("start-meterd");
+    let status = sb.status();
+    assert_eq!(
+        status["lock_reason"].as_str(),
+        Some("tamper"),
+        "the meter started on the edited voucher: {status}"
+    );
+    let audit = sb.meterctl(&["--json", "audit"]);
+    let text = String::from_utf8_lossy(&audit.stdout).into_owned()
+        + &String::from_utf8_lossy(&audit.stderr);
+    assert!(text.contains("voucher"), "meterctl audit: {text}");
+}
