@@ -330,11 +330,19 @@ async fn run_load(
         let conn = connect(bus).await?;
         proxies.push((conn.clone(), Meter1Proxy::new(&conn).await?));
     }
+    // No inotify (e.g. the per-user instance limit reached): the load still
+    // runs, the figure reads n/a.
     let nv = match &watch.nv_dir {
-        Some(dir) => Some(
-            procstat::NvWrites::watch(dir)
-                .map_err(|e| BenchError::Setup(format!("inotify on {}: {e}", dir.display())))?,
-        ),
+        Some(dir) => match procstat::NvWrites::watch(dir) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!(
+                    "meterbench: inotify on {}: {e}; nv_writes=n/a",
+                    dir.display()
+                );
+                None
+            }
+        },
         None => None,
     };
     let duration = Duration::from_secs_f64(seconds.max(0.1));
@@ -391,7 +399,7 @@ async fn run_load(
         extra.push(' ');
         extra.push_str(&procstat::cpu_report(&watch.cpu, &cpu_before, &cpu_after));
     }
-    if nv.is_some() {
+    if watch.nv_dir.is_some() {
         match (nv_before, nv_after) {
             (Some(b), Some(a)) => extra.push_str(&format!(" nv_writes={}", a - b)),
             _ => extra.push_str(" nv_writes=n/a"),

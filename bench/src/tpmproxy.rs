@@ -259,7 +259,8 @@ async fn serve_tpm(
         if !hold.is_zero() {
             tokio::time::sleep(hold).await;
         }
-        client.write_all(&rsp).await?;
+        // Counted before the reply, so that a snapshot taken once the
+        // client has its answer includes the command.
         if let Ok(mut s) = stats.lock() {
             s.commands += 1;
             s.bytes_in += cmd.len() as u64;
@@ -270,6 +271,7 @@ async fn serve_tpm(
             c.held += hold;
             *s.by_class.entry(class_name(class)).or_default() += 1;
         }
+        client.write_all(&rsp).await?;
     }
     Ok(())
 }
@@ -296,6 +298,62 @@ mod tests {
         let bad = [0x80, 0x01, 0, 0, 0, 3, 0, 0, 1, 0x7B];
         let mut r = &bad[..];
         assert!(read_frame(&mut r).await.is_err());
+    }
+
+    /// A fake swtpm: answers every command with a 10-byte success response.
+    async fn fake_swtpm() -> u16 {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    while let Ok(Some(_cmd)) = read_frame(&mut conn).await {
+                        let rsp = [0x80, 0x01, 0, 0, 0, 10, 0, 0, 0, 0];
+                        if conn.write_all(&rsp).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn holds_each_command_for_its_class_and_counts_it() {
+        let upstream = fake_swtpm().await;
+        let mut profile = profile::by_name("zero").unwrap();
+        profile.nv_write = Duration::from_millis(200);
+        let stats: Shared = Arc::default();
+        let front = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let front_port = front.local_addr().unwrap().port();
+        let s2 = Arc::clone(&stats);
+        tokio::spawn(async move {
+            let (conn, _) = front.accept().await.unwrap();
+            serve_tpm(conn, upstream, &profile, &s2).await.unwrap();
+        });
+        let mut client = TcpStream::connect(("127.0.0.1", front_port)).await.unwrap();
+        let mut cmd = vec![0x80, 0x01, 0, 0, 0, 10];
+        cmd.extend_from_slice(&profile::cc::NV_INCREMENT.to_be_bytes());
+        let t0 = Instant::now();
+        client.write_all(&cmd).await.unwrap();
+        let rsp = read_frame(&mut client).await.unwrap().unwrap();
+        let nv_took = t0.elapsed();
+        assert_eq!(rsp, [0x80, 0x01, 0, 0, 0, 10, 0, 0, 0, 0]);
+        assert!(nv_took >= Duration::from_millis(200), "{nv_took:?}");
+        // A command of another class is not held.
+        let mut other = vec![0x80, 0x01, 0, 0, 0, 10];
+        other.extend_from_slice(&profile::cc::READ_CLOCK.to_be_bytes());
+        let t0 = Instant::now();
+        client.write_all(&other).await.unwrap();
+        read_frame(&mut client).await.unwrap().unwrap();
+        assert!(t0.elapsed() < Duration::from_millis(150));
+        drop(client);
+        let line = stats.lock().unwrap().line();
+        assert!(line.contains(" commands=2 "), "{line}");
+        assert!(line.contains(" nv_increment=1 "), "{line}");
+        assert!(line.contains(" class_nv_write=1 "), "{line}");
+        assert!(line.contains(" read_clock=1 "), "{line}");
     }
 
     #[test]
