@@ -103,3 +103,23 @@ pub fn read_ek_cas(paths: &[PathBuf]) -> Result<Vec<Certificate>> {
     }
     Ok(all)
 }
+
+impl Authority {
+    /// Checks a report's TPM attestation against the AK this authority certified for
+    /// `meter_id`, over `digest` (the report digest). A meter certified `--unattested`
+    /// has no AK: refused.
+    pub fn verify_report_attestation(
+        &self,
+        meter_id: &str,
+        attestation: &meter_pki::tpm::ReportAttestation,
+        digest: &[u8],
+    ) -> Result<meter_pki::tpm::VerifiedReportAttestation> {
+        let ak = self.meter_ak(meter_id)?.ok_or_else(|| {
+            AuthorityError::Invalid(format!(
+                "meter {meter_id:?} was not certified with attestation: no AK to check its \
+                 report attestation with"
+            ))
+        })?;
+        Ok(attestation.verify(&ak, digest)?)
+    }
+}

@@ -14,13 +14,12 @@
 //!   opens the certificates and installs them like `InstallProvisioning`.
 //! * **Reports.** [`report_attestation`] has the AK sign TPM2_GetTime and
 //!   TPM2_NV_Certify of the ledger's NV counter over a caller's digest (the report
-//!   digest); the authority checks them with `meter_pki::tpm::{verify_time,
-//!   verify_counter}` and the AK it kept at certification.
+//!   digest); the authority checks them with `meter_pki::tpm::ReportAttestation::verify`
+//!   and the AK it kept at certification.
 
-use meter_pki::tpm::{self, CertifiedKey, Evidence, SealedCredential};
+use meter_pki::tpm::{self, CertifiedKey, Evidence, ReportAttestation, SealedCredential};
 
 use crate::error::{Result, ServiceError};
-use crate::housing::Attestation;
 use crate::meter::{Meter, IDENTITY_KEY, POSTMARK_KEY};
 
 /// The evidence of `meter_id`'s keys (JSON), or `None` with a warning when the housing
@@ -96,24 +95,11 @@ pub async fn install_credential(meter: &Meter, credential: &[u8], root: &[u8]) -
     crate::provision::install(meter, &meter_cert, &postmark_cert, root).await
 }
 
-/// What the AK signed for a report: give all three to the authority.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReportAttestation {
-    /// Marshalled `TPMT_PUBLIC` of the AK (the authority compares it with the one it
-    /// certified; `meter_pki::tpm::check_ak`).
-    pub ak_public: Vec<u8>,
-    /// TPM2_GetTime over the digest: TPM clock, reset and restart counts
-    /// (`meter_pki::tpm::verify_time`).
-    pub time: Attestation,
-    /// TPM2_NV_Certify of the ledger's NV counter over the digest
-    /// (`meter_pki::tpm::verify_counter`).
-    pub counter: Attestation,
-}
-
 /// Has the AK attest TPM time and the NV counter over `digest` (at most 64 bytes; a
-/// SHA-384 report digest). About 20 ms on swtpm; NV_Certify reconnects to the TPM, so
-/// call it once per report, never on the sale path. Fails on a housing without a TPM or
-/// a TPM without an EK certificate.
+/// SHA-384 report digest); the authority checks the result with
+/// [`ReportAttestation::verify`] and the AK it kept (`Authority::meter_ak`). About 20 ms
+/// on swtpm; NV_Certify reconnects to the TPM, so call it once per report, never on the
+/// sale path. Fails on a housing without a TPM or a TPM without an EK certificate.
 pub async fn report_attestation(meter: &Meter, digest: &[u8]) -> Result<ReportAttestation> {
     if digest.len() > 64 {
         return Err(ServiceError::InvalidInput(
@@ -122,17 +108,18 @@ pub async fn report_attestation(meter: &Meter, digest: &[u8]) -> Result<ReportAt
     }
     let index = meter.config().nv_index;
     let q = digest.to_vec();
-    Ok(meter
+    let (ak, time, counter) = meter
         .housing()
         .call(move |h| {
-            let ak_public = h.attest_identity()?.ak_public;
+            let ak = h.attest_identity()?.ak_public;
             let time = h.attest_time(&q)?;
             let counter = h.certify_counter(index, &q)?;
-            Ok(ReportAttestation {
-                ak_public,
-                time,
-                counter,
-            })
+            Ok((ak, time, counter))
         })
-        .await?)
+        .await?;
+    Ok(ReportAttestation::new(
+        &ak,
+        (&time.attest, &time.signature),
+        (&counter.attest, &counter.signature),
+    ))
 }

@@ -129,3 +129,89 @@ fn time_and_counter_attestations_verify_with_the_ak() {
     assert_eq!(h.transient_objects().unwrap(), 0);
     eprintln!("attestation cost on swtpm: GetTime {t_time:.1} ms, NV_Certify {t_nv:.1} ms");
 }
+
+/// The meter's whole attested path over the real pipeline (`Meter` on a TPM housing):
+/// `Provision` evidence → the authority's attested certification → `InstallCredential`
+/// → the AK's report attestation, checked by the authority with the AK it kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meter_provisions_attested_and_attests_reports() {
+    use meterd::config::Config;
+    use meterd::housing::HousingHandle;
+    use meterd::meter::Meter;
+
+    let tpm = Swtpm::start_with_ek();
+    let state = tempfile::tempdir().unwrap();
+    let housing = TpmHousing::open(&tpm.tcti(), &state.path().join("keys")).unwrap();
+    let config = Config {
+        tcti: tpm.tcti(),
+        state_dir: state.path().to_owned(),
+        nv_index: COUNTER,
+        ..Config::default()
+    };
+    let meter = Meter::start(config, HousingHandle::spawn(housing).unwrap())
+        .await
+        .unwrap();
+    let requests = meterd::provision::begin(&meter).await.unwrap();
+    let evidence = requests
+        .attestation
+        .clone()
+        .expect("a TPM with an EK attests");
+
+    let adir = tempfile::tempdir().unwrap();
+    let now = meter_authority::now();
+    let mut authority =
+        meter_authority::Authority::init(&adir.path().join("a"), "Test Authority", now).unwrap();
+    // The EK CA is required, and must be the right one.
+    assert!(authority
+        .certify_meter_attested(
+            &requests.identity_csr,
+            &requests.postmark_csr,
+            &evidence,
+            &[],
+            now
+        )
+        .is_err());
+    let (certs, sealed) = authority
+        .certify_meter_attested(
+            &requests.identity_csr,
+            &requests.postmark_csr,
+            &evidence,
+            &ek_cas(&tpm),
+            now,
+        )
+        .unwrap();
+    assert_eq!(certs.meter_id, requests.meter_id);
+    let root = meter_pki::cert::to_der(authority.root()).unwrap();
+    meterd::attest::install_credential(&meter, &sealed.to_json().unwrap(), &root)
+        .await
+        .unwrap();
+    assert!(meter.identity().is_some());
+
+    let digest = [9u8; 48];
+    let t = Instant::now();
+    let report = meterd::attest::report_attestation(&meter, &digest)
+        .await
+        .unwrap();
+    let t_report = ms(t);
+    let report = meter_pki::tpm::ReportAttestation::from_json(&report.to_json().unwrap()).unwrap();
+    let v = authority
+        .verify_report_attestation(&certs.meter_id, &report, &digest)
+        .unwrap();
+    assert_eq!(v.counter.value, meter.ledger_state().unwrap().nv);
+    assert!(authority
+        .verify_report_attestation(&certs.meter_id, &report, &[8u8; 48])
+        .is_err());
+    // A report attested by another key (here: the time part swapped for a fresh one
+    // over another digest) is refused.
+    let other = meterd::attest::report_attestation(&meter, &[1u8; 48])
+        .await
+        .unwrap();
+    let mut mixed = report.clone();
+    mixed.time_attest = other.time_attest;
+    mixed.time_signature = other.time_signature;
+    assert!(authority
+        .verify_report_attestation(&certs.meter_id, &mixed, &digest)
+        .is_err());
+    eprintln!("report attestation (GetTime + NV_Certify) on swtpm: {t_report:.1} ms");
+    meter.close().await;
+}

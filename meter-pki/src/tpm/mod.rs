@@ -29,7 +29,10 @@
 
 pub mod credential;
 pub mod ekcert;
+mod report;
 pub mod wire;
+
+pub use report::{ReportAttestation, VerifiedReportAttestation};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha384};
