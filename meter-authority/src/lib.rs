@@ -10,6 +10,7 @@
 
 mod account;
 mod agent;
+pub mod attest;
 pub mod credit;
 pub mod enrol;
 pub mod inspect;

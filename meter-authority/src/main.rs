@@ -34,9 +34,22 @@ enum Cmd {
         /// PKCS#10 request of the postmark key.
         #[arg(long)]
         postmark_csr: PathBuf,
-        /// Directory for meter.pem and postmark.pem.
+        /// Directory for the output: credential.json (attested), or meter.pem and
+        /// postmark.pem (--unattested).
         #[arg(long)]
         out_dir: PathBuf,
+        /// The meter's TPM evidence (attestation.json from `meterctl provision`): the
+        /// certificates are then issued only sealed in a credential its TPM activates.
+        #[arg(long, requires = "ek_ca")]
+        attestation: Option<PathBuf>,
+        /// A trusted EK CA certificate (PEM or DER; repeatable): the CA that signed the
+        /// TPM's EK certificate (a TPM vendor's, or swtpm's local CA in tests).
+        #[arg(long, value_name = "FILE")]
+        ek_ca: Vec<PathBuf>,
+        /// Certify keys nobody proved to be in a TPM (demos, software housings): writes
+        /// meter.pem and postmark.pem in clear.
+        #[arg(long, conflicts_with = "attestation")]
+        unattested: bool,
     },
     /// Certify a meter's agent CA (Fig. 3A) from its request (`meterctl agent-ca request`).
     CertifyAgentCa {
@@ -246,20 +259,46 @@ fn run(cli: Cli) -> Result<()> {
             identity_csr,
             postmark_csr,
             out_dir,
+            attestation,
+            ek_ca,
+            unattested,
         } => {
             let mut a = Authority::open(dir)?;
-            let certs = a.certify_meter(
-                &read_bounded(&identity_csr)?,
-                &read_bounded(&postmark_csr)?,
-                t,
-            )?;
-            std::fs::create_dir_all(&out_dir).map_err(|e| AuthorityError::Io {
-                path: out_dir.clone(),
-                source: e,
-            })?;
-            write_cert(&out_dir.join("meter.pem"), &certs.identity)?;
-            write_cert(&out_dir.join("postmark.pem"), &certs.postmark)?;
-            println!("{}", certs.meter_id);
+            let (id, pm) = (read_bounded(&identity_csr)?, read_bounded(&postmark_csr)?);
+            let create = |d: &Path| {
+                std::fs::create_dir_all(d).map_err(|e| AuthorityError::Io {
+                    path: d.to_path_buf(),
+                    source: e,
+                })
+            };
+            match (attestation, unattested) {
+                (Some(ev), _) => {
+                    let cas = meter_authority::attest::read_ek_cas(&ek_ca)?;
+                    let (certs, sealed) =
+                        a.certify_meter_attested(&id, &pm, &read_bounded(&ev)?, &cas, t)?;
+                    create(&out_dir)?;
+                    write_file(&out_dir.join("credential.json"), &sealed.to_json()?)?;
+                    eprintln!(
+                        "attested: keys in the TPM of a trusted EK; certificates sealed in {}",
+                        out_dir.join("credential.json").display()
+                    );
+                    println!("{}", certs.meter_id);
+                }
+                (None, true) => {
+                    let certs = a.certify_meter(&id, &pm, t)?;
+                    create(&out_dir)?;
+                    write_cert(&out_dir.join("meter.pem"), &certs.identity)?;
+                    write_cert(&out_dir.join("postmark.pem"), &certs.postmark)?;
+                    eprintln!("UNATTESTED: nothing proves these keys are in a TPM");
+                    println!("{}", certs.meter_id);
+                }
+                (None, false) => {
+                    return Err(AuthorityError::Invalid(
+                        "refusing unattested keys: give --attestation and --ek-ca, or --unattested"
+                            .into(),
+                    ))
+                }
+            }
         }
         Cmd::CertifyAgentCa { request, out } => {
             let mut a = Authority::open(dir)?;

@@ -138,6 +138,7 @@ fn certify_meter_then_postmark_verifies() {
         &f.dir,
         &[
             "certify-meter",
+            "--unattested",
             "--identity-csr",
             s(&id_csr),
             "--postmark-csr",
@@ -147,6 +148,22 @@ fn certify_meter_then_postmark_verifies() {
         ],
     ));
     assert_eq!(stdout.trim(), "meter-0042");
+    // Without --unattested, requests with no TPM evidence are refused.
+    let o = authority(
+        &f.dir,
+        &[
+            "certify-meter",
+            "--identity-csr",
+            s(&id_csr),
+            "--postmark-csr",
+            s(&pm_csr),
+            "--out-dir",
+            s(&f.work.join("refused")),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--unattested"));
+    assert!(!f.work.join("refused").exists());
     let meter = out_dir.join("meter.pem");
     let postmark = out_dir.join("postmark.pem");
     let (good, text) = openssl(&[
@@ -239,6 +256,7 @@ fn certify_meter_refuses_mismatched_or_bad_requests() {
             &f.dir,
             &[
                 "certify-meter",
+                "--unattested",
                 "--identity-csr",
                 s(&f.work.join("a.csr")),
                 "--postmark-csr",
@@ -260,6 +278,7 @@ fn certify_meter_refuses_mismatched_or_bad_requests() {
         &f.dir,
         &[
             "certify-meter",
+            "--unattested",
             "--identity-csr",
             s(&f.work.join("t.csr")),
             "--postmark-csr",

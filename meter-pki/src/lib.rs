@@ -30,6 +30,7 @@ pub mod pem;
 pub mod report;
 pub mod revoke;
 pub mod sig;
+pub mod tpm;
 pub mod tsp;
 
 mod util;

@@ -74,6 +74,9 @@ pub mod provision {
     pub const IDENTITY_CSR: &str = "identity_csr";
     /// `ay`: DER PKCS#10 request for the postmark (time-stamping) key.
     pub const POSTMARK_CSR: &str = "postmark_csr";
+    /// `ay`: the TPM evidence (JSON, `meter_pki::tpm::Evidence`: EK certificate, AK,
+    /// TPM2_Certify of both keys); absent when the housing cannot attest.
+    pub const ATTESTATION: &str = "attestation";
 }
 
 /// Keys of each dictionary returned by `ListCreditLines()`.

@@ -26,6 +26,11 @@ pub trait Meter1 {
         root_cert: &[u8],
     ) -> Result<(), MeterError>;
 
+    /// Activates the authority's credential (`credential.json` of an attested
+    /// `certify-meter`) in the TPM, opens the certificates sealed in it and installs them
+    /// with the root, as [`Self::install_provisioning`] does.
+    fn install_credential(&self, credential: &[u8], root_cert: &[u8]) -> Result<(), MeterError>;
+
     /// Installs a signed rate table (CMS SignedData, DER or PEM).
     fn install_rates(&self, table: &[u8]) -> Result<(), MeterError>;
 

@@ -84,4 +84,10 @@ impl App {
         provision::install(&self.meter, meter_cert, postmark_cert, root).await?;
         self.load().await
     }
+
+    /// `InstallCredential`: activates the credential, then as `install_provisioning`.
+    pub async fn install_credential(&self, credential: &[u8], root: &[u8]) -> Result<()> {
+        crate::attest::install_credential(&self.meter, credential, root).await?;
+        self.load().await
+    }
 }

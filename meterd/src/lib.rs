@@ -23,6 +23,7 @@ pub mod account;
 pub mod agent;
 pub mod anchor;
 pub mod app;
+pub mod attest;
 pub mod audit;
 pub mod bus;
 pub mod certs;

@@ -28,6 +28,9 @@ pub struct Requests {
     pub identity_csr: Vec<u8>,
     /// PKCS#10 (DER) for the postmark key.
     pub postmark_csr: Vec<u8>,
+    /// TPM evidence for both keys (JSON, `meter_pki::tpm::Evidence`), when the housing
+    /// can attest (see `attest.rs`).
+    pub attestation: Option<Vec<u8>>,
 }
 
 /// `Provision`: creates the keys if needed and returns fresh requests.
@@ -48,11 +51,13 @@ pub async fn begin(meter: &Meter) -> Result<Requests> {
     let identity_csr = request(meter, &meter_id, IDENTITY_KEY, identity_pub).await?;
     let postmark_pub = public_key(meter, POSTMARK_KEY).await?;
     let postmark_csr = request(meter, &meter_id, POSTMARK_KEY, postmark_pub).await?;
-    tracing::info!(%meter_id, "provisioning requests made");
+    let attestation = crate::attest::evidence(meter, &meter_id).await;
+    tracing::info!(%meter_id, attested = attestation.is_some(), "provisioning requests made");
     Ok(Requests {
         meter_id,
         identity_csr,
         postmark_csr,
+        attestation,
     })
 }
 

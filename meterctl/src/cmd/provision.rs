@@ -1,9 +1,12 @@
 //! `meterctl provision`: the two halves of provisioning.
 //!
 //! `--out-dir D` asks the meter to create its identity and postmark keys and
-//! writes their PKCS#10 requests as PEM for the authority; `--install` sends
-//! back the authority's certificates and root (PEM or DER, as they are: the
-//! daemon accepts both).
+//! writes their PKCS#10 requests as PEM for the authority, and the TPM's evidence
+//! (`attestation.json`: EK certificate, attestation key, TPM2_Certify of both keys)
+//! when the meter's TPM can give it; `--install` sends back the authority's answer:
+//! the credential of an attested certification (`--credential`, which only this TPM
+//! activates) or the certificates of an `--unattested` one, with the root (PEM or DER,
+//! as they are: the daemon accepts both).
 
 use std::path::{Path, PathBuf};
 
@@ -18,34 +21,42 @@ use crate::output::{Dict, Output};
 pub const IDENTITY_CSR_FILE: &str = "identity.csr.pem";
 /// File name of the postmark key's request in `--out-dir`.
 pub const POSTMARK_CSR_FILE: &str = "postmark.csr.pem";
+/// File name of the TPM evidence in `--out-dir`.
+pub const ATTESTATION_FILE: &str = "attestation.json";
 
 /// Arguments of `meterctl provision`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Directory to write identity.csr.pem and postmark.csr.pem to (created if missing).
     #[arg(long, value_name = "DIR", required_unless_present = "install",
-          conflicts_with_all = ["install", "meter_cert", "postmark_cert", "root"])]
+          conflicts_with_all = ["install", "meter_cert", "postmark_cert", "root", "credential"])]
     pub out_dir: Option<PathBuf>,
 
     /// Install the certificates the authority issued instead.
     #[arg(long)]
     pub install: bool,
 
-    /// The meter (identity) certificate, PEM or DER.
+    /// The authority's credential (credential.json of an attested certify-meter): the
+    /// certificates sealed so that only this meter's TPM opens them.
+    #[arg(long, value_name = "FILE", requires = "install",
+          conflicts_with_all = ["meter_cert", "postmark_cert"])]
+    pub credential: Option<PathBuf>,
+
+    /// The meter (identity) certificate, PEM or DER (unattested certification).
     #[arg(
         long,
         value_name = "FILE",
         requires = "install",
-        required_if_eq("install", "true")
+        required_unless_present_any = ["out_dir", "credential"]
     )]
     pub meter_cert: Option<PathBuf>,
 
-    /// The postmark certificate, PEM or DER.
+    /// The postmark certificate, PEM or DER (unattested certification).
     #[arg(
         long,
         value_name = "FILE",
         requires = "install",
-        required_if_eq("install", "true")
+        required_unless_present_any = ["out_dir", "credential"]
     )]
     pub postmark_cert: Option<PathBuf>,
 
@@ -61,11 +72,19 @@ pub struct Args {
 
 /// Runs `meterctl provision`.
 pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
-    match (&args.out_dir, &args.meter_cert, &args.postmark_cert, &args.root) {
-        (Some(dir), _, _, _) => request(ctx, dir).await,
-        (None, Some(m), Some(p), Some(r)) => install(ctx, m, p, r).await,
+    match (
+        &args.out_dir,
+        &args.credential,
+        &args.meter_cert,
+        &args.postmark_cert,
+        &args.root,
+    ) {
+        (Some(dir), _, _, _, _) => request(ctx, dir).await,
+        (None, Some(c), _, _, Some(r)) => install(ctx, Install::Credential(c), r).await,
+        (None, None, Some(m), Some(p), Some(r)) => install(ctx, Install::Certs(m, p), r).await,
         _ => Err(CtlError::Usage(
-            "provision needs --out-dir DIR, or --install with --meter-cert, --postmark-cert and --root"
+            "provision needs --out-dir DIR, or --install with --root and either --credential \
+             or --meter-cert and --postmark-cert"
                 .into(),
         )),
     }
@@ -92,31 +111,63 @@ async fn request(ctx: &Ctx, dir: &Path) -> Result<Output, CtlError> {
     let postmark_path = dir.join(POSTMARK_CSR_FILE);
     write_output(&identity_path, csr_pem(&identity)?.as_bytes())?;
     write_output(&postmark_path, csr_pem(&postmark)?.as_bytes())?;
+    let attestation_path = match d.bytes(key::ATTESTATION) {
+        Some(ev) => {
+            let path = dir.join(ATTESTATION_FILE);
+            write_output(&path, &ev)?;
+            Some(path)
+        }
+        None => {
+            // A stale one from an earlier run must not travel with these requests.
+            let _ = std::fs::remove_file(dir.join(ATTESTATION_FILE));
+            None
+        }
+    };
 
-    let human = format!(
-        "meter id: {meter_id}\nwrote {}\nwrote {}\nnext: have the authority issue both certificates, then run\n  meterctl provision --install --meter-cert M --postmark-cert P --root ROOT\n",
-        identity_path.display(),
-        postmark_path.display()
-    );
+    let human = match &attestation_path {
+        Some(a) => format!(
+            "meter id: {meter_id}\nwrote {}\nwrote {}\nwrote {} (TPM evidence)\nnext: have the authority certify the meter (certify-meter --attestation), then run\n  meterctl provision --install --credential CREDENTIAL --root ROOT\n",
+            identity_path.display(),
+            postmark_path.display(),
+            a.display()
+        ),
+        None => format!(
+            "meter id: {meter_id}\nwrote {}\nwrote {}\nno TPM evidence: this meter's keys are not attested (the authority must agree to --unattested)\nnext: have the authority issue both certificates, then run\n  meterctl provision --install --meter-cert M --postmark-cert P --root ROOT\n",
+            identity_path.display(),
+            postmark_path.display()
+        ),
+    };
     let json = json!({
         "meter_id": meter_id,
         "identity_csr": identity_path,
         "postmark_csr": postmark_path,
+        "attestation": attestation_path,
     });
     Ok(Output::new(human, json))
 }
 
-async fn install(
-    ctx: &Ctx,
-    meter_cert: &Path,
-    postmark_cert: &Path,
-    root: &Path,
-) -> Result<Output, CtlError> {
-    let m = read_input(meter_cert, MAX_OBJECT)?;
-    let p = read_input(postmark_cert, MAX_OBJECT)?;
+/// What the authority answered.
+enum Install<'a> {
+    /// An attested certification's credential.
+    Credential(&'a Path),
+    /// An unattested certification's two certificates.
+    Certs(&'a Path, &'a Path),
+}
+
+async fn install(ctx: &Ctx, what: Install<'_>, root: &Path) -> Result<Output, CtlError> {
     let r = read_input(root, MAX_OBJECT)?;
     let meter = ctx.meter().await?;
-    meter.install_provisioning(&m, &p, &r).await?;
+    match what {
+        Install::Credential(c) => {
+            let c = read_input(c, MAX_OBJECT)?;
+            meter.install_credential(&c, &r).await?;
+        }
+        Install::Certs(m, p) => {
+            let m = read_input(m, MAX_OBJECT)?;
+            let p = read_input(p, MAX_OBJECT)?;
+            meter.install_provisioning(&m, &p, &r).await?;
+        }
+    }
     let meter_id = meter.meter_id().await.unwrap_or_default();
     let human = if meter_id.is_empty() {
         "provisioning installed\n".to_string()

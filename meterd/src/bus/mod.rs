@@ -133,6 +133,20 @@ impl MeterIface {
         )
     }
 
+    /// Activates the authority's credential in the TPM and installs the certificates
+    /// sealed in it, with the root.
+    async fn install_credential(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        credential: Vec<u8>,
+        root_cert: Vec<u8>,
+    ) -> Result<(), MeterError> {
+        let call = self.admin(&header, "InstallCredential").await?;
+        bounded("credential", &credential)?;
+        bounded("root certificate", &root_cert)?;
+        call.done(self.app.install_credential(&credential, &root_cert).await)
+    }
+
     /// Installs a signed rate table.
     async fn install_rates(
         &self,

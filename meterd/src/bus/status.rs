@@ -208,5 +208,8 @@ pub fn provision_dict(r: Requests) -> Dict {
     put(&mut d, k::METER_ID, r.meter_id);
     put(&mut d, k::IDENTITY_CSR, r.identity_csr);
     put(&mut d, k::POSTMARK_CSR, r.postmark_csr);
+    if let Some(a) = r.attestation {
+        put(&mut d, k::ATTESTATION, a);
+    }
     d
 }

@@ -39,6 +39,37 @@ pub struct TpmClock {
     pub safe: bool,
 }
 
+/// Name of the attestation key's blobs (see `tpm/attest.rs`).
+pub const AK_KEY: &str = "ak";
+
+/// Something the attestation key (AK) signed: the marshalled `TPMS_ATTEST` exactly as
+/// the TPM returned it, and the AK's raw P-384 signature over its SHA-384. Verified by
+/// `meter_pki::tpm::{verify_time, verify_counter}` (and `verify_certify`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attestation {
+    /// Marshalled `TPMS_ATTEST` (starts with `TPM_GENERATED`).
+    pub attest: Vec<u8>,
+    /// Raw `r || s` over SHA-384(`attest`).
+    pub signature: RawSignature,
+}
+
+/// The TPM's attestation identity: what ties the AK to a genuine TPM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestIdentity {
+    /// The EK certificate (DER) from NV.
+    pub ek_cert: Vec<u8>,
+    /// Marshalled `TPMT_PUBLIC` of the AK.
+    pub ak_public: Vec<u8>,
+}
+
+/// What a housing without a TPM answers to the attestation operations.
+pub fn not_supported(command: &'static str) -> HousingError {
+    HousingError::Tpm {
+        command,
+        message: "not supported by this housing (attestation needs a TPM)".into(),
+    }
+}
+
 /// Failures of the housing, keeping the TPM's own kind of failure.
 #[derive(Debug, thiserror::Error)]
 pub enum HousingError {
@@ -145,6 +176,39 @@ pub trait Housing: Send + 'static {
     /// no authorization to speak of and keeps the default.
     fn legacy_auth(&self) -> bool {
         false
+    }
+
+    /// Reads the EK certificate and creates the AK if it has none; returns both.
+    fn attest_identity(&mut self) -> Result<AttestIdentity> {
+        Err(not_supported("attest_identity"))
+    }
+    /// Marshalled `TPMT_PUBLIC` of key `name` (what a TPM2_Certify names).
+    fn key_public_area(&mut self, name: &str) -> Result<Vec<u8>> {
+        let _ = name;
+        Err(not_supported("key_public_area"))
+    }
+    /// TPM2_Certify of key `name` by the AK over `qualifying` (at most 64 bytes).
+    fn certify_key(&mut self, name: &str, qualifying: &[u8]) -> Result<Attestation> {
+        let _ = (name, qualifying);
+        Err(not_supported("certify_key"))
+    }
+    /// TPM2_ActivateCredential: the credential made to the EK for the AK, from the
+    /// `TPM2B_ID_OBJECT` and `TPM2B_ENCRYPTED_SECRET` contents.
+    fn activate_credential(&mut self, credential_blob: &[u8], secret: &[u8]) -> Result<Vec<u8>> {
+        let _ = (credential_blob, secret);
+        Err(not_supported("activate_credential"))
+    }
+    /// TPM2_GetTime signed by the AK over `qualifying` (at most 64 bytes): TPM clock,
+    /// reset and restart counts. About one AK signature.
+    fn attest_time(&mut self, qualifying: &[u8]) -> Result<Attestation> {
+        let _ = qualifying;
+        Err(not_supported("attest_time"))
+    }
+    /// TPM2_NV_Certify of the 8-byte NV counter `index` by the AK over `qualifying` (at
+    /// most 64 bytes). On a TPM this reopens the connection (tens of ms): once per report.
+    fn certify_counter(&mut self, index: u32, qualifying: &[u8]) -> Result<Attestation> {
+        let _ = (index, qualifying);
+        Err(not_supported("certify_counter"))
     }
 }
 

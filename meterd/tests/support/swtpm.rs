@@ -43,6 +43,30 @@ impl Swtpm {
         panic!("could not start swtpm on a free port");
     }
 
+    /// Starts a fresh swtpm manufactured with an RSA EK certificate (and a platform
+    /// certificate) signed by swtpm's local CA, whose files are in [`Swtpm::ek_ca_dir`].
+    pub fn start_with_ek() -> Swtpm {
+        let dir = tempfile::tempdir().expect("swtpm state dir");
+        manufacture(dir.path());
+        for _ in 0..20 {
+            let port = free_port_pair();
+            if let Some(child) = spawn(dir.path(), port) {
+                return Swtpm {
+                    port,
+                    dir,
+                    child: Some(child),
+                };
+            }
+        }
+        panic!("could not start swtpm on a free port");
+    }
+
+    /// swtpm's local CA of a [`Swtpm::start_with_ek`] TPM: `issuercert.pem` signed the
+    /// EK certificate, `swtpm-localca-rootca-cert.pem` signed it.
+    pub fn ek_ca_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("ekca")
+    }
+
     /// The TCTI string for [`meterd::housing::tpm::TpmHousing::open`].
     pub fn tcti(&self) -> String {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
@@ -137,4 +161,51 @@ fn spawn(dir: &Path, port: u16) -> Option<Child> {
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_millis(100));
     }
+}
+
+/// `swtpm_setup --tpm2 --create-ek-cert --create-platform-cert` into `dir`, with a
+/// local CA of its own under `dir/ekca` (the sandbox does the same, `tests/sandbox`).
+pub fn manufacture(dir: &Path) {
+    let ca = dir.join("ekca");
+    std::fs::create_dir_all(&ca).unwrap();
+    let setup = dir.join("swtpm_setup.conf");
+    std::fs::write(
+        &setup,
+        format!(
+            "create_certs_tool = /usr/bin/swtpm_localca\n\
+             create_certs_tool_config = {0}/swtpm-localca.conf\n\
+             create_certs_tool_options = {0}/swtpm-localca.options\n\
+             active_pcr_banks = sha256\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        ca.join("swtpm-localca.conf"),
+        format!(
+            "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\n\
+             certserial = {0}/certserial\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        ca.join("swtpm-localca.options"),
+        "--platform-manufacturer meterd\n--platform-version 1.0\n--platform-model test\n",
+    )
+    .unwrap();
+    let out = Command::new("swtpm_setup")
+        .args(["--tpm2", "--create-ek-cert", "--create-platform-cert"])
+        .arg("--tpmstate")
+        .arg(dir)
+        .arg("--config")
+        .arg(&setup)
+        .output()
+        .expect("run swtpm_setup (package swtpm-tools)");
+    assert!(
+        out.status.success(),
+        "swtpm_setup failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

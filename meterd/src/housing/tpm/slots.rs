@@ -20,7 +20,7 @@ use super::errors::map_tss;
 use super::keystore::KeyStore;
 use super::{templates, tpm_auth, TpmHousing, MAX_LOADED_KEYS};
 use crate::housing::auth::HierarchyAuth;
-use crate::housing::{HousingError, Result};
+use crate::housing::{HousingError, Result, AK_KEY};
 
 /// First handle of the transient-object range.
 pub(super) const TRANSIENT_FIRST: u32 = 0x8000_0000;
@@ -29,10 +29,15 @@ pub(super) const LOADED_SESSION_FIRST: u32 = 0x0200_0000;
 
 /// Creates the storage primary from the fixed template.
 pub(super) fn create_primary(ctx: &mut Context) -> Attempt<KeyHandle> {
+    create_primary_in(ctx, Hierarchy::Owner)
+}
+
+/// Creates the storage primary of `hierarchy` (the AK's is in the endorsement one).
+pub(super) fn create_primary_in(ctx: &mut Context, hierarchy: Hierarchy) -> Attempt<KeyHandle> {
     let template = templates::primary_template().tag("primary_template")?;
     let primary = ctx
         .execute_with_session(Some(AuthSession::Password), |c| {
-            c.create_primary(Hierarchy::Owner, template, None, None, None, None)
+            c.create_primary(hierarchy, template, None, None, None, None)
         })
         .tag("create_primary")?;
     Ok(primary.key_handle)
@@ -58,7 +63,12 @@ pub(super) fn ensure_loaded(conn: &mut Conn, store: &KeyStore, name: &str) -> At
         return Ok(handle);
     }
     let (public, private) = store.load(name)?;
-    let point = templates::signing_key_point(&public).ok_or_else(|| {
+    let point = templates::signing_key_point(&public).or_else(|| {
+        (name == AK_KEY)
+            .then(|| templates::ak_point(&public))
+            .flatten()
+    });
+    let point = point.ok_or_else(|| {
         tpm_error(
             "load",
             format!("blob of {name:?} is not a P-384 signing key"),
@@ -74,7 +84,7 @@ pub(super) fn ensure_loaded(conn: &mut Conn, store: &KeyStore, name: &str) -> At
         conn.keys.clear();
         conn.clock_offsets = None;
     }
-    let primary = create_primary(&mut conn.ctx)?;
+    let primary = create_primary_in(&mut conn.ctx, templates::parent_hierarchy(name))?;
     let loaded = conn
         .ctx
         .execute_with_session(Some(AuthSession::Password), |c| {

@@ -16,6 +16,7 @@ use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::structures::{
     EccPoint, EccScheme, HashScheme, HashcheckTicket, KeyDerivationFunctionScheme, Public,
     PublicBuilder, PublicEccParametersBuilder, Signature, SignatureScheme,
@@ -85,6 +86,75 @@ pub(crate) fn signing_key_template() -> TssResult<Public> {
         .with_ecc_parameters(params)
         .with_ecc_unique_identifier(EccPoint::default())
         .build()
+}
+
+/// The template of the attestation key (AK): a restricted ECDSA P-384 / SHA-384 signing
+/// key, so that it signs only structures the TPM itself made (`TPM_GENERATED`), with no
+/// admin policy and no auth policy (what the authority checks, `meter_pki::tpm::check_ak`).
+pub(crate) fn ak_template() -> TssResult<Public> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_sign_encrypt(true)
+        .build()?;
+    let params = PublicEccParametersBuilder::new()
+        .with_symmetric(SymmetricDefinitionObject::Null)
+        .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha384)))
+        .with_curve(EccCurve::NistP384)
+        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+        .with_is_signing_key(true)
+        .with_restricted(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(params)
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+}
+
+/// The AK's point if `public` is an AK of [`ak_template`]'s kind, `None` otherwise.
+pub(crate) fn ak_point(public: &Public) -> Option<Vec<u8>> {
+    let Public::Ecc {
+        object_attributes,
+        parameters,
+        unique,
+        ..
+    } = public
+    else {
+        return None;
+    };
+    let ok = object_attributes.fixed_tpm()
+        && object_attributes.fixed_parent()
+        && object_attributes.sensitive_data_origin()
+        && object_attributes.sign_encrypt()
+        && object_attributes.restricted()
+        && !object_attributes.decrypt()
+        && parameters.ecc_curve() == EccCurve::NistP384;
+    if !ok {
+        return None;
+    }
+    let mut point = Vec::with_capacity(1 + 2 * P384_LEN);
+    point.push(0x04);
+    point.extend_from_slice(&left_pad(unique.x().value())?);
+    point.extend_from_slice(&left_pad(unique.y().value())?);
+    Some(point)
+}
+
+/// The hierarchy of the storage primary a stored key lives under: the endorsement one for
+/// the AK (so its attestations show reset and restart counts in clear), the owner one
+/// for every other key.
+pub(crate) fn parent_hierarchy(name: &str) -> Hierarchy {
+    if name == crate::housing::AK_KEY {
+        Hierarchy::Endorsement
+    } else {
+        Hierarchy::Owner
+    }
 }
 
 /// The scheme passed to TPM2_Sign.
@@ -189,5 +259,10 @@ mod tests {
         let a = t.object_attributes();
         assert!(a.user_with_auth() && !a.admin_with_policy());
         assert!(t.auth_policy().is_empty());
+        // The AK is no signing key of ours, and a signing key is no AK.
+        let ak = ak_template().unwrap();
+        assert!(ak_point(&ak).is_some());
+        assert!(signing_key_point(&ak).is_none());
+        assert!(ak_point(&t).is_none());
     }
 }
