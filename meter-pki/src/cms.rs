@@ -541,10 +541,20 @@ mod tests {
             Err(PkiError::BadSignature(_))
         ));
         let good = sig::sign_prehash_raw(&k, &p.digest()).unwrap();
-        let der = p.finish(&good).unwrap();
+        let der = p.clone().finish(&good).unwrap();
         let v = verify(&der, std::slice::from_ref(&root), None, T0 + 6).unwrap();
         assert_eq!(v.signing_time, Some(T0 + 5));
         assert_eq!(v.certificates.len(), 1, "duplicate certificate embedded");
         assert_eq!(v.content, b"{}");
+        // peek reads the same without verifying, even under a key nobody trusts.
+        let u = peek(&der).unwrap();
+        assert_eq!(u.content, b"{}");
+        assert_eq!(u.content_type, oid::CT_RATES);
+        assert_eq!(u.signing_time, Some(T0 + 5));
+        assert_eq!(u.signer, root);
+        let forged = p.finish(&bad).unwrap();
+        assert!(verify(&forged, std::slice::from_ref(&root), None, T0 + 6).is_err());
+        assert_eq!(peek(&forged).unwrap().content, b"{}");
+        assert!(peek(b"not cms").is_err());
     }
 }
