@@ -87,7 +87,9 @@ impl App {
 
     /// `InstallCredential`: activates the credential, then as `install_provisioning`.
     pub async fn install_credential(&self, credential: &[u8], root: &[u8]) -> Result<()> {
-        crate::attest::install_credential(&self.meter, credential, root).await?;
+        let (meter_cert, postmark_cert) =
+            crate::attest::open_credential(&self.meter, credential).await?;
+        provision::install(&self.meter, &meter_cert, &postmark_cert, root).await?;
         self.load().await
     }
 }

@@ -67,9 +67,10 @@ async fn make_evidence(meter: &Meter, meter_id: &str) -> Result<Vec<u8>> {
     Ok(ev.to_json()?)
 }
 
-/// `InstallCredential`: activates `credential` (JSON of [`SealedCredential`]) with the AK,
-/// opens the certificates in it and installs them with `root`.
-pub async fn install_credential(meter: &Meter, credential: &[u8], root: &[u8]) -> Result<()> {
+/// `InstallCredential`, first half: activates `credential` (JSON of [`SealedCredential`])
+/// with the AK and opens the certificates in it: (identity, postmark), DER, for
+/// `provision::install` (`App::install_credential` does both).
+pub async fn open_credential(meter: &Meter, credential: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
     let sealed = SealedCredential::from_json(credential)?;
     let meter_id = meter.meter_id().ok_or_else(|| {
         ServiceError::NotProvisioned(
@@ -91,8 +92,7 @@ pub async fn install_credential(meter: &Meter, credential: &[u8], root: &[u8]) -
             ))
         })?;
     let ak_name = tpm::wire::object_name(&ak_public)?;
-    let (meter_cert, postmark_cert) = sealed.open(&activated, &meter_id, &ak_name)?;
-    crate::provision::install(meter, &meter_cert, &postmark_cert, root).await
+    Ok(sealed.open(&activated, &meter_id, &ak_name)?)
 }
 
 /// Has the AK attest TPM time and the NV counter over `digest` (at most 64 bytes; a

@@ -14,7 +14,7 @@
 //! 5. the services, one module each ([`postmark`], [`validate`], [`sign`],
 //!    [`postage`], [`certs`], [`agent`], [`credit`], [`revoke`],
 //!    [`recharge`], [`report`], [`rates`], [`anchor`], [`provision`],
-//!    [`lock`], [`account`], [`inspection`], [`audit`]) and the
+//!    [`attest`], [`lock`], [`account`], [`inspection`], [`audit`]) and the
 //!    [`watchdog`]; they know none of tss-esapi, rusqlite or zbus;
 //! 6. [`app`]: the meter and each feature's own state, composed;
 //! 7. [`bus`]: the D-Bus door on top.

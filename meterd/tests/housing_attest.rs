@@ -182,7 +182,10 @@ async fn meter_provisions_attested_and_attests_reports() {
         .unwrap();
     assert_eq!(certs.meter_id, requests.meter_id);
     let root = meter_pki::cert::to_der(authority.root()).unwrap();
-    meterd::attest::install_credential(&meter, &sealed.to_json().unwrap(), &root)
+    let (m, p) = meterd::attest::open_credential(&meter, &sealed.to_json().unwrap())
+        .await
+        .unwrap();
+    meterd::provision::install(&meter, &m, &p, &root)
         .await
         .unwrap();
     assert!(meter.identity().is_some());
