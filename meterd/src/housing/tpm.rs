@@ -156,11 +156,14 @@ impl TpmHousing {
         Ok(housing)
     }
 
-    /// Auth value of NV counter `index` (empty: the counter has none yet; the piece that
-    /// gives the counter an auth value returns it here).
+    /// Auth value of NV counter `index` (empty for a legacy meter's counter,
+    /// made before TPM authorization).
     fn counter_auth(&self, index: u32) -> Vec<u8> {
-        let _ = index;
-        Vec::new()
+        self.store
+            .auth()
+            .nv(index)
+            .map(|v| v.to_vec())
+            .unwrap_or_default()
     }
 
     /// Names of the keys loaded right now, least recently used first.
@@ -350,6 +353,10 @@ impl Housing for TpmHousing {
     fn attest_identity(&mut self) -> Result<AttestIdentity> {
         let ek_cert = self.run(|conn, _| attest::read_ek_cert(&mut conn.ctx))?;
         if !self.store.exists(AK_KEY)? {
+            // The AK gets its own auth value, as every key: a `tss` member
+            // holding its blob cannot make GetTime/NV_Certify over a digest
+            // of its choosing.
+            self.store.auth_mut().ensure_secret()?;
             self.run(attest::create_ak)?;
             tracing::info!("attestation key created in the TPM");
         }

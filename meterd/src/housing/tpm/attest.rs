@@ -113,12 +113,13 @@ fn trim_der(mut v: Vec<u8>) -> Vec<u8> {
 /// Creates the AK under the endorsement storage primary; returns its blobs' public area.
 pub(super) fn create_ak(conn: &mut Conn, store: &KeyStore) -> Attempt<()> {
     let template = templates::ak_template().tag("ak_template")?;
+    let auth = super::tpm_auth(store.auth().key(AK_KEY).as_ref())?;
     super::slots::make_room(conn)?;
     let primary = super::slots::create_primary_in(&mut conn.ctx, Hierarchy::Endorsement)?;
     let created = conn
         .ctx
         .execute_with_session(Some(AuthSession::Password), |c| {
-            c.create(primary, template, None, None, None, None)
+            c.create(primary, template, auth, None, None, None)
         });
     let flushed = conn.ctx.flush_context(primary.into());
     let created = created.tag("create")?;
