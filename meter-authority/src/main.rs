@@ -50,6 +50,11 @@ enum Cmd {
         /// meter.pem and postmark.pem in clear.
         #[arg(long, conflicts_with = "attestation")]
         unattested: bool,
+        /// With --attestation: also write the issued certificates (public: every
+        /// postmark carries them) to this directory, for relying parties and the
+        /// authority's records. The meter still receives them only in the credential.
+        #[arg(long, value_name = "DIR", requires = "attestation")]
+        certs_out: Option<PathBuf>,
     },
     /// Certify a meter's agent CA (Fig. 3A) from its request (`meterctl agent-ca request`).
     CertifyAgentCa {
@@ -262,6 +267,7 @@ fn run(cli: Cli) -> Result<()> {
             attestation,
             ek_ca,
             unattested,
+            certs_out,
         } => {
             let mut a = Authority::open(dir)?;
             let (id, pm) = (read_bounded(&identity_csr)?, read_bounded(&postmark_csr)?);
@@ -278,6 +284,11 @@ fn run(cli: Cli) -> Result<()> {
                         a.certify_meter_attested(&id, &pm, &read_bounded(&ev)?, &cas, t)?;
                     create(&out_dir)?;
                     write_file(&out_dir.join("credential.json"), &sealed.to_json()?)?;
+                    if let Some(d) = certs_out {
+                        create(&d)?;
+                        write_cert(&d.join("meter.pem"), &certs.identity)?;
+                        write_cert(&d.join("postmark.pem"), &certs.postmark)?;
+                    }
                     eprintln!(
                         "attested: keys in the TPM of a trusted EK; certificates sealed in {}",
                         out_dir.join("credential.json").display()

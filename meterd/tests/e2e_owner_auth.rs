@@ -77,6 +77,8 @@ fn owner_password_from_a_credential_provisions_sells_restarts() {
         "--dir",
         &a,
         "certify-meter",
+        // Attestation is e2e_attest's subject; this test is about the owner password.
+        "--unattested",
         "--identity-csr",
         &format!("{csr_s}/identity.csr.pem"),
         "--postmark-csr",

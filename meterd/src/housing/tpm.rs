@@ -394,11 +394,19 @@ impl Housing for TpmHousing {
         }
         self.conn = None;
         let nv_auth = self.counter_auth(raw_index);
-        nvcertify::certify_counter(&self.tcti, public, private, raw_index, &nv_auth, qualifying)
-            .map_err(|e| match e {
-                Fail::Housing(h) => h,
-                Fail::Tss(command, e) => errors::map_tss(command, e),
-            })
+        let ak_auth = self
+            .store
+            .auth()
+            .key(AK_KEY)
+            .map(|v| v.to_vec())
+            .unwrap_or_default();
+        nvcertify::certify_counter(
+            &self.tcti, public, private, &ak_auth, raw_index, &nv_auth, qualifying,
+        )
+        .map_err(|e| match e {
+            Fail::Housing(h) => h,
+            Fail::Tss(command, e) => errors::map_tss(command, e),
+        })
     }
 
     fn shutdown(&mut self) -> Result<()> {

@@ -96,6 +96,7 @@ pub(super) fn certify_counter(
     tcti: &TctiNameConf,
     ak_public: Public,
     ak_private: Private,
+    ak_auth: &[u8],
     index: u32,
     nv_auth: &[u8],
     qualifying: &[u8],
@@ -108,6 +109,7 @@ pub(super) fn certify_counter(
     let data = TPM2B_DATA::from(Data::try_from(qualifying.to_vec()).tag("qualifying_data")?);
     let scheme = TPMT_SIG_SCHEME::from(SignatureScheme::Null);
     let auth = TPM2B_AUTH::from(Auth::try_from(nv_auth.to_vec()).tag("nv_auth")?);
+    let ak_auth = TPM2B_AUTH::from(Auth::try_from(ak_auth.to_vec()).tag("ak_auth")?);
     let sensitive = TPM2B_SENSITIVE_CREATE::default();
     let outside = TPM2B_DATA::default();
     let pcrs = TPML_PCR_SELECTION::default();
@@ -156,6 +158,11 @@ pub(super) fn certify_counter(
     })?;
     loaded?;
     raw.flush.push(ak);
+    // SAFETY: `ak` is live; `ak_auth` is a live local. The AK's auth value, as
+    // the housing's own connection sets it at every load.
+    check("tr_set_auth", unsafe {
+        Esys_TR_SetAuth(raw.esys, ak, &ak_auth)
+    })?;
     let mut nv: ESYS_TR = ESYS_TR_NONE;
     // SAFETY: as above.
     check("nv_read_public", unsafe {
