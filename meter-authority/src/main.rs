@@ -1,6 +1,7 @@
 //! `meter-authority`: command line of the reference authority (see the library docs).
 
 use clap::{Parser, Subcommand};
+use meter_authority::lookup::Answer;
 use meter_authority::{now, read_bounded, write_file, Authority, AuthorityError, Result};
 use meter_pki::{cert, pem};
 use std::path::{Path, PathBuf};
@@ -79,14 +80,30 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Verify a meter's signed status report and issue its acknowledgement
-    /// (apply with `meterctl report ack ACK`).
+    /// Verify a meter's signed status report, reconcile it with the ledger
+    /// rows of its segment (every hash and register re-derived, every
+    /// voucher and order checked against what this authority issued) and
+    /// issue its acknowledgement (apply with `meterctl report ack ACK`). On
+    /// any discrepancy: no acknowledgement, each discrepancy named, and a
+    /// forced lock order written (apply with `meterctl lock apply ORDER`).
     Inspect {
         /// The report (CMS SignedData, DER or PEM, from `meterctl report`).
         report: PathBuf,
+        /// The report's ledger segment (from `meterctl report`); default:
+        /// the report's path with extension `.seg`.
+        #[arg(long, value_name = "SEG", conflicts_with = "without_segment")]
+        segment: Option<PathBuf>,
+        /// Acknowledge on the report's word alone, without its rows (meters
+        /// older than segments); nothing is reconciled.
+        #[arg(long)]
+        without_segment: bool,
         /// Output: the acknowledgement (PEM, label CMS).
         #[arg(long)]
         out: PathBuf,
+        /// Where the lock order goes when the report is refused; default:
+        /// the acknowledgement's path with extension `lock-order.pem`.
+        #[arg(long, value_name = "FILE")]
+        lock_out: Option<PathBuf>,
         /// Set a new inspection period for the meter, in days.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
         period_days: Option<u32>,
@@ -213,6 +230,14 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Was this postmark token or indicium reported by its meter? Answers
+    /// reported (row, time), not reported yet, or, exit status 3, unreported
+    /// though older than the last acknowledged report / reported with
+    /// another digest (a duplicate serial): made outside the meter's ledger.
+    Lookup {
+        /// The token (DER or PEM) or the indicium (221 bytes, binary).
+        object: PathBuf,
+    },
     /// Verify a postmark token over a message against this authority's root.
     VerifyToken {
         /// The token (DER or PEM).
@@ -224,7 +249,27 @@ enum Cmd {
     },
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Exit status of a refused inspection.
+const REFUSED: u8 = 3;
+/// Exit status of a lookup that flags the object.
+const FLAGGED: u8 = 3;
+/// Largest segment read.
+const MAX_SEGMENT: u64 = 1 << 31;
+
+fn read_segment(path: &Path) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| AuthorityError::io(path, e))?
+        .len();
+    if len > MAX_SEGMENT {
+        return Err(AuthorityError::Invalid(format!(
+            "{}: a segment of {len} bytes is more than {MAX_SEGMENT}",
+            path.display()
+        )));
+    }
+    std::fs::read(path).map_err(|e| AuthorityError::io(path, e))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
     let dir = cli.dir.as_deref().ok_or_else(|| {
         AuthorityError::Invalid(
             "no authority directory: pass --dir or set METER_AUTHORITY_DIR".into(),
@@ -305,11 +350,47 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Inspect {
             report,
+            segment,
+            without_segment,
             out,
+            lock_out,
             period_days,
         } => {
             let a = Authority::open(dir)?;
-            let i = a.inspect(&read_bounded(&report)?, period_days, t)?;
+            let signed = read_bounded(&report)?;
+            let i = if without_segment {
+                a.inspect(&signed, period_days, t)?
+            } else {
+                let seg_path = segment.unwrap_or_else(|| report.with_extension("seg"));
+                let seg = read_segment(&seg_path)?;
+                match a.inspect_segment(&signed, &seg, period_days, t) {
+                    Ok(i) => i,
+                    Err(AuthorityError::Discrepancy {
+                        meter_id,
+                        report_sequence,
+                        findings,
+                        lock_order,
+                    }) => {
+                        let lock_path =
+                            lock_out.unwrap_or_else(|| out.with_extension("lock-order.pem"));
+                        write_file(&lock_path, lock_order.1.as_bytes())?;
+                        eprintln!(
+                            "meter-authority: report {report_sequence} of meter {meter_id} REFUSED ({} discrepancies):",
+                            findings.len()
+                        );
+                        for f in &findings {
+                            eprintln!("  - {f}");
+                        }
+                        eprintln!(
+                            "forced lock order {} for {meter_id} written to {} (apply with meterctl lock apply)",
+                            lock_order.0.nonce,
+                            lock_path.display()
+                        );
+                        return Ok(ExitCode::from(REFUSED));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             write_file(&out, i.pem.as_bytes())?;
             let r = &i.report;
             println!(
@@ -327,6 +408,24 @@ fn run(cli: Cli) -> Result<()> {
                     format!(", locked: {}", r.lock_reason)
                 }
             );
+            match &i.reconciled {
+                Some(rec) => println!(
+                    "rows {}..={} reconciled: head {}, control total {} of {} issued{}",
+                    rec.rows.0,
+                    rec.rows.1,
+                    rec.point.head,
+                    rec.point.registers.control_total,
+                    rec.issued,
+                    if rec.outstanding.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (vouchers not credited yet: {:?})", rec.outstanding)
+                    }
+                ),
+                None => println!(
+                    "NOT reconciled: acknowledged on the report's word (--without-segment)"
+                ),
+            }
             println!("acknowledgement written to {}", out.display());
         }
         Cmd::Lock { meter, reason, out } => {
@@ -457,6 +556,42 @@ fn run(cli: Cli) -> Result<()> {
                 out.display()
             );
         }
+        Cmd::Lookup { object } => {
+            let a = Authority::open(dir)?;
+            let l = a.lookup(&read_bounded(&object)?, t)?;
+            let (line, flagged) = match l.answer {
+                Answer::Reported { seq, time_ms } => (
+                    format!("reported: row {seq}, time {time_ms} ms"),
+                    false,
+                ),
+                Answer::NotReportedYet { acknowledged_rows } => (
+                    format!("not reported yet (rows acknowledged so far: {acknowledged_rows})"),
+                    false,
+                ),
+                Answer::Unreported {
+                    acknowledged_rows,
+                    acknowledged_time_ms,
+                } => (
+                    format!(
+                        "UNREPORTED: older than the last acknowledged row ({acknowledged_rows}, time {acknowledged_time_ms} ms) yet in no reported row: made outside the meter's ledger"
+                    ),
+                    true,
+                ),
+                Answer::AnotherDigest { seq, time_ms } => (
+                    format!(
+                        "REPORTED WITH ANOTHER DIGEST: row {seq} (time {time_ms} ms) holds another product under this serial (duplicate serial)"
+                    ),
+                    true,
+                ),
+            };
+            println!(
+                "{} of meter {} (time {}): {line}",
+                l.what, l.meter_id, l.time
+            );
+            if flagged {
+                return Ok(ExitCode::from(FLAGGED));
+            }
+        }
         Cmd::VerifyToken { token, data } => {
             let a = Authority::open(dir)?;
             let msg = std::fs::read(&data).map_err(|e| AuthorityError::Io {
@@ -470,7 +605,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("time: {}", info.gen_time);
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn write_cert(path: &Path, c: &cert::Certificate) -> Result<()> {
@@ -482,7 +617,7 @@ fn write_cert(path: &Path, c: &cert::Certificate) -> Result<()> {
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("meter-authority: {e}");
             ExitCode::FAILURE
