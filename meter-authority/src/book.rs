@@ -40,6 +40,9 @@ pub struct Registers {
     pub pieces: u64,
     /// Pieces per service code.
     pub per_service: BTreeMap<u8, u64>,
+    /// Sales booked on current account (credit = debit), in the control total.
+    #[serde(default)]
+    pub billed: u64,
 }
 
 /// A point of the meter's ledger the authority acknowledged.

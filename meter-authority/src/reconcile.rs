@@ -254,6 +254,17 @@ impl Walk<'_> {
             }
             n.ascending = p.ascending.saturating_add(x.debit);
             n.control_total = p.control_total.saturating_add(x.credit);
+            if x.credit > 0 && x.kind != kind::CREDIT {
+                // Current account: a sale is booked credit = debit = price.
+                if x.kind == kind::DEBIT && x.credit == x.debit && self.account_mode() {
+                    n.billed = p.billed.saturating_add(x.credit);
+                } else {
+                    self.f.add(format!(
+                        "row {seq}: a credit of {} that is neither a voucher nor a current-account sale",
+                        x.credit
+                    ));
+                }
+            }
             if x.service != 0 {
                 n.pieces = p.pieces.saturating_add(1);
                 let c = n.per_service.entry(x.service).or_insert(0);
@@ -280,6 +291,12 @@ impl Walk<'_> {
         self.regs = n;
     }
 
+    /// Whether an account order was applied before the current row.
+    fn account_mode(&self) -> bool {
+        let is = |k: &str| k.starts_with("account-order/");
+        self.book.applied.keys().any(|k| is(k)) || self.applied.iter().any(|(k, _)| is(k))
+    }
+
     /// Checks the authority object of a row that brings value or authority.
     fn outside_object(&mut self, r: &SegmentRow<'_>) {
         let x = &r.fields;
@@ -302,12 +319,6 @@ impl Walk<'_> {
                 _ => None,
             },
         };
-        if x.credit > 0 && x.kind != kind::CREDIT {
-            self.f.add(format!(
-                "row {seq}: a credit of {} on a row that is not a voucher",
-                x.credit
-            ));
-        }
         let result = match (x.kind, key) {
             (kind::CREDIT, Some(("voucher", d))) => self.voucher(product, d, x.credit, at),
             (kind::CREDIT, _) => Err("a credit with no voucher key".into()),
@@ -504,10 +515,10 @@ impl Walk<'_> {
             .iter()
             .map(|s| self.book.vouchers.get(s).copied().unwrap_or(0))
             .fold(0u64, u64::saturating_add);
-        if sum != r.control_total {
+        if sum.saturating_add(r.billed) != r.control_total {
             self.f.add(format!(
-                "control total {} but the vouchers this authority issued and the meter credited sum to {sum}",
-                r.control_total
+                "control total {} but the vouchers this authority issued and the meter credited sum to {sum} (+ {} billed on current account)",
+                r.control_total, r.billed
             ));
         }
         if !self.f.0.is_empty() {
