@@ -67,12 +67,13 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
         Some(ReportCommand::Ack { ack }) => acknowledge(ctx, ack).await,
         None => {
             let out = args.out.unwrap_or_else(|| PathBuf::from("report.pem"));
+            let asked = args.segment.is_some();
             let segment = match (args.no_segment, args.segment) {
                 (true, _) => None,
                 (false, Some(s)) => Some(s),
                 (false, None) => Some(out.with_extension("seg")),
             };
-            report(ctx, out, segment, args.request_id).await
+            report(ctx, out, segment, asked, args.request_id).await
         }
     }
 }
@@ -81,6 +82,7 @@ async fn report(
     ctx: &Ctx,
     out: PathBuf,
     segment: Option<PathBuf>,
+    segment_asked: bool,
     request_id: Option<String>,
 ) -> Result<Output, CtlError> {
     let request_id = match request_id {
@@ -109,7 +111,31 @@ async fn report(
             json!({"report": out.display().to_string(), "request_id": request_id, "bytes": der.len()}),
         ));
     };
-    let (first, last, bytes) = write_segment(&meter, &request_id, &seg).await?;
+    let (first, last, bytes) = match write_segment(&meter, &request_id, &seg).await {
+        Ok(w) => w,
+        // The default segment of a caller who may not have it (a user of
+        // group `meter`): the report stands (it is charged); an
+        // administrator gets the segment with the same request id, free.
+        Err(e) if !segment_asked => {
+            return Ok(Output::new(
+                format!(
+                    "status report written to {} ({} bytes, request id {request_id})\n\
+                     NO ledger segment ({e}); an administrator gets it, free, with: meterctl report -o {} --request-id {request_id}\n",
+                    out.display(),
+                    der.len(),
+                    out.display(),
+                ),
+                json!({
+                    "report": out.display().to_string(),
+                    "request_id": request_id,
+                    "bytes": der.len(),
+                    "segment": null,
+                    "segment_error": e.to_string(),
+                }),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Output::new(
         format!(
             "status report written to {} ({} bytes, request id {request_id})\n\
