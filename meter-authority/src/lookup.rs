@@ -156,3 +156,62 @@ fn answer(
         Answer::NotReportedYet { acknowledged_rows }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::book::{Book, Point};
+
+    #[test]
+    fn answers_reported_late_duplicate_and_not_yet() {
+        let rows = [IndexRow {
+            seq: 5,
+            time_ms: 10_000,
+            service: 1,
+            digest: [1; 48],
+        }];
+        let mut book = Book::default();
+        book.acknowledged.push(Point {
+            rows: 8,
+            head: String::new(),
+            row_time_ms: 20_000,
+            registers: Default::default(),
+            report_sequence: 1,
+            report_time: 21,
+            nv_counter: 1,
+            report_digest: String::new(),
+        });
+        let a = |d: u8, serial, latest| answer(&rows, &[d; 48], serial, latest, &book);
+        assert_eq!(
+            a(1, None, 0),
+            Answer::Reported {
+                seq: 5,
+                time_ms: 10_000
+            }
+        );
+        assert_eq!(
+            a(2, Some(5), 0),
+            Answer::AnotherDigest {
+                seq: 5,
+                time_ms: 10_000
+            }
+        );
+        assert!(matches!(a(2, None, 19_000), Answer::Unreported { .. }));
+        assert!(matches!(a(2, Some(7), 90_000), Answer::Unreported { .. }));
+        assert_eq!(
+            a(2, None, 30_000),
+            Answer::NotReportedYet {
+                acknowledged_rows: 8
+            }
+        );
+        assert_eq!(
+            a(2, Some(9), 30_000),
+            Answer::NotReportedYet {
+                acknowledged_rows: 8
+            }
+        );
+        assert_eq!(serial_u64(&[0, 1, 2]), Some(258));
+        assert_eq!(serial_u64(&[1; 9]), None);
+    }
+}
