@@ -1,7 +1,8 @@
 //! `meter-authority`: command line of the reference authority (see the library docs).
 
 use clap::{Parser, Subcommand};
-use meter_authority::lookup::Answer;
+mod cmd_reconcile;
+
 use meter_authority::{now, read_bounded, write_file, Authority, AuthorityError, Result};
 use meter_pki::{cert, pem};
 use std::path::{Path, PathBuf};
@@ -249,26 +250,6 @@ enum Cmd {
     },
 }
 
-/// Exit status of a refused inspection.
-const REFUSED: u8 = 3;
-/// Exit status of a lookup that flags the object.
-const FLAGGED: u8 = 3;
-/// Largest segment read.
-const MAX_SEGMENT: u64 = 1 << 31;
-
-fn read_segment(path: &Path) -> Result<Vec<u8>> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| AuthorityError::io(path, e))?
-        .len();
-    if len > MAX_SEGMENT {
-        return Err(AuthorityError::Invalid(format!(
-            "{}: a segment of {len} bytes is more than {MAX_SEGMENT}",
-            path.display()
-        )));
-    }
-    std::fs::read(path).map_err(|e| AuthorityError::io(path, e))
-}
-
 fn run(cli: Cli) -> Result<ExitCode> {
     let dir = cli.dir.as_deref().ok_or_else(|| {
         AuthorityError::Invalid(
@@ -356,77 +337,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             lock_out,
             period_days,
         } => {
-            let a = Authority::open(dir)?;
-            let signed = read_bounded(&report)?;
-            let i = if without_segment {
-                a.inspect(&signed, period_days, t)?
-            } else {
-                let seg_path = segment.unwrap_or_else(|| report.with_extension("seg"));
-                let seg = read_segment(&seg_path)?;
-                match a.inspect_segment(&signed, &seg, period_days, t) {
-                    Ok(i) => i,
-                    Err(AuthorityError::Discrepancy {
-                        meter_id,
-                        report_sequence,
-                        findings,
-                        lock_order,
-                    }) => {
-                        let lock_path =
-                            lock_out.unwrap_or_else(|| out.with_extension("lock-order.pem"));
-                        write_file(&lock_path, lock_order.1.as_bytes())?;
-                        eprintln!(
-                            "meter-authority: report {report_sequence} of meter {meter_id} REFUSED ({} discrepancies):",
-                            findings.len()
-                        );
-                        for f in &findings {
-                            eprintln!("  - {f}");
-                        }
-                        eprintln!(
-                            "forced lock order {} for {meter_id} written to {} (apply with meterctl lock apply)",
-                            lock_order.0.nonce,
-                            lock_path.display()
-                        );
-                        return Ok(ExitCode::from(REFUSED));
-                    }
-                    Err(e) => return Err(e),
-                }
+            let args = cmd_reconcile::InspectArgs {
+                report,
+                segment,
+                without_segment,
+                out,
+                lock_out,
+                period_days,
             };
-            write_file(&out, i.pem.as_bytes())?;
-            let r = &i.report;
-            println!(
-                "report {} of meter {} verified (time {}, AR {} + DR {} = CT {}, {} pieces{})",
-                r.sequence,
-                r.meter_id,
-                r.time,
-                r.ascending,
-                r.descending,
-                r.control_total,
-                r.pieces,
-                if r.lock_reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(", locked: {}", r.lock_reason)
-                }
-            );
-            match &i.reconciled {
-                Some(rec) => println!(
-                    "rows {}..={} reconciled: head {}, control total {} of {} issued{}",
-                    rec.rows.0,
-                    rec.rows.1,
-                    rec.point.head,
-                    rec.point.registers.control_total,
-                    rec.issued,
-                    if rec.outstanding.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (vouchers not credited yet: {:?})", rec.outstanding)
-                    }
-                ),
-                None => println!(
-                    "NOT reconciled: acknowledged on the report's word (--without-segment)"
-                ),
-            }
-            println!("acknowledgement written to {}", out.display());
+            return cmd_reconcile::inspect(dir, args, t);
         }
         Cmd::Lock { meter, reason, out } => {
             let a = Authority::open(dir)?;
@@ -556,42 +475,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out.display()
             );
         }
-        Cmd::Lookup { object } => {
-            let a = Authority::open(dir)?;
-            let l = a.lookup(&read_bounded(&object)?, t)?;
-            let (line, flagged) = match l.answer {
-                Answer::Reported { seq, time_ms } => (
-                    format!("reported: row {seq}, time {time_ms} ms"),
-                    false,
-                ),
-                Answer::NotReportedYet { acknowledged_rows } => (
-                    format!("not reported yet (rows acknowledged so far: {acknowledged_rows})"),
-                    false,
-                ),
-                Answer::Unreported {
-                    acknowledged_rows,
-                    acknowledged_time_ms,
-                } => (
-                    format!(
-                        "UNREPORTED: older than the last acknowledged row ({acknowledged_rows}, time {acknowledged_time_ms} ms) yet in no reported row: made outside the meter's ledger"
-                    ),
-                    true,
-                ),
-                Answer::AnotherDigest { seq, time_ms } => (
-                    format!(
-                        "REPORTED WITH ANOTHER DIGEST: row {seq} (time {time_ms} ms) holds another product under this serial (duplicate serial)"
-                    ),
-                    true,
-                ),
-            };
-            println!(
-                "{} of meter {} (time {}): {line}",
-                l.what, l.meter_id, l.time
-            );
-            if flagged {
-                return Ok(ExitCode::from(FLAGGED));
-            }
-        }
+        Cmd::Lookup { object } => return cmd_reconcile::lookup(dir, &object, t),
         Cmd::VerifyToken { token, data } => {
             let a = Authority::open(dir)?;
             let msg = std::fs::read(&data).map_err(|e| AuthorityError::Io {
