@@ -58,20 +58,6 @@ impl Authority {
         self.dir.join("credit")
     }
 
-    /// The current root and every retired one (a meter certified before a
-    /// rollover still chains to its old root).
-    fn all_roots(&self) -> Result<Vec<cert::Certificate>> {
-        let mut roots = vec![self.root.clone()];
-        for n in 1u32.. {
-            let p = self.dir.join(format!("root.{n}.pem"));
-            if !p.exists() {
-                break;
-            }
-            roots.push(cert::parse(&crate::read_bounded(&p)?)?);
-        }
-        Ok(roots)
-    }
-
     /// Verifies a meter's credit request (CMS chains to this authority, postmark by the same
     /// meter over the ask) and grants a line of `amount` (default: as asked) valid `days`
     /// for `authorized_use`. Returns the line and its certificate (PEM, label CMS).
@@ -87,7 +73,7 @@ impl Authority {
             return Err(invalid(format!("days must be 1..{MAX_DAYS}")));
         }
         let der = pem::decode_any(request, "CMS")?;
-        let roots = self.all_roots()?;
+        let roots = self.roots()?;
         let (req, verified) = payload::open::<CreditRequest>(&der, &roots, now)?;
         let meter_id = &req.ask.meter_id;
         if cert::subject_cn(&verified.signer).as_deref() != Some(meter_id.as_str()) {
@@ -170,7 +156,7 @@ impl Authority {
     /// replay and a payment that would take the line's settled sum past its amount.
     pub fn settle(&mut self, payment: &[u8], now: i64) -> Result<Settlement> {
         let der = pem::decode_any(payment, "CMS")?;
-        let roots = self.all_roots()?;
+        let roots = self.roots()?;
         let (p, verified) = payload::open::<Payment>(&der, &roots, now)?;
         let stored = self.credit_line(&p.credit_serial)?;
         let line = &stored.line;

@@ -1,8 +1,10 @@
 //! Inspection and lock orders: the authority's side of status reports.
 //!
-//! `inspect` verifies a meter's signed status report (CMS chaining to this
-//! authority's root, signed by an identity certificate this authority
-//! issued to the meter the report names, registers consistent) and answers
+//! `inspect_segment` verifies a meter's signed status report (CMS chaining
+//! to this authority's root, signed by an identity certificate this
+//! authority issued to the meter the report names), reconciles it with the
+//! ledger rows of its segment (`reconcile`, against the meter's book,
+//! `book`) and answers
 //! with a signed acknowledgement bound to the meter, the report's request
 //! id, sequence, time and the SHA-384 of its JSON; the acknowledgement may
 //! set a new inspection period. `lock_order` signs a lock order for one
@@ -12,6 +14,8 @@ use meter_pki::payload::Payload;
 use meter_pki::report::{self, LockOrder, ReportAck, StatusReport};
 use meter_pki::{cert, cms, oid};
 
+use crate::book::Shelf;
+use crate::reconcile::{self, Reconciled};
 use crate::{check_meter_id, Authority, AuthorityError, Result};
 
 /// A verified report and the acknowledgement issued for it.
@@ -23,17 +27,15 @@ pub struct Inspection {
     pub ack: ReportAck,
     /// The acknowledgement, PEM (label CMS).
     pub pem: String,
+    /// What the segment showed, when the report was reconciled with one.
+    pub reconciled: Option<Reconciled>,
 }
 
 impl Authority {
-    /// Verifies a status report (DER or PEM) and issues its acknowledgement,
-    /// optionally setting a new inspection period in days.
-    pub fn inspect(
-        &self,
-        signed_report: &[u8],
-        period_days: Option<u32>,
-        now: i64,
-    ) -> Result<Inspection> {
+    /// Verifies a status report's signature: CMS chaining to this
+    /// authority's root, signed by an identity certificate it issued to the
+    /// meter the report names. Returns the report and its JSON's digest.
+    fn verified_report(&self, signed_report: &[u8], now: i64) -> Result<(StatusReport, String)> {
         let verified = cms::verify(
             signed_report,
             std::slice::from_ref(self.root()),
@@ -60,17 +62,103 @@ impl Authority {
                 report.meter_id
             )));
         }
+        let digest = report::report_digest(&verified.content);
+        Ok((report, digest))
+    }
+
+    fn acknowledge(
+        &self,
+        report: StatusReport,
+        digest: String,
+        period_days: Option<u32>,
+        now: i64,
+    ) -> Result<Inspection> {
         let ack = ReportAck {
             meter_id: report.meter_id.clone(),
             report_request_id: report.request_id.clone(),
             report_sequence: report.sequence,
             report_time: report.time,
-            report_digest: report::report_digest(&verified.content),
+            report_digest: digest,
             period_days,
             issued_at: now,
         };
         let pem = self.sign_payload(&ack, now)?;
-        Ok(Inspection { report, ack, pem })
+        Ok(Inspection {
+            report,
+            ack,
+            pem,
+            reconciled: None,
+        })
+    }
+
+    /// Verifies a status report (DER or PEM) and issues its acknowledgement,
+    /// optionally setting a new inspection period in days, WITHOUT its
+    /// segment: the registers are taken on the meter's word. Kept for
+    /// meters older than segments; [`Authority::inspect_segment`] is the
+    /// inspection.
+    pub fn inspect(
+        &self,
+        signed_report: &[u8],
+        period_days: Option<u32>,
+        now: i64,
+    ) -> Result<Inspection> {
+        let (report, digest) = self.verified_report(signed_report, now)?;
+        self.acknowledge(report, digest, period_days, now)
+    }
+
+    /// Verifies a status report and reconciles it with its ledger segment
+    /// against the meter's book (see `reconcile`); when everything holds,
+    /// extends the book (under the meter's lock) and issues the
+    /// acknowledgement. On any discrepancy: no acknowledgement, the refusal
+    /// is counted in the book, and a forced lock order for the meter is
+    /// signed and returned in [`AuthorityError::Discrepancy`].
+    pub fn inspect_segment(
+        &self,
+        signed_report: &[u8],
+        segment: &[u8],
+        period_days: Option<u32>,
+        now: i64,
+    ) -> Result<Inspection> {
+        let (report, digest) = self.verified_report(signed_report, now)?;
+        let roots = self.roots()?;
+        let shelf = Shelf::of(&self.dir, &report.meter_id)?;
+        let outcome = shelf.update(|book, locked| {
+            match reconcile::reconcile(&report, &digest, segment, book, &roots, now) {
+                Ok(rec) => {
+                    if book.point_at(rec.point.rows).is_none() {
+                        book.acknowledged.push(rec.point.clone());
+                        book.acknowledged.sort_by_key(|p| p.rows);
+                    }
+                    for (k, s) in &rec.applied {
+                        book.applied.entry(k.clone()).or_insert(*s);
+                    }
+                    if !rec.index.is_empty() {
+                        locked.add_index(book, rec.rows.0, rec.rows.1, &rec.index)?;
+                    }
+                    Ok(Ok(rec))
+                }
+                Err(findings) => {
+                    book.refused = book.refused.saturating_add(1);
+                    Ok(Err(findings))
+                }
+            }
+        })?;
+        match outcome {
+            Ok(rec) => {
+                let mut i = self.acknowledge(report, digest, period_days, now)?;
+                i.reconciled = Some(rec);
+                Ok(i)
+            }
+            Err(findings) => {
+                let (order, pem) = self.lock_order(&report.meter_id, "inspection refused", now)?;
+                Err(AuthorityError::Discrepancy {
+                    meter_id: report.meter_id,
+                    report_sequence: report.sequence,
+                    findings: findings.0,
+                    lock_order: Box::new((order, pem)),
+                })
+            }
+        }
     }
 
     /// Issues a lock order for `meter_id` with a fresh nonce.

@@ -11,10 +11,13 @@
 mod account;
 mod agent;
 pub mod attest;
+pub mod book;
 pub mod credit;
 pub mod enrol;
 pub mod inspect;
+pub mod lookup;
 pub mod rates;
+pub mod reconcile;
 pub mod revoke;
 pub mod state;
 
@@ -65,6 +68,19 @@ pub enum AuthorityError {
     /// A single-use object (a payment certificate) was presented again.
     #[error("replay: {0}; each payment certificate is settled once")]
     Replay(String),
+    /// A report does not reconcile with its rows: refused, and a forced
+    /// lock order signed for the meter.
+    #[error("report {report_sequence} of meter {meter_id} refused: {}", findings.join("; "))]
+    Discrepancy {
+        /// The meter.
+        meter_id: String,
+        /// The report refused.
+        report_sequence: u64,
+        /// What is wrong, one sentence each.
+        findings: Vec<String>,
+        /// The lock order and its PEM, to send to the meter.
+        lock_order: Box<(meter_pki::report::LockOrder, String)>,
+    },
     /// A postmark token failed verification.
     #[error("token refused at step {step}: {detail}")]
     Token {
@@ -76,7 +92,8 @@ pub enum AuthorityError {
 }
 
 impl AuthorityError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    /// An I/O failure on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
         AuthorityError::Io {
             path: path.to_owned(),
             source,
@@ -219,6 +236,26 @@ impl Authority {
         &self.state
     }
 
+    /// The roots objects may chain to: the current one, then the retired
+    /// ones (`root.<n>.pem`), which signed what the meter applied before a
+    /// rollover.
+    pub fn roots(&self) -> Result<Vec<cert::Certificate>> {
+        let mut all = vec![self.root.clone()];
+        for n in 1u32.. {
+            let p = self.dir.join(format!("root.{n}.pem"));
+            if !p.exists() {
+                break;
+            }
+            all.push(cert::parse(&read_bounded(&p)?)?);
+        }
+        Ok(all)
+    }
+
+    /// The directory of the authority.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn save(&self) -> Result<()> {
         self.state.save(&self.dir.join("state.json"))
     }
@@ -312,6 +349,12 @@ impl Authority {
         }
         let sequence = self.state.take_sequence(meter_id)?;
         self.save()?;
+        // In the meter's book before it exists: inspections reconcile the
+        // meter's credits with this record (see `reconcile`).
+        book::Shelf::of(&self.dir, meter_id)?.update(|b, _| {
+            b.vouchers.insert(sequence, amount);
+            Ok(())
+        })?;
         let v = Voucher {
             meter_id: meter_id.to_owned(),
             amount,

@@ -1,6 +1,8 @@
 //! `meter-authority`: command line of the reference authority (see the library docs).
 
 use clap::{Parser, Subcommand};
+mod cmd_reconcile;
+
 use meter_authority::{now, read_bounded, write_file, Authority, AuthorityError, Result};
 use meter_pki::{cert, pem};
 use std::path::{Path, PathBuf};
@@ -97,14 +99,30 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Verify a meter's signed status report and issue its acknowledgement
-    /// (apply with `meterctl report ack ACK`).
+    /// Verify a meter's signed status report, reconcile it with the ledger
+    /// rows of its segment (every hash and register re-derived, every
+    /// voucher and order checked against what this authority issued) and
+    /// issue its acknowledgement (apply with `meterctl report ack ACK`). On
+    /// any discrepancy: no acknowledgement, each discrepancy named, and a
+    /// forced lock order written (apply with `meterctl lock apply ORDER`).
     Inspect {
         /// The report (CMS SignedData, DER or PEM, from `meterctl report`).
         report: PathBuf,
+        /// The report's ledger segment (from `meterctl report`); default:
+        /// the report's path with extension `.seg`.
+        #[arg(long, value_name = "SEG", conflicts_with = "without_segment")]
+        segment: Option<PathBuf>,
+        /// Acknowledge on the report's word alone, without its rows (meters
+        /// older than segments); nothing is reconciled.
+        #[arg(long)]
+        without_segment: bool,
         /// Output: the acknowledgement (PEM, label CMS).
         #[arg(long)]
         out: PathBuf,
+        /// Where the lock order goes when the report is refused; default:
+        /// the acknowledgement's path with extension `lock-order.pem`.
+        #[arg(long, value_name = "FILE")]
+        lock_out: Option<PathBuf>,
         /// Set a new inspection period for the meter, in days.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
         period_days: Option<u32>,
@@ -231,6 +249,14 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Was this postmark token or indicium reported by its meter? Answers
+    /// reported (row, time), not reported yet, or, exit status 3, unreported
+    /// though older than the last acknowledged report / reported with
+    /// another digest (a duplicate serial): made outside the meter's ledger.
+    Lookup {
+        /// The token (DER or PEM) or the indicium (221 bytes, binary).
+        object: PathBuf,
+    },
     /// Verify a postmark token over a message against this authority's root.
     VerifyToken {
         /// The token (DER or PEM).
@@ -242,7 +268,7 @@ enum Cmd {
     },
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     let dir = cli.dir.as_deref().ok_or_else(|| {
         AuthorityError::Invalid(
             "no authority directory: pass --dir or set METER_AUTHORITY_DIR".into(),
@@ -355,29 +381,21 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Inspect {
             report,
+            segment,
+            without_segment,
             out,
+            lock_out,
             period_days,
         } => {
-            let a = Authority::open(dir)?;
-            let i = a.inspect(&read_bounded(&report)?, period_days, t)?;
-            write_file(&out, i.pem.as_bytes())?;
-            let r = &i.report;
-            println!(
-                "report {} of meter {} verified (time {}, AR {} + DR {} = CT {}, {} pieces{})",
-                r.sequence,
-                r.meter_id,
-                r.time,
-                r.ascending,
-                r.descending,
-                r.control_total,
-                r.pieces,
-                if r.lock_reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(", locked: {}", r.lock_reason)
-                }
-            );
-            println!("acknowledgement written to {}", out.display());
+            let args = cmd_reconcile::InspectArgs {
+                report,
+                segment,
+                without_segment,
+                out,
+                lock_out,
+                period_days,
+            };
+            return cmd_reconcile::inspect(dir, args, t);
         }
         Cmd::Lock { meter, reason, out } => {
             let a = Authority::open(dir)?;
@@ -507,6 +525,7 @@ fn run(cli: Cli) -> Result<()> {
                 out.display()
             );
         }
+        Cmd::Lookup { object } => return cmd_reconcile::lookup(dir, &object, t),
         Cmd::VerifyToken { token, data } => {
             let a = Authority::open(dir)?;
             let msg = std::fs::read(&data).map_err(|e| AuthorityError::Io {
@@ -520,7 +539,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("time: {}", info.gen_time);
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn write_cert(path: &Path, c: &cert::Certificate) -> Result<()> {
@@ -532,7 +551,7 @@ fn write_cert(path: &Path, c: &cert::Certificate) -> Result<()> {
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("meter-authority: {e}");
             ExitCode::FAILURE

@@ -29,6 +29,7 @@ pub mod payload;
 pub mod pem;
 pub mod report;
 pub mod revoke;
+pub mod segment;
 pub mod sig;
 pub mod tpm;
 pub mod tsp;

@@ -85,6 +85,28 @@ pub struct StatusReport {
     pub credited: u64,
     /// When the next acknowledged report is due (unix s), as of this report.
     pub inspection_due: i64,
+    /// The ledger segment that comes with this report (`ReportSegment`):
+    /// the rows after the last acknowledged report's `ledger_rows`, up to
+    /// `ledger_rows`. Absent only in reports of meters older than segments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<SegmentRef>,
+}
+
+/// What a report says of its segment ([`crate::segment`]), so that the
+/// authority takes exactly the rows the meter signed for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentRef {
+    /// First row (the row after the last acknowledged report's snapshot).
+    pub first_seq: u64,
+    /// Last row (= the report's `ledger_rows`).
+    pub last_seq: u64,
+    /// Hex hash of row `first_seq - 1`: the head the segment extends.
+    pub prev_head: String,
+    /// Hex SHA-384 of the whole segment.
+    pub digest: String,
+    /// Its length in bytes.
+    pub bytes: u64,
 }
 
 /// Authority acknowledgement of a report (authority → meter), `CT_REPORT_ACK`.
@@ -171,6 +193,18 @@ impl Payload for StatusReport {
                 "lock reason and lock nonce go together".into(),
             ));
         }
+        if let Some(s) = &self.segment {
+            check_hex384("segment prev_head", &s.prev_head)?;
+            check_hex384("segment digest", &s.digest)?;
+            if s.first_seq == 0 || s.last_seq.saturating_add(1) < s.first_seq {
+                return Err(PkiError::Malformed("segment row range".into()));
+            }
+            if s.last_seq != self.ledger_rows {
+                return Err(PkiError::Malformed(
+                    "the segment must end at the report's ledger_rows".into(),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -248,6 +282,13 @@ mod tests {
             usage: BTreeMap::new(),
             credited: 0,
             inspection_due: 1_775_000_000,
+            segment: Some(SegmentRef {
+                first_seq: 4,
+                last_seq: 9,
+                prev_head: "cd".repeat(48),
+                digest: "ef".repeat(48),
+                bytes: 1234,
+            }),
         }
     }
 
@@ -264,9 +305,21 @@ mod tests {
         let mut bad = r.clone();
         bad.ledger_head = "xyz".into();
         assert!(decode::<StatusReport>(&encode(&bad).unwrap()).is_err());
-        let mut bad = r;
+        let mut bad = r.clone();
         bad.lock_reason = "forced".into();
         assert!(decode::<StatusReport>(&encode(&bad).unwrap()).is_err());
+        let mut bad = r.clone();
+        if let Some(s) = bad.segment.as_mut() {
+            s.last_seq = 8;
+        }
+        assert!(decode::<StatusReport>(&encode(&bad).unwrap()).is_err());
+        // A report without a segment (an older meter's) still parses, and
+        // says nothing of one.
+        let mut old = r;
+        old.segment = None;
+        let json = encode(&old).unwrap();
+        assert!(!String::from_utf8_lossy(&json).contains("segment"));
+        assert_eq!(decode::<StatusReport>(&json).unwrap(), old);
     }
 
     #[test]

@@ -68,6 +68,15 @@ pub trait Meter1 {
     /// registers and usage since the previous report. Answered when locked (free then).
     fn report(&self, request_id: &str) -> Result<Vec<u8>, MeterError>;
 
+    /// Writes the ledger segment of the caller's report `request_id` (the rows
+    /// since the last acknowledged report, `meter_pki::segment` format) to
+    /// `output`; returns (first row, last row, bytes). Administrators only.
+    fn report_segment(
+        &self,
+        request_id: &str,
+        output: Fd<'_>,
+    ) -> Result<(u64, u64, u64), MeterError>;
+
     /// Applies the authority's acknowledgement of a report (resets the inspection
     /// watchdog); returns when the next acknowledged report is due (Unix s).
     fn acknowledge_report(&self, ack: &[u8]) -> Result<i64, MeterError>;

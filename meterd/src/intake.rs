@@ -155,7 +155,7 @@ fn check_readable(file: &File, ft: &std::fs::FileType) -> Result<()> {
     Ok(())
 }
 
-fn get_flags(file: &File) -> std::io::Result<libc::c_int> {
+pub(crate) fn get_flags(file: &File) -> std::io::Result<libc::c_int> {
     // SAFETY: F_GETFL on a descriptor we own; no pointers.
     let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
     if flags < 0 {
@@ -174,14 +174,14 @@ fn set_flags(file: &File, flags: libc::c_int) -> std::io::Result<()> {
 
 /// A descriptor switched to `O_NONBLOCK`, switched back when dropped or
 /// given back: the open file description is shared with the caller, who
-/// may still use it.
-struct Nonblocking {
+/// may still use it. (Also used by `outlet`, which writes to one.)
+pub(crate) struct Nonblocking {
     file: Option<File>,
     flags: libc::c_int,
 }
 
 impl Nonblocking {
-    fn set(file: File) -> std::io::Result<Nonblocking> {
+    pub(crate) fn set(file: File) -> std::io::Result<Nonblocking> {
         let flags = get_flags(&file)?;
         set_flags(&file, flags | libc::O_NONBLOCK)?;
         Ok(Nonblocking {
@@ -190,12 +190,12 @@ impl Nonblocking {
         })
     }
 
-    fn file(&self) -> Option<&File> {
+    pub(crate) fn file(&self) -> Option<&File> {
         self.file.as_ref()
     }
 
     /// The file with its flags as they were (`None` only if taken before).
-    fn into_file(mut self) -> Option<File> {
+    pub(crate) fn into_file(mut self) -> Option<File> {
         let file = self.file.take();
         if let Some(f) = &file {
             let _ = set_flags(f, self.flags);

@@ -6,14 +6,15 @@
 //! 1. the doors and plain values: [`housing`] (the TPM), [`ledger`]
 //!    (SQLite), [`clock`], [`config`], [`money`], [`service`];
 //! 2. [`error`], [`digest`], [`intake`] (messages read from descriptors,
-//!    bounded in size and time, cancellable), [`identity`], [`tariff`], [`timecheck`],
+//!    bounded in size and time, cancellable), [`outlet`] (streams written to
+//!    them, likewise bounded), [`identity`], [`tariff`], [`timecheck`],
 //!    [`regime`] (locks, account, inspection state: one owned machine),
 //!    [`semantic`] (the signed objects of the ledger's rows verified again);
 //! 3. [`meter`]: the doors and what every sale needs;
 //! 4. [`sale`]: the one pipeline every recorded operation takes;
 //! 5. the services, one module each ([`postmark`], [`validate`], [`sign`],
 //!    [`postage`], [`certs`], [`agent`], [`credit`], [`revoke`],
-//!    [`recharge`], [`report`], [`rates`], [`anchor`], [`provision`],
+//!    [`recharge`], [`report`], [`segment`], [`rates`], [`anchor`], [`provision`],
 //!    [`attest`], [`lock`], [`account`], [`inspection`], [`audit`]) and the
 //!    [`watchdog`]; they know none of tss-esapi, rusqlite or zbus;
 //! 6. [`app`]: the meter and each feature's own state, composed;
@@ -40,6 +41,7 @@ pub mod ledger;
 pub mod lock;
 pub mod meter;
 pub mod money;
+pub mod outlet;
 pub mod postage;
 pub mod postmark;
 pub mod provision;
@@ -49,6 +51,7 @@ pub mod regime;
 pub mod report;
 pub mod revoke;
 pub mod sale;
+pub mod segment;
 pub mod semantic;
 pub mod service;
 pub mod sign;

@@ -29,7 +29,7 @@
 //! opens a billing period not yet over.
 
 use meter_pki::payload;
-use meter_pki::report::{report_digest, ReportAck, ServiceUsage, StatusReport};
+use meter_pki::report::{report_digest, ReportAck, SegmentRef, ServiceUsage, StatusReport};
 
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
@@ -118,13 +118,8 @@ async fn snapshot(meter: &Meter, sale: &Sale, request_id: &str) -> Result<Status
         None => (0, 0),
     };
     let usage = ledger.usage_since(previous_rows, rows).await?;
-    let due = match inspection::schedule(meter).await {
-        Ok(s) => s.due,
-        Err(e) => {
-            tracing::warn!(error = %e, "inspection schedule unavailable for the report");
-            0
-        }
-    };
+    let schedule = inspection::schedule(meter).await?;
+    let segment = segment_of(sale, schedule.acknowledged_sequence, rows).await?;
     let (currency, digits) = book.currency(now);
     let done = regs.per_service[Service::StatusReport.index()];
     let lock = state.lock.clone();
@@ -167,7 +162,47 @@ async fn snapshot(meter: &Meter, sale: &Sale, request_id: &str) -> Result<Status
             })
             .collect(),
         credited: usage.credited.0,
-        inspection_due: due,
+        inspection_due: schedule.due,
+        segment: Some(segment),
+    })
+}
+
+/// The segment a report made at row `rows` brings: the rows after the
+/// snapshot of the last acknowledged report (`acknowledged`, 0: none, so
+/// from the genesis row), hashed here as `ReportSegment` will write them.
+async fn segment_of(sale: &Sale, acknowledged: u64, rows: u64) -> Result<SegmentRef> {
+    let identity = &sale.identity;
+    let after = match acknowledged {
+        0 => 0,
+        n => {
+            let (_, _, product) = sale
+                .ledger
+                .nth_of_service(Service::StatusReport, n)
+                .await?
+                .ok_or_else(|| {
+                    ServiceError::Storage(format!("acknowledged report {n} is not in the ledger"))
+                })?;
+            let (acked, _) =
+                payload::open::<StatusReport>(&product, &identity.anchors, sale.now())?;
+            acked.ledger_rows
+        }
+    };
+    if after > rows {
+        return Err(ServiceError::Storage(format!(
+            "the acknowledged report covers {after} rows, the ledger has {rows}"
+        )));
+    }
+    let exported = sale
+        .ledger
+        .export_segment(&identity.meter_id, after, rows, |_| true)
+        .await?
+        .ok_or_else(|| ServiceError::Internal("the segment digest was not computed".into()))?;
+    Ok(SegmentRef {
+        first_seq: exported.first_seq,
+        last_seq: exported.last_seq,
+        prev_head: hex::encode(exported.prev),
+        digest: hex::encode(exported.summary.digest),
+        bytes: exported.summary.bytes,
     })
 }
 

@@ -1,16 +1,22 @@
-//! `meterctl report`: the signed status report, and `meterctl report ack ACK`.
+//! `meterctl report`: the signed status report and its ledger segment, and
+//! `meterctl report ack ACK`.
 //!
-//! The report (CMS SignedData, PEM label `CMS`) goes to the authority, which
-//! checks it with `meter-authority inspect` and answers with an
-//! acknowledgement; applying it here resets the meter's inspection watchdog
+//! The report (CMS SignedData, PEM label `CMS`) and its segment (the ledger
+//! rows since the last acknowledged report, binary, `ReportSegment`; by
+//! default next to the report, extension `.seg`) go to the authority, which
+//! re-derives every register from the rows with `meter-authority inspect
+//! REPORT --segment SEG` and answers with an acknowledgement (or, on any
+//! discrepancy, a lock order); applying it here resets the meter's inspection watchdog
 //! (and clears an `inspection-overdue` lock when the report was made under
 //! it). A locked meter still reports, free of charge. Like every charged
 //! call, a report carries a request id: a retry with the same id returns the
 //! same report and charges nothing.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
+use zbus::zvariant::Fd;
 
 use super::postmark::random_request_id;
 use super::{read_input, write_output, Ctx, MAX_OBJECT};
@@ -28,6 +34,16 @@ pub struct Args {
     /// Where to write the report (PEM); default report.pem.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     pub out: Option<PathBuf>,
+
+    /// Where to write the report's ledger segment; default: the report's
+    /// path with extension `.seg`. Needs an administrator (meteradmin).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_segment")]
+    pub segment: Option<PathBuf>,
+
+    /// Make the report only, without its segment (what a plain user of
+    /// group `meter` may do: the segment holds every caller's rows).
+    #[arg(long)]
+    pub no_segment: bool,
 
     /// Idempotency key: reuse it to retry without a second charge (default: random).
     #[arg(long, value_name = "ID")]
@@ -49,16 +65,26 @@ pub enum ReportCommand {
 pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
     match args.command {
         Some(ReportCommand::Ack { ack }) => acknowledge(ctx, ack).await,
-        None => report(ctx, args.out, args.request_id).await,
+        None => {
+            let out = args.out.unwrap_or_else(|| PathBuf::from("report.pem"));
+            let asked = args.segment.is_some();
+            let segment = match (args.no_segment, args.segment) {
+                (true, _) => None,
+                (false, Some(s)) => Some(s),
+                (false, None) => Some(out.with_extension("seg")),
+            };
+            report(ctx, out, segment, asked, args.request_id).await
+        }
     }
 }
 
 async fn report(
     ctx: &Ctx,
-    out: Option<PathBuf>,
+    out: PathBuf,
+    segment: Option<PathBuf>,
+    segment_asked: bool,
     request_id: Option<String>,
 ) -> Result<Output, CtlError> {
-    let out = out.unwrap_or_else(|| PathBuf::from("report.pem"));
     let request_id = match request_id {
         Some(id) => id,
         None => {
@@ -75,14 +101,97 @@ async fn report(
     let pem = pem_rfc7468::encode_string("CMS", pem_rfc7468::LineEnding::LF, &der)
         .map_err(|e| CtlError::Reply(format!("cannot PEM-encode the report: {e}")))?;
     write_output(&out, pem.as_bytes())?;
+    let Some(seg) = segment else {
+        return Ok(Output::new(
+            format!(
+                "status report written to {} ({} bytes, request id {request_id}); no segment asked for\n",
+                out.display(),
+                der.len()
+            ),
+            json!({"report": out.display().to_string(), "request_id": request_id, "bytes": der.len()}),
+        ));
+    };
+    let (first, last, bytes) = match write_segment(&meter, &request_id, &seg).await {
+        Ok(w) => w,
+        // The default segment of a caller who may not have it (a user of
+        // group `meter`): the report stands (it is charged); an
+        // administrator gets the segment with the same request id, free.
+        Err(e) if !segment_asked => {
+            return Ok(Output::new(
+                format!(
+                    "status report written to {} ({} bytes, request id {request_id})\n\
+                     NO ledger segment ({e}); an administrator gets it, free, with: meterctl report -o {} --request-id {request_id}\n",
+                    out.display(),
+                    der.len(),
+                    out.display(),
+                ),
+                json!({
+                    "report": out.display().to_string(),
+                    "request_id": request_id,
+                    "bytes": der.len(),
+                    "segment": null,
+                    "segment_error": e.to_string(),
+                }),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Output::new(
         format!(
-            "status report written to {} ({} bytes, request id {request_id}); send it to the authority (meter-authority inspect)\n",
+            "status report written to {} ({} bytes, request id {request_id})\n\
+             ledger segment (rows {first}..={last}, {bytes} bytes) written to {}\n\
+             send both to the authority: meter-authority inspect {} --segment {} --out ACK\n",
             out.display(),
-            der.len()
+            der.len(),
+            seg.display(),
+            out.display(),
+            seg.display(),
         ),
-        json!({"report": out.display().to_string(), "request_id": request_id, "bytes": der.len()}),
+        json!({
+            "report": out.display().to_string(),
+            "request_id": request_id,
+            "bytes": der.len(),
+            "segment": seg.display().to_string(),
+            "segment_first": first,
+            "segment_last": last,
+            "segment_bytes": bytes,
+        }),
     ))
+}
+
+/// Has the meter write the report's segment into `path` (through a
+/// temporary file renamed at the end, so a failure leaves no half segment).
+async fn write_segment(
+    meter: &meter_proto::Meter1Proxy<'_>,
+    request_id: &str,
+    path: &Path,
+) -> Result<(u64, u64, u64), CtlError> {
+    let file_err = |p: &Path, source| CtlError::File {
+        path: p.to_path_buf(),
+        source,
+    };
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let file = File::create(&tmp).map_err(|e| file_err(&tmp, e))?;
+    let answer = meter.report_segment(request_id, Fd::from(&file)).await;
+    let (first, last, bytes) = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+    };
+    let len = file.metadata().map_err(|e| file_err(&tmp, e))?.len();
+    if len != bytes {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(CtlError::Reply(format!(
+            "ReportSegment said {bytes} bytes, the file holds {len}"
+        )));
+    }
+    file.sync_all().map_err(|e| file_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))?;
+    Ok((first, last, bytes))
 }
 
 async fn acknowledge(ctx: &Ctx, path: PathBuf) -> Result<Output, CtlError> {

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::error::ServiceError;
 use crate::intake::{self, ReadLimits};
 use crate::ledger::{Digest, Key};
+use crate::outlet::Outlet;
 
 /// The door: authorization and admission.
 pub struct Door {
@@ -119,6 +120,18 @@ impl Call<'_> {
         intake::hash_message(fd, self.limits, self.guard.cancel())
             .await
             .map_err(|e| self.refuse(e))
+    }
+
+    /// A descriptor the caller handed over for the meter to write a stream
+    /// to (see `outlet`): no progress for the configured message read time
+    /// is `TimedOut`, and it ends if the caller leaves the bus.
+    pub fn outlet(&self, fd: MessageFd) -> Result<Outlet, MeterError> {
+        let fd = fd.into_fd()?;
+        Ok(Outlet::new(
+            fd,
+            self.limits.deadline,
+            self.guard.cancel().clone(),
+        ))
     }
 
     /// The service's answer on the wire; a refusal is logged with the caller.

@@ -29,7 +29,7 @@ use meter_proto::MeterError;
 use crate::app::App;
 use crate::{
     account, agent, anchor, audit, certs, credit as credit_service, lock, postage, postmark,
-    provision, rates, recharge, report, revoke, sign, validate,
+    provision, rates, recharge, report, revoke, segment, sign, validate,
 };
 use auth::Role;
 use callers::Lane;
@@ -253,6 +253,22 @@ impl MeterIface {
         let call = self.user(&header, "Report").await?;
         let key = call.key(&request_id)?;
         call.done(report::report(&self.app.meter, &self.app.reports, key).await)
+    }
+
+    /// Writes the ledger segment of the caller's report (the rows since the
+    /// last acknowledged report, for the authority) to `output`; returns
+    /// (first row, last row, bytes written). Administrators only.
+    async fn report_segment(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        request_id: String,
+        output: MessageFd,
+    ) -> Result<(u64, u64, u64), MeterError> {
+        let call = self.admin(&header, "ReportSegment").await?;
+        let key = call.key(&request_id)?;
+        let out = call.outlet(output)?;
+        let w = call.done(segment::stream(&self.app.meter, key, out).await)?;
+        Ok((w.first_seq, w.last_seq, w.bytes))
     }
 
     /// Applies an authority acknowledgement of a report; returns the next deadline (Unix s).

@@ -341,6 +341,32 @@ impl Ledger {
             .await
     }
 
+    /// Streams rows `after < seq <= upto` as a report segment
+    /// ([`meter_pki::segment`]) to `sink`, chunk by chunk, from a read-only
+    /// connection of its own (see `ledger/export.rs`); `sink` returns false
+    /// to stop, and the export then returns `None`.
+    pub async fn export_segment(
+        &self,
+        meter_id: &str,
+        after: u64,
+        upto: u64,
+        mut sink: impl FnMut(Vec<u8>) -> bool + Send + 'static,
+    ) -> Result<Option<super::Exported>> {
+        if upto > self.state().rows {
+            return Err(LedgerError::Invalid(format!(
+                "segment up to row {upto}, the ledger has {} rows",
+                self.state().rows
+            )));
+        }
+        let path = self.path.clone();
+        let meter_id = meter_id.to_owned();
+        tokio::task::spawn_blocking(move || {
+            super::export::export(&path, &meter_id, after, upto, &mut sink)
+        })
+        .await
+        .map_err(|_| LedgerError::Stopped)?
+    }
+
     /// Every row of `kind` as (seq, note, product), in seq order.
     pub async fn products(&self, kind: EntryKind) -> Result<Vec<(u64, String, Vec<u8>)>> {
         let (reply, rx) = oneshot::channel();

@@ -75,6 +75,7 @@
 mod audit;
 mod chain;
 mod checkpoint;
+mod export;
 mod handle;
 mod key;
 mod query;
@@ -86,6 +87,7 @@ mod sealer;
 mod writer;
 
 pub use chain::{genesis_prev, seal_digest, verify_seal, MAX_NOTE, MAX_REQUEST_ID};
+pub use export::Exported;
 pub use handle::Ledger;
 pub use key::{Key, MAX_CALLER_ID};
 pub use query::{FilteredRow, RowFilter, Usage};

@@ -1,0 +1,159 @@
+//! `inspect` and `lookup` of the command line (see the library's
+//! `inspect`, `reconcile` and `lookup`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use meter_authority::lookup::Answer;
+use meter_authority::{read_bounded, write_file, Authority, AuthorityError, Result};
+
+/// Exit status of a refused inspection.
+const REFUSED: u8 = 3;
+/// Exit status of a lookup that flags the object.
+const FLAGGED: u8 = 3;
+/// Largest segment read.
+const MAX_SEGMENT: u64 = 1 << 31;
+
+/// The arguments of `inspect`.
+pub struct InspectArgs {
+    pub report: PathBuf,
+    pub segment: Option<PathBuf>,
+    pub without_segment: bool,
+    pub out: PathBuf,
+    pub lock_out: Option<PathBuf>,
+    pub period_days: Option<u32>,
+}
+
+fn read_segment(path: &Path) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| AuthorityError::io(path, e))?
+        .len();
+    if len > MAX_SEGMENT {
+        return Err(AuthorityError::Invalid(format!(
+            "{}: a segment of {len} bytes is more than {MAX_SEGMENT}",
+            path.display()
+        )));
+    }
+    std::fs::read(path).map_err(|e| AuthorityError::io(path, e))
+}
+
+/// `meter-authority inspect`.
+pub fn inspect(dir: &Path, args: InspectArgs, t: i64) -> Result<ExitCode> {
+    let InspectArgs {
+        report,
+        segment,
+        without_segment,
+        out,
+        lock_out,
+        period_days,
+    } = args;
+
+    let a = Authority::open(dir)?;
+    let signed = read_bounded(&report)?;
+    let i = if without_segment {
+        a.inspect(&signed, period_days, t)?
+    } else {
+        let seg_path = segment.unwrap_or_else(|| report.with_extension("seg"));
+        let seg = read_segment(&seg_path)?;
+        match a.inspect_segment(&signed, &seg, period_days, t) {
+            Ok(i) => i,
+            Err(AuthorityError::Discrepancy {
+                meter_id,
+                report_sequence,
+                findings,
+                lock_order,
+            }) => {
+                let lock_path = lock_out.unwrap_or_else(|| out.with_extension("lock-order.pem"));
+                write_file(&lock_path, lock_order.1.as_bytes())?;
+                eprintln!(
+                            "meter-authority: report {report_sequence} of meter {meter_id} REFUSED ({} discrepancies):",
+                            findings.len()
+                        );
+                for f in &findings {
+                    eprintln!("  - {f}");
+                }
+                eprintln!(
+                            "forced lock order {} for {meter_id} written to {} (apply with meterctl lock apply)",
+                            lock_order.0.nonce,
+                            lock_path.display()
+                        );
+                return Ok(ExitCode::from(REFUSED));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    write_file(&out, i.pem.as_bytes())?;
+    let r = &i.report;
+    println!(
+        "report {} of meter {} verified (time {}, AR {} + DR {} = CT {}, {} pieces{})",
+        r.sequence,
+        r.meter_id,
+        r.time,
+        r.ascending,
+        r.descending,
+        r.control_total,
+        r.pieces,
+        if r.lock_reason.is_empty() {
+            String::new()
+        } else {
+            format!(", locked: {}", r.lock_reason)
+        }
+    );
+    match &i.reconciled {
+        Some(rec) => println!(
+            "rows {}..={} reconciled: head {}, control total {} of {} issued{}",
+            rec.rows.0,
+            rec.rows.1,
+            rec.point.head,
+            rec.point.registers.control_total,
+            rec.issued,
+            if rec.outstanding.is_empty() {
+                String::new()
+            } else {
+                format!(" (vouchers not credited yet: {:?})", rec.outstanding)
+            }
+        ),
+        None => println!("NOT reconciled: acknowledged on the report's word (--without-segment)"),
+    }
+    println!("acknowledgement written to {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `meter-authority lookup`.
+pub fn lookup(dir: &Path, object: &Path, t: i64) -> Result<ExitCode> {
+    let a = Authority::open(dir)?;
+    let l = a.lookup(&read_bounded(object)?, t)?;
+    let (line, flagged) = match l.answer {
+                Answer::Reported { seq, time_ms } => (
+                    format!("reported: row {seq}, time {time_ms} ms"),
+                    false,
+                ),
+                Answer::NotReportedYet { acknowledged_rows } => (
+                    format!("not reported yet (rows acknowledged so far: {acknowledged_rows})"),
+                    false,
+                ),
+                Answer::Unreported {
+                    acknowledged_rows,
+                    acknowledged_time_ms,
+                } => (
+                    format!(
+                        "UNREPORTED: older than the last acknowledged row ({acknowledged_rows}, time {acknowledged_time_ms} ms) yet in no reported row: made outside the meter's ledger"
+                    ),
+                    true,
+                ),
+                Answer::AnotherDigest { seq, time_ms } => (
+                    format!(
+                        "REPORTED WITH ANOTHER DIGEST: row {seq} (time {time_ms} ms) holds another product under this serial (duplicate serial)"
+                    ),
+                    true,
+                ),
+            };
+    println!(
+        "{} of meter {} (time {}): {line}",
+        l.what, l.meter_id, l.time
+    );
+    if flagged {
+        return Ok(ExitCode::from(FLAGGED));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,567 @@
+//! Reconciling a status report with the rows behind it (issue 12, item 5).
+//!
+//! A report states registers and a head; its segment brings the ledger
+//! rows since the last acknowledged report. Nothing the meter says is taken
+//! on trust: every row hash is re-derived with `meter_pki::ledger_format`
+//! (the meter's own code for its chain, so the two cannot disagree) and
+//! every register from the acknowledged point the segment extends, and
+//! every row that brings value or authority from outside must carry an
+//! object this authority signed, for this meter, applied once. A root on
+//! the machine can rewrite the ledger and recompute every hash; he cannot
+//! make a voucher for more than the authority issued, nor an unlock order.
+//!
+//! What is checked, each failure a named finding:
+//!
+//! * the segment is the one the report signed (digest, length, rows, the
+//!   head it extends), of this meter;
+//! * it extends a head this authority acknowledged (the genesis link for a
+//!   first report), and every row it shares with an acknowledged report
+//!   is the same row (no rewritten history);
+//! * every row hash, and the registers of every row (credit then debit,
+//!   AR + DR = CT, pieces and per-service counts continue, a `reanchor`
+//!   unlock as the meter applies it), row times never go backwards;
+//! * every credit is a voucher this authority issued to this meter, for the
+//!   row's amount, under its own sequence, used once; every unlock is its
+//!   clear-lock order or report acknowledgement; lock, account, rate and
+//!   anchor rows carry its signed object; control total = the vouchers it
+//!   issued that the meter credited;
+//! * the report's registers, counts, head, sequence and NV counter agree
+//!   with the rows and the last acknowledged report.
+//!
+//! The TPM attestation of time and counter (piece ATTEST) plugs in at
+//! [`check_attestation`]; until then the NV counter is checked only against
+//! earlier reports.
+
+use meter_pki::account::AccountOrder;
+use meter_pki::cert::Certificate;
+use meter_pki::ledger_format::{genesis_prev, row_hash, Digest};
+use meter_pki::payload::{self, AnchorUpdate, ClearLockOrder, Payload, RateTable, Voucher};
+use meter_pki::report::{LockOrder, ReportAck, StatusReport};
+use meter_pki::segment::{self, kind, service, Segment, SegmentRow};
+use sha2::{Digest as _, Sha384};
+
+use crate::book::{Book, IndexRow, Point, Registers};
+
+/// Longest product taken as a bare lock nonce (layout v1 lock-order rows).
+const NONCE_MAX: usize = 64;
+
+/// Findings listed at most (the first ones say enough).
+const MAX_FINDINGS: usize = 50;
+
+/// A report that reconciles: what the book gains.
+#[derive(Debug, Clone)]
+pub struct Reconciled {
+    /// The new acknowledged point.
+    pub point: Point,
+    /// Authority objects applied in the segment (key → row).
+    pub applied: Vec<(String, u64)>,
+    /// Rows for lookups (postmarks and postage) after the last acknowledged point.
+    pub index: Vec<IndexRow>,
+    /// First and last rows of the segment.
+    pub rows: (u64, u64),
+    /// Sum of the vouchers issued to the meter.
+    pub issued: u64,
+    /// Vouchers issued, not credited yet (sequences).
+    pub outstanding: Vec<u64>,
+}
+
+/// Discrepancies, each one sentence naming the row or field.
+#[derive(Debug, Clone, Default)]
+pub struct Findings(pub Vec<String>);
+
+impl Findings {
+    fn add(&mut self, f: String) {
+        if self.0.len() < MAX_FINDINGS {
+            self.0.push(f);
+        }
+    }
+}
+
+/// Reconciles `report` (verified; `report_digest` = hex SHA-384 of its
+/// JSON) and its `segment` against `book`, with the authority's `roots`
+/// (current and retired), at `now` (Unix s).
+pub fn reconcile(
+    report: &StatusReport,
+    report_digest: &str,
+    segment_bytes: &[u8],
+    book: &Book,
+    roots: &[Certificate],
+    now: i64,
+) -> Result<Reconciled, Findings> {
+    let mut f = Findings::default();
+    let Some(sref) = &report.segment else {
+        f.add("the report names no ledger segment (a meter older than segments?)".into());
+        return Err(f);
+    };
+    let digest = hex::encode(segment::digest(segment_bytes));
+    if digest != sref.digest || segment_bytes.len() as u64 != sref.bytes {
+        f.add(format!(
+            "the segment is not the one the report signed (digest {digest}, {} bytes; the report says {}, {} bytes)",
+            segment_bytes.len(),
+            sref.digest,
+            sref.bytes
+        ));
+        return Err(f);
+    }
+    let seg = match Segment::parse(segment_bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            f.add(format!("the segment: {e}"));
+            return Err(f);
+        }
+    };
+    if seg.meter_id != report.meter_id
+        || seg.first_seq != sref.first_seq
+        || seg.last_seq != sref.last_seq
+        || hex::encode(seg.prev) != sref.prev_head
+    {
+        f.add("the segment's header does not match what the report says of it".into());
+        return Err(f);
+    }
+    let Some(start) = start_point(&seg, book, &mut f) else {
+        return Err(f);
+    };
+    let mut walk = Walk {
+        meter_id: &report.meter_id,
+        book,
+        roots,
+        now,
+        head: *seg.prev,
+        regs: start.0,
+        time_ms: start.1,
+        applied: Vec::new(),
+        index: Vec::new(),
+        indexed_after: book.last().map_or(0, |p| p.rows),
+        f,
+    };
+    for row in seg.rows() {
+        match row {
+            Ok(r) => walk.row(&r),
+            Err(e) => {
+                walk.f.add(format!("the segment: {e}"));
+                return Err(walk.f);
+            }
+        }
+    }
+    walk.finish(report, report_digest, &seg)
+}
+
+/// Registers and last row time where the segment starts.
+fn start_point(seg: &Segment<'_>, book: &Book, f: &mut Findings) -> Option<(Registers, i64)> {
+    let after = seg.first_seq - 1;
+    if after == 0 {
+        if seg.prev != &genesis_prev(seg.meter_id) {
+            f.add("row 1 does not link to this meter's genesis".into());
+            return None;
+        }
+        return Some((Registers::default(), 0));
+    }
+    match book.point_at(after) {
+        Some(p) if p.head == hex::encode(seg.prev) => Some((p.registers.clone(), p.row_time_ms)),
+        Some(p) => {
+            f.add(format!(
+                "the segment extends row {after} with head {}, but report {} acknowledged head {} there: the ledger was rewritten",
+                hex::encode(seg.prev),
+                p.report_sequence,
+                p.head
+            ));
+            None
+        }
+        None => {
+            f.add(format!(
+                "the segment starts after row {after}, where no report of this meter was acknowledged (last acknowledged: row {})",
+                book.last().map_or(0, |p| p.rows)
+            ));
+            None
+        }
+    }
+}
+
+struct Walk<'a> {
+    meter_id: &'a str,
+    book: &'a Book,
+    roots: &'a [Certificate],
+    now: i64,
+    head: Digest,
+    regs: Registers,
+    time_ms: i64,
+    applied: Vec<(String, u64)>,
+    index: Vec<IndexRow>,
+    indexed_after: u64,
+    f: Findings,
+}
+
+impl Walk<'_> {
+    fn row(&mut self, r: &SegmentRow<'_>) {
+        let x = &r.fields;
+        let seq = x.seq;
+        self.head = row_hash(&self.head, r.canonical);
+        if &self.head != r.hash {
+            self.f.add(format!(
+                "row {seq}: the hash stored with it is not the hash of its bytes"
+            ));
+        }
+        if let Some(p) = self.book.point_at(seq) {
+            if p.head != hex::encode(self.head) {
+                self.f.add(format!(
+                    "row {seq}: not the row report {} acknowledged (the ledger was rewritten after it)",
+                    p.report_sequence
+                ));
+            }
+        }
+        if x.time < self.time_ms {
+            self.f.add(format!(
+                "row {seq}: time {} ms is before the previous row's {} ms",
+                x.time, self.time_ms
+            ));
+        }
+        self.time_ms = x.time;
+        self.registers(r);
+        self.outside_object(r);
+        if x.kind == kind::DEBIT
+            && matches!(x.service, service::POSTMARK | service::POSTAGE)
+            && seq > self.indexed_after
+        {
+            self.index.push(IndexRow {
+                seq,
+                time_ms: x.time,
+                service: x.service,
+                digest: *x.product_digest,
+            });
+        }
+    }
+
+    fn registers(&mut self, r: &SegmentRow<'_>) {
+        let x = &r.fields;
+        let seq = x.seq;
+        let p = &self.regs;
+        let mut n = p.clone();
+        if x.kind == kind::UNLOCK && x.note == b"reanchor" {
+            n.ascending = p.ascending.min(p.control_total);
+            n.descending = p.control_total - n.ascending;
+        } else {
+            let funds = p.descending.checked_add(x.credit);
+            match funds.and_then(|f| f.checked_sub(x.debit)) {
+                Some(d) => n.descending = d,
+                None => {
+                    self.f.add(format!(
+                        "row {seq}: debit {} exceeds the funds {}",
+                        x.debit,
+                        p.descending.saturating_add(x.credit)
+                    ));
+                    n.descending = 0;
+                }
+            }
+            n.ascending = p.ascending.saturating_add(x.debit);
+            n.control_total = p.control_total.saturating_add(x.credit);
+            if x.credit > 0 && x.kind != kind::CREDIT {
+                // Current account: a sale is booked credit = debit = price.
+                if x.kind == kind::DEBIT && x.credit == x.debit && self.account_mode() {
+                    n.billed = p.billed.saturating_add(x.credit);
+                } else {
+                    self.f.add(format!(
+                        "row {seq}: a credit of {} that is neither a voucher nor a current-account sale",
+                        x.credit
+                    ));
+                }
+            }
+            if x.service != 0 {
+                n.pieces = p.pieces.saturating_add(1);
+                let c = n.per_service.entry(x.service).or_insert(0);
+                *c = c.saturating_add(1);
+            }
+        }
+        let count = match x.service {
+            0 => 0,
+            s => n.per_service.get(&s).copied().unwrap_or(0),
+        };
+        let said = (
+            x.ascending,
+            x.descending,
+            x.control_total,
+            x.pieces,
+            x.service_count,
+        );
+        let derived = (n.ascending, n.descending, n.control_total, n.pieces, count);
+        if said != derived {
+            self.f.add(format!(
+                "row {seq}: registers (AR, DR, CT, pieces, service count) {said:?}, the rows before and its credit and debit give {derived:?}"
+            ));
+        }
+        self.regs = n;
+    }
+
+    /// Whether an account order was applied before the current row.
+    fn account_mode(&self) -> bool {
+        let is = |k: &str| k.starts_with("account-order/");
+        self.book.applied.keys().any(|k| is(k)) || self.applied.iter().any(|(k, _)| is(k))
+    }
+
+    /// Checks the authority object of a row that brings value or authority.
+    fn outside_object(&mut self, r: &SegmentRow<'_>) {
+        let x = &r.fields;
+        let seq = x.seq;
+        let key = x
+            .request_id
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .and_then(|k| k.strip_prefix("m/"))
+            .and_then(|k| k.split_once('/'));
+        let product = r.product.unwrap_or_default();
+        let at = x.time.div_euclid(1000);
+        let expected = match x.kind {
+            kind::CREDIT => Some("voucher"),
+            kind::UNLOCK => None,
+            _ => match key {
+                Some((
+                    w @ ("lock-order" | "account-order" | "rates" | "anchor" | "report-ack"),
+                    _,
+                )) => Some(w),
+                _ => None,
+            },
+        };
+        let result = match (x.kind, key) {
+            (kind::CREDIT, Some(("voucher", d))) => self.voucher(product, d, x.credit, at),
+            (kind::CREDIT, _) => Err("a credit with no voucher key".into()),
+            (kind::UNLOCK, Some(("clear-lock", d))) => self
+                .open::<ClearLockOrder>(product, at)
+                .and_then(|o| self.bound(&o.meter_id, &o.nonce, d)),
+            (kind::UNLOCK, Some(("report-ack", d))) => self
+                .open::<ReportAck>(product, at)
+                .and_then(|a| self.bound(&a.meter_id, &a.report_sequence.to_string(), d)),
+            (kind::UNLOCK, _) => Err("an unlock with no authority order".into()),
+            // Layout v1 keeps only the lock's nonce in a lock-order row (the
+            // signed order arrives with piece SEMANTIC): a lock takes no value.
+            (_, Some(("lock-order", _))) if expected.is_some() && product.len() <= NONCE_MAX => {
+                Ok(())
+            }
+            (_, Some(("lock-order", d))) if expected.is_some() => self
+                .open::<LockOrder>(product, at)
+                .and_then(|o| self.bound(&o.meter_id, &o.nonce, d)),
+            (_, Some(("account-order", d))) if expected.is_some() => self
+                .open::<AccountOrder>(product, at)
+                .and_then(|o| self.bound(&o.meter_id, &o.nonce, d)),
+            (_, Some(("report-ack", d))) if expected.is_some() => self
+                .open::<ReportAck>(product, at)
+                .and_then(|a| self.bound(&a.meter_id, &a.report_sequence.to_string(), d)),
+            (_, Some(("rates", d))) if expected.is_some() => self
+                .open::<RateTable>(product, at)
+                .and_then(|t| match format!("v{}", t.version) == d {
+                    true => Ok(()),
+                    false => Err(format!("rate table version {} under key v{d}", t.version)),
+                }),
+            // Layout v1 keeps the resulting bundle, not the signed update
+            // (piece SEMANTIC stores it): checked when it is there.
+            (_, Some(("anchor", _))) if expected.is_some() => {
+                match self.open::<AnchorUpdate>(product, at) {
+                    Ok(u) if u.meter_id.as_deref().is_some_and(|m| m != self.meter_id) => {
+                        Err("an anchor update for another meter".into())
+                    }
+                    _ => Ok(()),
+                }
+            }
+            _ => return,
+        };
+        if let Err(e) = result {
+            self.f.add(format!("row {seq}: {e}"));
+            return;
+        }
+        if let Some((what, detail)) = key {
+            let k = format!("{what}/{detail}");
+            let earlier = self
+                .book
+                .applied
+                .get(&k)
+                .copied()
+                .or_else(|| self.applied.iter().find(|(a, _)| *a == k).map(|(_, s)| *s));
+            match earlier {
+                Some(s) if s != seq => self.f.add(format!(
+                    "row {seq}: {k} was already applied at row {s}; each is good once"
+                )),
+                _ => self.applied.push((k, seq)),
+            }
+        }
+    }
+
+    /// Opens an authority object, valid at its row's time or, for a row
+    /// timed outside the roots' validity (a meter clock moved in tests),
+    /// at the inspection's: the signature is what matters.
+    fn open<T: Payload>(&self, product: &[u8], at: i64) -> Result<T, String> {
+        payload::open::<T>(product, self.roots, at)
+            .or_else(|_| payload::open::<T>(product, self.roots, self.now))
+            .map(|(t, _)| t)
+            .map_err(|e| format!("not an object this authority signed: {e}"))
+    }
+
+    fn bound(&self, meter: &str, id: &str, key_detail: &str) -> Result<(), String> {
+        if meter != self.meter_id {
+            return Err(format!("an order for meter {meter}"));
+        }
+        if id != key_detail {
+            return Err(format!("the object says {id}, the row's key {key_detail}"));
+        }
+        Ok(())
+    }
+
+    fn voucher(&self, product: &[u8], detail: &str, credit: u64, at: i64) -> Result<(), String> {
+        let v: Voucher = self.open(product, at)?;
+        if v.meter_id != self.meter_id {
+            return Err(format!(
+                "voucher {} is for meter {}",
+                v.sequence, v.meter_id
+            ));
+        }
+        if v.sequence.to_string() != detail {
+            return Err(format!("voucher {} under key voucher/{detail}", v.sequence));
+        }
+        if v.amount != credit {
+            return Err(format!(
+                "credits {credit}, voucher {} says {}",
+                v.sequence, v.amount
+            ));
+        }
+        match self.book.vouchers.get(&v.sequence) {
+            Some(a) if *a == v.amount => Ok(()),
+            Some(a) => Err(format!(
+                "voucher {} was issued for {a}, not {}",
+                v.sequence, v.amount
+            )),
+            None => Err(format!(
+                "voucher {} of {} is not in this authority's record of vouchers issued to the meter",
+                v.sequence, v.amount
+            )),
+        }
+    }
+
+    fn finish(
+        mut self,
+        report: &StatusReport,
+        report_digest: &str,
+        seg: &Segment<'_>,
+    ) -> Result<Reconciled, Findings> {
+        let last = seg.last_seq;
+        if hex::encode(self.head) != report.ledger_head {
+            self.f.add(format!(
+                "the rows end at head {}, the report says {}",
+                hex::encode(self.head),
+                report.ledger_head
+            ));
+        }
+        let r = &self.regs;
+        let said = (
+            report.ascending,
+            report.descending,
+            report.control_total,
+            report.pieces,
+        );
+        let derived = (r.ascending, r.descending, r.control_total, r.pieces);
+        if said != derived {
+            self.f.add(format!(
+                "the report's registers (AR, DR, CT, pieces) {said:?}, the rows give {derived:?}"
+            ));
+        }
+        for (code, name) in segment::SERVICES {
+            let n = r.per_service.get(&code).copied().unwrap_or(0);
+            let stated = report.counts.get(name).copied().unwrap_or(0);
+            if n != stated {
+                self.f
+                    .add(format!("the report counts {stated} {name}, the rows {n}"));
+            }
+        }
+        let reports = r
+            .per_service
+            .get(&service::STATUS_REPORT)
+            .copied()
+            .unwrap_or(0);
+        if report.sequence != reports + 1 {
+            self.f.add(format!(
+                "the report is number {}, the rows hold {reports} reports before it",
+                report.sequence
+            ));
+        }
+        if report.time.saturating_mul(1000).saturating_add(999) < self.time_ms {
+            self.f.add(format!(
+                "the report's time {} is before its last row's ({} ms)",
+                report.time, self.time_ms
+            ));
+        }
+        if let Some(p) = self
+            .book
+            .acknowledged
+            .iter()
+            .filter(|p| p.rows <= last)
+            .max_by_key(|p| p.rows)
+        {
+            if report.nv_counter < p.nv_counter {
+                self.f.add(format!(
+                    "NV counter {} is behind the {} of report {} (a restored copy?)",
+                    report.nv_counter, p.nv_counter, p.report_sequence
+                ));
+            }
+        }
+        check_attestation(report, self.book, &mut self.f);
+        // Control total = the vouchers issued that the meter credited.
+        let mut credited: Vec<u64> = self
+            .book
+            .applied
+            .iter()
+            .map(|(k, s)| (k.as_str(), *s))
+            .chain(self.applied.iter().map(|(k, s)| (k.as_str(), *s)))
+            .filter(|(_, s)| *s <= last)
+            .filter_map(|(k, _)| k.strip_prefix("voucher/")?.parse().ok())
+            .collect();
+        credited.sort_unstable();
+        credited.dedup();
+        let sum = credited
+            .iter()
+            .map(|s| self.book.vouchers.get(s).copied().unwrap_or(0))
+            .fold(0u64, u64::saturating_add);
+        if sum.saturating_add(r.billed) != r.control_total {
+            self.f.add(format!(
+                "control total {} but the vouchers this authority issued and the meter credited sum to {sum} (+ {} billed on current account)",
+                r.control_total, r.billed
+            ));
+        }
+        if !self.f.0.is_empty() {
+            return Err(self.f);
+        }
+        let outstanding = self
+            .book
+            .vouchers
+            .keys()
+            .filter(|s| credited.binary_search(s).is_err())
+            .copied()
+            .collect();
+        Ok(Reconciled {
+            point: Point {
+                rows: last,
+                head: hex::encode(self.head),
+                row_time_ms: self.time_ms,
+                registers: self.regs,
+                report_sequence: report.sequence,
+                report_time: report.time,
+                nv_counter: report.nv_counter,
+                report_digest: report_digest.to_owned(),
+            },
+            applied: self.applied,
+            index: self.index,
+            rows: (seg.first_seq, last),
+            issued: self.book.issued_total(),
+            outstanding,
+        })
+    }
+}
+
+/// Hook for piece ATTEST: the TPM's signed clock, reset/restart counts and
+/// NV counter over the report digest, checked against `book.tpm` (only
+/// forward, consistent with row times). Reports carry no attestation yet,
+/// so there is nothing to check.
+pub fn check_attestation(_report: &StatusReport, _book: &Book, _f: &mut Findings) {}
+
+/// SHA-384 of bytes, hex (lookups name products by it).
+pub fn sha384_hex(b: &[u8]) -> String {
+    hex::encode(Sha384::digest(b))
+}
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;
