@@ -319,6 +319,99 @@ pub fn contains_seal(seal: &LedgerSeal, signed: &[u8]) -> bool {
     signed.windows(attr.len()).any(|w| w == attr.as_slice())
 }
 
+/// Note of an epoch row.
+pub const EPOCH_NOTE: &str = "epoch";
+/// Request-key prefix of an epoch row: the key is `m/epoch/<counter>`.
+pub const EPOCH_KEY_PREFIX: &str = "m/epoch/";
+/// Kind code of an epoch row (Event).
+pub const EPOCH_KIND: u8 = 8;
+
+/// Why an epoch advanced ([`EpochRecord::reason`]).
+pub mod epoch_reason {
+    /// The meter started (before its first sale).
+    pub const START: &str = "start";
+    /// `epoch_rows` rows since the last advance.
+    pub const ROWS: &str = "rows";
+    /// An orderly stop (the last row the run writes).
+    pub const STOP: &str = "stop";
+    /// The TPM was reset under the running meter.
+    pub const TPM_RESET: &str = "tpm-reset";
+    /// The authority cleared the lock of a ledger judged rollback at start:
+    /// the ledger is bound to the counter again from this row on.
+    pub const CLEARED: &str = "cleared";
+}
+
+/// How the run before a start ended ([`EpochRecord::previous`]).
+pub mod epoch_previous {
+    /// A new ledger: there was no previous run.
+    pub const NONE: &str = "none";
+    /// The previous run wrote its stop row.
+    pub const STOP: &str = "stop";
+    /// It did not: killed, crashed, powered off, or a copy of the ledger was
+    /// restored. Counted by the authority at inspection (see the rollback
+    /// window in `docs/ARCHITECTURE.md`).
+    pub const UNCLEAN: &str = "unclean";
+    /// The first start of a ledger written before epochs (schema 2).
+    pub const UPGRADE: &str = "upgrade";
+}
+
+/// Product of an epoch row (strict JSON): the counter value it opens, why,
+/// and what the TPM's clock said when it was written.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochRecord {
+    /// The epoch this row opens: the NV counter value after its increment.
+    pub counter: u64,
+    /// [`epoch_reason`].
+    pub reason: String,
+    /// For a start: how the previous run ended ([`epoch_previous`]); empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub previous: String,
+    /// TPM2_ReadClock: milliseconds (0 when the TPM could not be read).
+    pub tpm_clock_ms: u64,
+    /// TPM reset count.
+    pub reset_count: u32,
+    /// TPM restart count.
+    pub restart_count: u32,
+}
+
+impl EpochRecord {
+    /// The row's product bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses an epoch row's product.
+    pub fn decode(bytes: &[u8]) -> Option<EpochRecord> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// The counter of an epoch row, from the row's chained fields (kind, note,
+/// request key): `Some` only for an Event row noted `epoch` whose key is
+/// `m/epoch/<decimal counter>`; `Err(())` for a row noted `epoch` that is
+/// malformed (damage); `Ok(None)` for any other row.
+#[allow(clippy::result_unit_err)]
+pub fn epoch_of(kind: u8, note: &[u8], request_id: Option<&[u8]>) -> Result<Option<u64>, ()> {
+    if kind != EPOCH_KIND || note != EPOCH_NOTE.as_bytes() {
+        return Ok(None);
+    }
+    let digits = request_id
+        .and_then(|r| r.strip_prefix(EPOCH_KEY_PREFIX.as_bytes()))
+        .ok_or(())?;
+    let canonical = !digits.is_empty()
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits.len() == 1 || digits[0] != b'0');
+    if !canonical {
+        return Err(());
+    }
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .map(Some)
+        .ok_or(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -422,6 +515,27 @@ mod tests {
         .value_der();
         v.push(0);
         assert_eq!(LedgerSeal::from_value_der(&v), None);
+    }
+
+    #[test]
+    fn epoch_rows_are_recognised_by_their_chained_fields() {
+        assert_eq!(epoch_of(8, b"epoch", Some(b"m/epoch/12")), Ok(Some(12)));
+        assert_eq!(epoch_of(8, b"other", Some(b"m/epoch/12")), Ok(None));
+        assert_eq!(epoch_of(5, b"epoch", Some(b"m/epoch/12")), Ok(None));
+        for bad in [&b"m/epoch/"[..], b"m/epoch/012", b"m/epoch/x", b"c/0/epoch"] {
+            assert_eq!(epoch_of(8, b"epoch", Some(bad)), Err(()));
+        }
+        assert_eq!(epoch_of(8, b"epoch", None), Err(()));
+        let r = EpochRecord {
+            counter: 3,
+            reason: epoch_reason::START.into(),
+            previous: epoch_previous::UNCLEAN.into(),
+            tpm_clock_ms: 5,
+            reset_count: 1,
+            restart_count: 0,
+        };
+        assert_eq!(EpochRecord::decode(&r.encode()), Some(r));
+        assert_eq!(EpochRecord::decode(b"{\"counter\":1}"), None);
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod meter;
 pub mod money;
 pub mod postage;
 pub mod postmark;
+pub mod product_seal;
 pub mod provision;
 pub mod rates;
 pub mod recharge;

@@ -133,7 +133,13 @@ impl Meter {
         let index = self.config.nv_index;
         self.housing.call(move |h| h.counter_define(index)).await?;
         let path = self.config.ledger_path();
-        let sealer = HousingSealer::new(self.housing.clone(), IDENTITY_KEY, index, public);
+        let sealer = HousingSealer::new(
+            self.housing.clone(),
+            IDENTITY_KEY,
+            index,
+            public,
+            std::sync::Arc::new(crate::product_seal::PkiSealReader),
+        );
         let id = meter_id.clone();
         let (ledger, report) =
             tokio::task::spawn_blocking(move || Ledger::open(&path, Box::new(sealer), &id, true))
