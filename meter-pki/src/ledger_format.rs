@@ -259,7 +259,7 @@ impl LedgerSeal {
     /// Parses [`LedgerSeal::value_der`] (strict DER: minimal integers, no
     /// trailing bytes).
     pub fn from_value_der(der: &[u8]) -> Option<LedgerSeal> {
-        fn take<'a>(b: &'a [u8], tag: u8) -> Option<(&'a [u8], &'a [u8])> {
+        fn take(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
             let (&t, rest) = b.split_first()?;
             let (&len, rest) = rest.split_first()?;
             if t != tag || len >= 0x80 || rest.len() < usize::from(len) {

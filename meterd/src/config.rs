@@ -24,6 +24,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// NV index of the ledger's monotonic counter.
     pub nv_index: u32,
+    /// Ledger rows per epoch: the NV counter advances every `epoch_rows`
+    /// rows, at every start and at an orderly stop (see the rollback window
+    /// in docs/ARCHITECTURE.md).
+    pub epoch_rows: u64,
     /// Group whose members may use the meter.
     pub user_group: String,
     /// Group whose members may administer it.
@@ -65,6 +69,7 @@ impl Default for Config {
             tcti: "device:/dev/tpmrm0".into(),
             state_dir: PathBuf::from("/var/lib/meterd"),
             nv_index: 0x0150_4d54,
+            epoch_rows: crate::ledger::DEFAULT_EPOCH_ROWS,
             user_group: "meter".into(),
             admin_group: "meteradmin".into(),
             low_funds_threshold: 10_000,

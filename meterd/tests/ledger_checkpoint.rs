@@ -73,10 +73,14 @@ async fn checkpoint_start_matches_full_audit() {
     let (l, report) = open_cp(&path, nv);
     assert_eq!(report.verdict, Verdict::Clean);
     assert_eq!(report.rows, 17);
+    // The background audit finds the history clean and checkpoints it.
+    let history = l.verify_history().await.unwrap();
+    assert_eq!(history.verdict, Verdict::Clean);
+    assert_eq!(history.rows, 17);
     let cp_state = l.state();
     l.close().await.unwrap();
     // That start checkpointed the tip it found.
-    assert_eq!(checkpoints(&path), vec![11, 16]);
+    assert_eq!(checkpoints(&path), vec![11, 16, 17]);
 
     let (l, report, _) = reopen(&full_path, nv);
     assert_eq!(report.verdict, Verdict::Clean);
@@ -144,7 +148,12 @@ async fn damage_before_the_checkpoint_is_caught_by_the_full_audit() {
     // The start trusts the signed checkpoint at row 11 for rows 1..=11 ...
     let (l, report) = open_cp(&path, nv);
     assert_eq!(report.verdict, Verdict::Clean);
-    // ... the full audit walks from genesis.
+    // ... the background audit walks from genesis on its own connection ...
+    match l.verify_history().await.unwrap().verdict {
+        Verdict::Tamper { first_bad_seq, .. } => assert_eq!(first_bad_seq, Some(4)),
+        v => panic!("expected tamper, got {v:?}"),
+    }
+    // ... and so does the full audit on demand.
     match l.audit().await.unwrap().verdict {
         Verdict::Tamper { first_bad_seq, .. } => assert_eq!(first_bad_seq, Some(4)),
         v => panic!("expected tamper, got {v:?}"),

@@ -14,8 +14,8 @@ use super::sealer::counter_read;
 use super::sequencer::Advance;
 use super::writer::{CommitReq, Request, Writer};
 use super::{
-    audit, chain, epoch, schema, AuditReport, Entry, EntryKind, Finisher, LedgerError, LedgerState,
-    Outcome, Result, Sealer, Stored, Verdict,
+    audit, chain, checkpoint, epoch, schema, AuditReport, Entry, EntryKind, Finisher, LedgerError,
+    LedgerState, Outcome, Result, Sealer, Stored, Verdict,
 };
 use crate::money::Amount;
 
@@ -32,6 +32,9 @@ pub struct Ledger {
     /// writer), opened on first use.
     reader: Arc<Mutex<Option<rusqlite::Connection>>>,
     path: PathBuf,
+    /// For the background audit (its own connection and thread).
+    sealer: Arc<dyn Sealer>,
+    meter_id: Arc<str>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -135,6 +138,7 @@ impl Ledger {
             funds: Arc::clone(&funds),
         };
         let sealer: Arc<dyn Sealer> = Arc::from(sealer);
+        let kept = Arc::clone(&sealer);
         std::thread::Builder::new()
             .name("ledger".into())
             .spawn(move || match start(args, sealer) {
@@ -155,6 +159,8 @@ impl Ledger {
             state,
             reader: Arc::new(Mutex::new(None)),
             path: path.to_owned(),
+            sealer: kept,
+            meter_id: Arc::from(meter_id),
         };
         Ok((ledger, report))
     }
@@ -383,6 +389,48 @@ impl Ledger {
         let (reply, rx) = oneshot::channel();
         self.send(Request::ProductsNoted(kind, note.to_owned(), reply))?;
         rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// The full audit from genesis in the background of a start from the
+    /// checkpoint (design 12-14 §3): on its own read-only connection and
+    /// thread, over one read snapshot, while commits go on. It checks every
+    /// hash, link, register, epoch and batch of that snapshot and its last
+    /// seal; not the counter (the start judged it). A clean history is
+    /// stored as a signed checkpoint, so the next start verifies less. The
+    /// caller locks the meter on a bad verdict.
+    pub async fn verify_history(&self) -> Result<AuditReport> {
+        let path = self.path.clone();
+        let sealer = Arc::clone(&self.sealer);
+        let meter_id = Arc::clone(&self.meter_id);
+        let (report, signed) = tokio::task::spawn_blocking(move || {
+            let conn = schema::open_reader(&path)?;
+            conn.execute_batch("BEGIN").map_err(schema::storage)?;
+            let out = audit::run(&conn, &meter_id, sealer.as_ref(), audit::Mode::History);
+            let _ = conn.execute_batch("COMMIT");
+            let out = out?;
+            let signed = match out.report.verdict {
+                Verdict::Clean => Some(checkpoint::make(
+                    &meter_id,
+                    sealer.as_ref(),
+                    out.tip.seq,
+                    &out.tip.head,
+                    &out.tip.registers,
+                    out.lock_seq,
+                )?),
+                _ => None,
+            };
+            Ok::<_, LedgerError>((out.report, signed))
+        })
+        .await
+        .map_err(|_| LedgerError::Stopped)??;
+        if let Some(signed) = signed {
+            let (reply, rx) = oneshot::channel();
+            self.send(Request::Checkpoint(signed, reply))?;
+            if let Err(e) = rx.await.map_err(|_| LedgerError::Stopped)? {
+                tracing::warn!(error = %e, "checkpoint of the background audit not stored");
+            }
+        }
+        Ok(report)
     }
 
     /// Full audit while running (commits wait for it).
