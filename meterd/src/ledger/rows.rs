@@ -256,12 +256,13 @@ pub(crate) fn make_row(
     Ok(row)
 }
 
+/// A stored row as the writer's idempotency check needs it: (seq, input
+/// digest, product).
+pub(crate) type KeyedRow = (u64, Vec<u8>, Vec<u8>);
+
 /// The row stored under the exact encoded key `request_id`: (seq, input
 /// digest, product), for the writer's idempotency check before a batch.
-pub(crate) fn stored_by_key(
-    conn: &Connection,
-    request_id: &str,
-) -> Result<Option<(u64, Vec<u8>, Vec<u8>)>> {
+pub(crate) fn stored_by_key(conn: &Connection, request_id: &str) -> Result<Option<KeyedRow>> {
     conn.prepare_cached(
         "SELECT j.seq, p.input_digest, p.product FROM journal j
          JOIN products p ON p.seq = j.seq WHERE j.request_id = ?1",

@@ -96,7 +96,7 @@ struct Ready {
 enum Gathered {
     Batch(Vec<CommitReq>),
     /// A batch, then a request that is not a commit.
-    Other(Vec<CommitReq>, Request),
+    Other(Vec<CommitReq>, Box<Request>),
     /// Every handle is gone.
     Gone(Vec<CommitReq>),
 }
@@ -209,11 +209,11 @@ impl Writer {
                 let idle = self.ready.is_none() && self.deferred.is_empty() && !self.has_work();
                 match self.gather(&rx, idle) {
                     Gathered::Batch(batch) => self.launch(batch),
-                    Gathered::Other(_, Request::Crash) => return,
+                    Gathered::Other(_, req) if matches!(*req, Request::Crash) => return,
                     Gathered::Other(batch, req) => {
                         self.launch(batch);
                         self.drain();
-                        if let Some(reply) = self.serve(req) {
+                        if let Some(reply) = self.serve(*req) {
                             closed = Some(reply);
                             break;
                         }
@@ -292,7 +292,7 @@ impl Writer {
         if batch.is_empty() && idle {
             match rx.recv() {
                 Ok(Request::Commit(c)) => batch.push(c),
-                Ok(other) => return Gathered::Other(batch, other),
+                Ok(other) => return Gathered::Other(batch, Box::new(other)),
                 Err(_) => return Gathered::Gone(batch),
             }
         }
@@ -303,7 +303,7 @@ impl Writer {
                     batch.push(c);
                     continue;
                 }
-                Ok(other) => return Gathered::Other(batch, other),
+                Ok(other) => return Gathered::Other(batch, Box::new(other)),
                 Err(mpsc::TryRecvError::Disconnected) => return Gathered::Gone(batch),
                 Err(mpsc::TryRecvError::Empty) => {}
             }
@@ -317,7 +317,7 @@ impl Writer {
             let slice = (LINGER - elapsed).min(std::time::Duration::from_millis(1));
             match rx.recv_timeout(slice) {
                 Ok(Request::Commit(c)) => batch.push(c),
-                Ok(other) => return Gathered::Other(batch, other),
+                Ok(other) => return Gathered::Other(batch, Box::new(other)),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return Gathered::Gone(batch),
             }
