@@ -6,6 +6,7 @@
 //! wrong key is caught before anything leaves the meter). The signer is identified by
 //! issuerAndSerialNumber and its certificate is embedded, as `openssl cms -verify` expects.
 
+use crate::ledger_format::LedgerSeal;
 use crate::{cert, oid, sig, util, PkiError, Result};
 use ::cms::cert::{CertificateChoices, IssuerAndSerialNumber};
 use ::cms::content_info::{CmsVersion, ContentInfo};
@@ -100,12 +101,20 @@ pub(crate) fn ess_for(c: &Certificate) -> Result<SigningCertificateV2> {
 
 /// Builds the signed attributes and the digest to sign, with embedded content.
 pub fn prepare(opts: &SignOptions) -> Result<Prepared> {
-    prepare_inner(opts, false)
+    prepare_inner(opts, false, None)
+}
+
+/// [`prepare`], with the ledger seal of the product's row as one more
+/// signed attribute (`oid::ATTR_LEDGER_SEAL`): the one signature then also
+/// seals the meter's ledger up to that row. Verifiers that do not know the
+/// attribute ignore it (`openssl cms -verify` does).
+pub fn prepare_sealed(opts: &SignOptions, seal: &LedgerSeal) -> Result<Prepared> {
+    prepare_inner(opts, false, Some(seal))
 }
 
 /// Like [`prepare`] but the content is left out of the message (detached signature).
 pub fn prepare_detached(opts: &SignOptions) -> Result<Prepared> {
-    prepare_inner(opts, true)
+    prepare_inner(opts, true, None)
 }
 
 /// Detached signature over content the caller already hashed with SHA-384 (a message too
@@ -116,15 +125,24 @@ pub fn prepare_detached_digest(opts: &SignOptions, content_digest: [u8; 48]) -> 
             "a detached signature over a digest takes no content".into(),
         ));
     }
-    prepare_with(opts, true, content_digest)
+    prepare_with(opts, true, content_digest, None)
 }
 
-fn prepare_inner(opts: &SignOptions, detached: bool) -> Result<Prepared> {
+pub(crate) fn prepare_inner(
+    opts: &SignOptions,
+    detached: bool,
+    seal: Option<&LedgerSeal>,
+) -> Result<Prepared> {
     util::check_size(opts.content.len())?;
-    prepare_with(opts, detached, util::sha384(opts.content))
+    prepare_with(opts, detached, util::sha384(opts.content), seal)
 }
 
-fn prepare_with(opts: &SignOptions, detached: bool, content_digest: [u8; 48]) -> Result<Prepared> {
+fn prepare_with(
+    opts: &SignOptions,
+    detached: bool,
+    content_digest: [u8; 48],
+    seal: Option<&LedgerSeal>,
+) -> Result<Prepared> {
     let signer_sec1 = cert::public_key_sec1(opts.signer)?;
     let mut attrs = vec![
         attr(
@@ -149,6 +167,9 @@ fn prepare_with(opts: &SignOptions, detached: bool, content_digest: [u8; 48]) ->
             oid::ATTR_SIGNING_CERT_V2,
             &ess_for(opts.signer)?,
         )?;
+    }
+    if let Some(seal) = seal {
+        attrs.push(Attribute::from_der(&seal.attribute_der())?);
     }
     let signed_attrs = SetOfVec::try_from(attrs)?;
     let digest = util::sha384(&signed_attrs.to_der()?);
@@ -243,6 +264,45 @@ pub fn sign_with_key(opts: &SignOptions, key: &p384::ecdsa::SigningKey) -> Resul
     let p = prepare(opts)?;
     let raw = sig::sign_prehash_raw(key, &p.digest())?;
     p.finish(&raw)
+}
+
+/// What a product's signature covers, for checking the ledger seal it
+/// carries: nothing here is verified (see `ledger_format::verify_product_seal`).
+#[derive(Debug, Clone)]
+pub struct SignedParts {
+    /// eContentType (`id-ct-TSTInfo` for a postmark token).
+    pub content_type: ObjectIdentifier,
+    /// DER of the signedAttrs (`SET OF Attribute`): what the signature covers.
+    pub signed_attrs: Vec<u8>,
+    /// The signature, raw r‖s.
+    pub signature: [u8; 96],
+    /// The ledger seal attribute, if present and well formed.
+    pub seal: Option<LedgerSeal>,
+}
+
+/// Reads [`SignedParts`] out of a one-signer SignedData (a token or a CMS
+/// the meter made); `Malformed` for anything else.
+pub fn signed_parts(der: &[u8]) -> Result<SignedParts> {
+    let p = parse(der)?;
+    let seal = match p.attr(oid::ATTR_LEDGER_SEAL)? {
+        Some(v) => Some(
+            LedgerSeal::from_value_der(&v.to_der()?)
+                .ok_or_else(|| PkiError::Malformed("ledger seal attribute malformed".into()))?,
+        ),
+        None => None,
+    };
+    let signed_attrs = p
+        .signer_info
+        .signed_attrs
+        .as_ref()
+        .ok_or_else(|| PkiError::Malformed("signed attributes missing".into()))?
+        .to_der()?;
+    Ok(SignedParts {
+        content_type: p.content_type,
+        signed_attrs,
+        signature: sig::der_to_raw(p.signer_info.signature.as_bytes())?,
+        seal,
+    })
 }
 
 /// A verified SignedData.

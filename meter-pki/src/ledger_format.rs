@@ -1,10 +1,19 @@
 //! The meter ledger's chain format: canonical row bytes, row hashes, the
-//! genesis link and the seal digest.
+//! genesis link, the batch seal digests (v1: one per counter value; v2: one
+//! per epoch), the row link that a seal-bearing product signs, and the
+//! ledger-seal attribute that carries it.
 //!
 //! Everything that decides whether a ledger verifies is here, in one fixed
 //! byte layout, shared by the meter (its writer and its audit) and the
 //! authority (which re-derives every row of a report segment), so that they
 //! cannot disagree. Layout: see meterd's `ledger` module doc.
+//!
+//! A *seal-bearing product* (a postmark token, a CMS the meter signs with its
+//! identity key) carries [`LedgerSeal`] `(epoch, seq, link)` as a signed
+//! attribute ([`LedgerSeal::attribute_der`], OID [`crate::oid::ATTR_LEDGER_SEAL`]),
+//! so its one TPM signature also seals its row and, through `link`, every
+//! row before it. [`verify_product_seal`] is the whole check, given the
+//! bytes the signature covers (the DER signedAttrs) and the signer's key.
 
 use p384::ecdsa::signature::hazmat::PrehashVerifier;
 use p384::ecdsa::{Signature, VerifyingKey};
@@ -136,6 +145,273 @@ pub fn verify_seal(
         .is_ok()
 }
 
+/// The row link a seal-bearing product signs: SHA-384("meterd-link-v2" ‖
+/// meter_id ‖ epoch (u64 BE) ‖ prev ‖ canonical row bytes with the product
+/// digest replaced by 48 zero bytes). The product cannot sign its own
+/// digest; the row hash (which does include it) binds the product to the row.
+pub fn link_digest(meter_id: &str, epoch: u64, prev: &Digest, fields: &RowFields<'_>) -> Digest {
+    const ZERO: [u8; 48] = [0; 48];
+    let zeroed = RowFields {
+        product_digest: &ZERO,
+        ..*fields
+    };
+    let mut canonical = Vec::with_capacity(256);
+    // Fields too long have no canonical bytes; their link is over none (the
+    // writer refuses such rows before any link is made).
+    let _ = zeroed.encode(&mut canonical);
+    Sha384::new()
+        .chain_update(b"meterd-link-v2")
+        .chain_update(meter_id.as_bytes())
+        .chain_update(epoch.to_be_bytes())
+        .chain_update(prev)
+        .chain_update(&canonical)
+        .finalize()
+        .into()
+}
+
+/// The digest an explicit batch seal of layout v2 signs (a batch whose last
+/// row carries no product seal): SHA-384("meterd-seal-v2" ‖ meter_id ‖
+/// epoch (u64 BE) ‖ head).
+pub fn seal_digest_v2(meter_id: &str, epoch: u64, head: &Digest) -> Digest {
+    Sha384::new()
+        .chain_update(b"meterd-seal-v2")
+        .chain_update(meter_id.as_bytes())
+        .chain_update(epoch.to_be_bytes())
+        .chain_update(head)
+        .finalize()
+        .into()
+}
+
+/// Whether `seal` (raw r‖s) is a valid explicit v2 seal by `public_sec1`.
+pub fn verify_seal_v2(
+    public_sec1: &[u8],
+    meter_id: &str,
+    epoch: u64,
+    head: &Digest,
+    seal: &[u8],
+) -> bool {
+    let Ok(raw) = <&[u8; 96]>::try_from(seal) else {
+        return false;
+    };
+    crate::sig::verify_prehash(public_sec1, &seal_digest_v2(meter_id, epoch, head), raw).is_ok()
+}
+
+/// What a seal-bearing product signs about its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerSeal {
+    /// The epoch (NV counter value) the row was written in.
+    pub epoch: u64,
+    /// The row's sequence number.
+    pub seq: u64,
+    /// The row's [`link_digest`].
+    pub link: Digest,
+}
+
+fn der_len(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let b = len.to_be_bytes();
+        let start = b.iter().position(|&x| x != 0).unwrap_or(b.len() - 1);
+        out.push(0x80 | (b.len() - start) as u8);
+        out.extend_from_slice(&b[start..]);
+    }
+}
+
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 4);
+    out.push(tag);
+    der_len(&mut out, content.len());
+    out.extend_from_slice(content);
+    out
+}
+
+fn der_uint(v: u64) -> Vec<u8> {
+    let b = v.to_be_bytes();
+    let start = b.iter().position(|&x| x != 0).unwrap_or(7);
+    let mut content = Vec::with_capacity(9);
+    if b[start] & 0x80 != 0 {
+        content.push(0);
+    }
+    content.extend_from_slice(&b[start..]);
+    tlv(0x02, &content)
+}
+
+impl LedgerSeal {
+    /// DER of the attribute value: `SEQUENCE { epoch INTEGER, seq INTEGER,
+    /// link OCTET STRING (48) }`.
+    pub fn value_der(&self) -> Vec<u8> {
+        let mut content = der_uint(self.epoch);
+        content.extend_from_slice(&der_uint(self.seq));
+        content.extend_from_slice(&tlv(0x04, &self.link));
+        tlv(0x30, &content)
+    }
+
+    /// DER of the whole signed attribute: `SEQUENCE { attrType OID
+    /// (ATTR_LEDGER_SEAL), attrValues SET { value } }`. The signed
+    /// attributes of a sealed product contain these exact bytes.
+    pub fn attribute_der(&self) -> Vec<u8> {
+        let mut content = tlv(0x06, crate::oid::ATTR_LEDGER_SEAL.as_bytes());
+        content.extend_from_slice(&tlv(0x31, &self.value_der()));
+        tlv(0x30, &content)
+    }
+
+    /// Parses [`LedgerSeal::value_der`] (strict DER: minimal integers, no
+    /// trailing bytes).
+    pub fn from_value_der(der: &[u8]) -> Option<LedgerSeal> {
+        fn take(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+            let (&t, rest) = b.split_first()?;
+            let (&len, rest) = rest.split_first()?;
+            if t != tag || len >= 0x80 || rest.len() < usize::from(len) {
+                return None;
+            }
+            Some(rest.split_at(usize::from(len)))
+        }
+        fn uint(b: &[u8]) -> Option<u64> {
+            let minimal = match b {
+                [] => false,
+                [0] => true,
+                [0, second, ..] => second & 0x80 != 0,
+                [first, ..] => first & 0x80 == 0,
+            };
+            let b = if b.len() > 1 && b[0] == 0 { &b[1..] } else { b };
+            if !minimal || b.len() > 8 {
+                return None;
+            }
+            Some(b.iter().fold(0u64, |v, &x| (v << 8) | u64::from(x)))
+        }
+        let (seq_body, rest) = take(der, 0x30)?;
+        if !rest.is_empty() {
+            return None;
+        }
+        let (epoch, rest) = take(seq_body, 0x02)?;
+        let (seq, rest) = take(rest, 0x02)?;
+        let (link, rest) = take(rest, 0x04)?;
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(LedgerSeal {
+            epoch: uint(epoch)?,
+            seq: uint(seq)?,
+            link: link.try_into().ok()?,
+        })
+    }
+}
+
+/// Whether a product seal holds: the bytes the signature covers (`signed`,
+/// the DER signedAttrs of a CMS or time-stamp token) contain `seal`'s
+/// attribute exactly, and `signature` (raw r‖s) over SHA-384(`signed`)
+/// verifies under `public_sec1`, the key of the signer the product names.
+pub fn verify_product_seal(
+    public_sec1: &[u8],
+    seal: &LedgerSeal,
+    signed: &[u8],
+    signature: &[u8; 96],
+) -> bool {
+    contains_seal(seal, signed)
+        && crate::sig::verify_prehash(public_sec1, &sha384(signed), signature).is_ok()
+}
+
+/// Whether `signed` contains `seal`'s attribute (no signature check: the
+/// writer's own cheap check that a product it was promised is sealed).
+pub fn contains_seal(seal: &LedgerSeal, signed: &[u8]) -> bool {
+    let attr = seal.attribute_der();
+    signed.windows(attr.len()).any(|w| w == attr.as_slice())
+}
+
+/// Note of an epoch row.
+pub const EPOCH_NOTE: &str = "epoch";
+/// Request-key prefix of an epoch row: the key is `m/epoch/<counter>`.
+pub const EPOCH_KEY_PREFIX: &str = "m/epoch/";
+/// Kind code of an epoch row (Event).
+pub const EPOCH_KIND: u8 = 8;
+
+/// Why an epoch advanced ([`EpochRecord::reason`]).
+pub mod epoch_reason {
+    /// The meter started (before its first sale).
+    pub const START: &str = "start";
+    /// `epoch_rows` rows since the last advance.
+    pub const ROWS: &str = "rows";
+    /// An orderly stop (the last row the run writes).
+    pub const STOP: &str = "stop";
+    /// The TPM was reset under the running meter.
+    pub const TPM_RESET: &str = "tpm-reset";
+    /// The authority cleared the lock of a ledger judged rollback at start:
+    /// the ledger is bound to the counter again from this row on.
+    pub const CLEARED: &str = "cleared";
+}
+
+/// How the run before a start ended ([`EpochRecord::previous`]).
+pub mod epoch_previous {
+    /// A new ledger: there was no previous run.
+    pub const NONE: &str = "none";
+    /// The previous run wrote its stop row.
+    pub const STOP: &str = "stop";
+    /// It did not: killed, crashed, powered off, or a copy of the ledger was
+    /// restored. Counted by the authority at inspection (see the rollback
+    /// window in `docs/ARCHITECTURE.md`).
+    pub const UNCLEAN: &str = "unclean";
+    /// The first start of a ledger written before epochs (schema 2).
+    pub const UPGRADE: &str = "upgrade";
+}
+
+/// Product of an epoch row (strict JSON): the counter value it opens, why,
+/// and what the TPM's clock said when it was written.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochRecord {
+    /// The epoch this row opens: the NV counter value after its increment.
+    pub counter: u64,
+    /// [`epoch_reason`].
+    pub reason: String,
+    /// For a start: how the previous run ended ([`epoch_previous`]); empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub previous: String,
+    /// TPM2_ReadClock: milliseconds (0 when the TPM could not be read).
+    pub tpm_clock_ms: u64,
+    /// TPM reset count.
+    pub reset_count: u32,
+    /// TPM restart count.
+    pub restart_count: u32,
+}
+
+impl EpochRecord {
+    /// The row's product bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses an epoch row's product.
+    pub fn decode(bytes: &[u8]) -> Option<EpochRecord> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// The counter of an epoch row, from the row's chained fields (kind, note,
+/// request key): `Some` only for an Event row noted `epoch` whose key is
+/// `m/epoch/<decimal counter>`; `Err(())` for a row noted `epoch` that is
+/// malformed (damage); `Ok(None)` for any other row.
+#[allow(clippy::result_unit_err)]
+pub fn epoch_of(kind: u8, note: &[u8], request_id: Option<&[u8]>) -> Result<Option<u64>, ()> {
+    if kind != EPOCH_KIND || note != EPOCH_NOTE.as_bytes() {
+        return Ok(None);
+    }
+    let digits = request_id
+        .and_then(|r| r.strip_prefix(EPOCH_KEY_PREFIX.as_bytes()))
+        .ok_or(())?;
+    let canonical = !digits.is_empty()
+        && digits.iter().all(u8::is_ascii_digit)
+        && (digits.len() == 1 || digits[0] != b'0');
+    if !canonical {
+        return Err(());
+    }
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .map(Some)
+        .ok_or(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -194,5 +470,87 @@ mod tests {
         assert_ne!(row_hash(&g1, b"x"), row_hash(&g2, b"x"));
         assert_ne!(seal_digest("m1", 1, &g1), seal_digest("m1", 2, &g1));
         assert_ne!(seal_digest("m1", 1, &g1), seal_digest("m2", 1, &g1));
+        assert_ne!(seal_digest("m1", 1, &g1), seal_digest_v2("m1", 1, &g1));
+    }
+
+    #[test]
+    fn link_ignores_the_product_digest_only() {
+        let g = genesis_prev("m1");
+        let (d1, d2) = ([1u8; 48], [2u8; 48]);
+        let l1 = link_digest("m1", 3, &g, &fields(&d1, b""));
+        assert_eq!(l1, link_digest("m1", 3, &g, &fields(&d2, b"")));
+        assert_ne!(l1, link_digest("m1", 4, &g, &fields(&d1, b"")));
+        assert_ne!(l1, link_digest("m2", 3, &g, &fields(&d1, b"")));
+        assert_ne!(l1, link_digest("m1", 3, &g, &fields(&d1, b"x")));
+        assert_ne!(
+            l1,
+            link_digest("m1", 3, &genesis_prev("m2"), &fields(&d1, b""))
+        );
+    }
+
+    #[test]
+    fn seal_attribute_round_trips_and_is_strict() {
+        for (epoch, seq) in [(0, 1), (127, 128), (255, u64::MAX), (1 << 40, 7)] {
+            let s = LedgerSeal {
+                epoch,
+                seq,
+                link: [0xab; 48],
+            };
+            assert_eq!(LedgerSeal::from_value_der(&s.value_der()), Some(s));
+            let attr = s.attribute_der();
+            assert!(contains_seal(&s, &attr));
+            let other = LedgerSeal { seq: seq ^ 1, ..s };
+            assert!(!contains_seal(&other, &attr));
+        }
+        // Non-minimal integer, trailing bytes.
+        assert_eq!(
+            LedgerSeal::from_value_der(&[0x30, 0x36, 0x02, 0x02, 0x00, 0x01]),
+            None
+        );
+        let mut v = LedgerSeal {
+            epoch: 1,
+            seq: 1,
+            link: [0; 48],
+        }
+        .value_der();
+        v.push(0);
+        assert_eq!(LedgerSeal::from_value_der(&v), None);
+    }
+
+    #[test]
+    fn epoch_rows_are_recognised_by_their_chained_fields() {
+        assert_eq!(epoch_of(8, b"epoch", Some(b"m/epoch/12")), Ok(Some(12)));
+        assert_eq!(epoch_of(8, b"other", Some(b"m/epoch/12")), Ok(None));
+        assert_eq!(epoch_of(5, b"epoch", Some(b"m/epoch/12")), Ok(None));
+        for bad in [&b"m/epoch/"[..], b"m/epoch/012", b"m/epoch/x", b"c/0/epoch"] {
+            assert_eq!(epoch_of(8, b"epoch", Some(bad)), Err(()));
+        }
+        assert_eq!(epoch_of(8, b"epoch", None), Err(()));
+        let r = EpochRecord {
+            counter: 3,
+            reason: epoch_reason::START.into(),
+            previous: epoch_previous::UNCLEAN.into(),
+            tpm_clock_ms: 5,
+            reset_count: 1,
+            restart_count: 0,
+        };
+        assert_eq!(EpochRecord::decode(&r.encode()), Some(r));
+        assert_eq!(EpochRecord::decode(b"{\"counter\":1}"), None);
+    }
+
+    #[test]
+    fn attribute_der_matches_the_der_crate() {
+        use der::{Decode as _, Encode as _};
+        let s = LedgerSeal {
+            epoch: 0x80,
+            seq: 42,
+            link: [7; 48],
+        };
+        let value = der::Any::from_der(&s.value_der()).unwrap();
+        let attr = x509_cert::attr::Attribute {
+            oid: crate::oid::ATTR_LEDGER_SEAL,
+            values: der::asn1::SetOfVec::try_from(vec![value]).unwrap(),
+        };
+        assert_eq!(attr.to_der().unwrap(), s.attribute_der());
     }
 }

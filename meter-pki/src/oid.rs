@@ -38,6 +38,11 @@ pub const CT_CREDIT_LINE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.
 pub const CT_PAYMENT: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.14");
 /// eContentType of a current-account order (authority → meter: limit, billing period).
 pub const CT_ACCOUNT_ORDER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.15");
+/// Signed attribute of a seal-bearing product (postmark token, a CMS the
+/// meter signs with its identity key): `SEQUENCE { epoch INTEGER, seq
+/// INTEGER, link OCTET STRING }`, see `ledger_format::LedgerSeal`. Relying
+/// parties that do not know it ignore it (RFC 5652 §5.3).
+pub const ATTR_LEDGER_SEAL: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.4.1");
 /// Certificate policy of user certificates the authority issues to meters (Fig. 5).
 pub const USER_POLICY: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.2.2");
 /// Certificate policy of agent (employee) certificates a meter issues (Fig. 3A).

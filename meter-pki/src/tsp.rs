@@ -6,6 +6,7 @@
 //! *which* step failed, because the Validate service tells the caller.
 
 use crate::cms::{self as pcms, SignOptions, SigningCertificateV2};
+use crate::ledger_format::LedgerSeal;
 use crate::{cert, oid, util, PkiError};
 use der::asn1::{Int, ObjectIdentifier, OctetString};
 use der::{Decode, Encode};
@@ -35,6 +36,27 @@ pub fn prepare(
     p: &TokenParams,
     tsa_cert: &Certificate,
     chain: &[Certificate],
+) -> crate::Result<pcms::Prepared> {
+    prepare_inner(p, tsa_cert, chain, None)
+}
+
+/// [`prepare`], with the ledger seal of the token's row as a signed
+/// attribute (see [`crate::ledger_format::LedgerSeal`]): relying parties
+/// ignore it (`openssl ts -verify` does), the meter's audit reads it.
+pub fn prepare_sealed(
+    p: &TokenParams,
+    tsa_cert: &Certificate,
+    chain: &[Certificate],
+    seal: &LedgerSeal,
+) -> crate::Result<pcms::Prepared> {
+    prepare_inner(p, tsa_cert, chain, Some(seal))
+}
+
+fn prepare_inner(
+    p: &TokenParams,
+    tsa_cert: &Certificate,
+    chain: &[Certificate],
+    seal: Option<&LedgerSeal>,
 ) -> crate::Result<pcms::Prepared> {
     if !cert::has_eku_timestamping_critical(tsa_cert) {
         return Err(PkiError::WrongType(
@@ -66,14 +88,15 @@ pub fn prepare(
         extensions: None,
     };
     let content = tst.to_der()?;
-    pcms::prepare(&SignOptions {
+    let opts = SignOptions {
         content_type: oid::ID_CT_TSTINFO,
         content: &content,
         signer: tsa_cert,
         extra_certs: chain,
         signing_time: None,
         ess_cert_id_v2: true,
-    })
+    };
+    pcms::prepare_inner(&opts, false, seal)
 }
 
 /// What a verified token says.

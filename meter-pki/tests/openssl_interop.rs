@@ -445,3 +445,95 @@ fn openssl_made_objects_verify_here() {
     .unwrap();
     assert_eq!(verified.content, b"signed by openssl");
 }
+
+/// A token and a CMS carrying the ledger seal attribute still pass stock
+/// OpenSSL and our verifiers, and the seal reads back and verifies.
+#[test]
+fn sealed_token_and_cms_verify_with_openssl() {
+    use meter_pki::ledger_format::{self, LedgerSeal};
+    let pki = Pki::new();
+    let seal = LedgerSeal {
+        epoch: 7,
+        seq: 4242,
+        link: [0x5c; 48],
+    };
+    let msg = b"sealed postmark\n";
+    let params = TokenParams {
+        imprint: Sha384::digest(msg).into(),
+        serial: seal.seq,
+        gen_time: now(),
+        policy: oid::POSTMARK_POLICY,
+        accuracy_secs: 1,
+        nonce: None,
+    };
+    let prepared = tsp::prepare_sealed(&params, &pki.tsa, &[], &seal).unwrap();
+    let raw = sig::sign_prehash_raw(&pki.tsa_key, &prepared.digest()).unwrap();
+    let tok = prepared.finish(&raw).unwrap();
+    let data = pki.write("sealed.txt", msg);
+    let tok_path = pki.write("sealed.tsr", &tok);
+    let (ok, out, err) = openssl(&[
+        &"ts",
+        &"-verify",
+        &"-data",
+        &p(&data),
+        &"-in",
+        &p(&tok_path),
+        &"-token_in",
+        &"-CAfile",
+        &p(&pki.path("root.pem")),
+    ]);
+    assert!(ok && out.contains("Verification: OK"), "{out}{err}");
+    let anchors = [pki.root.clone()];
+    let info = tsp::verify(&tok, &anchors, now()).unwrap();
+    assert_eq!(info.serial, vec![0x10, 0x92]);
+    let parts = cms::signed_parts(&tok).unwrap();
+    assert_eq!(parts.seal, Some(seal));
+    assert_eq!(parts.content_type, oid::ID_CT_TSTINFO);
+    let tsa_pub = cert::public_key_sec1(&pki.tsa).unwrap();
+    assert!(ledger_format::verify_product_seal(
+        &tsa_pub,
+        &seal,
+        &parts.signed_attrs,
+        &parts.signature
+    ));
+    let other = LedgerSeal { seq: 4243, ..seal };
+    assert!(!ledger_format::verify_product_seal(
+        &tsa_pub,
+        &other,
+        &parts.signed_attrs,
+        &parts.signature
+    ));
+
+    let content = br#"{"report":1}"#;
+    let opts = SignOptions {
+        content_type: oid::CT_STATUS_REPORT,
+        content,
+        signer: &pki.root,
+        extra_certs: &[],
+        signing_time: Some(now()),
+        ess_cert_id_v2: true,
+    };
+    let prepared = cms::prepare_sealed(&opts, &seal).unwrap();
+    let raw = sig::sign_prehash_raw(&pki.root_key, &prepared.digest()).unwrap();
+    let der = prepared.finish(&raw).unwrap();
+    let f = pki.write("sealed.cms", &der);
+    let (ok, o, e) = openssl(&[
+        &"cms",
+        &"-verify",
+        &"-inform",
+        &"DER",
+        &"-in",
+        &p(&f),
+        &"-CAfile",
+        &p(&pki.path("root.pem")),
+        &"-purpose",
+        &"any",
+        &"-out",
+        &p(&pki.path("sealed.out")),
+    ]);
+    assert!(ok, "openssl cms -verify: {o}{e}");
+    assert!(cms::verify(&der, &anchors, None, now()).is_ok());
+    assert_eq!(cms::signed_parts(&der).unwrap().seal, Some(seal));
+    // An unsealed product has no seal.
+    assert_eq!(cms::signed_parts(&token(&pki, msg, 1)).unwrap().seal, None);
+}

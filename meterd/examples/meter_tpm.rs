@@ -107,7 +107,13 @@ async fn fill(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let public = handle.call(|h| h.public_key(IDENTITY_KEY)).await?;
     let meter_id = meter_id_from_key(&public);
-    let sealer = HousingSealer::new(handle.clone(), IDENTITY_KEY, config.nv_index, public);
+    let sealer = HousingSealer::new(
+        handle.clone(),
+        IDENTITY_KEY,
+        config.nv_index,
+        public,
+        std::sync::Arc::new(meterd::product_seal::PkiSealReader),
+    );
     let path = config.ledger_path();
     let (ledger, report) = tokio::task::spawn_blocking(move || {
         Ledger::open(&path, Box::new(sealer), &meter_id, false)

@@ -40,6 +40,10 @@ pub struct Config {
     /// Name of the credential holding the secret the TPM objects' auth values
     /// derive from; absent: `<state_dir>/keys/auth` (created at provisioning).
     pub auth_credential: String,
+    /// Ledger rows per epoch: the NV counter advances every `epoch_rows`
+    /// rows, at every start and at an orderly stop (see the rollback window
+    /// in docs/ARCHITECTURE.md).
+    pub epoch_rows: u64,
     /// Group whose members may use the meter.
     pub user_group: String,
     /// Group whose members may administer it.
@@ -84,6 +88,7 @@ impl Default for Config {
             owner_auth_credential: DEFAULT_OWNER_CREDENTIAL.into(),
             endorsement_auth_credential: DEFAULT_ENDORSEMENT_CREDENTIAL.into(),
             auth_credential: DEFAULT_AUTH_CREDENTIAL.into(),
+            epoch_rows: crate::ledger::DEFAULT_EPOCH_ROWS,
             user_group: "meter".into(),
             admin_group: "meteradmin".into(),
             low_funds_threshold: 10_000,

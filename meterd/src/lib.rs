@@ -44,6 +44,7 @@ pub mod money;
 pub mod outlet;
 pub mod postage;
 pub mod postmark;
+pub mod product_seal;
 pub mod provision;
 pub mod rates;
 pub mod recharge;

@@ -110,6 +110,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     ));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!(name = meter_proto::BUS_NAME, "ready");
+    // The start verified the rows after the last signed checkpoint; the
+    // rest of the history is verified now, in the background.
+    tokio::spawn(Arc::clone(&meter).audit_history());
 
     wait_for_stop(&conn).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

@@ -133,14 +133,26 @@ impl Meter {
         let index = self.config.nv_index;
         self.housing.call(move |h| h.counter_define(index)).await?;
         let path = self.config.ledger_path();
-        let sealer = HousingSealer::new(self.housing.clone(), IDENTITY_KEY, index, public);
+        let sealer = HousingSealer::new(
+            self.housing.clone(),
+            IDENTITY_KEY,
+            index,
+            public,
+            std::sync::Arc::new(crate::product_seal::PkiSealReader),
+        );
         let id = meter_id.clone();
-        let (ledger, report) =
-            tokio::task::spawn_blocking(move || Ledger::open(&path, Box::new(sealer), &id, true))
-                .await
-                .map_err(|e| ServiceError::Internal(format!("ledger open task: {e}")))??;
-        // The rows' signed objects, verified again (issue 12); 0: every row
-        // (the start from a checkpoint passes the checkpoint's seq).
+        let epoch_rows = self.config.epoch_rows;
+        let (ledger, report) = tokio::task::spawn_blocking(move || {
+            let opts = crate::ledger::Options {
+                create: true,
+                from_checkpoint: true,
+                epoch_rows,
+            };
+            Ledger::open_with(&path, Box::new(sealer), &id, opts)
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("ledger open task: {e}")))??;
+        // The rows' signed objects, verified again (issue 12); 0: every row.
         let report = crate::semantic::confirm(&ledger, &meter_id, 0, report).await?;
         tracing::info!(
             meter_id = %meter_id,
@@ -183,6 +195,34 @@ impl Meter {
             self.regime.engage(&ledger, reason).await?;
         }
         self.load_from_ledger(&ledger).await
+    }
+
+    /// The full ledger audit after a start from the signed checkpoint
+    /// (design 12-14 §3), run once the meter is READY: damage found locks
+    /// the meter at once (`Locked` signal), as the start would have.
+    pub async fn audit_history(self: Arc<Self>) {
+        let Some(ledger) = self.ledger() else {
+            return;
+        };
+        match ledger.verify_history().await {
+            Ok(r) => match &r.verdict {
+                Verdict::Tamper {
+                    detail,
+                    first_bad_seq,
+                } => {
+                    tracing::error!(%detail, ?first_bad_seq, "ledger tamper found by the background audit");
+                    if let Err(e) = self
+                        .regime
+                        .engage(&ledger, meter_proto::lock_reason::TAMPER)
+                        .await
+                    {
+                        tracing::error!(error = %e, "cannot lock after the background audit");
+                    }
+                }
+                _ => tracing::info!(rows = r.rows, millis = r.millis, "ledger history verified"),
+            },
+            Err(e) => tracing::warn!(error = %e, "background ledger audit failed"),
+        }
     }
 
     /// Re-derives identity and rate tables from the ledger's rows.

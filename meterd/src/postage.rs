@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
+use crate::housing::Housing;
 use crate::ledger::{Finisher, Key, LedgerError, RowContext};
 use crate::meter::{Meter, IDENTITY_KEY};
 use crate::money::Amount;
@@ -160,16 +161,15 @@ pub async fn postage(meter: &Meter, req: PostageRequest, key: Key) -> Result<Vec
     let sold = sale::sell(meter, spec, async |sale: &Sale| {
         let q = quote(&sale.rates, &req, sale.now())?;
         let meter_id = sale.identity.meter_id.clone();
-        let housing = meter.housing().clone();
         let req = req.clone();
-        let finish: Finisher = Box::new(move |row: &RowContext| {
+        // Runs on the housing thread: signs with the housing it is handed.
+        let finish = Finisher::new(move |row: &RowContext, h: &mut dyn Housing| {
             let body = body_for(&meter_id, &req, &q, row)?;
             let bytes = body
                 .encode()
                 .map_err(|e| LedgerError::Invalid(e.to_string()))?;
             let digest = indicium::body_digest(&bytes);
-            let sig =
-                housing.call_urgent_blocking(move |h| h.sign_digest(IDENTITY_KEY, &digest))?;
+            let sig = h.sign_digest(IDENTITY_KEY, &digest)?;
             Ok(indicium::assemble(&bytes, &sig))
         });
         Ok(Made::AtCommit(finish))

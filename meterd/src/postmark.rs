@@ -4,14 +4,21 @@
 //! The token names the meter (TSA name = the postmark certificate's subject,
 //! whose CN is the meter id) and carries a serial unique to this meter, so
 //! any relying party with the authority's root verifies it with
-//! `openssl ts -verify`. Its genTime is the sale's checked time (see
-//! `sale`): never earlier than the ledger's last row.
+//! `openssl ts -verify`.
+//!
+//! A postmark is made inside the ledger's sequencing job (a sealing
+//! [`Finisher`]): its serial is its row's sequence number, its genTime the
+//! row's time (never earlier than the row before), and it carries its row's
+//! ledger seal `(epoch, seq, link)` as a signed attribute, so its one TPM
+//! signature also seals the ledger up to its row (see `ledger` and
+//! `docs/ARCHITECTURE.md`); relying parties ignore the attribute.
 
 use meter_pki::tsp::{self, TokenParams};
 
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
-use crate::ledger::{Digest, Key};
+use crate::housing::Housing;
+use crate::ledger::{Digest, Finisher, Key, LedgerError, RowContext};
 use crate::meter::{Meter, POSTMARK_KEY};
 use crate::sale::{self, Made, Sale, Spec};
 use crate::service::Service;
@@ -26,10 +33,30 @@ pub async fn postmark(meter: &Meter, imprint: Digest, key: Key) -> Result<Vec<u8
         input_digest("postmark", &[&imprint]),
     );
     let sold = sale::sell(meter, spec, async |sale: &Sale| {
-        Ok(Made::Product(token(meter, sale, imprint).await?))
+        Ok(Made::AtCommit(sealed_token(sale, imprint)))
     })
     .await?;
     Ok(sold.product)
+}
+
+/// The finisher of a postmark: the token of `imprint` for its row, sealing
+/// it, signed in the housing the sequencing job hands it.
+fn sealed_token(sale: &Sale, imprint: Digest) -> Finisher {
+    let cert = sale.identity.postmark_cert.clone();
+    Finisher::sealing(move |row: &RowContext, h: &mut dyn Housing| {
+        let params = TokenParams {
+            imprint,
+            serial: row.seq,
+            gen_time: row.time_ms.div_euclid(1000),
+            policy: meter_pki::oid::POSTMARK_POLICY,
+            accuracy_secs: 1,
+            nonce: None,
+        };
+        let pki = |e: meter_pki::PkiError| LedgerError::Invalid(format!("postmark token: {e}"));
+        let prepared = tsp::prepare_sealed(&params, &cert, &[], &row.seal()).map_err(pki)?;
+        let raw = h.sign_digest(POSTMARK_KEY, &prepared.digest())?;
+        prepared.finish(&raw).map_err(pki)
+    })
 }
 
 /// A caller-computed digest must be a SHA-384.

@@ -28,8 +28,9 @@ fn open_cp(path: &Path, counter: u64) -> (Ledger, meterd::ledger::AuditReport) {
     Ledger::open_from_checkpoint(path, s, METER, false).unwrap()
 }
 
-/// genesis, credit, 6 debits, a lock: checkpoint at row 9 after a clean
-/// reopen; then 3 more debits after it. Returns the counter.
+/// genesis, start epoch, credit, 6 debits, a lock, stop epoch: checkpoint
+/// at row 11 after a clean reopen; then the start epoch row, an unlock, 2
+/// debits and the stop row (rows 12..=16) after it. Returns the counter.
 async fn build(path: &Path) -> u64 {
     let (l, c) = create(path);
     l.commit(credit("voucher:1", 1000), None).await.unwrap();
@@ -46,7 +47,7 @@ async fn build(path: &Path) -> u64 {
     assert!(checkpoints(path).is_empty());
     let (l, report, c) = reopen(path, c.counter());
     assert_eq!(report.verdict, Verdict::Clean);
-    assert_eq!(checkpoints(path), vec![9]);
+    assert_eq!(checkpoints(path), vec![11]);
     l.commit(event(EntryKind::Unlock, "cleared", b"order"), None)
         .await
         .unwrap();
@@ -71,15 +72,29 @@ async fn checkpoint_start_matches_full_audit() {
 
     let (l, report) = open_cp(&path, nv);
     assert_eq!(report.verdict, Verdict::Clean);
-    assert_eq!(report.rows, 12);
+    assert_eq!(report.rows, 17);
+    // The background audit finds the history clean and checkpoints it.
+    let history = l.verify_history().await.unwrap();
+    assert_eq!(history.verdict, Verdict::Clean);
+    assert_eq!(history.rows, 17);
     let cp_state = l.state();
     l.close().await.unwrap();
-    // That start checkpointed the new tip.
-    assert_eq!(checkpoints(&path), vec![9, 12]);
+    // That start checkpointed the tip it found.
+    assert_eq!(checkpoints(&path), vec![11, 16, 17]);
 
     let (l, report, _) = reopen(&full_path, nv);
     assert_eq!(report.verdict, Verdict::Clean);
-    assert_eq!(l.state(), cp_state);
+    // Same rows and registers (the start epoch rows differ in their TPM clock).
+    let full = l.state();
+    assert_eq!(
+        (full.rows, &full.registers, &full.lock, full.nv),
+        (
+            cp_state.rows,
+            &cp_state.registers,
+            &cp_state.lock,
+            cp_state.nv
+        )
+    );
     assert_eq!(cp_state.lock, None);
     l.close().await.unwrap();
 }
@@ -112,11 +127,11 @@ async fn damage_after_the_checkpoint_is_caught_at_start() {
     let path = db(dir.path());
     let nv = build(&path).await;
     attacker(&path)
-        .execute("UPDATE journal SET debit = debit + 1 WHERE seq = 11", [])
+        .execute("UPDATE journal SET debit = debit + 1 WHERE seq = 14", [])
         .unwrap();
     let (l, report) = open_cp(&path, nv);
     match report.verdict {
-        Verdict::Tamper { first_bad_seq, .. } => assert_eq!(first_bad_seq, Some(11)),
+        Verdict::Tamper { first_bad_seq, .. } => assert_eq!(first_bad_seq, Some(14)),
         v => panic!("expected tamper, got {v:?}"),
     }
     l.close().await.unwrap();
@@ -130,10 +145,15 @@ async fn damage_before_the_checkpoint_is_caught_by_the_full_audit() {
     attacker(&path)
         .execute("UPDATE journal SET note = 'x' WHERE seq = 4", [])
         .unwrap();
-    // The start trusts the signed checkpoint at row 9 for rows 1..=9 ...
+    // The start trusts the signed checkpoint at row 11 for rows 1..=11 ...
     let (l, report) = open_cp(&path, nv);
     assert_eq!(report.verdict, Verdict::Clean);
-    // ... the full audit walks from genesis.
+    // ... the background audit walks from genesis on its own connection ...
+    match l.verify_history().await.unwrap().verdict {
+        Verdict::Tamper { first_bad_seq, .. } => assert_eq!(first_bad_seq, Some(4)),
+        v => panic!("expected tamper, got {v:?}"),
+    }
+    // ... and so does the full audit on demand.
     match l.audit().await.unwrap().verdict {
         Verdict::Tamper { first_bad_seq, .. } => assert_eq!(first_bad_seq, Some(4)),
         v => panic!("expected tamper, got {v:?}"),
@@ -151,7 +171,7 @@ async fn forged_or_stale_checkpoint_falls_back_to_full_audit() {
     a.execute_batch("DROP TRIGGER IF EXISTS checkpoints_no_update")
         .unwrap();
     a.execute(
-        "UPDATE checkpoints SET body = CAST(substr(body, 1, 64) || x'00000000000fffff' || substr(body, 73) AS BLOB) WHERE seq = 9",
+        "UPDATE checkpoints SET body = CAST(substr(body, 1, 64) || x'00000000000fffff' || substr(body, 73) AS BLOB) WHERE seq = 11",
         [],
     )
     .unwrap();
@@ -170,7 +190,7 @@ async fn forged_or_stale_checkpoint_falls_back_to_full_audit() {
     let path = db(dir.path());
     let nv = build(&path).await;
     attacker(&path)
-        .execute("UPDATE journal SET hash = prev_hash WHERE seq = 9", [])
+        .execute("UPDATE journal SET hash = prev_hash WHERE seq = 11", [])
         .unwrap();
     let (l, report) = open_cp(&path, nv);
     assert!(

@@ -14,7 +14,7 @@ use meterd::money::Amount;
 
 /// A product that spells out the row it was made for.
 fn echo() -> Finisher {
-    Box::new(|row: &RowContext| {
+    Finisher::new(|row: &RowContext, _h| {
         let r = &row.registers;
         Ok(format!(
             "{}:{}:{}:{}",
@@ -81,7 +81,7 @@ async fn failed_finisher_charges_nothing_and_retry_returns_stored_product() {
     let (l, _c) = create(&db(dir.path()));
     l.commit(credit("voucher:1", 1_000), None).await.unwrap();
     let before = l.state();
-    let fail: Finisher = Box::new(|_| Err(LedgerError::Invalid("signer refused".into())));
+    let fail = Finisher::new(|_, _| Err(LedgerError::Invalid("signer refused".into())));
     let r = l.reserve(Amount(100)).unwrap();
     let err = l
         .commit_finishing(debit("x-1", 100, b"x"), Some(r), fail)
@@ -97,7 +97,7 @@ async fn failed_finisher_charges_nothing_and_retry_returns_stored_product() {
         .await
         .unwrap();
     let after = l.state();
-    let never: Finisher = Box::new(|_| panic!("a retry must not make a new product"));
+    let never = Finisher::new(|_, _| panic!("a retry must not make a new product"));
     let (out, again) = l
         .commit_finishing(debit("x-1", 100, b"x"), None, never)
         .await

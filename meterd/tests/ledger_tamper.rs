@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use ledger_support::*;
 use meterd::ledger::{EntryKind, Ledger, LedgerError, Verdict};
 
-/// A closed ledger: genesis, a credit, debits over several batches, an event.
+/// A closed ledger: genesis, the start epoch row, a credit, debits over
+/// several batches (rows 4..=11), an event (row 12), the stop epoch row (13).
 /// Returns its path and the counter value it is bound to.
 async fn base(dir: &Path) -> (PathBuf, u64) {
     let path = db(dir);
@@ -121,7 +122,10 @@ async fn edited_row_with_whole_chain_rewritten() {
     .unwrap();
     // Rewrite every hash, link and batch head: only the seal can tell.
     let mut prev = meterd::ledger::genesis_prev(METER).to_vec();
-    for seq in 1..=11 {
+    let last: i64 = c
+        .query_row("SELECT MAX(seq) FROM journal", [], |r| r.get(0))
+        .unwrap();
+    for seq in 1..=last {
         let h = recompute(&c, seq, &prev);
         c.execute(
             "UPDATE journal SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
@@ -160,8 +164,10 @@ async fn deleted_last_batch_is_a_rollback() {
     let d = tempfile::tempdir().unwrap();
     let p = copy(&path, d.path());
     let c = attacker(&p);
-    c.execute("DELETE FROM journal WHERE seq = 11", []).unwrap();
-    c.execute("DELETE FROM batches WHERE last_seq = 11", [])
+    // The last batch is the stop epoch row: without it the ledger ends in
+    // the epoch before the counter.
+    c.execute("DELETE FROM journal WHERE seq = 13", []).unwrap();
+    c.execute("DELETE FROM batches WHERE last_seq = 13", [])
         .unwrap();
     drop(c);
     assert_eq!(
@@ -228,11 +234,12 @@ async fn restored_older_copy_without_wal() {
         .unwrap();
     l.close().await.unwrap();
     copy_db(&saved, &path);
+    // The reopen's start epoch and its close's stop epoch moved the counter.
     assert_eq!(
         open_verdict(&path, c.counter()),
         Verdict::Rollback {
             ledger_nv: nv,
-            tpm_nv: nv + 1
+            tpm_nv: nv + 2
         }
     );
 }
@@ -259,7 +266,8 @@ async fn restored_older_hot_copy_with_wal() {
             tpm_nv: nv + 2
         }
     );
-    assert_eq!(report.rows, 12);
+    // Rows 1..=13, the start epoch row, pm-a.
+    assert_eq!(report.rows, 15);
 }
 
 #[tokio::test]

@@ -310,21 +310,40 @@ impl HousingHandle {
     }
 
     /// Runs `f` on the housing thread ahead of queued normal work, blocking
-    /// the calling (non-async) thread; used by the ledger's commit thread.
+    /// the calling (non-async) thread; used by the ledger's thread.
     pub fn call_urgent_blocking<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&mut dyn Housing) -> Result<R> + Send + 'static,
     {
-        self.submit(true, f)?
-            .blocking_recv()
-            .map_err(|_| HousingError::Stopped)?
+        self.spawn_urgent(f)?.wait()
+    }
+
+    /// Queues `f` ahead of normal work and returns at once: the ledger
+    /// hands the housing thread one sequencing job per batch this way and
+    /// writes the previous batch while the TPM works.
+    pub fn spawn_urgent<R, F>(&self, f: F) -> Result<Pending<R>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn Housing) -> Result<R> + Send + 'static,
+    {
+        self.submit(true, f).map(Pending)
     }
 
     /// Convenience: sign a digest with a named key.
     pub async fn sign_digest(&self, key: &str, digest: [u8; 48]) -> Result<RawSignature> {
         let key = key.to_owned();
         self.call(move |h| h.sign_digest(&key, &digest)).await
+    }
+}
+
+/// A job queued with [`HousingHandle::spawn_urgent`], its result to come.
+pub struct Pending<R>(oneshot::Receiver<Result<R>>);
+
+impl<R> Pending<R> {
+    /// Blocks the calling (non-async) thread until the job has run.
+    pub fn wait(self) -> Result<R> {
+        self.0.blocking_recv().map_err(|_| HousingError::Stopped)?
     }
 }
 

@@ -454,6 +454,20 @@ impl SoftwareHousingControl {
         });
     }
 
+    /// Installs key `name` with the P-384 scalar `secret` (48 bytes,
+    /// big-endian), replacing any key of that name; returns its public key.
+    /// For tests that need a known key (the ledger's software sealer).
+    pub fn import_key(&self, name: &str, secret: &[u8; 48]) -> Result<Vec<u8>> {
+        check_key_name(name)?;
+        let key = SigningKey::from_slice(secret).map_err(|_| HousingError::Tpm {
+            command: "import",
+            message: "invalid P-384 scalar".into(),
+        })?;
+        let public = point(&key);
+        self.with(|s| s.keys.insert(name.to_owned(), key));
+        Ok(public)
+    }
+
     /// Names of the keys held, sorted.
     pub fn key_names(&self) -> Vec<String> {
         self.with(|s| s.keys.keys().cloned().collect())

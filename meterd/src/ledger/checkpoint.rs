@@ -12,8 +12,10 @@
 //!
 //! What a start with a checkpoint still verifies: its signature, that the
 //! journal row at its seq still has the checkpointed hash, every row after
-//! it (hash, link, registers from the checkpointed ones, batches), the last
-//! batch seal and the TPM counter. What it does not: rows before the
+//! it (hash, link, registers from the checkpointed ones, epochs, batches),
+//! the last batch seal and the TPM counter. The epoch in force at the
+//! checkpoint is read from the last epoch row before it (a forged one
+//! cannot help: the last seal signs the epoch). What it does not: rows before the
 //! checkpoint. Editing them cannot change the registers (they continue
 //! from the signed ones) and the full audit (`meterctl audit`, the Audit
 //! method) still walks the whole chain from genesis and reports them.
@@ -23,7 +25,9 @@ use p384::ecdsa::{Signature, VerifyingKey};
 use rusqlite::{Connection, OptionalExtension};
 use sha2::{Digest as _, Sha384};
 
+use super::epoch::EpochTrack;
 use super::schema::storage;
+use super::sealer::sign;
 use super::{Digest, Registers, Result, Sealer};
 use crate::service::Service;
 
@@ -34,6 +38,8 @@ pub(crate) struct Start {
     pub prev: Digest,
     pub regs: Registers,
     pub lock_at: Option<(u64, String)>,
+    /// Epochs as of row `seq`.
+    pub track: EpochTrack,
 }
 
 impl Start {
@@ -44,8 +50,17 @@ impl Start {
             prev: super::chain::genesis_prev(meter_id),
             regs: Registers::default(),
             lock_at: None,
+            track: EpochTrack::default(),
         }
     }
+}
+
+/// A checkpoint made and signed, to be stored by the writer.
+#[derive(Debug, Clone)]
+pub(crate) struct Signed {
+    pub seq: u64,
+    pub body: Vec<u8>,
+    pub sig: Vec<u8>,
 }
 
 const N: usize = Service::ALL.len();
@@ -158,12 +173,56 @@ pub(crate) fn load(conn: &Connection, meter_id: &str, public_sec1: &[u8]) -> Res
             None => return Ok(None),
         }
     };
+    let Some(track) = EpochTrack::at(conn, seq)? else {
+        return Ok(None);
+    };
     Ok(Some(Start {
         seq,
         prev: head,
         regs,
         lock_at,
+        track,
     }))
+}
+
+/// Whether the latest checkpoint already covers row `seq`.
+fn covered(conn: &Connection, seq: u64) -> Result<bool> {
+    let latest: Option<i64> = conn
+        .query_row("SELECT MAX(seq) FROM checkpoints", [], |r| r.get(0))
+        .map_err(storage)?;
+    Ok(latest.is_some_and(|l| u64::try_from(l).is_ok_and(|l| l >= seq)))
+}
+
+/// Makes and signs (one TPM signature) a checkpoint of a state an audit
+/// just found clean.
+pub(crate) fn make(
+    meter_id: &str,
+    sealer: &dyn Sealer,
+    seq: u64,
+    head: &Digest,
+    regs: &Registers,
+    lock_seq: u64,
+) -> Result<Signed> {
+    let body = encode(seq, head, regs, lock_seq);
+    let sig = sign(sealer, &digest(meter_id, &body))?;
+    Ok(Signed {
+        seq,
+        body,
+        sig: sig.to_vec(),
+    })
+}
+
+/// Stores a signed checkpoint, unless the latest one already covers its row.
+pub(crate) fn insert(conn: &Connection, c: &Signed) -> Result<()> {
+    if covered(conn, c.seq)? {
+        return Ok(());
+    }
+    conn.execute(
+        "INSERT INTO checkpoints(seq, body, sig) VALUES (?1, ?2, ?3)",
+        rusqlite::params![i64::try_from(c.seq).unwrap_or(i64::MAX), c.body, c.sig],
+    )
+    .map_err(storage)?;
+    Ok(())
 }
 
 /// Records a checkpoint of a state a full or incremental audit just found
@@ -171,26 +230,16 @@ pub(crate) fn load(conn: &Connection, meter_id: &str, public_sec1: &[u8]) -> Res
 pub(crate) fn write(
     conn: &Connection,
     meter_id: &str,
-    sealer: &mut dyn Sealer,
+    sealer: &dyn Sealer,
     seq: u64,
     head: &Digest,
     regs: &Registers,
     lock_seq: u64,
 ) -> Result<()> {
-    let latest: Option<i64> = conn
-        .query_row("SELECT MAX(seq) FROM checkpoints", [], |r| r.get(0))
-        .map_err(storage)?;
-    if latest.is_some_and(|l| u64::try_from(l).is_ok_and(|l| l >= seq)) {
+    if covered(conn, seq)? {
         return Ok(());
     }
-    let body = encode(seq, head, regs, lock_seq);
-    let sig = sealer.sign(&digest(meter_id, &body))?;
-    conn.execute(
-        "INSERT INTO checkpoints(seq, body, sig) VALUES (?1, ?2, ?3)",
-        rusqlite::params![i64::try_from(seq).unwrap_or(i64::MAX), body, sig.to_vec()],
-    )
-    .map_err(storage)?;
-    Ok(())
+    insert(conn, &make(meter_id, sealer, seq, head, regs, lock_seq)?)
 }
 
 #[cfg(test)]

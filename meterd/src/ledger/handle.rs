@@ -1,17 +1,21 @@
 //! [`Ledger`], the cheap-to-clone front of the ledger thread, and the
-//! thread's start-up (create with a sealed genesis row, or audit).
+//! thread's start-up (create with a sealed genesis row, or audit), which
+//! ends with the start epoch row and its counter increment.
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
 use tokio::sync::{oneshot, watch};
 
+use super::chain::{epoch_previous, epoch_reason};
 use super::reserve::{self, AccountTerms, Funds, Reservation, SharedFunds};
 use super::rows::{not_defined, Tip};
+use super::sealer::counter_read;
+use super::sequencer::Advance;
 use super::writer::{CommitReq, Request, Writer};
 use super::{
-    audit, chain, schema, AuditReport, Entry, EntryKind, Finisher, LedgerError, LedgerState,
-    Outcome, Result, Sealer, Stored, Verdict,
+    audit, chain, checkpoint, epoch, schema, AuditReport, Entry, EntryKind, Finisher, LedgerError,
+    LedgerState, Outcome, Result, Sealer, Stored, Verdict,
 };
 use crate::money::Amount;
 
@@ -28,6 +32,9 @@ pub struct Ledger {
     /// writer), opened on first use.
     reader: Arc<Mutex<Option<rusqlite::Connection>>>,
     path: PathBuf,
+    /// For the background audit (its own connection and thread).
+    sealer: Arc<dyn Sealer>,
+    meter_id: Arc<str>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -37,6 +44,32 @@ impl std::fmt::Debug for Ledger {
 }
 
 type Started = (watch::Receiver<LedgerState>, AuditReport);
+
+/// Epoch length by default: rows between two periodic epoch advances.
+pub const DEFAULT_EPOCH_ROWS: u64 = 100;
+
+/// How a ledger opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Create the ledger (schema and sealed genesis row) when `path` holds none.
+    pub create: bool,
+    /// Audit from the last signed checkpoint (see `checkpoint.rs`) rather
+    /// than from genesis.
+    pub from_checkpoint: bool,
+    /// Rows per epoch: the counter advances every `epoch_rows` rows (and at
+    /// every start and orderly stop).
+    pub epoch_rows: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            create: false,
+            from_checkpoint: false,
+            epoch_rows: DEFAULT_EPOCH_ROWS,
+        }
+    }
+}
 
 impl Ledger {
     /// Opens the ledger at `path` and starts its thread.
@@ -48,15 +81,22 @@ impl Ledger {
     /// (truncated, not a database) gives [`LedgerError::Storage`]: such a
     /// ledger could not take the Lock row either.
     ///
-    /// Blocks for the audit (about a second per million rows); the sealer is
-    /// only ever called from the ledger thread.
+    /// On a clean (or rolled-forward) ledger the open then advances the
+    /// epoch (the start epoch row, sealed, and one counter increment), so no
+    /// copy of the ledger taken before this start can be accepted again.
+    ///
+    /// Blocks for the audit (about a second per million rows).
     pub fn open(
         path: &Path,
         sealer: Box<dyn Sealer>,
         meter_id: &str,
         create: bool,
     ) -> Result<(Ledger, AuditReport)> {
-        Self::open_with(path, sealer, meter_id, create, false)
+        let opts = Options {
+            create,
+            ..Options::default()
+        };
+        Self::open_with(path, sealer, meter_id, opts)
     }
 
     /// [`Ledger::open`], but the audit starts from the last signed
@@ -70,15 +110,20 @@ impl Ledger {
         meter_id: &str,
         create: bool,
     ) -> Result<(Ledger, AuditReport)> {
-        Self::open_with(path, sealer, meter_id, create, true)
+        let opts = Options {
+            create,
+            from_checkpoint: true,
+            ..Options::default()
+        };
+        Self::open_with(path, sealer, meter_id, opts)
     }
 
-    fn open_with(
+    /// [`Ledger::open`] with every option.
+    pub fn open_with(
         path: &Path,
         sealer: Box<dyn Sealer>,
         meter_id: &str,
-        create: bool,
-        from_checkpoint: bool,
+        opts: Options,
     ) -> Result<(Ledger, AuditReport)> {
         if meter_id.is_empty() || meter_id.len() > MAX_METER_ID {
             return Err(LedgerError::Invalid("meter id empty or too long".into()));
@@ -89,10 +134,11 @@ impl Ledger {
         let args = StartArgs {
             path: path.to_owned(),
             meter_id: meter_id.to_owned(),
-            create,
-            from_checkpoint,
+            opts,
             funds: Arc::clone(&funds),
         };
+        let sealer: Arc<dyn Sealer> = Arc::from(sealer);
+        let kept = Arc::clone(&sealer);
         std::thread::Builder::new()
             .name("ledger".into())
             .spawn(move || match start(args, sealer) {
@@ -113,6 +159,8 @@ impl Ledger {
             state,
             reader: Arc::new(Mutex::new(None)),
             path: path.to_owned(),
+            sealer: kept,
+            meter_id: Arc::from(meter_id),
         };
         Ok((ledger, report))
     }
@@ -189,47 +237,46 @@ impl Ledger {
     /// Appends `entry` (in the next group commit) and returns once it is
     /// durable and sealed, or an earlier row with its request id exists.
     pub async fn commit(&self, entry: Entry, reservation: Option<Reservation>) -> Result<Outcome> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Commit(CommitReq {
-            entry,
-            reservation,
-            finish: None,
-            reply,
-        }))?;
-        rx.await.map_err(|_| LedgerError::Stopped)?
+        self.commit_inner(entry, reservation, None)
+            .await
+            .map(|(o, _)| o)
     }
 
     /// Like [`Ledger::commit`], but the product is made by `finish` inside
-    /// the commit, from the row's own sequence number, time and registers.
-    /// Returns the outcome and the product delivered: the one just made, or
-    /// the stored one of an earlier row with this request id.
+    /// the sequencing job, from the row's own sequence number, time,
+    /// registers, epoch and link, on the housing thread. Returns the
+    /// outcome and the product delivered: the one just made, or the stored
+    /// one of an earlier row with this request id.
     pub async fn commit_finishing(
         &self,
         entry: Entry,
         reservation: Option<Reservation>,
         finish: Finisher,
     ) -> Result<(Outcome, Vec<u8>)> {
-        let (made_tx, made_rx) = std::sync::mpsc::sync_channel(1);
-        let wrapped: Finisher = Box::new(move |ctx| {
-            let product = finish(ctx)?;
-            let _ = made_tx.try_send(product.clone());
-            Ok(product)
-        });
+        self.commit_inner(entry, reservation, Some(finish)).await
+    }
+
+    async fn commit_inner(
+        &self,
+        entry: Entry,
+        reservation: Option<Reservation>,
+        finish: Option<Finisher>,
+    ) -> Result<(Outcome, Vec<u8>)> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Commit(CommitReq {
             entry,
             reservation,
-            finish: Some(wrapped),
+            finish,
             reply,
         }))?;
-        let outcome = rx.await.map_err(|_| LedgerError::Stopped)??;
-        let product = match &outcome {
-            Outcome::Existing { product, .. } => product.clone(),
-            Outcome::Committed { seq, .. } => made_rx.try_recv().map_err(|_| {
-                LedgerError::Storage(format!("row {seq} committed without its product"))
-            })?,
-        };
-        Ok((outcome, product))
+        rx.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Tests: stops the ledger thread as a killed process would: no stop
+    /// epoch row, the batch in flight lost.
+    #[doc(hidden)]
+    pub fn crash(&self) {
+        let _ = self.send(Request::Crash);
     }
 
     /// The row stored under `key`, if any (for a meter key, also its
@@ -385,6 +432,48 @@ impl Ledger {
         rx.await.map_err(|_| LedgerError::Stopped)?
     }
 
+    /// The full audit from genesis in the background of a start from the
+    /// checkpoint (design 12-14 §3): on its own read-only connection and
+    /// thread, over one read snapshot, while commits go on. It checks every
+    /// hash, link, register, epoch and batch of that snapshot and its last
+    /// seal; not the counter (the start judged it). A clean history is
+    /// stored as a signed checkpoint, so the next start verifies less. The
+    /// caller locks the meter on a bad verdict.
+    pub async fn verify_history(&self) -> Result<AuditReport> {
+        let path = self.path.clone();
+        let sealer = Arc::clone(&self.sealer);
+        let meter_id = Arc::clone(&self.meter_id);
+        let (report, signed) = tokio::task::spawn_blocking(move || {
+            let conn = schema::open_reader(&path)?;
+            conn.execute_batch("BEGIN").map_err(schema::storage)?;
+            let out = audit::run(&conn, &meter_id, sealer.as_ref(), audit::Mode::History);
+            let _ = conn.execute_batch("COMMIT");
+            let out = out?;
+            let signed = match out.report.verdict {
+                Verdict::Clean => Some(checkpoint::make(
+                    &meter_id,
+                    sealer.as_ref(),
+                    out.tip.seq,
+                    &out.tip.head,
+                    &out.tip.registers,
+                    out.lock_seq,
+                )?),
+                _ => None,
+            };
+            Ok::<_, LedgerError>((out.report, signed))
+        })
+        .await
+        .map_err(|_| LedgerError::Stopped)??;
+        if let Some(signed) = signed {
+            let (reply, rx) = oneshot::channel();
+            self.send(Request::Checkpoint(signed, reply))?;
+            if let Err(e) = rx.await.map_err(|_| LedgerError::Stopped)? {
+                tracing::warn!(error = %e, "checkpoint of the background audit not stored");
+            }
+        }
+        Ok(report)
+    }
+
     /// Full audit while running (commits wait for it).
     pub async fn audit(&self) -> Result<AuditReport> {
         let (reply, rx) = oneshot::channel();
@@ -418,39 +507,42 @@ impl Ledger {
 struct StartArgs {
     path: PathBuf,
     meter_id: String,
-    create: bool,
-    from_checkpoint: bool,
+    opts: Options,
     funds: SharedFunds,
 }
 
-/// Runs on the ledger thread: open, create or audit, build the writer.
-fn start(a: StartArgs, mut sealer: Box<dyn Sealer>) -> Result<(Writer, Started)> {
-    let conn = schema::connect(&a.path, a.create)?;
+/// Runs on the ledger thread: open, create or audit, build the writer,
+/// open the start epoch.
+fn start(a: StartArgs, sealer: Arc<dyn Sealer>) -> Result<(Writer, Started)> {
+    let started = std::time::Instant::now();
+    let conn = schema::connect(&a.path, a.opts.create)?;
     let fresh = !schema::has_rows(&conn)?;
-    if fresh && !a.create {
+    if fresh && !a.opts.create {
         return Err(LedgerError::Storage(format!(
             "no ledger rows in {}",
             a.path.display()
         )));
     }
-    let (tip, tpm_nv, report) = if fresh {
+    let (tip, counter, report) = if fresh {
         schema::create(&conn, &a.meter_id)?;
-        let c = sealer.counter_read()?.ok_or_else(not_defined)?;
+        let c = counter_read(sealer.as_ref())?.ok_or_else(not_defined)?;
         let tip = Tip {
             head: chain::genesis_prev(&a.meter_id),
             nv: c,
+            epoch_seq: 0,
             seq: 0,
             registers: super::Registers::default(),
             lock: None,
             time_ms: 0,
         };
-        (tip, c, None)
+        (tip, Some(c), None)
     } else {
-        let out = if a.from_checkpoint {
-            audit::run_at_start(&conn, &a.meter_id, sealer.as_mut())?
+        let mode = if a.opts.from_checkpoint {
+            audit::Mode::Start
         } else {
-            audit::run(&conn, &a.meter_id, sealer.as_mut())?
+            audit::Mode::Full
         };
+        let out = audit::run(&conn, &a.meter_id, sealer.as_ref(), mode)?;
         schema::ensure(&conn)?;
         (out.tip, out.tpm_nv, Some(out.report))
     };
@@ -459,27 +551,50 @@ fn start(a: StartArgs, mut sealer: Box<dyn Sealer>) -> Result<(Writer, Started)>
         f.ascending = tip.registers.ascending;
     }
     let (state, state_rx) = watch::channel(tip.state());
-    let mut writer = Writer {
+    let meter_id: Arc<str> = Arc::from(a.meter_id.as_str());
+    let previous = match &report {
+        None => epoch_previous::NONE,
+        Some(_) => epoch::previous_run(&conn, &tip)?,
+    };
+    let mut writer = Writer::new(
         conn,
         sealer,
-        meter_id: a.meter_id,
+        Arc::clone(&meter_id),
         tip,
-        tpm_nv,
-        owed: false,
-        funds: a.funds,
-        state,
-        buf: Vec::with_capacity(512),
+        counter,
+        a.opts.epoch_rows,
+        (a.funds, state),
+    );
+    let start_advance = Advance {
+        reason: epoch_reason::START,
+        previous,
     };
     let report = match report {
-        Some(r) => r,
-        None => genesis(&mut writer)?,
+        Some(mut r) => {
+            if matches!(r.verdict, Verdict::Clean | Verdict::RolledForward) {
+                writer.advance_now(start_advance, Vec::new());
+                r.ledger_nv = writer.durable.nv;
+                r.tpm_nv = writer.counter().unwrap_or(r.tpm_nv);
+                r.rows = writer.durable.seq;
+            } else {
+                // A ledger judged rollback or tamper never opens an epoch:
+                // that would bind it to the counter again.
+                writer.hold();
+            }
+            r
+        }
+        None => genesis(&mut writer, &meter_id, start_advance, started)?,
     };
     Ok((writer, (state_rx, report)))
 }
 
-/// Commits the sealed genesis row of a new ledger.
-fn genesis(w: &mut Writer) -> Result<AuditReport> {
-    let started = std::time::Instant::now();
+/// Commits the sealed genesis row of a new ledger, with the first epoch row.
+fn genesis(
+    w: &mut Writer,
+    meter_id: &str,
+    advance: Advance,
+    started: std::time::Instant,
+) -> Result<AuditReport> {
     let entry = Entry {
         kind: EntryKind::Genesis,
         service: None,
@@ -487,22 +602,32 @@ fn genesis(w: &mut Writer) -> Result<AuditReport> {
         input_digest: [0; 48],
         credit: Amount::ZERO,
         debit: Amount::ZERO,
-        product: w.meter_id.as_bytes().to_vec(),
+        product: meter_id.as_bytes().to_vec(),
         note: "genesis".into(),
     };
-    let mut out = w.commit_entries(vec![(entry, None)]);
-    match out.pop() {
-        Some(Ok(_)) => {}
-        Some(Err(e)) => return Err(e),
-        None => return Err(LedgerError::Storage("genesis not committed".into())),
+    let (reply, mut rx) = oneshot::channel();
+    let req = CommitReq {
+        entry,
+        reservation: None,
+        finish: None,
+        reply,
+    };
+    w.advance_now(advance, vec![req]);
+    match rx.try_recv() {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(LedgerError::Storage("genesis not committed".into())),
+    }
+    if w.durable.epoch_seq == 0 {
+        return Err(LedgerError::Storage("first epoch not opened".into()));
     }
     Ok(AuditReport {
         verdict: Verdict::Clean,
-        rows: w.tip.seq,
+        rows: w.durable.seq,
         batches: 1,
-        head: w.tip.head,
-        ledger_nv: w.tip.nv,
-        tpm_nv: w.tpm_nv,
+        head: w.durable.head,
+        ledger_nv: w.durable.nv,
+        tpm_nv: w.counter().unwrap_or(0),
         millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         created: true,
     })

@@ -1,34 +1,86 @@
 //! The ledger: the meter's registers as an append-only, hash-chained SQLite
-//! journal whose head is bound to a TPM NV monotonic counter.
+//! journal, sealed by the TPM and bound to its NV monotonic counter.
 //!
-//! This module is the only door to SQLite. One thread owns the connection
-//! and group-commits: every commit request waiting when a batch starts goes
-//! into one `BEGIN IMMEDIATE` transaction, one TPM seal (identity-key
-//! signature over the head hash and the next counter value) and one NV
-//! increment, so the TPM cost is per batch, not per debit.
+//! This module is the only door to SQLite. The commit path is a two-stage
+//! pipeline (see `writer.rs` and `sequencer.rs`): the ledger thread gathers
+//! every commit request waiting into a batch and hands it to the housing
+//! thread as ONE sequencing job (registers, row hashes and links, the
+//! products made at commit — the postmark's one TPM signature —, and when
+//! needed the batch's explicit seal); while the housing thread sequences
+//! batch k+1, the ledger thread writes and fsyncs batch k (one `BEGIN
+//! IMMEDIATE` transaction) and answers its requests. No product leaves
+//! before its row is durable.
 //!
-//! Ordering that makes a crash harmless: rows + batch row (carrying nv+1 and
-//! its seal) commit first, the NV increment comes after. On open, a ledger
-//! exactly one batch ahead of the counter is an interrupted commit and is
-//! rolled forward; a ledger behind the counter is a restored copy
-//! (rollback); a chain or seal that does not verify is tamper.
-
+//! # Epochs (layout v2)
+//!
+//! The NV counter no longer moves per batch. An *epoch* is a value of the
+//! counter; the epoch in force is that of the last `epoch` row (an Event
+//! row, note `epoch`, key `m/epoch/<counter>`, product the JSON
+//! [`meter_pki::ledger_format::EpochRecord`]). The epoch advances at every
+//! start (before the first sale), every `epoch_rows` rows (between batches,
+//! never in a reply path) and at an orderly stop: the epoch row E+1 is
+//! written and sealed first, the counter incremented to E+1 after its fsync
+//! (a crash in between is rolled forward at the next start). NV increments:
+//! at most 1000 / `epoch_rows` + starts + stops per 1000 rows, at any load.
+//!
+//! # Seals
+//!
+//! The last row of every batch is sealed, by one of:
+//!
+//! * its own product, when it is *seal-bearing*: a postmark token or a CMS
+//!   the meter signs carries `(epoch, seq, link)` as a signed attribute
+//!   ([`meter_pki::ledger_format::LedgerSeal`]), where `link` =
+//!   SHA-384("meterd-link-v2" ‖ meter_id ‖ epoch ‖ prev ‖ canonical row
+//!   bytes with the product digest zeroed) ([`link_digest`]). One TPM
+//!   signature then makes the product and seals the chain up to its row.
+//!   The batch row's `seal` column is empty;
+//! * an explicit seal: identity-key signature over SHA-384("meterd-seal-v2"
+//!   ‖ meter_id ‖ epoch ‖ head) ([`seal_digest_v2`]), stored in `batches`,
+//!   when the last row carries no product seal (validate, recharge, orders,
+//!   indicia, user-key signatures, epoch rows). The sequencer puts
+//!   seal-bearing rows last in a batch so this is rare under load.
+//!
+//! The ledger does not parse products: a [`SealReader`] (meterd's over
+//! meter-pki; the test [`SoftwareSealReader`]) extracts from a product who
+//! signed it (a housing key name fixed in code), the bytes the signature
+//! covers and the signature; the ledger checks those bytes contain the
+//! row's seal attribute and that the signature verifies under that key's
+//! public key as the housing reports it.
+//!
+//! Ledgers of schema version 2 (layout v1: one seal and one increment per
+//! batch, digest "meterd-seal-v1" over the counter value) keep their old
+//! batches: the layout changes at the first epoch row, which the first
+//! start under schema version 3 writes (counter value of the last v1 batch
+//! plus one, as the TPM's next increment gives). Batches before it are
+//! audited as v1, batches from it on as v2.
+//!
+//! # Verdicts
+//!
+//! At open, after the chain: the ledger's epoch (the last v1 batch's counter
+//! value on a ledger not yet upgraded) equal to the TPM counter is Clean;
+//! one ahead is an advance interrupted before its increment: RolledForward
+//! (the counter is incremented); behind is Rollback; anything else Tamper.
+//! The start advance then opens a new epoch, so no copy taken before this
+//! start can be accepted again. What the remaining window allows (a copy of
+//! the current epoch restored after a kill) is argued in
+//! `docs/ARCHITECTURE.md`, "Rollback window".
 //!
 //! # Storage
 //!
 //! `journal` (one row per event, append-only by trigger), `products`
 //! (what each row delivered, kept apart so the journal stays small; the
 //! row holds its SHA-384), `batches` (one per group commit: rows covered,
-//! counter value, head, seal), `checkpoints` (signed state after a clean
+//! the counter value (v1) or epoch (v2), head, seal — empty when the last
+//! row's product carries it), `checkpoints` (signed state after a clean
 //! audit, see `checkpoint.rs`; lets a start verify only newer rows),
 //! `meta` (schema version, meter id).
 //!
-//! # Chain (layout v1)
+//! # Chain
 //!
 //! Row hash = SHA-384(prev ‖ canonical row bytes), where prev is the
 //! *recomputed* hash of the previous row and, for row 1,
 //! SHA-384("meterd-ledger-v1" ‖ meter_id). Canonical row bytes, integers
-//! big-endian:
+//! big-endian (unchanged since layout v1):
 //!
 //! ```text
 //! seq u64 | time i64 (Unix ms) | kind u8 | service u8 (0 = none)
@@ -41,19 +93,20 @@
 //! The input digest (kept with the product) is not chained: it only tells
 //! a retry from a conflicting reuse of a request id.
 //!
-//! A batch seal is an ECDSA P-384 signature (raw r‖s) over
-//! SHA-384("meterd-seal-v1" ‖ meter_id ‖ nv u64 BE ‖ head); nv is the TPM
-//! counter value the batch binds to (the counter read before it, plus one).
-//!
 //! # Audit
 //!
 //! One pass in seq order: seq contiguity from 1, every hash and link
-//! recomputed, AR + DR = CT on every row and register continuity, batches
-//! contiguous from row 1 with increasing counter values and heads equal to
-//! the recomputed chain, every row inside a batch; then the last batch's
-//! seal is verified (it covers the whole chain) and its counter value is
-//! compared with the TPM: equal is Clean, one ahead is RolledForward (the
-//! counter is incremented), behind is Rollback, otherwise Tamper.
+//! recomputed, AR + DR = CT on every row and register continuity, epochs
+//! strictly increasing, batches contiguous from row 1 with heads equal to
+//! the recomputed chain (v1: counter values increasing; v2: the epoch in
+//! force at their last row), every row inside a batch; then the last
+//! batch's seal (explicit, or the last row's product) is verified — it
+//! covers the whole chain — and the epoch compared with the TPM.
+//!
+//! At start the audit begins at the last signed checkpoint and the meter is
+//! ready at once; the full audit from genesis then runs in the background
+//! on a read-only connection ([`Ledger::verify_history`]) and the meter
+//! locks on damage. `meterctl audit` runs it on demand ([`Ledger::audit`]).
 //!
 //! Damage (hash, link, register or batch mismatch) at rows before an
 //! Unlock row with note `reanchor` is forgiven when that row itself links
@@ -62,11 +115,12 @@
 //! it is caught again. A seal that does not verify, a meter id that is not
 //! ours or a counter too far ahead are never forgiven.
 //!
-//! A product that must state its own row's registers (a postage
-//! indicium) is made inside the commit: [`Ledger::commit_finishing`] passes
-//! a [`Finisher`] that the ledger thread calls with the row's sequence
-//! number, time and registers just before writing the row; it may sign in
-//! the TPM. Its failure refuses only its entry.
+//! A product that must state its own row's registers (a postage indicium)
+//! or seal its row (a postmark) is made inside the sequencing job: a
+//! [`Finisher`] passed to [`Ledger::commit_finishing`] is called on the
+//! housing thread with the row's [`RowContext`] (sequence number, time,
+//! registers, epoch, link) and the housing itself. Its failure refuses only
+//! its entry.
 //!
 //! A file SQLite cannot read (truncated, not a database) is a
 //! [`LedgerError::Storage`] from [`Ledger::open`], not a verdict: there is no
@@ -75,6 +129,7 @@
 mod audit;
 mod chain;
 mod checkpoint;
+mod epoch;
 mod export;
 mod handle;
 mod key;
@@ -83,18 +138,25 @@ mod reserve;
 mod rows;
 mod scan;
 mod schema;
+mod seal;
 mod sealer;
+mod sequencer;
+mod store;
+mod verify;
 mod writer;
 
-pub use chain::{genesis_prev, seal_digest, verify_seal, MAX_NOTE, MAX_REQUEST_ID};
+pub use chain::{
+    genesis_prev, link_digest, seal_digest, seal_digest_v2, verify_seal, LedgerSeal, MAX_NOTE,
+    MAX_REQUEST_ID,
+};
 pub use export::Exported;
-pub use handle::Ledger;
+pub use handle::{Ledger, Options, DEFAULT_EPOCH_ROWS};
 pub use key::{Key, MAX_CALLER_ID};
 pub use query::{FilteredRow, RowFilter, Usage};
 pub use reserve::{AccountTerms, Reservation};
-pub use sealer::{HousingSealer, SoftwareSealer, SoftwareSealerControl};
+pub use seal::{Finisher, ProductSeal, RowContext, SealReader, Sealer};
+pub use sealer::{HousingSealer, SoftwareSealReader, SoftwareSealer, SoftwareSealerControl};
 
-use crate::housing::RawSignature;
 use crate::money::{Amount, Overflow};
 use crate::service::Service;
 
@@ -242,23 +304,6 @@ impl Entry {
     }
 }
 
-/// What a [`Finisher`] learns about the row it makes the product of.
-#[derive(Debug, Clone)]
-pub struct RowContext {
-    /// The row's sequence number.
-    pub seq: u64,
-    /// The row's time (Unix ms).
-    pub time_ms: i64,
-    /// Registers after the row.
-    pub registers: Registers,
-}
-
-/// Makes a row's product inside the commit, once the row's sequence number,
-/// time and registers are known (a postage indicium must carry the
-/// registers of its own row). Runs on the ledger thread inside the batch
-/// transaction; an error refuses this entry only, nothing charged.
-pub type Finisher = Box<dyn FnOnce(&RowContext) -> Result<Vec<u8>> + Send>;
-
 /// Funds registers and piece counts after a row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registers {
@@ -292,7 +337,8 @@ pub struct LedgerState {
     pub rows: u64,
     /// Chain head (hash of the last row).
     pub head: Digest,
-    /// NV counter value bound to the head.
+    /// Epoch in force: the NV counter value of the last epoch row (on a
+    /// ledger not yet upgraded to epochs, the last batch's counter value).
     pub nv: u64,
     /// Lock in force, if any.
     pub lock: Option<LockInfo>,
@@ -340,7 +386,8 @@ pub struct Stored {
 pub enum Verdict {
     /// Chain, seals and counter agree.
     Clean,
-    /// The ledger was one batch ahead of the counter (crash between commit and increment); the counter was advanced.
+    /// The ledger was one epoch ahead of the counter (a crash between an
+    /// epoch row and its increment); the counter was advanced.
     RolledForward,
     /// The ledger is older than the counter: a restored copy.
     Rollback {
@@ -422,21 +469,3 @@ pub enum LedgerError {
 
 /// Result of ledger operations.
 pub type Result<T> = std::result::Result<T, LedgerError>;
-
-/// The TPM side of the ledger: signature over the head and the NV counter.
-///
-/// Implemented over the housing by [`HousingSealer`]; called only from the
-/// ledger's own thread, hence blocking.
-pub trait Sealer: Send + 'static {
-    /// Signs a seal digest with the meter's identity key.
-    fn sign(
-        &mut self,
-        digest: &Digest,
-    ) -> std::result::Result<RawSignature, crate::housing::HousingError>;
-    /// Reads the counter (`None` when not defined).
-    fn counter_read(&mut self) -> std::result::Result<Option<u64>, crate::housing::HousingError>;
-    /// Increments the counter, returning the new value.
-    fn counter_increment(&mut self) -> std::result::Result<u64, crate::housing::HousingError>;
-    /// Public key that verifies seals (SEC1 uncompressed).
-    fn public_key(&self) -> &[u8];
-}

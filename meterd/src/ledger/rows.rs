@@ -1,36 +1,40 @@
 //! One row at a time: the tip of the chain, how an entry becomes a row
-//! (checks, registers, canonical bytes, hash) inside the batch transaction,
-//! and how a stored row is found again by its key.
+//! (checks, registers, link, product, canonical bytes, hash) in the
+//! sequencing job, and how a stored row is found again by its key.
 //!
-//! Shared by the writer (which applies entries) and the audit and scan
-//! (which recompute registers and recognise row kinds), so that the
-//! three cannot disagree; it imports neither of them.
+//! Shared by the sequencer (which makes rows), the writer and the audit and
+//! scan (which recompute registers and recognise row kinds), so that they
+//! cannot disagree; it imports none of them.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 
 use super::chain::{self, RowFields, MAX_NOTE, MAX_REQUEST_ID};
 use super::reserve::AccountTerms;
 use super::schema::storage;
 use super::{
-    Digest, Entry, EntryKind, Finisher, Key, LedgerError, LedgerState, LockInfo, Outcome,
-    Registers, Result, RowContext, Stored,
+    Digest, Entry, EntryKind, Finisher, Key, LedgerError, LedgerState, LockInfo, Registers, Result,
+    RowContext, Stored,
 };
-use crate::housing::HousingError;
+use crate::housing::{Housing, HousingError};
 use crate::money::Amount;
 use crate::service::Service;
 
 /// Largest product accepted, in bytes.
 pub(crate) const MAX_PRODUCT: usize = 16 * 1024 * 1024;
 
-/// The end of the chain as the writer knows it.
+/// The end of the chain as the writer (durable) or the sequencer
+/// (sequenced, not yet written) knows it.
 #[derive(Debug, Clone)]
 pub(crate) struct Tip {
     pub seq: u64,
     pub head: Digest,
     pub registers: Registers,
     pub lock: Option<LockInfo>,
-    /// Counter value carried by the last batch.
+    /// Epoch in force: the counter value of the last epoch row (of the
+    /// last batch, on a ledger without epoch rows yet).
     pub nv: u64,
+    /// Sequence number of the last epoch row (0: none yet, layout v1).
+    pub epoch_seq: u64,
     /// Time of the last row (Unix ms; 0 before the first).
     pub time_ms: i64,
 }
@@ -46,6 +50,34 @@ impl Tip {
             time_ms: self.time_ms,
         }
     }
+
+    /// Rows written since the last epoch row.
+    pub fn rows_in_epoch(&self) -> u64 {
+        self.seq.saturating_sub(self.epoch_seq)
+    }
+}
+
+/// A row ready to be written: every column, computed by the sequencer.
+#[derive(Debug, Clone)]
+pub(crate) struct NewRow {
+    pub seq: u64,
+    pub time: i64,
+    pub kind: u8,
+    pub service: u8,
+    pub request_id: Option<String>,
+    pub credit: u64,
+    pub debit: u64,
+    /// Registers after the row.
+    pub registers: Registers,
+    pub service_count: u64,
+    pub product_digest: Digest,
+    pub note: String,
+    pub prev: Digest,
+    pub hash: Digest,
+    pub input_digest: Digest,
+    pub product: Vec<u8>,
+    /// The row's link (what a product seal of it signs).
+    pub link: Digest,
 }
 
 /// The counter the ledger is bound to is missing from the TPM.
@@ -90,106 +122,63 @@ pub(crate) fn kind_from_code(code: u8) -> Option<EntryKind> {
     .find(|k| *k as u8 == code)
 }
 
-/// Applies one entry inside the batch transaction. The outer error aborts
-/// the batch (storage failed); the inner one refuses this entry only, and
-/// is always decided before anything of the entry is written. `limit`:
-/// the current-account terms a booked charge must stay within.
-pub(crate) fn apply_entry(
-    tx: &rusqlite::Transaction<'_>,
+/// What the sequencer knows when it makes a row: the meter, the epoch the
+/// row is written in and the row's time.
+pub(crate) struct RowEnv<'a> {
+    pub meter_id: &'a str,
+    pub epoch: u64,
+    pub now: i64,
+}
+
+/// Makes the row of one entry on top of `work` (moved on only when the row
+/// is made): bounds, the account limit, registers, link, the product (the
+/// finisher runs here, on the housing thread), hash. An error refuses this
+/// entry only and is always decided before `work` moves.
+pub(crate) fn make_row(
     work: &mut Tip,
     (e, limit): (&Entry, Option<AccountTerms>),
     finish: Option<Finisher>,
-    now: i64,
+    env: &RowEnv<'_>,
+    h: &mut dyn Housing,
     buf: &mut Vec<u8>,
-) -> Result<Result<Outcome>> {
+) -> Result<NewRow> {
     if e.note.len() > MAX_NOTE {
-        return Ok(Err(LedgerError::Invalid(format!(
+        return Err(LedgerError::Invalid(format!(
             "note longer than {MAX_NOTE} bytes"
-        ))));
+        )));
     }
     let key = e.key.as_ref().map(Key::encode);
     if key.as_ref().is_some_and(|r| r.len() > MAX_REQUEST_ID) {
-        return Ok(Err(LedgerError::Invalid(format!(
+        return Err(LedgerError::Invalid(format!(
             "request id longer than {MAX_REQUEST_ID} bytes"
-        ))));
-    }
-    if e.product.len() > MAX_PRODUCT {
-        return Ok(Err(LedgerError::Invalid("product too large".into())));
-    }
-    if (e.kind == EntryKind::Genesis) != (work.seq == 0) {
-        return Ok(Err(LedgerError::Invalid(
-            "genesis is the first row and only it".into(),
         )));
     }
-    if let (Some(id), Some(k)) = (&key, &e.key) {
-        let found = tx
-            .prepare_cached(
-                "SELECT j.seq, p.input_digest, p.product FROM journal j
-                 JOIN products p ON p.seq = j.seq WHERE j.request_id = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row([id], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                    ))
-                })
-                .optional()
-            })
-            .map_err(storage)?;
-        if let Some((seq, input, product)) = found {
-            if input.as_slice() == e.input_digest.as_slice() {
-                return Ok(Ok(Outcome::Existing {
-                    seq: seq as u64,
-                    product,
-                }));
-            }
-            return Ok(Err(LedgerError::Conflict(k.clone())));
-        }
+    if e.product.len() > MAX_PRODUCT {
+        return Err(LedgerError::Invalid("product too large".into()));
+    }
+    if (e.kind == EntryKind::Genesis) != (work.seq == 0) {
+        return Err(LedgerError::Invalid(
+            "genesis is the first row and only it".into(),
+        ));
     }
     if let Some(t) = limit {
         let available = t.available(work.registers.ascending, Amount::ZERO);
         if e.debit > available {
-            return Ok(Err(LedgerError::CreditLimit {
+            return Err(LedgerError::CreditLimit {
                 needed: e.debit,
                 available,
                 limit: t.limit,
-            }));
+            });
         }
     }
-    let regs = match next_registers(&work.registers, e) {
-        Ok(r) => r,
-        Err(err) => return Ok(Err(err)),
-    };
+    let regs = next_registers(&work.registers, e)?;
     let seq = work.seq + 1;
-    // A finisher makes the product now that the row's registers are known;
-    // if it fails, nothing of this entry has been written.
-    let made;
-    let product: &[u8] = match finish {
-        None => &e.product,
-        Some(f) => {
-            let ctx = RowContext {
-                seq,
-                time_ms: now,
-                registers: regs.clone(),
-            };
-            made = match f(&ctx) {
-                Ok(p) => p,
-                Err(err) => return Ok(Err(err)),
-            };
-            if made.len() > MAX_PRODUCT {
-                return Ok(Err(LedgerError::Invalid("product too large".into())));
-            }
-            &made
-        }
-    };
-    let product_digest = chain::sha384(product);
     let service = e.service.map_or(0, Service::code);
     let service_count = e.service.map_or(0, |s| regs.per_service[s.index()]);
-    let fields = RowFields {
+    let zero = [0u8; 48];
+    let mut fields = RowFields {
         seq,
-        time: now,
+        time: env.now,
         kind: e.kind as u8,
         service,
         request_id: key.as_deref().map(str::as_bytes),
@@ -200,47 +189,60 @@ pub(crate) fn apply_entry(
         control_total: regs.control_total.0,
         pieces: regs.pieces,
         service_count,
-        product_digest: &product_digest,
+        product_digest: &zero,
         note: e.note.as_bytes(),
     };
     if fields.encode(buf).is_err() {
-        return Ok(Err(LedgerError::Invalid("field too long".into())));
+        return Err(LedgerError::Invalid("field too long".into()));
+    }
+    let link = chain::link_digest(env.meter_id, env.epoch, &work.head, &fields);
+    // A finisher makes the product now that the row's registers and link
+    // are known; if it fails, nothing of this entry has been made.
+    let product = match finish {
+        None => e.product.clone(),
+        Some(f) => {
+            let ctx = RowContext {
+                seq,
+                time_ms: env.now,
+                registers: regs.clone(),
+                epoch: env.epoch,
+                link,
+            };
+            let made = f.make(&ctx, h)?;
+            if made.len() > MAX_PRODUCT {
+                return Err(LedgerError::Invalid("product too large".into()));
+            }
+            made
+        }
+    };
+    let product_digest = chain::sha384(&product);
+    fields.product_digest = &product_digest;
+    if fields.encode(buf).is_err() {
+        return Err(LedgerError::Invalid("field too long".into()));
     }
     let hash = chain::row_hash(&work.head, buf);
-    tx.prepare_cached(
-        "INSERT INTO journal(seq, time, kind, service, request_id, credit, debit, ascending,
-         descending, control_total, pieces, service_count, product_digest, note, prev_hash, hash)
-         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            to_sql(seq),
-            now,
-            e.kind as u8,
-            service,
-            key,
-            to_sql(e.credit.0),
-            to_sql(e.debit.0),
-            to_sql(regs.ascending.0),
-            to_sql(regs.descending.0),
-            to_sql(regs.control_total.0),
-            to_sql(regs.pieces),
-            to_sql(service_count),
-            &product_digest[..],
-            e.note,
-            &work.head[..],
-            &hash[..],
-        ])
-    })
-    .and_then(|_| {
-        tx.prepare_cached("INSERT INTO products(seq, input_digest, product) VALUES (?1,?2,?3)")?
-            .execute(params![to_sql(seq), &e.input_digest[..], product])
-    })
-    .map_err(storage)?;
+    let row = NewRow {
+        seq,
+        time: env.now,
+        kind: e.kind as u8,
+        service,
+        request_id: key,
+        credit: e.credit.0,
+        debit: e.debit.0,
+        registers: regs.clone(),
+        service_count,
+        product_digest,
+        note: e.note.clone(),
+        prev: work.head,
+        hash,
+        input_digest: e.input_digest,
+        product,
+        link,
+    };
     work.seq = seq;
-    work.time_ms = now;
+    work.time_ms = env.now;
     work.head = hash;
-    work.registers = regs.clone();
+    work.registers = regs;
     match e.kind {
         EntryKind::Lock => {
             work.lock = Some(LockInfo {
@@ -251,10 +253,31 @@ pub(crate) fn apply_entry(
         EntryKind::Unlock => work.lock = None,
         _ => {}
     }
-    Ok(Ok(Outcome::Committed {
-        seq,
-        registers: regs,
-    }))
+    Ok(row)
+}
+
+/// A stored row as the writer's idempotency check needs it: (seq, input
+/// digest, product).
+pub(crate) type KeyedRow = (u64, Vec<u8>, Vec<u8>);
+
+/// The row stored under the exact encoded key `request_id`: (seq, input
+/// digest, product), for the writer's idempotency check before a batch.
+pub(crate) fn stored_by_key(conn: &Connection, request_id: &str) -> Result<Option<KeyedRow>> {
+    conn.prepare_cached(
+        "SELECT j.seq, p.input_digest, p.product FROM journal j
+         JOIN products p ON p.seq = j.seq WHERE j.request_id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([request_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })
+        .optional()
+    })
+    .map_err(storage)
 }
 
 /// Registers after `e`: credit first, then the debit, every step checked.

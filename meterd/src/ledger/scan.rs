@@ -1,6 +1,6 @@
 //! The pass over the journal behind every audit: row by row in seq order,
-//! recomputing hashes and links, checking registers, kinds and batch
-//! coverage. On a clean ledger the hashing runs on a second thread against
+//! recomputing hashes and links, checking registers, kinds, epochs and
+//! batch coverage. On a clean ledger the hashing runs on a second thread against
 //! the stored chain (half the wall time on two cores); any damage sends the
 //! audit to the exact sequential pass.
 
@@ -9,6 +9,7 @@ use rusqlite::{Connection, Row};
 
 use super::chain::{self, RowFields};
 use super::checkpoint::Start;
+use super::epoch::EpochTrack;
 use super::rows::{is_reanchor, kind_from_code, reanchored};
 use super::schema::storage;
 use super::{Digest, EntryKind, LedgerError, Registers, Result};
@@ -18,8 +19,11 @@ use crate::service::Service;
 pub(crate) struct BatchRec {
     pub first: u64,
     pub last: u64,
+    /// Counter value (layout v1) or epoch (v2).
     pub nv: u64,
     pub head: Option<Digest>,
+    /// No explicit seal: the last row's product carries it (v2 only).
+    pub empty_seal: bool,
 }
 
 /// First damage not (yet) forgiven by a reanchor.
@@ -127,6 +131,8 @@ pub(crate) struct Scan {
     pub rows: u64,
     pub expected_seq: u64,
     pub lock_at: Option<(u64, String)>,
+    /// Epochs as of the last row.
+    pub track: EpochTrack,
 }
 
 /// Rows handed to the hashing thread: per row, stored prev (48) ‖ stored
@@ -210,6 +216,7 @@ pub(crate) fn scan(
     let mut rows = from.seq;
     let mut bi = 0usize;
     let mut lock_at: Option<(u64, String)> = from.lock_at.clone();
+    let mut track = from.track.clone();
     let mut buf = Vec::with_capacity(512);
     let new_chunk = || Chunk {
         bytes: Vec::with_capacity(CHUNK_ROWS * 320),
@@ -309,6 +316,9 @@ pub(crate) fn scan(
             Some(EntryKind::Unlock) => lock_at = None,
             _ => {}
         }
+        if let Err(what) = track.row(seq, f.kind, f.note, f.request_id) {
+            damage.record(seq, move || what);
+        }
         while bi < batches.len() && batches[bi].last < seq {
             bi += 1;
         }
@@ -318,6 +328,11 @@ pub(crate) fn scan(
                     damage.record(seq, || {
                         format!("batch ending at row {seq}: head does not match the chain")
                     });
+                }
+                if b.last == seq {
+                    if let Err(what) = track.batch_end(seq, b.nv, b.empty_seal) {
+                        damage.record(seq, move || what);
+                    }
                 }
             }
             _ => damage.record(seq, || {
@@ -341,5 +356,6 @@ pub(crate) fn scan(
         rows,
         expected_seq,
         lock_at,
+        track,
     })
 }

@@ -15,8 +15,12 @@ use super::{LedgerError, Result};
 /// Schema version written in `meta`. Version 2: request keys are scoped
 /// (`ledger::Key`); a version-1 ledger is upgraded in place at open (only
 /// the number changes: its rows keep their raw ids, found again through
-/// `Key::legacy`).
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+/// `Key::legacy`). Version 3: ledger layout v2 (epoch rows, product
+/// seals; see the `ledger` module doc); the rows and tables are unchanged,
+/// a version-2 ledger keeps its v1 batches and is upgraded at its first
+/// start epoch row. The partial index finds the epoch in force at a
+/// checkpoint without reading the journal.
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
@@ -52,6 +56,7 @@ CREATE TABLE IF NOT EXISTS batches(
     seal BLOB NOT NULL,
     time INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS journal_epochs ON journal(seq) WHERE note = 'epoch' AND kind = 8;
 CREATE TABLE IF NOT EXISTS checkpoints(
     seq INTEGER PRIMARY KEY,
     body BLOB NOT NULL,

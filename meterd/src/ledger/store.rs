@@ -1,0 +1,73 @@
+//! Writing a sequenced batch: its rows, products and batch row in one
+//! `BEGIN IMMEDIATE` transaction; the COMMIT (WAL, `synchronous=FULL`) is
+//! the fsync after which its products may leave.
+
+use rusqlite::{params, Connection, TransactionBehavior};
+
+use super::rows::to_sql;
+use super::schema::storage;
+use super::sequencer::Sequenced;
+use super::Result;
+
+/// Writes `batch` durably, or nothing of it.
+pub(crate) fn write_batch(conn: &mut Connection, batch: &Sequenced) -> Result<()> {
+    let (Some(first), Some(last)) = (batch.rows.first(), batch.rows.last()) else {
+        return Ok(());
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(storage)?;
+    {
+        let mut journal = tx
+            .prepare_cached(
+                "INSERT INTO journal(seq, time, kind, service, request_id, credit, debit, ascending,
+                 descending, control_total, pieces, service_count, product_digest, note, prev_hash, hash)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)",
+            )
+            .map_err(storage)?;
+        let mut products = tx
+            .prepare_cached("INSERT INTO products(seq, input_digest, product) VALUES (?1,?2,?3)")
+            .map_err(storage)?;
+        for r in &batch.rows {
+            journal
+                .execute(params![
+                    to_sql(r.seq),
+                    r.time,
+                    r.kind,
+                    r.service,
+                    r.request_id,
+                    to_sql(r.credit),
+                    to_sql(r.debit),
+                    to_sql(r.registers.ascending.0),
+                    to_sql(r.registers.descending.0),
+                    to_sql(r.registers.control_total.0),
+                    to_sql(r.registers.pieces),
+                    to_sql(r.service_count),
+                    &r.product_digest[..],
+                    r.note,
+                    &r.prev[..],
+                    &r.hash[..],
+                ])
+                .map_err(storage)?;
+            products
+                .execute(params![to_sql(r.seq), &r.input_digest[..], &r.product])
+                .map_err(storage)?;
+        }
+        tx.prepare_cached(
+            "INSERT INTO batches(first_seq, last_seq, nv, head, seal, time) VALUES (?1,?2,?3,?4,?5,?6)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                to_sql(first.seq),
+                to_sql(last.seq),
+                to_sql(batch.tip.nv),
+                &batch.tip.head[..],
+                &batch.seal[..],
+                batch.time
+            ])
+        })
+        .map_err(storage)?;
+    }
+    // On failure `tx` drops here: rolled back, nothing charged.
+    tx.commit().map_err(storage)
+}
