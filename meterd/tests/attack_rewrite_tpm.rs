@@ -12,9 +12,10 @@
 //! locked `tamper` and `meterctl audit` must say so.
 //!
 //! Fails on main before issue 12 item 2 (the meter starts unlocked with
-//! 10,000,000). Once the TPM objects carry authorization (issue 12 item 3),
-//! `tpm2_sign` with an empty auth fails: the reseal is then refused by the
-//! TPM and the test says so instead (prevented a step earlier).
+//! 10,000,000). The TPM objects carry authorization (issue 12 item 3), so
+//! the attacker is root, who reads `keys/auth` and derives the identity
+//! key's auth value: the reseal itself succeeds, and the content check is
+//! what refuses the ledger.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/rewrite.rs"]
@@ -81,10 +82,16 @@ fn edited_voucher_resealed_with_tpm2_tools_is_tamper() {
     drop(c);
     std::fs::write(sb.path("seal.digest"), digest).unwrap();
 
-    // The seal again, with the identity key's blobs and tpm2-tools.
+    // The seal again, with the identity key's blobs and tpm2-tools. The
+    // attacker is root: it reads the auth secret and derives the identity
+    // key's auth value from the documented label (issue 12 item 3 stops
+    // everyone else; root is caught by the content check below).
     let out = sh(
         &sb,
         "set -e
+         key=$(od -An -v -tx1 state/keys/auth | tr -d ' \\n')
+         auth=$(printf %s meterd-tpm-auth-v1:key:identity |
+           openssl dgst -sha256 -mac HMAC -macopt hexkey:$key -r | cut -d' ' -f1)
          tpm2_flushcontext -t
          tpm2_createprimary -Q -C o -G ecc384:aes256cfb -g sha256 \
            -a 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt' \
@@ -92,17 +99,13 @@ fn edited_voucher_resealed_with_tpm2_tools_is_tamper() {
          tpm2_load -Q -C primary.ctx -u state/keys/identity.pub -r state/keys/identity.priv \
            -c identity.ctx
          tpm2_flushcontext -t
-         tpm2_sign -c identity.ctx -g sha384 -s ecdsa -d -f plain -o seal.der seal.digest",
+         tpm2_sign -c identity.ctx -p hex:$auth -g sha384 -s ecdsa -d -f plain -o seal.der seal.digest",
     );
-    if !out.status.success() {
-        // Issue 12 item 3: the identity key needs an authorization the
-        // attacker does not have; the ledger cannot be resealed.
-        eprintln!(
-            "tpm2_sign refused: the reseal is prevented by the TPM: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return;
-    }
+    assert!(
+        out.status.success(),
+        "root could not reseal with the derived auth value: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let seal = raw_signature(&std::fs::read(sb.path("seal.der")).unwrap());
     let out = sh(
         &sb,

@@ -334,6 +334,8 @@ fn revoke_paid_due_forced_crl_and_settlement() {
         "revoked",
         "revocation rebuilt from the ledger"
     );
+    // Registers unmoved; the start after the crash adds its epoch row only.
+    let s2 = (s2.0, s2.1, s2.2, s2.3 + 1);
     assert_eq!(snapshot(&sb), s2);
 
     // Replay and double revocation: named errors, nothing charged.
@@ -455,6 +457,7 @@ fn revoke_paid_due_forced_crl_and_settlement() {
     // The debt survives a crash of the daemon (rebuilt from the ledger).
     sb.script("restart-meterd");
     assert_eq!(sb.status()["payment_due"].as_u64(), Some(fee));
+    let s3 = (s3.0, s3.1, s3.2, s3.3 + 1); // the start's epoch row
     assert_eq!(snapshot(&sb), s3);
 
     // 5. The next recharge settles the debt first: DR = DR before + voucher − due.
@@ -479,6 +482,7 @@ fn revoke_paid_due_forced_crl_and_settlement() {
     assert_eq!(sb.status()["payment_due"].as_u64(), Some(0));
     // Settled once: a restart settles nothing more.
     sb.script("restart-meterd");
+    let s4 = (s4.0, s4.1, s4.2, s4.3 + 1); // the start's epoch row
     assert_eq!(snapshot(&sb), s4);
 
     // Carol still signs, and is charged.

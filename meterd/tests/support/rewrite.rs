@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use meter_pki::ledger_format::{genesis_prev, row_hash, seal_digest, RowFields};
+use meter_pki::ledger_format::{genesis_prev, row_hash, seal_digest_v2, RowFields};
 use rusqlite::{params, Connection};
 
 /// The attacker's connection: triggers dropped.
@@ -94,6 +94,8 @@ pub fn rechain(c: &Connection, meter_id: &str) -> (i64, [u8; 48]) {
         .unwrap();
     (
         batch,
-        seal_digest(meter_id, nv as u64, &head.try_into().unwrap()),
+        // Layout v2 (every test ledger is made by v2 code): the explicit
+        // seal over the epoch in force (the batch's `nv` column) and the head.
+        seal_digest_v2(meter_id, nv as u64, &head.try_into().unwrap()),
     )
 }
