@@ -25,10 +25,9 @@ use crate::regime::Regime;
 use crate::tariff::RateBook;
 use crate::timecheck::ClockGuard;
 
-/// Name of the identity (communications) key in the housing; it also seals the ledger.
-pub const IDENTITY_KEY: &str = "identity";
-/// Name of the postmark (time-stamping) key.
-pub const POSTMARK_KEY: &str = "postmark";
+/// The meter's two key names live beside the housing's other key names (a
+/// door, below every feature); re-exported here for the services.
+pub use crate::housing::{IDENTITY_KEY, POSTMARK_KEY};
 
 #[derive(Default)]
 struct Inner {

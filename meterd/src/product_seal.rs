@@ -8,8 +8,8 @@
 //! SignedData by the identity key. Never from a key or certificate the
 //! product names, so a product cannot choose the key it is checked against.
 
+use crate::housing::{IDENTITY_KEY, POSTMARK_KEY};
 use crate::ledger::{ProductSeal, SealReader};
-use crate::meter::{IDENTITY_KEY, POSTMARK_KEY};
 
 /// Reads seals out of tokens and CMS with meter-pki.
 #[derive(Debug, Clone, Copy, Default)]

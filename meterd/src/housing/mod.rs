@@ -41,6 +41,10 @@ pub struct TpmClock {
 
 /// Name of the attestation key's blobs (see `tpm/attest.rs`).
 pub const AK_KEY: &str = "ak";
+/// Name of the identity (communications) key in the housing; it also seals the ledger.
+pub const IDENTITY_KEY: &str = "identity";
+/// Name of the postmark (time-stamping) key.
+pub const POSTMARK_KEY: &str = "postmark";
 
 /// Something the attestation key (AK) signed: the marshalled `TPMS_ATTEST` exactly as
 /// the TPM returned it, and the AK's raw P-384 signature over its SHA-384. Verified by
