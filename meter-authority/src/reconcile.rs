@@ -28,9 +28,8 @@
 //! * the report's registers, counts, head, sequence and NV counter agree
 //!   with the rows and the last acknowledged report.
 //!
-//! The TPM attestation of time and counter (piece ATTEST) plugs in at
-//! [`check_attestation`]; until then the NV counter is checked only against
-//! earlier reports.
+//! The TPM's attestation of time and counter comes beside the report and
+//! is checked by `inspect` with `attested` in the same book update.
 
 use meter_pki::account::AccountOrder;
 use meter_pki::cert::Certificate;
@@ -70,7 +69,7 @@ pub struct Reconciled {
 pub struct Findings(pub Vec<String>);
 
 impl Findings {
-    fn add(&mut self, f: String) {
+    pub(crate) fn add(&mut self, f: String) {
         if self.0.len() < MAX_FINDINGS {
             self.0.push(f);
         }
@@ -498,7 +497,6 @@ impl Walk<'_> {
                 ));
             }
         }
-        check_attestation(report, self.book, &mut self.f);
         // Control total = the vouchers issued that the meter credited.
         let mut credited: Vec<u64> = self
             .book
@@ -550,12 +548,6 @@ impl Walk<'_> {
         })
     }
 }
-
-/// Hook for piece ATTEST: the TPM's signed clock, reset/restart counts and
-/// NV counter over the report digest, checked against `book.tpm` (only
-/// forward, consistent with row times). Reports carry no attestation yet,
-/// so there is nothing to check.
-pub fn check_attestation(_report: &StatusReport, _book: &Book, _f: &mut Findings) {}
 
 /// SHA-384 of bytes, hex (lookups name products by it).
 pub fn sha384_hex(b: &[u8]) -> String {
