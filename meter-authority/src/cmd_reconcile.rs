@@ -122,6 +122,17 @@ pub fn inspect(dir: &Path, args: InspectArgs, t: i64) -> Result<ExitCode> {
         ),
         None => println!("NOT reconciled: acknowledged on the report's word (--without-segment)"),
     }
+    if let Some(rec) = &i.reconciled {
+        println!(
+            "unclean starts: {} in this segment{}, {} in all reports so far",
+            rec.unclean.len(),
+            match rec.unclean.is_empty() {
+                true => String::new(),
+                false => format!(" (rows {:?})", rec.unclean),
+            },
+            rec.unclean_total
+        );
+    }
     println!("acknowledgement written to {}", out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -141,10 +141,14 @@ impl Authority {
                 _ => Err(findings),
             };
             match reconciled {
-                Ok(rec) => {
+                Ok(mut rec) => {
                     if state.is_some() {
                         book.tpm = state;
                     }
+                    let new = rec.unclean.iter().filter(|s| **s > book.unclean_counted_to);
+                    book.unclean_starts = book.unclean_starts.saturating_add(new.count() as u64);
+                    book.unclean_counted_to = book.unclean_counted_to.max(rec.rows.1);
+                    rec.unclean_total = book.unclean_starts;
                     if book.point_at(rec.point.rows).is_none() {
                         book.acknowledged.push(rec.point.clone());
                         book.acknowledged.sort_by_key(|p| p.rows);

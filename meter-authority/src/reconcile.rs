@@ -33,7 +33,9 @@
 
 use meter_pki::account::AccountOrder;
 use meter_pki::cert::Certificate;
-use meter_pki::ledger_format::{genesis_prev, row_hash, Digest};
+use meter_pki::ledger_format::{
+    epoch_previous, genesis_prev, row_hash, Digest, EpochRecord, EPOCH_KIND, EPOCH_NOTE,
+};
 use meter_pki::payload::{self, AnchorUpdate, ClearLockOrder, Payload, RateTable, Voucher};
 use meter_pki::report::{LockOrder, ReportAck, StatusReport};
 use meter_pki::segment::{self, kind, service, Segment, SegmentRow};
@@ -62,6 +64,12 @@ pub struct Reconciled {
     pub issued: u64,
     /// Vouchers issued, not credited yet (sequences).
     pub outstanding: Vec<u64>,
+    /// Rows of the segment that record an unclean start (an epoch row whose
+    /// previous run wrote no stop row: killed, crashed, powered off, or a
+    /// restored copy). Counted, not refused.
+    pub unclean: Vec<u64>,
+    /// The book's running count of unclean starts after this report.
+    pub unclean_total: u64,
 }
 
 /// Discrepancies, each one sentence naming the row or field.
@@ -130,6 +138,7 @@ pub fn reconcile(
         time_ms: start.1,
         applied: Vec::new(),
         index: Vec::new(),
+        unclean: Vec::new(),
         indexed_after: book.last().map_or(0, |p| p.rows),
         f,
     };
@@ -186,6 +195,7 @@ struct Walk<'a> {
     time_ms: i64,
     applied: Vec<(String, u64)>,
     index: Vec<IndexRow>,
+    unclean: Vec<u64>,
     indexed_after: u64,
     f: Findings,
 }
@@ -217,6 +227,12 @@ impl Walk<'_> {
         self.time_ms = x.time;
         self.registers(r);
         self.outside_object(r);
+        if x.kind == EPOCH_KIND && x.note == EPOCH_NOTE.as_bytes() {
+            let rec = r.product.and_then(EpochRecord::decode);
+            if rec.is_some_and(|e| e.previous == epoch_previous::UNCLEAN) {
+                self.unclean.push(seq);
+            }
+        }
         if x.kind == kind::DEBIT
             && matches!(x.service, service::POSTMARK | service::POSTAGE)
             && seq > self.indexed_after
@@ -545,6 +561,8 @@ impl Walk<'_> {
             rows: (seg.first_seq, last),
             issued: self.book.issued_total(),
             outstanding,
+            unclean: self.unclean,
+            unclean_total: 0,
         })
     }
 }

@@ -97,3 +97,24 @@ fn attested_reports_reconcile_and_a_replayed_attestation_is_refused() {
     );
     assert!(tpm2["nv_counter"].as_u64() >= tpm1["nv_counter"].as_u64());
 }
+
+/// A crash (kill -9) leaves a start epoch row with `previous: unclean`; `inspect` counts it
+/// in the segment and keeps the running count in the book (a count, not a refusal).
+#[test]
+fn inspect_counts_unclean_starts() {
+    let sb = Sandbox::up(100_000);
+    ok(&sb.postmark_id("p1").2, "postmark p1");
+    sb.script("restart-meterd");
+    ok(&sb.postmark_id("p2").2, "postmark p2");
+    let r1 = report(&sb, "rep1");
+    let said = ok(&inspect(&sb, &r1, "ack1.pem"), "inspect rep1");
+    assert!(
+        said.contains("unclean starts: 1 in this segment (rows ["),
+        "{said}"
+    );
+    assert!(said.contains("1 in all reports so far"), "{said}");
+    assert_eq!(book(&sb)["unclean_starts"], 1);
+    // Inspected again: not counted twice.
+    ok(&inspect(&sb, &r1, "ack1b.pem"), "inspect rep1 again");
+    assert_eq!(book(&sb)["unclean_starts"], 1);
+}
