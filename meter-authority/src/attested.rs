@@ -11,8 +11,9 @@
 //! Checked against the book ([`TpmState`], the last accepted values): the counter is not
 //! behind the NV counter the report states nor the last attested value, the NV index is
 //! the same, reset and restart counts never decrease, and within one reset count the TPM
-//! clock moves forward. A meter certified with attestation that sends a report without
-//! one is refused. Each failure is a named finding; a meter certified `--unattested`
+//! clock moves forward. A report no newer than the last attested one (inspected again)
+//! is checked on its own and leaves the book's values. A meter certified with attestation
+//! that sends a report without one is refused. Each failure is a named finding; a meter certified `--unattested`
 //! sends none and none is checked.
 
 use meter_pki::report::StatusReport;
@@ -86,8 +87,20 @@ pub fn check(
         reset_count: c.reset_count,
         restart_count: c.restart_count,
     };
-    compare(&now, report.nv_counter, last, f);
-    Some(now)
+    // A report no newer than the last attested one (inspected again, e.g. an
+    // older acknowledgement asked for anew) is checked on its own: its
+    // attestation must verify over its digest, but the book's values belong
+    // to a later report and stay.
+    match last {
+        Some(l) if report.sequence <= l.report_sequence => {
+            compare(&now, report.nv_counter, None, f);
+            None
+        }
+        _ => {
+            compare(&now, report.nv_counter, last, f);
+            Some(now)
+        }
+    }
 }
 
 /// The attested values `now` against the report's NV counter and the last accepted ones.
