@@ -94,11 +94,18 @@ pub struct Book {
     pub index: Vec<IndexFile>,
     /// Reports refused so far.
     pub refused: u64,
-    /// Hook for the TPM attestation of time and counter (piece ATTEST): the
-    /// last attested TPM clock, reset and restart counts, as JSON. Not
-    /// filled yet.
+    /// Unclean starts seen in acknowledged segments (epoch rows whose
+    /// previous run wrote no stop row), and the last row counted.
+    #[serde(default)]
+    pub unclean_starts: u64,
+    /// The last row counted in `unclean_starts` (a segment re-inspected does
+    /// not count twice).
+    #[serde(default)]
+    pub unclean_counted_to: u64,
+    /// What the last accepted TPM attestation showed (counter, clock, reset
+    /// and restart counts; `attested`); none for a meter that does not attest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tpm: Option<serde_json::Value>,
+    pub tpm: Option<crate::attested::TpmState>,
 }
 
 impl Book {

@@ -55,7 +55,14 @@ pub fn inspect(dir: &Path, args: InspectArgs, t: i64) -> Result<ExitCode> {
     } else {
         let seg_path = segment.unwrap_or_else(|| report.with_extension("seg"));
         let seg = read_segment(&seg_path)?;
-        match a.inspect_segment(&signed, &seg, period_days, t) {
+        // The TPM's attestation comes beside the report (`meterctl report`
+        // writes REPORT.att); a meter that does not attest sends none.
+        let att_path = report.with_extension("att");
+        let att = match att_path.exists() {
+            true => Some(read_bounded(&att_path)?),
+            false => None,
+        };
+        match a.inspect_segment(&signed, &seg, att.as_deref(), period_days, t) {
             Ok(i) => i,
             Err(AuthorityError::Discrepancy {
                 meter_id,
@@ -114,6 +121,17 @@ pub fn inspect(dir: &Path, args: InspectArgs, t: i64) -> Result<ExitCode> {
             }
         ),
         None => println!("NOT reconciled: acknowledged on the report's word (--without-segment)"),
+    }
+    if let Some(rec) = &i.reconciled {
+        println!(
+            "unclean starts: {} in this segment{}, {} in all reports so far",
+            rec.unclean.len(),
+            match rec.unclean.is_empty() {
+                true => String::new(),
+                false => format!(" (rows {:?})", rec.unclean),
+            },
+            rec.unclean_total
+        );
     }
     println!("acknowledgement written to {}", out.display());
     Ok(ExitCode::SUCCESS)

@@ -14,8 +14,9 @@ use meter_pki::payload::Payload;
 use meter_pki::report::{self, LockOrder, ReportAck, StatusReport};
 use meter_pki::{cert, cms, oid};
 
+use crate::attested::{self, Attestation};
 use crate::book::Shelf;
-use crate::reconcile::{self, Reconciled};
+use crate::reconcile::{self, Findings, Reconciled};
 use crate::{check_meter_id, Authority, AuthorityError, Result};
 
 /// A verified report and the acknowledgement issued for it.
@@ -112,19 +113,42 @@ impl Authority {
     /// acknowledgement. On any discrepancy: no acknowledgement, the refusal
     /// is counted in the book, and a forced lock order for the meter is
     /// signed and returned in [`AuthorityError::Discrepancy`].
+    ///
+    /// `attestation` is the TPM's (JSON `meter_pki::tpm::ReportAttestation`,
+    /// `REPORT.att`), checked with `attested` against the AK kept at
+    /// certification and the book; required of a meter certified with one.
     pub fn inspect_segment(
         &self,
         signed_report: &[u8],
         segment: &[u8],
+        attestation: Option<&[u8]>,
         period_days: Option<u32>,
         now: i64,
     ) -> Result<Inspection> {
         let (report, digest) = self.verified_report(signed_report, now)?;
         let roots = self.roots()?;
+        let tpm = self.report_attestation(&report.meter_id, &digest, attestation)?;
         let shelf = Shelf::of(&self.dir, &report.meter_id)?;
         let outcome = shelf.update(|book, locked| {
-            match reconcile::reconcile(&report, &digest, segment, book, &roots, now) {
-                Ok(rec) => {
+            let reconciled = reconcile::reconcile(&report, &digest, segment, book, &roots, now);
+            let mut findings = match &reconciled {
+                Ok(_) => Findings::default(),
+                Err(f) => f.clone(),
+            };
+            let state = attested::check(&report, &tpm, book.tpm.as_ref(), &mut findings);
+            let reconciled = match reconciled {
+                Ok(rec) if findings.0.is_empty() => Ok(rec),
+                _ => Err(findings),
+            };
+            match reconciled {
+                Ok(mut rec) => {
+                    if state.is_some() {
+                        book.tpm = state;
+                    }
+                    let new = rec.unclean.iter().filter(|s| **s > book.unclean_counted_to);
+                    book.unclean_starts = book.unclean_starts.saturating_add(new.count() as u64);
+                    book.unclean_counted_to = book.unclean_counted_to.max(rec.rows.1);
+                    rec.unclean_total = book.unclean_starts;
                     if book.point_at(rec.point.rows).is_none() {
                         book.acknowledged.push(rec.point.clone());
                         book.acknowledged.sort_by_key(|p| p.rows);
@@ -159,6 +183,31 @@ impl Authority {
                 })
             }
         }
+    }
+
+    /// What a report's attestation is before the book is read (see `attested`).
+    fn report_attestation(
+        &self,
+        meter_id: &str,
+        digest_hex: &str,
+        attestation: Option<&[u8]>,
+    ) -> Result<Attestation> {
+        let attests = self.meter_ak(meter_id)?.is_some();
+        let Some(bytes) = attestation else {
+            return Ok(match attests {
+                true => Attestation::Missing,
+                false => Attestation::NotExpected,
+            });
+        };
+        let digest = hex::decode(digest_hex)
+            .map_err(|_| AuthorityError::Invalid("report digest not hex".into()))?;
+        let verified = meter_pki::tpm::ReportAttestation::from_json(bytes)
+            .map_err(AuthorityError::from)
+            .and_then(|a| self.verify_report_attestation(meter_id, &a, &digest));
+        Ok(match verified {
+            Ok(v) => Attestation::Verified(Box::new(v)),
+            Err(e) => Attestation::Invalid(e.to_string()),
+        })
     }
 
     /// Issues a lock order for `meter_id` with a fresh nonce.

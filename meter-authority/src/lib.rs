@@ -11,6 +11,7 @@
 mod account;
 mod agent;
 pub mod attest;
+pub mod attested;
 pub mod book;
 pub mod credit;
 pub mod enrol;

@@ -105,6 +105,9 @@ enum Cmd {
     /// issue its acknowledgement (apply with `meterctl report ack ACK`). On
     /// any discrepancy: no acknowledgement, each discrepancy named, and a
     /// forced lock order written (apply with `meterctl lock apply ORDER`).
+    /// The TPM's attestation of the report is read from beside it (extension
+    /// `.att`, as `meterctl report` writes it); a meter certified with
+    /// attestation must send one.
     Inspect {
         /// The report (CMS SignedData, DER or PEM, from `meterctl report`).
         report: PathBuf,

@@ -28,13 +28,14 @@
 //! * the report's registers, counts, head, sequence and NV counter agree
 //!   with the rows and the last acknowledged report.
 //!
-//! The TPM attestation of time and counter (piece ATTEST) plugs in at
-//! [`check_attestation`]; until then the NV counter is checked only against
-//! earlier reports.
+//! The TPM's attestation of time and counter comes beside the report and
+//! is checked by `inspect` with `attested` in the same book update.
 
 use meter_pki::account::AccountOrder;
 use meter_pki::cert::Certificate;
-use meter_pki::ledger_format::{genesis_prev, row_hash, Digest};
+use meter_pki::ledger_format::{
+    epoch_previous, genesis_prev, row_hash, Digest, EpochRecord, EPOCH_KIND, EPOCH_NOTE,
+};
 use meter_pki::payload::{self, AnchorUpdate, ClearLockOrder, Payload, RateTable, Voucher};
 use meter_pki::report::{LockOrder, ReportAck, StatusReport};
 use meter_pki::segment::{self, kind, service, Segment, SegmentRow};
@@ -63,6 +64,12 @@ pub struct Reconciled {
     pub issued: u64,
     /// Vouchers issued, not credited yet (sequences).
     pub outstanding: Vec<u64>,
+    /// Rows of the segment that record an unclean start (an epoch row whose
+    /// previous run wrote no stop row: killed, crashed, powered off, or a
+    /// restored copy). Counted, not refused.
+    pub unclean: Vec<u64>,
+    /// The book's running count of unclean starts after this report.
+    pub unclean_total: u64,
 }
 
 /// Discrepancies, each one sentence naming the row or field.
@@ -70,7 +77,7 @@ pub struct Reconciled {
 pub struct Findings(pub Vec<String>);
 
 impl Findings {
-    fn add(&mut self, f: String) {
+    pub(crate) fn add(&mut self, f: String) {
         if self.0.len() < MAX_FINDINGS {
             self.0.push(f);
         }
@@ -131,6 +138,7 @@ pub fn reconcile(
         time_ms: start.1,
         applied: Vec::new(),
         index: Vec::new(),
+        unclean: Vec::new(),
         indexed_after: book.last().map_or(0, |p| p.rows),
         f,
     };
@@ -187,6 +195,7 @@ struct Walk<'a> {
     time_ms: i64,
     applied: Vec<(String, u64)>,
     index: Vec<IndexRow>,
+    unclean: Vec<u64>,
     indexed_after: u64,
     f: Findings,
 }
@@ -218,6 +227,12 @@ impl Walk<'_> {
         self.time_ms = x.time;
         self.registers(r);
         self.outside_object(r);
+        if x.kind == EPOCH_KIND && x.note == EPOCH_NOTE.as_bytes() {
+            let rec = r.product.and_then(EpochRecord::decode);
+            if rec.is_some_and(|e| e.previous == epoch_previous::UNCLEAN) {
+                self.unclean.push(seq);
+            }
+        }
         if x.kind == kind::DEBIT
             && matches!(x.service, service::POSTMARK | service::POSTAGE)
             && seq > self.indexed_after
@@ -498,7 +513,6 @@ impl Walk<'_> {
                 ));
             }
         }
-        check_attestation(report, self.book, &mut self.f);
         // Control total = the vouchers issued that the meter credited.
         let mut credited: Vec<u64> = self
             .book
@@ -547,15 +561,11 @@ impl Walk<'_> {
             rows: (seg.first_seq, last),
             issued: self.book.issued_total(),
             outstanding,
+            unclean: self.unclean,
+            unclean_total: 0,
         })
     }
 }
-
-/// Hook for piece ATTEST: the TPM's signed clock, reset/restart counts and
-/// NV counter over the report digest, checked against `book.tpm` (only
-/// forward, consistent with row times). Reports carry no attestation yet,
-/// so there is nothing to check.
-pub fn check_attestation(_report: &StatusReport, _book: &Book, _f: &mut Findings) {}
 
 /// SHA-384 of bytes, hex (lookups name products by it).
 pub fn sha384_hex(b: &[u8]) -> String {

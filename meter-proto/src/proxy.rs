@@ -77,6 +77,10 @@ pub trait Meter1 {
         output: Fd<'_>,
     ) -> Result<(u64, u64, u64), MeterError>;
 
+    /// The TPM's attestation (JSON) of the caller's report `request_id`, over its
+    /// digest; empty when the meter cannot attest. Administrators only.
+    fn report_attestation(&self, request_id: &str) -> Result<Vec<u8>, MeterError>;
+
     /// Applies the authority's acknowledgement of a report (resets the inspection
     /// watchdog); returns when the next acknowledged report is due (Unix s).
     fn acknowledge_report(&self, ack: &[u8]) -> Result<i64, MeterError>;

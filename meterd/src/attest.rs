@@ -123,3 +123,40 @@ pub async fn report_attestation(meter: &Meter, digest: &[u8]) -> Result<ReportAt
         (&counter.attest, &counter.signature),
     ))
 }
+
+/// `ReportAttestation`: the TPM's attestation (JSON [`ReportAttestation`]) of the caller's
+/// report `key`, over the SHA-384 of the report's JSON (the digest the authority's
+/// acknowledgement names; the JSON signs the segment reference, so the attestation binds
+/// the report and its rows). Made after the report: its counter may be ahead of the
+/// report's, never behind. Empty when the housing cannot attest (software housing, no
+/// EK certificate): such a meter sends none, and an authority that certified it with
+/// attestation refuses the report.
+pub async fn attest_report(meter: &Meter, key: crate::ledger::Key) -> Result<Vec<u8>> {
+    let (identity, ledger) = meter.provisioned()?;
+    let no_report = || {
+        ServiceError::InvalidInput(format!(
+            "you made no status report with request id {:?}; make it first (Report)",
+            key.shown()
+        ))
+    };
+    let stored = ledger.lookup(&key).await?.ok_or_else(no_report)?;
+    if stored.kind != crate::ledger::EntryKind::Debit
+        || stored.service != Some(crate::service::Service::StatusReport)
+    {
+        return Err(no_report());
+    }
+    let (_, opened) = meter_pki::payload::open::<meter_pki::report::StatusReport>(
+        &stored.product,
+        &identity.anchors,
+        crate::clock::now(),
+    )?;
+    let digest = hex::decode(meter_pki::report::report_digest(&opened.content))
+        .map_err(|_| ServiceError::Internal("report digest not hex".into()))?;
+    match report_attestation(meter, &digest).await {
+        Ok(a) => Ok(a.to_json()?),
+        Err(e) => {
+            tracing::warn!(error = %e, "no TPM attestation for the report: the housing cannot attest");
+            Ok(Vec::new())
+        }
+    }
+}

@@ -8,7 +8,10 @@
 //! REPORT --segment SEG` and answers with an acknowledgement (or, on any
 //! discrepancy, a lock order); applying it here resets the meter's inspection watchdog
 //! (and clears an `inspection-overdue` lock when the report was made under
-//! it). A locked meter still reports, free of charge. Like every charged
+//! it). With the segment comes the TPM's attestation of the report
+//! (`ReportAttestation`, written next to the report with extension `.att`;
+//! none from a meter that does not attest), which `inspect` reads from there.
+//! A locked meter still reports, free of charge. Like every charged
 //! call, a report carries a request id: a retry with the same id returns the
 //! same report and charges nothing.
 
@@ -136,11 +139,23 @@ async fn report(
         }
         Err(e) => return Err(e),
     };
+    // The TPM's attestation over the report's digest, beside the report (it
+    // cannot be inside the CMS it attests); a meter that cannot attest gives none.
+    let att = meter.report_attestation(&request_id).await?;
+    let att_path = out.with_extension("att");
+    let att_line = match att.is_empty() {
+        true => "no TPM attestation (this meter's housing does not attest)\n".to_owned(),
+        false => {
+            write_output(&att_path, &att)?;
+            format!("TPM attestation written to {}\n", att_path.display())
+        }
+    };
     Ok(Output::new(
         format!(
             "status report written to {} ({} bytes, request id {request_id})\n\
              ledger segment (rows {first}..={last}, {bytes} bytes) written to {}\n\
-             send both to the authority: meter-authority inspect {} --segment {} --out ACK\n",
+             {att_line}\
+             send them to the authority: meter-authority inspect {} --segment {} --out ACK\n",
             out.display(),
             der.len(),
             seg.display(),
@@ -155,6 +170,7 @@ async fn report(
             "segment_first": first,
             "segment_last": last,
             "segment_bytes": bytes,
+            "attestation": (!att.is_empty()).then(|| att_path.display().to_string()),
         }),
     ))
 }

@@ -271,6 +271,18 @@ impl MeterIface {
         Ok((w.first_seq, w.last_seq, w.bytes))
     }
 
+    /// The TPM's attestation (JSON) of the caller's report, over its digest; empty when
+    /// the housing cannot attest. Administrators only.
+    async fn report_attestation(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        request_id: String,
+    ) -> Result<Vec<u8>, MeterError> {
+        let call = self.admin(&header, "ReportAttestation").await?;
+        let key = call.key(&request_id)?;
+        call.done(crate::attest::attest_report(&self.app.meter, key).await)
+    }
+
     /// Applies an authority acknowledgement of a report; returns the next deadline (Unix s).
     async fn acknowledge_report(
         &self,
