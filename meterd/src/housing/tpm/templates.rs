@@ -30,98 +30,83 @@ use crate::housing::RawSignature;
 /// Size of a P-384 coordinate / signature half.
 const P384_LEN: usize = 48;
 
-/// The fixed template of the owner-hierarchy storage primary.
-pub(crate) fn primary_template() -> TssResult<Public> {
-    let attributes = ObjectAttributesBuilder::new()
+/// The attributes every object here shares: born in this TPM and never leaving it
+/// (`fixedTPM|fixedParent|sensitiveDataOrigin`, what the authority's attestation check
+/// wants to see), used with its auth value, not a policy (`userWithAuth`).
+///
+/// noDA: the auth values are 256 random bits (housing/auth.rs), so the dictionary-attack
+/// counter adds nothing against guessing; with it, every unorderly TPM reset counts as a
+/// DA failure (after the third the TPM refuses every sign: lockout; found by
+/// `tests/torture --full`), and anyone holding a copy of the blobs could send wrong values
+/// until the TPM locks out every DA-protected object.
+fn resident_attributes() -> ObjectAttributesBuilder {
+    ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
         .with_user_with_auth(true)
         .with_no_da(true)
-        .with_restricted(true)
-        .with_decrypt(true)
-        .build()?;
-    let params = PublicEccParametersBuilder::new()
-        .with_symmetric(SymmetricDefinitionObject::AES_256_CFB)
-        .with_ecc_scheme(EccScheme::Null)
-        .with_curve(EccCurve::NistP384)
-        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-        .with_is_decryption_key(true)
-        .with_restricted(true)
-        .build()?;
+}
+
+/// A P-384 public area (SHA-256 names) with these attributes and parameters.
+fn p384_public(
+    attributes: ObjectAttributesBuilder,
+    params: PublicEccParametersBuilder,
+) -> TssResult<Public> {
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Ecc)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(params)
+        .with_object_attributes(attributes.build()?)
+        .with_ecc_parameters(params.with_curve(EccCurve::NistP384).build()?)
         .with_ecc_unique_identifier(EccPoint::default())
         .build()
 }
 
+/// The fixed template of the owner-hierarchy storage primary.
+pub(crate) fn primary_template() -> TssResult<Public> {
+    let attributes = resident_attributes()
+        .with_restricted(true)
+        .with_decrypt(true);
+    let params = PublicEccParametersBuilder::new()
+        .with_symmetric(SymmetricDefinitionObject::AES_256_CFB)
+        .with_ecc_scheme(EccScheme::Null)
+        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+        .with_is_decryption_key(true)
+        .with_restricted(true);
+    p384_public(attributes, params)
+}
+
 /// The template of a signing key (ECDSA P-384 with SHA-384).
 pub(crate) fn signing_key_template() -> TssResult<Public> {
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        // noDA: the auth value is 256 random bits (housing/auth.rs), so the
-        // dictionary-attack counter adds nothing against guessing; with it,
-        // every unorderly TPM reset counts as a DA failure (after the third
-        // the TPM refuses every sign: lockout; found by `tests/torture
-        // --full`), and anyone holding a copy of the blobs could send wrong
-        // values until the TPM locks out every DA-protected object.
-        .with_no_da(true)
-        .with_sign_encrypt(true)
-        .build()?;
     let params = PublicEccParametersBuilder::new_unrestricted_signing_key(
         EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha384)),
         EccCurve::NistP384,
-    )
-    .build()?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(params)
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
+    );
+    p384_public(resident_attributes().with_sign_encrypt(true), params)
 }
 
 /// The template of the attestation key (AK): a restricted ECDSA P-384 / SHA-384 signing
 /// key, so that it signs only structures the TPM itself made (`TPM_GENERATED`), with no
 /// admin policy and no auth policy (what the authority checks, `meter_pki::tpm::check_ak`).
 pub(crate) fn ak_template() -> TssResult<Public> {
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
+    let attributes = resident_attributes()
         .with_restricted(true)
-        .with_sign_encrypt(true)
-        .build()?;
+        .with_sign_encrypt(true);
     let params = PublicEccParametersBuilder::new()
         .with_symmetric(SymmetricDefinitionObject::Null)
         .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha384)))
-        .with_curve(EccCurve::NistP384)
         .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
         .with_is_signing_key(true)
-        .with_restricted(true)
-        .build()?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(params)
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
+        .with_restricted(true);
+    p384_public(attributes, params)
 }
 
-/// The AK's point if `public` is an AK of [`ak_template`]'s kind, `None` otherwise.
-pub(crate) fn ak_point(public: &Public) -> Option<Vec<u8>> {
+/// The uncompressed SEC1 point (`04 || X || Y`, 97 bytes) of a P-384 signing key that
+/// never leaves this TPM and is restricted exactly when `restricted`; `None` for any
+/// other public area.
+fn resident_signing_point(public: &Public, restricted: bool) -> Option<Vec<u8>> {
     let Public::Ecc {
-        object_attributes,
+        object_attributes: a,
         parameters,
         unique,
         ..
@@ -129,13 +114,14 @@ pub(crate) fn ak_point(public: &Public) -> Option<Vec<u8>> {
     else {
         return None;
     };
-    let ok = object_attributes.fixed_tpm()
-        && object_attributes.fixed_parent()
-        && object_attributes.sensitive_data_origin()
-        && object_attributes.sign_encrypt()
-        && object_attributes.restricted()
-        && !object_attributes.decrypt()
-        && parameters.ecc_curve() == EccCurve::NistP384;
+    let ok = a.fixed_tpm()
+        && a.fixed_parent()
+        && a.sensitive_data_origin()
+        && a.sign_encrypt()
+        && !a.decrypt()
+        && a.restricted() == restricted
+        && parameters.ecc_curve() == EccCurve::NistP384
+        && parameters.ecc_scheme() == EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha384));
     if !ok {
         return None;
     }
@@ -144,6 +130,11 @@ pub(crate) fn ak_point(public: &Public) -> Option<Vec<u8>> {
     point.extend_from_slice(&left_pad(unique.x().value())?);
     point.extend_from_slice(&left_pad(unique.y().value())?);
     Some(point)
+}
+
+/// The AK's point if `public` is an AK of [`ak_template`]'s kind, `None` otherwise.
+pub(crate) fn ak_point(public: &Public) -> Option<Vec<u8>> {
+    resident_signing_point(public, true)
 }
 
 /// The hierarchy of the storage primary a stored key lives under: the endorsement one for
@@ -177,31 +168,7 @@ pub(crate) fn null_ticket() -> TssResult<HashcheckTicket> {
 /// uncompressed SEC1 point (`04 || X || Y`, 97 bytes). `None` otherwise:
 /// a blob pair swapped for an exportable or non-P-384 key is refused.
 pub(crate) fn signing_key_point(public: &Public) -> Option<Vec<u8>> {
-    let Public::Ecc {
-        object_attributes,
-        parameters,
-        unique,
-        ..
-    } = public
-    else {
-        return None;
-    };
-    let attrs_ok = object_attributes.fixed_tpm()
-        && object_attributes.fixed_parent()
-        && object_attributes.sensitive_data_origin()
-        && object_attributes.sign_encrypt()
-        && !object_attributes.decrypt()
-        && !object_attributes.restricted();
-    let params_ok = parameters.ecc_curve() == EccCurve::NistP384
-        && parameters.ecc_scheme() == EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha384));
-    if !attrs_ok || !params_ok {
-        return None;
-    }
-    let mut point = Vec::with_capacity(1 + 2 * P384_LEN);
-    point.push(0x04);
-    point.extend_from_slice(&left_pad(unique.x().value())?);
-    point.extend_from_slice(&left_pad(unique.y().value())?);
-    Some(point)
+    resident_signing_point(public, false)
 }
 
 /// `r || s`, each left-padded to 48 bytes; `None` for any other signature.
