@@ -30,11 +30,37 @@ async fn base(dir: &Path) -> (PathBuf, u64) {
     (path, c.counter())
 }
 
-/// Copy of the base in a fresh directory.
-fn copy(base: &Path, dir: &Path) -> PathBuf {
-    let to = db(dir);
-    copy_db(base, &to);
-    to
+/// A base ledger in its own directory (kept as long as the first field lives).
+async fn fresh_base() -> (tempfile::TempDir, PathBuf, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, nv) = base(dir.path()).await;
+    (dir, path, nv)
+}
+
+/// A copy of a ledger in a fresh directory, to attack; the directory goes with it.
+struct Copy {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl AsRef<Path> for Copy {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::ops::Deref for Copy {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn copy(base: &Path) -> Copy {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(dir.path());
+    copy_db(base, &path);
+    Copy { _dir: dir, path }
 }
 
 fn open_verdict(path: &Path, counter: u64) -> Verdict {
@@ -50,8 +76,7 @@ fn assert_tamper(v: Verdict, seq: Option<u64>) {
 
 #[tokio::test]
 async fn canonical_encoding_matches_the_documented_layout() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, _) = base(dir.path()).await;
+    let (_dir, path, _) = fresh_base().await;
     let c = rusqlite::Connection::open(&path).unwrap();
     let mut prev = meterd::ledger::genesis_prev(METER).to_vec();
     for seq in 1..=11 {
@@ -64,18 +89,14 @@ async fn canonical_encoding_matches_the_documented_layout() {
 
 #[tokio::test]
 async fn untouched_copy_is_clean() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, nv) = base(dir.path()).await;
-    let d = tempfile::tempdir().unwrap();
-    assert_eq!(open_verdict(&copy(&path, d.path()), nv), Verdict::Clean);
+    let (_dir, path, nv) = fresh_base().await;
+    assert_eq!(open_verdict(&copy(&path), nv), Verdict::Clean);
 }
 
 #[tokio::test]
 async fn edited_amount() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, nv) = base(dir.path()).await;
-    let d = tempfile::tempdir().unwrap();
-    let p = copy(&path, d.path());
+    let (_dir, path, nv) = fresh_base().await;
+    let p = copy(&path);
     attacker(&p)
         .execute("UPDATE journal SET debit = debit - 5 WHERE seq = 5", [])
         .unwrap();
@@ -92,10 +113,8 @@ async fn edited_amount() {
 
 #[tokio::test]
 async fn edited_registers_consistently_with_recomputed_hash() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, nv) = base(dir.path()).await;
-    let d = tempfile::tempdir().unwrap();
-    let p = copy(&path, d.path());
+    let (_dir, path, nv) = fresh_base().await;
+    let p = copy(&path);
     let c = attacker(&p);
     // Give back funds on the last debit row (seq 10) and fix its own hash.
     c.execute("UPDATE journal SET descending = descending + 5, ascending = ascending - 5, debit = debit - 5 WHERE seq = 10", []).unwrap();
@@ -110,10 +129,8 @@ async fn edited_registers_consistently_with_recomputed_hash() {
 
 #[tokio::test]
 async fn edited_row_with_whole_chain_rewritten() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, nv) = base(dir.path()).await;
-    let d = tempfile::tempdir().unwrap();
-    let p = copy(&path, d.path());
+    let (_dir, path, nv) = fresh_base().await;
+    let p = copy(&path);
     let c = attacker(&p);
     c.execute(
         "UPDATE journal SET note = 'nothing here' WHERE seq = 11",
@@ -145,11 +162,9 @@ async fn edited_row_with_whole_chain_rewritten() {
 
 #[tokio::test]
 async fn deleted_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, nv) = base(dir.path()).await;
+    let (_dir, path, nv) = fresh_base().await;
     for (seq, bad) in [(6, 6), (11, 11)] {
-        let d = tempfile::tempdir().unwrap();
-        let p = copy(&path, d.path());
+        let p = copy(&path);
         attacker(&p)
             .execute("DELETE FROM journal WHERE seq = ?1", [seq])
             .unwrap();
@@ -159,10 +174,8 @@ async fn deleted_row() {
 
 #[tokio::test]
 async fn deleted_last_batch_is_a_rollback() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, nv) = base(dir.path()).await;
-    let d = tempfile::tempdir().unwrap();
-    let p = copy(&path, d.path());
+    let (_dir, path, nv) = fresh_base().await;
+    let p = copy(&path);
     let c = attacker(&p);
     // The last batch is the stop epoch row: without it the ledger ends in
     // the epoch before the counter.
@@ -181,10 +194,8 @@ async fn deleted_last_batch_is_a_rollback() {
 
 #[tokio::test]
 async fn reordered_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, nv) = base(dir.path()).await;
-    let d = tempfile::tempdir().unwrap();
-    let p = copy(&path, d.path());
+    let (_dir, path, nv) = fresh_base().await;
+    let p = copy(&path);
     let c = attacker(&p);
     let cols = "time, kind, service, request_id, credit, debit, ascending, descending, control_total, pieces, service_count, product_digest, note, prev_hash, hash";
     c.execute_batch(&format!(
@@ -200,10 +211,8 @@ async fn reordered_rows() {
 
 #[tokio::test]
 async fn truncated_or_garbage_file_is_a_storage_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, nv) = base(dir.path()).await;
-    let d = tempfile::tempdir().unwrap();
-    let p = copy(&path, d.path());
+    let (_dir, path, nv) = fresh_base().await;
+    let p = copy(&path);
     let len = std::fs::metadata(&p).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -223,10 +232,8 @@ async fn truncated_or_garbage_file_is_a_storage_error() {
 
 #[tokio::test]
 async fn restored_older_copy_without_wal() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, nv) = base(dir.path()).await;
-    let old = tempfile::tempdir().unwrap();
-    let saved = copy(&path, old.path());
+    let (_dir, path, nv) = fresh_base().await;
+    let saved = copy(&path);
     assert!(!wal(&saved).exists());
     let (l, _, c) = reopen(&path, nv);
     l.commit(debit("pm-later", 5, b"later"), None)
@@ -246,8 +253,7 @@ async fn restored_older_copy_without_wal() {
 
 #[tokio::test]
 async fn restored_older_hot_copy_with_wal() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, nv) = base(dir.path()).await;
+    let (_dir, path, nv) = fresh_base().await;
     let (l, _, c) = reopen(&path, nv);
     l.commit(debit("pm-a", 5, b"a"), None).await.unwrap();
     // Copied while running: the last commit is only in the -wal.
@@ -272,11 +278,9 @@ async fn restored_older_hot_copy_with_wal() {
 
 #[tokio::test]
 async fn another_meters_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, nv) = base(dir.path()).await;
+    let (_dir, path, nv) = fresh_base().await;
     // Other meter id, same key.
-    let d = tempfile::tempdir().unwrap();
-    let p = copy(&path, d.path());
+    let p = copy(&path);
     let (s, _) = sealer(&KEY_A, nv);
     let (_l, r) = Ledger::open(&p, s, "meter-0002", false).unwrap();
     assert!(
@@ -285,21 +289,18 @@ async fn another_meters_database() {
         r.verdict
     );
     // Same id, other meter's key (its counter agrees, even).
-    let d = tempfile::tempdir().unwrap();
-    let p = copy(&path, d.path());
+    let p = copy(&path);
     let (s, _) = sealer(&KEY_B, nv);
     let (_l, r) = Ledger::open(&p, s, METER, false).unwrap();
     assert_tamper(r.verdict, None);
     // Counter far behind the ledger.
-    let d = tempfile::tempdir().unwrap();
-    let p = copy(&path, d.path());
+    let p = copy(&path);
     assert_tamper(open_verdict(&p, nv - 2), None);
 }
 
 #[tokio::test]
 async fn reanchor_forgives_reviewed_damage_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, nv) = base(dir.path()).await;
+    let (_dir, path, nv) = fresh_base().await;
     attacker(&path)
         .execute("UPDATE journal SET debit = debit + 1 WHERE seq = 5", [])
         .unwrap();
@@ -327,15 +328,13 @@ async fn reanchor_forgives_reviewed_damage_only() {
     l.close().await.unwrap();
 
     // A further edit before the reanchor is caught again.
-    let d = tempfile::tempdir().unwrap();
-    let p = copy(&path, d.path());
+    let p = copy(&path);
     attacker(&p)
         .execute("UPDATE journal SET note = 'x' WHERE seq = 3", [])
         .unwrap();
     assert!(matches!(open_verdict(&p, nv2), Verdict::Tamper { .. }));
     // And an edit after it too.
-    let d = tempfile::tempdir().unwrap();
-    let p = copy(&path, d.path());
+    let p = copy(&path);
     attacker(&p)
         .execute(
             "UPDATE journal SET debit = 2 WHERE request_id = 'c/0/pm-after'",
@@ -344,8 +343,7 @@ async fn reanchor_forgives_reviewed_damage_only() {
         .unwrap();
     assert!(matches!(open_verdict(&p, nv2), Verdict::Tamper { .. }));
     // A reanchor note on a forged row does not count.
-    let d = tempfile::tempdir().unwrap();
-    let p = copy(&path, d.path());
+    let p = copy(&path);
     attacker(&p)
         .execute(
             "UPDATE journal SET kind = 7, note = 'reanchor' WHERE seq = 4",
