@@ -31,33 +31,13 @@ fn postmark_token_verifies_with_openssl_ts() {
     let data = pki.write("msg.txt", msg);
     let tok = pki.write("token.der", &token(&pki, msg, 0x8000_0000_0000_0001));
     let root = pki.path("root.pem");
-    let (ok, out, err) = openssl(&[
-        &"ts",
-        &"-verify",
-        &"-data",
-        &p(&data),
-        &"-in",
-        &p(&tok),
-        &"-token_in",
-        &"-CAfile",
-        &p(&root),
-    ]);
+    let (ok, out, err) = ts_verify(&data, &tok, &root);
     assert!(ok, "openssl ts -verify failed: {out}{err}");
     assert!(out.contains("Verification: OK"), "{out}");
 
     // Another message must fail the imprint check.
     let other = pki.write("other.txt", b"something else");
-    let (ok, _, _) = openssl(&[
-        &"ts",
-        &"-verify",
-        &"-data",
-        &p(&other),
-        &"-in",
-        &p(&tok),
-        &"-token_in",
-        &"-CAfile",
-        &p(&root),
-    ]);
+    let (ok, _, _) = ts_verify(&other, &tok, &root);
     assert!(!ok, "openssl accepted a token for another message");
 
     // Text dump shows our fields.
@@ -159,20 +139,7 @@ fn cms_verifies_with_openssl_and_here() {
     .unwrap();
     let f = pki.write("v.der", &der);
     let out = pki.path("out.bin");
-    let (ok, o, e) = openssl(&[
-        &"cms",
-        &"-verify",
-        &"-inform",
-        &"DER",
-        &"-in",
-        &p(&f),
-        &"-CAfile",
-        &p(&pki.path("root.pem")),
-        &"-purpose",
-        &"any",
-        &"-out",
-        &p(&out),
-    ]);
+    let (ok, o, e) = pki.cms_verify(&f, &[&"-out", &p(&out)]);
     assert!(ok, "openssl cms -verify: {o}{e}");
     assert_eq!(std::fs::read(&out).unwrap(), content);
 
@@ -258,18 +225,7 @@ fn cms_from_an_intermediate_signer_chains_through_embedded_certs() {
     let v = cms::verify(&der, std::slice::from_ref(&pki.root), None, now()).unwrap();
     assert_eq!(cert::subject_cn(&v.signer).as_deref(), Some("Alice"));
     let f = pki.write("u.der", &der);
-    let (ok, o, e) = openssl(&[
-        &"cms",
-        &"-verify",
-        &"-inform",
-        &"DER",
-        &"-in",
-        &p(&f),
-        &"-CAfile",
-        &p(&pki.path("root.pem")),
-        &"-purpose",
-        &"any",
-    ]);
+    let (ok, o, e) = pki.cms_verify(&f, &[]);
     assert!(ok, "{o}{e}");
     // Certificates also pass `openssl verify`.
     let a = pki.write_cert("agent.pem", &agent);
@@ -471,17 +427,7 @@ fn sealed_token_and_cms_verify_with_openssl() {
     let tok = prepared.finish(&raw).unwrap();
     let data = pki.write("sealed.txt", msg);
     let tok_path = pki.write("sealed.tsr", &tok);
-    let (ok, out, err) = openssl(&[
-        &"ts",
-        &"-verify",
-        &"-data",
-        &p(&data),
-        &"-in",
-        &p(&tok_path),
-        &"-token_in",
-        &"-CAfile",
-        &p(&pki.path("root.pem")),
-    ]);
+    let (ok, out, err) = ts_verify(&data, &tok_path, &pki.path("root.pem"));
     assert!(ok && out.contains("Verification: OK"), "{out}{err}");
     let anchors = [pki.root.clone()];
     let info = tsp::verify(&tok, &anchors, now()).unwrap();
@@ -517,20 +463,7 @@ fn sealed_token_and_cms_verify_with_openssl() {
     let raw = sig::sign_prehash_raw(&pki.root_key, &prepared.digest()).unwrap();
     let der = prepared.finish(&raw).unwrap();
     let f = pki.write("sealed.cms", &der);
-    let (ok, o, e) = openssl(&[
-        &"cms",
-        &"-verify",
-        &"-inform",
-        &"DER",
-        &"-in",
-        &p(&f),
-        &"-CAfile",
-        &p(&pki.path("root.pem")),
-        &"-purpose",
-        &"any",
-        &"-out",
-        &p(&pki.path("sealed.out")),
-    ]);
+    let (ok, o, e) = pki.cms_verify(&f, &[&"-out", &p(&pki.path("sealed.out"))]);
     assert!(ok, "openssl cms -verify: {o}{e}");
     assert!(cms::verify(&der, &anchors, None, now()).is_ok());
     assert_eq!(cms::signed_parts(&der).unwrap().seal, Some(seal));

@@ -96,3 +96,43 @@ pub fn openssl(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (bool, String, String) {
 pub fn p(path: &Path) -> &std::ffi::OsStr {
     path.as_os_str()
 }
+
+/// `openssl ts -verify -data DATA -in TOKEN -token_in -CAfile ROOT`.
+pub fn ts_verify(data: &Path, token: &Path, root: &Path) -> (bool, String, String) {
+    openssl(&[
+        &"ts",
+        &"-verify",
+        &"-data",
+        &p(data),
+        &"-in",
+        &p(token),
+        &"-token_in",
+        &"-CAfile",
+        &p(root),
+    ])
+}
+
+impl Pki {
+    /// `openssl cms -verify -inform DER -in FILE -CAfile root.pem -purpose any`, then `more`.
+    pub fn cms_verify(
+        &self,
+        file: &Path,
+        more: &[&dyn AsRef<std::ffi::OsStr>],
+    ) -> (bool, String, String) {
+        let root = self.path("root.pem");
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"cms",
+            &"-verify",
+            &"-inform",
+            &"DER",
+            &"-in",
+            &file,
+            &"-CAfile",
+            &root,
+            &"-purpose",
+            &"any",
+        ];
+        args.extend_from_slice(more);
+        openssl(&args)
+    }
+}
