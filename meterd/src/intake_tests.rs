@@ -57,6 +57,22 @@ fn reader_closed(w: &mut impl Write) -> bool {
     matches!(w.write(b"x"), Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
+/// A token cancelled 100 ms from now (the caller "leaves"). The reads it guards use a
+/// deadline of an hour, so only the cancellation can end them: the error kind, not a
+/// stopwatch, shows that it did.
+fn cancelled_soon() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.cancel();
+    });
+    cancel
+}
+
+/// A read deadline no test waits for.
+const HOUR_MS: u64 = 3_600_000;
+
 fn sha(data: &[u8]) -> [u8; 48] {
     Sha384::digest(data).into()
 }
@@ -87,8 +103,8 @@ async fn pipe_never_closed_times_out_and_is_closed() {
         .await
         .unwrap_err();
     assert!(matches!(e, ServiceError::TimedOut(_)), "{e:?}");
+    // Not before the deadline (a lower bound only: a loaded machine is late, never early).
     assert!(t.elapsed() >= Duration::from_millis(300));
-    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert!(reader_closed(&mut w), "the read end is still open");
 }
 
@@ -113,36 +129,22 @@ async fn pipe_over_the_size_limit_is_refused() {
 #[tokio::test]
 async fn socket_cancelled_when_the_caller_leaves() {
     let (r, mut peer) = socketpair();
-    let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        c.cancel();
-    });
-    let t = Instant::now();
-    let e = hash_message(r, &limits(1 << 20, 30_000), &cancel)
+    let cancel = cancelled_soon();
+    let e = hash_message(r, &limits(1 << 20, HOUR_MS), &cancel)
         .await
         .unwrap_err();
     assert!(matches!(e, ServiceError::Cancelled), "{e:?}");
-    assert!(t.elapsed() < Duration::from_secs(2));
     assert!(reader_closed(&mut peer), "the socket is still open");
 }
 
 #[tokio::test]
 async fn eventfd_ends_on_cancellation() {
     let fd = eventfd();
-    let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        c.cancel();
-    });
-    let t = Instant::now();
-    let e = hash_message(fd, &limits(1 << 20, 30_000), &cancel)
+    let cancel = cancelled_soon();
+    let e = hash_message(fd, &limits(1 << 20, HOUR_MS), &cancel)
         .await
         .unwrap_err();
     assert!(matches!(e, ServiceError::Cancelled), "{e:?}");
-    assert!(t.elapsed() < Duration::from_secs(2));
 }
 
 #[tokio::test]
@@ -183,34 +185,25 @@ async fn regular_file_gives_the_digest_and_its_limit_holds() {
 #[tokio::test]
 async fn dev_zero_stops_at_the_size_limit() {
     let zero = OwnedFd::from(std::fs::File::open("/dev/zero").unwrap());
-    let t = Instant::now();
-    let e = hash_message(zero, &limits(16 << 20, 30_000), &CancellationToken::new())
+    let e = hash_message(zero, &limits(16 << 20, HOUR_MS), &CancellationToken::new())
         .await
         .unwrap_err();
     assert!(
         matches!(&e, ServiceError::InvalidInput(m) if m.contains("max_message_bytes")),
         "{e:?}"
     );
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
 
 #[tokio::test]
 async fn dev_zero_stops_at_the_deadline_and_on_cancellation() {
     let zero = || OwnedFd::from(std::fs::File::open("/dev/zero").unwrap());
-    let t = Instant::now();
     let e = hash_message(zero(), &limits(u64::MAX, 300), &CancellationToken::new())
         .await
         .unwrap_err();
     assert!(matches!(e, ServiceError::TimedOut(_)), "{e:?}");
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 
-    let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        c.cancel();
-    });
-    let e = hash_message(zero(), &limits(u64::MAX, 30_000), &cancel)
+    let cancel = cancelled_soon();
+    let e = hash_message(zero(), &limits(u64::MAX, HOUR_MS), &cancel)
         .await
         .unwrap_err();
     assert!(matches!(e, ServiceError::Cancelled), "{e:?}");
