@@ -20,6 +20,22 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `openssl cms -decrypt -inform DER -in ENVELOPE -inkey KEY`, then `more`.
+fn decrypt(envelope: &Path, key: &Path, more: &[&str]) -> (bool, Vec<u8>, String) {
+    let mut args = vec![
+        "cms",
+        "-decrypt",
+        "-inform",
+        "DER",
+        "-in",
+        s(envelope),
+        "-inkey",
+        s(key),
+    ];
+    args.extend_from_slice(more);
+    openssl(&args)
+}
+
 #[test]
 fn openssl_decrypts_for_cert_pubkey_and_sec1_receivers() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,32 +88,12 @@ fn openssl_decrypts_for_cert_pubkey_and_sec1_receivers() {
         let env = envelope::seal(&content, &r, &mut rand_core::OsRng).unwrap();
         let f = dir.path().join(format!("{name}.cms"));
         std::fs::write(&f, &env).unwrap();
-        let (ok, out, err) = openssl(&[
-            "cms",
-            "-decrypt",
-            "-inform",
-            "DER",
-            "-in",
-            s(&f),
-            "-inkey",
-            s(&key),
-        ]);
+        let (ok, out, err) = decrypt(&f, &key, &[]);
         assert!(ok, "{name}: openssl cms -decrypt failed: {err}");
         assert_eq!(out, content, "{name}");
         // With -recip too: by issuer+serial for a cert receiver, by SKI (SHA-1 of the key,
         // OpenSSL's default) for a bare key.
-        let (ok, out, err) = openssl(&[
-            "cms",
-            "-decrypt",
-            "-inform",
-            "DER",
-            "-in",
-            s(&f),
-            "-inkey",
-            s(&key),
-            "-recip",
-            s(&cert),
-        ]);
+        let (ok, out, err) = decrypt(&f, &key, &["-recip", s(&cert)]);
         assert!(ok, "{name}: openssl cms -decrypt -recip failed: {err}");
         assert_eq!(out, content, "{name}");
         // The structure is what RFC 5753 says: openssl names the algorithms.
