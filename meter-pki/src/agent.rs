@@ -392,20 +392,8 @@ pub fn verify_agent_ca_request(
 mod tests {
     use super::*;
     use crate::issue::{self, Profile};
+    use crate::test_keys::{key, sec1, T0};
     use p384::ecdsa::SigningKey;
-
-    const T0: i64 = 1_767_225_600;
-
-    fn key(b: u8) -> SigningKey {
-        SigningKey::from_slice(&[b; 48]).unwrap()
-    }
-
-    fn sec1(k: &SigningKey) -> Vec<u8> {
-        k.verifying_key()
-            .to_encoded_point(false)
-            .as_bytes()
-            .to_vec()
-    }
 
     #[test]
     fn subject_rules() {

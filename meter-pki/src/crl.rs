@@ -151,20 +151,8 @@ pub fn serials(der: &[u8]) -> Result<Vec<String>> {
 mod tests {
     use super::*;
     use crate::issue::Profile;
+    use crate::test_keys::{key, sec1, T0};
     use std::process::Command;
-
-    const T0: i64 = 1_767_225_600;
-
-    fn key(b: u8) -> SigningKey {
-        SigningKey::from_slice(&[b; 48]).unwrap()
-    }
-
-    fn sec1(k: &SigningKey) -> Vec<u8> {
-        k.verifying_key()
-            .to_encoded_point(false)
-            .as_bytes()
-            .to_vec()
-    }
 
     #[test]
     fn serial_numbers_are_positive_integers() {

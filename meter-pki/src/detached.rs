@@ -119,13 +119,8 @@ mod tests {
     use super::*;
     use crate::cms::SignOptions;
     use crate::issue::{self, Profile};
+    use crate::test_keys::{key, T0};
     use p384::ecdsa::SigningKey;
-
-    const T0: i64 = 1_767_225_600;
-
-    fn key(b: u8) -> SigningKey {
-        SigningKey::from_slice(&[b; 48]).unwrap()
-    }
 
     fn setup() -> (Certificate, Certificate, SigningKey) {
         let rk = key(1);

@@ -198,12 +198,7 @@ pub fn issue(
 mod tests {
     use super::*;
     use crate::cert;
-
-    fn key(b: u8) -> SigningKey {
-        SigningKey::from_slice(&[b; 48]).unwrap()
-    }
-
-    const T0: i64 = 1_767_225_600; // 2026-01-01
+    use crate::test_keys::{key, T0};
 
     #[test]
     fn chain_root_agent_leaf() {

@@ -34,6 +34,8 @@ pub mod sig;
 pub mod tpm;
 pub mod tsp;
 
+#[cfg(test)]
+mod test_keys;
 mod util;
 
 pub use der::asn1::ObjectIdentifier;
