@@ -14,10 +14,6 @@ use sandbox::{ok, Sandbox};
 
 const PRICE: u64 = 3000; // agent-certificate in rates.example.toml
 
-fn p(sb: &Sandbox, name: &str) -> String {
-    sb.path(name).to_string_lossy().into_owned()
-}
-
 fn code(out: &std::process::Output) -> Option<i32> {
     out.status.code()
 }
@@ -40,11 +36,11 @@ fn issue(sb: &Sandbox, tag: &str, cn: &str, receiver: &str, id: &str) -> std::pr
         "--receiver",
         receiver,
         "--out-cert",
-        &p(sb, &format!("{tag}.pem")),
+        &sb.arg(&format!("{tag}.pem")),
         "--out-key",
-        &p(sb, &format!("{tag}.cms")),
+        &sb.arg(&format!("{tag}.cms")),
         "--out-chain",
-        &p(sb, &format!("{tag}.chain.pem")),
+        &sb.arg(&format!("{tag}.chain.pem")),
         "--request-id",
         id,
     ])
@@ -52,8 +48,8 @@ fn issue(sb: &Sandbox, tag: &str, cn: &str, receiver: &str, id: &str) -> std::pr
 
 /// Decrypts `tag.cms` with `key` (and `-recip` if given), checks the key matches `tag.pem`.
 fn check_key_matches(sb: &Sandbox, tag: &str, key: &str, recip: Option<&str>) {
-    let der = p(sb, &format!("{tag}.key.der"));
-    let cms = p(sb, &format!("{tag}.cms"));
+    let der = sb.arg(&format!("{tag}.key.der"));
+    let cms = sb.arg(&format!("{tag}.cms"));
     let mut args = vec![
         "cms", "-decrypt", "-inform", "DER", "-in", &cms, "-inkey", key, "-out", &der,
     ];
@@ -67,7 +63,7 @@ fn check_key_matches(sb: &Sandbox, tag: &str, key: &str, recip: Option<&str>) {
         &[
             "x509",
             "-in",
-            &p(sb, &format!("{tag}.pem")),
+            &sb.arg(&format!("{tag}.pem")),
             "-pubkey",
             "-noout",
         ],
@@ -83,9 +79,9 @@ fn check_key_matches(sb: &Sandbox, tag: &str, key: &str, recip: Option<&str>) {
 fn agent_ca_issue_verify_decrypt_and_refusals() {
     let sb = Sandbox::up(2 * PRICE + 1000);
     let root = sb.root_pem().to_string_lossy().into_owned();
-    let rkey = p(&sb, "receiver.key");
-    let rcert = p(&sb, "receiver.pem");
-    let rpub = p(&sb, "receiver.pub");
+    let rkey = sb.arg("receiver.key");
+    let rcert = sb.arg("receiver.pem");
+    let rpub = sb.arg("receiver.pub");
     openssl(
         &sb,
         &[
@@ -127,8 +123,8 @@ fn agent_ca_issue_verify_decrypt_and_refusals() {
     assert_eq!(sb.registers(), regs0);
 
     // Set up the agent CA.
-    let req = p(&sb, "agentca.req.pem");
-    let ca = p(&sb, "agentca.pem");
+    let req = sb.arg("agentca.req.pem");
+    let ca = sb.arg("agentca.pem");
     assert_eq!(
         sb.meterctl_json(&["agent-ca", "request", "-o", &req])["request"],
         req
@@ -166,14 +162,14 @@ fn agent_ca_issue_verify_decrypt_and_refusals() {
             "-CAfile",
             &root,
             "-untrusted",
-            &p(&sb, "alice.chain.pem"),
-            &p(&sb, "alice.pem"),
+            &sb.arg("alice.chain.pem"),
+            &sb.arg("alice.pem"),
         ],
     );
     assert!(v.contains(": OK"), "{v}");
     let text = openssl(
         &sb,
-        &["x509", "-in", &p(&sb, "alice.pem"), "-noout", "-text"],
+        &["x509", "-in", &sb.arg("alice.pem"), "-noout", "-text"],
     );
     for want in [
         "TLS Web Client Authentication",
@@ -187,7 +183,7 @@ fn agent_ca_issue_verify_decrypt_and_refusals() {
     check_key_matches(&sb, "alice", &rkey, Some(&rcert));
     check_key_matches(&sb, "alice", &rkey, None);
     // Another key cannot open the envelope.
-    let other = p(&sb, "other.key");
+    let other = sb.arg("other.key");
     openssl(
         &sb,
         &[
@@ -208,7 +204,7 @@ fn agent_ca_issue_verify_decrypt_and_refusals() {
             "-inform",
             "DER",
             "-in",
-            &p(&sb, "alice.cms"),
+            &sb.arg("alice.cms"),
             "-inkey",
             &other,
         ],
@@ -216,22 +212,22 @@ fn agent_ca_issue_verify_decrypt_and_refusals() {
     assert!(!bad.status.success(), "a stranger's key must not decrypt");
 
     // A retry returns the stored product, uncharged; same id with other input is refused.
-    let first = std::fs::read(p(&sb, "alice.pem")).unwrap();
+    let first = std::fs::read(sb.arg("alice.pem")).unwrap();
     ok(
         &issue(&sb, "retry", "Alice O'Neil", &rcert, "agent-1"),
         "retry",
     );
-    assert_eq!(std::fs::read(p(&sb, "retry.pem")).unwrap(), first);
+    assert_eq!(std::fs::read(sb.arg("retry.pem")).unwrap(), first);
     assert_eq!(
-        std::fs::read(p(&sb, "retry.cms")).unwrap(),
-        std::fs::read(p(&sb, "alice.cms")).unwrap()
+        std::fs::read(sb.arg("retry.cms")).unwrap(),
+        std::fs::read(sb.arg("alice.cms")).unwrap()
     );
     let out = issue(&sb, "conflict", "Bob", &rcert, "agent-1");
     assert_eq!(code(&out), Some(exit::INVALID), "{out:?}");
     assert_eq!(sb.registers(), (ar, dr, ct));
 
     // Bad input: nothing charged.
-    let p256 = p(&sb, "p256.pem");
+    let p256 = sb.arg("p256.pem");
     openssl(
         &sb,
         &[
@@ -244,7 +240,7 @@ fn agent_ca_issue_verify_decrypt_and_refusals() {
             &p256,
         ],
     );
-    let p256pub = p(&sb, "p256.pub");
+    let p256pub = sb.arg("p256.pub");
     openssl(&sb, &["pkey", "-in", &p256, "-pubout", "-out", &p256pub]);
     let junk = sandbox::write(
         &sb,
@@ -290,7 +286,7 @@ fn agent_ca_issue_verify_decrypt_and_refusals() {
         &issue(&sb, "again", "Alice O'Neil", &rcert, "agent-1"),
         "retry after restart",
     );
-    assert_eq!(std::fs::read(p(&sb, "again.pem")).unwrap(), first);
+    assert_eq!(std::fs::read(sb.arg("again.pem")).unwrap(), first);
     assert_eq!(sb.registers(), (ar2, dr2, ct2));
     assert_eq!(sb.meterctl_json(&["audit"])["ok"], true);
 }

@@ -12,17 +12,6 @@ use std::process::Output;
 use meter_proto::exit;
 use sandbox::{ok, write, Sandbox};
 
-/// (AR, DR, CT, ledger rows).
-fn snapshot(sb: &Sandbox) -> (u64, u64, u64, u64) {
-    let (ar, dr, ct) = sb.registers();
-    let rows = sb.status()["ledger_rows"].as_u64().expect("ledger_rows");
-    (ar, dr, ct, rows)
-}
-
-fn p(sb: &Sandbox, name: &str) -> String {
-    sb.path(name).to_string_lossy().into_owned()
-}
-
 fn enrol(sb: &Sandbox, cn: &str) -> String {
     let out = sb.authority(&["enrol", "--subject", &format!("CN={cn}")]);
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -41,7 +30,7 @@ fn code_of(out: &Output) -> Option<i32> {
 
 /// `meterctl cert request` → request file; asserts success.
 fn request(sb: &Sandbox, cn: &str, code: &str, id: &str) -> String {
-    let req = p(sb, &format!("{id}.der"));
+    let req = sb.arg(&format!("{id}.der"));
     sb.meterctl_json(&[
         "cert",
         "request",
@@ -90,9 +79,9 @@ fn enrol_request_certify_install_sign_validate() {
 
     // Request: funds checked, a key made, one Event row, nothing charged.
     let code = enrol(&sb, "Alice");
-    let s0 = snapshot(&sb);
+    let s0 = sb.snapshot();
     let req = request(&sb, "Alice", &code, "cr-1");
-    let s1 = snapshot(&sb);
+    let s1 = sb.snapshot();
     assert_eq!(
         (s1.0, s1.1, s1.2),
         (s0.0, s0.1, s0.2),
@@ -106,11 +95,11 @@ fn enrol_request_certify_install_sign_validate() {
     // A retry with the same id returns the same request and writes nothing.
     let again = request(&sb, "Alice", &code, "cr-1");
     assert_eq!(std::fs::read(&req).unwrap(), std::fs::read(&again).unwrap());
-    assert_eq!(snapshot(&sb), s1);
+    assert_eq!(sb.snapshot(), s1);
 
     // The request is the meter's CMS: openssl opens it with the root alone.
     let root = sb.root_pem().to_string_lossy().into_owned();
-    let content = p(&sb, "req.json");
+    let content = sb.arg("req.json");
     ok(
         &sb.run(
             "openssl",
@@ -128,7 +117,7 @@ fn enrol_request_certify_install_sign_validate() {
 
     // A wrong enrolment code, or the right code for another subject, is refused.
     let bad_req = request(&sb, "Alice", "WRONG-CODE", "cr-bad");
-    let cert_bad = p(&sb, "bad.pem");
+    let cert_bad = sb.arg("bad.pem");
     let out = authority_raw(&sb, &["certify", &bad_req, "--out", &cert_bad]);
     assert!(!out.status.success(), "wrong code must be refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("enrolment code"));
@@ -140,7 +129,7 @@ fn enrol_request_certify_install_sign_validate() {
     );
 
     // Certify (consumes the code) and install: one Debit row, charged once.
-    let cert = p(&sb, "alice.pem");
+    let cert = sb.arg("alice.pem");
     let serial = String::from_utf8_lossy(&sb.authority(&["certify", &req, "--out", &cert]).stdout)
         .trim()
         .to_owned();
@@ -155,10 +144,10 @@ fn enrol_request_certify_install_sign_validate() {
         "openssl x509",
     );
     assert!(text.contains("2.25.252996336.2.2"), "user policy: {text}");
-    let s2 = snapshot(&sb);
+    let s2 = sb.snapshot();
     let installed = sb.meterctl_json(&["cert", "install", &cert]);
     assert_eq!(installed["serial"], serial.as_str());
-    let s3 = snapshot(&sb);
+    let s3 = sb.snapshot();
     assert_eq!(s3.0, s2.0 + install_price);
     assert_eq!(s3.1, s2.1 - install_price);
     assert_eq!(s3.3, s2.3 + 1, "one ledger row for the install");
@@ -166,11 +155,11 @@ fn enrol_request_certify_install_sign_validate() {
     // Install twice: named error, nothing changed.
     let out = sb.meterctl(&["cert", "install", &cert]);
     assert_eq!(code_of(&out), Some(exit::INVALID), "{out:?}");
-    assert_eq!(snapshot(&sb), s3);
+    assert_eq!(sb.snapshot(), s3);
 
     // Sign: openssl verifies it; charged once; a retry returns the same bytes.
     let msg = write(&sb, "contract.txt", b"I, Alice, agree.\n");
-    let sig = p(&sb, "contract.p7s");
+    let sig = sb.arg("contract.p7s");
     sb.meterctl_json(&[
         "sign",
         "--cert",
@@ -187,10 +176,10 @@ fn enrol_request_certify_install_sign_validate() {
             && String::from_utf8_lossy(&v.stderr).contains("Verification successful"),
         "{v:?}"
     );
-    let s4 = snapshot(&sb);
+    let s4 = sb.snapshot();
     assert_eq!(s4.0, s3.0 + sign_price);
     assert_eq!(s4.3, s3.3 + 1, "one ledger row for the signature");
-    let sig2 = p(&sb, "contract2.p7s");
+    let sig2 = sb.arg("contract2.p7s");
     sb.meterctl_json(&[
         "sign",
         "--cert",
@@ -202,7 +191,7 @@ fn enrol_request_certify_install_sign_validate() {
         "sign-1",
     ]);
     assert_eq!(std::fs::read(&sig).unwrap(), std::fs::read(&sig2).unwrap());
-    assert_eq!(snapshot(&sb), s4);
+    assert_eq!(sb.snapshot(), s4);
 
     // Tampered file: openssl and Validate both refuse it, at the digest step.
     let tampered = write(&sb, "tampered.txt", b"I, Alice, agree to pay.\n");
@@ -217,15 +206,15 @@ fn enrol_request_certify_install_sign_validate() {
     assert_eq!(r["step"], "digest", "{r}");
 
     // Unknown serial: named error, nothing charged.
-    let s5 = snapshot(&sb);
+    let s5 = sb.snapshot();
     let out = sb.meterctl(&["sign", "--cert", "abcdef", &msg, "-o", &sig2]);
     assert_eq!(code_of(&out), Some(exit::INVALID), "{out:?}");
-    assert_eq!(snapshot(&sb), s5);
+    assert_eq!(sb.snapshot(), s5);
 
     // A certificate from another root for the meter's pending key: refused.
     let csr_der = hex::decode(body_of(&sb, &mallory)["csr_hex"].as_str().unwrap()).unwrap();
     let csr = write(&sb, "mallory.csr", &csr_der);
-    let (ok_key, other) = (p(&sb, "other.key"), p(&sb, "other.pem"));
+    let (ok_key, other) = (sb.arg("other.key"), sb.arg("other.pem"));
     ok(
         &sb.run(
             "openssl",
@@ -265,7 +254,7 @@ fn enrol_request_certify_install_sign_validate() {
         ),
         "other root",
     );
-    let foreign = p(&sb, "foreign.pem");
+    let foreign = sb.arg("foreign.pem");
     ok(
         &sb.run(
             "openssl",
@@ -295,9 +284,9 @@ fn enrol_request_certify_install_sign_validate() {
     assert_eq!(code_of(&out), Some(exit::REFUSED), "{out:?}");
     // A certificate from the right root for a key the meter does not hold.
     let (stray_key, stray_csr, stray) = (
-        p(&sb, "stray.key"),
-        p(&sb, "stray.csr"),
-        p(&sb, "stray.pem"),
+        sb.arg("stray.key"),
+        sb.arg("stray.csr"),
+        sb.arg("stray.pem"),
     );
     ok(
         &sb.run(
@@ -367,7 +356,7 @@ fn enrol_request_certify_install_sign_validate() {
     );
     let out = sb.meterctl(&["cert", "install", &junk]);
     assert_eq!(code_of(&out), Some(exit::INVALID), "{out:?}");
-    assert_eq!(snapshot(&sb), s5, "refusals change nothing");
+    assert_eq!(sb.snapshot(), s5, "refusals change nothing");
 
     // ListCertificates through busctl, as mail software would call it.
     let address = format!("--address={}", sb.env["DBUS_SYSTEM_BUS_ADDRESS"]);
@@ -400,13 +389,13 @@ fn enrol_request_certify_install_sign_validate() {
         .cloned()
         .unwrap_or_else(|| panic!("{list}"));
     assert_eq!(alice["state"], "active");
-    let sig3 = p(&sb, "after-restart.p7s");
+    let sig3 = sb.arg("after-restart.p7s");
     sb.meterctl_json(&["sign", "--cert", &serial, &msg, "-o", &sig3]);
     assert!(cms_verify(&sb, &msg, &sig3).status.success());
 
     // A TPM reset: the user key reloads from its blobs under the re-derived primary.
     sb.script("restart-tpm");
-    let sig4 = p(&sb, "after-reset.p7s");
+    let sig4 = sb.arg("after-reset.p7s");
     let mut done = false;
     for i in 0..5 {
         let id = format!("after-reset-{i}");
@@ -438,7 +427,7 @@ fn enrol_request_certify_install_sign_validate() {
 }
 
 fn body_of(sb: &Sandbox, req: &str) -> serde_json::Value {
-    let out = p(sb, "body.json");
+    let out = sb.arg("body.json");
     let root = sb.root_pem().to_string_lossy().into_owned();
     ok(
         &sb.run(
@@ -459,7 +448,7 @@ fn expired_certificate_is_not_used_and_funds_are_checked_first() {
     let sb = Sandbox::up(5_200);
     let code = enrol(&sb, "Bob");
     let req = request(&sb, "Bob", &code, "bob-1");
-    let cert = p(&sb, "bob.pem");
+    let cert = sb.arg("bob.pem");
     let serial = String::from_utf8_lossy(
         &sb.authority(&["certify", &req, "--out", &cert, "--valid-seconds", "3"])
             .stdout,
@@ -470,15 +459,15 @@ fn expired_certificate_is_not_used_and_funds_are_checked_first() {
     std::thread::sleep(std::time::Duration::from_secs(5));
     let list = sb.meterctl_json(&["certs"]);
     assert_eq!(list[0]["state"], "expired", "{list}");
-    let before = snapshot(&sb);
+    let before = sb.snapshot();
     let msg = write(&sb, "late.txt", b"too late");
-    let out = sb.meterctl(&["sign", "--cert", &serial, &msg, "-o", &p(&sb, "late.p7s")]);
+    let out = sb.meterctl(&["sign", "--cert", &serial, &msg, "-o", &sb.arg("late.p7s")]);
     assert_eq!(code_of(&out), Some(exit::REFUSED), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("expired"),
         "{out:?}"
     );
-    assert_eq!(snapshot(&sb), before, "nothing charged");
+    assert_eq!(sb.snapshot(), before, "nothing charged");
 
     // 200 left: a new request (install costs 5000) is refused before any key is made.
     let code = enrol(&sb, "Carol");
@@ -490,9 +479,9 @@ fn expired_certificate_is_not_used_and_funds_are_checked_first() {
         "--code",
         &code,
         "-o",
-        &p(&sb, "c.der"),
+        &sb.arg("c.der"),
     ]);
     assert_eq!(code_of(&out), Some(exit::FUNDS), "{out:?}");
-    assert_eq!(snapshot(&sb), before);
+    assert_eq!(sb.snapshot(), before);
     assert_eq!(sb.meterctl_json(&["certs"]).as_array().unwrap().len(), 1);
 }

@@ -17,10 +17,6 @@ use sha2::{Digest, Sha384};
 
 const CT_CREDIT_LINE: &str = "2.25.252996336.1.13";
 
-fn p(sb: &Sandbox, name: &str) -> String {
-    sb.path(name).to_string_lossy().into_owned()
-}
-
 /// `meterctl --json ARGS` that must fail: (exit code, error kind).
 fn fails(sb: &Sandbox, args: &[&str]) -> (i32, String) {
     let mut all = vec!["--json"];
@@ -84,7 +80,7 @@ fn der_of(path: &str) -> Vec<u8> {
 
 /// request → grant → open a line of `amount`; returns (serial, grant path).
 fn open_line(sb: &Sandbox, tag: &str, amount: u64) -> (String, String) {
-    let req = p(sb, &format!("{tag}.req.pem"));
+    let req = sb.arg(&format!("{tag}.req.pem"));
     let amount_s = amount.to_string();
     sb.meterctl_json(&[
         "credit",
@@ -98,9 +94,9 @@ fn open_line(sb: &Sandbox, tag: &str, amount: u64) -> (String, String) {
         "--request-id",
         &format!("{tag}-req"),
     ]);
-    let grant = p(sb, &format!("{tag}.grant.pem"));
+    let grant = sb.arg(&format!("{tag}.grant.pem"));
     sb.authority(&["credit-grant", &req, "--out", &grant, "--days", "30"]);
-    let first = p(sb, &format!("{tag}.p0.pem"));
+    let first = sb.arg(&format!("{tag}.p0.pem"));
     let v = sb.meterctl_json(&[
         "credit",
         "open",
@@ -116,7 +112,7 @@ fn open_line(sb: &Sandbox, tag: &str, amount: u64) -> (String, String) {
 }
 
 fn pay(sb: &Sandbox, serial: &str, amount: u64, id: &str) -> std::process::Output {
-    let out = p(sb, &format!("{id}.pay.pem"));
+    let out = sb.arg(&format!("{id}.pay.pem"));
     sb.meterctl(&[
         "--json",
         "--timeout",
@@ -138,9 +134,9 @@ fn pay(sb: &Sandbox, serial: &str, amount: u64, id: &str) -> std::process::Outpu
 
 /// Re-signs `line` JSON with `key`/`cert` (PEM files) as a CT_CREDIT_LINE CMS.
 fn openssl_grant(sb: &Sandbox, line: &Value, cert: &str, key: &str, name: &str) -> String {
-    let json = p(sb, &format!("{name}.json"));
+    let json = sb.arg(&format!("{name}.json"));
     std::fs::write(&json, serde_json::to_vec(line).unwrap()).unwrap();
-    let out = p(sb, &format!("{name}.pem"));
+    let out = sb.arg(&format!("{name}.pem"));
     ok(
         &sb.run(
             "openssl",
@@ -182,7 +178,7 @@ fn request_grant_open_pay_settle_and_refusals() {
     let (ar0, _, ct0) = sb.registers();
 
     // Request: signed by the meter, carries its postmark; charged as a postmark, once.
-    let req = p(&sb, "req.pem");
+    let req = sb.arg("req.pem");
     let args = [
         "credit",
         "request",
@@ -210,13 +206,13 @@ fn request_grant_open_pay_settle_and_refusals() {
     assert_eq!(sb.registers().0, ar0 + pm);
 
     // Grant (the authority checks signature and postmark), then open.
-    let grant = p(&sb, "grant.pem");
+    let grant = sb.arg("grant.pem");
     sb.authority(&["credit-grant", &req, "--out", &grant, "--days", "30"]);
     let granted = cms_verify(&sb, &grant, true);
     assert_eq!(granted["holder"], meter_id.as_str());
     assert_eq!(granted["amount"], 1000);
     let serial = granted["serial"].as_str().unwrap().to_owned();
-    let p0 = p(&sb, "p0.pem");
+    let p0 = sb.arg("p0.pem");
     let v = sb.meterctl_json(&[
         "credit",
         "open",
@@ -242,7 +238,7 @@ fn request_grant_open_pay_settle_and_refusals() {
         let id = format!("pay-{}", i + 1);
         ok(&pay(&sb, &serial, amount, &id), "pay");
         remaining -= amount;
-        let cert = cms_verify(&sb, &p(&sb, &format!("{id}.pay.pem")), false);
+        let cert = cms_verify(&sb, &sb.arg(&format!("{id}.pay.pem")), false);
         assert_eq!(cert["amount"], amount);
         assert_eq!(cert["credit_remaining"], remaining);
         assert_eq!(cert["meter_id"], meter_id.as_str());
@@ -256,20 +252,20 @@ fn request_grant_open_pay_settle_and_refusals() {
 
     // The creditor settles each once and refuses a replay.
     for i in 1..=3 {
-        let out = sb.authority(&["settle", &p(&sb, &format!("pay-{i}.pay.pem"))]);
+        let out = sb.authority(&["settle", &sb.arg(&format!("pay-{i}.pay.pem"))]);
         assert!(String::from_utf8_lossy(&out.stdout).contains("settled payment"));
     }
     let replay = sb.run(
         sandbox::bin_dir().join("meter-authority").to_str().unwrap(),
-        &["settle", &p(&sb, "pay-2.pay.pem")],
+        &["settle", &sb.arg("pay-2.pay.pem")],
     );
     assert!(!replay.status.success());
     assert!(String::from_utf8_lossy(&replay.stderr).contains("already settled"));
 
     // A retry returns the same certificate and charges nothing; a reused id with new input is refused.
-    let before = std::fs::read(p(&sb, "pay-2.pay.pem")).unwrap();
+    let before = std::fs::read(sb.arg("pay-2.pay.pem")).unwrap();
     ok(&pay(&sb, &serial, 250, "pay-2"), "retry");
-    assert_eq!(std::fs::read(p(&sb, "pay-2.pay.pem")).unwrap(), before);
+    assert_eq!(std::fs::read(sb.arg("pay-2.pay.pem")).unwrap(), before);
     assert_eq!(
         fails(
             &sb,
@@ -283,7 +279,7 @@ fn request_grant_open_pay_settle_and_refusals() {
                 "--payee",
                 "shop",
                 "-o",
-                &p(&sb, "x.pem"),
+                &sb.arg("x.pem"),
                 "--request-id",
                 "pay-2"
             ]
@@ -306,7 +302,7 @@ fn request_grant_open_pay_settle_and_refusals() {
         "--payee",
         "shop",
         "-o",
-        &p(&sb, "x.pem"),
+        &sb.arg("x.pem"),
         "--request-id",
         "over-1",
     ];
@@ -324,14 +320,14 @@ fn request_grant_open_pay_settle_and_refusals() {
         "--payee",
         "shop",
         "-o",
-        &p(&sb, "x.pem"),
+        &sb.arg("x.pem"),
         "--request-id",
         "foreign-1",
     ];
     assert_eq!(fails(&sb, &foreign).1, "InvalidInput");
 
     let authority = sb.authority_dir();
-    let other = p(&sb, "other-authority");
+    let other = sb.arg("other-authority");
     sb.authority(&["--dir", &other, "init"]);
     let forged = openssl_grant(
         &sb,
@@ -346,7 +342,7 @@ fn request_grant_open_pay_settle_and_refusals() {
             "open".into(),
             f.to_owned(),
             "-o".into(),
-            p(&sb, "x.pem"),
+            sb.arg("x.pem"),
             "--request-id".into(),
             id.to_owned(),
         ]
@@ -369,7 +365,7 @@ fn request_grant_open_pay_settle_and_refusals() {
     assert_eq!(run(open_args(&grant, "open-again")).1, "Replay");
 
     // A certificate the root issued (as every meter has) grants no credit.
-    let (ee_key, ee_csr, ee_cert) = (p(&sb, "ee.key"), p(&sb, "ee.csr"), p(&sb, "ee.pem"));
+    let (ee_key, ee_csr, ee_cert) = (sb.arg("ee.key"), sb.arg("ee.csr"), sb.arg("ee.pem"));
     ok(
         &sb.run(
             "openssl",
@@ -456,7 +452,7 @@ fn request_grant_open_pay_settle_and_refusals() {
         "open",
         &short_grant,
         "-o",
-        &p(&sb, "s0.pem"),
+        &sb.arg("s0.pem"),
         "--request-id",
         "open-short",
     ]);
@@ -471,7 +467,7 @@ fn request_grant_open_pay_settle_and_refusals() {
         "--payee",
         "shop",
         "-o",
-        &p(&sb, "x.pem"),
+        &sb.arg("x.pem"),
         "--request-id",
         "late-1",
     ];
@@ -504,7 +500,7 @@ fn concurrent_payments_never_overspend_and_a_crash_loses_none() {
     let seqs: BTreeSet<u64> = paid
         .iter()
         .map(|i| {
-            cms_verify(&sb, &p(&sb, &format!("c-{i}.pay.pem")), false)["sequence"]
+            cms_verify(&sb, &sb.arg(&format!("c-{i}.pay.pem")), false)["sequence"]
                 .as_u64()
                 .unwrap()
         })
@@ -525,7 +521,7 @@ fn concurrent_payments_never_overspend_and_a_crash_loses_none() {
                     pay(&sb, &big, 10, &id)
                         .status
                         .success()
-                        .then(|| std::fs::read(p(&sb, &format!("{id}.pay.pem"))).unwrap())
+                        .then(|| std::fs::read(sb.arg(&format!("{id}.pay.pem"))).unwrap())
                 })
                 .collect()
         });
@@ -549,14 +545,14 @@ fn concurrent_payments_never_overspend_and_a_crash_loses_none() {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         assert!(done, "payment {id} never succeeded");
-        let bytes = std::fs::read(p(&sb, &format!("{id}.pay.pem"))).unwrap();
+        let bytes = std::fs::read(sb.arg(&format!("{id}.pay.pem"))).unwrap();
         if let Some(first) = &first_try[i as usize] {
             assert_eq!(
                 &bytes, first,
                 "a retry of {id} returns the same certificate"
             );
         }
-        certs.push(cms_verify(&sb, &p(&sb, &format!("{id}.pay.pem")), false));
+        certs.push(cms_verify(&sb, &sb.arg(&format!("{id}.pay.pem")), false));
     }
     let seqs: BTreeSet<u64> = certs
         .iter()

@@ -17,17 +17,6 @@ use std::process::{Command, Output};
 use meter_proto::exit;
 use sandbox::{ok, write, Sandbox};
 
-/// (AR, DR, CT, ledger rows); `registers` asserts AR + DR = CT.
-fn snapshot(sb: &Sandbox) -> (u64, u64, u64, u64) {
-    let (ar, dr, ct) = sb.registers();
-    let rows = sb.status()["ledger_rows"].as_u64().expect("ledger_rows");
-    (ar, dr, ct, rows)
-}
-
-fn p(sb: &Sandbox, name: &str) -> String {
-    sb.path(name).to_string_lossy().into_owned()
-}
-
 fn authority_raw(sb: &Sandbox, args: &[&str]) -> Output {
     sb.run(
         &sandbox::bin_dir().join("meter-authority").to_string_lossy(),
@@ -43,7 +32,7 @@ fn enrol(sb: &Sandbox, cn: &str) -> String {
 /// Request (meterctl), certify; returns (request file, certificate file, serial).
 fn certified(sb: &Sandbox, cn: &str) -> (String, String) {
     let code = enrol(sb, cn);
-    let req = p(sb, &format!("{cn}.req"));
+    let req = sb.arg(&format!("{cn}.req"));
     sb.meterctl_json(&[
         "cert",
         "request",
@@ -60,7 +49,7 @@ fn certified(sb: &Sandbox, cn: &str) -> (String, String) {
 }
 
 fn certify(sb: &Sandbox, cn: &str, req: &str) -> (String, String) {
-    let cert = p(sb, &format!("{cn}.pem"));
+    let cert = sb.arg(&format!("{cn}.pem"));
     let out = sb.authority(&["certify", req, "--out", &cert]);
     let serial = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     (cert, serial)
@@ -199,9 +188,9 @@ fn revoke_paid_due_forced_crl_and_settlement() {
     assert!(key_blob_exists(&sb, &alice_key));
 
     // 1. Request: signed, one Event row, nothing charged; a retry returns the same bytes.
-    let s0 = snapshot(&sb);
+    let s0 = sb.snapshot();
     assert_eq!(s0.1, fee + 600);
-    let req = p(&sb, "revoke-alice.pem");
+    let req = sb.arg("revoke-alice.pem");
     let r = sb.meterctl_json(&[
         "cert",
         "revoke",
@@ -214,9 +203,9 @@ fn revoke_paid_due_forced_crl_and_settlement() {
         "rv-alice",
     ]);
     assert_eq!(r["request_id"], "rv-alice");
-    let s1 = snapshot(&sb);
+    let s1 = sb.snapshot();
     assert_eq!((s1.0, s1.1, s1.2, s1.3), (s0.0, s0.1, s0.2, s0.3 + 1));
-    let again = p(&sb, "revoke-alice-2.pem");
+    let again = sb.arg("revoke-alice-2.pem");
     sb.meterctl_json(&[
         "cert",
         "revoke",
@@ -229,7 +218,7 @@ fn revoke_paid_due_forced_crl_and_settlement() {
         "rv-alice",
     ]);
     assert_eq!(std::fs::read(&req).unwrap(), std::fs::read(&again).unwrap());
-    assert_eq!(snapshot(&sb), s1, "a retry writes nothing");
+    assert_eq!(sb.snapshot(), s1, "a retry writes nothing");
 
     // Refusals: unknown serial, bad reason, garbage order — nothing changed.
     let out = sb.meterctl(&["cert", "revoke", "7fffffff", "--reason", "superseded"]);
@@ -243,12 +232,12 @@ fn revoke_paid_due_forced_crl_and_settlement() {
     );
     let out = sb.meterctl(&["cert", "apply-revoke", &junk]);
     assert_eq!(out.status.code(), Some(exit::INVALID), "{out:?}");
-    assert_eq!(snapshot(&sb), s1);
+    assert_eq!(sb.snapshot(), s1);
 
     // 2. The authority answers with an order; a tampered copy is refused.
-    let order = p(&sb, "order-alice.pem");
+    let order = sb.arg("order-alice.pem");
     sb.authority(&["revoke", &req, "--out", &order]);
-    let der = p(&sb, "order-alice.der");
+    let der = sb.arg("order-alice.der");
     ok(
         &sb.run(
             "openssl",
@@ -268,7 +257,7 @@ fn revoke_paid_due_forced_crl_and_settlement() {
         "{out:?}"
     );
     // An order for another meter (signed by the right root).
-    let other = p(&sb, "order-other.pem");
+    let other = sb.arg("order-other.pem");
     sb.authority(&[
         "revoke",
         "--forced",
@@ -285,7 +274,7 @@ fn revoke_paid_due_forced_crl_and_settlement() {
         String::from_utf8_lossy(&out.stderr).contains("MTR-OTHER-1"),
         "{out:?}"
     );
-    assert_eq!(snapshot(&sb), s1, "refused orders change nothing");
+    assert_eq!(sb.snapshot(), s1, "refused orders change nothing");
 
     // Keep a copy of Alice's key blobs, to play a crash between the row and the deletion.
     let keys = std::path::PathBuf::from(&sb.env["METERD_STATE_DIR"]).join("keys");
@@ -299,10 +288,10 @@ fn revoke_paid_due_forced_crl_and_settlement() {
         .collect();
 
     // 3. Apply: revoked, key destroyed, fee paid, one Debit row; confirmation opens with openssl.
-    let conf = p(&sb, "conf-alice.pem");
+    let conf = sb.arg("conf-alice.pem");
     let a = sb.meterctl_json(&["cert", "apply-revoke", &order, "-o", &conf]);
     assert_eq!(a["payment"], "paid", "{a}");
-    let s2 = snapshot(&sb);
+    let s2 = sb.snapshot();
     assert_eq!(
         (s2.0, s2.1, s2.2, s2.3),
         (s1.0 + fee, s1.1 - fee, s1.2, s1.3 + 1)
@@ -336,7 +325,7 @@ fn revoke_paid_due_forced_crl_and_settlement() {
     );
     // Registers unmoved; the start after the crash adds its epoch row only.
     let s2 = (s2.0, s2.1, s2.2, s2.3 + 1);
-    assert_eq!(snapshot(&sb), s2);
+    assert_eq!(sb.snapshot(), s2);
 
     // Replay and double revocation: named errors, nothing charged.
     let out = sb.meterctl(&["cert", "apply-revoke", &order]);
@@ -357,7 +346,7 @@ fn revoke_paid_due_forced_crl_and_settlement() {
             "--serial",
             &alice_serial,
             "--out",
-            &p(&sb, "twice.pem"),
+            &sb.arg("twice.pem"),
         ],
     );
     assert!(
@@ -369,7 +358,7 @@ fn revoke_paid_due_forced_crl_and_settlement() {
     let record = sb.authority_dir().join("revocations.json");
     let kept = std::fs::read(&record).unwrap();
     std::fs::remove_file(&record).unwrap();
-    let second = p(&sb, "order-alice-2.pem");
+    let second = sb.arg("order-alice-2.pem");
     sb.authority(&[
         "revoke",
         "--forced",
@@ -395,17 +384,17 @@ fn revoke_paid_due_forced_crl_and_settlement() {
         &alice_serial,
         &msg,
         "-o",
-        &p(&sb, "x.p7s"),
+        &sb.arg("x.p7s"),
     ]);
     assert_eq!(out.status.code(), Some(exit::INVALID), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("revoked"),
         "{out:?}"
     );
-    assert_eq!(snapshot(&sb), s2);
+    assert_eq!(sb.snapshot(), s2);
 
     // 4. Forced revocation of Bob with funds short: revoked anyway, payment due.
-    let forced = p(&sb, "order-bob.pem");
+    let forced = sb.arg("order-bob.pem");
     sb.authority(&[
         "revoke",
         "--forced",
@@ -418,13 +407,13 @@ fn revoke_paid_due_forced_crl_and_settlement() {
         "--out",
         &forced,
     ]);
-    let conf_bob = p(&sb, "conf-bob.pem");
+    let conf_bob = sb.arg("conf-bob.pem");
     let out = sb.meterctl(&["--json", "cert", "apply-revoke", &forced, "-o", &conf_bob]);
     assert!(out.status.success(), "{out:?}");
     let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(b["payment"], "payment-due", "{b}");
     assert_eq!(b["forced"], true);
-    let s3 = snapshot(&sb);
+    let s3 = sb.snapshot();
     assert_eq!(
         (s3.0, s3.1, s3.2, s3.3),
         (s2.0, s2.1, s2.2, s2.3 + 2),
@@ -436,10 +425,10 @@ fn revoke_paid_due_forced_crl_and_settlement() {
     assert_eq!(st["lock_reason"], "forced", "{st}");
     let (_, _, out) = sb.postmark_id("pm-forced-locked");
     assert_eq!(out.status.code(), Some(exit::LOCKED), "{out:?}");
-    assert_eq!(snapshot(&sb), s3);
+    assert_eq!(sb.snapshot(), s3);
     let order = sb.clear_lock_order();
     assert!(sb.meterctl(&["clear-lock", &order]).status.success());
-    let s3 = snapshot(&sb);
+    let s3 = sb.snapshot();
     assert_eq!(s3.3, s2.3 + 3, "plus the unlock row");
     assert_eq!((s3.0, s3.1, s3.2), (s2.0, s2.1, s2.2));
     let c = open_confirmation(&sb, &conf_bob);
@@ -452,17 +441,17 @@ fn revoke_paid_due_forced_crl_and_settlement() {
     assert!(s3.1 >= rates["postmark"].as_u64().unwrap());
     let (_, _, out) = sb.postmark_id("pm-owed");
     assert_eq!(out.status.code(), Some(exit::FUNDS), "{out:?}");
-    assert_eq!(snapshot(&sb), s3);
+    assert_eq!(sb.snapshot(), s3);
 
     // The debt survives a crash of the daemon (rebuilt from the ledger).
     sb.script("restart-meterd");
     assert_eq!(sb.status()["payment_due"].as_u64(), Some(fee));
     let s3 = (s3.0, s3.1, s3.2, s3.3 + 1); // the start's epoch row
-    assert_eq!(snapshot(&sb), s3);
+    assert_eq!(sb.snapshot(), s3);
 
     // 5. The next recharge settles the debt first: DR = DR before + voucher − due.
     let voucher = 5_000;
-    let v = p(&sb, "v.pem");
+    let v = sb.arg("v.pem");
     sb.authority(&[
         "voucher",
         "--meter",
@@ -473,7 +462,7 @@ fn revoke_paid_due_forced_crl_and_settlement() {
         &v,
     ]);
     let r = sb.meterctl_json(&["recharge", &v]);
-    let s4 = snapshot(&sb);
+    let s4 = sb.snapshot();
     assert_eq!(r["descending"].as_u64(), Some(s4.1), "{r}");
     assert_eq!(s4.1, s3.1 + voucher - fee);
     assert_eq!(s4.0, s3.0 + fee);
@@ -483,7 +472,7 @@ fn revoke_paid_due_forced_crl_and_settlement() {
     // Settled once: a restart settles nothing more.
     sb.script("restart-meterd");
     let s4 = (s4.0, s4.1, s4.2, s4.3 + 1); // the start's epoch row
-    assert_eq!(snapshot(&sb), s4);
+    assert_eq!(sb.snapshot(), s4);
 
     // Carol still signs, and is charged.
     sb.meterctl_json(&[
@@ -492,16 +481,16 @@ fn revoke_paid_due_forced_crl_and_settlement() {
         &carol_serial,
         &msg,
         "-o",
-        &p(&sb, "carol.p7s"),
+        &sb.arg("carol.p7s"),
         "--request-id",
         "sign-carol",
     ]);
-    let s5 = snapshot(&sb);
+    let s5 = sb.snapshot();
     assert_eq!(s5.0, s4.0 + rates["sign"].as_u64().unwrap());
     assert_eq!(s5.3, s4.3 + 1);
 
     // 6. The CRL: revoked certificates fail openssl's CRL check, others pass.
-    let crl = p(&sb, "crl.pem");
+    let crl = sb.arg("crl.pem");
     sb.authority(&["crl", "--out", &crl]);
     for (cert, name) in [(&alice, "Alice"), (&bob, "Bob")] {
         let out = crl_verify(&sb, &crl, cert);

@@ -158,6 +158,18 @@ impl Sandbox {
         (ar, dr, ct)
     }
 
+    /// (AR, DR, CT, ledger rows): what a refused call must leave as it was.
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        let (ar, dr, ct) = self.registers();
+        let rows = self.status()["ledger_rows"].as_u64().expect("ledger_rows");
+        (ar, dr, ct, rows)
+    }
+
+    /// A file in the sandbox's directory, as a command-line argument.
+    pub fn arg(&self, name: &str) -> String {
+        self.path(name).to_string_lossy().into_owned()
+    }
+
     /// Meter id.
     pub fn meter_id(&self) -> String {
         self.status()["meter_id"]
