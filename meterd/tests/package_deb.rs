@@ -1,0 +1,106 @@
+//! The Debian package (issue 13: "There is no way to install it"): `packaging/build-deb`
+//! builds it from the release binaries, and Debian's own tools read it — `dpkg-deb`
+//! for its fields and contents, `systemd-sysusers --root` and `systemd-tmpfiles --root`
+//! for what its maintainer script creates, in a scratch root, so the test changes
+//! nothing on the machine it runs on.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/sandbox.rs"]
+mod sandbox;
+
+use std::path::Path;
+use std::process::Command;
+
+use sandbox::{bin_dir, ok, repo};
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    ok(&out, &format!("{program} {args:?}"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn the_package_installs_what_a_sysadmin_needs() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let built = Command::new("bash")
+        .arg(repo().join("packaging/build-deb"))
+        .arg(out_dir.path())
+        .env("BIN_DIR", bin_dir())
+        .output()
+        .unwrap();
+    let deb = ok(&built, "packaging/build-deb").trim().to_owned();
+    assert!(deb.ends_with(".deb"), "{deb}");
+
+    // The fields: runtime libraries stated, not guessed.
+    let info = run("dpkg-deb", &["-f", &deb, "Package", "Version", "Depends"]);
+    eprintln!("{info}");
+    assert!(info.contains("Package: meterd"), "{info}");
+    for dep in [
+        "libtss2-esys",
+        "libtss2-tctildr0",
+        "libtss2-mu0",
+        "libtss2-tcti-device0",
+        "libssl3",
+        "dbus",
+    ] {
+        assert!(info.contains(dep), "Depends lacks {dep}: {info}");
+    }
+
+    // The contents: binaries, unit, sysusers, tmpfiles, bus policy, conffile, docs.
+    let list = run("dpkg-deb", &["-c", &deb]);
+    for path in [
+        "./usr/bin/meterd",
+        "./usr/bin/meterctl",
+        "./usr/bin/meter-authority",
+        "./usr/lib/systemd/system/meterd.service",
+        "./usr/lib/sysusers.d/meterd.conf",
+        "./usr/lib/tmpfiles.d/meterd.conf",
+        "./usr/share/dbus-1/system.d/org.meterd.Meter1.conf",
+        "./etc/meterd/meterd.toml",
+        "./usr/share/doc/meterd/SECURITY.md",
+    ] {
+        assert!(
+            list.lines().any(|l| l.ends_with(path)),
+            "{path} not in the package:\n{list}"
+        );
+    }
+    // The configuration is a conffile: an upgrade never overwrites the admin's edits.
+    let conffiles = run("dpkg-deb", &["-I", &deb, "conffiles"]);
+    assert_eq!(conffiles.trim(), "/etc/meterd/meterd.toml");
+
+    // What the maintainer script does, in a scratch root: the user and both groups,
+    // and the configuration directory readable by the daemon's group only.
+    let root = tempfile::tempdir().unwrap();
+    run("dpkg-deb", &["-x", &deb, s(root.path())]);
+    std::fs::create_dir_all(root.path().join("etc")).unwrap();
+    run(
+        "systemd-sysusers",
+        &["--root", s(root.path()), "meterd.conf"],
+    );
+    let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
+    let group = std::fs::read_to_string(root.path().join("etc/group")).unwrap();
+    assert!(passwd.lines().any(|l| l.starts_with("meterd:")), "{passwd}");
+    for g in ["meterd:", "meter:", "meteradmin:"] {
+        assert!(group.lines().any(|l| l.starts_with(g)), "{g} {group}");
+    }
+    run(
+        "systemd-tmpfiles",
+        &["--root", s(root.path()), "--create", "meterd.conf"],
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(root.path().join("etc/meterd"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o750, "/etc/meterd mode {mode:o}");
+
+    // The packaged binaries run (they are the release build, stripped).
+    let v = run(s(&root.path().join("usr/bin/meterctl")), &["--version"]);
+    assert!(v.contains("meterctl"), "{v}");
+}
