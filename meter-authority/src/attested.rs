@@ -228,9 +228,9 @@ mod tests {
 
     #[test]
     fn rows_cannot_outrun_the_tpm_clock() {
-        let hour = 3_600_000;
+        let hour: i64 = 3_600_000;
         let last = state(5, 1_000, 2, 1);
-        let now = state(6, 1_000 + hour, 2, 1);
+        let now = state(6, 1_000 + hour as u64, 2, 1);
         let mut f = Findings::default();
         rows_within_clock(&last, &now, 0, hour, &mut f);
         rows_within_clock(&last, &now, 0, hour + 60_000, &mut f);
