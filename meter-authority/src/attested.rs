@@ -150,6 +150,46 @@ fn compare(now: &TpmState, report_nv: u64, last: Option<&TpmState>, f: &mut Find
     }
 }
 
+/// Slack allowed between the rows' wall-clock span and the TPM clock's
+/// progress: fixed (the lag between a report's last row and its
+/// attestation, clock steps) plus a rate (TPM clocks drift and may be
+/// adjusted by up to a few percent).
+const CLOCK_SLACK_MS: u64 = 120_000;
+const CLOCK_SLACK_PERCENT: u64 = 5;
+
+/// Rows against the attested TPM clock: between the last attested report
+/// and this one, with the same reset and restart counts (the TPM clock ran
+/// all along), the rows acknowledged then (last row at `from_ms`) and now
+/// (last row at `to_ms`) cannot span more wall-clock time than the TPM
+/// clock advanced, give or take the slack. A meter clock moved forward
+/// (rows dated later than they were written) shows here.
+pub fn rows_within_clock(
+    last: &TpmState,
+    now: &TpmState,
+    from_ms: i64,
+    to_ms: i64,
+    f: &mut Findings,
+) {
+    if now.reset_count != last.reset_count
+        || now.restart_count != last.restart_count
+        || now.clock <= last.clock
+    {
+        return;
+    }
+    let elapsed = now.clock - last.clock;
+    let span = u64::try_from(to_ms.saturating_sub(from_ms)).unwrap_or(0);
+    let slack = CLOCK_SLACK_MS + elapsed / 100 * CLOCK_SLACK_PERCENT;
+    if span > elapsed.saturating_add(slack) {
+        f.add(format!(
+            "TPM clock: the rows since report {} span {} s of wall-clock time, the TPM clock advanced {} s (same reset and restart counts; slack {} s): the meter's clock ran ahead",
+            last.report_sequence,
+            span / 1000,
+            elapsed / 1000,
+            slack / 1000
+        ));
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -184,5 +224,22 @@ mod tests {
         let mut f = Findings::default();
         compare(&state(5, 9_000, 1, 9), 5, Some(&last), &mut f);
         assert!(f.0[0].contains("reset count 1 decreased"));
+    }
+
+    #[test]
+    fn rows_cannot_outrun_the_tpm_clock() {
+        let hour: i64 = 3_600_000;
+        let last = state(5, 1_000, 2, 1);
+        let now = state(6, 1_000 + hour as u64, 2, 1);
+        let mut f = Findings::default();
+        rows_within_clock(&last, &now, 0, hour, &mut f);
+        rows_within_clock(&last, &now, 0, hour + 60_000, &mut f);
+        // Another restart: the clock may have stopped meanwhile; not judged.
+        rows_within_clock(&last, &state(6, 2_000, 2, 2), 0, 24 * hour, &mut f);
+        assert!(f.0.is_empty(), "{:?}", f.0);
+        rows_within_clock(&last, &now, 0, 24 * hour, &mut f);
+        assert_eq!(f.0.len(), 1, "{:?}", f.0);
+        assert!(f.0[0].contains("span 86400 s"), "{:?}", f.0);
+        assert!(f.0[0].contains("advanced 3600 s"), "{:?}", f.0);
     }
 }

@@ -65,6 +65,11 @@ pub struct Point {
     pub nv_counter: u64,
     /// Hex SHA-384 of its JSON (as in the acknowledgement).
     pub report_digest: String,
+    /// Epoch in force at row `rows`: the counter of the last epoch row the
+    /// acknowledged segments held (absent: none seen yet, or a book older
+    /// than this field). The next epoch row must open the one after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// One index file of reported rows.
@@ -106,6 +111,10 @@ pub struct Book {
     /// and restart counts; `attested`); none for a meter that does not attest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<crate::attested::TpmState>,
+    /// Rate tables the acknowledged segments installed (version → table):
+    /// the prices `inspect` re-prices later sales with.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rates: BTreeMap<u32, meter_pki::payload::RateTable>,
 }
 
 impl Book {

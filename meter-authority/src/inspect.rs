@@ -136,6 +136,17 @@ impl Authority {
                 Err(f) => f.clone(),
             };
             let state = attested::check(&report, &tpm, book.tpm.as_ref(), &mut findings);
+            if let (Ok(rec), Some(now), Some(last), Some(from)) =
+                (&reconciled, &state, &book.tpm, book.last())
+            {
+                attested::rows_within_clock(
+                    last,
+                    now,
+                    from.row_time_ms,
+                    rec.point.row_time_ms,
+                    &mut findings,
+                );
+            }
             let reconciled = match reconciled {
                 Ok(rec) if findings.0.is_empty() => Ok(rec),
                 _ => Err(findings),
@@ -152,6 +163,9 @@ impl Authority {
                     if book.point_at(rec.point.rows).is_none() {
                         book.acknowledged.push(rec.point.clone());
                         book.acknowledged.sort_by_key(|p| p.rows);
+                    }
+                    for t in &rec.rates {
+                        book.rates.entry(t.version).or_insert_with(|| t.clone());
                     }
                     for (k, s) in &rec.applied {
                         book.applied.entry(k.clone()).or_insert(*s);

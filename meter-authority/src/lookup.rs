@@ -181,6 +181,7 @@ mod tests {
             report_time: 21,
             nv_counter: 1,
             report_digest: String::new(),
+            epoch: None,
         });
         let a = |d: u8, serial, latest| answer(&rows, &[d; 48], serial, latest, &book);
         assert_eq!(

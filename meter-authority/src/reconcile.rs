@@ -34,7 +34,8 @@
 use meter_pki::account::AccountOrder;
 use meter_pki::cert::Certificate;
 use meter_pki::ledger_format::{
-    epoch_previous, genesis_prev, row_hash, Digest, EpochRecord, EPOCH_KIND, EPOCH_NOTE,
+    epoch_previous, genesis_prev, row_hash, split_lock_product, Digest, EpochRecord, EPOCH_KIND,
+    EPOCH_NOTE,
 };
 use meter_pki::payload::{self, AnchorUpdate, ClearLockOrder, Payload, RateTable, Voucher};
 use meter_pki::report::{LockOrder, ReportAck, StatusReport};
@@ -42,6 +43,8 @@ use meter_pki::segment::{self, kind, service, Segment, SegmentRow};
 use sha2::{Digest as _, Sha384};
 
 use crate::book::{Book, IndexRow, Point, Registers};
+use crate::epochs::EpochRun;
+use crate::pricing::Pricing;
 
 /// Longest product taken as a bare lock nonce (layout v1 lock-order rows).
 const NONCE_MAX: usize = 64;
@@ -70,6 +73,8 @@ pub struct Reconciled {
     pub unclean: Vec<u64>,
     /// The book's running count of unclean starts after this report.
     pub unclean_total: u64,
+    /// Rate tables the segment installed (the book keeps them).
+    pub rates: Vec<RateTable>,
 }
 
 /// Discrepancies, each one sentence naming the row or field.
@@ -139,6 +144,14 @@ pub fn reconcile(
         applied: Vec::new(),
         index: Vec::new(),
         unclean: Vec::new(),
+        epochs: EpochRun::new(
+            book.acknowledged
+                .iter()
+                .filter(|p| p.rows < seg.first_seq)
+                .max_by_key(|p| p.rows)
+                .and_then(|p| p.epoch),
+        ),
+        pricing: Pricing::new(book.rates.values().cloned()),
         indexed_after: book.last().map_or(0, |p| p.rows),
         f,
     };
@@ -196,6 +209,8 @@ struct Walk<'a> {
     applied: Vec<(String, u64)>,
     index: Vec<IndexRow>,
     unclean: Vec<u64>,
+    epochs: EpochRun,
+    pricing: Pricing,
     indexed_after: u64,
     f: Findings,
 }
@@ -227,6 +242,16 @@ impl Walk<'_> {
         self.time_ms = x.time;
         self.registers(r);
         self.outside_object(r);
+        self.epochs
+            .row(seq, x.kind, x.note, x.request_id, r.product, &mut self.f);
+        if x.kind == kind::RATES {
+            let at = x.time.div_euclid(1000);
+            if let Ok(t) = self.open::<RateTable>(r.product.unwrap_or_default(), at) {
+                self.pricing.installed(t);
+            }
+        }
+        self.pricing
+            .row(seq, x.kind, x.service, x.debit, x.time, &mut self.f);
         if x.kind == EPOCH_KIND && x.note == EPOCH_NOTE.as_bytes() {
             let rec = r.product.and_then(EpochRecord::decode);
             if rec.is_some_and(|e| e.previous == epoch_previous::UNCLEAN) {
@@ -344,14 +369,18 @@ impl Walk<'_> {
                 .open::<ReportAck>(product, at)
                 .and_then(|a| self.bound(&a.meter_id, &a.report_sequence.to_string(), d)),
             (kind::UNLOCK, _) => Err("an unlock with no authority order".into()),
-            // Layout v1 keeps only the lock's nonce in a lock-order row (the
-            // signed order arrives with piece SEMANTIC): a lock takes no value.
-            (_, Some(("lock-order", _))) if expected.is_some() && product.len() <= NONCE_MAX => {
-                Ok(())
+            // A lock-order row keeps the lock's nonce, a NUL and the signed
+            // order (`lock_product`); rows written before keep the nonce
+            // only: a lock takes no value.
+            (_, Some(("lock-order", d))) if expected.is_some() => {
+                match split_lock_product(product) {
+                    (_, Some(order)) => self
+                        .open::<LockOrder>(order, at)
+                        .and_then(|o| self.bound(&o.meter_id, &o.nonce, d)),
+                    (nonce, None) if nonce.len() <= NONCE_MAX => Ok(()),
+                    (_, None) => Err("a lock-order row whose product is no lock".into()),
+                }
             }
-            (_, Some(("lock-order", d))) if expected.is_some() => self
-                .open::<LockOrder>(product, at)
-                .and_then(|o| self.bound(&o.meter_id, &o.nonce, d)),
             (_, Some(("account-order", d))) if expected.is_some() => self
                 .open::<AccountOrder>(product, at)
                 .and_then(|o| self.bound(&o.meter_id, &o.nonce, d)),
@@ -535,6 +564,7 @@ impl Walk<'_> {
                 r.control_total, r.billed
             ));
         }
+        self.epochs.finish(&self.applied, &mut self.f);
         if !self.f.0.is_empty() {
             return Err(self.f);
         }
@@ -555,6 +585,7 @@ impl Walk<'_> {
                 report_time: report.time,
                 nv_counter: report.nv_counter,
                 report_digest: report_digest.to_owned(),
+                epoch: self.epochs.epoch,
             },
             applied: self.applied,
             index: self.index,
@@ -563,6 +594,7 @@ impl Walk<'_> {
             outstanding,
             unclean: self.unclean,
             unclean_total: 0,
+            rates: self.pricing.learned,
         })
     }
 }

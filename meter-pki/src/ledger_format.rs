@@ -355,6 +355,29 @@ pub mod epoch_previous {
     pub const UPGRADE: &str = "upgrade";
 }
 
+/// A Lock row's product: the lock's fresh nonce (what a clear order must
+/// name), then, for a lock an authority ordered (`forced`, key
+/// `m/lock-order/<order nonce>`), a NUL and the authority's signed lock
+/// order as applied, so the audit and the authority can verify it. A nonce
+/// is hex and never holds a NUL; rows written before keep the nonce alone.
+pub fn lock_product(nonce: &str, order: Option<&[u8]>) -> Vec<u8> {
+    let mut p = nonce.as_bytes().to_vec();
+    if let Some(o) = order {
+        p.push(0);
+        p.extend_from_slice(o);
+    }
+    p
+}
+
+/// Splits a Lock row's product into the lock's nonce and the signed order
+/// it keeps, if any (see [`lock_product`]).
+pub fn split_lock_product(product: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match product.iter().position(|b| *b == 0) {
+        Some(i) => (&product[..i], Some(&product[i + 1..])),
+        None => (product, None),
+    }
+}
+
 /// Product of an epoch row (strict JSON): the counter value it opens, why,
 /// and what the TPM's clock said when it was written.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -11,7 +11,8 @@
 //! pipeline and the watchdog, see `timecheck`), `inspection-overdue`
 //! (`inspection`), `forced` (an authority [`LockOrder`], applied by
 //! [`apply_order`]; its nonce makes the Lock row's key
-//! `m/lock-order/<nonce>`, so an order locks once) and `period-closed`
+//! `m/lock-order/<nonce>`, so an order locks once, and the row keeps the
+//! signed order, which the audit verifies again) and `period-closed`
 //! (current-account mode). A locked meter refuses every sale but still
 //! answers Status and Report.
 
@@ -41,7 +42,13 @@ pub async fn apply_order(meter: &Meter, signed: &[u8]) -> Result<()> {
     let held = regime.hold().await;
     let key = Key::meter("lock-order", &order.nonce);
     if regime
-        .engage_order(&held, &ledger, meter_proto::lock_reason::FORCED, key)
+        .engage_order(
+            &held,
+            &ledger,
+            meter_proto::lock_reason::FORCED,
+            key,
+            signed,
+        )
         .await?
     {
         tracing::warn!(reason = %order.reason, "authority lock order applied");

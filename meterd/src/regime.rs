@@ -180,7 +180,8 @@ impl Regime {
     }
 
     /// Appends a Lock row for an authority lock order (key
-    /// `m/lock-order/<nonce>`, so an order locks once); `Ok(false)` when that
+    /// `m/lock-order/<nonce>`, so an order locks once; the row keeps the signed
+    /// `order`); `Ok(false)` when that
     /// order was applied before.
     pub async fn engage_order(
         &self,
@@ -188,23 +189,30 @@ impl Regime {
         ledger: &Ledger,
         reason: &str,
         key: Key,
+        order: &[u8],
     ) -> Result<bool> {
         if ledger.lookup(&key).await?.is_some() {
             return Ok(false);
         }
         Ok(matches!(
-            lock_row(ledger, reason, Some(key)).await?,
+            lock_row(ledger, reason, Some((key, order))).await?,
             Outcome::Committed { .. }
         ))
     }
 }
 
-/// Appends a Lock row with a fresh nonce (the one a clear order must carry).
-async fn lock_row(ledger: &Ledger, reason: &str, key: Option<Key>) -> Result<Outcome> {
+/// Appends a Lock row with a fresh nonce (the one a clear order must carry);
+/// for an authority's order, its key and the signed order the row keeps.
+async fn lock_row(ledger: &Ledger, reason: &str, order: Option<(Key, &[u8])>) -> Result<Outcome> {
     let nonce = fresh_nonce()?;
+    let (key, signed) = match order {
+        Some((k, o)) => (Some(k), Some(o)),
+        None => (None, None),
+    };
     let entry = Entry::lock(
         reason,
         &nonce,
+        signed,
         key,
         input_digest("lock", &[reason.as_bytes(), nonce.as_bytes()]),
     );

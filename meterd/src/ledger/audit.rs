@@ -244,7 +244,10 @@ fn run_mapped(
                 .map_err(storage)?;
             Some(LockInfo {
                 reason,
-                nonce: String::from_utf8_lossy(&nonce.unwrap_or_default()).into_owned(),
+                nonce: String::from_utf8_lossy(
+                    super::chain::split_lock_product(&nonce.unwrap_or_default()).0,
+                )
+                .into_owned(),
             })
         }
     };

@@ -9,6 +9,6 @@ pub(crate) use meter_pki::ledger_format::{
     verify_seal_v2, EpochRecord, RowFields, EPOCH_NOTE,
 };
 pub use meter_pki::ledger_format::{
-    genesis_prev, link_digest, seal_digest, seal_digest_v2, verify_seal, LedgerSeal, MAX_NOTE,
-    MAX_REQUEST_ID,
+    genesis_prev, link_digest, lock_product, seal_digest, seal_digest_v2, split_lock_product,
+    verify_seal, LedgerSeal, MAX_NOTE, MAX_REQUEST_ID,
 };

@@ -262,13 +262,21 @@ impl Entry {
         Entry::record(EntryKind::Event, Some(key), input_digest, product, note)
     }
 
-    /// A lock for `reason`; `nonce` is what a clear-lock order must name.
-    pub fn lock(reason: &str, nonce: &str, key: Option<Key>, input_digest: Digest) -> Entry {
+    /// A lock for `reason`; `nonce` is what a clear-lock order must name;
+    /// `order`: the authority's signed lock order it applies, kept in the
+    /// row ([`chain::lock_product`]).
+    pub fn lock(
+        reason: &str,
+        nonce: &str,
+        order: Option<&[u8]>,
+        key: Option<Key>,
+        input_digest: Digest,
+    ) -> Entry {
         Entry::record(
             EntryKind::Lock,
             key,
             input_digest,
-            nonce.as_bytes().to_vec(),
+            chain::lock_product(nonce, order),
             reason,
         )
     }

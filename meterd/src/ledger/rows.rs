@@ -247,7 +247,8 @@ pub(crate) fn make_row(
         EntryKind::Lock => {
             work.lock = Some(LockInfo {
                 reason: e.note.clone(),
-                nonce: String::from_utf8_lossy(&e.product).into_owned(),
+                nonce: String::from_utf8_lossy(chain::split_lock_product(&e.product).0)
+                    .into_owned(),
             })
         }
         EntryKind::Unlock => work.lock = None,

@@ -5,8 +5,9 @@
 //! newer than the last) and account orders.
 
 use meter_pki::account::AccountOrder;
+use meter_pki::ledger_format::split_lock_product;
 use meter_pki::payload::{self, ClearLockOrder};
-use meter_pki::report::{report_digest, ReportAck, StatusReport};
+use meter_pki::report::{report_digest, LockOrder, ReportAck, StatusReport};
 use meter_proto::lock_reason;
 
 use super::objects::{open, require_detail};
@@ -25,8 +26,9 @@ const REASONS: [&str; 6] = [
 
 impl Walk {
     /// A Lock row: it engages the lock whatever else is wrong with it.
-    pub(super) fn lock_row(&mut self, r: &FilteredRow) -> Judged {
-        let nonce = String::from_utf8_lossy(product(r)?).into_owned();
+    pub(super) fn lock_row(&mut self, r: &FilteredRow, verify: bool) -> Judged {
+        let (nonce, order) = split_lock_product(product(r)?);
+        let nonce = String::from_utf8_lossy(nonce).into_owned();
         self.lock = Some(Lock {
             reason: r.note.clone(),
             nonce: nonce.clone(),
@@ -40,10 +42,28 @@ impl Walk {
             ));
         }
         if r.key.is_some() {
-            require_detail(r.key.as_deref(), "lock-order")?;
+            let detail = require_detail(r.key.as_deref(), "lock-order")?;
             if r.note != lock_reason::FORCED {
                 return Err("a lock order's row is not a forced lock".into());
             }
+            // The authority's signed order, for this meter, under its own
+            // nonce (the key makes it good once).
+            let order = order.ok_or(
+                "a forced lock that keeps no authority lock order (rows written before lock rows kept the order read so too: the authority can clear it)",
+            )?;
+            let order = open::<LockOrder>(order, &self.anchors, at(r), verify)?.body;
+            self.count(verify);
+            if order.meter_id != self.meter_id {
+                return Err(format!("the lock order is for meter {}", order.meter_id));
+            }
+            if order.nonce != detail {
+                return Err(format!(
+                    "the lock order's nonce {} is not the one its key names ({detail})",
+                    order.nonce
+                ));
+            }
+        } else if order.is_some() {
+            return Err("a lock the meter engaged itself that keeps an order".into());
         }
         Ok(())
     }

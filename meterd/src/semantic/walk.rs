@@ -169,7 +169,7 @@ impl Walk {
             Some(EntryKind::Provision) => self.provision(r, verify),
             Some(EntryKind::Rates) => self.rates(r, verify),
             Some(EntryKind::Credit) => self.voucher(r, verify),
-            Some(EntryKind::Lock) => self.lock_row(r),
+            Some(EntryKind::Lock) => self.lock_row(r, verify),
             Some(EntryKind::Unlock) => self.unlock(r, verify),
             Some(EntryKind::Event) => match r.note.as_str() {
                 super::NOTE_ACCOUNT_ORDER => self.account_order(r, verify),

@@ -1,0 +1,61 @@
+//! Root's tools on a stopped meter's state directory, for the attack tests
+//! done the attacker's way: `sqlite3` on the ledger and
+//! `tests/append_row.py` (python3's sqlite3 and hashlib, tpm2-tools with
+//! the identity key's auth value derived from `keys/auth`, openssl: no
+//! project code), which appends a row and seals it with the meter's key.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use crate::sandbox::{self, ok, Sandbox};
+
+pub fn state(sb: &Sandbox) -> PathBuf {
+    PathBuf::from(&sb.env["METERD_STATE_DIR"])
+}
+
+pub fn db(sb: &Sandbox) -> String {
+    state(sb)
+        .join("ledger.sqlite")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `sqlite3 DB QUERY`, trimmed output.
+pub fn sql(sb: &Sandbox, db: &str, q: &str) -> String {
+    ok(&sb.run("sqlite3", &[db, q]), q).trim().to_owned()
+}
+
+/// The counter the ledger's last epoch row opened.
+pub fn last_epoch(sb: &Sandbox) -> u64 {
+    let key = sql(
+        sb,
+        &db(sb),
+        "SELECT request_id FROM journal WHERE note='epoch' AND kind=8 ORDER BY seq DESC LIMIT 1",
+    );
+    key.strip_prefix("m/epoch/").unwrap().parse().unwrap()
+}
+
+/// `append_row.py DB METER STATE WORK ARGS...` against the sandbox's TPM
+/// (meterd stopped: `meter` is its id, asked before).
+pub fn append_row(sb: &Sandbox, meter: &str, args: &[&str]) {
+    let work = sb.path("loot");
+    std::fs::create_dir_all(&work).unwrap();
+    let script = sandbox::repo().join("meterd/tests/append_row.py");
+    let port = std::fs::read_to_string(sb.path("swtpm.port")).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args([
+            db(sb),
+            meter.to_owned(),
+            state(sb).to_string_lossy().into_owned(),
+            work.to_string_lossy().into_owned(),
+        ])
+        .args(args)
+        .env(
+            "TPM2TOOLS_TCTI",
+            format!("swtpm:host=127.0.0.1,port={}", port.trim()),
+        )
+        .output()
+        .unwrap();
+    ok(&out, "append_row.py");
+}
