@@ -4,7 +4,7 @@
 
 /// Success.
 pub const OK: i32 = 0;
-/// Internal error in meterctl itself (I/O on local files, unexpected reply).
+/// Internal error in meterctl itself (unexpected reply, no runtime).
 pub const INTERNAL: i32 = 1;
 /// Bad command line (clap's own code).
 pub const USAGE: i32 = 2;
@@ -33,6 +33,9 @@ pub const NOT_VALID: i32 = 12;
 pub const BUSY: i32 = 13;
 /// The daemon failed internally (a bug on the meter's side; see its log).
 pub const DAEMON_INTERNAL: i32 = 14;
+/// A local file given on the command line could not be read or written
+/// (missing input, unwritable output). Checked before anything is charged.
+pub const FILE: i32 = 15;
 
 /// Table for `--help` and docs: (code, meaning).
 pub const TABLE: &[(i32, &str)] = &[
@@ -60,4 +63,8 @@ pub const TABLE: &[(i32, &str)] = &[
         "meter busy (too many calls in flight from this caller); retry later",
     ),
     (DAEMON_INTERNAL, "internal error in meterd (see its log)"),
+    (
+        FILE,
+        "a local file could not be read or written (nothing was charged)",
+    ),
 ];

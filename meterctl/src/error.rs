@@ -93,7 +93,8 @@ impl CtlError {
         match self {
             CtlError::Meter(e) => e.exit_code(),
             CtlError::Connect { .. } => exit::BUS,
-            CtlError::File { .. } | CtlError::Reply(_) | CtlError::Io { .. } => exit::INTERNAL,
+            CtlError::File { .. } => exit::FILE,
+            CtlError::Reply(_) | CtlError::Io { .. } => exit::INTERNAL,
             CtlError::TooLarge { .. } => exit::INVALID,
             CtlError::Usage(_) => exit::USAGE,
         }
@@ -136,7 +137,7 @@ mod tests {
             path: "x".into(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         };
-        assert_eq!(file.exit_code(), exit::INTERNAL);
+        assert_eq!(file.exit_code(), exit::FILE);
         assert_eq!(CtlError::Usage("bad hex".into()).exit_code(), exit::USAGE);
         let big = CtlError::TooLarge {
             path: "v".into(),

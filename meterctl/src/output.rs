@@ -55,13 +55,20 @@ pub fn emit(out: &Output, json_mode: bool) {
     for w in &out.warnings {
         let _ = writeln!(stderr, "warning: {w}");
     }
-    let mut stdout = std::io::stdout().lock();
-    let _ = match (&out.raw, json_mode) {
-        (Some(raw), _) => stdout.write_all(raw),
-        (None, true) => writeln!(stdout, "{}", out.json),
-        (None, false) => stdout.write_all(out.human.as_bytes()),
+    // A product written to stdout (`-o -`) keeps stdout to itself.
+    let mut sink: Box<dyn Write> = match crate::cmd::data_on_stdout() {
+        true => Box::new(stderr),
+        false => {
+            drop(stderr);
+            Box::new(std::io::stdout().lock())
+        }
     };
-    let _ = stdout.flush();
+    let _ = match (&out.raw, json_mode) {
+        (Some(raw), _) => sink.write_all(raw),
+        (None, true) => writeln!(sink, "{}", out.json),
+        (None, false) => sink.write_all(out.human.as_bytes()),
+    };
+    let _ = sink.flush();
 }
 
 /// Prints a failure: `error: Kind: message` on stderr, and in JSON mode also

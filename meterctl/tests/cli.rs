@@ -50,7 +50,7 @@ fn env_address_is_honoured_and_json_errors_go_to_stdout() {
 }
 
 #[test]
-fn local_file_errors_exit_1_before_any_bus_call() {
+fn local_file_errors_exit_15_before_any_bus_call() {
     // The bus is unreachable too: the missing file must be reported first.
     let out = meterctl(&[
         "--bus",
@@ -58,8 +58,98 @@ fn local_file_errors_exit_1_before_any_bus_call() {
         "recharge",
         "/nonexistent/voucher",
     ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(15), "{}", text(&out.stderr));
     assert!(text(&out.stderr).starts_with("error: File: /nonexistent/voucher"));
+}
+
+/// The meter is unreachable: a refusal with any code but 11 (bus) proves
+/// meterctl refused before it tried to buy anything.
+const NO_BUS: [&str; 2] = ["--bus", "unix:path=/nonexistent"];
+
+#[test]
+fn postage_without_an_output_is_refused_before_the_call() {
+    let args = [
+        "postage", "--class", "letter", "--grams", "20", "--from", "A", "--to", "B",
+    ];
+    let out = meterctl(&[&NO_BUS[..], &args[..]].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--png"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn unwritable_outputs_are_refused_before_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let msg = dir.path().join("m.eml");
+    std::fs::write(&msg, b"hello").unwrap();
+    let msg = msg.to_str().unwrap();
+    let bad = "/nonexistent/x.png";
+    let cases: Vec<Vec<&str>> = vec![
+        vec![
+            "postage", "--class", "letter", "--grams", "20", "--from", "A", "--to", "B", "--png",
+            bad,
+        ],
+        vec![
+            "postage", "--class", "letter", "--grams", "20", "--from", "A", "--to", "B", "-o", "-",
+            "--svg", bad,
+        ],
+        vec!["postmark", msg, "-o", bad],
+        vec!["sign", "--cert", "04", msg, "-o", bad],
+        vec!["report", "-o", bad],
+        vec![
+            "cert",
+            "request",
+            "--subject",
+            "CN=A",
+            "--code",
+            "C",
+            "-o",
+            bad,
+        ],
+        vec![
+            "credit", "pay", "--line", "1", "--amount", "5", "--payee", "p", "--out", bad,
+        ],
+    ];
+    for args in cases {
+        let out = meterctl(&[&NO_BUS[..], &args[..]].concat());
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(15), "{args:?}: {err}");
+        assert!(
+            err.contains("error: File: /nonexistent/x.png"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("request id:"),
+            "no request id before a refusal: {err}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().count() == 1,
+        "no temporary file left"
+    );
+}
+
+#[test]
+fn dash_is_stdin_for_inputs() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meterctl"))
+        .args([&NO_BUS[..], &["recharge", "-"][..]].concat())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"voucher").unwrap();
+    let out = child.wait_with_output().unwrap();
+    // The voucher was read from stdin (no file named `-`), then the bus failed.
+    assert_eq!(out.status.code(), Some(11), "{}", text(&out.stderr));
+    let out = meterctl(&[&NO_BUS[..], &["postmark", "-"][..]].concat());
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stdin needs -o: {}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

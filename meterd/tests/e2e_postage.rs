@@ -77,6 +77,14 @@ fn postage(
         id,
     ];
     args.extend_from_slice(extra);
+    // meterctl refuses a purchase it would not save: default to a file.
+    let default_out = sb.path(&format!("{id}.ind")).to_string_lossy().into_owned();
+    if !extra
+        .iter()
+        .any(|a| ["-o", "--out", "--png", "--svg"].contains(a))
+    {
+        args.extend_from_slice(&["-o", &default_out]);
+    }
     sb.meterctl(&args)
 }
 
@@ -286,6 +294,8 @@ fn bad_input_and_short_funds_charge_nothing() {
             to,
             "--request-id",
             &id,
+            "-o",
+            "/dev/null",
         ]);
         assert_eq!(out.status.code(), Some(exit::INVALID), "case {i}: {out:?}");
         assert!(

@@ -15,7 +15,7 @@ use serde_json::json;
 use zbus::zvariant::Value;
 
 use super::postmark::random_request_id;
-use super::{read_input, write_output, Ctx, MAX_OBJECT};
+use super::{read_input, Ctx, Sink, MAX_OBJECT};
 use crate::error::CtlError;
 use crate::output::Output;
 
@@ -85,9 +85,10 @@ fn pem(label: &str, der: &[u8]) -> Result<String, CtlError> {
 pub async fn run_ca(ctx: &Ctx, args: AgentCaCommand) -> Result<Output, CtlError> {
     match args {
         AgentCaCommand::Request { out } => {
+            let sink = Sink::open(&out)?;
             let meter = ctx.meter().await?;
             let request = meter.request_agent_ca().await?;
-            write_output(&out, pem("CMS", &request)?.as_bytes())?;
+            sink.commit(pem("CMS", &request)?.as_bytes())?;
             Ok(Output::new(
                 format!(
                     "agent-CA request written to {}; have the authority certify it (meter-authority certify-agent-ca {} --out agentca.pem)\n",
@@ -113,6 +114,9 @@ pub async fn run_ca(ctx: &Ctx, args: AgentCaCommand) -> Result<Output, CtlError>
 pub async fn run(ctx: &Ctx, args: AgentCommand) -> Result<Output, CtlError> {
     let AgentCommand::Issue(a) = args;
     let receiver = read_input(&a.receiver, MAX_OBJECT)?;
+    let cert_sink = Sink::open(&a.out_cert)?;
+    let key_sink = Sink::open(&a.out_key)?;
+    let chain_sink = a.out_chain.as_deref().map(Sink::open).transpose()?;
     let mut subject: HashMap<&str, Value<'_>> = HashMap::new();
     subject.insert("cn", Value::from(a.cn.as_str()));
     for (k, v) in [("o", &a.org), ("ou", &a.unit), ("email", &a.email)] {
@@ -137,10 +141,10 @@ pub async fn run(ctx: &Ctx, args: AgentCommand) -> Result<Output, CtlError> {
             "IssueAgentCertificate returned an empty object".into(),
         ));
     }
-    write_output(&a.out_cert, pem("CERTIFICATE", &certificate)?.as_bytes())?;
-    write_output(&a.out_key, &envelope)?;
-    if let Some(chain) = &a.out_chain {
-        write_output(chain, pem("CERTIFICATE", &agent_ca)?.as_bytes())?;
+    cert_sink.commit(pem("CERTIFICATE", &certificate)?.as_bytes())?;
+    key_sink.commit(&envelope)?;
+    if let Some(sink) = chain_sink {
+        sink.commit(pem("CERTIFICATE", &agent_ca)?.as_bytes())?;
     }
     Ok(Output::new(
         format!(

@@ -15,7 +15,7 @@ use serde_json::json;
 use zbus::zvariant::Value;
 
 use super::postmark::random_request_id;
-use super::{read_input, write_output, Ctx, MAX_OBJECT};
+use super::{read_input, Ctx, Sink, MAX_OBJECT};
 use crate::error::CtlError;
 use crate::output::Output;
 
@@ -80,6 +80,7 @@ pub async fn run(ctx: &Ctx, cmd: CertCommand) -> Result<Output, CtlError> {
                 Some(id) => id,
                 None => random_request_id()?,
             };
+            let sink = Sink::open(&out)?;
             let meter = ctx.meter().await?;
             let mut dict: HashMap<&str, Value<'_>> = HashMap::new();
             dict.insert(key::CN, Value::from(cn.as_str()));
@@ -90,7 +91,7 @@ pub async fn run(ctx: &Ctx, cmd: CertCommand) -> Result<Output, CtlError> {
                     "RequestCertificate returned nothing".into(),
                 ));
             }
-            write_output(&out, &request)?;
+            sink.commit(&request)?;
             let human = format!(
                 "certificate request for CN={cn} written to {} ({} bytes); request id {request_id}\n\
                  next: meter-authority certify {} --out cert.pem, then meterctl cert install cert.pem\n",

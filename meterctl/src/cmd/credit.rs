@@ -16,7 +16,7 @@ use meter_proto::keys::credit_line as k;
 use serde_json::json;
 
 use super::postmark::random_request_id;
-use super::{read_input, write_output, Ctx, MAX_OBJECT};
+use super::{read_input, Ctx, Sink, MAX_OBJECT};
 use crate::error::CtlError;
 use crate::output::Output;
 use crate::output::{dict_to_json, format_unix_time, Dict, Table};
@@ -84,11 +84,11 @@ fn request_id_or_new(id: Option<String>) -> Result<String, CtlError> {
     }
 }
 
-fn save(out: &Path, der: &[u8], member: &str) -> Result<(), CtlError> {
+fn save(sink: Sink, der: &[u8], member: &str) -> Result<(), CtlError> {
     if der.is_empty() {
         return Err(CtlError::Reply(format!("{member} returned nothing")));
     }
-    write_output(out, meter_pki::pem::encode("CMS", der).as_bytes())
+    sink.commit(meter_pki::pem::encode("CMS", der).as_bytes())
 }
 
 fn payment_json(der: &[u8], request_id: &str, out: &Path) -> (String, serde_json::Value) {
@@ -126,10 +126,11 @@ pub async fn run(ctx: &Ctx, args: CreditCommand) -> Result<Output, CtlError> {
             out,
             request_id,
         } => {
+            let sink = Sink::open(&out)?;
             let id = request_id_or_new(request_id)?;
             let meter = ctx.meter().await?;
             let der = meter.request_credit(&creditor, amount, &id).await?;
-            save(&out, &der, "RequestCredit")?;
+            save(sink, &der, "RequestCredit")?;
             Ok(Output::new(
                 format!(
                     "credit request to {creditor} for {amount} written to {}\n",
@@ -144,10 +145,11 @@ pub async fn run(ctx: &Ctx, args: CreditCommand) -> Result<Output, CtlError> {
             request_id,
         } => {
             let cert = read_input(&certificate, MAX_OBJECT)?;
+            let sink = Sink::open(&out)?;
             let id = request_id_or_new(request_id)?;
             let meter = ctx.meter().await?;
             let der = meter.open_credit_line(&cert, &id).await?;
-            save(&out, &der, "OpenCreditLine")?;
+            save(sink, &der, "OpenCreditLine")?;
             let (human, json) = payment_json(&der, &id, &out);
             Ok(Output::new(format!("line opened; {human}"), json))
         }
@@ -158,10 +160,11 @@ pub async fn run(ctx: &Ctx, args: CreditCommand) -> Result<Output, CtlError> {
             out,
             request_id,
         } => {
+            let sink = Sink::open(&out)?;
             let id = request_id_or_new(request_id)?;
             let meter = ctx.meter().await?;
             let der = meter.pay(&line, amount, &payee, &id).await?;
-            save(&out, &der, "Pay")?;
+            save(sink, &der, "Pay")?;
             let (human, json) = payment_json(&der, &id, &out);
             Ok(Output::new(human, json))
         }

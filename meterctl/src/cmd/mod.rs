@@ -30,7 +30,9 @@ pub mod watch;
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use meter_proto::Meter1Proxy;
@@ -97,17 +99,42 @@ impl Ctx {
     }
 }
 
-/// Reads a local input file of at most `limit` bytes.
+/// The path that means stdin (inputs) or stdout (outputs).
+pub const STDIO: &str = "-";
+
+/// True when `path` is `-`.
+pub fn is_stdio(path: &Path) -> bool {
+    path.as_os_str() == STDIO
+}
+
+/// Set once a product went to stdout: the human text then goes to stderr so
+/// that the bytes on stdout stay the product alone.
+static DATA_ON_STDOUT: AtomicBool = AtomicBool::new(false);
+
+/// True when a command wrote its product to stdout (`-o -`).
+pub fn data_on_stdout() -> bool {
+    DATA_ON_STDOUT.load(Ordering::Relaxed)
+}
+
+/// Reads a local input file (`-` = stdin) of at most `limit` bytes.
 pub fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>, CtlError> {
     let file_err = |source| CtlError::File {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(file_err)?;
     let mut buf = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut buf)
-        .map_err(file_err)?;
+    if is_stdio(path) {
+        std::io::stdin()
+            .lock()
+            .take(limit + 1)
+            .read_to_end(&mut buf)
+            .map_err(file_err)?;
+    } else {
+        let file = File::open(path).map_err(file_err)?;
+        file.take(limit + 1)
+            .read_to_end(&mut buf)
+            .map_err(file_err)?;
+    }
     let size = buf.len() as u64;
     if size > limit {
         return Err(CtlError::TooLarge {
@@ -119,34 +146,117 @@ pub fn read_input(path: &Path, limit: u64) -> Result<Vec<u8>, CtlError> {
     Ok(buf)
 }
 
-/// Opens a message file to pass as a descriptor (any size: the meter streams it).
+/// Opens a message file (`-` = stdin) to pass as a descriptor (any size: the
+/// meter streams it).
 pub fn open_message(path: &Path) -> Result<File, CtlError> {
-    File::open(path).map_err(|source| CtlError::File {
+    let file_err = |source| CtlError::File {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    if is_stdio(path) {
+        let fd = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(file_err)?;
+        return Ok(File::from(fd));
+    }
+    File::open(path).map_err(file_err)
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a
-/// reader never sees half a token and a crash leaves the old file intact.
+/// An output opened before anything is bought: a temporary file beside the
+/// destination (renamed over it on [`Sink::commit`], removed if the command
+/// fails first), the destination itself when it is not a regular file
+/// (`/dev/null`, a FIFO), or stdout for `-`. Opening it first means a bad
+/// path (`--png /nonexistent/x.png`) is refused before the paid call.
+#[derive(Debug)]
+pub struct Sink {
+    dest: PathBuf,
+    target: Target,
+}
+
+#[derive(Debug)]
+enum Target {
+    Stdout,
+    Direct(File),
+    Temp(PathBuf, File),
+    Done,
+}
+
+impl Sink {
+    /// Opens `path` for writing (creates `PATH.tmp`), or stdout for `-`.
+    pub fn open(path: &Path) -> Result<Sink, CtlError> {
+        let file_err = |source| CtlError::File {
+            path: path.to_path_buf(),
+            source,
+        };
+        let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+        let target = if is_stdio(path) {
+            Target::Stdout
+        } else if special {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(file_err)?;
+            Target::Direct(f)
+        } else {
+            let mut tmp_name = path.as_os_str().to_owned();
+            tmp_name.push(".tmp");
+            let tmp = PathBuf::from(tmp_name);
+            let f = File::create(&tmp).map_err(file_err)?;
+            Target::Temp(tmp, f)
+        };
+        Ok(Sink {
+            dest: path.to_path_buf(),
+            target,
+        })
+    }
+
+    /// Writes `bytes` and puts them in place (fsync, then rename), so a reader
+    /// never sees half a product and a crash leaves the old file intact.
+    pub fn commit(mut self, bytes: &[u8]) -> Result<(), CtlError> {
+        let file_err = |p: &Path, source| CtlError::File {
+            path: p.to_path_buf(),
+            source,
+        };
+        match std::mem::replace(&mut self.target, Target::Done) {
+            Target::Stdout => {
+                DATA_ON_STDOUT.store(true, Ordering::Relaxed);
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes)
+                    .and_then(|()| out.flush())
+                    .map_err(|e| file_err(&self.dest, e))
+            }
+            Target::Direct(mut f) => f.write_all(bytes).map_err(|e| file_err(&self.dest, e)),
+            Target::Temp(tmp, mut f) => {
+                if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(file_err(&tmp, e));
+                }
+                std::fs::rename(&tmp, &self.dest).map_err(|e| file_err(&self.dest, e))
+            }
+            Target::Done => Ok(()),
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Target::Temp(tmp, _) = &self.target {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` (`-` = stdout) through a temporary file and a rename.
+/// Commands that buy something open their [`Sink`]s before the call instead.
 pub fn write_output(path: &Path, bytes: &[u8]) -> Result<(), CtlError> {
-    let file_err = |p: &Path, source| CtlError::File {
-        path: p.to_path_buf(),
-        source,
-    };
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let mut f = File::create(&tmp).map_err(|e| file_err(&tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| file_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+    Sink::open(path)?.commit(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileTypeExt;
 
     #[test]
     fn read_input_enforces_the_limit() {
@@ -174,5 +284,29 @@ mod tests {
         write_output(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert!(!dir.path().join("m.tsr.tmp").exists());
+    }
+
+    #[test]
+    fn a_sink_is_checked_at_open_and_leaves_nothing_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Sink::open(Path::new("/nonexistent/x.png")),
+            Err(CtlError::File { .. })
+        ));
+        let p = dir.path().join("x.png");
+        let sink = Sink::open(&p).unwrap();
+        drop(sink);
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+        assert!(is_stdio(Path::new("-")) && !is_stdio(Path::new("./-")));
+        // A device is written in place, never replaced by a rename.
+        Sink::open(Path::new("/dev/null"))
+            .unwrap()
+            .commit(b"x")
+            .unwrap();
+        assert!(std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device());
+        assert!(!Path::new("/dev/null.tmp").exists());
     }
 }

@@ -13,13 +13,15 @@ use meter_pki::indicium;
 use serde_json::json;
 
 use super::postmark::random_request_id;
-use super::{write_output, Ctx};
+use super::{Ctx, Sink};
 use crate::error::CtlError;
 use crate::output::Output;
 use crate::render;
 
-/// Arguments of `meterctl postage`.
+/// Arguments of `meterctl postage`. At least one output is required, so a
+/// purchase is never thrown away.
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("output").required(true).multiple(true).args(["out", "png", "svg"])))]
 pub struct Args {
     /// Mail class, as named in the rate table (e.g. `letter`).
     #[arg(long, value_name = "CLASS")]
@@ -37,7 +39,7 @@ pub struct Args {
     #[arg(long = "to", value_name = "DESTINATION")]
     pub destination: String,
 
-    /// Write the indicium bytes here.
+    /// Write the indicium bytes here (`-` = stdout).
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     pub out: Option<PathBuf>,
 
@@ -56,6 +58,9 @@ pub struct Args {
 
 /// Runs `meterctl postage`.
 pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
+    // Every output is opened before the purchase: a bad path costs nothing.
+    let open = |p: &Option<PathBuf>| p.as_deref().map(Sink::open).transpose();
+    let (out, png, svg) = (open(&args.out)?, open(&args.png)?, open(&args.svg)?);
     let request_id = match args.request_id {
         Some(id) => id,
         None => {
@@ -76,19 +81,19 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
         .await?;
     let ind = indicium::decode(&bytes)
         .map_err(|e| CtlError::Reply(format!("Postage returned a bad indicium: {e}")))?;
-    if let Some(path) = &args.out {
-        write_output(path, &bytes)?;
+    if let Some(sink) = out {
+        sink.commit(&bytes)?;
     }
     let lines = render::human_lines(&ind.body);
     let mut symbol_side = None;
-    if args.png.is_some() || args.svg.is_some() {
+    if png.is_some() || svg.is_some() {
         let sym = render::symbol(&bytes)?;
         symbol_side = Some(sym.side);
-        if let Some(path) = &args.png {
-            write_output(path, &render::png(&sym, &lines)?)?;
+        if let Some(sink) = png {
+            sink.commit(&render::png(&sym, &lines)?)?;
         }
-        if let Some(path) = &args.svg {
-            write_output(path, render::svg(&sym, &lines).as_bytes())?;
+        if let Some(sink) = svg {
+            sink.commit(render::svg(&sym, &lines).as_bytes())?;
         }
     }
     let mut human = lines.join("\n");

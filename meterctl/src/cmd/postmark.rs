@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use zbus::zvariant::Fd;
 
-use super::{open_message, write_output, Ctx};
+use super::{is_stdio, open_message, Ctx, Sink};
 use crate::error::CtlError;
 use crate::output::Output;
 
@@ -21,7 +21,7 @@ pub const SHA384_LEN: usize = 48;
 /// Arguments of `meterctl postmark`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The message to postmark.
+    /// The message to postmark (`-` = stdin).
     #[arg(
         value_name = "FILE",
         required_unless_present = "digest",
@@ -29,7 +29,7 @@ pub struct Args {
     )]
     pub file: Option<PathBuf>,
 
-    /// Where to write the token (DER); default FILE.tsr.
+    /// Where to write the token (DER; `-` = stdout); default FILE.tsr.
     #[arg(
         short = 'o',
         long = "out",
@@ -52,14 +52,21 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
     let digest = args.digest.as_deref().map(parse_digest).transpose()?;
     let out_path = match (&args.out, &args.file) {
         (Some(out), _) => out.clone(),
+        (None, Some(file)) if is_stdio(file) => {
+            return Err(CtlError::Usage(
+                "a message on stdin needs -o TOKEN (`-o -` for stdout)".into(),
+            ))
+        }
         (None, Some(file)) => default_token_path(file),
         (None, None) => return Err(CtlError::Usage("--digest needs -o TOKEN".into())),
     };
-    // Open the message before anything is charged, so a typo costs nothing.
+    // Open the message and the token's file before anything is charged, so
+    // a typo costs nothing.
     let message = match (&args.file, &digest) {
         (Some(file), None) => Some(open_message(file)?),
         _ => None,
     };
+    let sink = Sink::open(&out_path)?;
     let request_id = match args.request_id {
         Some(id) => id,
         None => {
@@ -78,7 +85,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
     if token.is_empty() {
         return Err(CtlError::Reply("Postmark returned an empty token".into()));
     }
-    write_output(&out_path, &token)?;
+    sink.commit(&token)?;
 
     let human = format!(
         "postmark token written to {} ({} bytes); request id {request_id}\n",

@@ -22,7 +22,7 @@ use serde_json::json;
 use zbus::zvariant::Fd;
 
 use super::postmark::random_request_id;
-use super::{read_input, write_output, Ctx, MAX_OBJECT};
+use super::{read_input, write_output, Ctx, Sink, MAX_OBJECT};
 use crate::error::CtlError;
 use crate::output::{format_unix_time, Output};
 
@@ -88,6 +88,8 @@ async fn report(
     segment_asked: bool,
     request_id: Option<String>,
 ) -> Result<Output, CtlError> {
+    // The report is charged: its file is opened first, so a bad path costs nothing.
+    let sink = Sink::open(&out)?;
     let request_id = match request_id {
         Some(id) => id,
         None => {
@@ -103,7 +105,7 @@ async fn report(
     }
     let pem = pem_rfc7468::encode_string("CMS", pem_rfc7468::LineEnding::LF, &der)
         .map_err(|e| CtlError::Reply(format!("cannot PEM-encode the report: {e}")))?;
-    write_output(&out, pem.as_bytes())?;
+    sink.commit(pem.as_bytes())?;
     let Some(seg) = segment else {
         return Ok(Output::new(
             format!(

@@ -14,7 +14,7 @@ use meter_pki::revoke::{RevokeConfirmation, PAYMENT_DUE, REASONS};
 use serde_json::json;
 
 use super::postmark::random_request_id;
-use super::{read_input, write_output, Ctx, MAX_OBJECT};
+use super::{read_input, Ctx, Sink, MAX_OBJECT};
 use crate::error::CtlError;
 use crate::output::Output;
 
@@ -74,9 +74,10 @@ pub async fn request(ctx: &Ctx, a: RevokeArgs) -> Result<Output, CtlError> {
         Some(id) => id,
         None => random_request_id()?,
     };
+    let sink = Sink::open(&a.out)?;
     let meter = ctx.meter().await?;
     let der = meter.revoke(&a.serial, &a.reason, &request_id).await?;
-    write_output(&a.out, meter_pki::pem::encode("CMS", &der).as_bytes())?;
+    sink.commit(meter_pki::pem::encode("CMS", &der).as_bytes())?;
     let human = format!(
         "revoke request for certificate {} ({}) written to {}; request id {request_id}\n\
          next: meter-authority revoke {} --out order.pem, then meterctl cert apply-revoke order.pem\n",
@@ -94,11 +95,12 @@ pub async fn request(ctx: &Ctx, a: RevokeArgs) -> Result<Output, CtlError> {
 /// Runs `meterctl cert apply-revoke`.
 pub async fn apply(ctx: &Ctx, a: ApplyArgs) -> Result<Output, CtlError> {
     let order = read_input(&a.order, MAX_OBJECT)?;
+    let sink = Sink::open(&a.out)?;
     let meter = ctx.meter().await?;
     let der = meter.apply_revoke_order(&order).await?;
     let c: RevokeConfirmation = meter_pki::credit::read_unverified(&der)
         .map_err(|e| CtlError::Reply(format!("the confirmation does not parse: {e}")))?;
-    write_output(&a.out, meter_pki::pem::encode("CMS", &der).as_bytes())?;
+    sink.commit(meter_pki::pem::encode("CMS", &der).as_bytes())?;
     let payment = if c.payment == PAYMENT_DUE {
         format!(
             "PAYMENT DUE: {} minor units, settled first by the next recharge",

@@ -10,7 +10,7 @@ use serde_json::json;
 use zbus::zvariant::Fd;
 
 use super::postmark::random_request_id;
-use super::{open_message, write_output, Ctx};
+use super::{open_message, Ctx, Sink};
 use crate::error::CtlError;
 use crate::output::Output;
 
@@ -42,6 +42,7 @@ pub fn default_sig_path(file: &Path) -> PathBuf {
 pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
     let out = args.out.unwrap_or_else(|| default_sig_path(&args.file));
     let message = open_message(&args.file)?;
+    let sink = Sink::open(&out)?;
     let request_id = match args.request_id {
         Some(id) => id,
         None => {
@@ -57,7 +58,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
     if sig.is_empty() {
         return Err(CtlError::Reply("Sign returned an empty signature".into()));
     }
-    write_output(&out, &sig)?;
+    sink.commit(&sig)?;
     Ok(Output::new(
         format!(
             "signature written to {} ({} bytes); request id {request_id}\n",
