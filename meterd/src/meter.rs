@@ -151,8 +151,9 @@ impl Meter {
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("ledger open task: {e}")))??;
-        // The rows' signed objects, verified again (issue 12); 0: every row.
-        let report = crate::semantic::confirm(&ledger, &meter_id, 0, report).await?;
+        // The rows' signed objects, verified again (issue 12): at start
+        // those after the signed checkpoint; the rest in `audit_history`.
+        let report = crate::semantic::confirm_start(&ledger, &meter_id, report).await?;
         tracing::info!(
             meter_id = %meter_id,
             rows = report.rows,
@@ -197,18 +198,32 @@ impl Meter {
     }
 
     /// The full ledger audit after a start from the signed checkpoint
-    /// (design 12-14 §3), run once the meter is READY: damage found locks
-    /// the meter at once (`Locked` signal), as the start would have.
+    /// (design 12-14 §3), run once the meter is READY: the chain from
+    /// genesis, then every row's signed objects (`semantic`, issue 12; the
+    /// start checked only those after the checkpoint). Damage found locks
+    /// the meter at once (`Locked` signal), as the start would have. Ends
+    /// with the log line "background audit done" (tests wait for it).
     pub async fn audit_history(self: Arc<Self>) {
         let Some(ledger) = self.ledger() else {
             return;
         };
-        match ledger.verify_history().await {
-            Ok(r) => match &r.verdict {
-                Verdict::Tamper {
+        let meter_id = self.meter_id().unwrap_or_default();
+        let checked = match ledger.verify_history().await {
+            Ok(r) => {
+                if matches!(r.verdict, Verdict::Clean | Verdict::RolledForward) {
+                    tracing::info!(rows = r.rows, millis = r.millis, "ledger history verified");
+                }
+                crate::semantic::confirm(&ledger, &meter_id, 0, r).await
+            }
+            Err(e) => Err(e.into()),
+        };
+        match checked {
+            Ok(r) => {
+                if let Verdict::Tamper {
                     detail,
                     first_bad_seq,
-                } => {
+                } = &r.verdict
+                {
                     tracing::error!(%detail, ?first_bad_seq, "ledger tamper found by the background audit");
                     if let Err(e) = self
                         .regime
@@ -218,10 +233,10 @@ impl Meter {
                         tracing::error!(error = %e, "cannot lock after the background audit");
                     }
                 }
-                _ => tracing::info!(rows = r.rows, millis = r.millis, "ledger history verified"),
-            },
+            }
             Err(e) => tracing::warn!(error = %e, "background ledger audit failed"),
         }
+        tracing::info!("background audit done");
     }
 
     /// Re-derives identity and rate tables from the ledger's rows.

@@ -124,6 +124,7 @@ fn run_mapped(
         Mode::Full | Mode::History => None,
     }
     .unwrap_or_else(|| Start::genesis(meter_id));
+    let from_seq = from.seq;
     // Batches that end at or before the checkpoint were verified with it.
     let mut batch_damage = Vec::new();
     let batches = load_batches(conn, from.seq, &mut batch_damage)?;
@@ -260,6 +261,7 @@ fn run_mapped(
         tpm_nv,
         millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         created: false,
+        from_seq,
     };
     let tip = Tip {
         seq: last_seq,

@@ -630,5 +630,6 @@ fn genesis(
         tpm_nv: w.counter().unwrap_or(0),
         millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         created: true,
+        from_seq: 0,
     })
 }

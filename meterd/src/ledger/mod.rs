@@ -432,6 +432,10 @@ pub struct AuditReport {
     pub millis: u64,
     /// This open created the ledger (it had no rows; a genesis row was just written).
     pub created: bool,
+    /// The audit verified the rows after this one: the signed checkpoint it
+    /// started from at start (0: from genesis). Rows up to it are verified
+    /// again by the background audit (`Ledger::verify_history`).
+    pub from_seq: u64,
 }
 
 /// Ledger failures.

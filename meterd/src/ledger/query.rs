@@ -309,12 +309,19 @@ pub(crate) fn last_with_note_in(
 ) -> Result<Option<(u64, Vec<u8>)>> {
     let (after, upto) = (to_i64(after)?, to_i64(upto)?);
     let row = conn
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT j.seq, j.product_digest, p.product FROM journal j
              JOIN products p ON p.seq = j.seq
-             WHERE j.seq > ?2 AND j.seq <= ?3 AND j.note = ?1
+             WHERE j.seq > ?2 AND j.seq <= ?3 AND j.note = ?1 {and}{rare}
              ORDER BY j.seq DESC LIMIT 1",
-        )
+            // A note-less row is not in the partial index (schema::RARE).
+            and = if note.is_empty() { "" } else { "AND " },
+            rare = if note.is_empty() {
+                ""
+            } else {
+                super::schema::RARE
+            },
+        ))
         .and_then(|mut s| {
             s.query_row(rusqlite::params![note, after, upto], |r| {
                 Ok((

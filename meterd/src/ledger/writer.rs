@@ -604,13 +604,20 @@ impl Writer {
     fn products(&mut self, kind: EntryKind, note: Option<&str>) -> Result<ProductList> {
         // The note filter runs in SQL so that, e.g., the few certificate rows
         // among many debits are found without loading every product.
+        let common = matches!(kind, EntryKind::Debit | EntryKind::Event);
+        let rare = if common && note.unwrap_or_default().is_empty() {
+            ""
+        } else {
+            super::schema::RARE
+        };
         let mut stmt = self
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT j.seq, j.note, j.product_digest, p.product
                  FROM journal j JOIN products p ON p.seq = j.seq
-                 WHERE j.kind = ?1 AND (?2 IS NULL OR j.note = ?2) ORDER BY j.seq",
-            )
+                 WHERE j.kind = ?1 AND (?2 IS NULL OR j.note = ?2) {and}{rare} ORDER BY j.seq",
+                and = if rare.is_empty() { "" } else { "AND " },
+            ))
             .map_err(storage)?;
         let rows = stmt
             .query_map(rusqlite::params![kind as u8, note], |r| {

@@ -195,6 +195,37 @@ pub async fn check(ledger: &Ledger, meter_id: &str, verify_after: u64) -> Result
     })
 }
 
+/// The hook after the ledger's audit at start (issue 14): that audit
+/// verified the rows after its signed checkpoint (`report.from_seq`); the
+/// rows up to it are the background audit's
+/// ([`crate::meter::Meter::audit_history`], which walks them all with
+/// [`confirm`] and locks on a finding). When no row after the checkpoint
+/// is one the walk reads (the usual case: sales since), the start reads
+/// only those rows. Otherwise the walk runs from genesis, as the earlier
+/// rows make the state later ones are judged by, and verifies signatures
+/// only after the checkpoint.
+pub async fn confirm_start(
+    ledger: &Ledger,
+    meter_id: &str,
+    report: AuditReport,
+) -> Result<AuditReport> {
+    if !matches!(report.verdict, Verdict::Clean | Verdict::RolledForward) {
+        return Ok(report);
+    }
+    let from = report.from_seq;
+    if from > 0 {
+        let upto = ledger.state().rows;
+        if ledger.rows(from, upto, 1, filter()).await?.is_empty() {
+            tracing::info!(
+                after = from,
+                "no ledger objects after the checkpoint; earlier ones are verified in the background"
+            );
+            return Ok(report);
+        }
+    }
+    confirm(ledger, meter_id, from, report).await
+}
+
 /// The hook after the ledger's own audit (at start and in every full
 /// audit): when its verdict is clean, walks the rows (see [`check`]) and
 /// turns a finding into `tamper` with the row named; any other verdict

@@ -320,6 +320,9 @@ async fn start(
 ) -> (Arc<Meter>, zbus::Connection, Meter1Proxy<'static>) {
     let handle = HousingHandle::spawn(housing).expect("housing thread");
     let app = Arc::new(App::start(config, handle).await.expect("App::start"));
+    // meterd runs the rest of the audit in the background after READY
+    // (main.rs); here it is awaited, so a test sees its lock at once.
+    Arc::clone(&app.meter).audit_history().await;
     let meter = Arc::clone(&app.meter);
     let (server, client) = p2p_pair().await;
     meterd::bus::serve(&server, app).await.expect("serve");

@@ -178,6 +178,31 @@ impl Sandbox {
             .to_owned()
     }
 
+    /// How many background audits meterd has finished in this sandbox
+    /// (its log line "background audit done", `Meter::audit_history`).
+    pub fn audits_done(&self) -> usize {
+        std::fs::read_to_string(self.path("meterd.log"))
+            .unwrap_or_default()
+            .matches("background audit done")
+            .count()
+    }
+
+    /// `start-meterd`, then waits for the background audit of that start
+    /// (the rows before the signed checkpoint are checked after READY;
+    /// damage there locks the meter then).
+    pub fn start_meterd_audited(&self) {
+        let before = self.audits_done();
+        self.script("start-meterd");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        while self.audits_done() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "meterd did not finish its background audit"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Runs a sandbox sub-command (`restart-meterd`, `restart-tpm`, `stop-meterd`, `start-meterd`).
     pub fn script(&self, verb: &str) {
         let out = Command::new("bash")
