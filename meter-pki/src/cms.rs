@@ -200,6 +200,14 @@ fn attr_push<T: Encode>(attrs: &mut Vec<Attribute>, id: ObjectIdentifier, v: &T)
 }
 
 impl Prepared {
+    /// Without any certificate in the SignedData (an RFC 3161 reply to a
+    /// request whose certReq is false); the signer stays named by issuer
+    /// and serial and bound by its signingCertificateV2 attribute.
+    pub fn without_certs(mut self) -> Prepared {
+        self.certs.clear();
+        self
+    }
+
     /// SHA-384 of the DER `SET OF Attribute` (signedAttrs): what the signer must sign.
     pub fn digest(&self) -> [u8; 48] {
         self.digest
@@ -247,7 +255,11 @@ impl Prepared {
                 econtent_type: self.content_type,
                 econtent,
             },
-            certificates: Some(CertificateSet(SetOfVec::try_from(certs)?)),
+            certificates: if certs.is_empty() {
+                None
+            } else {
+                Some(CertificateSet(SetOfVec::try_from(certs)?))
+            },
             crls: None,
             signer_infos: SignerInfos(SetOfVec::try_from(vec![signer_info])?),
         };

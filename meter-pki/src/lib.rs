@@ -33,6 +33,7 @@ pub mod segment;
 pub mod sig;
 pub mod tpm;
 pub mod tsp;
+pub mod tsq;
 
 #[cfg(test)]
 mod test_keys;

@@ -71,6 +71,10 @@ pub const ATTR_SIGNING_TIME: ObjectIdentifier =
 /// id-aa-signingCertificateV2 (RFC 5035).
 pub const ATTR_SIGNING_CERT_V2: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.47");
+/// id-sha256.
+pub const SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+/// id-sha512.
+pub const SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
 /// id-sha384.
 pub const SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
 /// ecdsa-with-SHA384.

@@ -58,6 +58,64 @@ fn prepare_inner(
     chain: &[Certificate],
     seal: Option<&LedgerSeal>,
 ) -> crate::Result<pcms::Prepared> {
+    let imprint = MessageImprint {
+        hash_algorithm: util::alg(oid::SHA384),
+        hashed_message: OctetString::new(p.imprint.to_vec())?,
+    };
+    let nonce = p
+        .nonce
+        .map(|n| Int::new(&util::int_bytes_u64(n)))
+        .transpose()?;
+    prepare_tst(p, imprint, nonce, tsa_cert, chain, seal)
+}
+
+/// A token answering an RFC 3161 `TimeStampReq` (see [`crate::tsq`]): the
+/// request's own imprint (SHA-256, SHA-384 or SHA-512) and nonce, copied
+/// as they came.
+#[derive(Debug, Clone)]
+pub struct ReplyParams {
+    /// Serial, time, policy and accuracy; its `imprint` and `nonce` are
+    /// not used (the request's are).
+    pub base: TokenParams,
+    /// The request's message imprint.
+    pub imprint: MessageImprint,
+    /// The request's nonce.
+    pub nonce: Option<Int>,
+    /// `certReq`: embed the signer certificate (and `chain`); without it the
+    /// token carries no certificate (RFC 3161 §2.4.1).
+    pub certs: bool,
+}
+
+/// [`prepare_sealed`] for an RFC 3161 request.
+pub fn prepare_reply_sealed(
+    p: &ReplyParams,
+    tsa_cert: &Certificate,
+    chain: &[Certificate],
+    seal: &LedgerSeal,
+) -> crate::Result<pcms::Prepared> {
+    let prepared = prepare_tst(
+        &p.base,
+        p.imprint.clone(),
+        p.nonce.clone(),
+        tsa_cert,
+        chain,
+        Some(seal),
+    )?;
+    Ok(if p.certs {
+        prepared
+    } else {
+        prepared.without_certs()
+    })
+}
+
+fn prepare_tst(
+    p: &TokenParams,
+    imprint: MessageImprint,
+    nonce: Option<Int>,
+    tsa_cert: &Certificate,
+    chain: &[Certificate],
+    seal: Option<&LedgerSeal>,
+) -> crate::Result<pcms::Prepared> {
     if !cert::has_eku_timestamping_critical(tsa_cert) {
         return Err(PkiError::WrongType(
             "signer certificate lacks critical EKU timeStamping".into(),
@@ -66,10 +124,7 @@ fn prepare_inner(
     let tst = TstInfo {
         version: TspVersion::V1,
         policy: p.policy,
-        message_imprint: MessageImprint {
-            hash_algorithm: util::alg(oid::SHA384),
-            hashed_message: OctetString::new(p.imprint.to_vec())?,
-        },
+        message_imprint: imprint,
         serial_number: Int::new(&util::int_bytes_u64(p.serial))?,
         gen_time: util::gentime_from_unix(p.gen_time)?,
         accuracy: (p.accuracy_secs > 0).then_some(Accuracy {
@@ -78,10 +133,7 @@ fn prepare_inner(
             micros: None,
         }),
         ordering: false,
-        nonce: p
-            .nonce
-            .map(|n| Int::new(&util::int_bytes_u64(n)))
-            .transpose()?,
+        nonce,
         tsa: Some(GeneralName::DirectoryName(
             tsa_cert.tbs_certificate.subject.clone(),
         )),

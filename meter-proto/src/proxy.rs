@@ -43,6 +43,10 @@ pub trait Meter1 {
     /// RFC 3161 token over a SHA-384 digest the caller computed.
     fn postmark_digest(&self, sha384: &[u8], request_id: &str) -> Result<Vec<u8>, MeterError>;
 
+    /// RFC 3161: a DER TimeStampReq in, a DER TimeStampResp out (refusals
+    /// are rejections inside it), charged as a postmark.
+    fn time_stamp(&self, request: &[u8], request_id: &str) -> Result<Vec<u8>, MeterError>;
+
     /// Postage indicium (binary, `docs/INDICIUM.md`) for a piece of `class`
     /// weighing `grams`, from `origin` to `destination` (1–16 printable ASCII).
     fn postage(

@@ -58,5 +58,6 @@ pub mod service;
 pub mod sign;
 pub mod tariff;
 pub mod timecheck;
+pub mod timestamp;
 pub mod validate;
 pub mod watchdog;

@@ -34,6 +34,7 @@ pub const USER_METHODS: &[&str] = &[
     "Status",
     "Postmark",
     "PostmarkDigest",
+    "TimeStamp",
     "Validate",
     "Sign",
     "Postage",

@@ -29,7 +29,7 @@ use meter_proto::MeterError;
 use crate::app::App;
 use crate::{
     account, agent, anchor, audit, certs, credit as credit_service, lock, postage, postmark,
-    provision, rates, recharge, report, revoke, segment, sign, validate,
+    provision, rates, recharge, report, revoke, segment, sign, timestamp, validate,
 };
 use auth::Role;
 use callers::Lane;
@@ -195,6 +195,20 @@ impl MeterIface {
         let key = call.key(&request_id)?;
         let imprint = call.done(postmark::imprint_of(&sha384))?;
         call.done(postmark::postmark(&self.app.meter, imprint, key).await)
+    }
+
+    /// RFC 3161: a DER TimeStampReq in, a DER TimeStampResp out, charged
+    /// as a postmark; refusals are rejections inside the response.
+    async fn time_stamp(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        request: Vec<u8>,
+        request_id: String,
+    ) -> Result<Vec<u8>, MeterError> {
+        let call = self.seller(&header, "TimeStamp").await?;
+        let key = call.key(&request_id)?;
+        bounded("time-stamp request", &request)?;
+        call.done(timestamp::time_stamp(&self.app.meter, &request, key).await)
     }
 
     /// Postage indicium for one mail piece (claims 17–31): priced by class
