@@ -94,3 +94,61 @@ fn skipped(seq: u64, before: u64, counter: u64) -> String {
         counter - 1
     )
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn row(run: &mut EpochRun, seq: u64, counter: u64, reason: &str, f: &mut Findings) {
+        let key = format!("m/epoch/{counter}");
+        let rec = EpochRecord {
+            counter,
+            reason: reason.into(),
+            previous: String::new(),
+            tpm_clock_ms: 0,
+            reset_count: 0,
+            restart_count: 0,
+        };
+        run.row(
+            seq,
+            8,
+            b"epoch",
+            Some(key.as_bytes()),
+            Some(&rec.encode()),
+            f,
+        );
+    }
+
+    #[test]
+    fn consecutive_epochs_pass_and_a_jump_is_named() {
+        let mut f = Findings::default();
+        let mut run = EpochRun::new(Some(4));
+        row(&mut run, 10, 5, "stop", &mut f);
+        row(&mut run, 11, 6, "start", &mut f);
+        run.row(12, 5, b"", None, None, &mut f);
+        assert!(f.0.is_empty(), "{:?}", f.0);
+        row(&mut run, 13, 9, "stop", &mut f);
+        assert_eq!(f.0.len(), 1, "{:?}", f.0);
+        assert!(f.0[0].contains("skips counter values 7..=8"), "{:?}", f.0);
+        assert_eq!(run.epoch, Some(9));
+        row(&mut run, 14, 9, "start", &mut f);
+        assert!(f.0[1].contains("does not follow"), "{:?}", f.0);
+    }
+
+    #[test]
+    fn a_cleared_jump_needs_a_clear_lock_order() {
+        let mut f = Findings::default();
+        let mut run = EpochRun::new(Some(4));
+        row(&mut run, 10, 8, "cleared", &mut f);
+        run.finish(&[("clear-lock/ab".into(), 9)], &mut f);
+        assert!(f.0.is_empty(), "{:?}", f.0);
+        run.finish(&[("voucher/2".into(), 9)], &mut f);
+        assert_eq!(f.0.len(), 1, "{:?}", f.0);
+        // No epoch known before (a book older than the field): nothing to compare.
+        let mut f = Findings::default();
+        let mut run = EpochRun::new(None);
+        row(&mut run, 3, 40, "start", &mut f);
+        assert!(f.0.is_empty(), "{:?}", f.0);
+    }
+}

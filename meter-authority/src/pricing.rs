@@ -87,3 +87,44 @@ impl Pricing {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn table(version: u32, effective: i64, postmark: u64) -> RateTable {
+        RateTable {
+            version,
+            effective,
+            currency: "USD".into(),
+            digits: 3,
+            rates: [("postmark".to_owned(), postmark)].into_iter().collect(),
+            postage: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn each_sale_at_the_rate_in_force_at_its_row() {
+        let mut f = Findings::default();
+        let mut p = Pricing::new([table(1, 0, 500)]);
+        p.installed(table(2, 100, 700));
+        p.row(5, kind::DEBIT, service::POSTMARK, 500, 99_999, &mut f);
+        p.row(6, kind::DEBIT, service::POSTMARK, 700, 100_000, &mut f);
+        // Not a plain-rate service, or not a sale: not re-priced.
+        p.row(7, kind::DEBIT, service::STATUS_REPORT, 1, 100_000, &mut f);
+        p.row(8, kind::EVENT, service::POSTMARK, 1, 100_000, &mut f);
+        assert!(f.0.is_empty(), "{:?}", f.0);
+        p.row(9, kind::DEBIT, service::POSTMARK, 1, 100_000, &mut f);
+        assert_eq!(f.0.len(), 1);
+        assert!(
+            f.0[0].contains("row 9: a postmark debited 1, rate table v2"),
+            "{:?}",
+            f.0
+        );
+        assert_eq!(p.learned.len(), 1);
+        // Validate is priced by no table here.
+        p.row(10, kind::DEBIT, 2, 100, 100_000, &mut f);
+        assert!(f.0[1].contains("does not price it"), "{:?}", f.0);
+    }
+}

@@ -39,6 +39,8 @@
 //! runs as root).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/root_tools.rs"]
+mod root_tools;
 #[path = "support/sandbox.rs"]
 mod sandbox;
 
@@ -385,18 +387,7 @@ fn operator_root_with_the_secret_can_still_sign() {
     );
     sb.script("stop-meterd");
     // root derives the key's auth value with openssl, from the documented label.
-    let auth = Command::new("bash")
-        .arg("-c")
-        .arg(
-            "set -o pipefail; key=$(od -An -v -tx1 \"$1\" | tr -d ' \\n'); \
-             printf %s meterd-tpm-auth-v1:key:postmark | \
-             openssl dgst -sha256 -mac HMAC -macopt hexkey:$key -r | cut -d' ' -f1",
-        )
-        .arg("-")
-        .arg(&secret)
-        .output()
-        .unwrap();
-    let auth = format!("hex:{}", ok(&auth, "openssl HMAC").trim());
+    let auth = root_tools::derived_auth(&secret, "postmark");
     let root = Attacker {
         uid: 0,
         gid: 0,

@@ -12,6 +12,8 @@
 //! Needs root (CI runs as root); skips otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/root_tools.rs"]
+mod root_tools;
 #[path = "support/sandbox.rs"]
 mod sandbox;
 
@@ -43,18 +45,7 @@ fn a_token_minted_outside_meterd_is_flagged_by_lookup() {
         )
         .unwrap();
     }
-    let auth = Command::new("bash")
-        .arg("-c")
-        .arg(
-            "set -o pipefail; key=$(od -An -v -tx1 \"$1\" | tr -d ' \\n'); \
-             printf %s meterd-tpm-auth-v1:key:postmark | \
-             openssl dgst -sha256 -mac HMAC -macopt hexkey:$key -r | cut -d' ' -f1",
-        )
-        .arg("-")
-        .arg(state.join("keys/auth"))
-        .output()
-        .unwrap();
-    let auth = format!("hex:{}", ok(&auth, "openssl HMAC").trim());
+    let auth = root_tools::derived_auth(&state.join("keys/auth"), "postmark");
     let other = write(&sb, "other.txt", b"a letter the meter never saw");
     let forged = path(&sb, "forged.tsr");
     // swtpm serves one connection: meterd steps aside while root uses the TPM.

@@ -20,8 +20,12 @@
 //! * A copy two epochs behind re-sealed with one epoch row skips counter values the rows
 //!   do not account for: `inspect` names it even when the fork is not visible.
 //!
-//! Before this test (main at 74e8a2a) the first two already held as stated (run on the
-//! unchanged code); the counter-skip finding is new (main acknowledged such a segment).
+//! On main before this branch (74e8a2a; reasoned from its code, not run on its binaries):
+//! the attack itself worked the same (meterd starts on the re-sealed copy); the fork
+//! finding ("not the row report N acknowledged") and lookup's duplicate-serial /
+//! unreported answers already existed, so the first two outcomes held; the counter-skip
+//! finding is new in this branch (main acknowledged the third case: its epoch rows were
+//! not compared, and the attested counter equals the forged epoch's).
 //!
 //! Needs root (CI runs as root); skips otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -5,7 +5,8 @@
 //! project code), which appends a row and seals it with the meter's key.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use crate::sandbox::{self, ok, Sandbox};
 
@@ -58,4 +59,23 @@ pub fn append_row(sb: &Sandbox, meter: &str, args: &[&str]) {
         .output()
         .unwrap();
     ok(&out, "append_row.py");
+}
+
+/// Root's derivation of a TPM object's auth value from the secret file, the documented
+/// recipe done with shell and openssl: `HMAC-SHA256(secret, "meterd-tpm-auth-v1:key:<name>")`,
+/// as `hex:<64 hex digits>` for tpm2-tools' `-p`.
+pub fn derived_auth(secret: &Path, name: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(
+            "set -o pipefail; key=$(od -An -v -tx1 \"$1\" | tr -d ' \\n'); \
+             printf %s \"meterd-tpm-auth-v1:key:$2\" | \
+             openssl dgst -sha256 -mac HMAC -macopt hexkey:$key -r | cut -d' ' -f1",
+        )
+        .arg("-")
+        .arg(secret)
+        .arg(name)
+        .output()
+        .unwrap();
+    format!("hex:{}", ok(&out, "openssl HMAC").trim())
 }
