@@ -12,6 +12,12 @@ use meter_proto::{exit, MeterError};
 pub const BUS_HINT: &str =
     "start meterd (systemctl start meterd), or point DBUS_SYSTEM_BUS_ADDRESS / --bus at its bus";
 
+/// Hint appended when the bus itself (its policy) refuses a call, before meterd sees it.
+pub const ACCESS_HINT: &str = "the system bus refused the call by its policy for meterd: \
+     postmark, postage, sign, validate, pay, report, audit and status need group meter, \
+     everything else group meteradmin; ask an administrator to add you to the group \
+     (usermod -aG meter USER), then log in again";
+
 /// Every way a meterctl command can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -84,6 +90,7 @@ impl CtlError {
     pub fn message(&self) -> String {
         match self {
             CtlError::Meter(e) if daemon_absent(e) => format!("{}; {BUS_HINT}", e.message()),
+            CtlError::Meter(e) if bus_denied(e) => format!("{}; {ACCESS_HINT}", e.message()),
             other => other.to_string(),
         }
     }
@@ -98,6 +105,19 @@ impl CtlError {
             CtlError::TooLarge { .. } => exit::INVALID,
             CtlError::Usage(_) => exit::USAGE,
         }
+    }
+}
+
+/// True when the bus daemon (not meterd) answered AccessDenied.
+fn bus_denied(e: &MeterError) -> bool {
+    match e {
+        MeterError::ZBus(zbus::Error::MethodError(name, _, _)) => {
+            name.as_str() == "org.freedesktop.DBus.Error.AccessDenied"
+        }
+        MeterError::ZBus(zbus::Error::FDO(fdo)) => {
+            matches!(**fdo, zbus::fdo::Error::AccessDenied(_))
+        }
+        _ => false,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The meterd daemon: opens the housing and the ledger, audits, serves
 //! `org.meterd.Meter1`, and tells systemd it is ready only after the audit.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -61,8 +62,15 @@ fn main() -> ExitCode {
 
 /// Journal when systemd gave us one, stderr otherwise.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("METERD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // tss-esapi logs each probe of an absent NV index or handle (made at
+    // every provisioning) at ERROR; meterd reports real TPM failures itself,
+    // with their cause. `METERD_LOG=info,tss_esapi=debug` brings them back.
+    let mut spec = std::env::var("METERD_LOG").unwrap_or_else(|_| "info".to_owned());
+    if !spec.contains("tss_esapi") {
+        spec.push_str(",tss_esapi=off");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tss_esapi=off"));
     let journald = std::env::var_os("JOURNAL_STREAM")
         .is_some()
         .then(|| tracing_journald::layer().ok())
@@ -71,7 +79,12 @@ fn init_logging() {
     match journald {
         Some(layer) => registry.with(layer).init(),
         None => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                // Colour only for a person at a terminal, never in a log file.
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .init(),
     }
 }

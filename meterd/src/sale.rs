@@ -340,13 +340,27 @@ where
         }
     };
     match outcome {
-        Outcome::Committed { seq, .. } => Ok(Sold {
-            product: product.unwrap_or_default(),
-            seq,
-            fresh: true,
-            due,
-            charged: debit,
-        }),
+        Outcome::Committed { seq, registers } => {
+            // The journal's line per sale (one, formatted only if emitted):
+            // the key names the caller's uid and request id.
+            tracing::info!(
+                seq,
+                service = spec.service.map(|s| s.name()).unwrap_or("-"),
+                kind = ?spec.kind,
+                key = %ShownKey(spec.key.as_ref()),
+                price_minor = debit.0,
+                ascending_minor = registers.ascending.0,
+                descending_minor = registers.descending.0,
+                "sold"
+            );
+            Ok(Sold {
+                product: product.unwrap_or_default(),
+                seq,
+                fresh: true,
+                due,
+                charged: debit,
+            })
+        }
         // A concurrent call with the same key and input committed first.
         Outcome::Existing { seq, product } => {
             if due {
@@ -359,6 +373,19 @@ where
                 due: false,
                 charged: Amount::ZERO,
             })
+        }
+    }
+}
+
+/// A row's key in a log line (`c/UID/REQUEST-ID`), `-` when it has none;
+/// formatted only when the line is emitted.
+struct ShownKey<'a>(Option<&'a Key>);
+
+impl std::fmt::Display for ShownKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(k) => k.fmt(f),
+            None => f.write_str("-"),
         }
     }
 }

@@ -381,7 +381,12 @@ fn bus_policy_and_daemon_enforce_roles() {
     let t = tok.join("u.tsr").to_string_lossy().into_owned();
 
     // nobody: nothing.
-    assert_eq!(code(&as_user("nobody", &["status"])), Some(exit::ACCESS));
+    let denied = as_user("nobody", &["status"]);
+    assert_eq!(code(&denied), Some(exit::ACCESS));
+    // The bus's own AccessDenied reaches the user with what to do.
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(err.contains("ask an administrator to add you"), "{err}");
+    assert!(err.contains("group meter"), "{err}");
     assert_eq!(
         code(&as_user("nobody", &["recharge", &v])),
         Some(exit::ACCESS)

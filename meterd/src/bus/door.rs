@@ -140,14 +140,17 @@ impl Call<'_> {
     }
 
     fn refuse(&self, e: ServiceError) -> MeterError {
+        let detail = e.to_string();
+        let named = errors::to_dbus(self.member, e);
         tracing::warn!(
             member = self.member,
+            error_name = named.kind(),
             uid = self.caller.uid,
             pid = ?self.caller.pid,
-            error = %e,
+            error = %detail,
             "refused"
         );
-        errors::to_dbus(self.member, e)
+        named
     }
 }
 
