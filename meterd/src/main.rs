@@ -61,8 +61,17 @@ fn main() -> ExitCode {
 
 /// Journal when systemd gave us one, stderr otherwise.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("METERD_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("METERD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // zbus opens an INFO span per method call whose fields are the whole
+    // message and header, formatted with Debug (issue 14: a visible share
+    // of a sale's CPU); unless METERD_LOG names zbus, its spans stay off.
+    let named = std::env::var("METERD_LOG").is_ok_and(|v| v.contains("zbus"));
+    if !named {
+        if let Ok(d) = "zbus=warn".parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let journald = std::env::var_os("JOURNAL_STREAM")
         .is_some()
         .then(|| tracing_journald::layer().ok())
