@@ -65,12 +65,18 @@ fn init_logging() {
     // tss-esapi logs each probe of an absent NV index or handle (made at
     // every provisioning) at ERROR; meterd reports real TPM failures itself,
     // with their cause. `METERD_LOG=info,tss_esapi=debug` brings them back.
+    // zbus opens an INFO span per method call whose fields are the whole
+    // message and header, formatted with Debug (issue 14: a visible share of
+    // a sale's CPU); unless METERD_LOG names zbus, its spans stay off.
     let mut spec = std::env::var("METERD_LOG").unwrap_or_else(|_| "info".to_owned());
     if !spec.contains("tss_esapi") {
         spec.push_str(",tss_esapi=off");
     }
+    if !spec.contains("zbus") {
+        spec.push_str(",zbus=warn");
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&spec)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tss_esapi=off"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tss_esapi=off,zbus=warn"));
     let journald = std::env::var_os("JOURNAL_STREAM")
         .is_some()
         .then(|| tracing_journald::layer().ok())
