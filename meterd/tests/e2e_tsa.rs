@@ -313,7 +313,31 @@ fn osslsigncode_signs_with_the_meter_as_tsa() {
         panic!("osslsigncode is not installed (Debian package osslsigncode, in tests/packages)");
     }
     let sb = Sandbox::up(100_000);
-    let (url, _) = sb.tsa_urls();
+    // osslsigncode posts with OpenSSL's HTTP client, which sends no
+    // credentials from the URL: it needs an endpoint the administrator
+    // opened to anonymous loopback clients (`--anonymous-loopback`).
+    let port_file = sb.path("anon.port");
+    let mut anon = std::process::Command::new(sandbox::bin_dir().join("meter-tsa"))
+        .envs(&sb.env)
+        .args(["--anonymous-loopback", "--listen", "127.0.0.1:0"])
+        .arg("--clients")
+        .arg(sb.path("no-clients"))
+        .arg("--chain")
+        .arg(sb.path("tsa-chain.pem"))
+        .arg("--port-file")
+        .arg(&port_file)
+        .stderr(std::fs::File::create(sb.path("anon-tsa.log")).unwrap())
+        .spawn()
+        .expect("meter-tsa");
+    let mut port = String::new();
+    for _ in 0..100 {
+        port = std::fs::read_to_string(&port_file).unwrap_or_default();
+        if !port.trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let url = format!("http://127.0.0.1:{}/", port.trim());
     let root = sb.root_pem().to_string_lossy().into_owned();
     let (ar0, _, _) = sb.registers();
     let price = sb.status()["rates"]["postmark"].as_u64().expect("rate");
@@ -383,7 +407,10 @@ fn osslsigncode_signs_with_the_meter_as_tsa() {
         text.contains(&sb.meter_id()),
         "the meter names the time-stamp: {text}"
     );
-    assert!(text.contains("Timestamp"), "{text}");
+    assert!(
+        text.contains("Timestamp Server Signature verification: ok"),
+        "{text}"
+    );
     assert_eq!(sb.registers().0, ar0 + price, "one postmark");
 }
 

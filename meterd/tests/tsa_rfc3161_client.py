@@ -11,12 +11,11 @@ import urllib.parse
 import urllib.request
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from rfc3161_client import TimestampRequestBuilder, VerifierBuilder, decode_timestamp_response
+from rfc3161_client import HashAlgorithm, TimestampRequestBuilder, VerifierBuilder, decode_timestamp_response
 
 url, root_pem = sys.argv[1], sys.argv[2]
 message = b"a message for rfc3161-client\n"
-req = TimestampRequestBuilder().data(message).hash_algorithm(hashes.SHA512()).nonce(nonce=True).build()
+req = TimestampRequestBuilder().data(message).hash_algorithm(HashAlgorithm.SHA512).nonce(nonce=True).build()
 
 parts = urllib.parse.urlsplit(url)
 netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
