@@ -60,6 +60,9 @@ struct Args {
     /// D-Bus address of meterd's bus (default: the system bus).
     #[arg(long, env = "DBUS_SYSTEM_BUS_ADDRESS")]
     bus: Option<String>,
+    /// Write the port listened on to this file once listening (tests).
+    #[arg(long)]
+    port_file: Option<PathBuf>,
     /// Largest request body accepted (bytes); larger: 413.
     #[arg(long, default_value_t = 16 * 1024)]
     max_body: usize,
@@ -153,6 +156,9 @@ async fn run(args: Args) -> Result<(), TsaError> {
     let meter = meter_proto::proxy::Meter1Proxy::new(&conn).await?;
     let listener = serve::listener(args.listen).map_err(TsaError::Listen)?;
     let local = listener.local_addr().map_err(TsaError::Listen)?;
+    if let Some(f) = &args.port_file {
+        std::fs::write(f, format!("{}\n", local.port())).map_err(TsaError::Listen)?;
+    }
     tracing::info!(
         %local,
         clients = clients.len(),

@@ -24,8 +24,8 @@ pub struct Args {
     /// The message to postmark (`-` = stdin).
     #[arg(
         value_name = "FILE",
-        required_unless_present = "digest",
-        conflicts_with = "digest"
+        required_unless_present_any = ["digest", "tsq"],
+        conflicts_with_all = ["digest", "tsq"]
     )]
     pub file: Option<PathBuf>,
 
@@ -43,12 +43,20 @@ pub struct Args {
     pub request_id: Option<String>,
 
     /// Postmark this SHA-384 digest (96 hex digits) instead of a file.
-    #[arg(long, value_name = "HEX")]
+    #[arg(long, value_name = "HEX", conflicts_with = "tsq")]
     pub digest: Option<String>,
+
+    /// Send this RFC 3161 TimeStampReq (DER, e.g. from `openssl ts -query`)
+    /// and write the TimeStampResp to -o (`TimeStamp`).
+    #[arg(long, value_name = "FILE", requires = "out")]
+    pub tsq: Option<PathBuf>,
 }
 
 /// Runs `meterctl postmark`.
 pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
+    if let (Some(tsq), Some(out)) = (&args.tsq, &args.out) {
+        return time_stamp(ctx, tsq, out, args.request_id.clone()).await;
+    }
     let digest = args.digest.as_deref().map(parse_digest).transpose()?;
     let out_path = match (&args.out, &args.file) {
         (Some(out), _) => out.clone(),
@@ -96,6 +104,52 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
         "request_id": request_id,
         "token_file": out_path,
         "bytes": token.len(),
+    });
+    Ok(Output::new(human, json))
+}
+
+/// `--tsq`: a TimeStampReq over D-Bus, the TimeStampResp written to `out`
+/// (also when rejected, then an error that quotes the status string).
+async fn time_stamp(
+    ctx: &Ctx,
+    tsq: &Path,
+    out: &Path,
+    request_id: Option<String>,
+) -> Result<Output, CtlError> {
+    let request = std::fs::read(tsq).map_err(|source| CtlError::Io {
+        what: "cannot read the --tsq file",
+        source,
+    })?;
+    let request_id = match request_id {
+        Some(id) => id,
+        None => {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(&request))
+        }
+    };
+    let meter = ctx.meter().await?;
+    let reply = meter.time_stamp(&request, &request_id).await?;
+    write_output(out, &reply)?;
+    let parsed = meter_pki::tsq::parse_response(&reply)
+        .map_err(|e| CtlError::Reply(format!("TimeStamp returned no TimeStampResp: {e}")))?;
+    if parsed.status > 1 {
+        return Err(CtlError::Reply(format!(
+            "time-stamp rejected (reply written to {}): {} (failInfo bits {:?})",
+            out.display(),
+            parsed.text.unwrap_or_default(),
+            parsed.fail_bits
+        )));
+    }
+    let human = format!(
+        "time-stamp reply written to {} ({} bytes); request id {request_id}\n",
+        out.display(),
+        reply.len()
+    );
+    let json = json!({
+        "request_id": request_id,
+        "reply_file": out,
+        "bytes": reply.len(),
+        "status": parsed.status,
     });
     Ok(Output::new(human, json))
 }

@@ -323,3 +323,17 @@ impl Sandbox {
         );
     }
 }
+
+impl Sandbox {
+    /// The time-stamp endpoint's URL with the demo client's credentials
+    /// (`METERD_TSA_URL`), and the same without them.
+    pub fn tsa_urls(&self) -> (String, String) {
+        let with = self
+            .env
+            .get("METERD_TSA_URL")
+            .expect("the sandbox printed no METERD_TSA_URL (meter-tsa built?)")
+            .clone();
+        let without = with.replacen("user:secret@", "", 1);
+        (with, without)
+    }
+}
