@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use zbus::zvariant::Fd;
 
-use super::{is_stdio, open_message, Ctx, Sink};
+use super::{is_stdio, open_message, read_input, Ctx, Sink};
 use crate::error::CtlError;
 use crate::output::Output;
 
@@ -116,10 +116,10 @@ async fn time_stamp(
     out: &Path,
     request_id: Option<String>,
 ) -> Result<Output, CtlError> {
-    let request = std::fs::read(tsq).map_err(|source| CtlError::Io {
-        what: "cannot read the --tsq file",
-        source,
-    })?;
+    // A TimeStampReq is a few hundred bytes; the meter refuses more than 64 KiB.
+    let request = read_input(tsq, 64 * 1024)?;
+    // Opened before the paid call: an unwritable output charges nothing.
+    let sink = Sink::open(out)?;
     let request_id = match request_id {
         Some(id) => id,
         None => {
@@ -129,7 +129,7 @@ async fn time_stamp(
     };
     let meter = ctx.meter().await?;
     let reply = meter.time_stamp(&request, &request_id).await?;
-    write_output(out, &reply)?;
+    sink.commit(&reply)?;
     let parsed = meter_pki::tsq::parse_response(&reply)
         .map_err(|e| CtlError::Reply(format!("TimeStamp returned no TimeStampResp: {e}")))?;
     if parsed.status > 1 {
