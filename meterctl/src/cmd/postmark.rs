@@ -116,8 +116,8 @@ async fn time_stamp(
     out: &Path,
     request_id: Option<String>,
 ) -> Result<Output, CtlError> {
-    // A TimeStampReq is a few hundred bytes; the meter refuses more than 64 KiB.
-    let request = read_input(tsq, 64 * 1024)?;
+    // A TimeStampReq is a few hundred bytes; the meter refuses more than this.
+    let request = read_input(tsq, meter_pki::tsq::MAX_REQUEST as u64)?;
     // Opened before the paid call: an unwritable output charges nothing.
     let sink = Sink::open(out)?;
     let request_id = match request_id {
