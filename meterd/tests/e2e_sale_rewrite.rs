@@ -16,8 +16,8 @@
 //!   consistent ledger that never sold that piece), but the tokens sold are out in the
 //!   world: `meter-authority lookup` of the deleted sale's token, whose serial is its
 //!   row number, answers "reported with another digest" (exit 3). That already held with
-//!   main's `meter-authority` (run: the test passes with it): lookup is how the authority catches it; `inspect` cannot know of a sale no row
-//!   shows.
+//!   main's `meter-authority` (run: the test passes with it): lookup is how the
+//!   authority catches it; `inspect` cannot know of a sale no row shows.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/sandbox.rs"]
