@@ -9,9 +9,10 @@
 //! appends a forced Lock row under `m/lock-order/<nonce>` that keeps no order, chained
 //! and sealed. Why root would: it burns that order nonce (the authority's real order
 //! under it is then refused as already applied) and plants a lock the authority never
-//! ordered. On main before this branch (74e8a2a; reasoned from its code, not run) meterd
-//! started `locked (forced)` and `meterctl audit` said nothing of the row (a lock row was
-//! checked for its shape only: known reason, fresh nonce, key under `m/lock-order/`);
+//! ordered. Before this branch (run with main's meterd, 74e8a2a): the planted row was
+//! accepted, `meterctl audit` answered `"ok":true` (a lock row was checked for its shape
+//! only: known reason, fresh nonce, key under `m/lock-order/`) and the meter sat
+//! `locked (forced)` by a lock no authority ordered;
 //! now `meterctl audit` names the row: a forced lock that keeps no authority lock order.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

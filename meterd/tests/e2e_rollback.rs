@@ -20,12 +20,12 @@
 //! * A copy two epochs behind re-sealed with one epoch row skips counter values the rows
 //!   do not account for: `inspect` names it even when the fork is not visible.
 //!
-//! On main before this branch (74e8a2a; reasoned from its code, not run on its binaries):
-//! the attack itself worked the same (meterd starts on the re-sealed copy); the fork
-//! finding ("not the row report N acknowledged") and lookup's duplicate-serial /
-//! unreported answers already existed, so the first two outcomes held; the counter-skip
-//! finding is new in this branch (main acknowledged the third case: its epoch rows were
-//! not compared, and the attested counter equals the forged epoch's).
+//! Before this branch: run with main's `meter-authority` (74e8a2a) in place of this
+//! branch's (meterd from this branch; its changes do not touch these rows): the attack
+//! works the same (meterd starts on the re-sealed copy); the fork is refused and the lost
+//! tokens are flagged as here (both tests pass: those checks already existed); the copy
+//! epochs behind is **acknowledged** (exit 0: main did not compare epoch rows, and the
+//! attested counter equals the forged epoch's). The counter-skip finding is new.
 //!
 //! Needs root (CI runs as root); skips otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

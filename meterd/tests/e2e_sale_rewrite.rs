@@ -8,15 +8,16 @@
 //!
 //! * **a lowered price**: `meter-authority inspect` re-prices each sale with the rate
 //!   table in force at its row (the tables are rows of the ledger; the book keeps those of
-//!   acknowledged segments) and refuses naming the row, the debit and the rate. On main
-//!   before this branch (74e8a2a; reasoned from its code: no check there looks at
-//!   prices) `inspect` acknowledged it: registers re-derive, the control total holds.
+//!   acknowledged segments) and refuses naming the row, the debit and the rate. With main's
+//!   `meter-authority` (74e8a2a) in place of this branch's, `inspect` acknowledged it
+//!   (run: exit 0, "rows 7..=13 reconciled"): registers re-derive, the control total
+//!   holds, nothing looked at prices.
 //! * **a deleted sale** (the rows after it renumbered): the segment reconciles (it is a
 //!   consistent ledger that never sold that piece), but the tokens sold are out in the
 //!   world: `meter-authority lookup` of the deleted sale's token, whose serial is its
-//!   row number, answers "reported with another digest" (exit 3). That already held on
-//!   main (the lookup code is unchanged): lookup is how the authority catches it; `inspect` cannot know of a sale no row
-//!   shows.
+//!   row number, answers "reported with another digest" (exit 3). That already held with
+//!   main's `meter-authority` (run: the test passes with it): lookup is how the
+//!   authority catches it; `inspect` cannot know of a sale no row shows.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/sandbox.rs"]
