@@ -20,7 +20,7 @@ use meter_pki::report::StatusReport;
 use meter_pki::tpm::VerifiedReportAttestation;
 use serde::{Deserialize, Serialize};
 
-use crate::reconcile::Findings;
+use crate::findings::Findings;
 
 /// What the last accepted attestation showed (`Book::tpm`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@
 
 use meter_pki::ledger_format::{epoch_of, epoch_reason, EpochRecord};
 
-use crate::reconcile::Findings;
+use crate::findings::Findings;
 
 /// The epoch rows seen so far, from the acknowledged head on.
 #[derive(Debug, Default)]

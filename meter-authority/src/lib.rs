@@ -16,6 +16,7 @@ pub mod book;
 pub mod credit;
 pub mod enrol;
 mod epochs;
+mod findings;
 pub mod inspect;
 pub mod lookup;
 mod pricing;

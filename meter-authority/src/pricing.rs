@@ -15,7 +15,7 @@
 use meter_pki::payload::RateTable;
 use meter_pki::segment::{self, kind, service};
 
-use crate::reconcile::Findings;
+use crate::findings::Findings;
 
 /// Services always debited at their rate, one piece per row.
 const AT_RATE: [u8; 3] = [service::POSTMARK, 2, 3];

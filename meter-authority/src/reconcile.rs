@@ -44,13 +44,11 @@ use sha2::{Digest as _, Sha384};
 
 use crate::book::{Book, IndexRow, Point, Registers};
 use crate::epochs::EpochRun;
+pub use crate::findings::Findings;
 use crate::pricing::Pricing;
 
 /// Longest product taken as a bare lock nonce (layout v1 lock-order rows).
 const NONCE_MAX: usize = 64;
-
-/// Findings listed at most (the first ones say enough).
-const MAX_FINDINGS: usize = 50;
 
 /// A report that reconciles: what the book gains.
 #[derive(Debug, Clone)]
@@ -75,18 +73,6 @@ pub struct Reconciled {
     pub unclean_total: u64,
     /// Rate tables the segment installed (the book keeps them).
     pub rates: Vec<RateTable>,
-}
-
-/// Discrepancies, each one sentence naming the row or field.
-#[derive(Debug, Clone, Default)]
-pub struct Findings(pub Vec<String>);
-
-impl Findings {
-    pub(crate) fn add(&mut self, f: String) {
-        if self.0.len() < MAX_FINDINGS {
-            self.0.push(f);
-        }
-    }
 }
 
 /// Reconciles `report` (verified; `report_digest` = hex SHA-384 of its
