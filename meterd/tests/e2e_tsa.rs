@@ -326,6 +326,8 @@ fn osslsigncode_signs_with_the_meter_as_tsa() {
         .arg(sb.path("tsa-chain.pem"))
         .arg("--port-file")
         .arg(&port_file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(sb.path("anon-tsa.log")).unwrap())
         .spawn()
         .expect("meter-tsa");
