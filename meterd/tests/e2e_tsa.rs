@@ -404,6 +404,8 @@ fn osslsigncode_signs_with_the_meter_as_tsa() {
         String::from_utf8_lossy(&v.stdout),
         String::from_utf8_lossy(&v.stderr)
     );
+    let _ = anon.kill();
+    let _ = anon.wait();
     assert!(v.status.success(), "osslsigncode verify: {text}");
     assert!(
         text.contains(&sb.meter_id()),
