@@ -326,6 +326,8 @@ fn osslsigncode_signs_with_the_meter_as_tsa() {
         .arg(sb.path("tsa-chain.pem"))
         .arg("--port-file")
         .arg(&port_file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(sb.path("anon-tsa.log")).unwrap())
         .spawn()
         .expect("meter-tsa");
@@ -402,6 +404,8 @@ fn osslsigncode_signs_with_the_meter_as_tsa() {
         String::from_utf8_lossy(&v.stdout),
         String::from_utf8_lossy(&v.stderr)
     );
+    let _ = anon.kill();
+    let _ = anon.wait();
     assert!(v.status.success(), "osslsigncode verify: {text}");
     assert!(
         text.contains(&sb.meter_id()),
