@@ -58,6 +58,8 @@ fn the_package_installs_what_a_sysadmin_needs() {
         "./usr/bin/meterd",
         "./usr/bin/meterctl",
         "./usr/bin/meter-authority",
+        "./usr/bin/meter-tsa",
+        "./usr/lib/systemd/system/meter-tsa.socket",
         "./usr/lib/systemd/system/meterd.service",
         "./usr/lib/sysusers.d/meterd.conf",
         "./usr/lib/tmpfiles.d/meterd.conf",
@@ -86,6 +88,7 @@ fn the_package_installs_what_a_sysadmin_needs() {
     let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
     let group = std::fs::read_to_string(root.path().join("etc/group")).unwrap();
     assert!(passwd.lines().any(|l| l.starts_with("meterd:")), "{passwd}");
+    assert!(passwd.lines().any(|l| l.starts_with("meter-tsa:")), "{passwd}");
     for g in ["meterd:", "meter:", "meteradmin:"] {
         assert!(group.lines().any(|l| l.starts_with(g)), "{g} {group}");
     }
