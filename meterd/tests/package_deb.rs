@@ -88,7 +88,10 @@ fn the_package_installs_what_a_sysadmin_needs() {
     let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
     let group = std::fs::read_to_string(root.path().join("etc/group")).unwrap();
     assert!(passwd.lines().any(|l| l.starts_with("meterd:")), "{passwd}");
-    assert!(passwd.lines().any(|l| l.starts_with("meter-tsa:")), "{passwd}");
+    assert!(
+        passwd.lines().any(|l| l.starts_with("meter-tsa:")),
+        "{passwd}"
+    );
     for g in ["meterd:", "meter:", "meteradmin:"] {
         assert!(group.lines().any(|l| l.starts_with(g)), "{g} {group}");
     }

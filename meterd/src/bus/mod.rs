@@ -13,90 +13,30 @@ mod door;
 mod errors;
 mod fd_arg;
 mod props;
+mod served;
 mod signals;
 mod status;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedValue;
-use zbus::{fdo, interface, Connection};
+use zbus::{fdo, interface};
 
 use meter_proto::MeterError;
 
-use crate::app::App;
 use crate::{
     account, agent, anchor, audit, certs, credit as credit_service, lock, postage, postmark,
     provision, rates, recharge, report, revoke, segment, sign, timestamp, validate,
 };
-use auth::Role;
-use callers::Lane;
-use door::{bounded, Call, Door};
+use door::bounded;
 use fd_arg::MessageFd;
 
-type Admitted<'a> = Result<Call<'a>, MeterError>;
-
 pub use auth::{Authorizer, Caller};
+use served::registers;
+pub use served::{serve, MeterIface};
 pub use signals::watch_and_emit;
-
-/// The served object.
-pub struct MeterIface {
-    app: Arc<App>,
-    door: Door,
-    /// The connection it is served on (asked who is calling).
-    conn: Connection,
-}
-
-impl MeterIface {
-    /// Interface over `app` served on `conn`, with the configured groups
-    /// and capacities.
-    pub fn new(app: Arc<App>, conn: Connection) -> MeterIface {
-        let door = Door::new(app.meter.config());
-        MeterIface { app, door, conn }
-    }
-
-    /// An administrator's call (control lane).
-    async fn admin(&self, h: &Header<'_>, member: &'static str) -> Admitted<'_> {
-        self.enter(h, member, Role::Admin, Lane::Control).await
-    }
-
-    /// A user's read, report or audit (control lane).
-    async fn user(&self, h: &Header<'_>, member: &'static str) -> Admitted<'_> {
-        self.enter(h, member, Role::User, Lane::Control).await
-    }
-
-    /// A user's sale (sale lane).
-    async fn seller(&self, h: &Header<'_>, member: &'static str) -> Admitted<'_> {
-        self.enter(h, member, Role::User, Lane::Sale).await
-    }
-
-    async fn enter(&self, h: &Header<'_>, m: &'static str, r: Role, l: Lane) -> Admitted<'_> {
-        self.door.enter(&self.conn, h, m, r, l).await
-    }
-
-    /// A property read: the caller must be a user (`None` header: the
-    /// daemon's own read for change signals).
-    async fn read<T>(
-        &self,
-        header: Option<Header<'_>>,
-        property: &str,
-        f: impl FnOnce(&App) -> T,
-    ) -> fdo::Result<T> {
-        self.door
-            .may_read(&self.conn, header.as_ref(), property)
-            .await?;
-        Ok(f(&self.app))
-    }
-}
-
-fn registers(app: &App) -> crate::ledger::Registers {
-    app.meter
-        .ledger_state()
-        .map(|s| s.registers)
-        .unwrap_or_default()
-}
 
 #[interface(name = "org.meterd.Meter1")]
 impl MeterIface {
@@ -643,17 +583,4 @@ impl MeterIface {
     /// A lock was cleared.
     #[zbus(signal)]
     pub async fn unlocked(emitter: &SignalEmitter<'_>) -> zbus::Result<()>;
-}
-
-/// Serves the interface on `conn` (bus or peer-to-peer) at the object path.
-/// Every member and every property checks its caller, and
-/// `Properties.GetAll` is refused as a whole (`props`).
-pub async fn serve(conn: &Connection, app: Arc<App>) -> zbus::Result<()> {
-    let iface = MeterIface::new(app, conn.clone());
-    let auth = iface.door.auth();
-    iface.door.watch(conn).await;
-    conn.object_server()
-        .at(meter_proto::OBJECT_PATH, iface)
-        .await?;
-    props::install(conn, auth).await
 }
