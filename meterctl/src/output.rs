@@ -65,7 +65,7 @@ pub fn emit(out: &Output, json_mode: bool) {
     };
     let _ = match (&out.raw, json_mode) {
         (Some(raw), _) => sink.write_all(raw),
-        (None, true) => writeln!(sink, "{}", out.json),
+        (None, true) => writeln!(sink, "{}", envelope(&out.json)),
         (None, false) => sink.write_all(out.human.as_bytes()),
     };
     let _ = sink.flush();
@@ -85,9 +85,32 @@ pub fn emit_error(err: &CtlError, json_mode: bool) {
     }
 }
 
+/// Version of the `--json` documents (see `docs/JSON.md`); raised when a
+/// field changes meaning or goes away, not when one is added.
+pub const JSON_VERSION: u64 = 1;
+
+/// The one envelope of every `--json` document: an object that always
+/// has `"version"`; a command's fields beside it (never a bare array).
+pub fn envelope(doc: &Json) -> Json {
+    let mut obj = Map::new();
+    obj.insert("version".into(), json!(JSON_VERSION));
+    match doc {
+        // A command's own `version` (none today) would be renamed, never lost.
+        Json::Object(m) => obj.extend(m.iter().map(|(k, v)| match k.as_str() {
+            "version" => ("command_version".to_owned(), v.clone()),
+            _ => (k.clone(), v.clone()),
+        })),
+        Json::Null => {}
+        other => {
+            obj.insert("result".into(), other.clone());
+        }
+    }
+    Json::Object(obj)
+}
+
 /// The JSON document for a failure.
 pub fn error_json(err: &CtlError) -> Json {
-    json!({"error": {"kind": err.kind(), "message": err.message()}})
+    envelope(&json!({"error": {"kind": err.kind(), "message": err.message()}}))
 }
 
 /// Formats minor units with the currency's digits: `12345, 3, "USD"` → `12.345 USD`.
@@ -426,7 +449,9 @@ mod tests {
         let e = CtlError::Usage("bad".into());
         assert_eq!(
             error_json(&e),
-            json!({"error": {"kind": "Usage", "message": "bad"}})
+            json!({"version": 1, "error": {"kind": "Usage", "message": "bad"}})
         );
+        assert_eq!(envelope(&json!({"a": 1}))["version"], 1);
+        assert_eq!(envelope(&json!([1]))["result"], json!([1]));
     }
 }

@@ -281,7 +281,7 @@ fn user_report_cannot_burn_any_internal_id_of_an_admin_operation() {
     let listed = mallory.meterctl(&sb, &["certs"]);
     assert!(listed.status.success(), "user certs: {}", outcome(&listed));
     let list: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("certs JSON");
-    let key = list
+    let key = list["certificates"]
         .as_array()
         .expect("list")
         .iter()

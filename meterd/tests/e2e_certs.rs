@@ -88,7 +88,7 @@ fn enrol_request_certify_install_sign_validate() {
         "a request is not charged"
     );
     assert_eq!(s1.3, s0.3 + 1, "one ledger row for the request");
-    let list = sb.meterctl_json(&["certs"]);
+    let list = sb.meterctl_json(&["certs"])["certificates"].clone();
     assert_eq!(list[0]["state"], "pending", "{list}");
     assert_eq!(list[0]["subject"], "Alice");
 
@@ -380,7 +380,7 @@ fn enrol_request_certify_install_sign_validate() {
 
     // After a daemon restart the store is rebuilt from the ledger, the key reloads.
     sb.script("restart-meterd");
-    let list = sb.meterctl_json(&["certs"]);
+    let list = sb.meterctl_json(&["certs"])["certificates"].clone();
     let alice = list
         .as_array()
         .unwrap()
@@ -457,7 +457,7 @@ fn expired_certificate_is_not_used_and_funds_are_checked_first() {
     .to_owned();
     sb.meterctl_json(&["cert", "install", &cert]);
     std::thread::sleep(std::time::Duration::from_secs(5));
-    let list = sb.meterctl_json(&["certs"]);
+    let list = sb.meterctl_json(&["certs"])["certificates"].clone();
     assert_eq!(list[0]["state"], "expired", "{list}");
     let before = sb.snapshot();
     let msg = write(&sb, "late.txt", b"too late");
@@ -483,5 +483,11 @@ fn expired_certificate_is_not_used_and_funds_are_checked_first() {
     ]);
     assert_eq!(code_of(&out), Some(exit::FUNDS), "{out:?}");
     assert_eq!(sb.snapshot(), before);
-    assert_eq!(sb.meterctl_json(&["certs"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        sb.meterctl_json(&["certs"])["certificates"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

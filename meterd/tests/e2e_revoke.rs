@@ -105,7 +105,7 @@ fn open_confirmation(sb: &Sandbox, file: &str) -> serde_json::Value {
 }
 
 fn cert_state(sb: &Sandbox, serial: &str) -> (String, String) {
-    let list = sb.meterctl_json(&["certs"]);
+    let list = sb.meterctl_json(&["certs"])["certificates"].clone();
     let c = list
         .as_array()
         .unwrap()

@@ -38,6 +38,7 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Output, CtlError> {
     if list.is_empty() {
         human = "no user certificates; meterctl cert request makes one\n".into();
     }
-    let json = Json::Array(list.iter().map(dict_to_json).collect());
+    let json =
+        serde_json::json!({"certificates": Json::Array(list.iter().map(dict_to_json).collect())});
     Ok(Output::new(human, json))
 }

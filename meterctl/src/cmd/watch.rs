@@ -15,7 +15,7 @@ use zbus::export::ordered_stream::{self, OrderedStreamExt};
 
 use super::Ctx;
 use crate::error::CtlError;
-use crate::output::{format_unix_time, value_to_json, Output};
+use crate::output::{format_amount, format_unix_time, value_to_json, Output};
 
 /// Arguments of `meterctl watch` (none).
 #[derive(Debug, clap::Args)]
@@ -24,6 +24,8 @@ pub struct Args {}
 /// Runs `meterctl watch`.
 pub async fn run(ctx: &Ctx, _args: Args) -> Result<Output, CtlError> {
     let meter = ctx.meter().await?;
+    // The digits only shape the display; raw minor units if unreadable.
+    let digits = meter.currency_digits().await.ok();
     let props = zbus::fdo::PropertiesProxy::builder(meter.inner().connection())
         .destination(BUS_NAME)
         .and_then(|b| b.path(OBJECT_PATH))
@@ -86,7 +88,7 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Output, CtlError> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             event = events.next() => match event {
-                Some(Some(event)) => print_event(&event, ctx.json),
+                Some(Some(event)) => print_event(&event, ctx.json, digits),
                 Some(None) => continue,
                 None => break,
             },
@@ -110,7 +112,7 @@ pub enum Event {
     Malformed(String),
 }
 
-fn print_event(event: &Event, json_mode: bool) {
+fn print_event(event: &Event, json_mode: bool, digits: Option<u8>) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -122,7 +124,7 @@ fn print_event(event: &Event, json_mode: bool) {
         }
         j.to_string()
     } else {
-        format!("{}  {}", format_unix_time(now), event_text(event))
+        format!("{}  {}", format_unix_time(now), event_text(event, digits))
     };
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
@@ -142,15 +144,31 @@ pub fn event_json(event: &Event) -> Json {
     }
 }
 
-/// The human text for an event (without the time).
-pub fn event_text(event: &Event) -> String {
+/// The registers among the properties: shown as money.
+const MONEY_PROPERTIES: [&str; 3] = ["Descending", "Ascending", "ControlTotal"];
+
+/// The human text for an event (without the time); amounts as money when
+/// the currency's digits are known.
+pub fn event_text(event: &Event, digits: Option<u8>) -> String {
+    let money = |minor: u64| match digits {
+        Some(d) => format_amount(minor, d, ""),
+        None => format!("{minor} minor units"),
+    };
     match event {
         Event::Changed(c, inv) => {
-            let mut parts: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut parts: Vec<String> = c
+                .iter()
+                .map(|(k, v)| match v.as_u64() {
+                    Some(n) if MONEY_PROPERTIES.contains(&k.as_str()) => {
+                        format!("{k}={}", money(n))
+                    }
+                    _ => format!("{k}={v}"),
+                })
+                .collect();
             parts.extend(inv.iter().map(|k| format!("{k} (invalidated)")));
             format!("changed: {}", parts.join(" "))
         }
-        Event::LowFunds(d) => format!("LOW FUNDS: descending register {d} minor units"),
+        Event::LowFunds(d) => format!("LOW FUNDS: descending register {}", money(*d)),
         Event::Locked(r) => format!("LOCKED: {r}"),
         Event::Unlocked => "unlocked".to_string(),
         Event::Malformed(m) => format!("malformed signal: {m}"),
@@ -168,13 +186,21 @@ mod tests {
         c.insert("State".into(), json!("ready"));
         let e = Event::Changed(c, vec!["LockReason".into()]);
         assert_eq!(
-            event_text(&e),
-            "changed: Descending=900 State=\"ready\" LockReason (invalidated)"
+            event_text(&e, Some(3)),
+            "changed: Descending=0.900 State=\"ready\" LockReason (invalidated)"
+        );
+        assert_eq!(
+            event_text(&Event::LowFunds(95_080), Some(3)),
+            "LOW FUNDS: descending register 95.080"
+        );
+        assert_eq!(
+            event_text(&Event::LowFunds(5), None),
+            "LOW FUNDS: descending register 5 minor units"
         );
         assert_eq!(event_json(&e)["changed"]["Descending"], json!(900));
         assert_eq!(event_json(&Event::LowFunds(5))["descending"], json!(5));
         assert_eq!(
-            event_text(&Event::Locked("tamper".into())),
+            event_text(&Event::Locked("tamper".into()), None),
             "LOCKED: tamper"
         );
     }
