@@ -392,3 +392,47 @@ pub(crate) fn service_products_in(
     }
     Ok(out)
 }
+
+/// Every row of `kind` (whose note is `note`, if given) as (seq, note,
+/// product), in seq order, each product checked against its row's digest.
+/// On the writer's connection (`Ledger::products`): read at start by the
+/// loaders, through the partial indexes where it can (`schema::RARE`).
+pub(crate) fn products_in(
+    conn: &Connection,
+    kind: super::EntryKind,
+    note: Option<&str>,
+) -> Result<super::writer::ProductList> {
+    // The note filter runs in SQL so that, e.g., the few certificate rows
+    // among many debits are found without loading every product.
+    let common = matches!(kind, super::EntryKind::Debit | super::EntryKind::Event);
+    let rare = if common && note.unwrap_or_default().is_empty() {
+        ""
+    } else {
+        super::schema::RARE
+    };
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT j.seq, j.note, j.product_digest, p.product
+             FROM journal j JOIN products p ON p.seq = j.seq
+             WHERE j.kind = ?1 AND (?2 IS NULL OR j.note = ?2) {and}{rare} ORDER BY j.seq",
+            and = if rare.is_empty() { "" } else { "AND " },
+        ))
+        .map_err(storage)?;
+    let rows = stmt
+        .query_map(rusqlite::params![kind as u8, note], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })
+        .map_err(storage)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, note, digest, product) = row.map_err(storage)?;
+        super::rows::check_product(seq, &digest, &product)?;
+        out.push((seq as u64, note, product));
+    }
+    Ok(out)
+}

@@ -27,7 +27,7 @@ use tokio::sync::{oneshot, watch};
 use super::chain::epoch_reason;
 use super::checkpoint;
 use super::reserve::{Reservation, SharedFunds};
-use super::rows::{check_product, stored_by_key, Tip};
+use super::rows::{stored_by_key, Tip};
 use super::schema::storage;
 use super::sequencer::{Advance, Item, Sequenced, Sequencer};
 use super::store;
@@ -602,40 +602,7 @@ impl Writer {
     }
 
     fn products(&mut self, kind: EntryKind, note: Option<&str>) -> Result<ProductList> {
-        // The note filter runs in SQL so that, e.g., the few certificate rows
-        // among many debits are found without loading every product.
-        let common = matches!(kind, EntryKind::Debit | EntryKind::Event);
-        let rare = if common && note.unwrap_or_default().is_empty() {
-            ""
-        } else {
-            super::schema::RARE
-        };
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT j.seq, j.note, j.product_digest, p.product
-                 FROM journal j JOIN products p ON p.seq = j.seq
-                 WHERE j.kind = ?1 AND (?2 IS NULL OR j.note = ?2) {and}{rare} ORDER BY j.seq",
-                and = if rare.is_empty() { "" } else { "AND " },
-            ))
-            .map_err(storage)?;
-        let rows = stmt
-            .query_map(rusqlite::params![kind as u8, note], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                ))
-            })
-            .map_err(storage)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, note, digest, product) = row.map_err(storage)?;
-            check_product(seq, &digest, &product)?;
-            out.push((seq as u64, note, product));
-        }
-        Ok(out)
+        super::query::products_in(&self.conn, kind, note)
     }
 
     fn audit(&mut self) -> Result<AuditReport> {
