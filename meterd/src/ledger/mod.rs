@@ -129,6 +129,7 @@
 mod audit;
 mod chain;
 mod checkpoint;
+mod copy;
 mod epoch;
 mod export;
 mod handle;

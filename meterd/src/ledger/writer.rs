@@ -26,6 +26,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::chain::epoch_reason;
 use super::checkpoint;
+use super::copy::copy_error;
 use super::reserve::{Reservation, SharedFunds};
 use super::rows::{stored_by_key, Tip};
 use super::schema::storage;
@@ -34,7 +35,7 @@ use super::store;
 use super::{
     AuditReport, Entry, EntryKind, Finisher, Key, LedgerError, LedgerState, Outcome, Result, Sealer,
 };
-use crate::housing::{HousingError, Pending};
+use crate::housing::Pending;
 use crate::money::Amount;
 
 /// Most entries in one batch.
@@ -127,30 +128,6 @@ pub(crate) struct Writer {
     /// the next job lifts the hold and opens an epoch, binding the ledger
     /// to the counter again.
     rebind: bool,
-}
-
-/// Copies a housing error (it is not `Clone`: it may hold an `io::Error`).
-pub(crate) fn copy_housing(e: &HousingError) -> HousingError {
-    match e {
-        HousingError::Unavailable(s) => HousingError::Unavailable(s.clone()),
-        HousingError::Tpm { command, message } => HousingError::Tpm {
-            command,
-            message: message.clone(),
-        },
-        HousingError::NvRate => HousingError::NvRate,
-        HousingError::NoSuchKey(s) => HousingError::NoSuchKey(s.clone()),
-        HousingError::Io(io) => HousingError::Io(std::io::Error::new(io.kind(), io.to_string())),
-        HousingError::Stopped => HousingError::Stopped,
-    }
-}
-
-/// The same failure, for every entry of a failed batch.
-pub(crate) fn copy_error(e: &LedgerError) -> LedgerError {
-    match e {
-        LedgerError::Housing(h) => LedgerError::Housing(copy_housing(h)),
-        LedgerError::Stopped => LedgerError::Stopped,
-        other => LedgerError::Storage(other.to_string()),
-    }
 }
 
 fn fail_all(waiting: Vec<Waiting>, e: &LedgerError) {
