@@ -21,16 +21,12 @@ use std::process::Output;
 
 use sandbox::{ok, write, Sandbox};
 
-fn path(sb: &Sandbox, name: &str) -> String {
-    sb.path(name).to_string_lossy().into_owned()
-}
-
 /// `meterctl report` into NAME.pem (+ NAME.seg); returns (report, segment).
 fn report(sb: &Sandbox, name: &str) -> (String, String) {
-    let p = path(sb, &format!("{name}.pem"));
-    let v = sb.meterctl_json(&["report", "-o", &p, "--request-id", name]);
+    let p = sb.arg(&format!("{name}.pem"));
+    let v = sb.report_as(name);
     let seg = v["segment"].as_str().expect("segment path").to_owned();
-    assert_eq!(seg, path(sb, &format!("{name}.seg")), "{v}");
+    assert_eq!(seg, sb.arg(&format!("{name}.seg")), "{v}");
     let len = std::fs::metadata(&seg).unwrap().len();
     assert_eq!(v["segment_bytes"].as_u64(), Some(len), "{v}");
     (p, seg)
@@ -38,22 +34,7 @@ fn report(sb: &Sandbox, name: &str) -> (String, String) {
 
 /// `meter-authority inspect` (not asserting success).
 fn inspect(sb: &Sandbox, rep: &(String, String), ack: &str) -> Output {
-    let a = path(sb, ack);
-    sb.run(
-        &sandbox::bin_dir().join("meter-authority").to_string_lossy(),
-        &["inspect", &rep.0, "--segment", &rep.1, "--out", &a],
-    )
-}
-
-fn lookup(sb: &Sandbox, object: &str) -> (Option<i32>, String) {
-    let out = sb.run(
-        &sandbox::bin_dir().join("meter-authority").to_string_lossy(),
-        &["lookup", object],
-    );
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    sb.inspect(&rep.0, &rep.1, ack)
 }
 
 #[test]
@@ -69,14 +50,14 @@ fn reports_reconcile_row_by_row_and_lookup_answers() {
         said.contains("control total 100000 of 100000 issued"),
         "{said}"
     );
-    sb.meterctl_json(&["report", "ack", &path(&sb, "ack1.pem")]);
-    let (code, said) = lookup(&sb, &t1);
+    sb.meterctl_json(&["report", "ack", &sb.arg("ack1.pem")]);
+    let (code, said) = sb.lookup(&t1);
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("reported: row"), "{said}");
 
     let (_, t2, out) = sb.postmark_id("p2");
     ok(&out, "postmark p2");
-    let (code, said) = lookup(&sb, &t2);
+    let (code, said) = sb.lookup(&t2);
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("not reported yet"), "{said}");
 
@@ -105,8 +86,8 @@ fn reports_reconcile_row_by_row_and_lookup_answers() {
     .unwrap();
     assert_eq!(book["acknowledged"].as_array().unwrap().len(), 2, "{book}");
     assert_eq!(book["vouchers"]["1"], 100_000, "{book}");
-    sb.meterctl_json(&["report", "ack", &path(&sb, "ack2a.pem")]);
-    let (code, said) = lookup(&sb, &t2);
+    sb.meterctl_json(&["report", "ack", &sb.arg("ack2a.pem")]);
+    let (code, said) = sb.lookup(&t2);
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("reported: row"), "{said}");
 
@@ -157,11 +138,11 @@ fn a_ledger_rewritten_between_reports_is_refused_with_a_lock_order() {
     ok(&sb.postmark_id("p1").2, "postmark p1");
     let r1 = report(&sb, "rep1");
     ok(&inspect(&sb, &r1, "ack1.pem"), "inspect rep1");
-    sb.meterctl_json(&["report", "ack", &path(&sb, "ack1.pem")]);
+    sb.meterctl_json(&["report", "ack", &sb.arg("ack1.pem")]);
 
     // A second voucher, credited; then the operator makes it worth 1000 times more.
     let meter = sb.meter_id();
-    let v2 = path(&sb, "voucher2.pem");
+    let v2 = sb.arg("voucher2.pem");
     sb.authority(&[
         "voucher", "--meter", &meter, "--amount", "500", "--out", &v2,
     ]);
@@ -197,7 +178,7 @@ fn a_ledger_rewritten_between_reports_is_refused_with_a_lock_order() {
     sb.script("start-meterd");
 
     let r2 = report(&sb, "rep2");
-    let ack = path(&sb, "ack2.pem");
+    let ack = sb.arg("ack2.pem");
     let out = inspect(&sb, &r2, "ack2.pem");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(3), "inspect must refuse: {out:?}");
@@ -206,7 +187,7 @@ fn a_ledger_rewritten_between_reports_is_refused_with_a_lock_order() {
     assert!(err.contains("control total"), "{err}");
     assert!(!std::path::Path::new(&ack).exists(), "no acknowledgement");
     // The forced lock order, for this meter, signed by the root.
-    let order = path(&sb, "ack2.lock-order.pem");
+    let order = sb.arg("ack2.lock-order.pem");
     let out = sb.run(
         "openssl",
         &[

@@ -15,34 +15,20 @@ mod sandbox;
 
 use sandbox::{ok, Sandbox};
 
-fn path(sb: &Sandbox, name: &str) -> String {
-    sb.path(name).to_string_lossy().into_owned()
-}
-
 fn report(sb: &Sandbox, name: &str) -> (String, String, String) {
-    let p = path(sb, &format!("{name}.pem"));
-    let v = sb.meterctl_json(&["report", "-o", &p, "--request-id", name]);
+    let p = sb.arg(&format!("{name}.pem"));
+    let v = sb.report_as(name);
     let att = v["attestation"]
         .as_str()
         .expect("attestation path")
         .to_owned();
-    assert_eq!(att, path(sb, &format!("{name}.att")), "{v}");
+    assert_eq!(att, sb.arg(&format!("{name}.att")), "{v}");
     let seg = v["segment"].as_str().expect("segment").to_owned();
     (p, seg, att)
 }
 
 fn inspect(sb: &Sandbox, rep: &(String, String, String), ack: &str) -> std::process::Output {
-    sb.run(
-        &sandbox::bin_dir().join("meter-authority").to_string_lossy(),
-        &[
-            "inspect",
-            &rep.0,
-            "--segment",
-            &rep.1,
-            "--out",
-            &path(sb, ack),
-        ],
-    )
+    sb.inspect(&rep.0, &rep.1, ack)
 }
 
 fn book(sb: &Sandbox) -> serde_json::Value {
@@ -63,7 +49,7 @@ fn attested_reports_reconcile_and_a_replayed_attestation_is_refused() {
     );
     let tpm1 = book(&sb)["tpm"].clone();
     assert!(tpm1["nv_counter"].as_u64().unwrap() >= 1, "{tpm1}");
-    sb.meterctl_json(&["report", "ack", &path(&sb, "ack1.pem")]);
+    sb.meterctl_json(&["report", "ack", &sb.arg("ack1.pem")]);
 
     ok(&sb.postmark_id("p2").2, "postmark p2");
     let r2 = report(&sb, "rep2");

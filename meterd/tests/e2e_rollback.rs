@@ -40,13 +40,9 @@ use std::process::Output;
 use root_tools::{append_row, db, last_epoch, sql};
 use sandbox::{ok, Sandbox};
 
-fn path(sb: &Sandbox, name: &str) -> String {
-    sb.path(name).to_string_lossy().into_owned()
-}
-
 /// Root's copy of the running meter's ledger.
 fn keep_copy(sb: &Sandbox, name: &str) -> String {
-    let copy = path(sb, name);
+    let copy = sb.arg(name);
     sql(sb, &db(sb), &format!(".backup '{copy}'"));
     copy
 }
@@ -73,41 +69,20 @@ fn restore_and_reseal(sb: &Sandbox, copy: &str, extra_skip: u64) {
 }
 
 fn report(sb: &Sandbox, name: &str) -> (String, String) {
-    let p = path(sb, &format!("{name}.pem"));
-    let v = sb.meterctl_json(&["report", "-o", &p, "--request-id", name]);
+    let p = sb.arg(&format!("{name}.pem"));
+    let v = sb.report_as(name);
     (p, v["segment"].as_str().expect("segment").to_owned())
 }
 
 fn inspect(sb: &Sandbox, rep: &(String, String), ack: &str) -> Output {
-    sb.run(
-        &sandbox::bin_dir().join("meter-authority").to_string_lossy(),
-        &[
-            "inspect",
-            &rep.0,
-            "--segment",
-            &rep.1,
-            "--out",
-            &path(sb, ack),
-        ],
-    )
-}
-
-fn lookup(sb: &Sandbox, token: &str) -> (Option<i32>, String) {
-    let out = sb.run(
-        &sandbox::bin_dir().join("meter-authority").to_string_lossy(),
-        &["lookup", token],
-    );
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    sb.inspect(&rep.0, &rep.1, ack)
 }
 
 fn acknowledged(sb: &Sandbox, name: &str) {
     let r = report(sb, name);
     let ack = format!("{name}.ack.pem");
     ok(&inspect(sb, &r, &ack), &format!("inspect {name}"));
-    sb.meterctl_json(&["report", "ack", &path(sb, &ack)]);
+    sb.meterctl_json(&["report", "ack", &sb.arg(&ack)]);
 }
 
 fn is_root() -> bool {
@@ -139,7 +114,7 @@ fn a_copy_older_than_the_last_acknowledgement_is_refused_as_a_fork() {
     assert!(err.contains("REFUSED"), "{err}");
     assert!(err.contains("acknowledged"), "names the fork: {err}");
     assert!(!sb.path("rep2.ack.pem").exists(), "no acknowledgement");
-    let order = path(&sb, "rep2.ack.lock-order.pem");
+    let order = sb.arg("rep2.ack.lock-order.pem");
     let out = sb.run(
         "openssl",
         &[
@@ -158,7 +133,7 @@ fn a_copy_older_than_the_last_acknowledgement_is_refused_as_a_fork() {
     let body: serde_json::Value = serde_json::from_str(&ok(&out, "verify the lock order")).unwrap();
     assert_eq!(body["meter_id"], sb.meter_id().as_str(), "{body}");
     // The token sold from the lost range was acknowledged in report 1: still "reported".
-    let (code, said) = lookup(&sb, &lost);
+    let (code, said) = sb.lookup(&lost);
     assert_eq!(code, Some(0), "{said}");
 }
 
@@ -192,7 +167,7 @@ fn a_copy_after_the_last_acknowledgement_is_caught_by_lookup_of_the_lost_tokens(
     // consistent; inspect acknowledges (stated, not wished away).
     assert_eq!(out.status.code(), Some(0), "{said}");
     for t in &lost {
-        let (code, said) = lookup(&sb, t);
+        let (code, said) = sb.lookup(t);
         assert_eq!(code, Some(3), "a lost token must be flagged: {said}");
         // Its serial went to a row that is no sale (the forged stop row, the start's
         // epoch row) or to another sale.

@@ -28,28 +28,14 @@ use std::process::Output;
 
 use sandbox::{ok, Sandbox};
 
-fn path(sb: &Sandbox, name: &str) -> String {
-    sb.path(name).to_string_lossy().into_owned()
-}
-
 fn report(sb: &Sandbox, name: &str) -> (String, String) {
-    let p = path(sb, &format!("{name}.pem"));
-    let v = sb.meterctl_json(&["report", "-o", &p, "--request-id", name]);
+    let p = sb.arg(&format!("{name}.pem"));
+    let v = sb.report_as(name);
     (p, v["segment"].as_str().expect("segment").to_owned())
 }
 
 fn inspect(sb: &Sandbox, rep: &(String, String), ack: &str) -> Output {
-    sb.run(
-        &sandbox::bin_dir().join("meter-authority").to_string_lossy(),
-        &[
-            "inspect",
-            &rep.0,
-            "--segment",
-            &rep.1,
-            "--out",
-            &path(sb, ack),
-        ],
-    )
+    sb.inspect(&rep.0, &rep.1, ack)
 }
 
 fn text(out: &Output) -> String {
@@ -63,7 +49,7 @@ fn rewritten(args: &[&str]) -> (Sandbox, Output, Vec<String>) {
     ok(&sb.postmark_id("p1").2, "postmark p1");
     let r1 = report(&sb, "rep1");
     ok(&inspect(&sb, &r1, "ack1.pem"), "inspect rep1");
-    sb.meterctl_json(&["report", "ack", &path(&sb, "ack1.pem")]);
+    sb.meterctl_json(&["report", "ack", &sb.arg("ack1.pem")]);
     let tokens = ["p2", "p3", "p4"]
         .iter()
         .map(|id| {

@@ -170,6 +170,42 @@ impl Sandbox {
         self.path(name).to_string_lossy().into_owned()
     }
 
+    /// `meterctl report -o NAME.pem --request-id NAME`: its JSON answer (segment and
+    /// attestation paths, sizes).
+    pub fn report_as(&self, name: &str) -> serde_json::Value {
+        let p = self.arg(&format!("{name}.pem"));
+        self.meterctl_json(&["report", "-o", &p, "--request-id", name])
+    }
+
+    /// `meter-authority inspect REPORT --segment SEGMENT --out ACK` (ACK a file in the
+    /// sandbox), not asserting success: exit 3 is a refusal the tests read.
+    pub fn inspect(&self, report: &str, segment: &str, ack: &str) -> Output {
+        self.run(
+            &bin_dir().join("meter-authority").to_string_lossy(),
+            &[
+                "inspect",
+                report,
+                "--segment",
+                segment,
+                "--out",
+                &self.arg(ack),
+            ],
+        )
+    }
+
+    /// `meter-authority lookup OBJECT`: its exit code and what it said (stdout + stderr).
+    pub fn lookup(&self, object: &str) -> (Option<i32>, String) {
+        let out = self.run(
+            &bin_dir().join("meter-authority").to_string_lossy(),
+            &["lookup", object],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
     /// Meter id.
     pub fn meter_id(&self) -> String {
         self.status()["meter_id"]
