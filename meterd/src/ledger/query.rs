@@ -239,7 +239,7 @@ pub(crate) fn last_of_service_in(
     let Some((seq, time, digest, product)) = row else {
         return Ok(None);
     };
-    check_digest(seq, &digest, &product)?;
+    super::rows::check_product(seq, &digest, &product)?;
     Ok(Some((to_u64(seq)?, time, product)))
 }
 
@@ -273,7 +273,7 @@ pub(crate) fn nth_of_service_in(
     let Some((seq, time, digest, product)) = row else {
         return Ok(None);
     };
-    check_digest(seq, &digest, &product)?;
+    super::rows::check_product(seq, &digest, &product)?;
     Ok(Some((to_u64(seq)?, time, product)))
 }
 
@@ -336,17 +336,8 @@ pub(crate) fn last_with_note_in(
     let Some((seq, digest, product)) = row else {
         return Ok(None);
     };
-    check_digest(seq, &digest, &product)?;
+    super::rows::check_product(seq, &digest, &product)?;
     Ok(Some((to_u64(seq)?, product)))
-}
-
-fn check_digest(seq: i64, digest: &[u8], product: &[u8]) -> Result<()> {
-    if chain::sha384(product).as_slice() != digest {
-        return Err(LedgerError::Storage(format!(
-            "product of row {seq} does not match its digest"
-        )));
-    }
-    Ok(())
 }
 
 fn to_i64(v: u64) -> Result<i64> {
@@ -361,7 +352,7 @@ fn to_u64(v: i64) -> Result<u64> {
 pub(crate) fn service_products_in(
     conn: &Connection,
     service: Service,
-) -> Result<Vec<(u64, String, Vec<u8>)>> {
+) -> Result<super::writer::ProductList> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT j.seq, j.note, j.product_digest, p.product
@@ -369,26 +360,29 @@ pub(crate) fn service_products_in(
         )
         .map_err(storage)?;
     let rows = stmt
-        .query_map([service.code()], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-            ))
-        })
+        .query_map([service.code()], product_row)
         .map_err(storage)?;
+    checked_products(rows)
+}
+
+/// One (seq, note, product_digest, product) row of the product queries.
+type ProductRow = (i64, String, Vec<u8>, Vec<u8>);
+
+fn product_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProductRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+/// The rows of a product query as (seq, note, product), each product
+/// checked against its row's digest: one reader for every product query,
+/// so a copy cannot forget the check.
+fn checked_products(
+    rows: impl Iterator<Item = rusqlite::Result<ProductRow>>,
+) -> Result<super::writer::ProductList> {
     let mut out = Vec::new();
     for row in rows {
         let (seq, note, digest, product) = row.map_err(storage)?;
-        if chain::sha384(&product).as_slice() != digest.as_slice() {
-            return Err(LedgerError::Storage(format!(
-                "product of row {seq} does not match its digest"
-            )));
-        }
-        let seq = u64::try_from(seq)
-            .map_err(|_| LedgerError::Storage(format!("negative row number {seq}")))?;
-        out.push((seq, note, product));
+        super::rows::check_product(seq, &digest, &product)?;
+        out.push((to_u64(seq)?, note, product));
     }
     Ok(out)
 }
@@ -419,20 +413,7 @@ pub(crate) fn products_in(
         ))
         .map_err(storage)?;
     let rows = stmt
-        .query_map(rusqlite::params![kind as u8, note], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-            ))
-        })
+        .query_map(rusqlite::params![kind as u8, note], product_row)
         .map_err(storage)?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (seq, note, digest, product) = row.map_err(storage)?;
-        super::rows::check_product(seq, &digest, &product)?;
-        out.push((seq as u64, note, product));
-    }
-    Ok(out)
+    checked_products(rows)
 }
