@@ -89,23 +89,8 @@ fn restart_at(sb: &Sandbox, offset_secs: i64) {
 fn report(sb: &Sandbox, name: &str) -> (String, Value) {
     let p = path(sb, &format!("{name}.pem"));
     sb.meterctl_json(&["report", "-o", &p, "--request-id", name]);
-    let out = sb.run(
-        "openssl",
-        &[
-            "cms",
-            "-verify",
-            "-in",
-            &p,
-            "-inform",
-            "PEM",
-            "-CAfile",
-            &sb.root_pem().to_string_lossy(),
-            "-purpose",
-            "any",
-        ],
-    );
-    let body = ok(&out, "openssl cms -verify of the report");
-    (p, serde_json::from_str(&body).expect("report JSON"))
+    let body = sb.cms_json(&p, "the report");
+    (p, body)
 }
 
 #[test]
@@ -118,25 +103,7 @@ fn current_account_bills_by_report_and_locks_when_the_period_closes() {
 
     // The order verifies with stock OpenSSL and says what it sets.
     let o1 = order(&sb, None, &meter, 2 * POSTMARK + 200, 1, "order1.pem");
-    let content = ok(
-        &sb.run(
-            "openssl",
-            &[
-                "cms",
-                "-verify",
-                "-in",
-                &o1,
-                "-inform",
-                "PEM",
-                "-CAfile",
-                &sb.root_pem().to_string_lossy(),
-                "-purpose",
-                "any",
-            ],
-        ),
-        "openssl cms -verify of the order",
-    );
-    let body: Value = serde_json::from_str(&content).unwrap();
+    let body = sb.cms_json(&o1, "the order");
     assert_eq!(body["credit_limit"], 2 * POSTMARK + 200);
     assert_eq!(body["period_days"], 1);
 

@@ -44,23 +44,7 @@ fn report(sb: &Sandbox, name: &str) -> String {
 
 /// Verifies a report with stock OpenSSL against the root; returns its JSON.
 fn openssl_report(sb: &Sandbox, report: &str) -> Value {
-    let out = sb.run(
-        "openssl",
-        &[
-            "cms",
-            "-verify",
-            "-in",
-            report,
-            "-inform",
-            "PEM",
-            "-CAfile",
-            &sb.root_pem().to_string_lossy(),
-            "-purpose",
-            "any",
-        ],
-    );
-    let body = ok(&out, "openssl cms -verify of the report");
-    serde_json::from_str(&body).expect("report content is JSON")
+    sb.cms_json(report, "the report")
 }
 
 /// `meter-authority inspect REPORT` into ACK; returns the ack path.

@@ -115,22 +115,7 @@ fn a_copy_older_than_the_last_acknowledgement_is_refused_as_a_fork() {
     assert!(err.contains("acknowledged"), "names the fork: {err}");
     assert!(!sb.path("rep2.ack.pem").exists(), "no acknowledgement");
     let order = sb.arg("rep2.ack.lock-order.pem");
-    let out = sb.run(
-        "openssl",
-        &[
-            "cms",
-            "-verify",
-            "-in",
-            &order,
-            "-inform",
-            "PEM",
-            "-CAfile",
-            &sb.root_pem().to_string_lossy(),
-            "-purpose",
-            "any",
-        ],
-    );
-    let body: serde_json::Value = serde_json::from_str(&ok(&out, "verify the lock order")).unwrap();
+    let body = sb.cms_json(&order, "the lock order");
     assert_eq!(body["meter_id"], sb.meter_id().as_str(), "{body}");
     // The token sold from the lost range was acknowledged in report 1: still "reported".
     let (code, said) = sb.lookup(&lost);

@@ -290,6 +290,21 @@ impl Sandbox {
         order
     }
 
+    /// `openssl cms -verify` of a PEM CMS file (a report, an order, an acknowledgement)
+    /// against the sandbox's root, any purpose: its content parsed as JSON. Stock
+    /// OpenSSL is the relying party, so a failure names what OpenSSL said.
+    pub fn cms_json(&self, pem: &str, what: &str) -> serde_json::Value {
+        let root = self.root_pem().to_string_lossy().into_owned();
+        let out = self.run(
+            "openssl",
+            &[
+                "cms", "-verify", "-in", pem, "-inform", "PEM", "-CAfile", &root, "-purpose", "any",
+            ],
+        );
+        let body = ok(&out, &format!("openssl cms -verify of {what}"));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {body}"))
+    }
+
     /// `openssl ts -verify` of a token over a file against a CA file.
     pub fn ts_verify(&self, data: &str, token: &str, ca: &str) -> Output {
         self.run(
