@@ -1,6 +1,7 @@
 //! Fuzzing without nightly: every parser of outside input (certificates,
 //! certification requests, CMS signed payloads — vouchers, rate tables,
 //! clear-lock orders, anchor updates —, RFC 3161 tokens given to Validate,
+//! RFC 3161 requests (meter-tsa, TimeStamp) and responses,
 //! strict JSON payloads) runs on random bytes and on valid samples with
 //! stacked random mutations, in a bounded loop per target. The property:
 //! an error, never a panic. Inputs that panic are written to
@@ -23,7 +24,7 @@ use meter_pki::payload::{self, AnchorUpdate, ClearLockOrder, RateTable, Voucher}
 use meter_pki::report::{LockOrder, ReportAck};
 use meter_pki::revoke::{RevokeOrder, RevokeRequest};
 use meter_pki::tsp::{self, TokenParams};
-use meter_pki::{cert, csr, indicium, oid, sig};
+use meter_pki::{cert, csr, indicium, oid, sig, tsq};
 use proptest::prelude::*;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -44,6 +45,10 @@ struct Samples {
     signed_more: Vec<Vec<u8>>,
     /// Their JSON, one per type.
     json_more: Vec<Vec<u8>>,
+    /// An RFC 3161 TimeStampReq (SHA-384, nonce, certReq) as clients send it.
+    tsq: Vec<u8>,
+    /// A granted TimeStampResp around the sample token.
+    tsr: Vec<u8>,
 }
 
 fn sign_payload(pki: &Pki, content_type: der::asn1::ObjectIdentifier, json: &[u8]) -> Vec<u8> {
@@ -131,7 +136,11 @@ fn samples() -> &'static Samples {
             .iter()
             .map(|(ct, j)| sign_payload(&pki, *ct, j))
             .collect();
+        let tsq = tsq::request(oid::SHA384, &[5; 48], Some(0x0102_0304_0506_0708), true).unwrap();
+        let tsr = tsq::granted(&token).unwrap();
         Samples {
+            tsq,
+            tsr,
             indicium,
             signed_more,
             json_more,
@@ -352,6 +361,21 @@ const TARGETS: &[Target] = &[
             let _ = payload::decode::<Payment>(b);
         },
     },
+    Target {
+        // The bytes meter-tsa and TimeStamp take from any local client.
+        name: "tsq_parse",
+        seeds: |s| vec![&s.tsq],
+        run: |_, b| {
+            let _ = tsq::parse_request(b, oid::POSTMARK_POLICY);
+        },
+    },
+    Target {
+        name: "tsr_parse",
+        seeds: |s| vec![&s.tsr],
+        run: |_, b| {
+            let _ = tsq::parse_response(b);
+        },
+    },
 ];
 
 /// JSON samples of the later signed objects (authority orders, credit grants,
@@ -465,6 +489,8 @@ fuzz_tests!(
     indicium_decode,
     signed_orders,
     orders_json,
+    tsq_parse,
+    tsr_parse,
 );
 
 /// Inputs found by earlier runs: `tests/fuzz-regressions/<target>-*`.
@@ -521,6 +547,8 @@ fn valid_samples_verify() {
     assert!(payload::open::<RateTable>(&s.signed_rates, anchors, now()).is_ok());
     assert!(payload::open::<ClearLockOrder>(&s.signed_order, anchors, now()).is_ok());
     assert!(payload::open::<AnchorUpdate>(&s.signed_anchor, anchors, now()).is_ok());
+    assert!(tsq::parse_request(&s.tsq, oid::POSTMARK_POLICY).is_ok());
+    assert!(tsq::parse_response(&s.tsr).is_ok_and(|r| r.token.is_some()));
     assert!(payload::decode::<RateTable>(RATE_JSON).is_ok());
     assert!(indicium::verify(&s.indicium, &s.pki.tsa).is_ok());
     // Every later sample decodes as its own type (so mutations start from valid objects).
