@@ -378,6 +378,35 @@ pub fn split_lock_product(product: &[u8]) -> (&[u8], Option<&[u8]>) {
     }
 }
 
+/// A revoke Debit row's product: the meter's signed confirmation (the
+/// product its caller gets), then the authority's signed revoke order as
+/// applied, so the audit verifies the order itself and not only the meter's
+/// word about it. Both are DER and self-delimiting; rows written before keep
+/// the confirmation alone.
+pub fn revoke_product(confirmation: &[u8], order: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(confirmation.len() + order.len());
+    p.extend_from_slice(confirmation);
+    p.extend_from_slice(order);
+    p
+}
+
+/// Splits a revoke row's product into the confirmation and the signed order
+/// it keeps, if any (see [`revoke_product`]): the first DER element is the
+/// confirmation.
+pub fn split_revoke_product(product: &[u8]) -> crate::Result<(&[u8], Option<&[u8]>)> {
+    use der::{Decode as _, Reader as _};
+    let mut r = der::SliceReader::new(product)?;
+    let header = der::Header::decode(&mut r)?;
+    let end = usize::try_from((r.position() + header.length)?)?;
+    if end > product.len() {
+        return Err(crate::PkiError::Malformed(
+            "a revoke row's confirmation is cut short".into(),
+        ));
+    }
+    let (confirmation, order) = product.split_at(end);
+    Ok((confirmation, (!order.is_empty()).then_some(order)))
+}
+
 /// Product of an epoch row (strict JSON): the counter value it opens, why,
 /// and what the TPM's clock said when it was written.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -439,6 +468,21 @@ pub fn epoch_of(kind: u8, note: &[u8], request_id: Option<&[u8]>) -> Result<Opti
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revoke_product_splits_at_the_confirmation() {
+        // Two DER elements: a long-form length first (as CMS objects have).
+        let conf = [&[0x30, 0x81, 0x80][..], &[7u8; 0x80]].concat();
+        let order = [0x30, 0x02, 1, 2];
+        let both = revoke_product(&conf, &order);
+        assert_eq!(
+            split_revoke_product(&both).unwrap(),
+            (&conf[..], Some(&order[..]))
+        );
+        assert_eq!(split_revoke_product(&conf).unwrap(), (&conf[..], None));
+        assert!(split_revoke_product(&conf[..40]).is_err());
+        assert!(split_revoke_product(&[]).is_err());
+    }
 
     fn fields<'a>(digest: &'a [u8; 48], note: &'a [u8]) -> RowFields<'a> {
         RowFields {

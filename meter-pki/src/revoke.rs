@@ -216,10 +216,12 @@ impl Payload for RevokeConfirmation {
 }
 
 /// Decodes a confirmation the meter signed and kept in its own ledger
-/// (where the chain makes it tamper-evident): structure, content type and
+/// (where the chain makes it tamper-evident; a revoke row keeps the order
+/// after it, see [`crate::ledger_format::split_revoke_product`]): structure, content type and
 /// signature are checked, the signer's chain and validity are not (the
 /// meter's certificate may have expired since).
 pub fn stored_confirmation(der: &[u8]) -> Result<RevokeConfirmation> {
+    let (der, _order) = crate::ledger_format::split_revoke_product(der)?;
     let p = crate::cms::parse(der)?;
     if p.content_type != oid::CT_REVOKE_CONFIRMATION {
         return Err(PkiError::WrongType(format!(

@@ -6,7 +6,8 @@
 //! * [`apply`] (`ApplyRevokeOrder`): verifies the authority's order (610),
 //!   then, in this order: decides paid or due, signs the confirmation, commits
 //!   ONE Debit row (service `revoke`, request id `m/revoke-order/<order id>`, so
-//!   an order applies once; product the confirmation; note [`NOTE_PAID`] with
+//!   an order applies once; product the confirmation followed by the
+//!   authority's order it applied, which the audit verifies; note [`NOTE_PAID`] with
 //!   the fee debited, or [`NOTE_DUE`] with nothing debited), marks the
 //!   certificate revoked, and only then destroys the key blob (616). A crash
 //!   after the commit leaves a blob of a revoked certificate: [`load`]
@@ -33,6 +34,7 @@
 //! A locked meter still applies orders and settles debts: both are the
 //! authority's own business, not sales.
 
+use meter_pki::ledger_format::{revoke_product, split_revoke_product};
 use meter_pki::revoke::{self as rv, RevokeConfirmation, RevokeOrder, RevokeRequest};
 use meter_pki::{oid, payload};
 use tokio::sync::Mutex;
@@ -152,6 +154,9 @@ pub async fn apply(
             order.serial
         ))
     })?;
+    // The row keeps the order as DER after the confirmation, so the audit
+    // can verify the authority's word itself (`ledger_format::revoke_product`).
+    let order_der = meter_pki::pem::decode_any(signed_order, "CMS")?;
     let spec = Spec::sale(
         Service::Revoke,
         Some(Key::meter("revoke-order", &order.order_id)),
@@ -188,10 +193,11 @@ pub async fn apply(
                 sale.now(),
             )
             .await?;
+        let kept = revoke_product(&signed, &order_der);
         Ok(if sale.due {
-            Made::Noted(signed, NOTE_DUE.into())
+            Made::Noted(kept, NOTE_DUE.into())
         } else {
-            Made::Product(signed)
+            Made::Product(kept)
         })
     })
     .await;
@@ -230,7 +236,8 @@ pub async fn apply(
             .engage(&ledger, meter_proto::lock_reason::FORCED)
             .await?;
     }
-    Ok(sold.product)
+    let (confirmation, _order) = split_revoke_product(&sold.product)?;
+    Ok(confirmation.to_vec())
 }
 
 /// Deletes a revoked key's blobs; a failure is logged and retried at start.

@@ -20,38 +20,12 @@
 
 #[path = "support/rewrite.rs"]
 mod rewrite;
+#[path = "support/root_tools.rs"]
+mod root_tools;
 #[path = "support/sandbox.rs"]
 mod sandbox;
 
-use std::process::Command;
-
 use sandbox::Sandbox;
-
-fn sh(sb: &Sandbox, script: &str) -> std::process::Output {
-    Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .current_dir(sb.dir.path())
-        .env(
-            "TPM2TOOLS_TCTI",
-            format!(
-                "swtpm:host=127.0.0.1,port={}",
-                std::fs::read_to_string(sb.path("swtpm.port"))
-                    .unwrap()
-                    .trim()
-            ),
-        )
-        .output()
-        .unwrap()
-}
-
-/// r ‖ s (48 bytes each) of a DER ECDSA-Sig-Value.
-fn raw_signature(der: &[u8]) -> Vec<u8> {
-    p384::ecdsa::Signature::from_der(der)
-        .expect("tpm2_sign -f plain gives DER")
-        .to_bytes()
-        .to_vec()
-}
 
 #[test]
 fn edited_voucher_resealed_with_tpm2_tools_is_tamper() {
@@ -62,59 +36,25 @@ fn edited_voucher_resealed_with_tpm2_tools_is_tamper() {
     let db = db.to_str().unwrap();
 
     // sqlite3: triggers dropped, the voucher and the registers after it.
-    let out = sh(
+    root_tools::sql(
         &sb,
-        &format!(
-            "sqlite3 {db} \"
-            DROP TRIGGER journal_no_update; DROP TRIGGER batches_no_update;
-            DROP TRIGGER checkpoints_no_update; DELETE FROM checkpoints;
-            UPDATE journal SET credit = 10000000 WHERE kind = 4 AND credit = 100000;
-            UPDATE journal SET descending = descending + 9900000,
-                control_total = control_total + 9900000
-              WHERE seq >= (SELECT seq FROM journal WHERE kind = 4 AND credit = 10000000);\""
-        ),
+        db,
+        "DROP TRIGGER journal_no_update; DROP TRIGGER batches_no_update;
+         DROP TRIGGER checkpoints_no_update; DELETE FROM checkpoints;
+         UPDATE journal SET credit = 10000000 WHERE kind = 4 AND credit = 100000;
+         UPDATE journal SET descending = descending + 9900000,
+             control_total = control_total + 9900000
+           WHERE seq >= (SELECT seq FROM journal WHERE kind = 4 AND credit = 10000000);",
     );
-    assert!(out.status.success(), "sqlite3: {out:?}");
 
-    // Hashes and heads again, with the public canonical encoding.
+    // Hashes and heads again, with the public canonical encoding; the seal again with
+    // the identity key's blobs, tpm2-tools and the auth value root derives from
+    // `keys/auth` (issue 12 item 3 stops everyone else; root is caught by the content
+    // check below).
     let c = rewrite::attacker(&sb.path("state/ledger.sqlite"));
     let (batch, digest) = rewrite::rechain(&c, &meter_id);
     drop(c);
-    std::fs::write(sb.path("seal.digest"), digest).unwrap();
-
-    // The seal again, with the identity key's blobs and tpm2-tools. The
-    // attacker is root: it reads the auth secret and derives the identity
-    // key's auth value from the documented label (issue 12 item 3 stops
-    // everyone else; root is caught by the content check below).
-    let out = sh(
-        &sb,
-        "set -e
-         key=$(od -An -v -tx1 state/keys/auth | tr -d ' \\n')
-         auth=$(printf %s meterd-tpm-auth-v1:key:identity |
-           openssl dgst -sha256 -mac HMAC -macopt hexkey:$key -r | cut -d' ' -f1)
-         tpm2_flushcontext -t
-         tpm2_createprimary -Q -C o -G ecc384:aes256cfb -g sha256 \
-           -a 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt' \
-           -c primary.ctx
-         tpm2_load -Q -C primary.ctx -u state/keys/identity.pub -r state/keys/identity.priv \
-           -c identity.ctx
-         tpm2_flushcontext -t
-         tpm2_sign -c identity.ctx -p hex:$auth -g sha384 -s ecdsa -d -f plain -o seal.der seal.digest",
-    );
-    assert!(
-        out.status.success(),
-        "root could not reseal with the derived auth value: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seal = raw_signature(&std::fs::read(sb.path("seal.der")).unwrap());
-    let out = sh(
-        &sb,
-        &format!(
-            "sqlite3 {db} \"UPDATE batches SET seal = X'{}' WHERE batch = {batch};\"",
-            hex::encode(&seal)
-        ),
-    );
-    assert!(out.status.success(), "sqlite3: {out:?}");
+    root_tools::reseal(&sb, batch, &digest);
 
     // The voucher row may lie before the signed checkpoint: then the
     // background audit after READY finds it.

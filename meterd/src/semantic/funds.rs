@@ -1,11 +1,13 @@
 //! Rows that bring or owe money: vouchers (the amount credited is the
 //! signed amount, once per sequence), revocation fees (the row's debit is
-//! what its confirmation states; a debt is settled once, for its amount)
+//! what its confirmation states, for the authority's order the row keeps; a
+//! debt is settled once, for its amount)
 //! and lines of credit (granted by an anchor itself, to this meter; every
 //! payment continues the line's registers).
 
 use meter_pki::cert;
 use meter_pki::credit::{read_unverified, CreditLine, Payment};
+use meter_pki::ledger_format::split_revoke_product;
 use meter_pki::payload::Voucher;
 use meter_pki::revoke::{self as rv};
 
@@ -49,9 +51,10 @@ impl Walk {
     }
 
     /// A revoke Debit row: the meter's confirmation for this meter and the
-    /// order in the key (each order once); `revoke-paid` debits the fee it
-    /// states, `revoke-due` debits nothing and owes the fee.
-    pub(super) fn revoke(&mut self, r: &FilteredRow) -> Judged {
+    /// order in the key (each order once), and the authority's signed order
+    /// it applied, kept after it; `revoke-paid` debits the fee it states,
+    /// `revoke-due` debits nothing and owes the fee.
+    pub(super) fn revoke(&mut self, r: &FilteredRow, verify: bool) -> Judged {
         let c = rv::stored_confirmation(product(r)?).map_err(|e| e.to_string())?;
         if c.meter_id != self.meter_id {
             return Err(format!("the confirmation is for meter {}", c.meter_id));
@@ -61,6 +64,26 @@ impl Walk {
         }
         if !self.revoke_orders.insert(c.order_id.clone()) {
             return Err(format!("revoke order {} applied a second time", c.order_id));
+        }
+        // The authority's order itself, not only the meter's word about it:
+        // signed by an anchor in force, for this meter, and the very order
+        // the confirmation answers.
+        let (_, order) = split_revoke_product(product(r)?).map_err(|e| e.to_string())?;
+        let order = order.ok_or(
+            "a revoke row that keeps no authority revoke order (rows written before revoke rows kept the order read so too: the authority can clear it)",
+        )?;
+        let order = open::<rv::RevokeOrder>(order, &self.anchors, at(r), verify)?.body;
+        self.count(verify);
+        if order.meter_id != self.meter_id {
+            return Err(format!("the revoke order is for meter {}", order.meter_id));
+        }
+        if (&order.order_id, &order.serial, &order.reason, order.forced)
+            != (&c.order_id, &c.serial, &c.reason, c.forced)
+        {
+            return Err(format!(
+                "the revoke order {} (serial {}, {}) is not the one its confirmation answers ({}, serial {}, {})",
+                order.order_id, order.serial, order.reason, c.order_id, c.serial, c.reason
+            ));
         }
         match r.note.as_str() {
             super::NOTE_REVOKE_PAID if c.payment == rv::PAID && r.debit == c.fee => Ok(()),

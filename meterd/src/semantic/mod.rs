@@ -20,7 +20,7 @@
 //! | Unlock or Event `report-ack` | the acknowledgement verifies; this meter; acknowledges a report made before it, as made (request id, sequence, time, digest), newer than the last; as an Unlock, only of the `inspection-overdue` lock the report was made under, or of a `period-closed` lock with an account the report belongs to |
 //! | Event `account-order` | verifies; this meter; nonce = key, new; not older than the order in force; no prepaid funds at the row |
 //! | Event `agent-ca`, Debit `cert-install` | the certificate chains to an anchor in force (a CA for this meter named by the key; not a CA) |
-//! | Debit `revoke` | the meter's confirmation names this meter and the key's order, once; `revoke-paid` debits its fee, `revoke-due` nothing |
+//! | Debit `revoke` | the meter's confirmation names this meter and the key's order, once; the authority's order kept after it verifies, is for this meter and is the one confirmed (serial, reason, forced); `revoke-paid` debits its fee, `revoke-due` nothing |
 //! | Debit `revoke-settle` | settles a due row before it, once, for the amount due |
 //! | Debit `credit-line` | the grant verifies and is signed by an anchor itself; this meter's key; the note's serial, once; the first payment shows the whole line |
 //! | Debit `payment-certificate` | continues its line (sequence, remaining) |
@@ -63,10 +63,10 @@
 //!
 //! What it does not do: check that a sale's debit is the price of the rate
 //! table in force (the authority re-derives prices from the rows it is
-//! sent), nor verify lock orders (a Lock row keeps its nonce, not the order:
-//! a forged lock only locks), nor the authority's revoke order itself (the
-//! revoke row keeps the meter's own signed confirmation, which names the
-//! order, the fee and what was debited).
+//! sent). Lock rows of a `forced` lock and revoke rows keep the authority's
+//! order and it is verified; rows written before they kept it read as
+//! `tamper`, which the authority's clear order re-anchors (SECURITY.md,
+//! "Upgrading").
 
 mod authority;
 mod funds;

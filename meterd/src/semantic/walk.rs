@@ -179,7 +179,7 @@ impl Walk {
                 _ => Ok(()),
             },
             Some(EntryKind::Debit) => match service {
-                Some(Service::Revoke) => self.revoke(r),
+                Some(Service::Revoke) => self.revoke(r, verify),
                 Some(Service::CreditLine) => self.open_line(r, verify),
                 Some(Service::PaymentCertificate) => self.pay(r),
                 Some(Service::StatusReport) => self.report(r),

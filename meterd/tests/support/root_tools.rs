@@ -79,3 +79,52 @@ pub fn derived_auth(secret: &Path, name: &str) -> String {
         .unwrap();
     format!("hex:{}", ok(&out, "openssl HMAC").trim())
 }
+
+/// Root signs a batch seal again (meterd stopped): the identity key loaded from its blobs
+/// in `state/keys` under the code's primary template with `tpm2_createprimary` and
+/// `tpm2_load`, `tpm2_sign` with the auth value [`derived_auth`] gives, and the raw r ‖ s
+/// written into `batches.seal` with `sqlite3`.
+pub fn reseal(sb: &Sandbox, batch: i64, digest: &[u8; 48]) {
+    std::fs::write(sb.path("seal.digest"), digest).unwrap();
+    let auth = derived_auth(&state(sb).join("keys/auth"), "identity");
+    let port = std::fs::read_to_string(sb.path("swtpm.port")).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(
+            "set -e
+             tpm2_flushcontext -t
+             tpm2_createprimary -Q -C o -G ecc384:aes256cfb -g sha256 \
+               -a 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt' \
+               -c primary.ctx
+             tpm2_load -Q -C primary.ctx -u \"$1/keys/identity.pub\" -r \"$1/keys/identity.priv\" \
+               -c identity.ctx
+             tpm2_flushcontext -t
+             tpm2_sign -c identity.ctx -p \"$2\" -g sha384 -s ecdsa -d -f plain -o seal.der seal.digest",
+        )
+        .arg("-")
+        .arg(state(sb))
+        .arg(&auth)
+        .current_dir(sb.dir.path())
+        .env(
+            "TPM2TOOLS_TCTI",
+            format!("swtpm:host=127.0.0.1,port={}", port.trim()),
+        )
+        .output()
+        .unwrap();
+    ok(
+        &out,
+        "root's reseal with the derived auth value (tpm2-tools)",
+    );
+    let der = std::fs::read(sb.path("seal.der")).unwrap();
+    let raw = p384::ecdsa::Signature::from_der(&der)
+        .expect("tpm2_sign -f plain gives DER")
+        .to_bytes();
+    sql(
+        sb,
+        &db(sb),
+        &format!(
+            "UPDATE batches SET seal = X'{}' WHERE batch = {batch};",
+            hex::encode(raw)
+        ),
+    );
+}
