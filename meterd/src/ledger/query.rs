@@ -217,30 +217,12 @@ pub(crate) fn last_of_service_in(
     service: Service,
     upto: u64,
 ) -> Result<Option<(u64, i64, Vec<u8>)>> {
-    let upto = to_i64(upto)?;
-    let row = conn
-        .prepare_cached(
-            "SELECT j.seq, j.time, j.product_digest, p.product FROM journal j
-             JOIN products p ON p.seq = j.seq WHERE j.service = ?1 AND j.seq <= ?2
-             ORDER BY j.seq DESC LIMIT 1",
-        )
-        .and_then(|mut s| {
-            s.query_row([i64::from(service.code()), upto], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, Vec<u8>>(3)?,
-                ))
-            })
-            .optional()
-        })
-        .map_err(storage)?;
-    let Some((seq, time, digest, product)) = row else {
-        return Ok(None);
-    };
-    super::rows::check_product(seq, &digest, &product)?;
-    Ok(Some((to_u64(seq)?, time, product)))
+    one_of_service(
+        conn,
+        "j.seq <= ?2 ORDER BY j.seq DESC LIMIT 1",
+        service,
+        to_i64(upto)?,
+    )
 }
 
 /// The row that made `service`'s count reach `count` (the `count`-th piece
@@ -251,15 +233,29 @@ pub(crate) fn nth_of_service_in(
     service: Service,
     count: u64,
 ) -> Result<Option<(u64, i64, Vec<u8>)>> {
-    let count = to_i64(count)?;
+    one_of_service(
+        conn,
+        "j.service_count = ?2 ORDER BY j.seq LIMIT 1",
+        service,
+        to_i64(count)?,
+    )
+}
+
+/// One row of `service` chosen by `rest` (an SQL condition on `?2` and the
+/// order): (seq, time, product), its product checked against its digest.
+fn one_of_service(
+    conn: &Connection,
+    rest: &str,
+    service: Service,
+    arg: i64,
+) -> Result<Option<(u64, i64, Vec<u8>)>> {
     let row = conn
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT j.seq, j.time, j.product_digest, p.product FROM journal j
-             JOIN products p ON p.seq = j.seq WHERE j.service = ?1 AND j.service_count = ?2
-             ORDER BY j.seq LIMIT 1",
-        )
+             JOIN products p ON p.seq = j.seq WHERE j.service = ?1 AND {rest}"
+        ))
         .and_then(|mut s| {
-            s.query_row([i64::from(service.code()), count], |r| {
+            s.query_row([i64::from(service.code()), arg], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
