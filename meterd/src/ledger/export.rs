@@ -14,12 +14,12 @@
 
 use std::path::Path;
 
-use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row};
 
 use meter_pki::segment::{self, Encoder, Summary};
 
 use super::chain::{self, RowFields};
+use super::scan::{blob48, int, row_fields};
 use super::schema::{self, storage};
 use super::{Digest, LedgerError, Result};
 
@@ -144,52 +144,10 @@ fn chunk(conn: &Connection, from: u64, upto: u64, enc: &mut Encoder) -> Result<u
     Ok(last)
 }
 
-fn int(r: &Row<'_>, i: usize) -> Option<u64> {
-    match r.get_ref(i) {
-        // Registers are stored as the i64 bit pattern of the u64.
-        Ok(ValueRef::Integer(v)) => Some(v as u64),
-        _ => None,
-    }
-}
-
-fn blob48<'a>(r: &'a Row<'_>, i: usize) -> Option<&'a Digest> {
-    match r.get_ref(i) {
-        Ok(ValueRef::Blob(b)) => b.try_into().ok(),
-        _ => None,
-    }
-}
-
-fn text<'a>(r: &'a Row<'_>, i: usize) -> Option<Option<&'a [u8]>> {
-    match r.get_ref(i) {
-        Ok(ValueRef::Null) => Some(None),
-        Ok(ValueRef::Text(t)) => Some(Some(t)),
-        _ => None,
-    }
-}
-
 /// The hashed fields of a journal row and its stored hash.
 fn fields<'a>(r: &'a Row<'_>) -> Result<(RowFields<'a>, &'a Digest)> {
-    let seq = int(r, 0).unwrap_or(0);
-    let parsed = (|| {
-        Some((
-            RowFields {
-                seq,
-                time: int(r, 1)? as i64,
-                kind: u8::try_from(int(r, 2)?).ok()?,
-                service: u8::try_from(int(r, 3)?).ok()?,
-                request_id: text(r, 4)?,
-                credit: int(r, 5)?,
-                debit: int(r, 6)?,
-                ascending: int(r, 7)?,
-                descending: int(r, 8)?,
-                control_total: int(r, 9)?,
-                pieces: int(r, 10)?,
-                service_count: int(r, 11)?,
-                product_digest: blob48(r, 12)?,
-                note: text(r, 13)??,
-            },
-            blob48(r, 14)?,
-        ))
-    })();
-    parsed.ok_or_else(|| LedgerError::Storage(format!("row {seq}: malformed columns")))
+    (|| Some((row_fields(r)?, blob48(r, 14)?)))().ok_or_else(|| {
+        let seq = int(r, 0).unwrap_or(0);
+        LedgerError::Storage(format!("row {seq}: malformed columns"))
+    })
 }

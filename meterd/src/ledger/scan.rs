@@ -43,6 +43,8 @@ impl Damage {
     }
 }
 
+/// An integer column as u64 (registers are stored as the i64 bit pattern
+/// of the u64).
 pub(crate) fn int(row: &Row<'_>, i: usize) -> Option<u64> {
     match row.get_ref(i) {
         Ok(ValueRef::Integer(v)) => Some(v as u64),
@@ -70,6 +72,30 @@ fn opt_text<'a>(row: &'a Row<'_>, i: usize) -> Option<Option<&'a [u8]>> {
         Ok(ValueRef::Text(t)) => Some(Some(t)),
         _ => None,
     }
+}
+
+/// The hashed fields of a journal row selected in the canonical column
+/// order (`seq, time, kind, service, request_id, credit, debit, ascending,
+/// descending, control_total, pieces, service_count, product_digest, note`),
+/// or None when a column is not of its type: the one reader of row fields
+/// for the scan and the export, so both hash exactly the same bytes.
+pub(crate) fn row_fields<'a>(r: &'a Row<'_>) -> Option<RowFields<'a>> {
+    Some(RowFields {
+        seq: int(r, 0)?,
+        time: int(r, 1)? as i64,
+        kind: u8::try_from(int(r, 2)?).ok()?,
+        service: u8::try_from(int(r, 3)?).ok()?,
+        request_id: opt_text(r, 4)?,
+        credit: int(r, 5)?,
+        debit: int(r, 6)?,
+        ascending: int(r, 7)?,
+        descending: int(r, 8)?,
+        control_total: int(r, 9)?,
+        pieces: int(r, 10)?,
+        service_count: int(r, 11)?,
+        product_digest: blob48(r, 12)?,
+        note: text(r, 13)?,
+    })
 }
 
 /// Register checks of one row: AR + DR = CT, and continuity from the
@@ -242,28 +268,7 @@ pub(crate) fn scan(
             });
         }
         expected_seq = seq.saturating_add(1);
-        let parsed = (|| {
-            Some((
-                RowFields {
-                    seq,
-                    time: int(r, 1)? as i64,
-                    kind: u8::try_from(int(r, 2)?).ok()?,
-                    service: u8::try_from(int(r, 3)?).ok()?,
-                    request_id: opt_text(r, 4)?,
-                    credit: int(r, 5)?,
-                    debit: int(r, 6)?,
-                    ascending: int(r, 7)?,
-                    descending: int(r, 8)?,
-                    control_total: int(r, 9)?,
-                    pieces: int(r, 10)?,
-                    service_count: int(r, 11)?,
-                    product_digest: blob48(r, 12)?,
-                    note: text(r, 13)?,
-                },
-                blob48(r, 14)?,
-                blob48(r, 15)?,
-            ))
-        })();
+        let parsed = (|| Some((row_fields(r)?, blob48(r, 14)?, blob48(r, 15)?)))();
         let Some((f, stored_prev, stored_hash)) = parsed else {
             damage.record(seq, || format!("row {seq}: malformed columns"));
             continue;
