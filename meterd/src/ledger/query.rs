@@ -345,10 +345,7 @@ fn to_u64(v: i64) -> Result<u64> {
 }
 
 /// Every Debit or other row charged to `service`, as (seq, note, product), in seq order.
-pub(crate) fn service_products_in(
-    conn: &Connection,
-    service: Service,
-) -> Result<super::writer::ProductList> {
+pub(crate) fn service_products_in(conn: &Connection, service: Service) -> Result<ProductList> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT j.seq, j.note, j.product_digest, p.product
@@ -360,6 +357,9 @@ pub(crate) fn service_products_in(
         .map_err(storage)?;
     checked_products(rows)
 }
+
+/// Rows of one kind or service: (seq, note, product).
+pub(crate) type ProductList = Vec<(u64, String, Vec<u8>)>;
 
 /// One (seq, note, product_digest, product) row of the product queries.
 type ProductRow = (i64, String, Vec<u8>, Vec<u8>);
@@ -373,7 +373,7 @@ fn product_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProductRow> {
 /// so a copy cannot forget the check.
 fn checked_products(
     rows: impl Iterator<Item = rusqlite::Result<ProductRow>>,
-) -> Result<super::writer::ProductList> {
+) -> Result<ProductList> {
     let mut out = Vec::new();
     for row in rows {
         let (seq, note, digest, product) = row.map_err(storage)?;
@@ -391,7 +391,7 @@ pub(crate) fn products_in(
     conn: &Connection,
     kind: super::EntryKind,
     note: Option<&str>,
-) -> Result<super::writer::ProductList> {
+) -> Result<ProductList> {
     // The note filter runs in SQL so that, e.g., the few certificate rows
     // among many debits are found without loading every product.
     let common = matches!(kind, super::EntryKind::Debit | super::EntryKind::Event);

@@ -27,6 +27,7 @@ use tokio::sync::{oneshot, watch};
 use super::chain::epoch_reason;
 use super::checkpoint;
 use super::copy::copy_error;
+use super::query::ProductList;
 use super::reserve::{Reservation, SharedFunds};
 use super::rows::{stored_by_key, Tip};
 use super::schema::storage;
@@ -54,9 +55,6 @@ pub(crate) struct CommitReq {
     pub finish: Option<Finisher>,
     pub reply: Reply,
 }
-
-/// Rows of one kind: (seq, note, product).
-pub(crate) type ProductList = Vec<(u64, String, Vec<u8>)>;
 
 /// What the handle asks of the thread.
 pub(crate) enum Request {
