@@ -71,6 +71,28 @@ fn tpm2(tpm: &Swtpm, cwd: &Path, tool: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `tpm2_createprimary` with meterd's storage primary template, as
+/// `primary.ctx` in `cwd` (what anyone with the code's template can do).
+fn primary(tpm: &Swtpm, cwd: &Path) {
+    tpm2(
+        tpm,
+        cwd,
+        "tpm2_createprimary",
+        &[
+            "-C",
+            "o",
+            "-g",
+            "sha256",
+            "-G",
+            "ecc384:aes256cfb",
+            "-a",
+            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
+            "-c",
+            "primary.ctx",
+        ],
+    );
+}
+
 fn tpm_message(e: HousingError) -> String {
     match e {
         HousingError::Tpm { command, message } => format!("{command}: {message}"),
@@ -155,23 +177,7 @@ fn objects_refuse_a_process_without_the_secret() {
         );
     }
     // tpm2-tools with an empty auth: refused as well.
-    tpm2(
-        &tpm,
-        other.path(),
-        "tpm2_createprimary",
-        &[
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc384:aes256cfb",
-            "-a",
-            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
-            "-c",
-            "primary.ctx",
-        ],
-    );
+    primary(&tpm, other.path());
     tpm2(
         &tpm,
         other.path(),
@@ -359,23 +365,7 @@ fn legacy_objects_keep_working() {
     let state = tempfile::tempdir().unwrap();
     let keys = state.path().join("keys");
     std::fs::create_dir_all(&keys).unwrap();
-    tpm2(
-        &tpm,
-        &keys,
-        "tpm2_createprimary",
-        &[
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc384:aes256cfb",
-            "-a",
-            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
-            "-c",
-            "primary.ctx",
-        ],
-    );
+    primary(&tpm, &keys);
     tpm2(
         &tpm,
         &keys,
