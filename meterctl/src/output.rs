@@ -139,31 +139,17 @@ pub fn short_hex(full: &str) -> String {
     }
 }
 
-/// Unix seconds as an RFC 3339 UTC time (`2024-05-01T12:00:00Z`).
+/// Unix seconds as an RFC 3339 UTC time (`2024-05-01T12:00:00Z`), with the
+/// `time` crate's calendar; a value outside its range (±9999 years) is shown
+/// as the raw seconds rather than a wrong date.
 pub fn format_unix_time(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("@{secs}"))
 }
 
 /// Converts a D-Bus variant to JSON. Integers stay integers (u64 fits JSON
@@ -370,6 +356,7 @@ mod tests {
         assert_eq!(format_unix_time(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(format_unix_time(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(format_unix_time(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(format_unix_time(i64::MAX), format!("@{}", i64::MAX));
     }
 
     #[test]
