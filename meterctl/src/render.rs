@@ -154,16 +154,9 @@ pub fn svg(sym: &Symbol, lines: &[String]) -> String {
     s
 }
 
+/// Text for the SVG: quick-xml's escaping of `<`, `>`, `&`, `'` and `"`.
 fn xml_escape(t: &str) -> String {
-    t.chars()
-        .map(|c| match c {
-            '<' => "&lt;".to_owned(),
-            '>' => "&gt;".to_owned(),
-            '&' => "&amp;".to_owned(),
-            '"' => "&quot;".to_owned(),
-            c => c.to_string(),
-        })
-        .collect()
+    quick_xml::escape::escape(t).into_owned()
 }
 
 /// The human-readable lines printed beside the symbol.
