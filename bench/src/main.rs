@@ -7,7 +7,8 @@
 //! so the generator and the bus overhead can be measured without a TPM.
 //! During a load it can also read, at the exact edges of the window, the
 //! CPU time of the processes around it and the NV writes of swtpm
-//! (`procstat`). `tpm-proxy` puts a discrete TPM's pace between a client
+//! (`procstat`). `http` loads the RFC 3161 endpoint instead (`http`).
+//! `tpm-proxy` puts a discrete TPM's pace between a client
 //! and swtpm (`tpmproxy`, latencies and their sources in `profile`).
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod http;
 mod procstat;
 mod profile;
 mod ready;
@@ -87,6 +89,20 @@ enum Cmd {
         /// The message to validate (postmarked once before the run).
         #[arg(long)]
         file: PathBuf,
+    },
+    /// RFC 3161 time-stamps over HTTP through meter-tsa: CLIENTS keep-alive
+    /// connections POSTing DER TimeStampReqs back to back (see `http`).
+    Http {
+        /// The endpoint, with credentials: http://user:secret@host:port/
+        #[arg(long, env = "METERD_TSA_URL")]
+        url: String,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// LABEL=PID: print `cpu_LABEL_ms=` over the window. Repeatable.
+        #[arg(long = "cpu", value_parser = procstat::parse_watch)]
+        cpu: Vec<procstat::Watched>,
     },
     /// Owns org.meterd.Meter1 and answers PostmarkDigest/Validate with a
     /// canned reply (bus overhead only; no TPM, no ledger).
@@ -210,6 +226,12 @@ async fn main() {
             )
             .await
         }
+        Cmd::Http {
+            url,
+            clients,
+            seconds,
+            cpu,
+        } => http::run(&url, clients, seconds, &cpu).await,
         Cmd::FakeMeter => fake_meter(cli.bus.as_deref()).await,
         Cmd::Ready {
             timeout,
@@ -381,15 +403,9 @@ async fn run_load(
             stats
         }));
     }
-    let mut total = ClientStats::default();
+    let mut all = Vec::with_capacity(clients);
     for task in tasks {
-        let s = task.await?;
-        total.ok += s.ok;
-        total.errors += s.errors;
-        if total.first_error.is_none() {
-            total.first_error = s.first_error;
-        }
-        total.latencies_us.extend(s.latencies_us);
+        all.push(task.await?);
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu_after = procstat::snapshot(&watch.cpu);
@@ -404,6 +420,27 @@ async fn run_load(
             (Some(b), Some(a)) => extra.push_str(&format!(" nv_writes={}", a - b)),
             _ => extra.push_str(" nv_writes=n/a"),
         }
+    }
+    print_stats(what, all, clients, elapsed, &extra)
+}
+
+/// Prints the load's `key=value` line: `WHAT_per_sec=`, ok, errors,
+/// clients, seconds, p50/p99 and `extra`; an error if every call failed.
+fn print_stats(
+    what: &str,
+    all: Vec<ClientStats>,
+    clients: usize,
+    elapsed: f64,
+    extra: &str,
+) -> Result<(), BenchError> {
+    let mut total = ClientStats::default();
+    for s in all {
+        total.ok += s.ok;
+        total.errors += s.errors;
+        if total.first_error.is_none() {
+            total.first_error = s.first_error;
+        }
+        total.latencies_us.extend(s.latencies_us);
     }
     if total.ok == 0 {
         return Err(BenchError::AllFailed(

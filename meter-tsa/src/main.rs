@@ -19,7 +19,9 @@
 //! token, charged once.
 //!
 //! Listens on loopback by default, or on the socket systemd passes
-//! (`LISTEN_FDS`, see `systemd/meter-tsa.socket`).
+//! (`LISTEN_FDS`, see `systemd/meter-tsa.socket`). SIGTERM stops it
+//! gracefully: no new connections, requests in flight answered (at most
+//! 10 s), exit 0.
 
 mod clients;
 mod serve;

@@ -67,31 +67,80 @@ pub fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(l)
 }
 
-/// Serves connections until the process is stopped.
+/// How long in-flight requests may take to finish after SIGTERM.
+pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves connections until SIGTERM or SIGINT; then stops accepting (the
+/// listener is closed), lets every request already read finish (idle
+/// keep-alive connections are closed at once) for at most [`DRAIN`], and
+/// returns. systemd stops the service with SIGTERM, so a client mid-request
+/// gets its answer (and its charge has its product) instead of a reset.
 pub async fn serve(listener: TcpListener, state: Arc<State>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
+        let (stream, peer) = tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            // Reap finished connections so the set does not grow.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
         };
         let state = state.clone();
-        tokio::spawn(async move {
+        let mut stop = stop_rx.clone();
+        conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(&state, peer, req).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = stop.wait_for(|s| *s) => None,
+            };
+            let ended = match ended {
+                Some(r) => r,
+                None => {
+                    // Finish the request in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, %peer, "connection ended");
             }
         });
     }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    tracing::info!(
+        connections = conns.len(),
+        "stopping: no new connections, finishing requests in flight"
+    );
+    let drained =
+        tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = conns.len(),
+            "requests still in flight after {}s: dropped",
+            DRAIN.as_secs()
+        );
+        conns.abort_all();
+    }
+    tracing::info!("meter-tsa stopped");
+    Ok(())
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
