@@ -1,11 +1,13 @@
 //! Printing an indicium: one DataMatrix (ECC 200, square) holding the exact
-//! indicium bytes, with the human-readable lines beside it as on a real
-//! meter imprint; as PNG (grayscale, text in a built-in 5×7 bitmap font, so
-//! no font crate) or SVG (`<text>`).
+//! indicium bytes, with the human-readable lines beside it inside a frame, as
+//! on a real meter imprint, the amount large; as PNG (grayscale, 203 dpi —
+//! 8 dots/mm, a thermal label printer's resolution — recorded in its pHYs
+//! chunk; text in the Hack typeface rasterized by `ab_glyph`) or SVG.
 //!
 //! The symbol is encoded in Base256 by the encoder's own choice for binary
 //! data, so a scanner (`dmtxread`) gives back the bytes unchanged.
 
+use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
 use datamatrix::{DataMatrix, SymbolList};
 use meter_pki::indicium::IndiciumBody;
 
@@ -16,8 +18,15 @@ use crate::output::{format_amount, format_unix_time};
 pub const MODULE_PX: usize = 4;
 /// Quiet zone around the symbol, in modules (the standard asks for one).
 pub const QUIET: usize = 2;
-/// Scale of the 5×7 font (PNG): each font dot is this many pixels.
-pub const FONT_SCALE: usize = 2;
+/// Text height of the PNG's lines, and of its first line (the amount), in pixels.
+const TEXT_PX: f32 = 20.0;
+const AMOUNT_PX: f32 = 34.0;
+/// Pixels per metre of the PNG: 8 dots/mm (203 dpi), so one 4-pixel module
+/// prints 0.5 mm wide.
+pub const PX_PER_METRE: u32 = 8_000;
+/// Margin between the frame and the content, in pixels; the frame's width.
+const MARGIN: usize = 3 * MODULE_PX;
+const FRAME: usize = 2;
 
 /// An encoded symbol: its modules (row-major, `true` = dark) and side.
 #[derive(Debug, Clone)]
@@ -39,47 +48,106 @@ pub fn symbol(data: &[u8]) -> Result<Symbol, CtlError> {
     })
 }
 
-/// Renders the symbol with `lines` to its right, as a grayscale PNG.
+/// The imprint's typeface: Hack (MIT and Bitstream Vera licences), as the
+/// `epaint_default_fonts` crate ships it.
+fn face() -> Result<FontRef<'static>, CtlError> {
+    FontRef::try_from_slice(epaint_default_fonts::HACK_REGULAR)
+        .map_err(|e| CtlError::Reply(format!("the built-in typeface does not load: {e}")))
+}
+
+/// One line's scale: the first (the amount) large, the rest plain.
+fn line_scale(n: usize) -> PxScale {
+    PxScale::from(if n == 0 { AMOUNT_PX } else { TEXT_PX })
+}
+
+fn text_width(font: &FontRef<'_>, scale: PxScale, text: &str) -> f32 {
+    let f = font.as_scaled(scale);
+    text.chars().map(|c| f.h_advance(f.glyph_id(c))).sum()
+}
+
+/// A grayscale canvas, white, drawn on in black.
+struct Canvas {
+    px: Vec<u8>,
+    width: usize,
+}
+
+impl Canvas {
+    fn fill(&mut self, x: usize, y: usize, w: usize, h: usize) {
+        fill(&mut self.px, self.width, x, y, w, h);
+    }
+
+    /// `text` with its baseline at `y`, anti-aliased (the darker of canvas and glyph).
+    fn text(&mut self, font: &FontRef<'_>, scale: PxScale, x: f32, y: f32, text: &str) {
+        let scaled = font.as_scaled(scale);
+        let mut caret = x;
+        for c in text.chars() {
+            let id = scaled.glyph_id(c);
+            let glyph = id.with_scale_and_position(scale, ab_glyph::point(caret, y));
+            caret += scaled.h_advance(id);
+            let Some(outline) = font.outline_glyph(glyph) else {
+                continue;
+            };
+            let b = outline.px_bounds();
+            let (x0, y0) = (b.min.x.max(0.0) as usize, b.min.y.max(0.0) as usize);
+            let width = self.width;
+            outline.draw(|gx, gy, coverage| {
+                let i = (y0 + gy as usize) * width + x0 + gx as usize;
+                if let Some(p) = self.px.get_mut(i) {
+                    let ink = 255 - (coverage.clamp(0.0, 1.0) * 255.0) as u8;
+                    *p = (*p).min(ink);
+                }
+            });
+        }
+    }
+}
+
+/// Renders the symbol with `lines` to its right inside a frame, the first
+/// line (the amount) large, as a grayscale PNG at 203 dpi.
 pub fn png(sym: &Symbol, lines: &[String]) -> Result<Vec<u8>, CtlError> {
+    let font = face()?;
     let sym_px = (sym.side + 2 * QUIET) * MODULE_PX;
-    let glyph_w = 6 * FONT_SCALE;
-    let line_h = 10 * FONT_SCALE;
-    let longest = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
-    let text_x = sym_px + 4 * MODULE_PX;
-    let width = text_x + longest * glyph_w + 4 * MODULE_PX;
-    let height = sym_px.max(lines.len() * line_h + 2 * QUIET * MODULE_PX);
-    let mut img = vec![255u8; width * height];
+    let heights: Vec<f32> = (0..lines.len())
+        .map(|n| font.as_scaled(line_scale(n)).height() * 1.15)
+        .collect();
+    let text_w = lines
+        .iter()
+        .enumerate()
+        .map(|(n, l)| text_width(&font, line_scale(n), l).ceil() as usize)
+        .max()
+        .unwrap_or(0);
+    let text_h = heights.iter().sum::<f32>().ceil() as usize;
+    let text_x = MARGIN + sym_px + 2 * MODULE_PX;
+    let width = text_x + text_w + MARGIN;
+    let height = 2 * MARGIN + sym_px.max(text_h + 2 * QUIET * MODULE_PX);
+    let mut c = Canvas {
+        px: vec![255u8; width * height],
+        width,
+    };
+    // The frame, outside the symbol's quiet zone.
+    c.fill(0, 0, width, FRAME);
+    c.fill(0, height - FRAME, width, FRAME);
+    c.fill(0, 0, FRAME, height);
+    c.fill(width - FRAME, 0, FRAME, height);
     for (i, _) in sym.dark.iter().enumerate().filter(|(_, d)| **d) {
         let (mx, my) = (i % sym.side + QUIET, i / sym.side + QUIET);
-        fill(
-            &mut img,
-            width,
-            mx * MODULE_PX,
-            my * MODULE_PX,
+        c.fill(
+            MARGIN + mx * MODULE_PX,
+            MARGIN + my * MODULE_PX,
             MODULE_PX,
             MODULE_PX,
         );
     }
+    let mut y = (MARGIN + QUIET * MODULE_PX) as f32;
     for (n, line) in lines.iter().enumerate() {
-        let y0 = QUIET * MODULE_PX + n * line_h;
-        for (k, ch) in line.chars().enumerate() {
-            let cols = glyph(ch);
-            for (cx, col) in cols.iter().enumerate() {
-                for cy in 0..7 {
-                    if col >> cy & 1 == 1 {
-                        let x = text_x + k * glyph_w + cx * FONT_SCALE;
-                        fill(
-                            &mut img,
-                            width,
-                            x,
-                            y0 + cy * FONT_SCALE,
-                            FONT_SCALE,
-                            FONT_SCALE,
-                        );
-                    }
-                }
-            }
-        }
+        let scaled = font.as_scaled(line_scale(n));
+        c.text(
+            &font,
+            line_scale(n),
+            text_x as f32,
+            y + scaled.ascent(),
+            line,
+        );
+        y += heights[n];
     }
     let mut out = Vec::new();
     {
@@ -88,12 +156,17 @@ pub fn png(sym: &Symbol, lines: &[String]) -> Result<Vec<u8>, CtlError> {
         let mut enc = png::Encoder::new(&mut out, w, h);
         enc.set_color(png::ColorType::Grayscale);
         enc.set_depth(png::BitDepth::Eight);
+        enc.set_pixel_dims(Some(png::PixelDimensions {
+            xppu: PX_PER_METRE,
+            yppu: PX_PER_METRE,
+            unit: png::Unit::Meter,
+        }));
         let io = |e: png::EncodingError| CtlError::Io {
             what: "cannot encode the PNG",
             source: std::io::Error::other(e.to_string()),
         };
         let mut writer = enc.write_header().map_err(io)?;
-        writer.write_image_data(&img).map_err(io)?;
+        writer.write_image_data(&c.px).map_err(io)?;
     }
     Ok(out)
 }
@@ -113,8 +186,9 @@ pub fn svg(sym: &Symbol, lines: &[String]) -> String {
     let side = sym.side + 2 * QUIET;
     let longest = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
     // Monospace text 2 modules high is about 1.2 modules per character.
-    let width = side + 4 + longest * 6 / 5 + 4;
-    let height = side.max(lines.len() * 3 + 2 * QUIET);
+    let first = lines.first().map_or(0, |l| l.chars().count() * 2);
+    let width = side + 4 + longest.max(first) * 6 / 5 + 4;
+    let height = side.max(lines.len() * 3 + 3 + 2 * QUIET);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {width} {height}\" width=\"{}\" height=\"{}\" shape-rendering=\"crispEdges\">\n<rect width=\"{width}\" height=\"{height}\" fill=\"#fff\"/>\n<path fill=\"#000\" d=\"",
         width * MODULE_PX,
@@ -142,11 +216,21 @@ pub fn svg(sym: &Symbol, lines: &[String]) -> String {
         }
     }
     s.push_str("\"/>\n");
+    // The frame, and the first line (the amount) twice as large.
+    s.push_str(&format!(
+        "<rect x=\"0.25\" y=\"0.25\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#000\" stroke-width=\"0.5\"/>\n",
+        width as f32 - 0.5,
+        height as f32 - 0.5
+    ));
     for (n, line) in lines.iter().enumerate() {
+        let (y, size) = if n == 0 {
+            (QUIET + 3, 4)
+        } else {
+            (QUIET + 3 + n * 3, 2)
+        };
         s.push_str(&format!(
-            "<text x=\"{}\" y=\"{}\" font-family=\"monospace\" font-size=\"2\">{}</text>\n",
+            "<text x=\"{}\" y=\"{y}\" font-family=\"Hack, DejaVu Sans Mono, monospace\" font-size=\"{size}\">{}</text>\n",
             side + 4,
-            QUIET + 2 + n * 3,
             xml_escape(line)
         ));
     }
@@ -199,61 +283,6 @@ pub fn indicium_json(b: &IndiciumBody) -> serde_json::Value {
         "origin": b.origin,
         "destination": b.destination,
     })
-}
-
-/// Columns of a 5×7 glyph (bit 0 = top row); lowercase prints as uppercase,
-/// unknown characters as a box.
-fn glyph(c: char) -> [u8; 5] {
-    match c.to_ascii_uppercase() {
-        ' ' => [0, 0, 0, 0, 0],
-        '0' => [0x3E, 0x51, 0x49, 0x45, 0x3E],
-        '1' => [0x00, 0x42, 0x7F, 0x40, 0x00],
-        '2' => [0x42, 0x61, 0x51, 0x49, 0x46],
-        '3' => [0x21, 0x41, 0x45, 0x4B, 0x31],
-        '4' => [0x18, 0x14, 0x12, 0x7F, 0x10],
-        '5' => [0x27, 0x45, 0x45, 0x45, 0x39],
-        '6' => [0x3C, 0x4A, 0x49, 0x49, 0x30],
-        '7' => [0x01, 0x71, 0x09, 0x05, 0x03],
-        '8' => [0x36, 0x49, 0x49, 0x49, 0x36],
-        '9' => [0x06, 0x49, 0x49, 0x29, 0x1E],
-        'A' => [0x7E, 0x11, 0x11, 0x11, 0x7E],
-        'B' => [0x7F, 0x49, 0x49, 0x49, 0x36],
-        'C' => [0x3E, 0x41, 0x41, 0x41, 0x22],
-        'D' => [0x7F, 0x41, 0x41, 0x22, 0x1C],
-        'E' => [0x7F, 0x49, 0x49, 0x49, 0x41],
-        'F' => [0x7F, 0x09, 0x09, 0x01, 0x01],
-        'G' => [0x3E, 0x41, 0x41, 0x51, 0x32],
-        'H' => [0x7F, 0x08, 0x08, 0x08, 0x7F],
-        'I' => [0x00, 0x41, 0x7F, 0x41, 0x00],
-        'J' => [0x20, 0x40, 0x41, 0x3F, 0x01],
-        'K' => [0x7F, 0x08, 0x14, 0x22, 0x41],
-        'L' => [0x7F, 0x40, 0x40, 0x40, 0x40],
-        'M' => [0x7F, 0x02, 0x04, 0x02, 0x7F],
-        'N' => [0x7F, 0x04, 0x08, 0x10, 0x7F],
-        'O' => [0x3E, 0x41, 0x41, 0x41, 0x3E],
-        'P' => [0x7F, 0x09, 0x09, 0x09, 0x06],
-        'Q' => [0x3E, 0x41, 0x51, 0x21, 0x5E],
-        'R' => [0x7F, 0x09, 0x19, 0x29, 0x46],
-        'S' => [0x46, 0x49, 0x49, 0x49, 0x31],
-        'T' => [0x01, 0x01, 0x7F, 0x01, 0x01],
-        'U' => [0x3F, 0x40, 0x40, 0x40, 0x3F],
-        'V' => [0x1F, 0x20, 0x40, 0x20, 0x1F],
-        'W' => [0x7F, 0x20, 0x18, 0x20, 0x7F],
-        'X' => [0x63, 0x14, 0x08, 0x14, 0x63],
-        'Y' => [0x03, 0x04, 0x78, 0x04, 0x03],
-        'Z' => [0x61, 0x51, 0x49, 0x45, 0x43],
-        ':' => [0x00, 0x36, 0x36, 0x00, 0x00],
-        '-' => [0x08, 0x08, 0x08, 0x08, 0x08],
-        '.' => [0x00, 0x60, 0x60, 0x00, 0x00],
-        ',' => [0x00, 0x50, 0x30, 0x00, 0x00],
-        '/' => [0x20, 0x10, 0x08, 0x04, 0x02],
-        '(' => [0x00, 0x1C, 0x22, 0x41, 0x00],
-        ')' => [0x00, 0x41, 0x22, 0x1C, 0x00],
-        '+' => [0x08, 0x08, 0x3E, 0x08, 0x08],
-        '=' => [0x14, 0x14, 0x14, 0x14, 0x14],
-        '#' => [0x14, 0x7F, 0x14, 0x7F, 0x14],
-        _ => [0x7F, 0x41, 0x41, 0x41, 0x7F],
-    }
 }
 
 #[cfg(test)]
