@@ -297,6 +297,15 @@ mod tests {
         assert_eq!(DataMatrix::decode(&sym.dark, sym.side).unwrap(), data);
         let png = png(&sym, &["POSTAGE USD 0.730".into()]).unwrap();
         assert_eq!(&png[1..4], b"PNG");
+        // The print resolution travels with the image: pHYs, 8,000 px/m both ways, in metres.
+        let at = png
+            .windows(4)
+            .position(|w| w == b"pHYs")
+            .expect("a pHYs chunk");
+        assert_eq!(
+            &png[at + 4..at + 13],
+            &[0, 0, 0x1f, 0x40, 0, 0, 0x1f, 0x40, 1]
+        );
         let svg = svg(&sym, &["a<b".into()]);
         assert!(svg.contains("a&lt;b"));
     }
