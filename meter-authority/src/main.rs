@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand};
 mod cmd_reconcile;
+#[path = "../../packaging/gen_docs.rs"]
+mod gen_docs;
 
 use meter_authority::{now, read_bounded, write_file, Authority, AuthorityError, Result};
 use meter_pki::{cert, pem};
@@ -553,6 +555,9 @@ fn write_cert(path: &Path, c: &cert::Certificate) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = gen_docs::hook(<Cli as clap::CommandFactory>::command, "1", true) {
+        return code;
+    }
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

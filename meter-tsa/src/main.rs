@@ -31,6 +31,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+#[path = "../../packaging/gen_docs.rs"]
+mod gen_docs;
 
 use clients::Clients;
 
@@ -99,6 +101,9 @@ enum TsaError {
 }
 
 fn main() -> std::process::ExitCode {
+    if let Some(code) = gen_docs::hook(<Args as clap::CommandFactory>::command, "8", false) {
+        return code;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("METER_TSA_LOG")

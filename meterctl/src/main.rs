@@ -10,6 +10,8 @@
 
 mod cmd;
 mod error;
+#[path = "../../packaging/gen_docs.rs"]
+mod gen_docs;
 mod output;
 mod render;
 
@@ -150,6 +152,9 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CtlError> {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = gen_docs::hook(<Cli as clap::CommandFactory>::command, "1", true) {
+        return code;
+    }
     // Usage errors exit here with clap's code 2 (`exit::USAGE`); --help/--version with 0.
     let cli = Cli::parse();
     let ctx = Ctx {

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+#[path = "../../packaging/gen_docs.rs"]
+mod gen_docs;
 use futures_util::StreamExt;
 use tracing_subscriber::prelude::*;
 
@@ -34,6 +36,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = gen_docs::hook(<Args as clap::CommandFactory>::command, "8", false) {
+        return code;
+    }
     // The TSS C library logs to stderr unless told otherwise; our own log
     // carries the decoded errors.
     if std::env::var_os("TSS2_LOG").is_none() {

@@ -109,4 +109,72 @@ fn the_package_installs_what_a_sysadmin_needs() {
     // The packaged binaries run (they are the release build, stripped).
     let v = run(s(&root.path().join("usr/bin/meterctl")), &["--version"]);
     assert!(v.contains("meterctl"), "{v}");
+
+    man_pages_and_completions(root.path());
+}
+
+/// The man pages (from clap, plus the hand-written meterd.toml(5)) and the
+/// completions are in the package, every page renders without a groff
+/// warning, and every `meterctl-SUB(1)` that `meterctl man` names is installed.
+fn man_pages_and_completions(root: &Path) {
+    let man = root.join("usr/share/man");
+    for page in [
+        "man1/meterctl.1.gz",
+        "man1/meterctl-postmark.1.gz",
+        "man1/meterctl-rates-install.1.gz",
+        "man1/meter-authority.1.gz",
+        "man1/meter-authority-inspect.1.gz",
+        "man5/meterd.toml.5.gz",
+        "man8/meterd.8.gz",
+        "man8/meter-tsa.8.gz",
+    ] {
+        assert!(man.join(page).is_file(), "{page} not in the package");
+    }
+    for c in [
+        "usr/share/bash-completion/completions/meterctl",
+        "usr/share/bash-completion/completions/meter-authority",
+        "usr/share/zsh/vendor-completions/_meterctl",
+        "usr/share/zsh/vendor-completions/_meter-authority",
+        "usr/share/fish/vendor_completions.d/meterctl.fish",
+        "usr/share/fish/vendor_completions.d/meter-authority.fish",
+    ] {
+        let text = std::fs::read_to_string(root.join(c)).unwrap_or_else(|e| panic!("{c}: {e}"));
+        assert!(text.contains("postmark") || text.contains("inspect"), "{c}");
+    }
+    // `bash -n`: the bash completion parses.
+    run(
+        "bash",
+        &[
+            "-n",
+            s(&root.join("usr/share/bash-completion/completions/meterctl")),
+        ],
+    );
+
+    // Every page renders: `man -l` when man-db is here, groff's warnings as errors.
+    let mut count = 0;
+    for sec in ["man1", "man5", "man8"] {
+        for e in std::fs::read_dir(man.join(sec)).unwrap() {
+            let page = e.unwrap().path();
+            let p = s(&page);
+            let script = format!(
+                "set -o pipefail; zcat {p} | groff -k -man -Tutf8 -ww -z 2>&1 | \
+                 {{ ! grep .; }} && if command -v man >/dev/null; then MANWIDTH=80 man -l {p} | grep -q NAME; fi"
+            );
+            run("bash", &["-c", &script]);
+            count += 1;
+        }
+    }
+    assert!(count >= 40, "only {count} pages");
+    let named = run(s(&root.join("usr/bin/meterctl")), &["man"]);
+    for sub in named.split("meterctl\\-").skip(1) {
+        let Some((name, _)) = sub.split_once("(1)") else {
+            continue;
+        };
+        let name = name.replace("\\-", "-");
+        let page = man.join(format!("man1/meterctl-{name}.1.gz"));
+        assert!(
+            page.is_file(),
+            "meterctl man names meterctl-{name}(1), not installed"
+        );
+    }
 }
