@@ -74,6 +74,20 @@ pub fn canonical_serial(s: &str) -> Result<String> {
     Ok(if t.is_empty() { "0".into() } else { t })
 }
 
+/// The one form serials are shown in to people and in JSON: as
+/// `openssl x509 -serial` prints them (uppercase hex of the value, padded to
+/// an even length: `04`, `1F`, `0100`), so a serial can be compared with
+/// OpenSSL's output by eye. Accepts every spelling [`canonical_serial`] does
+/// (`4`, `04`, `0x04`, any case), so old scripts keep working.
+pub fn display_serial(s: &str) -> Result<String> {
+    let canon = canonical_serial(s)?.to_ascii_uppercase();
+    Ok(if canon.len() % 2 == 1 {
+        format!("0{canon}")
+    } else {
+        canon
+    })
+}
+
 fn check_serial(s: &str) -> Result<()> {
     if canonical_serial(s)? != s {
         return Err(PkiError::Malformed(
@@ -253,6 +267,25 @@ mod tests {
             request_id: "r1".into(),
             issued_at: 1,
         }
+    }
+
+    #[test]
+    fn serials_are_shown_as_openssl_prints_them() {
+        for (typed, shown) in [
+            ("4", "04"),
+            ("04", "04"),
+            ("0x04", "04"),
+            ("1f", "1F"),
+            ("0X001F", "1F"),
+            ("100", "0100"),
+            ("00", "00"),
+            ("a1b2c", "0A1B2C"),
+        ] {
+            assert_eq!(display_serial(typed).unwrap(), shown, "{typed}");
+            assert_eq!(display_serial(shown).unwrap(), shown, "{shown}");
+        }
+        assert!(display_serial("").is_err());
+        assert!(display_serial("g1").is_err());
     }
 
     #[test]

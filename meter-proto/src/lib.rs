@@ -7,6 +7,7 @@
 pub mod error;
 pub mod exit;
 pub mod keys;
+pub mod money;
 pub mod proxy;
 
 pub use error::MeterError;

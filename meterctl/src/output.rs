@@ -113,23 +113,8 @@ pub fn error_json(err: &CtlError) -> Json {
     envelope(&json!({"error": {"kind": err.kind(), "message": err.message()}}))
 }
 
-/// Formats minor units with the currency's digits: `12345, 3, "USD"` → `12.345 USD`.
-/// Done on the decimal string, so no digit count can overflow.
-pub fn format_amount(minor: u64, digits: u8, currency: &str) -> String {
-    let digits = usize::from(digits);
-    let mut s = minor.to_string();
-    if digits > 0 {
-        if s.len() <= digits {
-            s = format!("{}{s}", "0".repeat(digits + 1 - s.len()));
-        }
-        s.insert(s.len() - digits, '.');
-    }
-    if currency.is_empty() {
-        s
-    } else {
-        format!("{s} {currency}")
-    }
-}
+/// The one money formatter (meter-proto's), re-exported for the commands.
+pub use meter_proto::money::format_amount;
 
 /// First 16 hex digits of a hash, enough to compare two heads by eye.
 pub fn short_hex(full: &str) -> String {
@@ -338,17 +323,6 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn amounts_use_the_currency_digits() {
-        assert_eq!(format_amount(12_345, 3, "USD"), "12.345 USD");
-        assert_eq!(format_amount(5, 3, "USD"), "0.005 USD");
-        assert_eq!(format_amount(0, 2, "EUR"), "0.00 EUR");
-        assert_eq!(format_amount(1_000, 3, ""), "1.000");
-        assert_eq!(format_amount(42, 0, "JPY"), "42 JPY");
-        assert_eq!(format_amount(u64::MAX, 3, "X"), "18446744073709551.615 X");
-        assert_eq!(format_amount(7, 25, ""), format!("0.{}7", "0".repeat(24)));
-    }
 
     #[test]
     fn times_are_rfc3339_utc() {

@@ -12,7 +12,7 @@ use crate::money::Amount;
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// The funds cannot cover the charge.
-    #[error("insufficient funds: the charge is {needed}, {available} available; recharge with an authority voucher (meterctl recharge)")]
+    #[error("{}", funds_text(&.needed.to_string(), &.available.to_string()))]
     InsufficientFunds {
         /// Price of the service.
         needed: Amount,
@@ -20,7 +20,7 @@ pub enum ServiceError {
         available: Amount,
     },
     /// Current-account mode: the charge would pass the period's credit limit.
-    #[error("credit limit reached: the charge is {needed}, {available} left of the credit limit {limit} for this billing period; wait for the next period (send the report: meterctl report) or ask the authority for a higher limit")]
+    #[error("{}", limit_text(&.needed.to_string(), &.available.to_string(), &.limit.to_string()))]
     CreditLimit {
         /// Price of the service.
         needed: Amount,
@@ -30,7 +30,7 @@ pub enum ServiceError {
         limit: Amount,
     },
     /// The line of credit cannot cover the payment.
-    #[error("insufficient credit on line {serial}: the payment is {needed}, {remaining} remaining; ask the creditor for a new line (meterctl credit request)")]
+    #[error("{}", credit_text(.serial, &.needed.to_string(), &.remaining.to_string()))]
     InsufficientCredit {
         /// Line serial.
         serial: String,
@@ -96,6 +96,42 @@ pub enum ServiceError {
     /// A fault on the meter's side (a task that died, an unexpected system error).
     #[error("internal error in meterd: {0}; see the meter's log")]
     Internal(String),
+}
+
+impl ServiceError {
+    /// The message for a person: amounts in the currency (`0.500 USD`), not
+    /// the minor units of [`std::fmt::Display`] (kept for the log's exact figures).
+    pub fn message_in(&self, digits: u8, currency: &str) -> String {
+        let m = |a: &Amount| a.shown(digits, currency);
+        match self {
+            ServiceError::InsufficientFunds { needed, available } => {
+                funds_text(&m(needed), &m(available))
+            }
+            ServiceError::CreditLimit {
+                needed,
+                available,
+                limit,
+            } => limit_text(&m(needed), &m(available), &m(limit)),
+            ServiceError::InsufficientCredit {
+                serial,
+                needed,
+                remaining,
+            } => credit_text(serial, &m(needed), &m(remaining)),
+            other => other.to_string(),
+        }
+    }
+}
+
+fn funds_text(needed: &str, available: &str) -> String {
+    format!("insufficient funds: the charge is {needed}, {available} available; recharge with an authority voucher (meterctl recharge)")
+}
+
+fn limit_text(needed: &str, available: &str, limit: &str) -> String {
+    format!("credit limit reached: the charge is {needed}, {available} left of the credit limit {limit} for this billing period; wait for the next period (send the report: meterctl report) or ask the authority for a higher limit")
+}
+
+fn credit_text(serial: &str, needed: &str, remaining: &str) -> String {
+    format!("insufficient credit on line {serial}: the payment is {needed}, {remaining} remaining; ask the creditor for a new line (meterctl credit request)")
 }
 
 /// Result of a service call.

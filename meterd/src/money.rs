@@ -28,18 +28,10 @@ impl Amount {
         self.0.checked_sub(rhs.0).map(Amount).ok_or(Overflow)
     }
 
-    /// Formats with `digits` decimal places, e.g. `12.345` for 12345 and 3.
-    pub fn display(self, digits: u8) -> String {
-        if digits == 0 {
-            return self.0.to_string();
-        }
-        let scale = 10u64.saturating_pow(u32::from(digits));
-        format!(
-            "{}.{:0width$}",
-            self.0 / scale,
-            self.0 % scale,
-            width = usize::from(digits)
-        )
+    /// As people read it, with the shared formatter: `12.345 USD` for
+    /// 12345, 3 digits and "USD".
+    pub fn shown(self, digits: u8, currency: &str) -> String {
+        meter_proto::money::format_amount(self.0, digits, currency)
     }
 }
 
@@ -58,8 +50,8 @@ mod tests {
         assert_eq!(Amount(2).checked_add(Amount(3)), Ok(Amount(5)));
         assert_eq!(Amount(u64::MAX).checked_add(Amount(1)), Err(Overflow));
         assert_eq!(Amount(2).checked_sub(Amount(3)), Err(Overflow));
-        assert_eq!(Amount(12345).display(3), "12.345");
-        assert_eq!(Amount(5).display(3), "0.005");
-        assert_eq!(Amount(5).display(0), "5");
+        assert_eq!(Amount(12345).shown(3, "USD"), "12.345 USD");
+        assert_eq!(Amount(5).shown(3, ""), "0.005");
+        assert_eq!(Amount(5).shown(0, ""), "5");
     }
 }

@@ -38,6 +38,8 @@ pub struct Call<'a> {
     caller: Caller,
     guard: CallGuard,
     limits: &'a ReadLimits,
+    /// Currency code and digits in force, for amounts in refusals.
+    currency: (String, u8),
 }
 
 impl Door {
@@ -50,7 +52,8 @@ impl Door {
         }
     }
 
-    /// Admits a call to `member`, which needs `needed`, in `lane`.
+    /// Admits a call to `member`, which needs `needed`, in `lane`;
+    /// `currency` (code, digits) shows the amounts of its refusals.
     pub async fn enter(
         &self,
         conn: &Connection,
@@ -58,6 +61,7 @@ impl Door {
         member: &'static str,
         needed: Role,
         lane: Lane,
+        currency: (String, u8),
     ) -> Result<Call<'_>, MeterError> {
         let caller = self.require(conn, header, member, needed).await?;
         let unique = (!caller.unique.is_empty()).then_some(caller.unique.as_str());
@@ -67,6 +71,7 @@ impl Door {
             caller,
             guard,
             limits: &self.limits,
+            currency,
         })
     }
 
@@ -140,8 +145,8 @@ impl Call<'_> {
     }
 
     fn refuse(&self, e: ServiceError) -> MeterError {
-        let detail = e.to_string();
-        let named = errors::to_dbus(self.member, e);
+        let detail = e.message_in(self.currency.1, &self.currency.0);
+        let named = errors::to_dbus(self.member, e, &self.currency);
         tracing::warn!(
             member = self.member,
             error_name = named.kind(),

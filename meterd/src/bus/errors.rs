@@ -8,8 +8,9 @@ use meter_proto::MeterError;
 use crate::error::ServiceError;
 
 /// Maps a service error to its named D-Bus error, logging the details.
-pub fn to_dbus(member: &str, e: ServiceError) -> MeterError {
-    let message = e.to_string();
+/// Amounts in the message are shown in `currency` (code, digits).
+pub fn to_dbus(member: &str, e: ServiceError, currency: &(String, u8)) -> MeterError {
+    let message = e.message_in(currency.1, &currency.0);
     match e {
         ServiceError::InsufficientFunds { .. } => MeterError::InsufficientFunds(message),
         ServiceError::CreditLimit { .. } => MeterError::InsufficientFunds(message),

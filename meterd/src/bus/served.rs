@@ -55,7 +55,8 @@ impl MeterIface {
         r: Role,
         l: Lane,
     ) -> Admitted<'_> {
-        self.door.enter(&self.conn, h, m, r, l).await
+        let currency = self.app.meter.rates().currency(crate::clock::now());
+        self.door.enter(&self.conn, h, m, r, l, currency).await
     }
 
     /// A property read: the caller must be a user (`None` header: the
