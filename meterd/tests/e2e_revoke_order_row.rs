@@ -81,7 +81,8 @@ fn a_revoke_row_keeps_the_authority_order_and_one_cut_off_is_named() {
         &sb.authority(&["revoke", &rv_req, "--out", &order]),
         "meter-authority revoke",
     );
-    sb.meterctl_json(&["cert", "apply-revoke", &order]);
+    let confirmation = sb.arg("confirmation.pem");
+    sb.meterctl_json(&["cert", "apply-revoke", &order, "-o", &confirmation]);
     let said = audit_text(&sb);
     assert!(
         !said.contains("revoke"),
