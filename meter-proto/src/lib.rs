@@ -11,7 +11,7 @@ pub mod money;
 pub mod proxy;
 
 pub use error::MeterError;
-pub use proxy::Meter1Proxy;
+pub use proxy::{Meter1Proxy, TimeStamp1Proxy};
 
 /// Well-known bus name of the meter on the system bus.
 pub const BUS_NAME: &str = "org.meterd.Meter1";
@@ -19,6 +19,19 @@ pub const BUS_NAME: &str = "org.meterd.Meter1";
 pub const OBJECT_PATH: &str = "/org/meterd/Meter1";
 /// Interface name.
 pub const INTERFACE: &str = "org.meterd.Meter1";
+
+/// The RFC 3161 HTTP endpoint (meter-tsa) on the bus, so that `meterctl
+/// status` can say where it listens: a well-known name of its own, owned
+/// only while it runs, with read-only properties `Urls` (as) and
+/// `AnonymousLoopback` (b).
+pub mod timestamp {
+    /// Well-known bus name of meter-tsa.
+    pub const BUS_NAME: &str = "org.meterd.TimeStamp1";
+    /// Object path of its status object.
+    pub const OBJECT_PATH: &str = "/org/meterd/TimeStamp1";
+    /// Interface name.
+    pub const INTERFACE: &str = "org.meterd.TimeStamp1";
+}
 
 /// Meter states as exposed by the `State` property.
 pub mod state {

@@ -223,3 +223,19 @@ pub trait Meter1 {
     #[zbus(signal)]
     fn unlocked(&self) -> zbus::Result<()>;
 }
+
+/// meter-tsa's status object (see [`crate::timestamp`]): where the RFC 3161
+/// endpoint listens.
+#[zbus::proxy(
+    interface = "org.meterd.TimeStamp1",
+    default_service = "org.meterd.TimeStamp1",
+    default_path = "/org/meterd/TimeStamp1"
+)]
+pub trait TimeStamp1 {
+    /// The URLs it listens on (`http://127.0.0.1:PORT/`, no credentials).
+    #[zbus(property)]
+    fn urls(&self) -> zbus::Result<Vec<String>>;
+    /// True when loopback clients without credentials are served.
+    #[zbus(property)]
+    fn anonymous_loopback(&self) -> zbus::Result<bool>;
+}

@@ -22,9 +22,13 @@
 //! (`LISTEN_FDS`, see `systemd/meter-tsa.socket`). SIGTERM stops it
 //! gracefully: no new connections, requests in flight answered (at most
 //! 10 s), exit 0.
+//!
+//! While it runs it owns `org.meterd.TimeStamp1` on the bus (see
+//! [`status`]), so `meterctl status` shows the URL.
 
 mod clients;
 mod serve;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -163,6 +167,9 @@ async fn run(args: Args) -> Result<(), TsaError> {
     let meter = meter_proto::proxy::Meter1Proxy::new(&conn).await?;
     let listener = serve::listener(args.listen).map_err(TsaError::Listen)?;
     let local = listener.local_addr().map_err(TsaError::Listen)?;
+    // On the bus before the port file: whoever waits for that file (the
+    // sandbox) then sees the endpoint in `meterctl status` at once.
+    status::publish(&conn, local, args.anonymous_loopback).await;
     if let Some(f) = &args.port_file {
         std::fs::write(f, format!("{}\n", local.port())).map_err(TsaError::Listen)?;
     }

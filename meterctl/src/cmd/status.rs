@@ -4,7 +4,9 @@
 //! the registers with their control-total check, and a low-funds warning.
 //! `--json` prints the daemon's dictionary as it is, converted to JSON, plus
 //! `user_certificates` (how many `ListCertificates` returns, pending ones
-//! included) when the meter answers it.
+//! included) when the meter answers it, and `tsa`: whether the RFC 3161
+//! endpoint (meter-tsa) runs and where it listens, from its own bus name
+//! `org.meterd.TimeStamp1` (see [`Tsa`]).
 
 use std::collections::HashMap;
 
@@ -31,14 +33,90 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Output, CtlError> {
         Ok(list) => Some(CertCounts::of(&list)),
         Err(_) => None,
     };
-    let (human, warnings) = render(&reply, certs);
+    let tsa = Tsa::query(meter.inner().connection()).await;
+    let (mut human, warnings) = render(&reply, certs);
+    human.push_str(&tsa.line());
     let mut json = dict_to_json(&reply);
-    if let (Some(c), Some(obj)) = (certs, json.as_object_mut()) {
-        obj.insert("user_certificates".into(), c.total.into());
+    if let Some(obj) = json.as_object_mut() {
+        if let Some(c) = certs {
+            obj.insert("user_certificates".into(), c.total.into());
+        }
+        obj.insert("tsa".into(), tsa.json());
     }
     let mut out = Output::new(human, json);
     out.warnings = warnings;
     Ok(out)
+}
+
+/// The RFC 3161 endpoint (meter-tsa), from its `org.meterd.TimeStamp1`
+/// name on the bus: running while the name has an owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tsa {
+    /// The name has an owner.
+    pub running: bool,
+    /// Where it listens (no credentials).
+    pub urls: Vec<String>,
+    /// Loopback clients without credentials are served.
+    pub anonymous_loopback: bool,
+}
+
+impl Tsa {
+    /// Asks the bus; an endpoint that does not answer counts as not running.
+    pub async fn query(conn: &zbus::Connection) -> Tsa {
+        let owned = match zbus::fdo::DBusProxy::new(conn).await {
+            Ok(bus) => match zbus::names::BusName::try_from(meter_proto::timestamp::BUS_NAME) {
+                Ok(name) => bus.name_has_owner(name).await.unwrap_or(false),
+                Err(_) => false,
+            },
+            Err(_) => false,
+        };
+        if !owned {
+            return Tsa::default();
+        }
+        let proxy = match meter_proto::TimeStamp1Proxy::builder(conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+        {
+            Ok(p) => p,
+            Err(_) => return Tsa::default(),
+        };
+        match (proxy.urls().await, proxy.anonymous_loopback().await) {
+            (Ok(urls), Ok(anonymous_loopback)) => Tsa {
+                running: true,
+                urls,
+                anonymous_loopback,
+            },
+            _ => Tsa::default(),
+        }
+    }
+
+    /// The `time-stamp endpoint` line of the human output.
+    pub fn line(&self) -> String {
+        let value = if !self.running || self.urls.is_empty() {
+            "not running".to_string()
+        } else {
+            format!(
+                "{} ({})",
+                self.urls.join(", "),
+                if self.anonymous_loopback {
+                    "anonymous loopback"
+                } else {
+                    "credentials required"
+                }
+            )
+        };
+        format!("time-stamp endpoint: {value}\n")
+    }
+
+    /// The `tsa` member of the JSON output.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "running": self.running,
+            "urls": self.urls,
+            "anonymous_loopback": self.anonymous_loopback,
+        })
+    }
 }
 
 /// User certificates by state, from `ListCertificates`.
@@ -365,6 +443,28 @@ mod tests {
         assert!(warnings.iter().any(|w| w.contains("credit limit")));
         assert!(line(&text, "to unlock").contains("meterctl report ack"));
         assert!(!text.contains("user certificates"));
+    }
+
+    #[test]
+    fn tsa_line_and_json() {
+        let off = Tsa::default();
+        assert_eq!(off.line(), "time-stamp endpoint: not running\n");
+        assert_eq!(
+            off.json(),
+            serde_json::json!({"running": false, "urls": [], "anonymous_loopback": false})
+        );
+        let mut on = Tsa {
+            running: true,
+            urls: vec!["http://127.0.0.1:3180/".into()],
+            anonymous_loopback: false,
+        };
+        assert_eq!(
+            on.line(),
+            "time-stamp endpoint: http://127.0.0.1:3180/ (credentials required)\n"
+        );
+        on.anonymous_loopback = true;
+        assert!(on.line().ends_with("(anonymous loopback)\n"));
+        assert_eq!(on.json()["urls"][0], "http://127.0.0.1:3180/");
     }
 
     #[test]
