@@ -11,9 +11,9 @@
 
 use rusqlite::{Connection, OptionalExtension};
 
-use super::chain::{self, verify_product_seal, verify_seal, verify_seal_v2, LedgerSeal, RowFields};
+use super::chain::{self, verify_product_seal, verify_seal, verify_seal_v2, LedgerSeal};
 use super::epoch::EpochTrack;
-use super::scan::{blob48, int};
+use super::scan::{blob48, int, row_fields};
 use super::schema::storage;
 use super::sealer::public_key_of;
 use super::{Digest, Result, Sealer};
@@ -121,40 +121,13 @@ fn last_row(
          FROM journal j JOIN products p ON p.seq = j.seq WHERE j.seq = ?1",
         [i64::try_from(seq).unwrap_or(i64::MAX)],
         |r| {
-            let text = |i| -> Option<Vec<u8>> {
-                match r.get_ref(i).ok()? {
-                    rusqlite::types::ValueRef::Text(t) => Some(t.to_vec()),
-                    _ => None,
-                }
-            };
-            let request_id = match r.get_ref(4) {
-                Ok(rusqlite::types::ValueRef::Null) => None,
-                _ => text(4),
-            };
-            let note = text(13).unwrap_or_default();
             let product: Vec<u8> = r.get(15)?;
             let parsed = (|| {
-                let digest = blob48(r, 12)?;
-                let fields = RowFields {
-                    seq: int(r, 0)?,
-                    time: int(r, 1)? as i64,
-                    kind: u8::try_from(int(r, 2)?).ok()?,
-                    service: u8::try_from(int(r, 3)?).ok()?,
-                    request_id: request_id.as_deref(),
-                    credit: int(r, 5)?,
-                    debit: int(r, 6)?,
-                    ascending: int(r, 7)?,
-                    descending: int(r, 8)?,
-                    control_total: int(r, 9)?,
-                    pieces: int(r, 10)?,
-                    service_count: int(r, 11)?,
-                    product_digest: digest,
-                    note: &note,
-                };
+                let fields = row_fields(r)?;
                 let prev = blob48(r, 14)?;
                 Some((
                     chain::link_digest(meter_id, epoch, prev, &fields),
-                    chain::sha384(&product) == *digest,
+                    chain::sha384(&product) == *fields.product_digest,
                 ))
             })();
             Ok(parsed.map(|(link, ok)| (link, product, ok)))
