@@ -212,17 +212,7 @@ pub async fn run(
                     },
                     Err(e) => Err(e),
                 };
-                match outcome {
-                    Ok(()) => {
-                        stats.ok += 1;
-                        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        stats.latencies_us.push(us);
-                    }
-                    Err(e) => {
-                        stats.errors += 1;
-                        stats.first_error.get_or_insert(e);
-                    }
-                }
+                stats.record(outcome, t0);
             }
             stats
         }));

@@ -190,6 +190,24 @@ struct ClientStats {
     latencies_us: Vec<u64>,
 }
 
+impl ClientStats {
+    /// Counts one request started at `t0`: its latency when it succeeded,
+    /// the first error otherwise.
+    fn record(&mut self, outcome: Result<(), String>, t0: Instant) {
+        match outcome {
+            Ok(()) => {
+                self.ok += 1;
+                let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                self.latencies_us.push(us);
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
@@ -388,17 +406,7 @@ async fn run_load(
                     (Some(token), Some(path)) => validate_once(&proxy, path, token).await,
                     _ => postmark_once(&proxy, &tag, client, n).await,
                 };
-                match outcome {
-                    Ok(()) => {
-                        stats.ok += 1;
-                        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-                        stats.latencies_us.push(us);
-                    }
-                    Err(e) => {
-                        stats.errors += 1;
-                        stats.first_error.get_or_insert(e);
-                    }
-                }
+                stats.record(outcome, t0);
             }
             stats
         }));
