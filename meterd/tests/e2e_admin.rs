@@ -294,37 +294,7 @@ fn registers_survive_daemon_and_tpm_restarts() {
 #[test]
 fn introspection_matches_shipped_xml() {
     let sb = Sandbox::up(1_000);
-    let address = format!("--address={}", sb.env["DBUS_SYSTEM_BUS_ADDRESS"]);
-    let live = ok(
-        &sb.run(
-            "busctl",
-            &[
-                &address,
-                "--xml-interface",
-                "introspect",
-                "org.meterd.Meter1",
-                "/org/meterd/Meter1",
-            ],
-        ),
-        "busctl introspect",
-    );
-    let shipped = std::fs::read_to_string(sandbox::repo().join("dbus/org.meterd.Meter1.xml"))
-        .expect("dbus/org.meterd.Meter1.xml");
-    let iface = |xml: &str| -> String {
-        let start = xml
-            .find("<interface name=\"org.meterd.Meter1\">")
-            .expect("interface");
-        let end = start + xml[start..].find("</interface>").expect("end") + "</interface>".len();
-        xml[start..end]
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    assert_eq!(
-        iface(&live),
-        iface(&shipped),
-        "regenerate dbus/org.meterd.Meter1.xml"
-    );
+    sb.assert_interface_is_shipped("org.meterd.Meter1", "/org/meterd/Meter1");
 }
 
 #[test]

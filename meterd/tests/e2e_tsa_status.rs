@@ -42,37 +42,7 @@ fn status_shows_the_endpoint_while_it_runs() {
     );
 
     // The live interface is the shipped one.
-    let address = format!("--address={}", sb.env["DBUS_SYSTEM_BUS_ADDRESS"]);
-    let live = ok(
-        &sb.run(
-            "busctl",
-            &[
-                &address,
-                "--xml-interface",
-                "introspect",
-                "org.meterd.TimeStamp1",
-                "/org/meterd/TimeStamp1",
-            ],
-        ),
-        "busctl introspect",
-    );
-    let shipped = std::fs::read_to_string(sandbox::repo().join("dbus/org.meterd.TimeStamp1.xml"))
-        .expect("dbus/org.meterd.TimeStamp1.xml");
-    let iface = |xml: &str| -> String {
-        let start = xml
-            .find("<interface name=\"org.meterd.TimeStamp1\">")
-            .expect("interface");
-        let end = start + xml[start..].find("</interface>").expect("end") + "</interface>".len();
-        xml[start..end]
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    assert_eq!(
-        iface(&live),
-        iface(&shipped),
-        "regenerate dbus/org.meterd.TimeStamp1.xml"
-    );
+    sb.assert_interface_is_shipped("org.meterd.TimeStamp1", "/org/meterd/TimeStamp1");
 
     // Stop it (SIGTERM, as systemd does) and wait for it to exit.
     let pid = std::fs::read_to_string(sb.path("tsa.pid")).expect("tsa.pid");

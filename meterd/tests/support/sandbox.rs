@@ -305,6 +305,32 @@ impl Sandbox {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {body}"))
     }
 
+    /// Asserts that the live interface `name` at `path` (busctl introspect) is the one
+    /// shipped in `dbus/<name>.xml`, whitespace aside.
+    pub fn assert_interface_is_shipped(&self, name: &str, path: &str) {
+        let address = format!("--address={}", self.env["DBUS_SYSTEM_BUS_ADDRESS"]);
+        let live = ok(
+            &self.run(
+                "busctl",
+                &[&address, "--xml-interface", "introspect", name, path],
+            ),
+            "busctl introspect",
+        );
+        let file = format!("dbus/{name}.xml");
+        let shipped = std::fs::read_to_string(repo().join(&file)).expect(&file);
+        let open = format!("<interface name=\"{name}\">");
+        let iface = |xml: &str| -> String {
+            let start = xml.find(&open).expect("interface");
+            let end =
+                start + xml[start..].find("</interface>").expect("end") + "</interface>".len();
+            xml[start..end]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(iface(&live), iface(&shipped), "regenerate {file}");
+    }
+
     /// `openssl ts -verify` of a token over a file against a CA file.
     pub fn ts_verify(&self, data: &str, token: &str, ca: &str) -> Output {
         self.run(
