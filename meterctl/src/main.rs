@@ -12,6 +12,7 @@ mod cmd;
 mod error;
 #[path = "../../packaging/gen_docs.rs"]
 mod gen_docs;
+mod label;
 mod output;
 mod render;
 

@@ -101,9 +101,46 @@ impl Canvas {
     }
 }
 
+/// The imprint as 8-bit grayscale pixels (row-major, 0 = black), drawn for
+/// 203 dpi: the one drawing that the PNG and the PDF label both carry.
+#[derive(Debug, Clone)]
+pub struct Raster {
+    /// Pixels per row.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// `width * height` gray levels.
+    pub px: Vec<u8>,
+}
+
 /// Renders the symbol with `lines` to its right inside a frame, the first
 /// line (the amount) large, as a grayscale PNG at 203 dpi.
 pub fn png(sym: &Symbol, lines: &[String]) -> Result<Vec<u8>, CtlError> {
+    let r = raster(sym, lines)?;
+    let mut out = Vec::new();
+    {
+        let w = u32::try_from(r.width).map_err(|_| CtlError::Usage("image too wide".into()))?;
+        let h = u32::try_from(r.height).map_err(|_| CtlError::Usage("image too tall".into()))?;
+        let mut enc = png::Encoder::new(&mut out, w, h);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_pixel_dims(Some(png::PixelDimensions {
+            xppu: PX_PER_METRE,
+            yppu: PX_PER_METRE,
+            unit: png::Unit::Meter,
+        }));
+        let io = |e: png::EncodingError| CtlError::Io {
+            what: "cannot encode the PNG",
+            source: std::io::Error::other(e.to_string()),
+        };
+        let mut writer = enc.write_header().map_err(io)?;
+        writer.write_image_data(&r.px).map_err(io)?;
+    }
+    Ok(out)
+}
+
+/// Draws the imprint: the symbol with `lines` to its right inside a frame.
+pub fn raster(sym: &Symbol, lines: &[String]) -> Result<Raster, CtlError> {
     let font = face()?;
     let sym_px = (sym.side + 2 * QUIET) * MODULE_PX;
     let heights: Vec<f32> = (0..lines.len())
@@ -149,26 +186,11 @@ pub fn png(sym: &Symbol, lines: &[String]) -> Result<Vec<u8>, CtlError> {
         );
         y += heights[n];
     }
-    let mut out = Vec::new();
-    {
-        let w = u32::try_from(width).map_err(|_| CtlError::Usage("image too wide".into()))?;
-        let h = u32::try_from(height).map_err(|_| CtlError::Usage("image too tall".into()))?;
-        let mut enc = png::Encoder::new(&mut out, w, h);
-        enc.set_color(png::ColorType::Grayscale);
-        enc.set_depth(png::BitDepth::Eight);
-        enc.set_pixel_dims(Some(png::PixelDimensions {
-            xppu: PX_PER_METRE,
-            yppu: PX_PER_METRE,
-            unit: png::Unit::Meter,
-        }));
-        let io = |e: png::EncodingError| CtlError::Io {
-            what: "cannot encode the PNG",
-            source: std::io::Error::other(e.to_string()),
-        };
-        let mut writer = enc.write_header().map_err(io)?;
-        writer.write_image_data(&c.px).map_err(io)?;
-    }
-    Ok(out)
+    Ok(Raster {
+        width,
+        height,
+        px: c.px,
+    })
 }
 
 fn fill(img: &mut [u8], width: usize, x: usize, y: usize, w: usize, h: usize) {

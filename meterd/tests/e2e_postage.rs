@@ -81,7 +81,7 @@ fn postage(
     let default_out = sb.path(&format!("{id}.ind")).to_string_lossy().into_owned();
     if !extra
         .iter()
-        .any(|a| ["-o", "--out", "--png", "--svg"].contains(a))
+        .any(|a| ["-o", "--out", "--png", "--svg", "--pdf"].contains(a))
     {
         args.extend_from_slice(&["-o", &default_out]);
     }
@@ -118,13 +118,14 @@ fn indicium_prints_scans_verifies_and_matches_its_row() {
     let png = sb.path("ind.png").to_string_lossy().into_owned();
     let svg = sb.path("ind.svg").to_string_lossy().into_owned();
     let bin = sb.path("ind.bin").to_string_lossy().into_owned();
+    let pdf = sb.path("ind.pdf").to_string_lossy().into_owned();
     let j = json(
         &postage(
             &sb,
             "letter",
             "45",
             "pg-1",
-            &["-o", &bin, "--png", &png, "--svg", &svg],
+            &["-o", &bin, "--png", &png, "--svg", &svg, "--pdf", &pdf],
         ),
         "postage",
     );
@@ -145,6 +146,22 @@ fn indicium_prints_scans_verifies_and_matches_its_row() {
         "dmtxread output differs from the indicium"
     );
     assert!(std::fs::read_to_string(&svg).unwrap().contains("SW1A 1AA"));
+
+    // The label: a 4 x 2 in page that poppler renders at the printer's
+    // 203 dpi into an image that scans to exactly the bytes too.
+    let info = ok(&sb.run("pdfinfo", &[&pdf]), "pdfinfo");
+    assert!(info.contains("288 x 144 pts"), "{info}");
+    let page = sb.path("label").to_string_lossy().into_owned();
+    ok(
+        &sb.run(
+            "pdftoppm",
+            &["-r", "203.2", "-gray", "-png", "-singlefile", &pdf, &page],
+        ),
+        "pdftoppm",
+    );
+    let scan_pdf = sb.run("dmtxread", &["-N1", &format!("{page}.png")]);
+    assert!(scan_pdf.status.success(), "{scan_pdf:?}");
+    assert_eq!(scan_pdf.stdout, bytes, "the label scans to other bytes");
 
     // Registers after the debit, in the indicium, equal the status and the row.
     let (ar1, dr1, ct1) = sb.registers();

@@ -2,12 +2,15 @@
 //! "Nothing tests meterd sharing the TPM with other programs, which is normal on a
 //! workstation"): the access broker and resource manager `tpm2-abrmd` (Debian package
 //! `tpm2-abrmd`, TCTI `libtss2-tcti-tabrmd0`) owns the TPM — here the sandbox's swtpm —
-//! and meterd reaches it with `tcti = "tabrmd:…"`, while another program creates
-//! primaries and draws random numbers through the same broker at the same time.
+//! and meterd reaches it with `tcti = "tabrmd:…"`, while 32 meter users buy postmarks
+//! at once and another program, through the same broker, signs with a key of its own
+//! and reads an NV index of its own in a loop.
 //!
 //! Every postmark sold during the contention verifies with `openssl ts -verify`, the
 //! registers move by exactly one price per sale, the other program's commands all
-//! succeed, and meterd restarts through the broker onto a clean ledger.
+//! succeed (and its NV reads give back what it wrote), meterd logs no TPM memory or
+//! slot error, and meterd restarts through the broker onto a clean ledger. The figures
+//! (sales/s under contention, the other program's rounds) are printed.
 //!
 //! The broker runs on a private session bus of its own (`--session`), so the test needs
 //! no system-wide D-Bus policy for `com.intel.tss2.Tabrmd`.
@@ -19,11 +22,16 @@ mod sandbox;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use sandbox::{ok, Sandbox};
 
 const TABRMD_TCTI: &str = "tabrmd:bus_type=session";
-const SALES: usize = 20;
+/// Meter users at once, and postmarks each buys (meterctl, one process per sale).
+const CLIENTS: usize = 32;
+const SALES: usize = 8;
+/// The other program's NV index (owner class, outside meterd's range).
+const OTHER_NV: &str = "0x01500016";
 
 /// The session bus and the broker; killed when the test ends (before the sandbox, which
 /// is declared first and so dropped last).
@@ -109,7 +117,7 @@ impl Drop for Broker {
 
 #[test]
 fn meterd_shares_the_tpm_through_tabrmd_with_another_program() {
-    let sb = Sandbox::up(100_000);
+    let sb = Sandbox::up(1_000_000);
     let swtpm = sb.env["METERD_TCTI"].clone();
     // swtpm serves one connection at a time: meterd lets go, the broker takes over.
     sb.script("stop-meterd");
@@ -118,8 +126,64 @@ fn meterd_shares_the_tpm_through_tabrmd_with_another_program() {
     sb.script_env("start-meterd", &env);
     assert_eq!(sb.status()["state"], "ready", "{}", sb.status());
 
-    // Another program on the same TPM, through the same broker, during the sales: a
-    // storage primary (a slow command that takes an object slot) and random numbers.
+    // Another program on the same TPM, through the same broker, during the sales, as
+    // a workstation's other TPM users do: its own signing key under its own primary,
+    // and an NV index of its own, set up once and then used in a loop (sign, NV read).
+    for args in [
+        &[
+            "tpm2_createprimary",
+            "-C",
+            "o",
+            "-G",
+            "ecc",
+            "-c",
+            "other.ctx",
+        ][..],
+        &[
+            "tpm2_create",
+            "-C",
+            "other.ctx",
+            "-G",
+            "ecc",
+            "-u",
+            "other.pub",
+            "-r",
+            "other.priv",
+        ][..],
+        &[
+            "tpm2_load",
+            "-C",
+            "other.ctx",
+            "-u",
+            "other.pub",
+            "-r",
+            "other.priv",
+            "-c",
+            "key.ctx",
+        ][..],
+        &[
+            "tpm2_nvdefine",
+            OTHER_NV,
+            "-C",
+            "o",
+            "-s",
+            "32",
+            "-a",
+            "ownerread|ownerwrite",
+        ][..],
+    ] {
+        ok(&broker.tpm2(&sb, args[0], &args[1..]), args[0]);
+    }
+    std::fs::write(sb.path("other.msg"), b"the other program's data").unwrap();
+    std::fs::write(sb.path("other.nv"), [0x5a; 32]).unwrap();
+    ok(
+        &broker.tpm2(
+            &sb,
+            "tpm2_nvwrite",
+            &[OTHER_NV, "-C", "o", "-i", "other.nv"],
+        ),
+        "tpm2_nvwrite",
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let other = {
         let stop = Arc::clone(&stop);
@@ -127,18 +191,29 @@ fn meterd_shares_the_tpm_through_tabrmd_with_another_program() {
         let dir = sb.path("");
         std::thread::spawn(move || {
             let (mut runs, mut failures) = (0u32, Vec::new());
+            let started = Instant::now();
             while !stop.load(Ordering::Relaxed) || runs < 4 {
                 for args in [
                     &[
-                        "tpm2_createprimary",
+                        "tpm2_sign",
+                        "-c",
+                        "key.ctx",
+                        "-g",
+                        "sha256",
+                        "-o",
+                        "other.sig",
+                        "other.msg",
+                    ][..],
+                    &[
+                        "tpm2_nvread",
+                        OTHER_NV,
                         "-C",
                         "o",
-                        "-G",
-                        "ecc",
-                        "-c",
-                        "other.ctx",
+                        "-s",
+                        "32",
+                        "-o",
+                        "other.read",
                     ][..],
-                    &["tpm2_getrandom", "--hex", "32"][..],
                 ] {
                     let out = Command::new(args[0])
                         .args(&args[1..])
@@ -151,34 +226,84 @@ fn meterd_shares_the_tpm_through_tabrmd_with_another_program() {
                         failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
                     }
                 }
+                match std::fs::read(dir.join("other.read")) {
+                    Ok(b) if b == [0x5a; 32] => {}
+                    other => failures.push(format!("NV read gave {other:?}")),
+                }
                 runs += 1;
             }
-            (runs, failures)
+            (runs, failures, started.elapsed())
         })
     };
 
+    // One sale alone gives the price; then CLIENTS meter users at once, each buying
+    // SALES postmarks back to back.
+    let at = sb.registers().0;
+    let (msg, token, out) = sb.postmark_id("shared-first");
+    ok(&out, "meterctl postmark through tabrmd");
+    ok(
+        &sb.ts_verify(&msg, &token, &sb.root_pem().to_string_lossy()),
+        "openssl ts -verify",
+    );
+    let price = sb.registers().0 - at;
+    assert!(price > 0, "a postmark charged nothing");
     let before = sb.registers();
-    let mut price = None;
-    for i in 0..SALES {
-        let at = sb.registers().0;
-        let (msg, token, out) = sb.postmark_id(&format!("shared-{i}"));
-        ok(&out, "meterctl postmark through tabrmd");
-        let v = sb.ts_verify(&msg, &token, &sb.root_pem().to_string_lossy());
-        ok(&v, "openssl ts -verify of a token signed through tabrmd");
-        let charged = sb.registers().0 - at;
-        assert!(charged > 0, "sale {i} charged nothing");
-        assert_eq!(*price.get_or_insert(charged), charged, "sale {i}");
-    }
+    let started = Instant::now();
+    let sold: Vec<(String, String)> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let sb = &sb;
+                scope.spawn(move || {
+                    (0..SALES)
+                        .map(|i| {
+                            let (msg, token, out) = sb.postmark_id(&format!("shared-{c}-{i}"));
+                            ok(&out, "meterctl postmark through tabrmd");
+                            (msg, token)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let load = started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let (runs, failures) = other.join().unwrap();
-    eprintln!("figures: {SALES} postmarks beside {runs} rounds of the other program");
+    let (runs, failures, other_time) = other.join().unwrap();
     assert!(
         failures.is_empty(),
         "the other program's TPM commands failed beside meterd: {failures:?}"
     );
+    // Nothing lost: every token verifies, and the registers moved by one price each.
+    let root = sb.root_pem().to_string_lossy().into_owned();
+    for (msg, token) in &sold {
+        ok(
+            &sb.ts_verify(msg, token, &root),
+            "openssl ts -verify of a token signed through tabrmd",
+        );
+    }
     let after = sb.registers();
-    assert_eq!(after.0 - before.0, SALES as u64 * price.unwrap());
+    assert_eq!(sold.len(), CLIENTS * SALES);
+    assert_eq!(after.0 - before.0, (CLIENTS * SALES) as u64 * price);
     assert_eq!(after.2, before.2, "control total unchanged by sales");
+    let log = std::fs::read_to_string(sb.path("meterd.log")).unwrap_or_default();
+    // No slot or memory errors from the TPM, no ERROR at all, in meterd's log.
+    for bad in [" ERROR ", "ObjectMemory", "SessionMemory", "Memory"] {
+        assert!(
+            !log.contains(bad),
+            "meterd logged {bad:?} beside the other program:\n{log}"
+        );
+    }
+    eprintln!(
+        "figures: {} postmarks from {CLIENTS} clients in {:.2} s ({:.1}/s, meterctl per sale), \
+         beside {runs} rounds of the other program (tpm2_sign + tpm2_nvread) in {:.2} s",
+        sold.len(),
+        load.as_secs_f64(),
+        sold.len() as f64 / load.as_secs_f64(),
+        other_time.as_secs_f64()
+    );
 
     // meterd comes back through the broker (a crash, then a start) onto a clean ledger,
     // and still sells.

@@ -1,6 +1,7 @@
 //! `meterctl postage`: buys a postage indicium for one mail piece and
 //! writes it as bytes (`-o`), and/or prints it as a DataMatrix with the
-//! human-readable lines beside it (`--png`, `--svg`).
+//! human-readable lines beside it (`--png`, `--svg`), or on a 4 × 2 in label
+//! (`--pdf`).
 //!
 //! The meter prices the piece by class and weight band; the indicium carries
 //! the registers after its own debit (layout: `docs/INDICIUM.md`). As for
@@ -15,13 +16,14 @@ use serde_json::json;
 use super::postmark::random_request_id;
 use super::{Ctx, Sink};
 use crate::error::CtlError;
+use crate::label;
 use crate::output::Output;
 use crate::render;
 
 /// Arguments of `meterctl postage`. At least one output is required, so a
 /// purchase is never thrown away.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("output").required(true).multiple(true).args(["out", "png", "svg"])))]
+#[command(group(clap::ArgGroup::new("output").required(true).multiple(true).args(["out", "png", "svg", "pdf"])))]
 pub struct Args {
     /// Mail class, as named in the rate table (e.g. `letter`).
     #[arg(long, value_name = "CLASS")]
@@ -51,6 +53,10 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
 
+    /// Write a label-sized PDF (4 × 2 in) holding the imprint at 203 dpi.
+    #[arg(long, value_name = "FILE")]
+    pub pdf: Option<PathBuf>,
+
     /// Idempotency key: reuse it to retry without a second charge (default: random).
     #[arg(long, value_name = "ID")]
     pub request_id: Option<String>,
@@ -60,7 +66,12 @@ pub struct Args {
 pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
     // Every output is opened before the purchase: a bad path costs nothing.
     let open = |p: &Option<PathBuf>| p.as_deref().map(Sink::open).transpose();
-    let (out, png, svg) = (open(&args.out)?, open(&args.png)?, open(&args.svg)?);
+    let (out, png, svg, pdf) = (
+        open(&args.out)?,
+        open(&args.png)?,
+        open(&args.svg)?,
+        open(&args.pdf)?,
+    );
     let request_id = match args.request_id {
         Some(id) => id,
         None => {
@@ -86,11 +97,15 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
     }
     let lines = render::human_lines(&ind.body);
     let mut symbol_side = None;
-    if png.is_some() || svg.is_some() {
+    if png.is_some() || svg.is_some() || pdf.is_some() {
         let sym = render::symbol(&bytes)?;
         symbol_side = Some(sym.side);
         if let Some(sink) = png {
             sink.commit(&render::png(&sym, &lines)?)?;
+        }
+        if let Some(sink) = pdf {
+            let title = format!("postage indicium, request id {request_id}");
+            sink.commit(&label::pdf(&render::raster(&sym, &lines)?, &title)?)?;
         }
         if let Some(sink) = svg {
             sink.commit(render::svg(&sym, &lines).as_bytes())?;
