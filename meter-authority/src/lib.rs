@@ -19,6 +19,7 @@ mod epochs;
 mod findings;
 pub mod inspect;
 pub mod lookup;
+pub mod money;
 mod pricing;
 pub mod rates;
 pub mod reconcile;
@@ -85,6 +86,9 @@ pub enum AuthorityError {
         /// The lock order and its PEM, to send to the meter.
         lock_order: Box<(meter_pki::report::LockOrder, String)>,
     },
+    /// A typed amount was not accepted (a usage error: exit code 2).
+    #[error("{0}")]
+    Amount(#[from] meter_proto::money::AmountError),
     /// A postmark token failed verification.
     #[error("token refused at step {step}: {detail}")]
     Token {

@@ -5,8 +5,9 @@ mod cmd_reconcile;
 #[path = "../../packaging/gen_docs.rs"]
 mod gen_docs;
 
+use meter_authority::money::{show_time, Money};
 use meter_authority::{now, read_bounded, write_file, Authority, AuthorityError, Result};
-use meter_pki::{cert, pem};
+use meter_pki::{cert, pem, revoke};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -82,9 +83,10 @@ enum Cmd {
         /// Meter id.
         #[arg(long)]
         meter: String,
-        /// Amount in minor units.
-        #[arg(long)]
-        amount: u64,
+        /// Amount: `1.50` in the currency of the last rate table signed,
+        /// or minor units (`1500`).
+        #[arg(long, value_name = "AMOUNT")]
+        amount: String,
         /// Output (PEM, label CMS).
         #[arg(long)]
         out: PathBuf,
@@ -150,9 +152,9 @@ enum Cmd {
         /// Meter id.
         #[arg(long)]
         meter: String,
-        /// Credit limit per billing period, minor units.
-        #[arg(long)]
-        limit: u64,
+        /// Credit limit per billing period: `1.50` or minor units (`1500`).
+        #[arg(long, value_name = "AMOUNT")]
+        limit: String,
         /// Billing period, days.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
         period_days: u32,
@@ -186,9 +188,10 @@ enum Cmd {
         /// Output: the line-of-credit certificate (PEM, label CMS).
         #[arg(long)]
         out: PathBuf,
-        /// Amount to grant (default: the amount asked; never more).
-        #[arg(long)]
-        amount: Option<u64>,
+        /// Amount to grant, `1.50` or minor units (default: the amount
+        /// asked; never more).
+        #[arg(long, value_name = "AMOUNT")]
+        amount: Option<String>,
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
@@ -287,8 +290,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("root certificate: {}", dir.join("root.pem").display());
             println!(
                 "root serial {} valid until {}",
-                cert::serial_hex(a.root()),
-                cert::not_after(a.root())
+                serial_of(a.root()),
+                show_time(cert::not_after(a.root()))
             );
         }
         Cmd::CertifyMeter {
@@ -349,7 +352,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!(
                 "agent-CA certificate for {} (serial {}) written to {}",
                 cert::subject_cn(&c).unwrap_or_default(),
-                cert::serial_hex(&c),
+                serial_of(&c),
                 out.display()
             );
         }
@@ -359,6 +362,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .map_err(|_| AuthorityError::Invalid("rate file is not UTF-8".into()))?;
             let (table, pem) = a.rates(&text, t)?;
             write_file(&out, pem.as_bytes())?;
+            Money::remember(dir, &table.currency, table.digits)?;
             println!(
                 "rate table version {} ({} services, {} postage rows) written to {}",
                 table.version,
@@ -369,12 +373,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Voucher { meter, amount, out } => {
             let mut a = Authority::open(dir)?;
-            let (v, pem) = a.voucher(&meter, amount, t)?;
+            let money = Money::load(dir)?;
+            let (v, pem) = a.voucher(&meter, money.parse(&amount)?, t)?;
             write_file(&out, pem.as_bytes())?;
             println!(
                 "voucher for {} amount {} sequence {} written to {}",
                 v.meter_id,
-                v.amount,
+                money.show(v.amount),
                 v.sequence,
                 out.display()
             );
@@ -419,11 +424,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out,
         } => {
             let a = Authority::open(dir)?;
+            let money = Money::load(dir)?;
+            let limit = money.parse(&limit)?;
             let (order, pem) = a.account_order(&meter, limit, period_days, t)?;
             write_file(&out, pem.as_bytes())?;
             println!(
-                "account order {} for {meter} (limit {limit}, period {period_days} days) written to {}",
+                "account order {} for {meter} (limit {}, period {period_days} days) written to {}",
                 order.nonce,
+                money.show(limit),
                 out.display()
             );
         }
@@ -439,7 +447,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("trust-anchor update ({mode}) written to {}", out.display());
             println!(
                 "new root serial {}; the old root is kept as root.{n}.pem",
-                cert::serial_hex(a.root())
+                serial_of(a.root())
             );
         }
         Cmd::CreditGrant {
@@ -450,6 +458,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             authorized_use,
         } => {
             let mut a = Authority::open(dir)?;
+            let money = Money::load(dir)?;
+            let amount = amount.map(|m| money.parse(&m)).transpose()?;
             let (line, pem) =
                 a.credit_grant(&read_bounded(&request)?, amount, days, &authorized_use, t)?;
             write_file(&out, pem.as_bytes())?;
@@ -457,17 +467,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "line of credit {} for {} amount {} valid until {} written to {}",
                 line.serial,
                 line.holder,
-                line.amount,
-                line.not_after,
+                money.show(line.amount),
+                show_time(line.not_after),
                 out.display()
             );
         }
         Cmd::Settle { payment } => {
             let mut a = Authority::open(dir)?;
             let s = a.settle(&read_bounded(&payment)?, t)?;
+            let money = Money::load(dir)?;
             println!(
                 "settled payment {} of {} to {}; line {}: {} of {} settled",
-                s.serial, s.amount, s.payee, s.credit_serial, s.settled_total, s.line_amount
+                s.serial,
+                money.show(s.amount),
+                s.payee,
+                s.credit_serial,
+                money.show(s.settled_total),
+                money.show(s.line_amount)
             );
         }
         Cmd::Enrol { subject } => {
@@ -490,7 +506,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let c = a.certify_user(&read_bounded(&request)?, validity, t)?;
             write_cert(&out, &c)?;
-            println!("{}", cert::serial_hex(&c));
+            println!("{}", serial_of(&c));
         }
         Cmd::Revoke {
             request,
@@ -515,7 +531,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "{}revoke order {} for serial {} of meter {} ({}) written to {}",
                 if order.forced { "forced " } else { "" },
                 order.order_id,
-                order.serial,
+                revoke::display_serial(&order.serial)?,
                 order.meter_id,
                 order.reason,
                 out.display()
@@ -547,6 +563,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A certificate's serial as `openssl x509 -serial` prints it (uppercase,
+/// even length), the one form meterctl shows too.
+fn serial_of(c: &cert::Certificate) -> String {
+    let hex = cert::serial_hex(c);
+    revoke::display_serial(&hex).unwrap_or(hex)
+}
+
 fn write_cert(path: &Path, c: &cert::Certificate) -> Result<()> {
     write_file(
         path,
@@ -562,7 +585,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("meter-authority: {e}");
-            ExitCode::FAILURE
+            match e {
+                // A malformed amount is a usage error, like clap's own.
+                AuthorityError::Amount(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

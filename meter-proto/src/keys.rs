@@ -19,6 +19,10 @@ pub mod status {
     pub const SERVICE_COUNTS: &str = "service_counts";
     /// `a{st}`: current price per service, minor units.
     pub const RATES: &str = "rates";
+    /// `a(sut)`: postage bands of the rate table in force: mail class, upper
+    /// weight bound in grams (inclusive), price in minor units; a piece takes
+    /// the lightest band of its class that holds its weight.
+    pub const POSTAGE_BANDS: &str = "postage_bands";
     pub const LEDGER_ROWS: &str = "ledger_rows";
     pub const LEDGER_HEAD: &str = "ledger_head";
     pub const NV_COUNTER: &str = "nv_counter";

@@ -8,6 +8,7 @@
 // Tests may unwrap and panic: a failed assumption is a failed test.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod amount;
 mod cmd;
 mod error;
 #[path = "../../packaging/gen_docs.rs"]

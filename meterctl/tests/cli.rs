@@ -186,6 +186,35 @@ fn generated_request_id_is_printed_before_the_call() {
 }
 
 #[test]
+fn malformed_amounts_are_usage_errors_before_the_bus() {
+    for (amount, why) in [
+        ("1,50", "is not an amount"),
+        ("-1", "is not an amount"),
+        ("1.", "is not an amount"),
+        ("99999999999999999999", "too large"),
+    ] {
+        let arg = format!("--amount={amount}");
+        let out = meterctl(&[
+            "--bus",
+            "unix:path=/nonexistent",
+            "credit",
+            "pay",
+            "--line",
+            "CL1",
+            &arg,
+            "--payee",
+            "shop",
+            "-o",
+            "/tmp/never-written.pem",
+        ]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{amount}: {err}");
+        assert!(err.contains(why), "{amount}: {err}");
+        assert!(err.contains("--amount"), "names the argument: {err}");
+    }
+}
+
+#[test]
 fn usage_errors_exit_2() {
     assert_eq!(meterctl(&["frobnicate"]).status.code(), Some(2));
     assert_eq!(meterctl(&["provision"]).status.code(), Some(2));

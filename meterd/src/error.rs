@@ -12,7 +12,7 @@ use crate::money::Amount;
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// The funds cannot cover the charge.
-    #[error("{}", funds_text(&.needed.to_string(), &.available.to_string()))]
+    #[error("{}", funds_text(&minor(.needed), &minor(.available)))]
     InsufficientFunds {
         /// Price of the service.
         needed: Amount,
@@ -20,7 +20,7 @@ pub enum ServiceError {
         available: Amount,
     },
     /// Current-account mode: the charge would pass the period's credit limit.
-    #[error("{}", limit_text(&.needed.to_string(), &.available.to_string(), &.limit.to_string()))]
+    #[error("{}", limit_text(&minor(.needed), &minor(.available), &minor(.limit)))]
     CreditLimit {
         /// Price of the service.
         needed: Amount,
@@ -30,7 +30,7 @@ pub enum ServiceError {
         limit: Amount,
     },
     /// The line of credit cannot cover the payment.
-    #[error("{}", credit_text(.serial, &.needed.to_string(), &.remaining.to_string()))]
+    #[error("{}", credit_text(.serial, &minor(.needed), &minor(.remaining)))]
     InsufficientCredit {
         /// Line serial.
         serial: String,
@@ -100,7 +100,10 @@ pub enum ServiceError {
 
 impl ServiceError {
     /// The message for a person: amounts in the currency (`0.500 USD`), not
-    /// the minor units of [`std::fmt::Display`] (kept for the log's exact figures).
+    /// the minor units of [`std::fmt::Display`]. Every path from a refusal
+    /// to a person goes through here (the bus door, `TimeStamp`'s
+    /// statusString); Display names its unit (`500 minor units`) so that a
+    /// raw figure is never mistaken for money.
     pub fn message_in(&self, digits: u8, currency: &str) -> String {
         let m = |a: &Amount| a.shown(digits, currency);
         match self {
@@ -120,6 +123,11 @@ impl ServiceError {
             other => other.to_string(),
         }
     }
+}
+
+/// An amount where no currency is at hand: its unit named.
+fn minor(a: &Amount) -> String {
+    format!("{a} minor units")
 }
 
 fn funds_text(needed: &str, available: &str) -> String {

@@ -50,7 +50,7 @@ pub async fn time_stamp(meter: &Meter, request: &[u8], key: Key) -> Result<Vec<u
     .await;
     match sold {
         Ok(sold) => Ok(tsq::granted(&sold.product)?),
-        Err(e) => match in_band(&e) {
+        Err(e) => match in_band(&e, &meter.rates().currency(crate::clock::now())) {
             Some(text) => {
                 tracing::info!(error = %e, "TimeStamp refused: systemFailure");
                 Ok(tsq::rejection(&Refusal::new(
@@ -63,9 +63,10 @@ pub async fn time_stamp(meter: &Meter, request: &[u8], key: Key) -> Result<Vec<u
     }
 }
 
-/// The statusString of a sale the meter refused, or `None` for an error
-/// that stays a D-Bus error (the caller's request id, access, cancellation).
-fn in_band(e: &ServiceError) -> Option<String> {
+/// The statusString of a sale the meter refused, amounts in `currency`
+/// (code, digits), or `None` for an error that stays a D-Bus error (the
+/// caller's request id, access, cancellation).
+fn in_band(e: &ServiceError, currency: &(String, u8)) -> Option<String> {
     match e {
         ServiceError::Conflict { .. }
         | ServiceError::AccessDenied(_)
@@ -74,7 +75,7 @@ fn in_band(e: &ServiceError) -> Option<String> {
         ServiceError::Housing(_) | ServiceError::Storage(_) | ServiceError::Internal(_) => {
             Some("the meter failed; its administrator must see the meter's log".into())
         }
-        other => Some(other.to_string()),
+        other => Some(other.message_in(currency.1, &currency.0)),
     }
 }
 

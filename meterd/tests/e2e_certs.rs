@@ -147,6 +147,7 @@ fn enrol_request_certify_install_sign_validate() {
     let s2 = sb.snapshot();
     let installed = sb.meterctl_json(&["cert", "install", &cert]);
     assert_eq!(installed["serial"], serial.as_str());
+    serials_are_shown_as_openssl_shows_them(&sb, &cert, &serial);
     let s3 = sb.snapshot();
     assert_eq!(s3.0, s2.0 + install_price);
     assert_eq!(s3.1, s2.1 - install_price);
@@ -375,7 +376,11 @@ fn enrol_request_certify_install_sign_validate() {
         ),
         "busctl ListCertificates",
     );
-    assert!(out.contains(&format!("\"{serial}\"")), "{out}");
+    assert!(
+        out.to_lowercase()
+            .contains(&format!("\"{}\"", serial.to_lowercase())),
+        "{out}"
+    );
     assert!(out.contains("\"active\""), "{out}");
 
     // After a daemon restart the store is rebuilt from the ledger, the key reloads.
@@ -390,7 +395,10 @@ fn enrol_request_certify_install_sign_validate() {
         .unwrap_or_else(|| panic!("{list}"));
     assert_eq!(alice["state"], "active");
     let sig3 = sb.arg("after-restart.p7s");
-    sb.meterctl_json(&["sign", "--cert", &serial, &msg, "-o", &sig3]);
+    // The serial typed lowercase without its leading zero is the same one.
+    let bare = serial.trim_start_matches('0').to_lowercase();
+    let signed = sb.meterctl_json(&["sign", "--cert", &bare, &msg, "-o", &sig3]);
+    assert_eq!(signed["serial"], serial.as_str(), "{signed}");
     assert!(cms_verify(&sb, &msg, &sig3).status.success());
 
     // A TPM reset: the user key reloads from its blobs under the re-derived primary.
@@ -424,6 +432,40 @@ fn enrol_request_certify_install_sign_validate() {
     assert!(done, "signing works again after a TPM reset");
     assert!(cms_verify(&sb, &msg, &sig4).status.success());
     assert_eq!(sb.meterctl_json(&["audit"])["ok"], true);
+}
+
+/// One serial form: what `openssl x509 -serial` prints is what the
+/// authority, `meterctl cert install` and `meterctl certs` (text and JSON)
+/// show (the meter takes it back in another case or without its leading
+/// zero: see the signature after the restart).
+fn serials_are_shown_as_openssl_shows_them(sb: &Sandbox, cert: &str, serial: &str) {
+    let line = ok(
+        &sb.run("openssl", &["x509", "-in", cert, "-serial", "-noout"]),
+        "openssl x509 -serial",
+    );
+    let want = line
+        .trim()
+        .strip_prefix("serial=")
+        .expect("serial=")
+        .to_owned();
+    assert_eq!(
+        serial, want,
+        "meter-authority certify prints openssl's form"
+    );
+    let list = sb.meterctl_json(&["certs"]);
+    let shown: Vec<&str> = list["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["serial"].as_str())
+        .collect();
+    assert!(shown.contains(&want.as_str()), "{list}");
+    let text = ok(&sb.meterctl(&["certs"]), "certs");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().next() == Some(want.as_str())),
+        "{text}"
+    );
 }
 
 fn body_of(sb: &Sandbox, req: &str) -> serde_json::Value {

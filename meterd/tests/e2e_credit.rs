@@ -199,6 +199,16 @@ fn request_grant_open_pay_settle_and_refusals() {
         first_req,
         "retry returns the same request"
     );
+    // The same amount typed as money (USD, 3 digits: 1.0 = 1000 minor
+    // units) is the same request: the retry is answered, not refused as a
+    // request id reused for other input, and not charged again.
+    let mut as_money = args;
+    as_money[5] = "1.0";
+    let j = sb.meterctl_json(&as_money);
+    assert_eq!(j["amount"], 1000, "{j}");
+    assert_eq!(std::fs::read(&req).unwrap(), first_req);
+    let text = ok(&sb.meterctl(&as_money), "credit request");
+    assert!(text.contains("for 1.000 USD"), "{text}");
     let content = cms_verify(&sb, &req, false);
     assert_eq!(content["ask"]["meter_id"], meter_id.as_str());
     assert_eq!(content["ask"]["amount"], 1000);

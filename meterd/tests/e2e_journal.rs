@@ -57,6 +57,13 @@ fn the_log_has_a_line_per_sale_and_per_refusal() {
         refused[0]
     );
     assert!(refused[0].contains("uid=0"), "{}", refused[0]);
+    // The refusal carries the caller's request id, as the sale line does.
+    assert!(
+        refused[0].contains("request_id=\"journal-1\"")
+            || refused[0].contains("request_id=journal-1"),
+        "{}",
+        refused[0]
+    );
 
     assert!(
         !log.contains('\u{1b}'),

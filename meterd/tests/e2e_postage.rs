@@ -51,6 +51,38 @@ fn install_rates(sb: &Sandbox) {
     assert_eq!(sb.status()["rates_version"].as_u64(), Some(2));
 }
 
+/// `meterctl rates show`: the bands of the table in force, in currency,
+/// each with its weight range; `--json` in the documented envelope.
+fn rates_show_lists_the_bands(sb: &Sandbox) {
+    let text = ok(&sb.meterctl(&["rates", "show"]), "rates show");
+    assert!(text.contains("rate table version 2, EUR"), "{text}");
+    assert!(text.contains("postmark"), "{text}");
+    assert!(text.contains("0.500 EUR"), "{text}");
+    assert!(!text.contains("0.000 EUR"), "no flat postage price: {text}");
+    let band = |class: &str, range: &str, price: &str| {
+        text.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f == [class, range, "g", price, "EUR"]
+        })
+    };
+    assert!(band("letter", "0-20", "0.950"), "{text}");
+    assert!(band("letter", "21-100", "1.550"), "{text}");
+    assert!(band("parcel", "0-2000", "4.990"), "{text}");
+    assert!(band("parcel", "2001-10000", "9.990"), "{text}");
+    let j = sb.meterctl_json(&["rates", "show"]);
+    assert_eq!(j["version"].as_u64(), Some(1), "{j}");
+    assert_eq!(j["rates_version"].as_u64(), Some(2), "{j}");
+    assert_eq!(j["currency"].as_str(), Some("EUR"), "{j}");
+    assert_eq!(j["currency_digits"].as_u64(), Some(3), "{j}");
+    assert_eq!(j["services"]["postmark"].as_u64(), Some(500), "{j}");
+    let bands = j["postage_bands"].as_array().expect("bands");
+    assert_eq!(bands.len(), 4, "{j}");
+    assert_eq!(
+        bands[1],
+        serde_json::json!({"class": "letter", "min_grams": 21, "max_grams": 100, "amount": 1550})
+    );
+}
+
 fn meter_cert(sb: &Sandbox) -> String {
     sb.path("certs/meter.pem").to_string_lossy().into_owned()
 }
@@ -113,6 +145,7 @@ fn row(sb: &Sandbox, seq: u64) -> (u64, u64, u64) {
 fn indicium_prints_scans_verifies_and_matches_its_row() {
     let sb = Sandbox::up(100_000);
     install_rates(&sb);
+    rates_show_lists_the_bands(&sb);
     let (ar0, dr0, ct0) = sb.registers();
 
     let png = sb.path("ind.png").to_string_lossy().into_owned();
@@ -328,6 +361,13 @@ fn bad_input_and_short_funds_charge_nothing() {
     let after_one = sb.registers();
     let out = postage(&sb, "letter", "20", "short-1", &[]);
     assert_eq!(out.status.code(), Some(exit::FUNDS), "{out:?}");
+    // The refusal reads in currency, not minor units (1 500 - 950 left).
+    let refusal: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON error");
+    let message = refusal["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("the charge is 0.950 EUR, 0.550 EUR available"),
+        "{refusal}"
+    );
     assert_eq!(sb.registers(), after_one);
     assert_eq!(sb.status()["service_counts"]["postage"].as_u64(), Some(1));
     let (ar, dr, ct) = after_one;

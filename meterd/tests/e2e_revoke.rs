@@ -291,6 +291,8 @@ fn revoke_paid_due_forced_crl_and_settlement() {
     let conf = sb.arg("conf-alice.pem");
     let a = sb.meterctl_json(&["cert", "apply-revoke", &order, "-o", &conf]);
     assert_eq!(a["payment"], "paid", "{a}");
+    // The confirmation's serial in the one form the authority printed.
+    assert_eq!(a["serial"], alice_serial.as_str(), "{a}");
     let s2 = sb.snapshot();
     assert_eq!(
         (s2.0, s2.1, s2.2, s2.3),

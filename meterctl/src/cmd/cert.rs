@@ -109,7 +109,7 @@ pub async fn run(ctx: &Ctx, cmd: CertCommand) -> Result<Output, CtlError> {
         CertCommand::Install { file } => {
             let cert = read_input(&file, MAX_OBJECT)?;
             let meter = ctx.meter().await?;
-            let serial = meter.install_certificate(&cert).await?;
+            let serial = super::certs::shown_serial(&meter.install_certificate(&cert).await?);
             Ok(Output::new(
                 format!("certificate installed; serial {serial}\n"),
                 json!({"serial": serial}),

@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::postmark::random_request_id;
 use super::{read_input, Ctx, Sink, MAX_OBJECT};
+use crate::amount::{Currency, TypedAmount};
 use crate::error::CtlError;
 use crate::output::Output;
 use crate::output::{dict_to_json, format_unix_time, Dict, Table};
@@ -29,9 +30,9 @@ pub enum CreditCommand {
         /// Creditor asked.
         #[arg(long, value_name = "NAME")]
         creditor: String,
-        /// Line amount asked, minor units.
-        #[arg(long, value_name = "N")]
-        amount: u64,
+        /// Line amount asked: `1.50` in the meter's currency, or minor units (`1500`).
+        #[arg(long, value_name = "AMOUNT", value_parser = TypedAmount::parse)]
+        amount: TypedAmount,
         /// Where to write the request (PEM).
         #[arg(short = 'o', long = "out", value_name = "FILE")]
         out: PathBuf,
@@ -58,9 +59,9 @@ pub enum CreditCommand {
         /// Serial of the line (see `meterctl credit list`).
         #[arg(long, value_name = "SERIAL")]
         line: String,
-        /// Amount, minor units.
-        #[arg(long, value_name = "N")]
-        amount: u64,
+        /// Amount: `1.50` in the meter's currency, or minor units (`1500`).
+        #[arg(long, value_name = "AMOUNT", value_parser = TypedAmount::parse)]
+        amount: TypedAmount,
         /// Who is paid.
         #[arg(long, value_name = "NAME")]
         payee: String,
@@ -91,16 +92,21 @@ fn save(sink: Sink, der: &[u8], member: &str) -> Result<(), CtlError> {
     sink.commit(meter_pki::pem::encode("CMS", der).as_bytes())
 }
 
-fn payment_json(der: &[u8], request_id: &str, out: &Path) -> (String, serde_json::Value) {
+fn payment_json(
+    der: &[u8],
+    request_id: &str,
+    out: &Path,
+    money: &Currency,
+) -> (String, serde_json::Value) {
     match read_unverified::<Payment>(der) {
         Ok(p) => (
             format!(
                 "payment certificate {} on line {}: {} to {}, {} remaining; written to {}\n",
                 p.serial,
                 p.credit_serial,
-                p.amount,
+                money.show(p.amount),
                 p.payee,
-                p.credit_remaining,
+                money.show(p.credit_remaining),
                 out.display()
             ),
             json!({
@@ -127,13 +133,16 @@ pub async fn run(ctx: &Ctx, args: CreditCommand) -> Result<Output, CtlError> {
             request_id,
         } => {
             let sink = Sink::open(&out)?;
-            let id = request_id_or_new(request_id)?;
             let meter = ctx.meter().await?;
+            let money = Currency::query(&meter).await;
+            let amount = amount.minor(&money)?;
+            let id = request_id_or_new(request_id)?;
             let der = meter.request_credit(&creditor, amount, &id).await?;
             save(sink, &der, "RequestCredit")?;
             Ok(Output::new(
                 format!(
-                    "credit request to {creditor} for {amount} written to {}\n",
+                    "credit request to {creditor} for {} written to {}\n",
+                    money.show(amount),
                     out.display()
                 ),
                 json!({"request_id": id, "out": out, "creditor": creditor, "amount": amount}),
@@ -150,7 +159,8 @@ pub async fn run(ctx: &Ctx, args: CreditCommand) -> Result<Output, CtlError> {
             let meter = ctx.meter().await?;
             let der = meter.open_credit_line(&cert, &id).await?;
             save(sink, &der, "OpenCreditLine")?;
-            let (human, json) = payment_json(&der, &id, &out);
+            let money = Currency::query(&meter).await;
+            let (human, json) = payment_json(&der, &id, &out, &money);
             Ok(Output::new(format!("line opened; {human}"), json))
         }
         CreditCommand::Pay {
@@ -161,16 +171,19 @@ pub async fn run(ctx: &Ctx, args: CreditCommand) -> Result<Output, CtlError> {
             request_id,
         } => {
             let sink = Sink::open(&out)?;
-            let id = request_id_or_new(request_id)?;
             let meter = ctx.meter().await?;
+            let money = Currency::query(&meter).await;
+            let amount = amount.minor(&money)?;
+            let id = request_id_or_new(request_id)?;
             let der = meter.pay(&line, amount, &payee, &id).await?;
             save(sink, &der, "Pay")?;
-            let (human, json) = payment_json(&der, &id, &out);
+            let (human, json) = payment_json(&der, &id, &out, &money);
             Ok(Output::new(human, json))
         }
         CreditCommand::List => {
             let meter = ctx.meter().await?;
             let lines = meter.list_credit_lines().await?;
+            let money = Currency::query(&meter).await;
             let mut human = String::new();
             if lines.is_empty() {
                 human.push_str("no lines of credit\n");
@@ -179,12 +192,13 @@ pub async fn run(ctx: &Ctx, args: CreditCommand) -> Result<Output, CtlError> {
                 let d = Dict(l);
                 let mut t = Table::default();
                 let num = |key: &str| d.u64(key).map(|v| v.to_string()).unwrap_or_default();
+                let cash = |key: &str| d.u64(key).map(|v| money.show(v)).unwrap_or_default();
                 t.row("line", d.str(k::SERIAL).unwrap_or_default())
                     .row("issuer", d.str(k::ISSUER).unwrap_or_default())
                     .row("state", d.str(k::STATE).unwrap_or_default())
-                    .row("granted", num(k::GRANTED))
-                    .row("used", num(k::USED))
-                    .row("remaining", num(k::REMAINING))
+                    .row("granted", cash(k::GRANTED))
+                    .row("used", cash(k::USED))
+                    .row("remaining", cash(k::REMAINING))
                     .row("certificates", num(k::CERTIFICATES))
                     .row(
                         "valid until",
@@ -226,7 +240,12 @@ mod tests {
         else {
             panic!("not credit pay")
         };
-        assert_eq!((line.as_str(), amount, request_id), ("CL1", 5, None));
+        assert_eq!(amount.plain(), Some(5));
+        assert_eq!((line.as_str(), request_id), ("CL1", None));
+        assert!(parse(&[
+            "credit", "pay", "--line", "CL1", "--amount", "1,5", "--payee", "s", "-o", "p"
+        ])
+        .is_err());
         assert!(parse(&["credit", "pay", "--line", "CL1", "--amount", "5", "-o", "p"]).is_err());
         assert!(parse(&[
             "credit", "pay", "--line", "CL1", "--amount", "-5", "--payee", "s", "-o", "p"

@@ -13,8 +13,10 @@ use std::path::PathBuf;
 use meter_pki::revoke::{RevokeConfirmation, PAYMENT_DUE, REASONS};
 use serde_json::json;
 
+use super::certs::shown_serial;
 use super::postmark::random_request_id;
 use super::{read_input, Ctx, Sink, MAX_OBJECT};
+use crate::amount::Currency;
 use crate::error::CtlError;
 use crate::output::Output;
 
@@ -70,25 +72,29 @@ fn check_reason(reason: &str) -> Result<(), CtlError> {
 /// Runs `meterctl cert revoke`.
 pub async fn request(ctx: &Ctx, a: RevokeArgs) -> Result<Output, CtlError> {
     check_reason(&a.reason)?;
+    // Any spelling the meter accepts (`4`, `04`, `0x04`, any case); shown
+    // back in the one form.
+    let serial = meter_pki::revoke::display_serial(&a.serial)
+        .map_err(|e| CtlError::Usage(format!("serial {:?}: {e}", a.serial)))?;
     let request_id = match a.request_id {
         Some(id) => id,
         None => random_request_id()?,
     };
     let sink = Sink::open(&a.out)?;
     let meter = ctx.meter().await?;
-    let der = meter.revoke(&a.serial, &a.reason, &request_id).await?;
+    let der = meter.revoke(&serial, &a.reason, &request_id).await?;
     sink.commit(meter_pki::pem::encode("CMS", &der).as_bytes())?;
     let human = format!(
         "revoke request for certificate {} ({}) written to {}; request id {request_id}\n\
          next: meter-authority revoke {} --out order.pem, then meterctl cert apply-revoke order.pem\n",
-        a.serial,
+        serial,
         a.reason,
         a.out.display(),
         a.out.display()
     );
     Ok(Output::new(
         human,
-        json!({"serial": a.serial, "reason": a.reason, "request_file": a.out, "request_id": request_id}),
+        json!({"serial": serial, "reason": a.reason, "request_file": a.out, "request_id": request_id}),
     ))
 }
 
@@ -101,25 +107,27 @@ pub async fn apply(ctx: &Ctx, a: ApplyArgs) -> Result<Output, CtlError> {
     let c: RevokeConfirmation = meter_pki::credit::read_unverified(&der)
         .map_err(|e| CtlError::Reply(format!("the confirmation does not parse: {e}")))?;
     sink.commit(meter_pki::pem::encode("CMS", &der).as_bytes())?;
+    let money = Currency::query(&meter).await;
     let payment = if c.payment == PAYMENT_DUE {
         format!(
-            "PAYMENT DUE: {} minor units, settled first by the next recharge",
-            c.amount_due
+            "PAYMENT DUE: {}, settled first by the next recharge",
+            money.show(c.amount_due)
         )
     } else {
-        format!("fee of {} minor units paid", c.fee)
+        format!("fee of {} paid", money.show(c.fee))
     };
+    let serial = shown_serial(&c.serial);
     let mut out =
         Output::new(
             format!(
             "certificate {} revoked{} ({}); key destroyed; {payment}; confirmation written to {}\n",
-            c.serial,
+            serial,
             if c.forced { " by order of the authority" } else { "" },
             c.reason,
             a.out.display()
         ),
             json!({
-                "serial": c.serial,
+                "serial": serial,
                 "reason": c.reason,
                 "order_id": c.order_id,
                 "forced": c.forced,
@@ -131,8 +139,8 @@ pub async fn apply(ctx: &Ctx, a: ApplyArgs) -> Result<Output, CtlError> {
         );
     if c.payment == PAYMENT_DUE {
         out.warnings.push(format!(
-            "payment due: {} minor units; recharge the meter (meterctl recharge VOUCHER)",
-            c.amount_due
+            "payment due: {}; recharge the meter (meterctl recharge VOUCHER)",
+            money.show(c.amount_due)
         ));
     }
     Ok(out)

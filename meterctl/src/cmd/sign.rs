@@ -65,7 +65,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
             out.display(),
             sig.len()
         ),
-        json!({"signature_file": out, "bytes": sig.len(), "request_id": request_id, "serial": args.serial}),
+        json!({"signature_file": out, "bytes": sig.len(), "request_id": request_id, "serial": super::certs::shown_serial(&args.serial)}),
     ))
 }
 

@@ -8,7 +8,7 @@
 //! reading a message — never queues Status, another user or an
 //! administrator behind it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use zbus::message::Header;
 use zbus::Connection;
@@ -40,6 +40,10 @@ pub struct Call<'a> {
     limits: &'a ReadLimits,
     /// Currency code and digits in force, for amounts in refusals.
     currency: (String, u8),
+    /// The caller's request id, once [`Call::key`] accepted it: a refusal
+    /// after that point is logged with it (`REQUEST_ID=` in the journal),
+    /// like the sale line, so an operator finds both by the caller's id.
+    request_id: OnceLock<String>,
 }
 
 impl Door {
@@ -72,6 +76,7 @@ impl Door {
             guard,
             limits: &self.limits,
             currency,
+            request_id: OnceLock::new(),
         })
     }
 
@@ -112,9 +117,15 @@ impl Door {
 }
 
 impl Call<'_> {
-    /// The caller's request id as a ledger key scoped to its uid.
+    /// The caller's request id as a ledger key scoped to its uid; the id
+    /// is recorded for the call's refusal line. An id the key refuses (not
+    /// printable, too long) is not recorded, so nothing unchecked reaches
+    /// the log.
     pub fn key(&self, request_id: &str) -> Result<Key, MeterError> {
-        Key::caller(self.caller.uid, request_id).map_err(|e| self.refuse(ServiceError::from(e)))
+        let key = Key::caller(self.caller.uid, request_id)
+            .map_err(|e| self.refuse(ServiceError::from(e)))?;
+        let _ = self.request_id.set(request_id.to_owned());
+        Ok(key)
     }
 
     /// SHA-384 of the message behind `fd`: read before anything is
@@ -152,6 +163,7 @@ impl Call<'_> {
             error_name = named.kind(),
             uid = self.caller.uid,
             pid = ?self.caller.pid,
+            request_id = self.request_id.get().map_or("-", String::as_str),
             error = %detail,
             "refused"
         );

@@ -48,6 +48,16 @@ pub fn status_dict(meter: &Meter) -> Dict {
         .map(|t| t.rates.iter().map(|(k, v)| (k.clone(), *v)).collect())
         .unwrap_or_default();
     put(&mut d, k::RATES, rates);
+    let bands: Vec<(String, u32, u64)> = book
+        .current(now)
+        .map(|t| {
+            t.postage
+                .iter()
+                .map(|b| (b.class.clone(), b.max_grams, b.amount))
+                .collect()
+        })
+        .unwrap_or_default();
+    put(&mut d, k::POSTAGE_BANDS, bands);
     let state = meter.ledger_state();
     let regs = state
         .as_ref()
