@@ -19,6 +19,7 @@ mod epochs;
 mod findings;
 pub mod inspect;
 pub mod lookup;
+pub mod postal;
 mod pricing;
 pub mod rates;
 pub mod reconcile;
