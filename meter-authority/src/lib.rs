@@ -20,6 +20,7 @@ mod findings;
 pub mod inspect;
 pub mod lookup;
 pub mod money;
+pub mod postal;
 mod pricing;
 pub mod rates;
 pub mod reconcile;

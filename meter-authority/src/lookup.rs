@@ -69,28 +69,30 @@ pub struct Looked {
 }
 
 impl Authority {
-    /// Looks up a postmark token (DER or PEM) or an indicium (221 bytes).
+    /// Looks up a postmark token (DER or PEM) or an indicium (221 bytes, 237 with a MAC).
     pub fn lookup(&self, object: &[u8], now: i64) -> Result<Looked> {
-        let (what, meter_id, time, serial_row, digest) =
-            if object.len() == indicium::LEN && object.starts_with(&indicium::MAGIC) {
-                let i = indicium::decode(object)?;
-                let time = i64::from(i.body.date).saturating_mul(86_400);
-                let d: [u8; 48] = Sha384::digest(object).into();
-                ("indicium", i.body.meter_id, time, Some(i.body.seq), d)
-            } else {
-                let der = pem::decode_any(object, "TIMESTAMP TOKEN")?;
-                let info =
-                    tsp::verify(&der, &self.roots()?, now).map_err(|e| AuthorityError::Token {
-                        step: e.step(),
-                        detail: e.to_string(),
-                    })?;
-                let meter = info.signer_cn.clone().ok_or_else(|| {
-                    AuthorityError::Invalid("the token's signer names no meter".into())
+        let (what, meter_id, time, serial_row, digest) = if (object.len() == indicium::LEN
+            || object.len() == indicium::LEN_MAC)
+            && object.starts_with(&indicium::MAGIC)
+        {
+            let i = indicium::decode(object)?;
+            let time = i64::from(i.body.date).saturating_mul(86_400);
+            let d: [u8; 48] = Sha384::digest(object).into();
+            ("indicium", i.body.meter_id, time, Some(i.body.seq), d)
+        } else {
+            let der = pem::decode_any(object, "TIMESTAMP TOKEN")?;
+            let info =
+                tsp::verify(&der, &self.roots()?, now).map_err(|e| AuthorityError::Token {
+                    step: e.step(),
+                    detail: e.to_string(),
                 })?;
-                let serial = serial_u64(&info.serial);
-                let d: [u8; 48] = Sha384::digest(&der).into();
-                ("token", meter, info.gen_time, serial, d)
-            };
+            let meter = info.signer_cn.clone().ok_or_else(|| {
+                AuthorityError::Invalid("the token's signer names no meter".into())
+            })?;
+            let serial = serial_u64(&info.serial);
+            let d: [u8; 48] = Sha384::digest(&der).into();
+            ("token", meter, info.gen_time, serial, d)
+        };
         let shelf = Shelf::of(self.dir(), &meter_id)?;
         let book = shelf.read()?;
         let rows = shelf.index_rows(&book)?;

@@ -265,6 +265,24 @@ enum Cmd {
         /// The token (DER or PEM) or the indicium (221 bytes, binary).
         object: PathBuf,
     },
+    /// Answer a meter's postal-key request (`meterctl postal-key request`): a fresh
+    /// HMAC-SHA-256 key, kept here and wrapped to the meter's TPM storage parent.
+    PostalKey {
+        /// The request: CMS SignedData by the meter naming its storage parent.
+        request: PathBuf,
+        /// Output: the delivery (PEM, label CMS) for `meterctl postal-key import`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check an indicium (221 or 237 bytes, binary); with --postal-key, its MAC with the
+    /// postal keys delivered to its meter (exit status 1 when it does not match).
+    VerifyIndicium {
+        /// The indicium bytes (e.g. from `dmtxread`).
+        file: PathBuf,
+        /// Check the postal-key MAC (claim 21).
+        #[arg(long)]
+        postal_key: bool,
+    },
     /// Verify a postmark token over a message against this authority's root.
     VerifyToken {
         /// The token (DER or PEM).
@@ -547,6 +565,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Cmd::Lookup { object } => return cmd_reconcile::lookup(dir, &object, t),
+        Cmd::PostalKey { request, out } => {
+            let a = Authority::open(dir)?;
+            let d = a.postal_key(&read_bounded(&request)?, t)?;
+            write_file(&out, d.pem.as_bytes())?;
+            println!(
+                "postal key {} for {} written to {} (wrapped to its TPM)",
+                d.delivery_id,
+                d.meter_id,
+                out.display()
+            );
+        }
+        Cmd::VerifyIndicium { file, postal_key } => {
+            let a = Authority::open(dir)?;
+            let bytes = read_bounded(&file)?;
+            if postal_key {
+                let (ind, id) = a.verify_indicium_mac(&bytes)?;
+                println!("postal MAC valid (key {id})");
+                println!("meter: {}", ind.body.meter_id);
+                println!("seq: {}", ind.body.seq);
+            } else {
+                let ind = meter_pki::indicium::decode(&bytes)?;
+                println!("indicium version {}", if ind.mac.is_some() { 2 } else { 1 });
+                println!("meter: {}", ind.body.meter_id);
+                println!("seq: {}", ind.body.seq);
+            }
+        }
         Cmd::VerifyToken { token, data } => {
             let a = Authority::open(dir)?;
             let msg = std::fs::read(&data).map_err(|e| AuthorityError::Io {

@@ -10,6 +10,12 @@
 //! so `openssl dgst -sha384 -verify` checks it with the meter certificate's
 //! public key once the signature is put into DER.
 //!
+//! Version 2 (a meter holding the postal secret key, claim 21) is the same body with
+//! version byte 2, the same signature, then a [`MAC_LEN`]-byte MAC: HMAC-SHA-256 of the
+//! body under the postal key, made in the TPM, truncated ([`LEN_MAC`] = 237 bytes). The
+//! post checks it with the shared key alone (`meter_pki::postal::verify_indicium_mac`).
+//! Version 1 indicia still decode.
+//!
 //! [`decode`] takes untrusted bytes (a scan): exact length, magic, version,
 //! printable ASCII text fields padded with NUL only, bounded digits; every
 //! failure is a named [`PkiError::Malformed`], never a panic.
@@ -20,8 +26,12 @@ use crate::{PkiError, Result};
 
 /// Magic at the start of every indicium: `MI` (meter indicium).
 pub const MAGIC: [u8; 2] = *b"MI";
-/// Layout version this module writes and reads.
+/// Layout version of an indicium without a MAC.
 pub const VERSION: u8 = 1;
+/// Layout version of an indicium with the postal-key MAC after the signature.
+pub const VERSION_MAC: u8 = 2;
+/// Length of the MAC of a version-2 indicium.
+pub const MAC_LEN: usize = crate::postal::MAC_LEN;
 /// Key code: the meter's identity key (certificate `meter.pem`).
 pub const KEY_METER_IDENTITY: u8 = 1;
 /// Width of the meter id field.
@@ -36,8 +46,10 @@ pub const MAX_DIGITS: u8 = 6;
 pub const BODY_LEN: usize = 125;
 /// Length of the raw signature.
 pub const SIG_LEN: usize = 96;
-/// Total length of an encoded indicium.
+/// Total length of an encoded version-1 indicium.
 pub const LEN: usize = BODY_LEN + SIG_LEN;
+/// Total length of an encoded version-2 indicium (with MAC).
+pub const LEN_MAC: usize = LEN + MAC_LEN;
 
 // Field offsets in the body (all integers big-endian).
 const O_MAGIC: usize = 0;
@@ -106,6 +118,8 @@ pub struct Indicium {
     pub signature: [u8; SIG_LEN],
     /// The signed body bytes, as scanned.
     pub body_bytes: [u8; BODY_LEN],
+    /// The postal-key MAC over `body_bytes` (version 2), `None` for version 1.
+    pub mac: Option<[u8; MAC_LEN]>,
 }
 
 /// Checks a text field: 1..=`max` printable ASCII characters (space allowed, not leading).
@@ -154,8 +168,18 @@ fn be<const N: usize>(b: &[u8], at: usize) -> Result<[u8; N]> {
 }
 
 impl IndiciumBody {
-    /// The signed body bytes; refuses fields that do not fit.
+    /// The signed body bytes of a version-1 indicium; refuses fields that do not fit.
     pub fn encode(&self) -> Result<[u8; BODY_LEN]> {
+        self.encode_version(VERSION)
+    }
+
+    /// The body bytes with layout version `version` ([`VERSION`] or [`VERSION_MAC`]).
+    pub fn encode_version(&self, version: u8) -> Result<[u8; BODY_LEN]> {
+        if version != VERSION && version != VERSION_MAC {
+            return Err(PkiError::Malformed(format!(
+                "indicium version {version} is not one this module writes"
+            )));
+        }
         if self.digits > MAX_DIGITS {
             return Err(PkiError::Malformed(format!(
                 "currency digits must be <= {MAX_DIGITS}"
@@ -163,7 +187,7 @@ impl IndiciumBody {
         }
         let mut b = [0u8; BODY_LEN];
         b[O_MAGIC..O_VERSION].copy_from_slice(&MAGIC);
-        b[O_VERSION] = VERSION;
+        b[O_VERSION] = version;
         b[O_KEY] = KEY_METER_IDENTITY;
         put_text(&mut b[O_METER..], "meter id", &self.meter_id, METER_ID_LEN)?;
         b[O_DATE..O_SEQ].copy_from_slice(&self.date.to_be_bytes());
@@ -206,11 +230,25 @@ pub fn assemble(body: &[u8; BODY_LEN], signature: &[u8; SIG_LEN]) -> Vec<u8> {
     out
 }
 
-/// Parses an indicium strictly (does not verify the signature; see [`verify`]).
+/// A version-2 indicium: body (version byte [`VERSION_MAC`]), signature, MAC.
+pub fn assemble_with_mac(
+    body: &[u8; BODY_LEN],
+    signature: &[u8; SIG_LEN],
+    mac: &[u8; MAC_LEN],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(LEN_MAC);
+    out.extend_from_slice(body);
+    out.extend_from_slice(signature);
+    out.extend_from_slice(mac);
+    out
+}
+
+/// Parses an indicium strictly (does not verify the signature; see [`verify`]): version 1
+/// ([`LEN`] bytes) or version 2 ([`LEN_MAC`] bytes, with the postal-key MAC).
 pub fn decode(bytes: &[u8]) -> Result<Indicium> {
-    if bytes.len() != LEN {
+    if bytes.len() != LEN && bytes.len() != LEN_MAC {
         return Err(PkiError::Malformed(format!(
-            "an indicium is {LEN} bytes, got {}",
+            "an indicium is {LEN} bytes ({LEN_MAC} with a postal MAC), got {}",
             bytes.len()
         )));
     }
@@ -220,12 +258,21 @@ pub fn decode(bytes: &[u8]) -> Result<Indicium> {
     if b[O_MAGIC..O_VERSION] != MAGIC {
         return Err(PkiError::Malformed("not a meter indicium (magic)".into()));
     }
-    if b[O_VERSION] != VERSION {
-        return Err(PkiError::Malformed(format!(
-            "indicium version {} is not supported (expected {VERSION})",
-            b[O_VERSION]
-        )));
-    }
+    let mac = match (b[O_VERSION], bytes.len()) {
+        (VERSION, LEN) => None,
+        (VERSION_MAC, LEN_MAC) => Some(be::<MAC_LEN>(bytes, LEN)?),
+        (VERSION | VERSION_MAC, n) => {
+            return Err(PkiError::Malformed(format!(
+                "indicium version {} is not {n} bytes long",
+                b[O_VERSION]
+            )))
+        }
+        (v, _) => {
+            return Err(PkiError::Malformed(format!(
+                "indicium version {v} is not supported (expected {VERSION} or {VERSION_MAC})"
+            )))
+        }
+    };
     let key = b[O_KEY];
     if key != KEY_METER_IDENTITY {
         return Err(PkiError::Malformed(format!(
@@ -259,6 +306,7 @@ pub fn decode(bytes: &[u8]) -> Result<Indicium> {
         key,
         signature,
         body_bytes,
+        mac,
     })
 }
 
@@ -360,9 +408,45 @@ mod tests {
         let mut pad = good.clone();
         pad[O_ORIGIN + TEXT_LEN - 1] = b'Z'; // text after the NUL padding
         assert!(decode(&pad).is_err());
-        let mut ver = good;
+        let mut ver = good.clone();
         ver[O_VERSION] = 2;
+        assert!(decode(&ver).is_err(), "version 2 without its MAC");
+        ver[O_VERSION] = 3;
         assert!(decode(&ver).is_err());
+        // A version-1 indicium with 16 bytes appended is not a version-2 one.
+        let mut long = good;
+        long.extend_from_slice(&[0u8; MAC_LEN]);
+        assert!(decode(&long).is_err());
+    }
+
+    #[test]
+    fn version_2_carries_a_mac_over_the_body() {
+        let key = SigningKey::from_slice(&[7u8; 48]).unwrap();
+        let postal = [0x11u8; 32];
+        let body = sample().encode_version(VERSION_MAC).unwrap();
+        assert_eq!(body[O_VERSION], VERSION_MAC);
+        let sig = crate::sig::sign_prehash_raw(&key, &body_digest(&body)).unwrap();
+        let mac = crate::postal::indicium_mac(&postal, &body).unwrap();
+        let bytes = assemble_with_mac(&body, &sig, &mac);
+        assert_eq!(bytes.len(), LEN_MAC);
+        let ind = decode(&bytes).unwrap();
+        assert_eq!(ind.body, sample());
+        assert_eq!(ind.mac, Some(mac));
+        crate::postal::verify_indicium_mac(&postal, &ind.body_bytes, &mac).unwrap();
+        // The version is signed and MACed: a version-2 body cut down to version 1 fails both.
+        let mut cut = bytes[..LEN].to_vec();
+        assert!(decode(&cut).is_err());
+        cut[O_VERSION] = VERSION;
+        let d = decode(&cut).unwrap();
+        assert!(crate::postal::verify_indicium_mac(&postal, &d.body_bytes, &mac).is_err());
+        // Every flipped body byte breaks the MAC.
+        for i in 0..BODY_LEN {
+            let mut bad = body;
+            bad[i] ^= 1;
+            assert!(crate::postal::verify_indicium_mac(&postal, &bad, &mac).is_err());
+        }
+        // Version 1 still decodes, without a MAC.
+        assert_eq!(decode(&sign(&sample(), &key)).unwrap().mac, None);
     }
 
     proptest! {
@@ -372,12 +456,16 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics_near_valid(pos in 0..LEN, val in any::<u8>(), cut in 0..=LEN) {
+        fn decode_never_panics_near_valid(pos in 0..LEN, val in any::<u8>(), cut in 0..=LEN_MAC) {
             static SIGNED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
             let mut bytes = SIGNED
                 .get_or_init(|| sign(&sample(), &SigningKey::from_slice(&[9u8; 48]).unwrap()))
                 .clone();
             bytes[pos] = val;
+            let _ = decode(&bytes);
+            let _ = decode(&bytes[..cut.min(LEN)]);
+            bytes.extend_from_slice(&[val; MAC_LEN]);
+            bytes[O_VERSION] = val;
             let _ = decode(&bytes);
             let _ = decode(&bytes[..cut]);
         }

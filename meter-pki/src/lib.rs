@@ -27,6 +27,7 @@ pub mod ledger_format;
 pub mod oid;
 pub mod payload;
 pub mod pem;
+pub mod postal;
 pub mod report;
 pub mod revoke;
 pub mod segment;

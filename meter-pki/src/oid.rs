@@ -38,6 +38,11 @@ pub const CT_CREDIT_LINE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.
 pub const CT_PAYMENT: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.14");
 /// eContentType of a current-account order (authority → meter: limit, billing period).
 pub const CT_ACCOUNT_ORDER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.15");
+/// eContentType of a postal-key request (meter → authority: its TPM storage parent), claim 21.
+pub const CT_POSTAL_KEY_REQUEST: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.25.252996336.1.20");
+/// eContentType of a postal-key delivery (authority → meter: the wrapped HMAC key), claim 21.
+pub const CT_POSTAL_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.21");
 /// Signed attribute of a seal-bearing product (postmark token, a CMS the
 /// meter signs with its identity key): `SEQUENCE { epoch INTEGER, seq
 /// INTEGER, link OCTET STRING }`, see `ledger_format::LedgerSeal`. Relying
@@ -123,6 +128,8 @@ mod tests {
             CT_CREDIT_LINE,
             CT_PAYMENT,
             CT_ACCOUNT_ORDER,
+            CT_POSTAL_KEY_REQUEST,
+            CT_POSTAL_KEY,
             POSTMARK_POLICY,
             USER_POLICY,
             AGENT_POLICY,

@@ -111,6 +111,14 @@ pub trait Meter1 {
     /// `meter-authority certify-agent-ca`.
     fn request_agent_ca(&self) -> Result<Vec<u8>, MeterError>;
 
+    /// The postal-key request (CMS SignedData by the identity key, DER, naming the TPM
+    /// storage parent) for `meter-authority postal-key`.
+    fn postal_key_request(&self) -> Result<Vec<u8>, MeterError>;
+
+    /// Imports the authority's postal-key delivery (CMS SignedData) into the TPM; returns
+    /// the delivery id. A delivery already imported is refused (`Replay`).
+    fn import_postal_key(&self, delivery: &[u8]) -> Result<String, MeterError>;
+
     /// Installs the authority's agent-CA certificate (DER or PEM); returns its serial (hex).
     fn install_agent_ca(&self, certificate: &[u8]) -> Result<String, MeterError>;
 

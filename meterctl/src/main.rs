@@ -101,6 +101,9 @@ pub enum Command {
     /// Issue agent (employee) certificates under the meter's agent CA.
     #[command(subcommand)]
     Agent(cmd::agent::AgentCommand),
+    /// The postal secret key (claim 21): request it, import the authority's delivery.
+    #[command(subcommand)]
+    PostalKey(cmd::postal_key::PostalKeyCommand),
     /// Lines of credit and payment certificates.
     #[command(subcommand)]
     Credit(cmd::credit::CreditCommand),
@@ -146,6 +149,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CtlError> {
         Command::TrustAnchor(a) => cmd::trust_anchor::run(ctx, a).await,
         Command::AgentCa(a) => cmd::agent::run_ca(ctx, a).await,
         Command::Agent(a) => cmd::agent::run(ctx, a).await,
+        Command::PostalKey(a) => cmd::postal_key::run(ctx, a).await,
         Command::Credit(a) => cmd::credit::run(ctx, a).await,
         Command::Watch(a) => cmd::watch::run(ctx, a).await,
         Command::Completions(a) => cmd::completions::run(ctx, a).await,
@@ -338,6 +342,11 @@ mod tests {
             Command::Agent(_)
         ));
         assert!(parse(&["agent", "issue", "--cn", "A"]).is_err());
+        assert!(matches!(
+            parse(&["postal-key", "import", "d.pem"]).unwrap().command,
+            Command::PostalKey(_)
+        ));
+        assert!(parse(&["postal-key", "request"]).is_err());
         assert!(matches!(
             parse(&["completions", "bash"]).unwrap().command,
             Command::Completions(_)

@@ -43,6 +43,7 @@ pub mod meter;
 pub mod money;
 pub mod outlet;
 pub mod postage;
+pub mod postal_key;
 pub mod postmark;
 pub mod product_seal;
 pub mod provision;

@@ -14,6 +14,11 @@
 //! row, under any concurrency, at the cost of one TPM signature on the
 //! ledger thread per postage piece (see `docs/INDICIUM.md`, trade-off).
 //!
+//! Postal MAC (claim 21): once the authority's postal secret key is imported
+//! (`postal_key.rs`), the same finisher also asks the TPM for TPM2_HMAC over the
+//! body and writes layout version 2 (body, signature, 16-byte MAC): one more
+//! TPM command per piece, in the same sale and on the same ledger-thread step.
+//!
 //! Signing key: the meter identity key, whose certificate (`meter.pem`,
 //! KeyUsage digitalSignature, no EKU) verifies the indicium. The postmark
 //! key is not used: its certificate has a critical timeStamping EKU.
@@ -24,7 +29,7 @@ use std::sync::Arc;
 
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
-use crate::housing::Housing;
+use crate::housing::{Housing, POSTAL_KEY};
 use crate::ledger::{Finisher, Key, LedgerError, RowContext};
 use crate::meter::{Meter, IDENTITY_KEY};
 use crate::money::Amount;
@@ -165,12 +170,24 @@ pub async fn postage(meter: &Meter, req: PostageRequest, key: Key) -> Result<Vec
         // Runs on the housing thread: signs with the housing it is handed.
         let finish = Finisher::new(move |row: &RowContext, h: &mut dyn Housing| {
             let body = body_for(&meter_id, &req, &q, row)?;
+            let with_mac = h.has_key(POSTAL_KEY)?;
+            let version = if with_mac {
+                indicium::VERSION_MAC
+            } else {
+                indicium::VERSION
+            };
             let bytes = body
-                .encode()
+                .encode_version(version)
                 .map_err(|e| LedgerError::Invalid(e.to_string()))?;
             let digest = indicium::body_digest(&bytes);
             let sig = h.sign_digest(IDENTITY_KEY, &digest)?;
-            Ok(indicium::assemble(&bytes, &sig))
+            if !with_mac {
+                return Ok(indicium::assemble(&bytes, &sig));
+            }
+            let full = h.hmac(POSTAL_KEY, &bytes)?;
+            let mut mac = [0u8; indicium::MAC_LEN];
+            mac.copy_from_slice(&full[..indicium::MAC_LEN]);
+            Ok(indicium::assemble_with_mac(&bytes, &sig, &mac))
         });
         Ok(Made::AtCommit(finish))
     })

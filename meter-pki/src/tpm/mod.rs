@@ -28,6 +28,7 @@
 //! TPM2_GetTime and TPM2_NV_Certify over a caller's qualifying data (the report digest).
 
 pub mod credential;
+pub mod duplicate;
 pub mod ekcert;
 mod report;
 pub mod wire;

@@ -15,6 +15,7 @@ pub mod credit;
 pub mod lock;
 pub mod man;
 pub mod postage;
+pub mod postal_key;
 pub mod postmark;
 pub mod provision;
 pub mod rates;

@@ -316,6 +316,28 @@ impl MeterIface {
         call.done(agent::request_ca(&self.app.meter).await)
     }
 
+    /// The postal-key request (CMS SignedData by the identity key naming the TPM storage
+    /// parent) for `meter-authority postal-key`. Records nothing.
+    async fn postal_key_request(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<u8>, MeterError> {
+        let call = self.admin(&header, "PostalKeyRequest").await?;
+        call.done(crate::postal_key::request(&self.app.meter).await)
+    }
+
+    /// Imports the authority's postal-key delivery into the TPM (once per delivery);
+    /// returns the delivery id.
+    async fn import_postal_key(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        delivery: Vec<u8>,
+    ) -> Result<String, MeterError> {
+        let call = self.admin(&header, "ImportPostalKey").await?;
+        bounded("postal key delivery", &delivery)?;
+        call.done(crate::postal_key::import(&self.app.meter, &delivery).await)
+    }
+
     /// Installs the authority's agent-CA certificate; returns its serial (hex).
     async fn install_agent_ca(
         &self,

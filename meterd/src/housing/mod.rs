@@ -45,6 +45,8 @@ pub const AK_KEY: &str = "ak";
 pub const IDENTITY_KEY: &str = "identity";
 /// Name of the postmark (time-stamping) key.
 pub const POSTMARK_KEY: &str = "postmark";
+/// Name of the postal secret key (an HMAC-SHA-256 key the authority wrapped to this TPM).
+pub const POSTAL_KEY: &str = "postal";
 
 /// Something the attestation key (AK) signed: the marshalled `TPMS_ATTEST` exactly as
 /// the TPM returned it, and the AK's raw P-384 signature over its SHA-384. Verified by
@@ -213,6 +215,31 @@ pub trait Housing: Send + 'static {
     fn certify_counter(&mut self, index: u32, qualifying: &[u8]) -> Result<Attestation> {
         let _ = (index, qualifying);
         Err(not_supported("certify_counter"))
+    }
+
+    /// Marshalled `TPMT_PUBLIC` of the storage primary the meter's keys live under (what
+    /// the authority wraps the postal key to, `meter_pki::tpm::duplicate`).
+    fn storage_parent_public(&mut self) -> Result<Vec<u8>> {
+        Err(not_supported("storage_parent_public"))
+    }
+    /// TPM2_Import of an HMAC-SHA-256 key duplicated to the storage parent (`public`: a
+    /// `TPM2B_PUBLIC`; `duplicate` and `seed`: the contents of `TPM2B_PRIVATE` and
+    /// `TPM2B_ENCRYPTED_SECRET`), stored as key `name` with its own auth value; replaces a
+    /// key of that name.
+    fn import_hmac_key(
+        &mut self,
+        name: &str,
+        public: &[u8],
+        duplicate: &[u8],
+        seed: &[u8],
+    ) -> Result<()> {
+        let _ = (name, public, duplicate, seed);
+        Err(not_supported("import_hmac_key"))
+    }
+    /// TPM2_HMAC (SHA-256) with the HMAC key `name` over `data` (at most 1024 bytes).
+    fn hmac(&mut self, name: &str, data: &[u8]) -> Result<[u8; 32]> {
+        let _ = (name, data);
+        Err(not_supported("hmac"))
     }
 }
 

@@ -45,6 +45,7 @@ mod errors;
 mod keystore;
 mod nv;
 mod nvcertify;
+mod postal;
 mod slots;
 mod templates;
 
@@ -420,6 +421,32 @@ impl Housing for TpmHousing {
 
     fn legacy_auth(&self) -> bool {
         self.store.auth().legacy()
+    }
+
+    fn storage_parent_public(&mut self) -> Result<Vec<u8>> {
+        self.run(|conn, _| postal::storage_parent_public(conn))
+    }
+
+    fn import_hmac_key(
+        &mut self,
+        name: &str,
+        public: &[u8],
+        duplicate: &[u8],
+        seed: &[u8],
+    ) -> Result<()> {
+        check_key_name(name)?;
+        let wrapped = postal::parse(public, duplicate, seed).map_err(|e| match e {
+            Fail::Housing(h) => h,
+            Fail::Tss(command, e) => map_tss(command, e),
+        })?;
+        // The secret exists before the first object that uses it.
+        self.store.auth_mut().ensure_secret()?;
+        self.run(|conn, store| postal::import(conn, store, name, &wrapped))
+    }
+
+    fn hmac(&mut self, name: &str, data: &[u8]) -> Result<[u8; 32]> {
+        check_key_name(name)?;
+        self.run(|conn, store| postal::hmac(conn, store, name, data))
     }
 }
 

@@ -7,6 +7,7 @@
 use meter_pki::account::AccountOrder;
 use meter_pki::ledger_format::split_lock_product;
 use meter_pki::payload::{self, ClearLockOrder};
+use meter_pki::postal::PostalKeyDelivery;
 use meter_pki::report::{report_digest, LockOrder, ReportAck, StatusReport};
 use meter_proto::lock_reason;
 
@@ -25,6 +26,23 @@ const REASONS: [&str; 6] = [
 ];
 
 impl Walk {
+    /// A postal-key Event row: the authority's delivery, for this meter, under the delivery
+    /// id its key names (so each delivery is recorded once).
+    pub(super) fn postal_key(&mut self, r: &FilteredRow, verify: bool) -> Judged {
+        let delivery = open::<PostalKeyDelivery>(product(r)?, &self.anchors, at(r), verify)?.body;
+        self.count(verify);
+        if delivery.meter_id != self.meter_id {
+            return Err(format!(
+                "the postal key delivery is for meter {}",
+                delivery.meter_id
+            ));
+        }
+        if require_detail(r.key.as_deref(), "postal-key")? != delivery.delivery_id {
+            return Err("its key does not name the delivery".into());
+        }
+        Ok(())
+    }
+
     /// A Lock row: it engages the lock whatever else is wrong with it.
     pub(super) fn lock_row(&mut self, r: &FilteredRow, verify: bool) -> Judged {
         let (nonce, order) = split_lock_product(product(r)?);

@@ -20,7 +20,7 @@ use super::errors::map_tss;
 use super::keystore::KeyStore;
 use super::{templates, tpm_auth, TpmHousing, MAX_LOADED_KEYS};
 use crate::housing::auth::HierarchyAuth;
-use crate::housing::{HousingError, Result, AK_KEY};
+use crate::housing::{HousingError, Result, AK_KEY, POSTAL_KEY};
 
 /// First handle of the transient-object range.
 pub(super) const TRANSIENT_FIRST: u32 = 0x8000_0000;
@@ -63,11 +63,14 @@ pub(super) fn ensure_loaded(conn: &mut Conn, store: &KeyStore, name: &str) -> At
         return Ok(handle);
     }
     let (public, private) = store.load(name)?;
-    let point = templates::signing_key_point(&public).or_else(|| {
-        (name == AK_KEY)
-            .then(|| templates::ak_point(&public))
-            .flatten()
-    });
+    let point = templates::signing_key_point(&public)
+        .or_else(|| {
+            (name == AK_KEY)
+                .then(|| templates::ak_point(&public))
+                .flatten()
+        })
+        // The postal HMAC key has no point: an empty one marks it loaded.
+        .or_else(|| (name == POSTAL_KEY && super::postal::hmac_key_ok(&public)).then(Vec::new));
     let point = point.ok_or_else(|| {
         tpm_error(
             "load",
