@@ -35,8 +35,13 @@ pub struct Inspection {
 impl Authority {
     /// Verifies a status report's signature: CMS chaining to this
     /// authority's root, signed by an identity certificate it issued to the
-    /// meter the report names. Returns the report and its JSON's digest.
-    fn verified_report(&self, signed_report: &[u8], now: i64) -> Result<(StatusReport, String)> {
+    /// meter the report names. Returns the report, its JSON's digest and
+    /// the signer's certificate.
+    fn verified_report(
+        &self,
+        signed_report: &[u8],
+        now: i64,
+    ) -> Result<(StatusReport, String, cert::Certificate)> {
         let verified = cms::verify(
             signed_report,
             std::slice::from_ref(self.root()),
@@ -64,7 +69,7 @@ impl Authority {
             )));
         }
         let digest = report::report_digest(&verified.content);
-        Ok((report, digest))
+        Ok((report, digest, verified.signer))
     }
 
     fn acknowledge(
@@ -103,7 +108,7 @@ impl Authority {
         period_days: Option<u32>,
         now: i64,
     ) -> Result<Inspection> {
-        let (report, digest) = self.verified_report(signed_report, now)?;
+        let (report, digest, _) = self.verified_report(signed_report, now)?;
         self.acknowledge(report, digest, period_days, now)
     }
 
@@ -125,12 +130,13 @@ impl Authority {
         period_days: Option<u32>,
         now: i64,
     ) -> Result<Inspection> {
-        let (report, digest) = self.verified_report(signed_report, now)?;
+        let (report, digest, signer) = self.verified_report(signed_report, now)?;
         let roots = self.roots()?;
         let tpm = self.report_attestation(&report.meter_id, &digest, attestation)?;
         let shelf = Shelf::of(&self.dir, &report.meter_id)?;
         let outcome = shelf.update(|book, locked| {
-            let reconciled = reconcile::reconcile(&report, &digest, segment, book, &roots, now);
+            let reconciled =
+                reconcile::reconcile(&report, &digest, segment, book, &roots, Some(&signer), now);
             let mut findings = match &reconciled {
                 Ok(_) => Findings::default(),
                 Err(f) => f.clone(),

@@ -77,13 +77,16 @@ pub struct Reconciled {
 
 /// Reconciles `report` (verified; `report_digest` = hex SHA-384 of its
 /// JSON) and its `segment` against `book`, with the authority's `roots`
-/// (current and retired), at `now` (Unix s).
+/// (current and retired), at `now` (Unix s). `meter_cert` is the identity
+/// certificate that signed the report: postage indicia must verify with it
+/// (`None`: decoded, not verified).
 pub fn reconcile(
     report: &StatusReport,
     report_digest: &str,
     segment_bytes: &[u8],
     book: &Book,
     roots: &[Certificate],
+    meter_cert: Option<&Certificate>,
     now: i64,
 ) -> Result<Reconciled, Findings> {
     let mut f = Findings::default();
@@ -137,7 +140,11 @@ pub fn reconcile(
                 .max_by_key(|p| p.rows)
                 .and_then(|p| p.epoch),
         ),
-        pricing: Pricing::new(book.rates.values().cloned()),
+        pricing: Pricing::new(
+            book.rates.values().cloned(),
+            &report.meter_id,
+            meter_cert.cloned(),
+        ),
         indexed_after: book.last().map_or(0, |p| p.rows),
         f,
     };
@@ -236,8 +243,7 @@ impl Walk<'_> {
                 self.pricing.installed(t);
             }
         }
-        self.pricing
-            .row(seq, x.kind, x.service, x.debit, x.time, &mut self.f);
+        self.pricing.row(r, &mut self.f);
         if x.kind == EPOCH_KIND && x.note == EPOCH_NOTE.as_bytes() {
             let rec = r.product.and_then(EpochRecord::decode);
             if rec.is_some_and(|e| e.previous == epoch_previous::UNCLEAN) {
@@ -551,6 +557,8 @@ impl Walk<'_> {
             ));
         }
         self.epochs.finish(&self.applied, &mut self.f);
+        self.pricing
+            .finish(!report.lock_reason.is_empty(), &mut self.f);
         if !self.f.0.is_empty() {
             return Err(self.f);
         }

@@ -137,7 +137,7 @@ fn an_honest_ledger_reconciles_and_an_edited_one_is_named() {
 
     let (seg, head, regs) = ledger(&specs(voucher.clone().into_bytes(), 1000), |_| {});
     let rep = report_for(&seg, &head, regs);
-    let ok = reconcile(&rep, "00", &seg, &book, &roots, crate::now()).unwrap();
+    let ok = reconcile(&rep, "00", &seg, &book, &roots, None, crate::now()).unwrap();
     assert_eq!(ok.point.rows, 3);
     assert_eq!(ok.point.registers.control_total, 1000);
     assert_eq!(ok.index.len(), 1);
@@ -147,7 +147,7 @@ fn an_honest_ledger_reconciles_and_an_edited_one_is_named() {
     let good = voucher.clone();
     let (seg, head, regs) = ledger(&specs(voucher.into_bytes(), 100_000), |_| {});
     let rep = report_for(&seg, &head, regs);
-    let f = reconcile(&rep, "00", &seg, &book, &roots, crate::now())
+    let f = reconcile(&rep, "00", &seg, &book, &roots, None, crate::now())
         .unwrap_err()
         .0;
     assert!(
@@ -163,7 +163,7 @@ fn an_honest_ledger_reconciles_and_an_edited_one_is_named() {
     // A credit with a voucher the authority never signed.
     let (seg, head, regs) = ledger(&specs(b"a voucher".to_vec(), 1000), |_| {});
     let rep = report_for(&seg, &head, regs);
-    let f = reconcile(&rep, "00", &seg, &book, &roots, crate::now())
+    let f = reconcile(&rep, "00", &seg, &book, &roots, None, crate::now())
         .unwrap_err()
         .0;
     assert!(
@@ -179,7 +179,7 @@ fn an_honest_ledger_reconciles_and_an_edited_one_is_named() {
         }
     });
     let rep = report_for(&seg, &head, regs);
-    let f = reconcile(&rep, "00", &seg, &book, &roots, crate::now())
+    let f = reconcile(&rep, "00", &seg, &book, &roots, None, crate::now())
         .unwrap_err()
         .0;
     assert!(f.iter().any(|x| x.starts_with("row 3: registers")), "{f:?}");
@@ -200,6 +200,7 @@ fn a_segment_must_extend_an_acknowledged_head() {
         &seg,
         &shelf.read().unwrap(),
         &roots,
+        None,
         crate::now(),
     )
     .unwrap();
@@ -208,7 +209,7 @@ fn a_segment_must_extend_an_acknowledged_head() {
     let mut p = ok.point.clone();
     p.head = "11".repeat(48);
     book.acknowledged.push(p);
-    let f = reconcile(&rep, "00", &seg, &book, &roots, crate::now())
+    let f = reconcile(&rep, "00", &seg, &book, &roots, None, crate::now())
         .unwrap_err()
         .0;
     assert!(
@@ -225,6 +226,7 @@ fn a_segment_must_extend_an_acknowledged_head() {
         &other,
         &shelf.read().unwrap(),
         &roots,
+        None,
         crate::now(),
     )
     .unwrap_err()

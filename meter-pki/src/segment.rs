@@ -27,9 +27,16 @@
 //! chosen by the meter: every row that is not a Debit (vouchers, orders,
 //! acknowledgements, rate tables, provisioning, locks, events), and the
 //! Debit rows that apply an object from outside (a credit grant, a
-//! certificate, a revoke order, a settlement). Sales carry only the product
-//! digest that is already in their canonical bytes, so a segment of 100,000
-//! postmarks is about 20 MB, not the 400 MB of their tokens.
+//! certificate, a revoke order, a settlement), and postage rows: their
+//! 221-byte indicium is what says the piece's class and weight, without
+//! which the authority cannot re-price them (`meter-authority`'s
+//! `pricing`). Other sales carry only the product digest that is already in
+//! their canonical bytes, so a segment of 100,000 postmarks is about 20 MB,
+//! not the 400 MB of their tokens.
+//!
+//! Postage rows carry their indicium since the authority re-prices them: a
+//! segment from a meter older than that has postage rows without it and is
+//! refused as malformed; such a meter is upgraded before its next report.
 //!
 //! Encoding ([`Encoder`]) and parsing ([`Segment::parse`], [`Rows`]) do no
 //! I/O: the meter streams chunks to a descriptor, the authority parses a
@@ -117,7 +124,7 @@ pub fn product_required(kind: u8, service: u8, request_id: Option<&[u8]>) -> boo
     }
     matches!(
         service,
-        service::CREDIT_LINE | service::CERTIFICATE_INSTALL | service::REVOKE
+        service::CREDIT_LINE | service::CERTIFICATE_INSTALL | service::REVOKE | service::POSTAGE
     ) || request_id.is_some_and(|r| r.starts_with(b"m/"))
 }
 

@@ -140,6 +140,12 @@ fn product_rule() {
         Some(b"c/0/x")
     ));
     assert!(product_required(kind::DEBIT, 0, Some(b"m/settle/4")));
+    // The indicium carries a postage piece's class and weight: it travels.
+    assert!(product_required(
+        kind::DEBIT,
+        service::POSTAGE,
+        Some(b"c/0/x")
+    ));
     assert!(product_required(
         kind::DEBIT,
         service::REVOKE,

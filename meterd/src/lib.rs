@@ -57,6 +57,7 @@ pub mod segment;
 pub mod semantic;
 pub mod service;
 pub mod sign;
+pub mod spool;
 pub mod tariff;
 pub mod timecheck;
 pub mod timestamp;

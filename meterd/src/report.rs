@@ -38,6 +38,7 @@ use crate::ledger::{EntryKind, Key};
 use crate::meter::Meter;
 use crate::sale::{self, Guard, Made, Price, Sale, Spec};
 use crate::service::Service;
+use crate::spool::{self, Spool};
 use crate::{account, clock};
 
 /// What this feature owns: reports are made one at a time, so that two
@@ -119,9 +120,10 @@ async fn snapshot(meter: &Meter, sale: &Sale, request_id: &str) -> Result<Status
     };
     let usage = ledger.usage_since(previous_rows, rows).await?;
     let schedule = inspection::schedule(meter).await?;
-    let segment = segment_of(sale, schedule.acknowledged_sequence, rows).await?;
-    let (currency, digits) = book.currency(now);
     let done = regs.per_service[Service::StatusReport.index()];
+    let spool = Spool::new(&meter.config().state_dir);
+    let segment = segment_of(sale, schedule.acknowledged_sequence, rows, &spool, done + 1).await?;
+    let (currency, digits) = book.currency(now);
     let lock = state.lock.clone();
     Ok(StatusReport {
         meter_id: identity.meter_id.clone(),
@@ -169,8 +171,15 @@ async fn snapshot(meter: &Meter, sale: &Sale, request_id: &str) -> Result<Status
 
 /// The segment a report made at row `rows` brings: the rows after the
 /// snapshot of the last acknowledged report (`acknowledged`, 0: none, so
-/// from the genesis row), hashed here as `ReportSegment` will write them.
-async fn segment_of(sale: &Sale, acknowledged: u64, rows: u64) -> Result<SegmentRef> {
+/// from the genesis row), hashed here and spooled (`spool`, as report
+/// `sequence`) for `ReportSegment` to write out without exporting again.
+async fn segment_of(
+    sale: &Sale,
+    acknowledged: u64,
+    rows: u64,
+    spool: &Spool,
+    sequence: u64,
+) -> Result<SegmentRef> {
     let identity = &sale.identity;
     let after = match acknowledged {
         0 => 0,
@@ -192,11 +201,15 @@ async fn segment_of(sale: &Sale, acknowledged: u64, rows: u64) -> Result<Segment
             "the acknowledged report covers {after} rows, the ledger has {rows}"
         )));
     }
+    let file = spool.create(sequence)?;
     let exported = sale
         .ledger
-        .export_segment(&identity.meter_id, after, rows, |_| true)
-        .await?
-        .ok_or_else(|| ServiceError::Internal("the segment digest was not computed".into()))?;
+        .export_segment(&identity.meter_id, after, rows, spool::sink(file))
+        .await;
+    spool.finish(sequence, matches!(exported, Ok(Some(_))))?;
+    let exported = exported?.ok_or_else(|| {
+        ServiceError::Storage("the segment could not be spooled (see the log)".into())
+    })?;
     Ok(SegmentRef {
         first_seq: exported.first_seq,
         last_seq: exported.last_seq,

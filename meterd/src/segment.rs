@@ -14,7 +14,10 @@
 //! amounts), so the member is for administrators only; a report itself
 //! stays a user's call. Nothing is charged: the report was.
 //!
-//! The bytes are re-read from the ledger and hashed as they go out; a
+//! The bytes come from the spool `Report` wrote as it hashed the rows
+//! (`spool`: the rows are exported once per report), or, when there is none
+//! of the signed length, are re-read from the ledger; either way they are
+//! hashed as they go out; a
 //! segment that no longer has the digest its report signed (rows changed
 //! underneath, which only a rewritten ledger can do) ends the call with a
 //! `Storage` error after the bytes were written, and is logged: the
@@ -30,6 +33,7 @@ use crate::ledger::{EntryKind, Key};
 use crate::meter::Meter;
 use crate::outlet::Outlet;
 use crate::service::Service;
+use crate::spool::{self, Spool};
 
 /// Chunks in flight between the ledger export and the descriptor.
 const QUEUE: usize = 4;
@@ -68,22 +72,38 @@ pub async fn stream(meter: &Meter, key: Key, out: Outlet) -> Result<Written> {
         ))
     })?;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
-    let export = ledger.export_segment(
-        &identity.meter_id,
-        seg.first_seq.saturating_sub(1),
-        seg.last_seq,
-        move |chunk| tx.blocking_send(chunk).is_ok(),
-    );
+    let spooled = Spool::new(&meter.config().state_dir).open(report.sequence, seg.bytes);
+    let from_spool = spooled.is_some();
+    let send = move |chunk| tx.blocking_send(chunk).is_ok();
+    let export = async {
+        let r: Result<Option<([u8; 48], u64)>> = match spooled {
+            // Written by `Report` as it hashed the rows: not exported again.
+            Some(file) => tokio::task::spawn_blocking(move || spool::stream(file, send))
+                .await
+                .map_err(|_| ServiceError::Internal("the segment spool reader stopped".into()))?,
+            None => Ok(ledger
+                .export_segment(
+                    &identity.meter_id,
+                    seg.first_seq.saturating_sub(1),
+                    seg.last_seq,
+                    send,
+                )
+                .await?
+                .map(|e| (e.summary.digest, e.summary.bytes))),
+        };
+        r
+    };
     let (exported, written) = tokio::join!(export, out.write_all(rx));
     let bytes = written?;
-    let exported = exported?.ok_or_else(|| {
+    let (digest, _) = exported?.ok_or_else(|| {
         ServiceError::Internal("the segment export stopped before its end".into())
     })?;
-    if hex::encode(exported.summary.digest) != seg.digest {
+    if hex::encode(digest) != seg.digest {
         tracing::error!(
             sequence = report.sequence,
             first = seg.first_seq,
             last = seg.last_seq,
+            from_spool,
             "the ledger rows no longer make the segment the report signed"
         );
         return Err(ServiceError::Storage(format!(

@@ -10,14 +10,16 @@ row noted `epoch` under the key `m/epoch/<counter>`, its product the epoch recor
 that opens the counter's current value, chained onto the copy's last row, in a batch of
 its own, and seals that batch with the meter's identity key: SHA-384("meterd-seal-v2" ||
 meter || counter || head) signed by tpm2_sign with the auth value root derives from
-keys/auth (HMAC-SHA256(secret, "meterd-tpm-auth-v1:key:identity")). No project code:
-python3's sqlite3 and hashlib, tpm2-tools, openssl.
+keys/auth (HMAC-SHA256(secret, "meterd-tpm-auth-v1:key:identity")), given in the
+environment as IDENTITY_AUTH=hex:<64 hex digits> (the caller derives it with openssl:
+root_tools::derived_auth, the one copy of the recipe). No project code: python3's
+sqlite3 and hashlib, tpm2-tools, openssl.
 
 `row EPOCH KIND NOTE KEY PRODUCT_HEX`: any row (no money moved), in epoch EPOCH (the
 counter the ledger's last epoch row opened).
 
-usage: append_row.py DB METER_ID STATE_DIR WORKDIR epoch COUNTER REASON
-       append_row.py DB METER_ID STATE_DIR WORKDIR row EPOCH KIND NOTE KEY PRODUCT_HEX
+usage: IDENTITY_AUTH=hex:... append_row.py DB METER_ID STATE_DIR WORKDIR epoch COUNTER REASON
+       IDENTITY_AUTH=hex:... append_row.py DB METER_ID STATE_DIR WORKDIR row EPOCH KIND NOTE KEY PRODUCT_HEX
 """
 import hashlib
 import json
@@ -79,11 +81,10 @@ row_hash = hashlib.sha384(
 seal_digest = hashlib.sha384(b"meterd-seal-v2" + meter.encode() + u64(counter) + row_hash).digest()
 with open(os.path.join(work, "seal.digest"), "wb") as f:
     f.write(seal_digest)
-secret = open(os.path.join(state, "keys", "auth"), "rb").read().hex()
-auth = subprocess.run(
-    "printf %s meterd-tpm-auth-v1:key:identity | "
-    "openssl dgst -sha256 -mac HMAC -macopt hexkey:" + secret + " -r | cut -d' ' -f1",
-    shell=True, capture_output=True, text=True, check=True).stdout.strip()
+# The identity key's auth value, as tpm2-tools' `-p` takes it: root's one recipe
+# (root_tools::derived_auth: HMAC-SHA256 of keys/auth over
+# "meterd-tpm-auth-v1:key:identity", with openssl) hands it over in IDENTITY_AUTH.
+auth = os.environ["IDENTITY_AUTH"]
 sign = f"""set -e
 cd {work}
 tpm2_flushcontext -t
@@ -91,7 +92,7 @@ tpm2_createprimary -Q -C o -G ecc384:aes256cfb -g sha256 \
   -a 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt' -c primary.ctx
 tpm2_load -Q -C primary.ctx -u {state}/keys/identity.pub -r {state}/keys/identity.priv -c identity.ctx
 tpm2_flushcontext -t
-tpm2_sign -c identity.ctx -p hex:{auth} -g sha384 -s ecdsa -d -f plain -o seal.der seal.digest
+tpm2_sign -c identity.ctx -p {auth} -g sha384 -s ecdsa -d -f plain -o seal.der seal.digest
 """
 subprocess.run(["bash", "-c", sign], check=True)
 der = open(os.path.join(work, "seal.der"), "rb").read()

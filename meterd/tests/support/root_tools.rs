@@ -37,7 +37,8 @@ pub fn last_epoch(sb: &Sandbox) -> u64 {
 }
 
 /// `append_row.py DB METER STATE WORK ARGS...` against the sandbox's TPM
-/// (meterd stopped: `meter` is its id, asked before).
+/// (meterd stopped: `meter` is its id, asked before), the identity key's auth value
+/// handed over by [`derived_auth`] (the one copy of root's recipe).
 pub fn append_row(sb: &Sandbox, meter: &str, args: &[&str]) {
     let work = sb.path("loot");
     std::fs::create_dir_all(&work).unwrap();
@@ -55,6 +56,10 @@ pub fn append_row(sb: &Sandbox, meter: &str, args: &[&str]) {
         .env(
             "TPM2TOOLS_TCTI",
             format!("swtpm:host=127.0.0.1,port={}", port.trim()),
+        )
+        .env(
+            "IDENTITY_AUTH",
+            derived_auth(&state(sb).join("keys/auth"), "identity"),
         )
         .output()
         .unwrap();
@@ -80,11 +85,11 @@ pub fn derived_auth(secret: &Path, name: &str) -> String {
     format!("hex:{}", ok(&out, "openssl HMAC").trim())
 }
 
-/// Root signs a batch seal again (meterd stopped): the identity key loaded from its blobs
-/// in `state/keys` under the code's primary template with `tpm2_createprimary` and
-/// `tpm2_load`, `tpm2_sign` with the auth value [`derived_auth`] gives, and the raw r ‖ s
-/// written into `batches.seal` with `sqlite3`.
-pub fn reseal(sb: &Sandbox, batch: i64, digest: &[u8; 48]) {
+/// Root signs a 48-byte digest as the meter (meterd stopped): the identity key loaded from
+/// its blobs in `state/keys` under the code's primary template with `tpm2_createprimary`
+/// and `tpm2_load`, `tpm2_sign` with the auth value [`derived_auth`] gives. Returns the raw
+/// r ‖ s (the form of a batch seal and of an indicium's signature).
+pub fn sign_as_meter(sb: &Sandbox, digest: &[u8; 48]) -> [u8; 96] {
     std::fs::write(sb.path("seal.digest"), digest).unwrap();
     let auth = derived_auth(&state(sb).join("keys/auth"), "identity");
     let port = std::fs::read_to_string(sb.path("swtpm.port")).unwrap();
@@ -113,12 +118,21 @@ pub fn reseal(sb: &Sandbox, batch: i64, digest: &[u8; 48]) {
         .unwrap();
     ok(
         &out,
-        "root's reseal with the derived auth value (tpm2-tools)",
+        "root's signature with the derived identity auth value (tpm2-tools)",
     );
     let der = std::fs::read(sb.path("seal.der")).unwrap();
-    let raw = p384::ecdsa::Signature::from_der(&der)
+    let rs = p384::ecdsa::Signature::from_der(&der)
         .expect("tpm2_sign -f plain gives DER")
         .to_bytes();
+    let mut raw = [0u8; 96];
+    raw.copy_from_slice(&rs);
+    raw
+}
+
+/// Root signs a batch seal again (meterd stopped) with [`sign_as_meter`], and writes the
+/// raw r ‖ s into `batches.seal` with `sqlite3`.
+pub fn reseal(sb: &Sandbox, batch: i64, digest: &[u8; 48]) {
+    let raw = sign_as_meter(sb, digest);
     sql(
         sb,
         &db(sb),
