@@ -1,4 +1,5 @@
 //! `meterctl status`: the unsigned register snapshot, as a table for people.
+//! The inspection standing is its own line (`status_inspection.rs`).
 //!
 //! Shows what an operator must act on first: the lock and how to clear it,
 //! the registers with their control-total check, and a low-funds warning.
@@ -15,6 +16,10 @@ use meter_proto::state;
 use zbus::zvariant::OwnedValue;
 
 use super::Ctx;
+use inspection::Inspection;
+
+#[path = "status_inspection.rs"]
+mod inspection;
 use crate::error::CtlError;
 use crate::output::{
     dict_to_json, format_amount, format_unix_time, short_hex, Dict, Output, Table,
@@ -34,12 +39,20 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Output, CtlError> {
         Err(_) => None,
     };
     let tsa = Tsa::query(meter.inner().connection()).await;
-    let (mut human, warnings) = render(&reply, certs);
+    let (mut human, mut warnings) = render(&reply, certs);
+    let inspection = Inspection::of(&Dict(&reply));
+    if let Some(i) = &inspection {
+        human.push_str(&i.line());
+        warnings.extend(i.warning());
+    }
     human.push_str(&tsa.line());
     let mut json = dict_to_json(&reply);
     if let Some(obj) = json.as_object_mut() {
         if let Some(c) = certs {
             obj.insert("user_certificates".into(), c.total.into());
+        }
+        if let Some(i) = &inspection {
+            obj.insert("inspection".into(), i.json());
         }
         obj.insert("tsa".into(), tsa.json());
     }
