@@ -49,6 +49,13 @@ pub fn inspect(dir: &Path, args: InspectArgs, t: i64) -> Result<ExitCode> {
         periods,
     } = args;
 
+    if let (Some(p), Some(w)) = (periods.period_days, periods.warn_days) {
+        if w >= p {
+            return Err(AuthorityError::Invalid(format!(
+                "--warn-days {w} must be less than --period-days {p}: the meter warns that the inspection is due before it locks"
+            )));
+        }
+    }
     let a = Authority::open(dir)?;
     let signed = read_bounded(&report)?;
     let i = if without_segment {

@@ -326,7 +326,7 @@ pub fn render(
         Some(due) if due > 0 => {
             let period = d.u64(key::INSPECTION_PERIOD_DAYS).unwrap_or(0);
             t.row(
-                "next inspection due",
+                "inspection lock deadline",
                 format!("{}  (period {period} days)", format_unix_time(due)),
             );
             let last = d.u64(key::ACKNOWLEDGED_REPORT).unwrap_or(0);
@@ -542,9 +542,8 @@ mod tests {
         let (text, _) = render_plain(&m);
         assert!(line(&text, "why").contains("inspection period"));
         assert!(line(&text, "to unlock").contains("meterctl report ack"));
-        assert!(
-            line(&text, "next inspection due").contains("1970-01-02T00:00:00Z  (period 90 days)")
-        );
+        assert!(line(&text, "inspection lock deadline")
+            .contains("1970-01-02T00:00:00Z  (period 90 days)"));
         assert!(line(&text, "last acknowledged report").contains("none yet"));
         m.insert(key::ACKNOWLEDGED_REPORT.into(), OwnedValue::from(3u64));
         let (text, _) = render_plain(&m);
