@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use meter_authority::inspect::Periods;
 use meter_authority::lookup::Answer;
 use meter_authority::{read_bounded, write_file, Authority, AuthorityError, Result};
 
@@ -21,7 +22,7 @@ pub struct InspectArgs {
     pub without_segment: bool,
     pub out: PathBuf,
     pub lock_out: Option<PathBuf>,
-    pub period_days: Option<u32>,
+    pub periods: Periods,
 }
 
 fn read_segment(path: &Path) -> Result<Vec<u8>> {
@@ -45,13 +46,20 @@ pub fn inspect(dir: &Path, args: InspectArgs, t: i64) -> Result<ExitCode> {
         without_segment,
         out,
         lock_out,
-        period_days,
+        periods,
     } = args;
 
+    if let (Some(p), Some(w)) = (periods.period_days, periods.warn_days) {
+        if w >= p {
+            return Err(AuthorityError::Invalid(format!(
+                "--warn-days {w} must be less than --period-days {p}: the meter warns that the inspection is due before it locks"
+            )));
+        }
+    }
     let a = Authority::open(dir)?;
     let signed = read_bounded(&report)?;
     let i = if without_segment {
-        a.inspect(&signed, period_days, t)?
+        a.inspect(&signed, periods, t)?
     } else {
         let seg_path = segment.unwrap_or_else(|| report.with_extension("seg"));
         let seg = read_segment(&seg_path)?;
@@ -62,7 +70,7 @@ pub fn inspect(dir: &Path, args: InspectArgs, t: i64) -> Result<ExitCode> {
             true => Some(read_bounded(&att_path)?),
             false => None,
         };
-        match a.inspect_segment(&signed, &seg, att.as_deref(), period_days, t) {
+        match a.inspect_segment(&signed, &seg, att.as_deref(), periods, t) {
             Ok(i) => i,
             Err(AuthorityError::Discrepancy {
                 meter_id,

@@ -7,7 +7,7 @@
 //! `book`) and answers
 //! with a signed acknowledgement bound to the meter, the report's request
 //! id, sequence, time and the SHA-384 of its JSON; the acknowledgement may
-//! set a new inspection period. `lock_order` signs a lock order for one
+//! set a new inspection period and warning period ([`Periods`]). `lock_order` signs a lock order for one
 //! meter with a fresh random nonce, which the meter applies once.
 
 use meter_pki::payload::Payload;
@@ -18,6 +18,18 @@ use crate::attested::{self, Attestation};
 use crate::book::Shelf;
 use crate::reconcile::{self, Findings, Reconciled};
 use crate::{check_meter_id, Authority, AuthorityError, Result};
+
+/// The periods an acknowledgement sets (`None`: the meter keeps its
+/// configured one). The meter warns `warn_days` after the report's time and
+/// locks `period_days` after it; the payload refuses a warning at or past
+/// the lock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Periods {
+    /// Days to the lock (`inspection-overdue`).
+    pub period_days: Option<u32>,
+    /// Days to the warning ("inspection due").
+    pub warn_days: Option<u32>,
+}
 
 /// A verified report and the acknowledgement issued for it.
 #[derive(Debug, Clone)]
@@ -76,7 +88,7 @@ impl Authority {
         &self,
         report: StatusReport,
         digest: String,
-        period_days: Option<u32>,
+        periods: Periods,
         now: i64,
     ) -> Result<Inspection> {
         let ack = ReportAck {
@@ -85,7 +97,8 @@ impl Authority {
             report_sequence: report.sequence,
             report_time: report.time,
             report_digest: digest,
-            period_days,
+            period_days: periods.period_days,
+            warn_days: periods.warn_days,
             issued_at: now,
         };
         let pem = self.sign_payload(&ack, now)?;
@@ -98,18 +111,13 @@ impl Authority {
     }
 
     /// Verifies a status report (DER or PEM) and issues its acknowledgement,
-    /// optionally setting a new inspection period in days, WITHOUT its
+    /// optionally setting new inspection and warning periods, WITHOUT its
     /// segment: the registers are taken on the meter's word. Kept for
     /// meters older than segments; [`Authority::inspect_segment`] is the
     /// inspection.
-    pub fn inspect(
-        &self,
-        signed_report: &[u8],
-        period_days: Option<u32>,
-        now: i64,
-    ) -> Result<Inspection> {
+    pub fn inspect(&self, signed_report: &[u8], periods: Periods, now: i64) -> Result<Inspection> {
         let (report, digest, _) = self.verified_report(signed_report, now)?;
-        self.acknowledge(report, digest, period_days, now)
+        self.acknowledge(report, digest, periods, now)
     }
 
     /// Verifies a status report and reconciles it with its ledger segment
@@ -127,7 +135,7 @@ impl Authority {
         signed_report: &[u8],
         segment: &[u8],
         attestation: Option<&[u8]>,
-        period_days: Option<u32>,
+        periods: Periods,
         now: i64,
     ) -> Result<Inspection> {
         let (report, digest, signer) = self.verified_report(signed_report, now)?;
@@ -189,7 +197,7 @@ impl Authority {
         })?;
         match outcome {
             Ok(rec) => {
-                let mut i = self.acknowledge(report, digest, period_days, now)?;
+                let mut i = self.acknowledge(report, digest, periods, now)?;
                 i.reconciled = Some(rec);
                 Ok(i)
             }
@@ -281,9 +289,11 @@ mod tests {
         // A lock order is signed by the root but is not a report.
         let (_, pem) = a.lock_order("MTR-1", "audit", crate::now()).unwrap();
         assert!(matches!(
-            a.inspect(pem.as_bytes(), None, crate::now()),
+            a.inspect(pem.as_bytes(), Periods::default(), crate::now()),
             Err(AuthorityError::Pki(meter_pki::PkiError::WrongType(_)))
         ));
-        assert!(a.inspect(b"garbage", None, crate::now()).is_err());
+        assert!(a
+            .inspect(b"garbage", Periods::default(), crate::now())
+            .is_err());
     }
 }

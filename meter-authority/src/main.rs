@@ -130,9 +130,15 @@ enum Cmd {
         /// the acknowledgement's path with extension `lock-order.pem`.
         #[arg(long, value_name = "FILE")]
         lock_out: Option<PathBuf>,
-        /// Set a new inspection period for the meter, in days.
+        /// Set a new inspection period for the meter, in days: it locks
+        /// (`inspection-overdue`) this long after the report without a newer
+        /// acknowledgement.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
         period_days: Option<u32>,
+        /// Set a new warning period, in days: the inspection falls due (the
+        /// meter warns) this long after the report; less than the period.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        warn_days: Option<u32>,
     },
     /// Issue an order locking a meter (reason `forced`; apply with `meterctl lock apply ORDER`).
     Lock {
@@ -414,6 +420,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out,
             lock_out,
             period_days,
+            warn_days,
         } => {
             let args = cmd_reconcile::InspectArgs {
                 report,
@@ -421,7 +428,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 without_segment,
                 out,
                 lock_out,
-                period_days,
+                periods: meter_authority::inspect::Periods {
+                    period_days,
+                    warn_days,
+                },
             };
             return cmd_reconcile::inspect(dir, args, t);
         }

@@ -123,9 +123,16 @@ pub struct ReportAck {
     pub report_time: i64,
     /// Hex SHA-384 of the report's JSON (the CMS eContent).
     pub report_digest: String,
-    /// New inspection period in days, if the authority changes it.
+    /// New inspection period in days, if the authority changes it: the
+    /// meter locks this long after `report_time` without a newer ack.
     #[serde(default)]
     pub period_days: Option<u32>,
+    /// New warning period in days, if the authority changes it: the
+    /// inspection falls due (the meter warns) this long after
+    /// `report_time`. Absent from older acknowledgements (and left out when
+    /// unset, so that an ack without it is what an older authority signs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_days: Option<u32>,
     /// Issue time (unix s).
     pub issued_at: i64,
 }
@@ -225,6 +232,19 @@ impl Payload for ReportAck {
                 return Err(PkiError::Malformed(format!(
                     "period_days must be 1..{MAX_PERIOD_DAYS}"
                 )));
+            }
+        }
+        if let Some(w) = self.warn_days {
+            if w == 0 || w > MAX_PERIOD_DAYS {
+                return Err(PkiError::Malformed(format!(
+                    "warn_days must be 1..{MAX_PERIOD_DAYS}"
+                )));
+            }
+            if self.period_days.is_some_and(|p| w >= p) {
+                return Err(PkiError::Malformed(
+                    "warn_days must be less than period_days (the warning comes before the lock)"
+                        .into(),
+                ));
             }
         }
         Ok(())
@@ -331,9 +351,12 @@ mod tests {
             report_time: 5,
             report_digest: report_digest(b"{}"),
             period_days: Some(30),
+            warn_days: None,
             issued_at: 6,
         };
         assert_eq!(decode::<ReportAck>(&encode(&a).unwrap()).unwrap(), a);
+        // Without warn_days the encoding is an older authority's: no member.
+        assert!(!String::from_utf8_lossy(&encode(&a).unwrap()).contains("warn_days"));
         let without = br#"{"meter_id":"M","report_request_id":"r","report_sequence":1,"report_time":0,"report_digest":"00"}"#;
         assert!(decode::<ReportAck>(without).is_err());
         let mut bad = a.clone();
@@ -342,9 +365,39 @@ mod tests {
         let mut bad = a.clone();
         bad.period_days = Some(MAX_PERIOD_DAYS + 1);
         assert!(decode::<ReportAck>(&encode(&bad).unwrap()).is_err());
-        let mut bad = a;
+        let mut bad = a.clone();
         bad.report_digest.pop();
         assert!(decode::<ReportAck>(&encode(&bad).unwrap()).is_err());
+        // A warning period: before the lock, within the bounds.
+        let mut warned = a.clone();
+        warned.warn_days = Some(20);
+        let json = encode(&warned).unwrap();
+        assert!(String::from_utf8_lossy(&json).contains("\"warn_days\":20"));
+        assert_eq!(decode::<ReportAck>(&json).unwrap(), warned);
+        for w in [0, 30, 31, MAX_PERIOD_DAYS + 1] {
+            let mut bad = a.clone();
+            bad.warn_days = Some(w);
+            assert!(decode::<ReportAck>(&encode(&bad).unwrap()).is_err(), "{w}");
+        }
+        // Without a period of its own, the meter's configured one applies.
+        let mut only_warn = a;
+        only_warn.period_days = None;
+        only_warn.warn_days = Some(100);
+        assert!(decode::<ReportAck>(&encode(&only_warn).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn an_ack_signed_before_warn_days_still_decodes() {
+        // Byte for byte what an authority without the warning period signed.
+        let digest = "0".repeat(SHA384_HEX);
+        let old = format!(
+            r#"{{"meter_id":"MTR-1","report_request_id":"r1","report_sequence":2,"report_time":5,"report_digest":"{digest}","period_days":null,"issued_at":6}}"#
+        );
+        let ack = decode::<ReportAck>(old.as_bytes()).unwrap();
+        assert_eq!((ack.period_days, ack.warn_days), (None, None));
+        let old = old.replace("null", "30");
+        let ack = decode::<ReportAck>(old.as_bytes()).unwrap();
+        assert_eq!((ack.period_days, ack.warn_days), (Some(30), None));
     }
 
     #[test]

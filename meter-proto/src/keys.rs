@@ -27,10 +27,19 @@ pub mod status {
     pub const LEDGER_HEAD: &str = "ledger_head";
     pub const NV_COUNTER: &str = "nv_counter";
     pub const LOW_FUNDS_THRESHOLD: &str = "low_funds_threshold";
-    /// `x`: when the next acknowledged status report is due (Unix s; 0 unknown).
+    /// `x`: the lock deadline: when the meter locks `inspection-overdue`
+    /// without a newer acknowledged status report (Unix s; 0 unknown). The
+    /// name predates the warning period.
     pub const INSPECTION_DUE: &str = "inspection_due";
-    /// `u`: inspection period in force, days.
+    /// `u`: inspection period in force (days to the lock).
     pub const INSPECTION_PERIOD_DAYS: &str = "inspection_period_days";
+    /// `s`: `ok`, `due` (past the warning deadline) or `overdue` (past the
+    /// lock deadline); empty when unknown (not provisioned).
+    pub const INSPECTION_STATE: &str = "inspection_state";
+    /// `x`: the warning deadline: when the inspection falls due (Unix s; 0 unknown).
+    pub const INSPECTION_WARN_AT: &str = "inspection_warn_at";
+    /// `u`: warning period in force (days to the warning).
+    pub const INSPECTION_WARN_DAYS: &str = "inspection_warn_days";
     /// `t`: sequence of the last acknowledged status report (0: none).
     pub const ACKNOWLEDGED_REPORT: &str = "acknowledged_report";
     /// `t`: revocation fees due, held out of the funds until a recharge settles them.

@@ -43,6 +43,16 @@ pub mod state {
     pub const LOCKED: &str = "locked";
 }
 
+/// Inspection standings as exposed by `Status()` (`inspection_state`).
+pub mod inspection_state {
+    /// Before the warning deadline.
+    pub const OK: &str = "ok";
+    /// Past the warning deadline: a status report is due before the lock.
+    pub const DUE: &str = "due";
+    /// Past the lock deadline (the meter locks `inspection-overdue`).
+    pub const OVERDUE: &str = "overdue";
+}
+
 /// Lock reasons as exposed by `LockReason` and the `Locked` signal.
 pub mod lock_reason {
     /// A ledger row was edited, deleted, reordered, or the seal does not verify.

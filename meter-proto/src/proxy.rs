@@ -230,6 +230,11 @@ pub trait Meter1 {
     /// Emitted when an authority order clears a lock.
     #[zbus(signal)]
     fn unlocked(&self) -> zbus::Result<()>;
+    /// Emitted when the inspection falls due (the meter enters its warning
+    /// period, at start or at a watchdog tick): `due` is when the warning
+    /// started, `lock` when the meter locks `inspection-overdue` (Unix s).
+    #[zbus(signal)]
+    fn inspection_due(&self, due: i64, lock: i64) -> zbus::Result<()>;
 }
 
 /// meter-tsa's status object (see [`crate::timestamp`]): where the RFC 3161

@@ -16,6 +16,13 @@ use crate::housing::tpm::TpmOptions;
 /// Default interval of the watchdog's checks, ms.
 pub const DEFAULT_CHECK_INTERVAL_MS: u64 = 10_000;
 
+/// Default inspection period (days to the `inspection-overdue` lock), as a
+/// postage meter's: locked 120 days without contact (Pitney Bowes).
+pub const DEFAULT_INSPECTION_PERIOD_DAYS: u32 = 120;
+
+/// Default warning period (days to "inspection due"): 90, as Pitney Bowes.
+pub const DEFAULT_INSPECTION_WARN_DAYS: u32 = 90;
+
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/meterd/meterd.toml";
 
@@ -68,6 +75,11 @@ pub struct Config {
     /// Days within which an acknowledged status report must arrive before the
     /// meter locks (`inspection-overdue`); an acknowledgement may change it.
     pub inspection_period_days: u32,
+    /// Days after which the inspection falls due: the meter warns (journal,
+    /// `InspectionDue` signal, Status) until the lock at
+    /// `inspection_period_days`; must be less than it. An acknowledgement may
+    /// change it.
+    pub inspection_warn_days: u32,
     /// How far (seconds) the time in a token or signature may lie ahead of
     /// this meter's clock before Validate reports step `time` (another
     /// machine's clock may run a little ahead). The meter's own clock check
@@ -97,7 +109,8 @@ impl Default for Config {
             max_in_flight: 128,
             max_in_flight_per_caller: 32,
             bus: "system".into(),
-            inspection_period_days: 90,
+            inspection_period_days: DEFAULT_INSPECTION_PERIOD_DAYS,
+            inspection_warn_days: DEFAULT_INSPECTION_WARN_DAYS,
             clock_tolerance_seconds: 300,
             check_interval_ms: DEFAULT_CHECK_INTERVAL_MS,
         }
@@ -122,6 +135,14 @@ pub enum ConfigError {
         path: PathBuf,
         /// Cause.
         source: toml::de::Error,
+    },
+    /// The values do not go together.
+    #[error("invalid configuration {path}: {reason}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// What is wrong, naming the keys.
+        reason: String,
     },
 }
 
@@ -168,7 +189,25 @@ impl Config {
         {
             config.check_interval_ms = ms;
         }
+        config.validate().map_err(|reason| ConfigError::Invalid {
+            path: path.to_owned(),
+            reason,
+        })?;
         Ok(config)
+    }
+
+    /// Checks values that must go together: the inspection warning comes
+    /// before the lock.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.inspection_warn_days == 0
+            || self.inspection_warn_days >= self.inspection_period_days
+        {
+            return Err(format!(
+                "inspection_warn_days ({}) must be at least 1 and less than inspection_period_days ({}): the meter warns that the inspection is due before it locks",
+                self.inspection_warn_days, self.inspection_period_days
+            ));
+        }
+        Ok(())
     }
 
     /// The watchdog's interval, bounded to 10 ms .. 10 min (a longer one
@@ -228,7 +267,8 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/meterd.toml");
         let text = std::fs::read_to_string(path).expect("systemd/meterd.toml");
         let c: Config = toml::from_str(&text).expect("shipped configuration parses");
-        assert_eq!(c.inspection_period_days, 90);
+        assert_eq!(c.inspection_period_days, 120);
+        assert_eq!(c.inspection_warn_days, 90);
         assert_eq!(c.clock_tolerance_seconds, 300);
         // The shipped file states the defaults: they must be the defaults.
         let d = Config::default();
@@ -248,5 +288,41 @@ mod tests {
             c.inspection_period_days,
             Config::default().inspection_period_days
         );
+        assert_eq!(c.inspection_warn_days, d.inspection_warn_days);
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn inspection_defaults_warn_at_90_and_lock_at_120() {
+        let d = Config::default();
+        assert_eq!(
+            (d.inspection_warn_days, d.inspection_period_days),
+            (90, 120)
+        );
+        assert_eq!(d.validate(), Ok(()));
+        let c: Config = toml::from_str("inspection_period_days = 28\ninspection_warn_days = 21\n")
+            .expect("parse");
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_warning_at_or_after_the_lock_is_refused_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (warn, period) in [(90, 90), (100, 90), (0, 90), (90, 60)] {
+            let path = dir.path().join(format!("{warn}-{period}.toml"));
+            std::fs::write(
+                &path,
+                format!("inspection_warn_days = {warn}\ninspection_period_days = {period}\n"),
+            )
+            .expect("write");
+            let e = Config::load(Some(&path)).expect_err("refused").to_string();
+            assert!(e.contains("inspection_warn_days"), "{e}");
+            assert!(e.contains("inspection_period_days"), "{e}");
+            assert!(e.contains(&path.display().to_string()), "{e}");
+        }
+        // Only the warning set, past the default lock: refused too.
+        let path = dir.path().join("warn-only.toml");
+        std::fs::write(&path, "inspection_warn_days = 120\n").expect("write");
+        assert!(Config::load(Some(&path)).is_err());
     }
 }

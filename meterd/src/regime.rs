@@ -96,12 +96,48 @@ pub struct AckMemo {
     pub product: Option<Vec<u8>>,
 }
 
+/// Where the meter stands with its inspection (see `inspection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Before the warning deadline.
+    Ok,
+    /// Past the warning deadline, before the lock deadline: a report is due.
+    Due,
+    /// Past the lock deadline.
+    Overdue,
+}
+
+impl Standing {
+    /// Its name in Status (`ok`, `due`, `overdue`).
+    pub fn name(self) -> &'static str {
+        use meter_proto::inspection_state as s;
+        match self {
+            Standing::Ok => s::OK,
+            Standing::Due => s::DUE,
+            Standing::Overdue => s::OVERDUE,
+        }
+    }
+}
+
+/// The inspection standing the watchdog last saw, with the deadlines it was
+/// judged against (Unix s); the bus emits `InspectionDue` from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notice {
+    /// The standing.
+    pub standing: Standing,
+    /// When the inspection falls due (the warning starts).
+    pub due: i64,
+    /// When the meter locks.
+    pub lock: i64,
+}
+
 /// The regime state; one per meter.
 #[derive(Debug)]
 pub struct Regime {
     changes: tokio::sync::Mutex<()>,
     account: RwLock<Option<Account>>,
     ack: Mutex<AckMemo>,
+    inspection: tokio::sync::watch::Sender<Option<Notice>>,
     clock: ClockGuard,
 }
 
@@ -116,6 +152,7 @@ impl Regime {
             changes: tokio::sync::Mutex::default(),
             account: RwLock::default(),
             ack: Mutex::default(),
+            inspection: tokio::sync::watch::Sender::new(None),
             clock,
         }
     }
@@ -158,6 +195,25 @@ impl Regime {
         if let Ok(mut g) = self.ack.lock() {
             *g = memo;
         }
+    }
+
+    /// Records the inspection standing just judged; returns the one seen
+    /// before (`None`: first judgement since start). Watchers are woken only
+    /// when the notice changed.
+    pub fn observe_inspection(&self, notice: Notice) -> Option<Notice> {
+        let mut before = None;
+        self.inspection.send_if_modified(|cur| {
+            before = *cur;
+            let changed = *cur != Some(notice);
+            *cur = Some(notice);
+            changed
+        });
+        before
+    }
+
+    /// Follows the inspection standing (see [`Regime::observe_inspection`]).
+    pub fn watch_inspection(&self) -> tokio::sync::watch::Receiver<Option<Notice>> {
+        self.inspection.subscribe()
     }
 
     /// Locks the meter for `reason`; a no-op if a lock is already in force

@@ -53,7 +53,7 @@ pub struct Reports {
 pub struct Acknowledged {
     /// Sequence of the acknowledged report.
     pub sequence: u64,
-    /// Next deadline, Unix s.
+    /// Next lock deadline, Unix s.
     pub due: i64,
     /// Period in force, days.
     pub period_days: u32,
@@ -164,7 +164,7 @@ async fn snapshot(meter: &Meter, sale: &Sale, request_id: &str) -> Result<Status
             })
             .collect(),
         credited: usage.credited.0,
-        inspection_due: schedule.due,
+        inspection_due: schedule.lock_at,
         segment: Some(segment),
     })
 }
@@ -295,13 +295,16 @@ pub async fn acknowledge(meter: &Meter, signed: &[u8]) -> Result<Acknowledged> {
     let next = inspection::schedule(meter).await?;
     tracing::info!(
         sequence = ack.report_sequence,
-        due = next.due,
+        due = %inspection::rfc3339(next.warn_at),
+        locks = %inspection::rfc3339(next.lock_at),
         unlocked = unlocks,
         "status report acknowledged"
     );
+    // A warning in force ends now, not at the next tick.
+    inspection::observe(meter, &next, clock::now());
     Ok(Acknowledged {
         sequence: ack.report_sequence,
-        due: next.due,
+        due: next.lock_at,
         period_days: next.period_days,
         unlocked: unlocks,
     })

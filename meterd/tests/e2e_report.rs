@@ -195,7 +195,7 @@ fn report_round_trip_charges_once_and_resets_the_watchdog() {
     );
     let s = sb.status();
     assert_eq!(s["acknowledged_report"], 2, "{s}");
-    assert_eq!(s["inspection_period_days"], 90, "{s}");
+    assert_eq!(s["inspection_period_days"], 120, "{s}");
     let (ar, dr, ct) = sb.registers();
     assert_eq!((ar, dr, ct), (regs.0, regs.1, regs.2));
 }
@@ -205,8 +205,8 @@ fn overdue_inspection_locks_and_an_acknowledged_report_clears_it() {
     let sb = Sandbox::up(100_000);
     ok(&sb.postmark_id("p1").2, "postmark");
     let regs = sb.registers();
-    // 91 days later (certification + 90 days is the first deadline).
-    restart_at(&sb, 91 * DAY);
+    // 121 days later (certification + 120 days is the first lock deadline).
+    restart_at(&sb, 121 * DAY);
     let (st, reason) = state(&sb);
     assert_eq!(
         (st.as_str(), reason.as_str()),
@@ -240,7 +240,7 @@ fn overdue_inspection_locks_and_an_acknowledged_report_clears_it() {
     let s = sb.status();
     assert_eq!(s["state"], "ready", "{s}");
     let t = body["time"].as_i64().unwrap();
-    assert_eq!(s["inspection_due"].as_i64(), Some(t + 90 * DAY));
+    assert_eq!(s["inspection_due"].as_i64(), Some(t + 120 * DAY));
     ok(
         &sb.postmark_id("p3").2,
         "postmark after the acknowledgement",
@@ -249,7 +249,7 @@ fn overdue_inspection_locks_and_an_acknowledged_report_clears_it() {
     std::thread::sleep(Duration::from_secs(11));
     assert_eq!(sb.status()["state"], "ready");
     // Another period later it locks again.
-    restart_at(&sb, 182 * DAY);
+    restart_at(&sb, 242 * DAY);
     assert_eq!(state(&sb).1, "inspection-overdue");
     sb.registers();
 }

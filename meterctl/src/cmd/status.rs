@@ -1,4 +1,5 @@
 //! `meterctl status`: the unsigned register snapshot, as a table for people.
+//! The inspection standing is its own line (`status_inspection.rs`).
 //!
 //! Shows what an operator must act on first: the lock and how to clear it,
 //! the registers with their control-total check, and a low-funds warning.
@@ -15,6 +16,10 @@ use meter_proto::state;
 use zbus::zvariant::OwnedValue;
 
 use super::Ctx;
+use inspection::Inspection;
+
+#[path = "status_inspection.rs"]
+mod inspection;
 use crate::error::CtlError;
 use crate::output::{
     dict_to_json, format_amount, format_unix_time, short_hex, Dict, Output, Table,
@@ -34,12 +39,20 @@ pub async fn run(ctx: &Ctx, _args: Args) -> Result<Output, CtlError> {
         Err(_) => None,
     };
     let tsa = Tsa::query(meter.inner().connection()).await;
-    let (mut human, warnings) = render(&reply, certs);
+    let (mut human, mut warnings) = render(&reply, certs);
+    let inspection = Inspection::of(&Dict(&reply));
+    if let Some(i) = &inspection {
+        human.push_str(&i.line());
+        warnings.extend(i.warning());
+    }
     human.push_str(&tsa.line());
     let mut json = dict_to_json(&reply);
     if let Some(obj) = json.as_object_mut() {
         if let Some(c) = certs {
             obj.insert("user_certificates".into(), c.total.into());
+        }
+        if let Some(i) = &inspection {
+            obj.insert("inspection".into(), i.json());
         }
         obj.insert("tsa".into(), tsa.json());
     }
@@ -313,7 +326,7 @@ pub fn render(
         Some(due) if due > 0 => {
             let period = d.u64(key::INSPECTION_PERIOD_DAYS).unwrap_or(0);
             t.row(
-                "next inspection due",
+                "inspection lock deadline",
                 format!("{}  (period {period} days)", format_unix_time(due)),
             );
             let last = d.u64(key::ACKNOWLEDGED_REPORT).unwrap_or(0);
@@ -529,9 +542,8 @@ mod tests {
         let (text, _) = render_plain(&m);
         assert!(line(&text, "why").contains("inspection period"));
         assert!(line(&text, "to unlock").contains("meterctl report ack"));
-        assert!(
-            line(&text, "next inspection due").contains("1970-01-02T00:00:00Z  (period 90 days)")
-        );
+        assert!(line(&text, "inspection lock deadline")
+            .contains("1970-01-02T00:00:00Z  (period 90 days)"));
         assert!(line(&text, "last acknowledged report").contains("none yet"));
         m.insert(key::ACKNOWLEDGED_REPORT.into(), OwnedValue::from(3u64));
         let (text, _) = render_plain(&m);

@@ -605,4 +605,14 @@ impl MeterIface {
     /// A lock was cleared.
     #[zbus(signal)]
     pub async fn unlocked(emitter: &SignalEmitter<'_>) -> zbus::Result<()>;
+
+    /// The inspection fell due: a status report must be acknowledged before
+    /// `lock` (Unix s) or the meter locks `inspection-overdue`; `due` is
+    /// when the warning started (Unix s).
+    #[zbus(signal)]
+    pub async fn inspection_due(
+        emitter: &SignalEmitter<'_>,
+        due: i64,
+        lock: i64,
+    ) -> zbus::Result<()>;
 }

@@ -3,6 +3,9 @@
 //! The ledger publishes its state after every commit batch; this task diffs
 //! consecutive states and emits only what changed, so a burst of postmarks
 //! costs one PropertiesChanged per batch, not one per postmark.
+//! `InspectionDue` is driven by the inspection standing the watchdog
+//! publishes on the regime: once per entry into the warning period
+//! (including one found at start), not once per tick.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -16,6 +19,7 @@ use zbus::Connection;
 use super::MeterIface;
 use crate::ledger::LedgerState;
 use crate::meter::Meter;
+use crate::regime::Standing;
 
 /// Runs until the connection or the ledger goes away.
 pub async fn watch_and_emit(conn: Connection, meter: Arc<Meter>) {
@@ -39,6 +43,7 @@ pub async fn watch_and_emit(conn: Connection, meter: Arc<Meter>) {
             return;
         }
     };
+    tokio::spawn(emit_inspection_due(iface.clone(), Arc::clone(&meter)));
     let threshold = meter.config().low_funds_threshold;
     let mut rx = ledger.subscribe();
     let mut prev: Option<LedgerState> = None;
@@ -116,4 +121,25 @@ async fn emit(
         }
     }
     Ok(())
+}
+
+/// Emits `InspectionDue` each time the standing the watchdog published
+/// turns `due` (from none, `ok` or `overdue`); runs until the regime goes.
+async fn emit_inspection_due(iface: InterfaceRef<MeterIface>, meter: Arc<Meter>) {
+    let mut rx = meter.regime().watch_inspection();
+    let mut was_due = false;
+    loop {
+        let notice = *rx.borrow_and_update();
+        let due = notice.is_some_and(|n| n.standing == Standing::Due);
+        if let (true, false, Some(n)) = (due, was_due, notice) {
+            if let Err(e) = MeterIface::inspection_due(iface.signal_emitter(), n.due, n.lock).await
+            {
+                tracing::warn!(error = %e, "InspectionDue emission failed");
+            }
+        }
+        was_due = due;
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }

@@ -118,14 +118,23 @@ pub async fn full(meter: &Meter) -> Dict {
     d
 }
 
-/// Adds the inspection schedule to a `Status()` dictionary.
+/// Adds the inspection schedule to a `Status()` dictionary: the lock
+/// deadline (`inspection_due`, as before the warning period existed), the
+/// warning deadline and the standing now.
 pub fn put_inspection(d: &mut Dict, s: Option<&crate::inspection::Schedule>) {
     use keys::status as k;
-    put(d, k::INSPECTION_DUE, s.map_or(0i64, |s| s.due));
+    put(d, k::INSPECTION_DUE, s.map_or(0i64, |s| s.lock_at));
     put(
         d,
         k::INSPECTION_PERIOD_DAYS,
         s.map_or(0u32, |s| s.period_days),
+    );
+    put(d, k::INSPECTION_WARN_AT, s.map_or(0i64, |s| s.warn_at));
+    put(d, k::INSPECTION_WARN_DAYS, s.map_or(0u32, |s| s.warn_days));
+    put(
+        d,
+        k::INSPECTION_STATE,
+        s.map_or("", |s| s.standing(clock::now()).name()),
     );
     put(
         d,
