@@ -63,15 +63,17 @@ pub(super) fn ensure_loaded(conn: &mut Conn, store: &KeyStore, name: &str) -> At
         return Ok(handle);
     }
     let (public, private) = store.load(name)?;
-    let point = templates::signing_key_point(&public).or_else(|| {
-        (name == AK_KEY)
-            .then(|| templates::ak_point(&public))
-            .flatten()
-    });
+    let point = templates::signing_key_point(&public)
+        .or_else(|| {
+            (name == AK_KEY)
+                .then(|| templates::ak_point(&public))
+                .flatten()
+        })
+        .or_else(|| templates::ecdh_key_point(&public));
     let point = point.ok_or_else(|| {
         tpm_error(
             "load",
-            format!("blob of {name:?} is not a P-384 signing key"),
+            format!("blob of {name:?} is not a P-384 signing or key-agreement key"),
         )
     })?;
     make_room(conn)?;
