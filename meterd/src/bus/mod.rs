@@ -450,7 +450,10 @@ impl MeterIface {
         let call = self.admin(&header, "RequestCertificate").await?;
         let key = call.key(&request_id)?;
         let (cn, code) = certs_dict::subject(&subject)?;
-        call.done(certs::request(&self.app.meter, &self.app.certs, &cn, &code, key).await)
+        let encrypt = certs_dict::wants_encrypt(&subject);
+        call.done(
+            certs::request_for(&self.app.meter, &self.app.certs, &cn, &code, encrypt, key).await,
+        )
     }
 
     /// Installs a user certificate for a pending key; returns its serial.
