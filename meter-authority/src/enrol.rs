@@ -7,14 +7,17 @@
 //! its identity key (`meter_pki::certreq`). `certify_user` checks both
 //! signatures (the CMS by a meter identity this authority certified, the
 //! PKCS#10 self-signature), consumes the code for that subject, and issues
-//! a user certificate (profile User, policy `oid::USER_POLICY`).
+//! a user certificate (profile User, policy `oid::USER_POLICY`). A request with
+//! purpose `encrypt` is for a key-agreement key, which cannot sign: its PKCS#10 is
+//! signed by the meter's identity key instead and the certificate says keyAgreement
+//! (profile UserEncryption).
 //!
 //! Codes are kept in `enrolments.json` as SHA-384 digests only, so the file
 //! does not leak usable codes; a used code stays listed with its use time.
 
 use crate::state::Issued;
 use crate::{Authority, AuthorityError, Result};
-use meter_pki::certreq::CertRequest;
+use meter_pki::certreq::{CertRequest, PURPOSE_ENCRYPT};
 use meter_pki::issue::{self, Profile};
 use meter_pki::{cert, csr, payload};
 use serde::{Deserialize, Serialize};
@@ -134,7 +137,19 @@ impl Authority {
                 req.meter_id
             )));
         }
-        let csr = csr::verify(&req.csr_der()?)?;
+        // A key-agreement key cannot sign its own request: the meter's identity key
+        // (checked above to be one certified here) signs it instead.
+        let encrypt = req.purpose.as_deref() == Some(PURPOSE_ENCRYPT);
+        let csr = if encrypt {
+            csr::verify_signed_by(&req.csr_der()?, &cert::public_key_sec1(signer)?)?
+        } else {
+            csr::verify(&req.csr_der()?)?
+        };
+        let profile = if encrypt {
+            Profile::UserEncryption
+        } else {
+            Profile::User
+        };
         if csr.subject_cn != req.subject_cn {
             return Err(AuthorityError::Invalid(
                 "the PKCS#10 subject differs from the subject asked for".into(),
@@ -163,7 +178,7 @@ impl Authority {
         let c = issue::issue(
             &csr.subject_cn,
             &csr.public_sec1,
-            Profile::User,
+            profile,
             &self.key,
             &self.root,
             serial,
@@ -173,7 +188,7 @@ impl Authority {
         self.state.issued.push(Issued {
             serial,
             subject_cn: csr.subject_cn,
-            profile: format!("{:?}", Profile::User),
+            profile: format!("{profile:?}"),
             not_after: cert::not_after(&c),
         });
         self.save()?;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// Services a rate table may price (SPEC "Table of service rates").
-pub const SERVICES: [&str; 10] = [
+pub const SERVICES: [&str; 11] = [
     "postmark",
     "validate",
     "sign",
@@ -21,6 +21,7 @@ pub const SERVICES: [&str; 10] = [
     "payment-certificate",
     "status-report",
     "postage",
+    "decrypt",
 ];
 
 #[derive(Debug, Deserialize)]

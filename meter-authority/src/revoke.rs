@@ -124,7 +124,7 @@ impl Authority {
     ) -> Result<(RevokeOrder, String)> {
         rv::check_reason(reason)?;
         let issued_user = self.state.issued.iter().any(|i| {
-            i.profile == "User"
+            (i.profile == "User" || i.profile == "UserEncryption")
                 && rv::canonical_serial(&format!("{:x}", i.serial))
                     .ok()
                     .as_deref()

@@ -41,6 +41,7 @@ fn request(
         enrolment_code: code.into(),
         csr_hex: hex::encode(csr_for(cn, user)),
         issued_at: now(),
+        purpose: None,
     };
     cms::sign_with_key(
         &SignOptions {

@@ -29,7 +29,16 @@ pub struct CertRequest {
     pub csr_hex: String,
     /// Request time (unix s).
     pub issued_at: i64,
+    /// What the key is for: absent for a signing key (the PKCS#10 is self-signed), or
+    /// [`PURPOSE_ENCRYPT`] for a key-agreement key, whose PKCS#10 is signed by the
+    /// meter's identity key (it cannot sign) and whose certificate says keyAgreement.
+    /// Left out of the JSON when absent, so signing requests read as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
 }
+
+/// [`CertRequest::purpose`] of a key-agreement (encryption) key.
+pub const PURPOSE_ENCRYPT: &str = "encrypt";
 
 impl CertRequest {
     /// The DER PKCS#10 request.
@@ -62,6 +71,13 @@ impl Payload for CertRequest {
                 "csr_hex must be 1..{MAX_CSR_HEX} hex digits"
             )));
         }
+        if let Some(p) = &self.purpose {
+            if p != PURPOSE_ENCRYPT {
+                return Err(PkiError::Malformed(format!(
+                    "purpose {p:?}: expected absent or {PURPOSE_ENCRYPT:?}"
+                )));
+            }
+        }
         self.csr_der().map(|_| ())
     }
 }
@@ -80,6 +96,7 @@ mod tests {
             enrolment_code: "ABCD-1234".into(),
             csr_hex: "3000".into(),
             issued_at: 1,
+            purpose: None,
         };
         let b = payload::encode(&r).unwrap();
         assert_eq!(payload::decode::<CertRequest>(&b).unwrap(), r);
@@ -89,6 +106,14 @@ mod tests {
         bad = r.clone();
         bad.csr_hex = "zz".into();
         assert!(payload::decode::<CertRequest>(&payload::encode(&bad).unwrap()).is_err());
+        bad = r.clone();
+        bad.purpose = Some("other".into());
+        assert!(payload::decode::<CertRequest>(&payload::encode(&bad).unwrap()).is_err());
+        bad.purpose = Some(PURPOSE_ENCRYPT.into());
+        assert!(payload::decode::<CertRequest>(&payload::encode(&bad).unwrap()).is_ok());
+        assert!(!String::from_utf8(payload::encode(&r).unwrap())
+            .unwrap()
+            .contains("purpose"));
         let extra = br#"{"meter_id":"m","subject_cn":"a","enrolment_code":"c","csr_hex":"30","issued_at":0,"x":1}"#;
         assert!(payload::decode::<CertRequest>(extra).is_err());
     }

@@ -24,7 +24,15 @@ impl PreparedCsr {
 
     /// The DER request; `BadSignature` if `raw_sig` was not made by the request's key.
     pub fn finish(self, raw_sig: &[u8; 96]) -> Result<Vec<u8>> {
-        sig::verify_prehash(&self.public_sec1, &self.digest, raw_sig)?;
+        let signer = self.public_sec1.clone();
+        self.finish_signed_by(&signer, raw_sig)
+    }
+
+    /// The DER request signed by another key than the one it names (`signer_sec1`):
+    /// for a key-agreement key, which cannot sign, the meter's identity key signs
+    /// (see [`verify_signed_by`]). `BadSignature` if `raw_sig` was not made by `signer_sec1`.
+    pub fn finish_signed_by(self, signer_sec1: &[u8], raw_sig: &[u8; 96]) -> Result<Vec<u8>> {
+        sig::verify_prehash(signer_sec1, &self.digest, raw_sig)?;
         let req = CertReq {
             info: self.info,
             algorithm: util::alg(oid::ECDSA_SHA384),
@@ -62,6 +70,18 @@ pub struct VerifiedCsr {
 
 /// Parses a DER or PEM request and checks its ECDSA P-384/SHA-384 self-signature.
 pub fn verify(der_or_pem: &[u8]) -> Result<VerifiedCsr> {
+    verify_by(der_or_pem, None)
+}
+
+/// Parses a DER or PEM request for a key that cannot sign (a key-agreement key) and
+/// checks its ECDSA P-384/SHA-384 signature by `signer_sec1` (the meter's identity key,
+/// whose certificate the authority issued): possession of the new key is vouched for by
+/// the meter that holds it in its TPM, as RFC 6955's alternatives are not widely read.
+pub fn verify_signed_by(der_or_pem: &[u8], signer_sec1: &[u8]) -> Result<VerifiedCsr> {
+    verify_by(der_or_pem, Some(signer_sec1))
+}
+
+fn verify_by(der_or_pem: &[u8], signer_sec1: Option<&[u8]>) -> Result<VerifiedCsr> {
     let der = crate::pem::decode_any(der_or_pem, "CERTIFICATE REQUEST")?;
     let req = CertReq::from_der(&der)?;
     if !util::is_ecdsa_sha384(&req.algorithm) {
@@ -74,7 +94,8 @@ pub fn verify(der_or_pem: &[u8]) -> Result<VerifiedCsr> {
         .signature
         .as_bytes()
         .ok_or_else(|| PkiError::Malformed("signature bit string has unused bits".into()))?;
-    sig::verify_prehash_der(&public_sec1, &util::sha384(&req.info.to_der()?), sig)?;
+    let signer = signer_sec1.unwrap_or(&public_sec1);
+    sig::verify_prehash_der(signer, &util::sha384(&req.info.to_der()?), sig)?;
     let subject_cn = util::cn_of(&req.info.subject)
         .ok_or_else(|| PkiError::Malformed("request subject has no common name".into()))?;
     util::check_cn(&subject_cn)?;
@@ -114,5 +135,25 @@ mod tests {
         let mut t = der.clone();
         t[pos + 7] = b'3';
         assert!(matches!(verify(&t), Err(PkiError::BadSignature(_))));
+    }
+
+    #[test]
+    fn a_request_signed_by_another_key_verifies_only_against_it() {
+        let key = p384::SecretKey::from_slice(&[7u8; 48]).unwrap();
+        let sec1 = key.public_key().to_sec1_bytes().to_vec();
+        let signer = p384::ecdsa::SigningKey::from_slice(&[8u8; 48]).unwrap();
+        let signer_sec1 = signer
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        let p = prepare("Alice", &sec1).unwrap();
+        let raw = sig::sign_prehash_raw(&signer, &p.digest()).unwrap();
+        assert!(p.clone().finish(&raw).is_err());
+        let der = p.finish_signed_by(&signer_sec1, &raw).unwrap();
+        let v = verify_signed_by(&der, &signer_sec1).unwrap();
+        assert_eq!(v.public_sec1, sec1);
+        assert!(verify(&der).is_err());
+        assert!(verify_signed_by(&der, &sec1).is_err());
     }
 }

@@ -136,41 +136,41 @@ fn from_certificate(c: &Certificate) -> Result<Receiver> {
 
 /// `EnvelopedData` with its recipient infos kept as raw `[1]` (kari) elements.
 #[derive(Debug, Clone, Sequence)]
-struct Enveloped {
-    version: CmsVersion,
-    recip_infos: SetOfVec<Any>,
-    encrypted_content: EncryptedContentInfo,
+pub(crate) struct Enveloped {
+    pub(crate) version: CmsVersion,
+    pub(crate) recip_infos: SetOfVec<Any>,
+    pub(crate) encrypted_content: EncryptedContentInfo,
 }
 
 /// `KeyAgreeRecipientInfo` (RFC 5652 §6.2.2).
 #[derive(Debug, Clone, Sequence)]
-struct Kari {
-    version: CmsVersion,
+pub(crate) struct Kari {
+    pub(crate) version: CmsVersion,
     #[asn1(context_specific = "0", tag_mode = "EXPLICIT")]
-    originator: OriginatorIdentifierOrKey,
+    pub(crate) originator: OriginatorIdentifierOrKey,
     #[asn1(context_specific = "1", tag_mode = "EXPLICIT", optional = "true")]
-    ukm: Option<OctetString>,
-    key_enc_alg: AlgorithmIdentifierOwned,
-    recipient_enc_keys: Vec<Rek>,
+    pub(crate) ukm: Option<OctetString>,
+    pub(crate) key_enc_alg: AlgorithmIdentifierOwned,
+    pub(crate) recipient_enc_keys: Vec<Rek>,
 }
 
 /// `RecipientEncryptedKey`.
 #[derive(Debug, Clone, Sequence)]
-struct Rek {
-    rid: Rid,
-    enc_key: OctetString,
+pub(crate) struct Rek {
+    pub(crate) rid: Rid,
+    pub(crate) enc_key: OctetString,
 }
 
 /// `KeyAgreeRecipientIdentifier`.
 #[derive(Debug, Clone, Choice)]
-enum Rid {
+pub(crate) enum Rid {
     IssuerAndSerialNumber(IssuerAndSerialNumber),
     #[asn1(context_specific = "0", tag_mode = "IMPLICIT", constructed = "true")]
     RKeyId(RecipientKeyIdentifier),
 }
 
 /// Tag of a `kari` choice in `RecipientInfo`: `[1]` IMPLICIT, constructed.
-fn kari_tag() -> Tag {
+pub(crate) fn kari_tag() -> Tag {
     Tag::ContextSpecific {
         constructed: true,
         number: der::TagNumber::N1,
@@ -179,12 +179,12 @@ fn kari_tag() -> Tag {
 
 /// `ECC-CMS-SharedInfo` (RFC 5753 §7.2), the KDF's other-info.
 #[derive(Debug, Clone, Sequence)]
-struct EccCmsSharedInfo {
-    key_info: AlgorithmIdentifierOwned,
+pub(crate) struct EccCmsSharedInfo {
+    pub(crate) key_info: AlgorithmIdentifierOwned,
     #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
-    entity_u_info: Option<OctetString>,
+    pub(crate) entity_u_info: Option<OctetString>,
     #[asn1(context_specific = "2", tag_mode = "EXPLICIT")]
-    supp_pub_info: OctetString,
+    pub(crate) supp_pub_info: OctetString,
 }
 
 /// KEK = X9.63 KDF(SHA-384) of the shared x-coordinate; 32 bytes fit in one SHA-384 block.

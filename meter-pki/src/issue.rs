@@ -32,6 +32,10 @@ pub enum Profile {
     User,
     /// Agent CA (a business issuing for employees): CA with pathLen 0.
     AgentCa,
+    /// User key-agreement (encryption) key installed in the meter: keyAgreement only,
+    /// with the user policy. Its key cannot sign, so its request is signed by the
+    /// meter's identity key (`csr::verify_signed_by`).
+    UserEncryption,
 }
 
 fn ext<T: Encode>(id: der::asn1::ObjectIdentifier, critical: bool, v: &T) -> Result<Extension> {
@@ -57,11 +61,14 @@ fn extensions(
         out.push(ext(oid::EXT_BASIC_CONSTRAINTS, true, &bc)?);
         let ku = KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign);
         out.push(ext(oid::EXT_KEY_USAGE, true, &ku)?);
+    } else if profile == Profile::UserEncryption {
+        let ku = KeyUsage(KeyUsages::KeyAgreement.into());
+        out.push(ext(oid::EXT_KEY_USAGE, true, &ku)?);
     } else {
         let ku = KeyUsage(KeyUsages::DigitalSignature.into());
         out.push(ext(oid::EXT_KEY_USAGE, true, &ku)?);
     }
-    if profile == Profile::User {
+    if matches!(profile, Profile::User | Profile::UserEncryption) {
         // Certificate policies, non-critical: marks a Fig. 5 user certificate.
         let policies = CertificatePolicies(vec![PolicyInformation {
             policy_identifier: oid::USER_POLICY,

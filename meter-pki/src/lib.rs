@@ -35,6 +35,7 @@ pub mod sig;
 pub mod tpm;
 pub mod tsp;
 pub mod tsq;
+pub mod unseal;
 
 #[cfg(test)]
 mod test_keys;

@@ -83,7 +83,7 @@ pub mod kind {
 
 /// Service codes of the ledger and their names (meterd's `Service`; a
 /// meterd test keeps the two equal).
-pub const SERVICES: [(u8, &str); 10] = [
+pub const SERVICES: [(u8, &str); 11] = [
     (1, "postmark"),
     (2, "validate"),
     (3, "sign"),
@@ -94,6 +94,7 @@ pub const SERVICES: [(u8, &str); 10] = [
     (8, "payment-certificate"),
     (9, "status-report"),
     (10, "postage"),
+    (11, "decrypt"),
 ];
 
 /// Service codes used by the product rule and the authority.

@@ -61,6 +61,7 @@ fn samples() -> &'static Samples {
             enrolment_code: "AB12-CD34".into(),
             csr_hex: "3000".into(),
             issued_at: now(),
+            purpose: None,
         };
         let request = cms::sign_with_key(
             &SignOptions {

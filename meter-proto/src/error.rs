@@ -27,6 +27,9 @@ pub enum MeterError {
     BadSignature(String),
     /// A single-use object (voucher, order) was already used.
     Replay(String),
+    /// An envelope is not addressed to the certificate, or does not decrypt
+    /// (altered, or made for another key); nothing was charged.
+    NotDecryptable(String),
     /// An object is older than the one in force (rate table, order).
     Stale(String),
     /// The TPM failed or is unreachable.
@@ -53,6 +56,7 @@ impl MeterError {
             MeterError::InvalidInput(_) => "InvalidInput",
             MeterError::BadSignature(_) => "BadSignature",
             MeterError::Replay(_) => "Replay",
+            MeterError::NotDecryptable(_) => "NotDecryptable",
             MeterError::Stale(_) => "Stale",
             MeterError::Housing(_) => "Housing",
             MeterError::Storage(_) => "Storage",
@@ -72,6 +76,7 @@ impl MeterError {
             | MeterError::InvalidInput(m)
             | MeterError::BadSignature(m)
             | MeterError::Replay(m)
+            | MeterError::NotDecryptable(m)
             | MeterError::Stale(m)
             | MeterError::Housing(m)
             | MeterError::Storage(m)
@@ -94,9 +99,10 @@ impl MeterError {
             MeterError::NotProvisioned(_) => exit::NOT_PROVISIONED,
             MeterError::AccessDenied(_) => exit::ACCESS,
             MeterError::InvalidInput(_) => exit::INVALID,
-            MeterError::BadSignature(_) | MeterError::Replay(_) | MeterError::Stale(_) => {
-                exit::REFUSED
-            }
+            MeterError::BadSignature(_)
+            | MeterError::Replay(_)
+            | MeterError::Stale(_)
+            | MeterError::NotDecryptable(_) => exit::REFUSED,
             MeterError::Housing(_) => exit::HOUSING,
             MeterError::Storage(_) => exit::STORAGE,
             MeterError::Busy(_) => exit::BUSY,

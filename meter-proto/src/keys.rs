@@ -126,6 +126,9 @@ pub mod subject {
     pub const CN: &str = "cn";
     /// One-time enrolment code the authority issued for that subject.
     pub const ENROLMENT_CODE: &str = "enrolment_code";
+    /// Optional: `sign` (the default, a signing key) or `encrypt` (a key-agreement
+    /// key for `Decrypt`, certified with key usage keyAgreement).
+    pub const PURPOSE: &str = "purpose";
 }
 
 /// `ListCertificates()` entry keys.
@@ -140,4 +143,6 @@ pub mod certificate {
     pub const STATE: &str = "state";
     /// Name of the key in the housing.
     pub const KEY: &str = "key";
+    /// `sign` or `encrypt`.
+    pub const PURPOSE: &str = "purpose";
 }

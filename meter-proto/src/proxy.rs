@@ -193,6 +193,17 @@ pub trait Meter1 {
         request_id: &str,
     ) -> Result<Vec<u8>, MeterError>;
 
+    /// Opens a CMS EnvelopedData read from `envelope` with the user encryption
+    /// certificate `certificate_serial` and writes the plaintext to `output`;
+    /// returns the bytes written. Charged (`decrypt`), idempotent by request id.
+    fn decrypt(
+        &self,
+        certificate_serial: &str,
+        envelope: Fd<'_>,
+        output: Fd<'_>,
+        request_id: &str,
+    ) -> Result<u64, MeterError>;
+
     /// Meter identifier (from the identity key), empty when unprovisioned.
     #[zbus(property)]
     fn meter_id(&self) -> zbus::Result<String>;

@@ -82,6 +82,8 @@ pub enum Command {
     Certs(cmd::certs::Args),
     /// Sign a file (detached CMS) with an installed user certificate.
     Sign(cmd::sign::Args),
+    /// Decrypt a CMS envelope with an installed user encryption certificate (charged).
+    Decrypt(cmd::decrypt::Args),
     /// Apply an authority-signed clear-lock order.
     ClearLock(cmd::clear_lock::Args),
     /// Make a signed status report for the authority, or apply its acknowledgement (`report ack`).
@@ -142,6 +144,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CtlError> {
         Command::Cert(a) => cmd::cert::run(ctx, a).await,
         Command::Certs(a) => cmd::certs::run(ctx, a).await,
         Command::Sign(a) => cmd::sign::run(ctx, a).await,
+        Command::Decrypt(a) => cmd::decrypt::run(ctx, a).await,
         Command::ClearLock(a) => cmd::clear_lock::run(ctx, a).await,
         Command::Report(a) => cmd::report::run(ctx, a).await,
         Command::Lock(a) => cmd::lock::run(ctx, a).await,

@@ -19,7 +19,7 @@
 use std::sync::RwLock;
 
 use meter_pki::cert::{self, Certificate};
-use meter_pki::certreq::{self, CertRequest};
+use meter_pki::certreq::{self, CertRequest, PURPOSE_ENCRYPT};
 use meter_pki::{csr, oid, payload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha384};
@@ -27,6 +27,7 @@ use sha2::{Digest as _, Sha384};
 use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
+use crate::housing::IDENTITY_KEY;
 use crate::ledger::{EntryKind, Key, Ledger};
 use crate::meter::Meter;
 use crate::sale::{self, Guard, Made, Price, Sale, Spec};
@@ -77,6 +78,9 @@ pub struct PendingRecord {
     pub public_hex: String,
     /// The CMS request returned to the caller, hex.
     pub request_hex: String,
+    /// `encrypt` for a key-agreement key (`Decrypt`); absent for a signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
 }
 
 /// One user key and, once installed, its certificate.
@@ -94,6 +98,8 @@ pub struct CertEntry {
     pub cert_der: Vec<u8>,
     /// A revocation was recorded.
     pub revoked: bool,
+    /// A key-agreement (encryption) key, for `Decrypt`; otherwise a signing key.
+    pub encrypt: bool,
 }
 
 impl CertEntry {
@@ -246,6 +252,7 @@ fn pending_entry(product: &[u8]) -> Result<CertEntry> {
         cert: None,
         cert_der: Vec::new(),
         revoked: false,
+        encrypt: r.purpose.as_deref() == Some(PURPOSE_ENCRYPT),
     })
 }
 
@@ -288,6 +295,22 @@ pub async fn request(
     code: &str,
     key: Key,
 ) -> Result<Vec<u8>> {
+    request_for(meter, store, cn, code, false, key).await
+}
+
+/// `RequestCertificate` for a signing key (`encrypt` false) or a key-agreement
+/// key for `Decrypt` (`encrypt` true: made with [`crate::housing::Housing::create_ecdh_key`];
+/// it cannot sign, so the meter's identity key signs its PKCS#10, and the
+/// request says purpose `encrypt`, for which the authority issues a
+/// keyAgreement certificate).
+pub async fn request_for(
+    meter: &Meter,
+    store: &CertStore,
+    cn: &str,
+    code: &str,
+    encrypt: bool,
+    key: Key,
+) -> Result<Vec<u8>> {
     check_cn(cn)?;
     certreq::check_code(code).map_err(|e| ServiceError::InvalidInput(e.to_string()))?;
     let meter_id = meter.require_identity()?.meter_id.clone();
@@ -296,7 +319,14 @@ pub async fn request(
     let spec = Spec::record(
         EntryKind::Event,
         key,
-        input_digest(NOTE_REQUEST, &[cn.as_bytes(), code.as_bytes()]),
+        if encrypt {
+            input_digest(
+                NOTE_REQUEST,
+                &[cn.as_bytes(), code.as_bytes(), PURPOSE_ENCRYPT.as_bytes()],
+            )
+        } else {
+            input_digest(NOTE_REQUEST, &[cn.as_bytes(), code.as_bytes()])
+        },
         NOTE_REQUEST,
     )
     .guarded(Guard::Selling)
@@ -308,23 +338,35 @@ pub async fn request(
             .call(move |h| {
                 if h.has_key(&k)? {
                     h.public_key(&k)
+                } else if encrypt {
+                    h.create_ecdh_key(&k)
                 } else {
                     h.create_key(&k)
                 }
             })
             .await?;
         let prepared = csr::prepare(cn, &public)?;
-        let raw = meter
-            .housing()
-            .sign_digest(&name, prepared.digest())
-            .await?;
-        let csr_der = prepared.finish(&raw)?;
+        let csr_der = if encrypt {
+            let raw = meter
+                .housing()
+                .sign_digest(IDENTITY_KEY, prepared.digest())
+                .await?;
+            let signer = cert::public_key_sec1(&sale.identity.meter_cert)?;
+            prepared.finish_signed_by(&signer, &raw)?
+        } else {
+            let raw = meter
+                .housing()
+                .sign_digest(&name, prepared.digest())
+                .await?;
+            prepared.finish(&raw)?
+        };
         let body = CertRequest {
             meter_id: sale.identity.meter_id.clone(),
             subject_cn: cn.to_owned(),
             enrolment_code: code.to_owned(),
             csr_hex: hex::encode(&csr_der),
             issued_at: sale.now(),
+            purpose: encrypt.then(|| PURPOSE_ENCRYPT.to_owned()),
         };
         let content = payload::encode(&body)?;
         let request = meter
@@ -335,6 +377,7 @@ pub async fn request(
             subject: cn.to_owned(),
             public_hex: hex::encode(&public),
             request_hex: hex::encode(&request),
+            purpose: encrypt.then(|| PURPOSE_ENCRYPT.to_owned()),
         };
         let product = serde_json::to_vec(&record)
             .map_err(|e| ServiceError::Internal(format!("request record: {e}")))?;
@@ -465,6 +508,7 @@ mod tests {
             cert: None,
             cert_der: vec![],
             revoked: false,
+            encrypt: false,
         };
         assert_eq!(e.state(T0), CertState::Pending);
         assert_eq!(e.serial(), "");

@@ -71,6 +71,10 @@ pub enum ServiceError {
     /// A signed object does not verify.
     #[error("{0}")]
     BadSignature(String),
+    /// An envelope is not addressed to the certificate, or does not decrypt
+    /// (a key unwrap or padding check failed): altered, or for someone else.
+    #[error("{0}")]
+    NotDecryptable(String),
     /// A single-use object was used before.
     #[error("{0}")]
     Replay(String),

@@ -1,5 +1,5 @@
 //! Bounded, cancellable reading of a message handed over as a file
-//! descriptor (`Postmark`, `Sign`, `Validate`).
+//! descriptor (`Postmark`, `Sign`, `Validate`; `Decrypt` keeps the bytes).
 //!
 //! The descriptor comes from the caller, so it may be anything the caller
 //! can open: a pipe whose write end it keeps forever, `/dev/zero`, an
@@ -97,6 +97,63 @@ pub async fn hash_message(
     limits: &ReadLimits,
     cancel: &CancellationToken,
 ) -> Result<Digest> {
+    read_any(fd, limits, cancel, false).await.map(|r| r.digest)
+}
+
+/// Everything readable from `fd` (`Decrypt`'s envelope), kept in memory,
+/// with its SHA-384; bounded like [`hash_message`].
+pub async fn read_message(
+    fd: OwnedFd,
+    limits: &ReadLimits,
+    cancel: &CancellationToken,
+) -> Result<Collected> {
+    read_any(fd, limits, cancel, true).await
+}
+
+/// What a read gave: the SHA-384, and the bytes when they were kept.
+#[derive(Debug)]
+pub struct Collected {
+    /// SHA-384 of the bytes read.
+    pub digest: Digest,
+    /// The bytes (empty unless asked for).
+    pub bytes: Vec<u8>,
+}
+
+/// Hashes what is read and keeps it if asked.
+struct Sink {
+    hasher: Sha384,
+    keep: Option<Vec<u8>>,
+}
+
+impl Sink {
+    fn new(keep: bool) -> Sink {
+        Sink {
+            hasher: Sha384::new(),
+            keep: keep.then(Vec::new),
+        }
+    }
+
+    fn update(&mut self, b: &[u8]) {
+        self.hasher.update(b);
+        if let Some(k) = self.keep.as_mut() {
+            k.extend_from_slice(b);
+        }
+    }
+
+    fn finish(self) -> Collected {
+        Collected {
+            digest: self.hasher.finalize().into(),
+            bytes: self.keep.unwrap_or_default(),
+        }
+    }
+}
+
+async fn read_any(
+    fd: OwnedFd,
+    limits: &ReadLimits,
+    cancel: &CancellationToken,
+    keep: bool,
+) -> Result<Collected> {
     let deadline = Instant::now() + limits.deadline;
     let file = File::from(fd);
     let meta = file.metadata().map_err(|e| {
@@ -105,7 +162,7 @@ pub async fn hash_message(
     check_readable(&file, &meta.file_type())?;
     let ft = meta.file_type();
     if ft.is_file() || ft.is_block_device() {
-        return read_blocking(file, limits, deadline, cancel).await;
+        return read_blocking(file, limits, deadline, cancel, keep).await;
     }
     let nb = Nonblocking::set(file).map_err(|e| {
         ServiceError::InvalidInput(format!("cannot use the message descriptor: {e}"))
@@ -113,7 +170,7 @@ pub async fn hash_message(
     // SAFETY: `nb` owns its `File`, so the descriptor stays open and the
     // same for as long as the `AsyncFd` owns `nb`.
     match unsafe { AsyncFd::register_with_interest(nb, Interest::READABLE) } {
-        Ok(afd) => read_polled(afd, limits, deadline, cancel).await,
+        Ok(afd) => read_polled(afd, limits, deadline, cancel, keep).await,
         Err(e) => {
             let (nb, cause) = e.into_parts();
             match (nb.into_file(), cause.raw_os_error()) {
@@ -121,7 +178,7 @@ pub async fn hash_message(
                 // ...): they never block, so a blocking thread with checks
                 // between chunks bounds them.
                 (Some(file), Some(libc::EPERM)) => {
-                    read_blocking(file, limits, deadline, cancel).await
+                    read_blocking(file, limits, deadline, cancel, keep).await
                 }
                 _ => Err(ServiceError::Internal(format!(
                     "cannot watch the message descriptor: {cause}"
@@ -244,8 +301,9 @@ async fn read_polled(
     limits: &ReadLimits,
     deadline: Instant,
     cancel: &CancellationToken,
-) -> Result<Digest> {
-    let mut hasher = Sha384::new();
+    keep: bool,
+) -> Result<Collected> {
+    let mut hasher = Sink::new(keep);
     let mut buf = vec![0u8; CHUNK];
     let mut total: u64 = 0;
     loop {
@@ -273,7 +331,7 @@ async fn read_polled(
         // A fast writer must not keep this worker from other calls.
         tokio::task::yield_now().await;
     }
-    Ok(hasher.finalize().into())
+    Ok(hasher.finish())
 }
 
 /// One slot of [`ReadLimits::blocking`], released when the thread ends.
@@ -305,7 +363,8 @@ async fn read_blocking(
     limits: &ReadLimits,
     deadline: Instant,
     cancel: &CancellationToken,
-) -> Result<Digest> {
+    keep: bool,
+) -> Result<Collected> {
     let slot = BlockingSlot::take(&limits.blocking)?;
     // Fires when the caller leaves, and when this future ends for any
     // reason (deadline, drop), so that the thread stops at its next chunk.
@@ -315,7 +374,7 @@ async fn read_blocking(
     let max = limits.max_bytes;
     let task = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        hash_blocking(file, max, std_deadline, &stop)
+        hash_blocking(file, max, std_deadline, &stop, keep)
     });
     tokio::select! {
         biased;
@@ -346,8 +405,9 @@ fn hash_blocking(
     max: u64,
     deadline: std::time::Instant,
     stop: &CancellationToken,
-) -> std::result::Result<Digest, Stopped> {
-    let mut hasher = Sha384::new();
+    keep: bool,
+) -> std::result::Result<Collected, Stopped> {
+    let mut hasher = Sink::new(keep);
     let mut buf = vec![0u8; CHUNK];
     let mut total: u64 = 0;
     loop {
@@ -369,7 +429,7 @@ fn hash_blocking(
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().into())
+    Ok(hasher.finish())
 }
 
 #[cfg(test)]

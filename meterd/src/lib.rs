@@ -31,6 +31,7 @@ pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod credit;
+pub mod decrypt;
 pub mod digest;
 pub mod error;
 pub mod housing;

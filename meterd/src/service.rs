@@ -26,11 +26,13 @@ pub enum Service {
     StatusReport = 9,
     /// Postage indicium.
     Postage = 10,
+    /// Decryption of a CMS envelope with a user encryption certificate.
+    Decrypt = 11,
 }
 
 impl Service {
     /// Every service, in code order.
-    pub const ALL: [Service; 10] = [
+    pub const ALL: [Service; 11] = [
         Service::Postmark,
         Service::Validate,
         Service::Sign,
@@ -41,6 +43,7 @@ impl Service {
         Service::PaymentCertificate,
         Service::StatusReport,
         Service::Postage,
+        Service::Decrypt,
     ];
 
     /// Name used in rate tables, status and logs.
@@ -56,6 +59,7 @@ impl Service {
             Service::PaymentCertificate => "payment-certificate",
             Service::StatusReport => "status-report",
             Service::Postage => "postage",
+            Service::Decrypt => "decrypt",
         }
     }
 

@@ -51,6 +51,12 @@ pub async fn sign(
             "the certificate is not installed yet".into(),
         )),
     };
+    if entry.encrypt {
+        return Err(ServiceError::InvalidInput(format!(
+            "certificate {} is an encryption (key agreement) certificate; it cannot sign",
+            entry.serial()
+        )));
+    }
     let cert = entry
         .cert
         .clone()

@@ -30,6 +30,10 @@ pub enum CertCommand {
         /// The enrolment code the authority gave for that subject.
         #[arg(long, value_name = "CODE")]
         code: String,
+        /// What the key is for: `sign` (Sign) or `encrypt` (a key-agreement key for
+        /// Decrypt, certified with key usage keyAgreement).
+        #[arg(long, value_name = "PURPOSE", default_value = "sign", value_parser = ["sign", "encrypt"])]
+        purpose: String,
         /// Where to write the request (DER CMS); default cert-request.der.
         #[arg(
             short = 'o',
@@ -72,6 +76,7 @@ pub async fn run(ctx: &Ctx, cmd: CertCommand) -> Result<Output, CtlError> {
         CertCommand::Request {
             subject,
             code,
+            purpose,
             out,
             request_id,
         } => {
@@ -85,6 +90,9 @@ pub async fn run(ctx: &Ctx, cmd: CertCommand) -> Result<Output, CtlError> {
             let mut dict: HashMap<&str, Value<'_>> = HashMap::new();
             dict.insert(key::CN, Value::from(cn.as_str()));
             dict.insert(key::ENROLMENT_CODE, Value::from(code.as_str()));
+            if purpose != "sign" {
+                dict.insert(key::PURPOSE, Value::from(purpose.as_str()));
+            }
             let request = meter.request_certificate(dict, &request_id).await?;
             if request.is_empty() {
                 return Err(CtlError::Reply(

@@ -12,6 +12,7 @@ pub mod certs;
 pub mod clear_lock;
 pub mod completions;
 pub mod credit;
+pub mod decrypt;
 pub mod lock;
 pub mod man;
 pub mod postage;
@@ -111,6 +112,11 @@ pub fn is_stdio(path: &Path) -> bool {
 /// Set once a product went to stdout: the human text then goes to stderr so
 /// that the bytes on stdout stay the product alone.
 static DATA_ON_STDOUT: AtomicBool = AtomicBool::new(false);
+
+/// Notes that a command's product went to stdout (the meter wrote it there).
+pub fn mark_data_on_stdout() {
+    DATA_ON_STDOUT.store(true, Ordering::Relaxed);
+}
 
 /// True when a command wrote its product to stdout (`-o -`).
 pub fn data_on_stdout() -> bool {

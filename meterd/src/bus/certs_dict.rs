@@ -31,11 +31,19 @@ pub fn subject(d: &Dict) -> Result<(String, String), MeterError> {
         match k.as_str() {
             sk::CN => cn = Some(s),
             sk::ENROLMENT_CODE => code = Some(s),
+            sk::PURPOSE if s == "sign" || s == "encrypt" => {}
+            sk::PURPOSE => {
+                return Err(MeterError::InvalidInput(format!(
+                    "subject key {:?} must be \"sign\" or \"encrypt\", got {s:?}",
+                    sk::PURPOSE
+                )))
+            }
             other => {
                 return Err(MeterError::InvalidInput(format!(
-                    "unknown subject key {other:?}; known: {}, {}",
+                    "unknown subject key {other:?}; known: {}, {}, {}",
                     sk::CN,
-                    sk::ENROLMENT_CODE
+                    sk::ENROLMENT_CODE,
+                    sk::PURPOSE
                 )))
             }
         }
@@ -48,6 +56,16 @@ pub fn subject(d: &Dict) -> Result<(String, String), MeterError> {
             sk::ENROLMENT_CODE
         ))),
     }
+}
+
+/// Whether the subject dictionary asks for an encryption (key-agreement) key.
+pub fn wants_encrypt(d: &Dict) -> bool {
+    d.get(sk::PURPOSE)
+        .and_then(|v| match &**v {
+            Value::Str(s) => Some(s.as_str() == "encrypt"),
+            _ => None,
+        })
+        .unwrap_or(false)
 }
 
 fn put<'a>(d: &mut Dict, key: &str, v: impl Into<Value<'a>>) {
@@ -82,6 +100,11 @@ pub fn list(certs: &CertStore) -> Vec<Dict> {
             put(&mut d, ck::NOT_AFTER, e.not_after());
             put(&mut d, ck::STATE, e.state(now).name());
             put(&mut d, ck::KEY, e.key.clone());
+            put(
+                &mut d,
+                ck::PURPOSE,
+                if e.encrypt { "encrypt" } else { "sign" },
+            );
             d
         })
         .collect()
@@ -112,6 +135,19 @@ mod tests {
         assert!(subject(&extra).is_err());
         let typed = dict(&[("cn", 5u32.into()), ("enrolment_code", "C".into())]);
         assert!(subject(&typed).is_err());
+        let enc = dict(&[
+            ("cn", "A".into()),
+            ("enrolment_code", "C".into()),
+            ("purpose", "encrypt".into()),
+        ]);
+        assert!(subject(&enc).is_ok() && wants_encrypt(&enc));
+        assert!(!wants_encrypt(&ok));
+        let bad = dict(&[
+            ("cn", "A".into()),
+            ("enrolment_code", "C".into()),
+            ("purpose", "other".into()),
+        ]);
+        assert!(subject(&bad).is_err());
     }
 
     proptest::proptest! {

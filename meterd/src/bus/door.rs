@@ -138,6 +138,15 @@ impl Call<'_> {
             .map_err(|e| self.refuse(e))
     }
 
+    /// The bytes behind `fd` (an envelope), read like [`Self::hash`]'s message.
+    pub async fn read(&self, fd: MessageFd) -> Result<Vec<u8>, MeterError> {
+        let fd = fd.into_fd()?;
+        intake::read_message(fd, self.limits, self.guard.cancel())
+            .await
+            .map(|c| c.bytes)
+            .map_err(|e| self.refuse(e))
+    }
+
     /// A descriptor the caller handed over for the meter to write a stream
     /// to (see `outlet`): no progress for the configured message read time
     /// is `TimedOut`, and it ends if the caller leaves the bus.

@@ -23,6 +23,7 @@ pub fn to_dbus(member: &str, e: ServiceError, currency: &(String, u8)) -> MeterE
         }
         ServiceError::Unpriced { .. } => MeterError::NotProvisioned(message),
         ServiceError::BadSignature(_) => MeterError::BadSignature(message),
+        ServiceError::NotDecryptable(_) => MeterError::NotDecryptable(message),
         ServiceError::Replay(_) => MeterError::Replay(message),
         ServiceError::Stale(_) => MeterError::Stale(message),
         ServiceError::Housing(ref cause) => {

@@ -27,8 +27,8 @@ use zbus::{fdo, interface};
 use meter_proto::MeterError;
 
 use crate::{
-    account, agent, anchor, audit, certs, credit as credit_service, lock, postage, postmark,
-    provision, rates, recharge, report, revoke, segment, sign, timestamp, validate,
+    account, agent, anchor, audit, certs, credit as credit_service, decrypt, lock, postage,
+    postmark, provision, rates, recharge, report, revoke, segment, sign, timestamp, validate,
 };
 use door::bounded;
 use fd_arg::MessageFd;
@@ -472,7 +472,10 @@ impl MeterIface {
         let call = self.admin(&header, "RequestCertificate").await?;
         let key = call.key(&request_id)?;
         let (cn, code) = certs_dict::subject(&subject)?;
-        call.done(certs::request(&self.app.meter, &self.app.certs, &cn, &code, key).await)
+        let encrypt = certs_dict::wants_encrypt(&subject);
+        call.done(
+            certs::request_for(&self.app.meter, &self.app.certs, &cn, &code, encrypt, key).await,
+        )
     }
 
     /// Installs a user certificate for a pending key; returns its serial.
@@ -512,6 +515,36 @@ impl MeterIface {
                 &self.app.certs,
                 &certificate_serial,
                 imprint,
+                key,
+            )
+            .await,
+        )
+    }
+
+    /// Opens a CMS EnvelopedData (read from `envelope`) addressed to the user
+    /// encryption certificate `certificate_serial`, the key agreement done in the
+    /// TPM, and writes the plaintext to `output`; returns the bytes written.
+    /// Charged (`decrypt`); a retry with the same request id is not.
+    async fn decrypt(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        certificate_serial: String,
+        envelope: MessageFd,
+        output: MessageFd,
+        request_id: String,
+    ) -> Result<u64, MeterError> {
+        let call = self.seller(&header, "Decrypt").await?;
+        let key = call.key(&request_id)?;
+        let out = call.outlet(output)?;
+        call.done(out.check())?;
+        let envelope = call.read(envelope).await?;
+        call.done(
+            decrypt::decrypt(
+                &self.app.meter,
+                &self.app.certs,
+                &certificate_serial,
+                &envelope,
+                out,
                 key,
             )
             .await,

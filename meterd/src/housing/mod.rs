@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::oneshot;
+use zeroize::Zeroizing;
 
 /// Raw P-384 ECDSA signature: r (48 bytes, big-endian) then s (48 bytes).
 pub type RawSignature = [u8; 96];
@@ -182,6 +183,21 @@ pub trait Housing: Send + 'static {
     /// no authorization to speak of and keeps the default.
     fn legacy_auth(&self) -> bool {
         false
+    }
+
+    /// Creates a non-exportable P-384 key-agreement key named `name` inside the TPM
+    /// (decrypt, not sign: usable only by [`Housing::ecdh_z_gen`]), stores its blobs,
+    /// and returns its public key (uncompressed SEC1). Fails if the name exists.
+    fn create_ecdh_key(&mut self, name: &str) -> Result<Vec<u8>> {
+        let _ = name;
+        Err(not_supported("create_ecdh_key"))
+    }
+    /// TPM2_ECDH_ZGen: the x-coordinate (48 bytes) of the point `d·P`, where `d` is
+    /// key-agreement key `name`'s secret and `P` the peer's P-384 point
+    /// (uncompressed SEC1). The secret never leaves the TPM; refused for a signing key.
+    fn ecdh_z_gen(&mut self, name: &str, peer_sec1: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let _ = (name, peer_sec1);
+        Err(not_supported("ecdh_z_gen"))
     }
 
     /// Reads the EK certificate and creates the AK if it has none; returns both.

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use p384::ecdsa::signature::hazmat::PrehashSigner;
 use p384::ecdsa::{Signature, SigningKey};
 use sha2::{Digest as _, Sha384};
+use zeroize::Zeroizing;
 
 use super::{
     check_key_name, check_nv_index, Housing, HousingError, RawSignature, Result, TpmClock,
@@ -60,6 +61,8 @@ pub struct SoftwareOptions {
 struct State {
     seed: Option<[u8; 32]>,
     keys: BTreeMap<String, SigningKey>,
+    /// Names of the keys in `keys` that are key-agreement keys (they do not sign).
+    agreement: std::collections::BTreeSet<String>,
     /// Keys ever created per name, so a re-created seeded key differs.
     generations: HashMap<String, u64>,
     /// Defined NV counters; `None` until the first increment.
@@ -151,6 +154,7 @@ impl SoftwareHousing {
         let state = Arc::new(Mutex::new(State {
             seed: options.seed,
             keys: BTreeMap::new(),
+            agreement: Default::default(),
             generations: HashMap::new(),
             counters: BTreeMap::new(),
             clock: Clock {
@@ -274,6 +278,12 @@ impl Housing for SoftwareHousing {
         if state.faults.fail_sign {
             return Err(disabled("sign"));
         }
+        if state.agreement.contains(name) {
+            return Err(HousingError::Tpm {
+                command: "sign",
+                message: "Attributes: key-agreement key cannot sign".into(),
+            });
+        }
         let key = state
             .keys
             .get(name)
@@ -292,10 +302,38 @@ impl Housing for SoftwareHousing {
         check_key_name(name)?;
         // Like the TPM housing, which deletes blob files: works while the
         // TPM is unreachable.
-        match self.lock()?.keys.remove(name) {
+        let mut state = self.lock()?;
+        state.agreement.remove(name);
+        match state.keys.remove(name) {
             Some(_) => Ok(()),
             None => Err(HousingError::NoSuchKey(name.to_owned())),
         }
+    }
+
+    fn create_ecdh_key(&mut self, name: &str) -> Result<Vec<u8>> {
+        let public = self.create_key(name)?;
+        self.lock()?.agreement.insert(name.to_owned());
+        Ok(public)
+    }
+
+    fn ecdh_z_gen(&mut self, name: &str, peer_sec1: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        check_key_name(name)?;
+        let state = self.reachable()?;
+        let key = state
+            .keys
+            .get(name)
+            .ok_or_else(|| HousingError::NoSuchKey(name.to_owned()))?;
+        let refused = |message: &str| HousingError::Tpm {
+            command: "ecdh_z_gen",
+            message: message.to_owned(),
+        };
+        if !state.agreement.contains(name) {
+            return Err(refused("Attributes: a signing key does no key agreement"));
+        }
+        let peer = p384::PublicKey::from_sec1_bytes(peer_sec1)
+            .map_err(|_| refused("EccPoint: not a P-384 point"))?;
+        let shared = p384::ecdh::diffie_hellman(key.as_nonzero_scalar(), peer.as_affine());
+        Ok(Zeroizing::new(shared.raw_secret_bytes().to_vec()))
     }
 
     fn counter_define(&mut self, index: u32) -> Result<u64> {

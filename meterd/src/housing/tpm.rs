@@ -56,6 +56,7 @@ use tss_esapi::constants::StartupType;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{Auth, Digest};
 use tss_esapi::TctiNameConf;
+use zeroize::Zeroizing;
 
 use super::auth::{AuthOptions, AuthValue, HierarchyAuth};
 use super::{
@@ -167,17 +168,8 @@ impl TpmHousing {
             .unwrap_or_default()
     }
 
-    /// Names of the keys loaded right now, least recently used first.
-    pub fn loaded_keys(&self) -> Vec<String> {
-        self.conn
-            .as_ref()
-            .map(|c| c.keys.iter().map(|k| k.name.clone()).collect())
-            .unwrap_or_default()
-    }
-}
-
-impl Housing for TpmHousing {
-    fn create_key(&mut self, name: &str) -> Result<Vec<u8>> {
+    /// Creates a key of `kind` that never leaves the TPM and stores its blobs.
+    fn create_resident(&mut self, name: &str, kind: KeyKind) -> Result<Vec<u8>> {
         check_key_name(name)?;
         if self.store.exists(name)? {
             return Err(HousingError::Io(std::io::Error::new(
@@ -189,7 +181,11 @@ impl Housing for TpmHousing {
         self.store.auth_mut().ensure_secret()?;
         let name_owned = name.to_owned();
         self.run(move |conn, store| {
-            let template = templates::signing_key_template().tag("key_template")?;
+            let template = match kind {
+                KeyKind::Signing => templates::signing_key_template(),
+                KeyKind::Agreement => templates::ecdh_key_template(),
+            }
+            .tag("key_template")?;
             let auth = tpm_auth(store.auth().key(&name_owned).as_ref())?;
             make_room(conn)?;
             let primary = create_primary(&mut conn.ctx)?;
@@ -207,11 +203,28 @@ impl Housing for TpmHousing {
             };
             let flushed = conn.ctx.flush_context(primary.into());
             flushed.tag("flush_context")?;
-            let point = templates::signing_key_point(&created.out_public)
-                .ok_or_else(|| tpm_error("create", "TPM returned an unexpected public area"))?;
+            let point = match kind {
+                KeyKind::Signing => templates::signing_key_point(&created.out_public),
+                KeyKind::Agreement => templates::ecdh_key_point(&created.out_public),
+            }
+            .ok_or_else(|| tpm_error("create", "TPM returned an unexpected public area"))?;
             store.store(&name_owned, &created.out_public, &created.out_private)?;
             Ok(point)
         })
+    }
+
+    /// Names of the keys loaded right now, least recently used first.
+    pub fn loaded_keys(&self) -> Vec<String> {
+        self.conn
+            .as_ref()
+            .map(|c| c.keys.iter().map(|k| k.name.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Housing for TpmHousing {
+    fn create_key(&mut self, name: &str) -> Result<Vec<u8>> {
+        self.create_resident(name, KeyKind::Signing)
     }
 
     fn has_key(&mut self, name: &str) -> Result<bool> {
@@ -262,6 +275,36 @@ impl Housing for TpmHousing {
             }
         }
         self.store.remove(name)
+    }
+
+    fn create_ecdh_key(&mut self, name: &str) -> Result<Vec<u8>> {
+        self.create_resident(name, KeyKind::Agreement)
+    }
+
+    fn ecdh_z_gen(&mut self, name: &str, peer_sec1: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        check_key_name(name)?;
+        let peer = templates::ecc_point(peer_sec1)
+            .ok_or_else(|| tpm_error_final("ecdh_z_gen", "peer point is not uncompressed P-384"))?;
+        // Only a key-agreement key of ours: its blob says so before the TPM is asked.
+        let (public, _) = self.store.load(name)?;
+        if templates::ecdh_key_point(&public).is_none() {
+            return Err(tpm_error_final(
+                "ecdh_z_gen",
+                &format!("key {name:?} is not a key-agreement key"),
+            ));
+        }
+        self.run(|conn, store| {
+            let handle = ensure_loaded(conn, store, name)?;
+            let z = conn
+                .ctx
+                .execute_with_session(Some(AuthSession::Password), |c| {
+                    c.ecdh_z_gen(handle, peer.clone())
+                })
+                .map_err(|e| object_failure(store, &format!("key {name:?}"), "ecdh_z_gen", e))?;
+            templates::shared_x(&z)
+                .map(|x| Zeroizing::new(x.to_vec()))
+                .ok_or_else(|| tpm_error("ecdh_z_gen", "TPM returned an oversized point"))
+        })
     }
 
     fn counter_define(&mut self, index: u32) -> Result<u64> {
@@ -447,6 +490,23 @@ impl Housing for TpmHousing {
     fn hmac(&mut self, name: &str, data: &[u8]) -> Result<[u8; 32]> {
         check_key_name(name)?;
         self.run(|conn, store| postal::hmac(conn, store, name, data))
+    }
+}
+
+/// What kind of resident key to create.
+#[derive(Debug, Clone, Copy)]
+enum KeyKind {
+    /// ECDSA P-384 / SHA-384 signing key.
+    Signing,
+    /// P-384 key-agreement (ECDH) key.
+    Agreement,
+}
+
+/// A refusal before the TPM is asked.
+fn tpm_error_final(command: &'static str, message: &str) -> HousingError {
+    HousingError::Tpm {
+        command,
+        message: message.to_owned(),
     }
 }
 

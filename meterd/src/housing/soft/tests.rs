@@ -179,3 +179,37 @@ fn runs_behind_the_housing_thread() {
     }
     assert_eq!(control.shutdowns(), 1);
 }
+
+#[test]
+fn key_agreement_keys_do_ecdh_and_never_sign() {
+    let (mut h, _control) = SoftwareHousing::new(SoftwareOptions::default());
+    let public = h.create_ecdh_key("user-enc").unwrap();
+    assert_eq!((public.len(), public[0]), (97, 0x04));
+    assert!(h.has_key("user-enc").unwrap());
+    // The shared x-coordinate is what the peer computes with its own secret.
+    let peer = p384::SecretKey::from_slice(&[9u8; 48]).unwrap();
+    let z = h
+        .ecdh_z_gen("user-enc", &peer.public_key().to_sec1_bytes())
+        .unwrap();
+    let ours = p384::PublicKey::from_sec1_bytes(&public).unwrap();
+    let expect = p384::ecdh::diffie_hellman(peer.to_nonzero_scalar(), ours.as_affine());
+    assert_eq!(z.as_slice(), expect.raw_secret_bytes().as_slice());
+    // No signature with it, no key agreement with a signing key, no bad points.
+    assert!(matches!(
+        h.sign_digest("user-enc", &[1u8; 48]),
+        Err(HousingError::Tpm { .. })
+    ));
+    h.create_key("signer").unwrap();
+    assert!(h
+        .ecdh_z_gen("signer", &peer.public_key().to_sec1_bytes())
+        .is_err());
+    assert!(h.ecdh_z_gen("user-enc", &[4u8; 97]).is_err());
+    assert!(matches!(
+        h.ecdh_z_gen("absent", &peer.public_key().to_sec1_bytes()),
+        Err(HousingError::NoSuchKey(_))
+    ));
+    // Destroyed and made again under the same name as a signing key: it signs.
+    h.destroy_key("user-enc").unwrap();
+    h.create_key("user-enc").unwrap();
+    assert!(h.sign_digest("user-enc", &[1u8; 48]).is_ok());
+}

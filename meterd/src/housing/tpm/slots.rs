@@ -69,12 +69,13 @@ pub(super) fn ensure_loaded(conn: &mut Conn, store: &KeyStore, name: &str) -> At
                 .then(|| templates::ak_point(&public))
                 .flatten()
         })
+        .or_else(|| templates::ecdh_key_point(&public))
         // The postal HMAC key has no point: an empty one marks it loaded.
         .or_else(|| (name == POSTAL_KEY && super::postal::hmac_key_ok(&public)).then(Vec::new));
     let point = point.ok_or_else(|| {
         tpm_error(
             "load",
-            format!("blob of {name:?} is not a P-384 signing key"),
+            format!("blob of {name:?} is not a P-384 signing or key-agreement key"),
         )
     })?;
     make_room(conn)?;

@@ -85,6 +85,67 @@ pub(crate) fn signing_key_template() -> TssResult<Public> {
     p384_public(resident_attributes().with_sign_encrypt(true), params)
 }
 
+/// The template of a key-agreement key (P-384, ECDH with SHA-384 named as its scheme):
+/// `decrypt`, not `sign`, unrestricted, so TPM2_ECDH_ZGen takes any peer point and the
+/// key can make no signature (what the certificate's keyAgreement usage promises).
+pub(crate) fn ecdh_key_template() -> TssResult<Public> {
+    let params = PublicEccParametersBuilder::new()
+        .with_symmetric(SymmetricDefinitionObject::Null)
+        .with_ecc_scheme(EccScheme::EcDh(HashScheme::new(HashingAlgorithm::Sha384)))
+        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+        .with_is_signing_key(false)
+        .with_is_decryption_key(true)
+        .with_restricted(false);
+    p384_public(resident_attributes().with_decrypt(true), params)
+}
+
+/// The point of a key-agreement key of [`ecdh_key_template`]'s kind that never leaves
+/// this TPM; `None` for any other public area (a signing key, an exportable key).
+pub(crate) fn ecdh_key_point(public: &Public) -> Option<Vec<u8>> {
+    let Public::Ecc {
+        object_attributes: a,
+        parameters,
+        unique,
+        ..
+    } = public
+    else {
+        return None;
+    };
+    let ok = a.fixed_tpm()
+        && a.fixed_parent()
+        && a.sensitive_data_origin()
+        && a.decrypt()
+        && !a.sign_encrypt()
+        && !a.restricted()
+        && parameters.ecc_curve() == EccCurve::NistP384
+        && parameters.ecc_scheme() == EccScheme::EcDh(HashScheme::new(HashingAlgorithm::Sha384));
+    if !ok {
+        return None;
+    }
+    let mut point = Vec::with_capacity(1 + 2 * P384_LEN);
+    point.push(0x04);
+    point.extend_from_slice(&left_pad(unique.x().value())?);
+    point.extend_from_slice(&left_pad(unique.y().value())?);
+    Some(point)
+}
+
+/// The peer point of TPM2_ECDH_ZGen from an uncompressed SEC1 P-384 point.
+pub(crate) fn ecc_point(sec1: &[u8]) -> Option<EccPoint> {
+    let (x, y) = match sec1 {
+        [4, rest @ ..] if rest.len() == 2 * P384_LEN => rest.split_at(P384_LEN),
+        _ => return None,
+    };
+    Some(EccPoint::new(
+        tss_esapi::structures::EccParameter::try_from(x.to_vec()).ok()?,
+        tss_esapi::structures::EccParameter::try_from(y.to_vec()).ok()?,
+    ))
+}
+
+/// The x-coordinate of TPM2_ECDH_ZGen's output, left-padded to 48 bytes.
+pub(crate) fn shared_x(point: &EccPoint) -> Option<[u8; P384_LEN]> {
+    left_pad(point.x().value())
+}
+
 /// The template of the attestation key (AK): a restricted ECDSA P-384 / SHA-384 signing
 /// key, so that it signs only structures the TPM itself made (`TPM_GENERATED`), with no
 /// admin policy and no auth policy (what the authority checks, `meter_pki::tpm::check_ak`).
@@ -231,5 +292,16 @@ mod tests {
         assert!(ak_point(&ak).is_some());
         assert!(signing_key_point(&ak).is_none());
         assert!(ak_point(&t).is_none());
+        // A key-agreement key is no signing key, and the reverse.
+        let e = ecdh_key_template().unwrap();
+        assert!(ecdh_key_point(&e).is_some_and(|p| p.len() == 97));
+        assert!(signing_key_point(&e).is_none());
+        assert!(ecdh_key_point(&t).is_none());
+        assert!(ecdh_key_point(&primary_template().unwrap()).is_none());
+        assert!(e.object_attributes().no_da() && e.object_attributes().decrypt());
+        let mut sec1 = vec![4u8];
+        sec1.extend_from_slice(&[7u8; 96]);
+        assert!(ecc_point(&sec1).is_some());
+        assert!(ecc_point(&sec1[..96]).is_none());
     }
 }
