@@ -193,7 +193,7 @@ fn key_agreement_keys_do_ecdh_and_never_sign() {
         .unwrap();
     let ours = p384::PublicKey::from_sec1_bytes(&public).unwrap();
     let expect = p384::ecdh::diffie_hellman(peer.to_nonzero_scalar(), ours.as_affine());
-    assert_eq!(z.as_slice(), expect.raw_secret_bytes().as_slice());
+    assert_eq!(z.as_slice(), &expect.raw_secret_bytes()[..]);
     // No signature with it, no key agreement with a signing key, no bad points.
     assert!(matches!(
         h.sign_digest("user-enc", &[1u8; 48]),
