@@ -41,13 +41,7 @@ amount = 9990
 "#;
 
 fn install_rates(sb: &Sandbox) {
-    let toml = write(sb, "rates2.toml", RATES.as_bytes());
-    let signed = sb.path("rates2.pem").to_string_lossy().into_owned();
-    sb.authority(&["rates", "--in", &toml, "--out", &signed]);
-    ok(
-        &sb.meterctl(&["rates", "install", &signed]),
-        "rates install",
-    );
+    sb.install_rates("rates2", RATES);
     assert_eq!(sb.status()["rates_version"].as_u64(), Some(2));
 }
 

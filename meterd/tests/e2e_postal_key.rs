@@ -35,16 +35,6 @@ max_grams = 20
 amount = 950
 "#;
 
-fn install_rates(sb: &Sandbox) {
-    let toml = write(sb, "rates2.toml", RATES.as_bytes());
-    let signed = sb.path("rates2.pem").to_string_lossy().into_owned();
-    sb.authority(&["rates", "--in", &toml, "--out", &signed]);
-    ok(
-        &sb.meterctl(&["rates", "install", &signed]),
-        "rates install",
-    );
-}
-
 fn buy(sb: &Sandbox, id: &str, png: Option<&str>) -> Vec<u8> {
     let out = sb.path(&format!("{id}.ind")).to_string_lossy().into_owned();
     let mut args = vec![
@@ -110,7 +100,7 @@ fn resigned(sb: &Sandbox, delivery: &[u8], f: impl FnOnce(&mut serde_json::Value
 #[test]
 fn postal_key_is_imported_wrapped_and_macs_every_indicium() {
     let sb = Sandbox::up(100_000);
-    install_rates(&sb);
+    sb.install_rates("rates2", RATES);
     let meter_id = sb.meter_id();
 
     // Before the key: version 1, 221 bytes.

@@ -380,6 +380,16 @@ pub fn write(sb: &Sandbox, name: &str, data: &[u8]) -> String {
 }
 
 impl Sandbox {
+    /// Signs the rate table `toml` with the sandbox's authority (as `NAME.pem`) and
+    /// installs it with meterctl, asserting both; returns the signed table's path.
+    pub fn install_rates(&self, name: &str, toml: &str) -> String {
+        let src = write(self, &format!("{name}.toml"), toml.as_bytes());
+        let signed = self.path(&format!("{name}.pem")).to_string_lossy().into_owned();
+        self.authority(&["rates", "--in", &src, "--out", &signed]);
+        ok(&self.meterctl(&["rates", "install", &signed]), "rates install");
+        signed
+    }
+
     /// Runs a sandbox sub-command with extra environment for it and the
     /// daemon it starts (e.g. `restart-meterd` with `METERD_TEST_CLOCK_OFFSET`).
     pub fn script_env(&self, verb: &str, env: &[(&str, &str)]) {

@@ -12,7 +12,7 @@
 //! satisfied by the key's auth value (created with it, see
 //! `housing/auth.rs`) in a password session.
 
-use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::attributes::{ObjectAttributes, ObjectAttributesBuilder};
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
@@ -102,31 +102,12 @@ pub(crate) fn ecdh_key_template() -> TssResult<Public> {
 /// The point of a key-agreement key of [`ecdh_key_template`]'s kind that never leaves
 /// this TPM; `None` for any other public area (a signing key, an exportable key).
 pub(crate) fn ecdh_key_point(public: &Public) -> Option<Vec<u8>> {
-    let Public::Ecc {
-        object_attributes: a,
-        parameters,
-        unique,
-        ..
-    } = public
-    else {
-        return None;
-    };
-    let ok = a.fixed_tpm()
-        && a.fixed_parent()
-        && a.sensitive_data_origin()
-        && a.decrypt()
-        && !a.sign_encrypt()
-        && !a.restricted()
-        && parameters.ecc_curve() == EccCurve::NistP384
-        && parameters.ecc_scheme() == EccScheme::EcDh(HashScheme::new(HashingAlgorithm::Sha384));
-    if !ok {
-        return None;
-    }
-    let mut point = Vec::with_capacity(1 + 2 * P384_LEN);
-    point.push(0x04);
-    point.extend_from_slice(&left_pad(unique.x().value())?);
-    point.extend_from_slice(&left_pad(unique.y().value())?);
-    Some(point)
+    resident_point(public, |a, scheme| {
+        a.decrypt()
+            && !a.sign_encrypt()
+            && !a.restricted()
+            && scheme == EccScheme::EcDh(HashScheme::new(HashingAlgorithm::Sha384))
+    })
 }
 
 /// The peer point of TPM2_ECDH_ZGen from an uncompressed SEC1 P-384 point.
@@ -166,6 +147,22 @@ pub(crate) fn ak_template() -> TssResult<Public> {
 /// never leaves this TPM and is restricted exactly when `restricted`; `None` for any
 /// other public area.
 fn resident_signing_point(public: &Public, restricted: bool) -> Option<Vec<u8>> {
+    resident_point(public, |a, scheme| {
+        a.sign_encrypt()
+            && !a.decrypt()
+            && a.restricted() == restricted
+            && scheme == EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha384))
+    })
+}
+
+/// The uncompressed SEC1 point of a P-384 key born in this TPM and bound to it
+/// (`fixedTPM|fixedParent|sensitiveDataOrigin`) whose attributes and scheme pass
+/// `kind`; `None` for any other public area. One reader for every resident key kind,
+/// so none of them can forget the residency checks.
+fn resident_point(
+    public: &Public,
+    kind: impl Fn(&ObjectAttributes, EccScheme) -> bool,
+) -> Option<Vec<u8>> {
     let Public::Ecc {
         object_attributes: a,
         parameters,
@@ -178,11 +175,8 @@ fn resident_signing_point(public: &Public, restricted: bool) -> Option<Vec<u8>> 
     let ok = a.fixed_tpm()
         && a.fixed_parent()
         && a.sensitive_data_origin()
-        && a.sign_encrypt()
-        && !a.decrypt()
-        && a.restricted() == restricted
         && parameters.ecc_curve() == EccCurve::NistP384
-        && parameters.ecc_scheme() == EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha384));
+        && kind(a, parameters.ecc_scheme());
     if !ok {
         return None;
     }
