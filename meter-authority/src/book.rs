@@ -115,6 +115,17 @@ pub struct Book {
     /// the prices `inspect` re-prices later sales with.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rates: BTreeMap<u32, meter_pki::payload::RateTable>,
+    /// Products relying parties showed before the meter reported them: the next
+    /// inspection that covers each must find it (`awaited`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub awaited: Vec<crate::awaited::Awaited>,
+    /// Awaited products dropped beyond the bound (`awaited::MAX_AWAITED`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub awaited_dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Book {

@@ -15,6 +15,7 @@ use meter_pki::report::{self, LockOrder, ReportAck, StatusReport};
 use meter_pki::{cert, cms, oid};
 
 use crate::attested::{self, Attestation};
+use crate::awaited;
 use crate::book::Shelf;
 use crate::reconcile::{self, Findings, Reconciled};
 use crate::{check_meter_id, Authority, AuthorityError, Result};
@@ -161,6 +162,16 @@ impl Authority {
                     &mut findings,
                 );
             }
+            // Products relying parties showed before this report must be in its rows.
+            let covered = match &reconciled {
+                Ok(rec) if !book.awaited.is_empty() => {
+                    let mut rows = shelf.index_rows(book)?;
+                    rows.extend_from_slice(&rec.index);
+                    awaited::check(book, &rec.point, &rows, &mut findings)
+                }
+                _ => Vec::new(),
+            };
+            awaited::forget(book, &covered);
             let reconciled = match reconciled {
                 Ok(rec) if findings.0.is_empty() => Ok(rec),
                 _ => Err(findings),

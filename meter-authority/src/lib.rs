@@ -12,6 +12,7 @@ mod account;
 mod agent;
 pub mod attest;
 pub mod attested;
+mod awaited;
 pub mod book;
 pub mod credit;
 pub mod enrol;

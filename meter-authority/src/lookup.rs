@@ -15,10 +15,17 @@
 //! * **another digest**: the row its serial names (an indicium's sequence;
 //!   a token's serial once tokens carry their row, ledger layout v2) holds
 //!   another product: a duplicate serial.
+//!
+//! A product "not reported yet" that is authentic (a token verified to this
+//! authority's roots, an indicium with a valid postal MAC) is kept in the
+//! meter's book, and the next inspection that covers it must find it
+//! (`awaited`): a sale deleted, or a ledger rolled back after it, is then
+//! named by `inspect`, not only by a later lookup.
 
 use meter_pki::{indicium, pem, tsp};
 use sha2::{Digest as _, Sha384};
 
+use crate::awaited::{self, Awaited};
 use crate::book::{IndexRow, Shelf};
 use crate::{Authority, AuthorityError, Result};
 
@@ -71,28 +78,38 @@ pub struct Looked {
 impl Authority {
     /// Looks up a postmark token (DER or PEM) or an indicium (221 bytes, 237 with a MAC).
     pub fn lookup(&self, object: &[u8], now: i64) -> Result<Looked> {
-        let (what, meter_id, time, serial_row, digest) = if (object.len() == indicium::LEN
-            || object.len() == indicium::LEN_MAC)
-            && object.starts_with(&indicium::MAGIC)
-        {
-            let i = indicium::decode(object)?;
-            let time = i64::from(i.body.date).saturating_mul(86_400);
-            let d: [u8; 48] = Sha384::digest(object).into();
-            ("indicium", i.body.meter_id, time, Some(i.body.seq), d)
-        } else {
-            let der = pem::decode_any(object, "TIMESTAMP TOKEN")?;
-            let info =
-                tsp::verify(&der, &self.roots()?, now).map_err(|e| AuthorityError::Token {
-                    step: e.step(),
-                    detail: e.to_string(),
+        // `authentic`: the object is the meter's own (a token verified to our roots, an
+        // indicium whose postal MAC verifies), so it may be kept as awaited.
+        let (what, meter_id, time, serial_row, digest, authentic) =
+            if (object.len() == indicium::LEN || object.len() == indicium::LEN_MAC)
+                && object.starts_with(&indicium::MAGIC)
+            {
+                let i = indicium::decode(object)?;
+                let time = i64::from(i.body.date).saturating_mul(86_400);
+                let d: [u8; 48] = Sha384::digest(object).into();
+                let authentic = i.mac.is_some() && self.verify_indicium_mac(object).is_ok();
+                (
+                    "indicium",
+                    i.body.meter_id,
+                    time,
+                    Some(i.body.seq),
+                    d,
+                    authentic,
+                )
+            } else {
+                let der = pem::decode_any(object, "TIMESTAMP TOKEN")?;
+                let info =
+                    tsp::verify(&der, &self.roots()?, now).map_err(|e| AuthorityError::Token {
+                        step: e.step(),
+                        detail: e.to_string(),
+                    })?;
+                let meter = info.signer_cn.clone().ok_or_else(|| {
+                    AuthorityError::Invalid("the token's signer names no meter".into())
                 })?;
-            let meter = info.signer_cn.clone().ok_or_else(|| {
-                AuthorityError::Invalid("the token's signer names no meter".into())
-            })?;
-            let serial = serial_u64(&info.serial);
-            let d: [u8; 48] = Sha384::digest(&der).into();
-            ("token", meter, info.gen_time, serial, d)
-        };
+                let serial = serial_u64(&info.serial);
+                let d: [u8; 48] = Sha384::digest(&der).into();
+                ("token", meter, info.gen_time, serial, d, true)
+            };
         let shelf = Shelf::of(self.dir(), &meter_id)?;
         let book = shelf.read()?;
         let rows = shelf.index_rows(&book)?;
@@ -103,6 +120,20 @@ impl Authority {
             _ => time.saturating_mul(1000).saturating_add(TOKEN_SLACK_MS),
         };
         let answer = answer(&rows, &digest, serial_row, latest_ms, &book);
+        if authentic && matches!(answer, Answer::NotReportedYet { .. }) {
+            // The next inspection that covers it must find it (`awaited`).
+            let a = Awaited {
+                what: what.to_owned(),
+                digest: hex::encode(digest),
+                serial_row,
+                latest_ms,
+                seen_at: now,
+            };
+            shelf.update(|book, _| {
+                awaited::remember(book, a);
+                Ok(())
+            })?;
+        }
         Ok(Looked {
             what,
             meter_id,

@@ -16,7 +16,9 @@
 //!   has nothing to refuse; the sold tokens of the lost range carry serials (row numbers)
 //!   that the restored ledger used again for other rows: `meter-authority lookup` of
 //!   each flags it (exit 3): "reported with another digest" when another sale holds its
-//!   serial, "unreported" when a row that is no sale does (the forged stop row).
+//!   serial, "unreported" when a row that is no sale does (the forged stop row). When a
+//!   relying party looked the tokens up before that report ("not reported yet"), the
+//!   authority kept them, and that very `inspect` refuses, naming them.
 //! * A copy two epochs behind re-sealed with one epoch row skips counter values the rows
 //!   do not account for: `inspect` names it even when the fork is not visible.
 //!
@@ -161,6 +163,47 @@ fn a_copy_after_the_last_acknowledgement_is_caught_by_lookup_of_the_lost_tokens(
             "{said}"
         );
     }
+}
+
+/// The same attack, but a relying party looked the sold tokens up before the meter's
+/// next report ("not reported yet"): the authority kept them (`awaited`), and the next
+/// `inspect` that covers them refuses, naming them, and writes a forced lock order.
+/// Before `awaited`, this inspection acknowledged the report (exit 0, as the test above
+/// still shows for tokens nobody looked up in time).
+#[test]
+fn a_copy_after_the_last_acknowledgement_is_refused_when_its_tokens_were_looked_up() {
+    if !is_root() {
+        return;
+    }
+    let sb = Sandbox::up(100_000);
+    ok(&sb.postmark_id("p1").2, "postmark p1");
+    acknowledged(&sb, "rep1");
+    let copy = keep_copy(&sb, "copy.sqlite");
+    for id in ["p2", "p3"] {
+        let (_, t, out) = sb.postmark_id(id);
+        ok(&out, id);
+        // The mail reaches its recipient, who asks the authority at once.
+        let (code, said) = sb.lookup(&t);
+        assert_eq!(code, Some(0), "{said}");
+        assert!(said.contains("not reported yet"), "{said}");
+    }
+
+    restore_and_reseal(&sb, &copy, 0);
+    for id in ["p4", "p5", "p6"] {
+        ok(&sb.postmark_id(id).2, id);
+    }
+    let r2 = report(&sb, "rep2");
+    let out = inspect(&sb, &r2, "rep2.ack.pem");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "inspect must refuse: {out:?}");
+    assert_eq!(
+        err.matches("a relying party showed").count(),
+        2,
+        "names both lost tokens: {err}"
+    );
+    assert!(!sb.path("rep2.ack.pem").exists(), "no acknowledgement");
+    let body = sb.cms_json(&sb.arg("rep2.ack.lock-order.pem"), "the lock order");
+    assert_eq!(body["meter_id"], sb.meter_id().as_str(), "{body}");
 }
 
 #[test]

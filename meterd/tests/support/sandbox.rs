@@ -384,9 +384,15 @@ impl Sandbox {
     /// installs it with meterctl, asserting both; returns the signed table's path.
     pub fn install_rates(&self, name: &str, toml: &str) -> String {
         let src = write(self, &format!("{name}.toml"), toml.as_bytes());
-        let signed = self.path(&format!("{name}.pem")).to_string_lossy().into_owned();
+        let signed = self
+            .path(&format!("{name}.pem"))
+            .to_string_lossy()
+            .into_owned();
         self.authority(&["rates", "--in", &src, "--out", &signed]);
-        ok(&self.meterctl(&["rates", "install", &signed]), "rates install");
+        ok(
+            &self.meterctl(&["rates", "install", &signed]),
+            "rates install",
+        );
         signed
     }
 
