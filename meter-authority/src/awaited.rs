@@ -5,10 +5,12 @@
 //! acknowledgement and re-sealed with the derived auth at the counter's own value, leaves
 //! a segment that is consistent in itself: `inspect` alone has nothing to refuse. The
 //! products of those sales are out in the world, though. When a relying party looks one
-//! up before the meter's next report (`lookup` answers "not reported yet"), the
-//! authority keeps its digest in the meter's book; the next inspection whose
-//! acknowledged point covers the product (its time, or the row its serial names) must
-//! find it among the reported rows, or it names the product and refuses (forced lock).
+//! up (`lookup` answers anything but "reported"), the authority keeps its digest in the
+//! meter's book; the next inspection whose acknowledged point covers the product (its
+//! time, or the row its serial names) must find it among the reported rows, or it names
+//! the product and refuses (forced lock). A product shown before the report that should
+//! hold it is thus named by that report's inspection; one first shown after it (which
+//! `lookup` flags at once) by the next one.
 //!
 //! Only authenticated products are kept — a token that verifies to this authority's
 //! roots, an indicium whose postal MAC verifies with a key the authority made — so no

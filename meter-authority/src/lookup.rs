@@ -16,11 +16,12 @@
 //!   a token's serial once tokens carry their row, ledger layout v2) holds
 //!   another product: a duplicate serial.
 //!
-//! A product "not reported yet" that is authentic (a token verified to this
-//! authority's roots, an indicium with a valid postal MAC) is kept in the
-//! meter's book, and the next inspection that covers it must find it
-//! (`awaited`): a sale deleted, or a ledger rolled back after it, is then
-//! named by `inspect`, not only by a later lookup.
+//! A product that is authentic (a token verified to this authority's roots, an
+//! indicium with a valid postal MAC) and not reported is kept in the meter's
+//! book, and the next inspection that covers it must find it (`awaited`): a
+//! sale deleted, or a ledger rolled back after it, is named by `inspect` — the
+//! report that should hold it when the product was shown before it, the next
+//! report when it was first shown later (and flagged by `lookup` at once).
 
 use meter_pki::{indicium, pem, tsp};
 use sha2::{Digest as _, Sha384};
@@ -120,8 +121,10 @@ impl Authority {
             _ => time.saturating_mul(1000).saturating_add(TOKEN_SLACK_MS),
         };
         let answer = answer(&rows, &digest, serial_row, latest_ms, &book);
-        if authentic && matches!(answer, Answer::NotReportedYet { .. }) {
-            // The next inspection that covers it must find it (`awaited`).
+        if authentic && !matches!(answer, Answer::Reported { .. }) {
+            // The next inspection that covers it must find it (`awaited`): one not
+            // reported yet is checked when a report covers it; one already flagged is
+            // covered by the next report, which then refuses, naming it.
             let a = Awaited {
                 what: what.to_owned(),
                 digest: hex::encode(digest),

@@ -125,7 +125,7 @@ fn a_copy_older_than_the_last_acknowledgement_is_refused_as_a_fork() {
 }
 
 #[test]
-fn a_copy_after_the_last_acknowledgement_is_caught_by_lookup_of_the_lost_tokens() {
+fn a_copy_after_the_last_acknowledgement_is_caught_by_lookup_then_by_the_next_inspect() {
     if !is_root() {
         return;
     }
@@ -163,6 +163,13 @@ fn a_copy_after_the_last_acknowledgement_is_caught_by_lookup_of_the_lost_tokens(
             "{said}"
         );
     }
+    // The authority kept what lookup flagged: the next report is refused, naming both.
+    ok(&sb.postmark_id("p7").2, "p7");
+    let r3 = report(&sb, "rep3");
+    let out = inspect(&sb, &r3, "rep3.ack.pem");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "inspect must refuse: {out:?}");
+    assert_eq!(err.matches("a relying party showed").count(), 2, "{err}");
 }
 
 /// The same attack, but a relying party looked the sold tokens up before the meter's
