@@ -37,6 +37,7 @@ pub const USER_METHODS: &[&str] = &[
     "TimeStamp",
     "Validate",
     "Sign",
+    "Decrypt",
     "Postage",
     "Pay",
     "Audit",
