@@ -20,30 +20,11 @@
 //! already named it, and the meter must be able to report again after the provider's
 //! investigation.
 
-use serde::{Deserialize, Serialize};
-
-use crate::book::{Book, IndexRow, Point};
+use crate::book::{Awaited, Book, IndexRow, Point};
 use crate::findings::Findings;
 
 /// Products kept per meter at most.
 pub const MAX_AWAITED: usize = 100_000;
-
-/// One product a relying party showed before the meter reported it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Awaited {
-    /// `token` or `indicium`.
-    pub what: String,
-    /// Hex SHA-384 of the object (as the index rows hold it).
-    pub digest: String,
-    /// The row its serial names, if it names one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serial_row: Option<u64>,
-    /// The latest time its row can have (Unix ms).
-    pub latest_ms: i64,
-    /// When it was looked up (Unix s).
-    pub seen_at: i64,
-}
 
 impl Awaited {
     /// Whether an acknowledged point at `p` must hold this product's row.

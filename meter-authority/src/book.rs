@@ -118,7 +118,7 @@ pub struct Book {
     /// Products relying parties showed before the meter reported them: the next
     /// inspection that covers each must find it (`awaited`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub awaited: Vec<crate::awaited::Awaited>,
+    pub awaited: Vec<Awaited>,
     /// Awaited products dropped beyond the bound (`awaited::MAX_AWAITED`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub awaited_dropped: u64,
@@ -153,6 +153,23 @@ impl Book {
             .filter_map(|k| k.strip_prefix("voucher/")?.parse().ok())
             .collect()
     }
+}
+
+/// One product a relying party showed before the meter reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Awaited {
+    /// `token` or `indicium`.
+    pub what: String,
+    /// Hex SHA-384 of the object (as the index rows hold it).
+    pub digest: String,
+    /// The row its serial names, if it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_row: Option<u64>,
+    /// The latest time its row can have (Unix ms).
+    pub latest_ms: i64,
+    /// When it was looked up (Unix s).
+    pub seen_at: i64,
 }
 
 /// A row a lookup can find: a postmark or a postage row.

@@ -26,8 +26,8 @@
 use meter_pki::{indicium, pem, tsp};
 use sha2::{Digest as _, Sha384};
 
-use crate::awaited::{self, Awaited};
-use crate::book::{IndexRow, Shelf};
+use crate::awaited;
+use crate::book::{Awaited, IndexRow, Shelf};
 use crate::{Authority, AuthorityError, Result};
 
 /// What a lookup found.

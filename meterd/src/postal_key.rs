@@ -26,7 +26,7 @@ use crate::meter::Meter;
 use crate::sale::{self, Spec};
 
 /// Note of the Event row that records a postal-key delivery.
-pub const NOTE: &str = "postal-key";
+pub const NOTE: &str = crate::semantic::NOTE_POSTAL_KEY;
 
 /// `PostalKeyRequest`: the signed request naming this TPM's storage parent.
 pub async fn request(meter: &Meter) -> Result<Vec<u8>> {

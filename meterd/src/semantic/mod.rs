@@ -92,6 +92,9 @@ pub const NOTE_ANCHOR_REPLACE: &str = "anchor-replace";
 pub const NOTE_CLEAR: &str = "clear";
 /// Note of the Unlock row of a clear order for a `tamper` lock.
 pub const NOTE_REANCHOR: &str = "reanchor";
+/// Note of the Event row that records a postal-key delivery (here, with the
+/// other notes the audit reads, so the audit imports no service).
+pub const NOTE_POSTAL_KEY: &str = "postal-key";
 /// Note of the row that records an applied acknowledgement.
 pub const NOTE_REPORT_ACK: &str = "report-ack";
 /// Note of the row that records an applied account order.

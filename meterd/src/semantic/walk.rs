@@ -175,7 +175,7 @@ impl Walk {
                 super::NOTE_ACCOUNT_ORDER => self.account_order(r, verify),
                 super::NOTE_REPORT_ACK => self.ack(r, verify, None),
                 super::NOTE_AGENT_CA => self.agent_ca(r, verify),
-                crate::postal_key::NOTE => self.postal_key(r, verify),
+                super::NOTE_POSTAL_KEY => self.postal_key(r, verify),
                 // Here only because it moves money, which `money` refused.
                 _ => Ok(()),
             },

@@ -10,8 +10,7 @@
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
-    EncryptedSecret, KeyedHashScheme, MaxBuffer, Private, Public, PublicBuffer,
-    PublicKeyedHashParameters, SymmetricDefinitionObject,
+    EncryptedSecret, MaxBuffer, Private, Public, PublicBuffer, SymmetricDefinitionObject,
 };
 use tss_esapi::traits::{Marshall, UnMarshall};
 
@@ -19,34 +18,6 @@ use super::conn::{object_failure, tpm_error, Attempt, Conn, Tag};
 use super::keystore::KeyStore;
 use super::slots::{create_primary, ensure_loaded, make_room};
 use super::tpm_auth;
-
-/// Whether `public` is an HMAC-SHA-256 keyedHash key of the postal template: imported
-/// (neither fixedTPM nor fixedParent, no sensitiveDataOrigin), `userWithAuth|noDA|sign`,
-/// not decrypt/restricted, no adminWithPolicy, empty authPolicy.
-pub(super) fn hmac_key_ok(public: &Public) -> bool {
-    let Public::KeyedHash {
-        object_attributes: a,
-        name_hashing_algorithm,
-        auth_policy,
-        parameters,
-        ..
-    } = public
-    else {
-        return false;
-    };
-    *name_hashing_algorithm == HashingAlgorithm::Sha256
-        && auth_policy.is_empty()
-        && a.user_with_auth()
-        && a.no_da()
-        && a.sign_encrypt()
-        && !a.decrypt()
-        && !a.restricted()
-        && !a.admin_with_policy()
-        && !a.fixed_tpm()
-        && !a.fixed_parent()
-        && !a.sensitive_data_origin()
-        && *parameters == PublicKeyedHashParameters::new(KeyedHashScheme::HMAC_SHA_256)
-}
 
 /// The marshalled `TPMT_PUBLIC` of the owner-hierarchy storage primary.
 pub(super) fn storage_parent_public(conn: &mut Conn) -> Attempt<Vec<u8>> {
@@ -74,7 +45,7 @@ pub(super) fn parse(public: &[u8], duplicate: &[u8], seed: &[u8]) -> Attempt<Wra
     let public = PublicBuffer::unmarshall(public)
         .and_then(Public::try_from)
         .tag("unmarshal_public")?;
-    if !hmac_key_ok(&public) {
+    if !super::templates::hmac_key_ok(&public) {
         return Err(tpm_error(
             "import",
             "the delivered object is not an HMAC-SHA-256 key of the postal template",

@@ -71,7 +71,7 @@ pub(super) fn ensure_loaded(conn: &mut Conn, store: &KeyStore, name: &str) -> At
         })
         .or_else(|| templates::ecdh_key_point(&public))
         // The postal HMAC key has no point: an empty one marks it loaded.
-        .or_else(|| (name == POSTAL_KEY && super::postal::hmac_key_ok(&public)).then(Vec::new));
+        .or_else(|| (name == POSTAL_KEY && templates::hmac_key_ok(&public)).then(Vec::new));
     let point = point.ok_or_else(|| {
         tpm_error(
             "load",

@@ -18,9 +18,9 @@ use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::structures::{
-    EccPoint, EccScheme, HashScheme, HashcheckTicket, KeyDerivationFunctionScheme, Public,
-    PublicBuilder, PublicEccParametersBuilder, Signature, SignatureScheme,
-    SymmetricDefinitionObject,
+    EccPoint, EccScheme, HashScheme, HashcheckTicket, KeyDerivationFunctionScheme, KeyedHashScheme,
+    Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters, Signature,
+    SignatureScheme, SymmetricDefinitionObject,
 };
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::Result as TssResult;
@@ -108,6 +108,34 @@ pub(crate) fn ecdh_key_point(public: &Public) -> Option<Vec<u8>> {
             && !a.restricted()
             && scheme == EccScheme::EcDh(HashScheme::new(HashingAlgorithm::Sha384))
     })
+}
+
+/// Whether `public` is an HMAC-SHA-256 keyedHash key of the postal template: imported
+/// (neither fixedTPM nor fixedParent, no sensitiveDataOrigin), `userWithAuth|noDA|sign`,
+/// not decrypt/restricted, no adminWithPolicy, empty authPolicy.
+pub(crate) fn hmac_key_ok(public: &Public) -> bool {
+    let Public::KeyedHash {
+        object_attributes: a,
+        name_hashing_algorithm,
+        auth_policy,
+        parameters,
+        ..
+    } = public
+    else {
+        return false;
+    };
+    *name_hashing_algorithm == HashingAlgorithm::Sha256
+        && auth_policy.is_empty()
+        && a.user_with_auth()
+        && a.no_da()
+        && a.sign_encrypt()
+        && !a.decrypt()
+        && !a.restricted()
+        && !a.admin_with_policy()
+        && !a.fixed_tpm()
+        && !a.fixed_parent()
+        && !a.sensitive_data_origin()
+        && *parameters == PublicKeyedHashParameters::new(KeyedHashScheme::HMAC_SHA_256)
 }
 
 /// The peer point of TPM2_ECDH_ZGen from an uncompressed SEC1 P-384 point.
