@@ -17,8 +17,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::sandbox;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

@@ -23,11 +23,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::sandbox;
 
-#[path = "support/attacker.rs"]
-mod attacker;
+use crate::attacker;
 
 use std::time::Duration;
 

@@ -20,11 +20,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::sandbox;
 
-#[path = "support/attacker.rs"]
-mod attacker;
+use crate::attacker;
 
 use attacker::{cert_sha384, outcome, p, payload, root_or_skip, user, voucher, User, USER_A};
 use sandbox::{write, Sandbox};

@@ -12,11 +12,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::sandbox;
 
-#[path = "support/attacker.rs"]
-mod attacker;
+use crate::attacker;
 
 use attacker::{drop_dir, outcome, payload, root_or_skip, user, User, USER_A, USER_B};
 use sandbox::{write, Sandbox};

@@ -15,10 +15,8 @@
 //! the forged funds.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/inproc.rs"]
-mod inproc;
-#[path = "support/rewrite.rs"]
-mod rewrite;
+use crate::inproc;
+use crate::rewrite;
 
 use inproc::{InProc, Options, RATES};
 use meter_pki::ledger_format::sha384;

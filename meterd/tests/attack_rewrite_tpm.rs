@@ -18,12 +18,9 @@
 //! what refuses the ledger.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/rewrite.rs"]
-mod rewrite;
-#[path = "support/root_tools.rs"]
-mod root_tools;
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::rewrite;
+use crate::root_tools;
+use crate::sandbox;
 
 use sandbox::Sandbox;
 

@@ -39,10 +39,8 @@
 //! runs as root).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/root_tools.rs"]
-mod root_tools;
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::root_tools;
+use crate::sandbox;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

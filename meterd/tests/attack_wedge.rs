@@ -16,10 +16,8 @@
 //! tests skip with a message otherwise (CI runs as root).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/attack_client.rs"]
-mod attack_client;
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::attack_client;
+use crate::sandbox;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -156,7 +154,7 @@ impl Attacker {
             .arg(exe)
             .args([
                 "--exact",
-                "attacker_client",
+                "attack_wedge::attacker_client",
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",

@@ -6,10 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/sandbox.rs"]
-mod sandbox;
-#[path = "support/swtpm.rs"]
-mod swtpm;
+use crate::sandbox;
+use crate::swtpm;
 
 use std::process::Output;
 

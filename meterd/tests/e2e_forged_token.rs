@@ -12,10 +12,8 @@
 //! Needs root (CI runs as root); skips otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/root_tools.rs"]
-mod root_tools;
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::root_tools;
+use crate::sandbox;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -16,10 +16,8 @@
 //! now `meterctl audit` names the row: a forced lock that keeps no authority lock order.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/root_tools.rs"]
-mod root_tools;
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::root_tools;
+use crate::sandbox;
 
 use root_tools::{append_row, last_epoch};
 use sandbox::Sandbox;

@@ -7,8 +7,7 @@
 //! meterd provisions, sells, and restarts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::sandbox;
 
 use std::process::Command;
 

@@ -20,8 +20,7 @@
 //!   authority catches it; `inspect` cannot know of a sale no row shows.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::sandbox;
 
 use std::path::PathBuf;
 use std::process::Output;

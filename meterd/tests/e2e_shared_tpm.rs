@@ -16,8 +16,7 @@
 //! no system-wide D-Bus policy for `com.intel.tss2.Tabrmd`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::sandbox;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,8 +1,7 @@
 //! Integration tests of the TPM housing against a real swtpm (one per test).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/swtpm.rs"]
-mod swtpm;
+use crate::swtpm;
 
 use std::path::Path;
 use std::process::Command;

@@ -2,8 +2,7 @@
 //! from swtpm's local CA, checked with the authority's verifier (`meter_pki::tpm`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/swtpm.rs"]
-mod swtpm;
+use crate::swtpm;
 
 use std::time::Instant;
 

@@ -6,8 +6,7 @@
 //! made here with tpm2-tools as the old meterd made them) keeps working.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/swtpm.rs"]
-mod swtpm;
+use crate::swtpm;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -3,8 +3,7 @@
 //! milliseconds; the same services keep their end-to-end tests on swtpm.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/inproc.rs"]
-mod inproc;
+use crate::inproc;
 
 use std::time::Instant;
 

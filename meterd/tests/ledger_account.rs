@@ -3,7 +3,7 @@
 //! concurrent requests unable to pass the limit, the chain still auditing clean.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod ledger_support;
+use crate::ledger_support;
 
 use std::sync::Arc;
 

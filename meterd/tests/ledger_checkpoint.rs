@@ -5,7 +5,7 @@
 //! audit.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod ledger_support;
+use crate::ledger_support;
 
 use std::path::Path;
 

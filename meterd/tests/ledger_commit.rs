@@ -3,7 +3,7 @@
 //! window between commit and counter increment, and a TPM that is down.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod ledger_support;
+use crate::ledger_support;
 
 use std::sync::Arc;
 

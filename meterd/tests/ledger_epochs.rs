@@ -3,7 +3,7 @@
 //! 2 and 3; design 12-14 §1).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod ledger_support;
+use crate::ledger_support;
 
 use std::path::Path;
 

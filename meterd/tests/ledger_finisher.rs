@@ -4,7 +4,7 @@
 //! a retry returns the stored product without running it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod ledger_support;
+use crate::ledger_support;
 
 use std::sync::Arc;
 

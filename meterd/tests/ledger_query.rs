@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod ledger_support;
+use crate::ledger_support;
 
 use ledger_support::*;
 use meterd::ledger::{Entry, EntryKind, Outcome};

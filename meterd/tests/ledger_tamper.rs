@@ -3,7 +3,7 @@
 //! through a raw SQLite connection with the append-only triggers dropped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod ledger_support;
+use crate::ledger_support;
 
 use std::path::{Path, PathBuf};
 

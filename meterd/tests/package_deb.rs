@@ -5,8 +5,7 @@
 //! nothing on the machine it runs on.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/sandbox.rs"]
-mod sandbox;
+use crate::sandbox;
 
 use std::path::Path;
 use std::process::Command;
