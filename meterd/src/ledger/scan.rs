@@ -59,6 +59,18 @@ pub(crate) fn blob48<'a>(row: &'a Row<'_>, i: usize) -> Option<&'a [u8; 48]> {
     }
 }
 
+/// The stored `prev_hash` column: rows written since issue 14 store it
+/// empty (it is the previous row's hash, derived while reading the chain:
+/// 48 bytes a row saved); older rows store the 48 bytes, which must then
+/// be the derived value. `Some(None)`: empty; `None`: malformed.
+pub(crate) fn stored_prev<'a>(row: &'a Row<'_>, i: usize) -> Option<Option<&'a [u8; 48]>> {
+    match row.get_ref(i) {
+        Ok(ValueRef::Blob([])) => Some(None),
+        Ok(ValueRef::Blob(b)) => b.try_into().ok().map(Some),
+        _ => None,
+    }
+}
+
 fn text<'a>(row: &'a Row<'_>, i: usize) -> Option<&'a [u8]> {
     match row.get_ref(i) {
         Ok(ValueRef::Text(t)) => Some(t),
@@ -161,8 +173,9 @@ pub(crate) struct Scan {
     pub track: EpochTrack,
 }
 
-/// Rows handed to the hashing thread: per row, stored prev (48) ‖ stored
-/// hash (48) ‖ canonical bytes, back to back; `ends[i]` is where row i ends.
+/// Rows handed to the hashing thread: per row, prev (48: the previous
+/// row's stored hash, which the chunks check in turn) ‖ stored hash (48) ‖
+/// canonical bytes, back to back; `ends[i]` is where row i ends.
 pub(crate) struct Chunk {
     bytes: Vec<u8>,
     ends: Vec<usize>,
@@ -172,8 +185,8 @@ pub(crate) struct Chunk {
 /// hundred KiB, large enough that the channel costs nothing.
 const CHUNK_ROWS: usize = 1024;
 
-/// Whether every row of `chunk` satisfies SHA-384(stored prev ‖ canonical)
-/// = stored hash.
+/// Whether every row of `chunk` satisfies SHA-384(prev ‖ canonical) =
+/// stored hash.
 fn chunk_hashes_ok(chunk: &Chunk) -> bool {
     let mut start = 0;
     for &end in &chunk.ends {
@@ -268,7 +281,7 @@ pub(crate) fn scan(
             });
         }
         expected_seq = seq.saturating_add(1);
-        let parsed = (|| Some((row_fields(r)?, blob48(r, 14)?, blob48(r, 15)?)))();
+        let parsed = (|| Some((row_fields(r)?, stored_prev(r, 14)?, blob48(r, 15)?)))();
         let Some((f, stored_prev, stored_hash)) = parsed else {
             damage.record(seq, || format!("row {seq}: malformed columns"));
             continue;
@@ -280,7 +293,7 @@ pub(crate) fn scan(
         let hash = match &defer {
             None => chain::row_hash(&prev, &buf),
             Some(tx) => {
-                chunk.bytes.extend_from_slice(stored_prev);
+                chunk.bytes.extend_from_slice(&prev);
                 chunk.bytes.extend_from_slice(stored_hash);
                 chunk.bytes.extend_from_slice(&buf);
                 chunk.ends.push(chunk.bytes.len());
@@ -293,7 +306,9 @@ pub(crate) fn scan(
                 *stored_hash
             }
         };
-        let linked = stored_prev == &prev && stored_hash == &hash;
+        // The link is the derived `prev` (hashed in); a stored copy, when
+        // present (rows written before issue 14), must agree with it.
+        let linked = stored_prev.is_none_or(|p| p == &prev) && stored_hash == &hash;
         while let Some((at, what)) = batch_damage.next_if(|d| d.0 < seq) {
             damage.record(at, || what);
         }

@@ -1,6 +1,7 @@
 //! Writing a sequenced batch: its rows, products and batch row in one
 //! `BEGIN IMMEDIATE` transaction; the COMMIT (WAL, `synchronous=FULL`) is
-//! the fsync after which its products may leave.
+//! the fsync after which its products may leave. A row's `prev_hash` is
+//! stored empty (see `scan::stored_prev`).
 
 use rusqlite::{params, Connection, TransactionBehavior};
 
@@ -8,6 +9,10 @@ use super::rows::to_sql;
 use super::schema::storage;
 use super::sequencer::Sequenced;
 use super::Result;
+
+/// What a row stores in `prev_hash` since issue 14 (bytes a row): an empty
+/// blob, the column kept so older ledgers and tools read as before.
+const EMPTY_PREV: &[u8] = &[];
 
 /// Writes `batch` durably, or nothing of it.
 pub(crate) fn write_batch(conn: &mut Connection, batch: &Sequenced) -> Result<()> {
@@ -45,7 +50,9 @@ pub(crate) fn write_batch(conn: &mut Connection, batch: &Sequenced) -> Result<()
                     to_sql(r.service_count),
                     &r.product_digest[..],
                     r.note,
-                    &r.prev[..],
+                    // prev_hash stored empty: it is the previous row's
+                    // hash, derived by every reader (48 bytes a row).
+                    EMPTY_PREV,
                     &r.hash[..],
                 ])
                 .map_err(storage)?;

@@ -106,8 +106,9 @@ pub(crate) fn last_seal(
     )
 }
 
-/// Row `seq`'s link (from its stored prev hash, which the scan checked),
-/// product, and whether the product matches the row's digest.
+/// Row `seq`'s link (its prev: the hash of row `seq - 1`, which the scan
+/// checked; rows store no copy of it since issue 14), product, and whether
+/// the product matches the row's digest.
 fn last_row(
     conn: &Connection,
     meter_id: &str,
@@ -117,14 +118,19 @@ fn last_row(
     conn.query_row(
         "SELECT j.seq, j.time, j.kind, j.service, j.request_id, j.credit, j.debit, j.ascending,
          j.descending, j.control_total, j.pieces, j.service_count, j.product_digest, j.note,
-         j.prev_hash, p.product
-         FROM journal j JOIN products p ON p.seq = j.seq WHERE j.seq = ?1",
+         pj.hash, p.product
+         FROM journal j JOIN products p ON p.seq = j.seq
+         LEFT JOIN journal pj ON pj.seq = j.seq - 1 WHERE j.seq = ?1",
         [i64::try_from(seq).unwrap_or(i64::MAX)],
         |r| {
             let product: Vec<u8> = r.get(15)?;
             let parsed = (|| {
                 let fields = row_fields(r)?;
-                let prev = blob48(r, 14)?;
+                let genesis = chain::genesis_prev(meter_id);
+                let prev = match fields.seq {
+                    1 => &genesis,
+                    _ => blob48(r, 14)?,
+                };
                 Some((
                     chain::link_digest(meter_id, epoch, prev, &fields),
                     chain::sha384(&product) == *fields.product_digest,
