@@ -9,7 +9,7 @@ use meter_pki::{cert, cms, csr, oid, pem, sig};
 use p384::ecdsa::SigningKey;
 use sha2::{Digest, Sha384};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use support::{authority, ok, BIN};
 
 fn openssl(args: &[&str]) -> (bool, String) {
