@@ -1,33 +1,16 @@
 //! End-to-end tests of the `meter-authority` binary, checked with the `openssl` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use meter_pki::payload::{self, AnchorUpdate, ClearLockOrder, RateTable, Voucher};
 use meter_pki::tsp::{self, TokenParams};
 use meter_pki::{cert, cms, csr, oid, pem, sig};
 use p384::ecdsa::SigningKey;
 use sha2::{Digest, Sha384};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_meter-authority");
-
-fn authority(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .env("METER_AUTHORITY_DIR", dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use std::process::Command;
+use support::{authority, ok, BIN};
 
 fn openssl(args: &[&str]) -> (bool, String) {
     let o = Command::new("openssl").args(args).output().unwrap();

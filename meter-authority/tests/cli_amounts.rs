@@ -5,25 +5,13 @@
 //! RFC 3339.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use meter_pki::cert;
 use meter_pki::payload::{self, Voucher};
 use std::path::Path;
-use std::process::{Command, Output};
-
-const BIN: &str = env!("CARGO_BIN_EXE_meter-authority");
-
-fn authority(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .env("METER_AUTHORITY_DIR", dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "failed: {o:?}");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use std::process::Output;
+use support::{authority, ok};
 
 fn voucher(dir: &Path, out: &Path, amount: &str) -> Output {
     authority(

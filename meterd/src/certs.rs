@@ -122,6 +122,28 @@ impl CertEntry {
             Some(_) => CertState::Active,
         }
     }
+
+    /// `Ok` if the certificate is [`CertState::Active`] at `now`, else why not
+    /// (`Stale` once expired). `Sign` and `Decrypt` check it inside the sale, after
+    /// the request-id lookup, so that a retry of work done before the certificate
+    /// expired or was revoked still gets its stored product.
+    pub fn check_active(&self, now: i64) -> Result<()> {
+        match self.state(now) {
+            CertState::Active => Ok(()),
+            CertState::Expired => Err(ServiceError::Stale(format!(
+                "certificate {} expired at {} (unix s); request and install a new one",
+                self.serial(),
+                self.not_after()
+            ))),
+            CertState::Revoked => Err(ServiceError::InvalidInput(format!(
+                "certificate {} is revoked",
+                self.serial()
+            ))),
+            CertState::Pending => Err(ServiceError::InvalidInput(
+                "the certificate is not installed yet".into(),
+            )),
+        }
+    }
 }
 
 /// Normalizes a serial for comparison: optional `0x`, case and leading zeros ignored.
@@ -166,6 +188,16 @@ impl CertStore {
         self.list()
             .into_iter()
             .find(|e| e.cert.is_some() && normalize_serial(&e.serial()) == want)
+    }
+
+    /// [`Self::find`], or the `InvalidInput` that `Sign`, `Decrypt` and `Revoke`
+    /// answer for a serial that names no installed certificate.
+    pub fn installed(&self, serial: &str) -> Result<CertEntry> {
+        self.find(serial).ok_or_else(|| {
+            ServiceError::InvalidInput(format!(
+                "no user certificate with serial {serial:?} is installed; meterctl certs lists them"
+            ))
+        })
     }
 
     fn by_public(&self, public: &[u8]) -> Option<CertEntry> {

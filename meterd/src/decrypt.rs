@@ -32,7 +32,7 @@ use sha2::{Digest as _, Sha384};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use crate::certs::{CertEntry, CertState, CertStore};
+use crate::certs::{CertEntry, CertStore};
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::ledger::Key;
@@ -70,11 +70,7 @@ fn unsealed(e: UnsealError) -> ServiceError {
 
 /// The installed encryption certificate `serial`, or why not.
 fn encryption_entry(certs: &CertStore, serial: &str) -> Result<CertEntry> {
-    let entry = certs.find(serial).ok_or_else(|| {
-        ServiceError::InvalidInput(format!(
-            "no user certificate with serial {serial:?} is installed; meterctl certs lists them"
-        ))
-    })?;
+    let entry = certs.installed(serial)?;
     if !entry.encrypt {
         return Err(ServiceError::InvalidInput(format!(
             "certificate {} is a signing certificate; decrypt with an encryption certificate \
@@ -83,24 +79,6 @@ fn encryption_entry(certs: &CertStore, serial: &str) -> Result<CertEntry> {
         )));
     }
     Ok(entry)
-}
-
-fn check_state(entry: &CertEntry, now: i64) -> Result<()> {
-    match entry.state(now) {
-        CertState::Active => Ok(()),
-        CertState::Expired => Err(ServiceError::Stale(format!(
-            "certificate {} expired at {} (unix s)",
-            entry.serial(),
-            entry.not_after()
-        ))),
-        CertState::Revoked => Err(ServiceError::InvalidInput(format!(
-            "certificate {} is revoked",
-            entry.serial()
-        ))),
-        CertState::Pending => Err(ServiceError::InvalidInput(
-            "the certificate is not installed yet".into(),
-        )),
-    }
 }
 
 /// The envelope opened with the TPM's ECDH.
@@ -141,7 +119,7 @@ pub async fn decrypt(
     // As for Sign, the state is checked inside the work: a retry of a
     // decryption made before the certificate expired still gets its bytes.
     let sold = sale::sell(meter, spec, async |sale: &Sale| {
-        check_state(&entry, sale.now())?;
+        entry.check_active(sale.now())?;
         let plain = open(meter, &entry.key, &prepared).await?;
         let record = Record {
             envelope_sha384: hex::encode(envelope_sha384),

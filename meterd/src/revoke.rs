@@ -80,11 +80,7 @@ pub async fn request(
     key: Key,
 ) -> Result<Vec<u8>> {
     rv::check_reason(reason).map_err(|e| invalid(e.to_string()))?;
-    let entry = certs.find(serial).ok_or_else(|| {
-        invalid(format!(
-            "no user certificate with serial {serial:?} is installed; meterctl certs lists them"
-        ))
-    })?;
+    let entry = certs.installed(serial)?;
     if entry.revoked {
         return Err(invalid(format!(
             "certificate {} is already revoked",

@@ -11,7 +11,7 @@
 use meter_pki::cms::{self, SignOptions};
 use meter_pki::oid;
 
-use crate::certs::{CertState, CertStore};
+use crate::certs::CertStore;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::ledger::{Digest, Key};
@@ -31,26 +31,7 @@ pub async fn sign(
     imprint: Digest,
     key: Key,
 ) -> Result<Vec<u8>> {
-    let entry = certs.find(serial).ok_or_else(|| {
-        ServiceError::InvalidInput(format!(
-            "no user certificate with serial {serial:?} is installed; meterctl certs lists them"
-        ))
-    })?;
-    let refuse_state = |now: i64| match entry.state(now) {
-        CertState::Active => Ok(()),
-        CertState::Expired => Err(ServiceError::Stale(format!(
-            "certificate {} expired at {} (unix s); request and install a new one",
-            entry.serial(),
-            entry.not_after()
-        ))),
-        CertState::Revoked => Err(ServiceError::InvalidInput(format!(
-            "certificate {} is revoked",
-            entry.serial()
-        ))),
-        CertState::Pending => Err(ServiceError::InvalidInput(
-            "the certificate is not installed yet".into(),
-        )),
-    };
+    let entry = certs.installed(serial)?;
     if entry.encrypt {
         return Err(ServiceError::InvalidInput(format!(
             "certificate {} is an encryption (key agreement) certificate; it cannot sign",
@@ -70,7 +51,7 @@ pub async fn sign(
     // any TPM work), so that a retry of a signature made before the
     // certificate expired or was revoked still gets its stored signature.
     let sold = sale::sell(meter, spec, async |sale: &Sale| {
-        refuse_state(sale.now())?;
+        entry.check_active(sale.now())?;
         let prepared = cms::prepare_detached_digest(
             &SignOptions {
                 content_type: oid::ID_DATA,

@@ -71,8 +71,7 @@ fn user_report_with_settle_id_does_not_cancel_the_revocation_fee() {
     assert_eq!(rates["revoke"].as_u64(), Some(fee));
     let mallory = user(USER_A);
 
-    let (cert, serial) = certified(&sb, "Alice", "req-alice");
-    sb.meterctl_json(&["cert", "install", &cert]);
+    let (_, serial) = sb.enrol_and_install("Alice", &["--request-id", "req-alice"]);
     let req = p(&sb, "revoke-alice.pem");
     sb.meterctl_json(&[
         "cert",
@@ -147,39 +146,6 @@ fn user_report_with_clear_lock_id_does_not_keep_the_meter_locked() {
         outcome(&out)
     );
     assert_eq!(sb.status()["state"], "ready");
-}
-
-/// Enrols CN, requests a certificate (admin, request id ID), certifies it;
-/// returns (certificate file, serial).
-fn certified(sb: &Sandbox, cn: &str, id: &str) -> (String, String) {
-    let req = request(sb, cn, id);
-    certify(sb, cn, &req)
-}
-
-fn request(sb: &Sandbox, cn: &str, id: &str) -> String {
-    let out = sb.authority(&["enrol", "--subject", &format!("CN={cn}")]);
-    let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let req = p(sb, &format!("{cn}.req"));
-    sb.meterctl_json(&[
-        "cert",
-        "request",
-        "--subject",
-        &format!("CN={cn}"),
-        "--code",
-        &code,
-        "-o",
-        &req,
-        "--request-id",
-        id,
-    ]);
-    req
-}
-
-fn certify(sb: &Sandbox, cn: &str, req: &str) -> (String, String) {
-    let cert = p(sb, &format!("{cn}.pem"));
-    let out = sb.authority(&["certify", req, "--out", &cert]);
-    let serial = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (cert, serial)
 }
 
 /// The user burns `id`, then the administrator runs `meterctl ARGS`, which
@@ -273,9 +239,8 @@ fn user_report_cannot_burn_any_internal_id_of_an_admin_operation() {
 
     // cert-install:<key> — the pending key, listed by ListCertificates,
     // which members of `meter` may call.
-    let (alice, alice_serial) = certified(&sb, "Alice", "req-alice");
-    sb.meterctl_json(&["cert", "install", &alice]);
-    let bob_req = request(&sb, "Bob", "req-bob");
+    let (_, alice_serial) = sb.enrol_and_install("Alice", &["--request-id", "req-alice"]);
+    let bob_req = sb.request_cert("Bob", &["--request-id", "req-bob"]);
     let listed = mallory.meterctl(&sb, &["certs"]);
     assert!(listed.status.success(), "user certs: {}", outcome(&listed));
     let list: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("certs JSON");
@@ -288,7 +253,7 @@ fn user_report_cannot_burn_any_internal_id_of_an_admin_operation() {
         .as_str()
         .expect("key")
         .to_owned();
-    let (bob, _) = certify(&sb, "Bob", &bob_req);
+    let (bob, _) = sb.certify("Bob", &bob_req);
     let id = format!("cert-install:{key}");
     results.push((
         "cert-install",

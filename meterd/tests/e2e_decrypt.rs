@@ -40,36 +40,14 @@ fn openssl_mail_is_decrypted_in_the_tpm_charged_once() {
     assert_eq!(sb.status()["rates"]["decrypt"].as_u64(), Some(DECRYPT));
 
     // Request, certify (keyAgreement), install.
-    let code = String::from_utf8_lossy(&sb.authority(&["enrol", "--subject", "CN=Alice"]).stdout)
-        .trim()
-        .to_owned();
-    let req = sb.arg("enc-req.der");
-    sb.meterctl_json(&[
-        "cert",
-        "request",
-        "--subject",
-        "CN=Alice",
-        "--code",
-        &code,
-        "--purpose",
-        "encrypt",
-        "-o",
-        &req,
-        "--request-id",
-        "er-1",
-    ]);
-    let cert = sb.arg("alice-enc.pem");
-    let serial = String::from_utf8_lossy(&sb.authority(&["certify", &req, "--out", &cert]).stdout)
-        .trim()
-        .to_owned();
+    let (cert, serial) =
+        sb.enrol_and_install("Alice", &["--purpose", "encrypt", "--request-id", "er-1"]);
     let text = ok(
         &sb.run("openssl", &["x509", "-in", &cert, "-noout", "-text"]),
         "openssl x509",
     );
     assert!(text.contains("Key Agreement"), "{text}");
     assert!(!text.contains("Digital Signature"), "{text}");
-    let installed = sb.meterctl_json(&["cert", "install", &cert]);
-    assert_eq!(installed["serial"], serial.as_str());
 
     // An encryption key cannot sign.
     let msg = write(

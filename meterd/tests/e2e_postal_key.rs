@@ -35,7 +35,7 @@ amount = 950
 "#;
 
 fn buy(sb: &Sandbox, id: &str, png: Option<&str>) -> Vec<u8> {
-    let out = sb.path(&format!("{id}.ind")).to_string_lossy().into_owned();
+    let out = sb.arg(&format!("{id}.ind"));
     let mut args = vec![
         "postage",
         "--class",
@@ -56,6 +56,18 @@ fn buy(sb: &Sandbox, id: &str, png: Option<&str>) -> Vec<u8> {
     }
     ok(&sb.meterctl(&args), "postage");
     std::fs::read(&out).unwrap()
+}
+
+/// HMAC-SHA-256 of `body` (written to `name`) under `key_hex`, with stock `openssl mac`:
+/// lowercase hex.
+fn openssl_mac(sb: &Sandbox, key_hex: &str, name: &str, body: &[u8]) -> String {
+    let file = write(sb, name, body);
+    let key = format!("hexkey:{key_hex}");
+    let args = [
+        "mac", "-digest", "SHA256", "-macopt", &key, "-in", &file, "HMAC",
+    ];
+    let out = sb.run("openssl", &args);
+    ok(&out, "openssl mac").trim().to_ascii_lowercase()
 }
 
 /// Every regular file under `dir`, recursively.
@@ -108,12 +120,12 @@ fn postal_key_is_imported_wrapped_and_macs_every_indicium() {
     assert_eq!(v1[2], 1);
 
     // Request (signed by the meter, naming its storage parent) → delivery.
-    let req = sb.path("pk-req.pem").to_string_lossy().into_owned();
+    let req = sb.arg("pk-req.pem");
     ok(
         &sb.meterctl(&["postal-key", "request", "-o", &req]),
         "postal-key request",
     );
-    let delivery = sb.path("pk-delivery.pem").to_string_lossy().into_owned();
+    let delivery = sb.arg("pk-delivery.pem");
     sb.authority(&["postal-key", &req, "--out", &delivery]);
     let key_dir = sb.authority_dir().join("postal-keys").join(&meter_id);
     let key_file = std::fs::read_dir(&key_dir)
@@ -159,7 +171,7 @@ fn postal_key_is_imported_wrapped_and_macs_every_indicium() {
     );
 
     // After: version 2, 237 bytes, one DataMatrix symbol read back exactly.
-    let png = sb.path("pk.png").to_string_lossy().into_owned();
+    let png = sb.arg("pk.png");
     let v2 = buy(&sb, "pk-after", Some(&png));
     assert_eq!(v2.len(), meter_pki::indicium::LEN_MAC);
     assert_eq!(v2[2], 2);
@@ -169,48 +181,20 @@ fn postal_key_is_imported_wrapped_and_macs_every_indicium() {
     let scanned = write(&sb, "pk-scanned.bin", &scan.stdout);
 
     // The MAC with stock openssl: HMAC-SHA-256 of bytes 0..125, first 16 bytes.
-    let body = write(&sb, "pk-body.bin", &v2[..125]);
-    let mac = sb.run(
-        "openssl",
-        &[
-            "mac",
-            "-digest",
-            "SHA256",
-            "-macopt",
-            &format!("hexkey:{key_hex}"),
-            "-in",
-            &body,
-            "HMAC",
-        ],
-    );
-    let mac = ok(&mac, "openssl mac").trim().to_ascii_lowercase();
+    let mac = openssl_mac(&sb, &key_hex, "pk-body.bin", &v2[..125]);
     assert_eq!(&mac[..32], hex::encode(&v2[221..]));
     // And with the authority.
     let o = sb.authority(&["verify-indicium", "--postal-key", &scanned]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("postal MAC valid"));
     // The ECDSA signature still verifies with the meter certificate.
-    let cert = sb.path("certs/meter.pem").to_string_lossy().into_owned();
+    let cert = sb.arg("certs/meter.pem");
     let v = sb.meterctl_json(&["verify-indicium", &scanned, "--cert", &cert]);
     assert_eq!(v["valid"], true);
 
     // A flipped body byte fails the MAC, with openssl and with the authority.
     let mut flipped = v2.clone();
     flipped[40] ^= 0x01; // the ascending register
-    let fbody = write(&sb, "pk-fbody.bin", &flipped[..125]);
-    let fmac = sb.run(
-        "openssl",
-        &[
-            "mac",
-            "-digest",
-            "SHA256",
-            "-macopt",
-            &format!("hexkey:{key_hex}"),
-            "-in",
-            &fbody,
-            "HMAC",
-        ],
-    );
-    let fmac = ok(&fmac, "openssl mac").trim().to_ascii_lowercase();
+    let fmac = openssl_mac(&sb, &key_hex, "pk-fbody.bin", &flipped[..125]);
     assert_ne!(&fmac[..32], hex::encode(&flipped[221..]));
     let fpath = write(&sb, "pk-flipped.bin", &flipped);
     let o = sb.run(

@@ -23,35 +23,10 @@ fn authority_raw(sb: &Sandbox, args: &[&str]) -> Output {
     )
 }
 
-fn enrol(sb: &Sandbox, cn: &str) -> String {
-    let out = sb.authority(&["enrol", "--subject", &format!("CN={cn}")]);
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Request (meterctl), certify; returns (request file, certificate file, serial).
+/// Request (meterctl), certify; returns (certificate file, serial).
 fn certified(sb: &Sandbox, cn: &str) -> (String, String) {
-    let code = enrol(sb, cn);
-    let req = sb.arg(&format!("{cn}.req"));
-    sb.meterctl_json(&[
-        "cert",
-        "request",
-        "--subject",
-        &format!("CN={cn}"),
-        "--code",
-        &code,
-        "-o",
-        &req,
-        "--request-id",
-        &format!("req-{cn}"),
-    ]);
-    certify(sb, cn, &req)
-}
-
-fn certify(sb: &Sandbox, cn: &str, req: &str) -> (String, String) {
-    let cert = sb.arg(&format!("{cn}.pem"));
-    let out = sb.authority(&["certify", req, "--out", &cert]);
-    let serial = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (cert, serial)
+    let req = sb.request_cert(cn, &["--request-id", &format!("req-{cn}")]);
+    sb.certify(cn, &req)
 }
 
 /// Transient objects loaded in the TPM, read with tpm2_getcap (meterd must be stopped:
@@ -140,7 +115,8 @@ fn revoke_paid_due_forced_crl_and_settlement() {
     sb.script("start-meterd");
 
     // Alice's request through busctl, with the a{sv} subject mail software sends.
-    let code = enrol(&sb, "Alice");
+    let out = sb.authority(&["enrol", "--subject", "CN=Alice"]);
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let address = format!("--address={}", sb.env["DBUS_SYSTEM_BUS_ADDRESS"]);
     let out = ok(
         &sb.run(
@@ -174,7 +150,7 @@ fn revoke_paid_due_forced_crl_and_settlement() {
         .map(|b| b.as_u64().unwrap() as u8)
         .collect();
     let alice_req = write(&sb, "alice.req", &bytes);
-    let (alice, alice_serial) = certify(&sb, "Alice", &alice_req);
+    let (alice, alice_serial) = sb.certify("Alice", &alice_req);
     let (bob, bob_serial) = certified(&sb, "Bob");
     let (carol, carol_serial) = certified(&sb, "Carol");
     // Dave is certified but never installed here: his serial makes a wrong-meter order.

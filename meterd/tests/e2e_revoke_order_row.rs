@@ -44,25 +44,7 @@ fn a_revoke_row_keeps_the_authority_order_and_one_cut_off_is_named() {
     let meter = sb.meter_id();
 
     // A certificate requested, certified and installed; revoked by the authority's order.
-    let code = String::from_utf8_lossy(&sb.authority(&["enrol", "--subject", "CN=Alice"]).stdout)
-        .trim()
-        .to_owned();
-    let req = sb.arg("alice.req");
-    sb.meterctl_json(&[
-        "cert",
-        "request",
-        "--subject",
-        "CN=Alice",
-        "--code",
-        &code,
-        "-o",
-        &req,
-    ]);
-    let cert = sb.arg("alice.pem");
-    let serial = String::from_utf8_lossy(&sb.authority(&["certify", &req, "--out", &cert]).stdout)
-        .trim()
-        .to_owned();
-    sb.meterctl_json(&["cert", "install", &cert]);
+    let (_, serial) = sb.enrol_and_install("Alice", &[]);
     let rv_req = sb.arg("revoke-req.pem");
     sb.meterctl_json(&[
         "cert",

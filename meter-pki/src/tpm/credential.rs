@@ -18,7 +18,8 @@
 //! whose AK lives in software never learns the key, so never sees its certificates.
 
 use aes::cipher::{
-    block_padding::Pkcs7, BlockDecryptMut, BlockEncrypt, BlockEncryptMut, KeyInit, KeyIvInit,
+    block_padding::Pkcs7, AsyncStreamCipher, Block, BlockCipher, BlockDecryptMut, BlockEncryptMut,
+    Key, KeyInit, KeyIvInit,
 };
 use hmac::{Hmac, Mac};
 use rand_core::{OsRng, RngCore};
@@ -61,19 +62,19 @@ pub fn kdfa_sha256(
     out
 }
 
-/// AES-128 in full-block CFB mode with a zero IV, as the TPM protects credentials.
-fn aes128_cfb_encrypt(key: &[u8; 16], data: &[u8]) -> Vec<u8> {
-    let cipher = aes::Aes128::new(key.into());
-    let mut feedback = [0u8; 16];
-    let mut out = Vec::with_capacity(data.len());
-    for chunk in data.chunks(16) {
-        let mut block = aes::Block::from(feedback);
-        cipher.encrypt_block(&mut block);
-        let start = out.len();
-        out.extend(chunk.iter().zip(block.iter()).map(|(p, k)| p ^ k));
-        if chunk.len() == 16 {
-            feedback.copy_from_slice(&out[start..]);
-        }
+/// AES in full-block CFB mode with a zero IV, as the TPM protects credentials (AES-128)
+/// and the sensitive areas of duplicated objects (AES-256, [`super::duplicate`]). A stream
+/// mode: the output is as long as `data`, a partial last block included.
+pub fn aes_cfb<C>(key: &Key<C>, data: &[u8], decrypt: bool) -> Vec<u8>
+where
+    C: BlockCipher + BlockEncryptMut + KeyInit,
+{
+    let iv = Block::<C>::default();
+    let mut out = data.to_vec();
+    if decrypt {
+        cfb_mode::Decryptor::<C>::new(key, &iv).decrypt(&mut out);
+    } else {
+        cfb_mode::Encryptor::<C>::new(key, &iv).encrypt(&mut out);
     }
     out
 }
@@ -128,7 +129,7 @@ fn made_with_seed(seed: &[u8; 32], object_name: &[u8], credential: &[u8]) -> Res
     sym_key.copy_from_slice(&sym);
     let mut plain = Vec::with_capacity(2 + credential.len());
     put_tpm2b(&mut plain, credential)?;
-    let enc_identity = aes128_cfb_encrypt(&sym_key, &plain);
+    let enc_identity = aes_cfb::<aes::Aes128>(&sym_key.into(), &plain, false);
     let hmac_key = kdfa_sha256(seed, "INTEGRITY", &[], &[], 256);
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&hmac_key)
         .map_err(|_| PkiError::Malformed("HMAC key".into()))?;
@@ -239,11 +240,17 @@ mod tests {
     fn cfb_is_a_stream_over_partial_blocks() {
         let key = [7u8; 16];
         let data: Vec<u8> = (0..40u8).collect();
-        let ct = aes128_cfb_encrypt(&key, &data);
+        let cfb = |d: &[u8]| aes_cfb::<aes::Aes128>(&key.into(), d, false);
+        let ct = cfb(&data);
         assert_eq!(ct.len(), 40);
         // The first block is P xor E(0): encrypting a prefix gives a prefix.
-        assert_eq!(&aes128_cfb_encrypt(&key, &data[..5])[..], &ct[..5]);
+        assert_eq!(&cfb(&data[..5])[..], &ct[..5]);
         assert_ne!(&ct[..], &data[..]);
+        // Known answer: `openssl enc -aes-128-cfb -K 07..07 -iv 00..00`.
+        assert_eq!(
+            hex::encode(&ct),
+            "4c82b34a0fd4a12b5b4e924d84489fa0c7656213beff9eb6e2f1f78f05064b2461200c12890447a5"
+        );
     }
 
     #[test]

@@ -23,13 +23,13 @@
 //! nameAlg SHA-256, AES-256-CFB; see `meterd/src/housing/tpm/templates.rs`), checked by
 //! [`check_parent`]. Only the TPM holding the parent's private key recovers the seed.
 
-use aes::cipher::{BlockEncrypt, KeyInit};
+use aes::Aes256;
 use hmac::{Hmac, Mac};
 use rand_core::{CryptoRngCore, OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::credential::kdfa_sha256;
+use super::credential::{aes_cfb, kdfa_sha256};
 use super::wire::{attr, name, put_tpm2b, Public, ALG_AES, ALG_CFB, ALG_ECC, ALG_SHA256};
 use crate::{PkiError, Result};
 
@@ -111,24 +111,6 @@ pub fn kdfe_sha256(z: &[u8], label: &str, party_u: &[u8], party_v: &[u8], bits: 
     out
 }
 
-/// AES-256 in full-block CFB mode with a zero IV (how the TPM encrypts sensitive areas).
-pub fn aes256_cfb(key: &[u8; 32], data: &[u8], decrypt: bool) -> Vec<u8> {
-    let cipher = aes::Aes256::new(key.into());
-    let mut feedback = [0u8; 16];
-    let mut out = Vec::with_capacity(data.len());
-    for chunk in data.chunks(16) {
-        let mut block = aes::Block::from(feedback);
-        cipher.encrypt_block(&mut block);
-        let start = out.len();
-        out.extend(chunk.iter().zip(block.iter()).map(|(p, k)| p ^ k));
-        if chunk.len() == 16 {
-            let c = if decrypt { chunk } else { &out[start..] };
-            feedback.copy_from_slice(c);
-        }
-    }
-    out
-}
-
 /// Wraps the HMAC key `key` for the storage parent `parent` (marshalled `TPMT_PUBLIC`).
 pub fn wrap_hmac_key(parent: &[u8], key: &[u8; KEY_LEN]) -> Result<Duplication> {
     wrap_with(parent, key, &mut OsRng)
@@ -192,7 +174,7 @@ pub fn wrap_with(
         .as_slice()
         .try_into()
         .map_err(|_| PkiError::Malformed("symKey length".into()))?;
-    let enc_sensitive = aes256_cfb(&sym_key, &sensitive_2b, false);
+    let enc_sensitive = aes_cfb::<Aes256>(&sym_key.into(), &sensitive_2b, false);
     let hmac_key = Zeroizing::new(kdfa_sha256(&seed, "INTEGRITY", &[], &[], 256));
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&hmac_key)
         .map_err(|_| PkiError::Malformed("HMAC key".into()))?;
@@ -277,7 +259,7 @@ mod tests {
         let sk: [u8; 32] = kdfa_sha256(&seed, "STORAGE", &object_name, &[], 256)
             .try_into()
             .unwrap();
-        let plain = aes256_cfb(&sk, enc, true);
+        let plain = aes_cfb::<Aes256>(&sk.into(), enc, true);
         // TPM2B_SENSITIVE: size, type, authValue(0), seedValue(32), sensitive(32).
         assert_eq!(&plain[..2], &[0, 72]);
         assert_eq!(&plain[2..4], &ALG_KEYEDHASH.to_be_bytes());
@@ -322,7 +304,13 @@ mod tests {
     fn cfb_round_trip() {
         let k = [3u8; 32];
         let data: Vec<u8> = (0..75u8).collect();
-        let ct = aes256_cfb(&k, &data, false);
-        assert_eq!(aes256_cfb(&k, &ct, true), data);
+        let ct = aes_cfb::<Aes256>(&k.into(), &data, false);
+        assert_eq!(aes_cfb::<Aes256>(&k.into(), &ct, true), data);
+        // Known answer: `openssl enc -aes-256-cfb -K 03..03 -iv 00..00`.
+        assert_eq!(
+            hex::encode(&ct),
+            "91c185618368cafeb22940387a82abf1c5df5cdc90824a01392f4096e75a2863bae2a5e46a0a7ce7\
+             a97df901e8482cd8ef8082f577d12ca782ebeca730fe6cd367a91a6a8c2f6f753ce64e"
+        );
     }
 }

@@ -396,6 +396,48 @@ impl Sandbox {
         signed
     }
 
+    /// Enrols `CN=cn` at the authority and requests a certificate for it
+    /// (`meterctl cert request`, plus `extra`, e.g. `--purpose encrypt` or
+    /// `--request-id ID`); returns the request file (`CN.req`).
+    pub fn request_cert(&self, cn: &str, extra: &[&str]) -> String {
+        let subject = format!("CN={cn}");
+        let out = self.authority(&["enrol", "--subject", &subject]);
+        let code = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let req = self.arg(&format!("{cn}.req"));
+        let mut args = vec![
+            "cert",
+            "request",
+            "--subject",
+            &subject,
+            "--code",
+            &code,
+            "-o",
+            &req,
+        ];
+        args.extend_from_slice(extra);
+        self.meterctl_json(&args);
+        req
+    }
+
+    /// The authority certifies the request file `req` into `CN.pem`; returns
+    /// (certificate file, serial).
+    pub fn certify(&self, cn: &str, req: &str) -> (String, String) {
+        let cert = self.arg(&format!("{cn}.pem"));
+        let out = self.authority(&["certify", req, "--out", &cert]);
+        let serial = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (cert, serial)
+    }
+
+    /// [`Self::request_cert`], [`Self::certify`], then `meterctl cert install`,
+    /// whose serial must be the authority's; returns (certificate file, serial).
+    pub fn enrol_and_install(&self, cn: &str, extra: &[&str]) -> (String, String) {
+        let req = self.request_cert(cn, extra);
+        let (cert, serial) = self.certify(cn, &req);
+        let installed = self.meterctl_json(&["cert", "install", &cert]);
+        assert_eq!(installed["serial"], serial.as_str(), "{installed}");
+        (cert, serial)
+    }
+
     /// Runs a sandbox sub-command with extra environment for it and the
     /// daemon it starts (e.g. `restart-meterd` with `METERD_TEST_CLOCK_OFFSET`).
     pub fn script_env(&self, verb: &str, env: &[(&str, &str)]) {
