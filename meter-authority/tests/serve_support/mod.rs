@@ -264,6 +264,9 @@ pub fn certify(dir: &Path, meter: &str) -> (SigningKey, cert::Certificate) {
     (id, certs.identity)
 }
 
+/// One row: (kind, service, request id, credit, debit, product).
+type Spec<'a> = (u8, u8, Option<&'a str>, u64, u64, Vec<u8>);
+
 /// A meter's ledger (genesis, the voucher credited, one postmark sold for
 /// 30) as a segment, and its report signed by the meter's identity key;
 /// `credit` is what the ledger credits (the voucher's amount when honest).
@@ -276,7 +279,7 @@ pub fn report(
 ) -> (Vec<u8>, Vec<u8>) {
     let now = meter_authority::now();
     let t0 = (now - 60) * 1000;
-    let specs: Vec<(u8, u8, Option<&str>, u64, u64, Vec<u8>)> = vec![
+    let specs: Vec<Spec<'_>> = vec![
         (kind::GENESIS, 0, None, 0, 0, b"genesis".to_vec()),
         (
             kind::CREDIT,
