@@ -28,7 +28,9 @@ fn anchors(dir: &Path) -> Vec<meter_pki::cert::Certificate> {
 fn flow(dir: &Path, server: &Server, what: &str) -> f64 {
     let addr = server.addr.as_str();
     let now = meter_authority::now();
-    let (key, identity) = certify(dir, M);
+    let meter = certify(dir, M);
+    let t0 = (now - 60) * 1000;
+    let sold = token(&meter, 3, now - 60);
 
     // A purchase and its retry: the same bytes, one voucher.
     let first = buy(addr, M, "order-1", 1000);
@@ -124,7 +126,7 @@ fn flow(dir: &Path, server: &Server, what: &str) -> f64 {
     eprintln!("serve [{what}]: 320 top-ups by 16 concurrent clients at {rate:.0} top-ups/s");
 
     // The meter reports its ledger, which credited voucher 1: acknowledged.
-    let (signed, seg) = report(M, &key, &identity, &first.body, 1000);
+    let (signed, seg) = report(&meter, &first.body, 1000, &sold, t0);
     let upload = frame_upload(&signed, &[], &seg);
     let path = format!("/v1/meters/{M}/reports");
     let t = Instant::now();
@@ -150,7 +152,7 @@ fn flow(dir: &Path, server: &Server, what: &str) -> f64 {
     assert_eq!(http(addr, "POST", &path, UPLOAD, &forged).status, 422);
 
     // The operator credits 100 times the voucher: refused, with a lock order.
-    let (signed, seg) = report(M, &key, &identity, &first.body, 100_000);
+    let (signed, seg) = report(&meter, &first.body, 100_000, &sold, t0);
     let upload = frame_upload(&signed, &[], &seg);
     let refused = http(addr, "POST", &path, UPLOAD, &upload);
     assert_eq!(refused.status, 409);
@@ -163,6 +165,37 @@ fn flow(dir: &Path, server: &Server, what: &str) -> f64 {
     );
     let again = http(addr, "POST", &path, UPLOAD, &upload);
     assert_eq!((again.status, &again.body), (409, &refused.body));
+
+    // A relying party looks up the token sold in row 3: reported. One made
+    // later (serial 4) is not reported yet, and kept as awaited.
+    let look = |object: &[u8]| {
+        let r = http(
+            addr,
+            "POST",
+            "/v1/lookup",
+            "application/octet-stream",
+            object,
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()
+    };
+    let l = look(&sold);
+    assert_eq!(
+        (l["answer"].as_str(), l["seq"].as_u64()),
+        (Some("reported"), Some(3)),
+        "{l}"
+    );
+    let l = look(&token(&meter, 4, now));
+    assert_eq!(l["answer"].as_str(), Some("not-reported-yet"), "{l}");
+    assert_eq!(l["acknowledged_rows"].as_u64(), Some(3), "{l}");
+    let r = http(
+        addr,
+        "POST",
+        "/v1/lookup",
+        "application/octet-stream",
+        b"junk",
+    );
+    assert_eq!(r.status, 422);
 
     // The CRL: DER, signed by the root, the same until revocations change.
     let crl = http(addr, "GET", "/v1/crl", "text/plain", b"");
@@ -219,6 +252,10 @@ fn serve_on_postgresql() {
     );
     assert_eq!(pg.psql("SELECT count(*) FROM index_rows"), "1");
     assert_eq!(pg.psql("SELECT version FROM schema_migrations"), "1");
+    assert_eq!(
+        pg.psql("SELECT jsonb_array_length(book->'awaited') FROM meters"),
+        "1"
+    );
     // A second server on the same database: migrations are not re-applied,
     // and a retry there gets the voucher the first one issued.
     let second = Server::start(&dir, Some(&pg.url()));
@@ -241,4 +278,5 @@ fn serve_on_the_authority_directory() {
     assert_eq!(book.vouchers.len(), 338);
     assert_eq!(book.acknowledged.len(), 1);
     assert_eq!(book.refused, 1);
+    assert_eq!(book.awaited.len(), 1);
 }

@@ -14,6 +14,11 @@
 //!   → `200 application/cms`: the acknowledgement (DER); or `409
 //!   application/cms`: the forced lock order (DER), findings in the header
 //!   `meter-findings` (JSON array, ASCII). The same upload gets the same answer.
+//! * `POST /v1/lookup`, body: a postmark token (DER or PEM) or an indicium
+//!   (binary), any media type → `200 application/json` `{"what", "meter_id",
+//!   "time", "serial_row", "answer": "reported" | "not-reported-yet" |
+//!   "unreported" | "another-digest", "seq", "time_ms", "acknowledged_rows"}`;
+//!   `flagged` is true for the last two. Open to any relying party.
 //! * `GET /v1/crl` → `application/pkix-crl` (DER), re-signed when the
 //!   revocations changed or after [`CRL_REFRESH`].
 //! * `GET /healthz` → `ok`.
@@ -37,6 +42,8 @@ use crate::AuthorityError;
 pub const UPLOAD: &str = "application/vnd.meterd.report-upload";
 /// Media type of the signed objects answered.
 const CMS: &str = "application/cms";
+/// Largest object looked up (a token with its certificates).
+const MAX_LOOKUP_BODY: usize = 64 * 1024;
 /// How long a CRL is served before it is re-signed.
 pub const CRL_REFRESH: Duration = Duration::from_secs(3600);
 
@@ -171,6 +178,7 @@ pub(super) async fn handle(s: &Service, peer: SocketAddr, req: Request<Incoming>
     match (method, parts.as_slice()) {
         (Method::GET, ["healthz"]) => plain(StatusCode::OK, "ok"),
         (Method::GET, ["v1", "crl"]) => crl(s),
+        (Method::POST, ["v1", "lookup"]) => lookup(s, req).await,
         (Method::POST, ["v1", "meters", id, "topups"]) => {
             let id = (*id).to_owned();
             topup(s, peer, &id, req).await
@@ -179,7 +187,7 @@ pub(super) async fn handle(s: &Service, peer: SocketAddr, req: Request<Incoming>
             let id = (*id).to_owned();
             report(s, &id, req).await
         }
-        (_, ["healthz"] | ["v1", "crl"] | ["v1", "meters", _, "topups" | "reports"]) => {
+        (_, ["healthz"] | ["v1", "crl" | "lookup"] | ["v1", "meters", _, "topups" | "reports"]) => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => plain(StatusCode::NOT_FOUND, "not found"),
@@ -357,4 +365,63 @@ fn crl(s: &Service) -> Reply {
         }
         Err(e) => failed(&e.into()),
     }
+}
+
+async fn lookup(s: &Service, req: Request<Incoming>) -> Reply {
+    use crate::lookup::Answer as A;
+    let bytes = match body(req, MAX_LOOKUP_BODY).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let now = crate::now();
+    let a = match crate::Authority::open(&s.dir) {
+        Ok(a) => a,
+        Err(e) => return failed(&e.into()),
+    };
+    let shown = match a.shown(&bytes, now) {
+        Ok(x) => x,
+        Err(e) => return failed(&e.into()),
+    };
+    let meter_id = shown.meter_id().to_owned();
+    let look = Box::new(
+        move |book: &mut crate::book::Book, rows: &mut dyn crate::inspect::Rows| {
+            shown.look_in(book, rows, now)
+        },
+    );
+    let l = match s.store.lookup(&meter_id, look).await {
+        Ok(l) => l,
+        Err(e) => return failed(&e),
+    };
+    let (answer, seq, time_ms, acknowledged_rows) = match l.answer {
+        A::Reported { seq, time_ms } => ("reported", Some(seq), Some(time_ms), None),
+        A::NotReportedYet { acknowledged_rows } => {
+            ("not-reported-yet", None, None, Some(acknowledged_rows))
+        }
+        A::Unreported {
+            acknowledged_rows,
+            acknowledged_time_ms,
+        } => (
+            "unreported",
+            None,
+            Some(acknowledged_time_ms),
+            Some(acknowledged_rows),
+        ),
+        A::AnotherDigest { seq, time_ms } => ("another-digest", Some(seq), Some(time_ms), None),
+    };
+    let json = serde_json::json!({
+        "what": l.what,
+        "meter_id": l.meter_id,
+        "time": l.time,
+        "serial_row": l.serial_row,
+        "answer": answer,
+        "flagged": matches!(answer, "unreported" | "another-digest"),
+        "seq": seq,
+        "time_ms": time_ms,
+        "acknowledged_rows": acknowledged_rows,
+    });
+    typed(
+        StatusCode::OK,
+        json.to_string().into_bytes(),
+        "application/json",
+    )
 }

@@ -23,10 +23,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    check_purchase_id, Answer, Fut, Purchase, Purchased, Reconcile, Result, SignVoucher, Store,
-    StoreError, Totals,
+    check_purchase_id, Answer, Fut, Look, Purchase, Purchased, Reconcile, Result, SignVoucher,
+    Store, StoreError, Totals,
 };
 use crate::book::Shelf;
+use crate::lookup::Looked;
 use crate::state::{read_json, write_json_atomic};
 use crate::{check_meter_id, Authority, AuthorityError};
 
@@ -191,6 +192,13 @@ impl Store for FileStore {
         reconcile: Reconcile<'a>,
     ) -> Fut<'a, Answer> {
         Box::pin(async move { self.upload_now(meter_id, upload_key, reconcile) })
+    }
+
+    fn lookup<'a>(&'a self, meter_id: &'a str, look: Look<'a>) -> Fut<'a, Looked> {
+        Box::pin(async move {
+            let _one = self.lock()?;
+            Ok(Shelf::of(&self.dir, meter_id)?.update(|book, locked| look(book, locked))?)
+        })
     }
 
     fn totals<'a>(&'a self, meter_id: &'a str) -> Fut<'a, Totals> {

@@ -22,6 +22,7 @@ use std::pin::Pin;
 
 use crate::book::{Book, IndexRow};
 use crate::inspect::Rows;
+use crate::lookup::Looked;
 use crate::AuthorityError;
 
 /// Failures of a store, by kind (the HTTP layer maps each to a status).
@@ -91,6 +92,10 @@ pub type SignVoucher<'a> = &'a (dyn Fn(u64) -> crate::Result<Vec<u8>> + Sync);
 pub type Reconcile<'a> =
     Box<dyn FnOnce(&mut Book, &mut dyn Rows) -> crate::Result<Answer> + Send + 'a>;
 
+/// Answers a lookup from the meter's book and every indexed row, and may
+/// keep the object in the book as awaited (runs under the meter's lock).
+pub type Look<'a> = Box<dyn FnOnce(&mut Book, &mut dyn Rows) -> crate::Result<Looked> + Send + 'a>;
+
 /// Totals of one meter, for checks and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -117,6 +122,9 @@ pub trait Store: Send + Sync {
         upload_key: [u8; 32],
         reconcile: Reconcile<'a>,
     ) -> Fut<'a, Answer>;
+
+    /// Runs `look` on the book of `meter_id` (a relying party's lookup).
+    fn lookup<'a>(&'a self, meter_id: &'a str, look: Look<'a>) -> Fut<'a, Looked>;
 
     /// What the store holds for `meter_id`, re-derived from its records.
     fn totals<'a>(&'a self, meter_id: &'a str) -> Fut<'a, Totals>;

@@ -15,10 +15,11 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio_postgres::{Client, NoTls, Transaction};
 
 use super::{
-    check_purchase_id, Answer, Fut, MemRows, Purchase, Purchased, Reconcile, Result, SignVoucher,
-    Store, StoreError, Totals,
+    check_purchase_id, Answer, Fut, Look, MemRows, Purchase, Purchased, Reconcile, Result,
+    SignVoucher, Store, StoreError, Totals,
 };
 use crate::book::{Book, IndexRow};
+use crate::lookup::Looked;
 
 /// The migrations, in order.
 const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_provider.sql"))];
@@ -317,6 +318,21 @@ impl PgStore {
         Ok(answer)
     }
 
+    async fn lookup_in(&self, meter_id: &str, look: Look<'_>) -> Result<Looked> {
+        crate::check_meter_id(meter_id)?;
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let (mut book, next) = lock_meter(&tx, meter_id).await?;
+        let mut rows = MemRows {
+            existing: Some(load_rows(&tx, meter_id).await?),
+            added: Vec::new(),
+        };
+        let looked = look(&mut book, &mut rows)?;
+        save_book(&tx, meter_id, &book, next).await?;
+        tx.commit().await?;
+        Ok(looked)
+    }
+
     async fn totals_in(&self, meter_id: &str) -> Result<Totals> {
         let c = self.client().await?;
         let r = c
@@ -364,6 +380,10 @@ impl Store for PgStore {
         reconcile: Reconcile<'a>,
     ) -> Fut<'a, Answer> {
         Box::pin(self.upload_in(meter_id, upload_key, reconcile))
+    }
+
+    fn lookup<'a>(&'a self, meter_id: &'a str, look: Look<'a>) -> Fut<'a, Looked> {
+        Box::pin(self.lookup_in(meter_id, look))
     }
 
     fn totals<'a>(&'a self, meter_id: &'a str) -> Fut<'a, Totals> {

@@ -16,6 +16,7 @@ use meter_pki::report::{SegmentRef, StatusReport};
 use meter_pki::segment::{self, kind, service, Encoder, Segment};
 use meter_pki::{cert, csr, oid, payload, pem, sig};
 use p384::ecdsa::SigningKey;
+use sha2::Digest as _;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_meter-authority");
 
@@ -247,8 +248,35 @@ pub fn make_csr(cn: &str, key: &SigningKey) -> Vec<u8> {
     pem::encode("CERTIFICATE REQUEST", &p.finish(&raw).unwrap()).into_bytes()
 }
 
-/// A meter certified (unattested) by the authority in `dir`: its identity key and certificate.
-pub fn certify(dir: &Path, meter: &str) -> (SigningKey, cert::Certificate) {
+/// A certified meter's keys and certificates.
+pub struct Meter {
+    pub key: SigningKey,
+    pub identity: cert::Certificate,
+    pub postmark_key: SigningKey,
+    pub postmark: cert::Certificate,
+}
+
+/// A postmark token of `meter` with `serial`, made at `gen_time`.
+pub fn token(m: &Meter, serial: u64, gen_time: i64) -> Vec<u8> {
+    let prepared = meter_pki::tsp::prepare(
+        &meter_pki::tsp::TokenParams {
+            imprint: sha2::Sha384::digest(serial.to_be_bytes()).into(),
+            serial,
+            gen_time,
+            policy: oid::POSTMARK_POLICY,
+            accuracy_secs: 1,
+            nonce: None,
+        },
+        &m.postmark,
+        &[],
+    )
+    .unwrap();
+    let raw = sig::sign_prehash_raw(&m.postmark_key, &prepared.digest()).unwrap();
+    prepared.finish(&raw).unwrap()
+}
+
+/// A meter certified (unattested) by the authority in `dir`.
+pub fn certify(dir: &Path, meter: &str) -> Meter {
     let mut a = meter_authority::Authority::open(dir).unwrap();
     let (id, pm) = (
         SigningKey::random(&mut rand_core::OsRng),
@@ -261,7 +289,12 @@ pub fn certify(dir: &Path, meter: &str) -> (SigningKey, cert::Certificate) {
             meter_authority::now(),
         )
         .unwrap();
-    (id, certs.identity)
+    Meter {
+        key: id,
+        identity: certs.identity,
+        postmark_key: pm,
+        postmark: certs.postmark,
+    }
 }
 
 /// One row: (kind, service, request id, credit, debit, product).
@@ -269,16 +302,13 @@ type Spec<'a> = (u8, u8, Option<&'a str>, u64, u64, Vec<u8>);
 
 /// A meter's ledger (genesis, the voucher credited, one postmark sold for
 /// 30) as a segment, and its report signed by the meter's identity key;
-/// `credit` is what the ledger credits (the voucher's amount when honest).
-pub fn report(
-    meter: &str,
-    key: &SigningKey,
-    identity: &cert::Certificate,
-    voucher: &[u8],
-    credit: u64,
-) -> (Vec<u8>, Vec<u8>) {
+/// `credit` is what the ledger credits (the voucher's amount when honest);
+/// rows are timed from `t0` (Unix ms).
+pub fn report(m: &Meter, voucher: &[u8], credit: u64, token: &[u8], t0: i64) -> (Vec<u8>, Vec<u8>) {
+    let meter = cert::subject_cn(&m.identity).unwrap();
+    let meter = meter.as_str();
+    let (key, identity) = (&m.key, &m.identity);
     let now = meter_authority::now();
-    let t0 = (now - 60) * 1000;
     let specs: Vec<Spec<'_>> = vec![
         (kind::GENESIS, 0, None, 0, 0, b"genesis".to_vec()),
         (
@@ -295,7 +325,7 @@ pub fn report(
             Some("c/0/p1"),
             0,
             30,
-            b"token".to_vec(),
+            token.to_vec(),
         ),
     ];
     let prev = genesis_prev(meter);
