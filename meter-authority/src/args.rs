@@ -292,4 +292,25 @@ pub(crate) enum Cmd {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Serve the provider's HTTP API (top-ups, report uploads, CRL) with the state in
+    /// PostgreSQL (--database) or in --dir; the keys and certificate register stay in --dir.
+    Serve {
+        /// Address to listen on (port 0: any free port, printed on stdout).
+        #[arg(long, default_value = "127.0.0.1:8480")]
+        listen: std::net::SocketAddr,
+        /// PostgreSQL URL (`postgres://user@host/db`, or `postgres:///db?host=/run/postgresql`
+        /// for a unix socket; no TLS). Without it the state is kept in --dir.
+        #[arg(long, env = "METER_AUTHORITY_DATABASE")]
+        database: Option<String>,
+        /// Database connections in the pool.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Largest report upload (report + attestation + segment), bytes.
+        #[arg(long, default_value_t = 64 << 20)]
+        max_upload: usize,
+        /// File holding the operator's bearer token, required of top-up purchases; without
+        /// it only loopback clients may buy top-ups.
+        #[arg(long)]
+        operator_token_file: Option<PathBuf>,
+    },
 }

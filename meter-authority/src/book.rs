@@ -313,6 +313,22 @@ impl Locked<'_> {
     }
 }
 
+impl crate::inspect::Rows for Locked<'_> {
+    fn index_rows(&mut self, book: &Book) -> Result<Vec<IndexRow>> {
+        self.shelf.index_rows(book)
+    }
+
+    fn add_index(
+        &mut self,
+        book: &mut Book,
+        first: u64,
+        last: u64,
+        rows: &[IndexRow],
+    ) -> Result<()> {
+        Locked::add_index(self, book, first, last, rows)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {

@@ -16,7 +16,7 @@ use meter_pki::{cert, cms, oid};
 
 use crate::attested::{self, Attestation};
 use crate::awaited;
-use crate::book::Shelf;
+use crate::book::{Book, IndexRow, Shelf};
 use crate::reconcile::{self, Findings, Reconciled};
 use crate::{check_meter_id, Authority, AuthorityError, Result};
 
@@ -30,6 +30,46 @@ pub struct Periods {
     pub period_days: Option<u32>,
     /// Days to the warning ("inspection due").
     pub warn_days: Option<u32>,
+}
+
+/// What a reconciliation ends in: the new point, or what is wrong.
+pub type Outcome = std::result::Result<Reconciled, Findings>;
+
+/// A report whose signature (and attestation) was checked, ready to be
+/// reconciled under the meter's lock ([`Authority::reconcile_in`]).
+pub struct Upload {
+    report: StatusReport,
+    digest: String,
+    signer: cert::Certificate,
+    roots: Vec<cert::Certificate>,
+    tpm: Attestation,
+}
+
+impl Upload {
+    /// The meter the report names (and whose identity key signed it).
+    pub fn meter_id(&self) -> &str {
+        &self.report.meter_id
+    }
+
+    /// The report.
+    pub fn report(&self) -> &StatusReport {
+        &self.report
+    }
+}
+
+/// Where the reported rows a lookup finds are kept: index files next to the
+/// book ([`crate::book::Locked`]) or a database table.
+pub trait Rows {
+    /// Every row already indexed for the meter.
+    fn index_rows(&mut self, book: &Book) -> Result<Vec<IndexRow>>;
+    /// Adds the rows `first..=last` of an acknowledged segment.
+    fn add_index(
+        &mut self,
+        book: &mut Book,
+        first: u64,
+        last: u64,
+        rows: &[IndexRow],
+    ) -> Result<()>;
 }
 
 /// A verified report and the acknowledgement issued for it.
@@ -139,73 +179,126 @@ impl Authority {
         periods: Periods,
         now: i64,
     ) -> Result<Inspection> {
+        let upload = self.verify_upload(signed_report, attestation, now)?;
+        let shelf = Shelf::of(&self.dir, upload.meter_id())?;
+        let outcome =
+            shelf.update(|book, locked| self.reconcile_in(&upload, segment, book, locked, now))?;
+        self.answer(upload, outcome, periods, now)
+    }
+
+    /// The first step of [`Authority::inspect_segment`], before any book is
+    /// read: the report's signature and its TPM attestation.
+    pub fn verify_upload(
+        &self,
+        signed_report: &[u8],
+        attestation: Option<&[u8]>,
+        now: i64,
+    ) -> Result<Upload> {
         let (report, digest, signer) = self.verified_report(signed_report, now)?;
         let roots = self.roots()?;
         let tpm = self.report_attestation(&report.meter_id, &digest, attestation)?;
-        let shelf = Shelf::of(&self.dir, &report.meter_id)?;
-        let outcome = shelf.update(|book, locked| {
-            let reconciled =
-                reconcile::reconcile(&report, &digest, segment, book, &roots, Some(&signer), now);
-            let mut findings = match &reconciled {
-                Ok(_) => Findings::default(),
-                Err(f) => f.clone(),
-            };
-            let state = attested::check(&report, &tpm, book.tpm.as_ref(), &mut findings);
-            if let (Ok(rec), Some(now), Some(last), Some(from)) =
-                (&reconciled, &state, &book.tpm, book.last())
-            {
-                attested::rows_within_clock(
-                    last,
-                    now,
-                    from.row_time_ms,
-                    rec.point.row_time_ms,
-                    &mut findings,
-                );
+        Ok(Upload {
+            report,
+            digest,
+            signer,
+            roots,
+            tpm,
+        })
+    }
+
+    /// The second step, under the meter's lock (a file lock or a database
+    /// row lock): reconciles the upload with `segment` against `book` and
+    /// changes the book as the outcome says (extended, or one more refusal).
+    /// The caller saves the book (and the rows `rows` was given) in one
+    /// step, or nothing.
+    pub fn reconcile_in(
+        &self,
+        upload: &Upload,
+        segment: &[u8],
+        book: &mut Book,
+        rows: &mut dyn Rows,
+        now: i64,
+    ) -> Result<Outcome> {
+        let Upload {
+            report,
+            digest,
+            signer,
+            roots,
+            tpm,
+        } = upload;
+        let reconciled =
+            reconcile::reconcile(report, digest, segment, book, roots, Some(signer), now);
+        let mut findings = match &reconciled {
+            Ok(_) => Findings::default(),
+            Err(f) => f.clone(),
+        };
+        let state = attested::check(report, tpm, book.tpm.as_ref(), &mut findings);
+        if let (Ok(rec), Some(now), Some(last), Some(from)) =
+            (&reconciled, &state, &book.tpm, book.last())
+        {
+            attested::rows_within_clock(
+                last,
+                now,
+                from.row_time_ms,
+                rec.point.row_time_ms,
+                &mut findings,
+            );
+        }
+        // Products relying parties showed before this report must be in its rows.
+        let covered = match &reconciled {
+            Ok(rec) if !book.awaited.is_empty() => {
+                let mut all = rows.index_rows(book)?;
+                all.extend_from_slice(&rec.index);
+                awaited::check(book, &rec.point, &all, &mut findings)
             }
-            // Products relying parties showed before this report must be in its rows.
-            let covered = match &reconciled {
-                Ok(rec) if !book.awaited.is_empty() => {
-                    let mut rows = shelf.index_rows(book)?;
-                    rows.extend_from_slice(&rec.index);
-                    awaited::check(book, &rec.point, &rows, &mut findings)
+            _ => Vec::new(),
+        };
+        awaited::forget(book, &covered);
+        let reconciled = match reconciled {
+            Ok(rec) if findings.0.is_empty() => Ok(rec),
+            _ => Err(findings),
+        };
+        match reconciled {
+            Ok(mut rec) => {
+                if state.is_some() {
+                    book.tpm = state;
                 }
-                _ => Vec::new(),
-            };
-            awaited::forget(book, &covered);
-            let reconciled = match reconciled {
-                Ok(rec) if findings.0.is_empty() => Ok(rec),
-                _ => Err(findings),
-            };
-            match reconciled {
-                Ok(mut rec) => {
-                    if state.is_some() {
-                        book.tpm = state;
-                    }
-                    let new = rec.unclean.iter().filter(|s| **s > book.unclean_counted_to);
-                    book.unclean_starts = book.unclean_starts.saturating_add(new.count() as u64);
-                    book.unclean_counted_to = book.unclean_counted_to.max(rec.rows.1);
-                    rec.unclean_total = book.unclean_starts;
-                    if book.point_at(rec.point.rows).is_none() {
-                        book.acknowledged.push(rec.point.clone());
-                        book.acknowledged.sort_by_key(|p| p.rows);
-                    }
-                    for t in &rec.rates {
-                        book.rates.entry(t.version).or_insert_with(|| t.clone());
-                    }
-                    for (k, s) in &rec.applied {
-                        book.applied.entry(k.clone()).or_insert(*s);
-                    }
-                    if !rec.index.is_empty() {
-                        locked.add_index(book, rec.rows.0, rec.rows.1, &rec.index)?;
-                    }
-                    Ok(Ok(rec))
+                let new = rec.unclean.iter().filter(|s| **s > book.unclean_counted_to);
+                book.unclean_starts = book.unclean_starts.saturating_add(new.count() as u64);
+                book.unclean_counted_to = book.unclean_counted_to.max(rec.rows.1);
+                rec.unclean_total = book.unclean_starts;
+                if book.point_at(rec.point.rows).is_none() {
+                    book.acknowledged.push(rec.point.clone());
+                    book.acknowledged.sort_by_key(|p| p.rows);
                 }
-                Err(findings) => {
-                    book.refused = book.refused.saturating_add(1);
-                    Ok(Err(findings))
+                for t in &rec.rates {
+                    book.rates.entry(t.version).or_insert_with(|| t.clone());
                 }
+                for (k, s) in &rec.applied {
+                    book.applied.entry(k.clone()).or_insert(*s);
+                }
+                if !rec.index.is_empty() {
+                    rows.add_index(book, rec.rows.0, rec.rows.1, &rec.index)?;
+                }
+                Ok(Ok(rec))
             }
-        })?;
+            Err(findings) => {
+                book.refused = book.refused.saturating_add(1);
+                Ok(Err(findings))
+            }
+        }
+    }
+
+    /// The last step: the acknowledgement of a reconciled upload, or
+    /// [`AuthorityError::Discrepancy`] with a forced lock order.
+    pub fn answer(
+        &self,
+        upload: Upload,
+        outcome: Outcome,
+        periods: Periods,
+        now: i64,
+    ) -> Result<Inspection> {
+        let Upload { report, digest, .. } = upload;
         match outcome {
             Ok(rec) => {
                 let mut i = self.acknowledge(report, digest, periods, now)?;

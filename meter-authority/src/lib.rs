@@ -26,7 +26,9 @@ mod pricing;
 pub mod rates;
 pub mod reconcile;
 pub mod revoke;
+pub mod serve;
 pub mod state;
+pub mod store;
 
 use meter_pki::cms::SignOptions;
 use meter_pki::issue::{self, Profile};
@@ -353,6 +355,14 @@ impl Authority {
 
     /// Issues a voucher for `meter_id` with the next sequence number (persisted first).
     pub fn voucher(&mut self, meter_id: &str, amount: u64, now: i64) -> Result<(Voucher, String)> {
+        let sequence = self.reserve_voucher(meter_id, amount)?;
+        self.sign_voucher(meter_id, sequence, amount, now)
+    }
+
+    /// Takes the next voucher sequence of `meter_id` in `state.json` and
+    /// records the voucher in the meter's book, both before it is signed:
+    /// a crash can skip a sequence, never reuse one.
+    pub fn reserve_voucher(&mut self, meter_id: &str, amount: u64) -> Result<u64> {
         check_meter_id(meter_id)?;
         if amount == 0 {
             return Err(AuthorityError::Invalid("amount must be positive".into()));
@@ -365,6 +375,22 @@ impl Authority {
             b.vouchers.insert(sequence, amount);
             Ok(())
         })?;
+        Ok(sequence)
+    }
+
+    /// Signs the voucher `sequence` of `meter_id` (PEM, label CMS); the
+    /// caller took the sequence and recorded the voucher (its store's job).
+    pub fn sign_voucher(
+        &self,
+        meter_id: &str,
+        sequence: u64,
+        amount: u64,
+        now: i64,
+    ) -> Result<(Voucher, String)> {
+        check_meter_id(meter_id)?;
+        if amount == 0 {
+            return Err(AuthorityError::Invalid("amount must be positive".into()));
+        }
         let v = Voucher {
             meter_id: meter_id.to_owned(),
             amount,

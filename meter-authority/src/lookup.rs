@@ -27,7 +27,8 @@ use meter_pki::{indicium, pem, tsp};
 use sha2::{Digest as _, Sha384};
 
 use crate::awaited;
-use crate::book::{Awaited, IndexRow, Shelf};
+use crate::book::{Awaited, Book, IndexRow, Shelf};
+use crate::inspect::Rows;
 use crate::{Authority, AuthorityError, Result};
 
 /// What a lookup found.
@@ -76,11 +77,82 @@ pub struct Looked {
     pub answer: Answer,
 }
 
+/// An object shown for a lookup, verified and parsed, before any book is read.
+#[derive(Debug, Clone)]
+pub struct Shown {
+    what: &'static str,
+    meter_id: String,
+    time: i64,
+    serial_row: Option<u64>,
+    digest: [u8; 48],
+    /// The object is the meter's own (a token verified to our roots, an
+    /// indicium whose postal MAC verifies), so it may be kept as awaited.
+    authentic: bool,
+    /// The latest time its row can have.
+    latest_ms: i64,
+}
+
+impl Shown {
+    /// The meter that made the object.
+    pub fn meter_id(&self) -> &str {
+        &self.meter_id
+    }
+
+    /// The answer from the meter's book and indexed rows, and what to keep
+    /// as awaited (an authentic object not reported).
+    pub fn look(&self, rows: &[IndexRow], book: &Book, now: i64) -> (Looked, Option<Awaited>) {
+        let answer = answer(rows, &self.digest, self.serial_row, self.latest_ms, book);
+        // The next inspection that covers it must find it (`awaited`): one not
+        // reported yet is checked when a report covers it; one already flagged is
+        // covered by the next report, which then refuses, naming it.
+        let awaited =
+            (self.authentic && !matches!(answer, Answer::Reported { .. })).then(|| Awaited {
+                what: self.what.to_owned(),
+                digest: hex::encode(self.digest),
+                serial_row: self.serial_row,
+                latest_ms: self.latest_ms,
+                seen_at: now,
+            });
+        let looked = Looked {
+            what: self.what,
+            meter_id: self.meter_id.clone(),
+            time: self.time,
+            serial_row: self.serial_row,
+            answer,
+        };
+        (looked, awaited)
+    }
+
+    /// [`Shown::look`] under the meter's lock, keeping what is awaited in `book`.
+    pub fn look_in(&self, book: &mut Book, rows: &mut dyn Rows, now: i64) -> Result<Looked> {
+        let all = rows.index_rows(book)?;
+        let (looked, awaited) = self.look(&all, book, now);
+        if let Some(a) = awaited {
+            awaited::remember(book, a);
+        }
+        Ok(looked)
+    }
+}
+
 impl Authority {
     /// Looks up a postmark token (DER or PEM) or an indicium (221 bytes, 237 with a MAC).
     pub fn lookup(&self, object: &[u8], now: i64) -> Result<Looked> {
-        // `authentic`: the object is the meter's own (a token verified to our roots, an
-        // indicium whose postal MAC verifies), so it may be kept as awaited.
+        let shown = self.shown(object, now)?;
+        let shelf = Shelf::of(self.dir(), &shown.meter_id)?;
+        let book = shelf.read()?;
+        let rows = shelf.index_rows(&book)?;
+        let (looked, awaited) = shown.look(&rows, &book, now);
+        if let Some(a) = awaited {
+            shelf.update(|book, _| {
+                awaited::remember(book, a);
+                Ok(())
+            })?;
+        }
+        Ok(looked)
+    }
+
+    /// Verifies and parses an object shown for a lookup.
+    pub fn shown(&self, object: &[u8], now: i64) -> Result<Shown> {
         let (what, meter_id, time, serial_row, digest, authentic) =
             if (object.len() == indicium::LEN || object.len() == indicium::LEN_MAC)
                 && object.starts_with(&indicium::MAGIC)
@@ -111,38 +183,20 @@ impl Authority {
                 let d: [u8; 48] = Sha384::digest(&der).into();
                 ("token", meter, info.gen_time, serial, d, true)
             };
-        let shelf = Shelf::of(self.dir(), &meter_id)?;
-        let book = shelf.read()?;
-        let rows = shelf.index_rows(&book)?;
         // The latest time its row can have: a token's genTime plus the
         // commit's slack, the end of an indicium's day.
         let latest_ms = match what {
             "indicium" => (time + 86_399).saturating_mul(1000) + 999,
             _ => time.saturating_mul(1000).saturating_add(TOKEN_SLACK_MS),
         };
-        let answer = answer(&rows, &digest, serial_row, latest_ms, &book);
-        if authentic && !matches!(answer, Answer::Reported { .. }) {
-            // The next inspection that covers it must find it (`awaited`): one not
-            // reported yet is checked when a report covers it; one already flagged is
-            // covered by the next report, which then refuses, naming it.
-            let a = Awaited {
-                what: what.to_owned(),
-                digest: hex::encode(digest),
-                serial_row,
-                latest_ms,
-                seen_at: now,
-            };
-            shelf.update(|book, _| {
-                awaited::remember(book, a);
-                Ok(())
-            })?;
-        }
-        Ok(Looked {
+        Ok(Shown {
             what,
             meter_id,
             time,
             serial_row,
-            answer,
+            digest,
+            authentic,
+            latest_ms,
         })
     }
 }
@@ -165,7 +219,7 @@ fn answer(
     digest: &[u8; 48],
     serial_row: Option<u64>,
     latest_ms: i64,
-    book: &crate::book::Book,
+    book: &Book,
 ) -> Answer {
     if let Some(r) = rows.iter().find(|r| &r.digest == digest) {
         return Answer::Reported {

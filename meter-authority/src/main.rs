@@ -3,6 +3,7 @@
 use clap::Parser;
 mod args;
 mod cmd_reconcile;
+mod cmd_serve;
 use args::{Cli, Cmd};
 #[path = "../../packaging/gen_docs.rs"]
 mod gen_docs;
@@ -288,6 +289,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Cmd::Lookup { object } => return cmd_reconcile::lookup(dir, &object, t),
+        Cmd::Serve {
+            listen,
+            database,
+            connections,
+            max_upload,
+            operator_token_file,
+        } => {
+            return cmd_serve::serve(cmd_serve::ServeArgs {
+                dir: dir.to_owned(),
+                listen,
+                database,
+                connections,
+                max_upload,
+                operator_token_file,
+            })
+        }
         Cmd::PostalKey { request, out } => {
             let a = Authority::open(dir)?;
             let d = a.postal_key(&read_bounded(&request)?, t)?;

@@ -1,0 +1,413 @@
+//! Helpers of the `serve` tests: a PostgreSQL server in a temporary
+//! directory, the `meter-authority serve` process, a minimal HTTP/1.1
+//! client, and a meter's signed report with its ledger segment.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meter_pki::cms::SignOptions;
+use meter_pki::ledger_format::{genesis_prev, row_hash, sha384, Digest, RowFields};
+use meter_pki::report::{SegmentRef, StatusReport};
+use meter_pki::segment::{self, kind, service, Encoder, Segment};
+use meter_pki::{cert, csr, oid, payload, pem, sig};
+use p384::ecdsa::SigningKey;
+use sha2::Digest as _;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_meter-authority");
+
+/// The directory of PostgreSQL's binaries, if installed (Debian layout).
+pub fn pg_bin() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("postgres").exists() && b.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// A PostgreSQL server on a unix socket in a temporary directory, run as
+/// `nobody` (postgres refuses root); stopped when dropped.
+pub struct Postgres {
+    pub bin: PathBuf,
+    pub sock: PathBuf,
+    child: Child,
+    _tmp: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub fn start(bin: &Path) -> Postgres {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, sock) = (tmp.path().join("data"), tmp.path().join("sock"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&sock).unwrap();
+        let as_nobody = |prog: &Path| {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+                .arg(prog)
+                .env("HOME", tmp.path());
+            c
+        };
+        let chown = Command::new("chown")
+            .args(["-R", "nobody:nogroup"])
+            .arg(tmp.path())
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let init = as_nobody(&bin.join("initdb"))
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let child = as_nobody(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-k")
+            .arg(&sock)
+            .args(["-c", "listen_addresses=", "-c", "max_connections=50"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pg = Postgres {
+            bin: bin.to_owned(),
+            sock,
+            child,
+            _tmp: tmp,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !pg.psql_ok("SELECT 1") {
+            assert!(Instant::now() < deadline, "postgres did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pg
+    }
+
+    /// The `--database` argument.
+    pub fn url(&self) -> String {
+        format!("host={} user=postgres dbname=postgres", self.sock.display())
+    }
+
+    fn psql_ok(&self, sql: &str) -> bool {
+        Command::new(self.bin.join("psql"))
+            .arg("-h")
+            .arg(&self.sock)
+            .args(["-U", "postgres", "-d", "postgres", "-Atc", sql])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// Runs `sql` with psql; its output, trimmed.
+    pub fn psql(&self, sql: &str) -> String {
+        let o = Command::new(self.bin.join("psql"))
+            .arg("-h")
+            .arg(&self.sock)
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-Atc",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // Fast shutdown: disconnects clients, stops cleanly.
+        kill(self.child.id(), "-INT");
+        let _ = self.child.wait();
+    }
+}
+
+/// `meter-authority serve` on a free loopback port; stopped when dropped.
+pub struct Server {
+    pub addr: String,
+    child: Child,
+}
+
+impl Server {
+    pub fn start(dir: &Path, database: Option<&str>) -> Server {
+        let mut c = Command::new(BIN);
+        c.arg("serve")
+            .arg("--dir")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"]);
+        if let Some(url) = database {
+            c.args(["--database", url]);
+        }
+        let mut child = c
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("serve did not start: {line:?}"))
+            .to_owned();
+        Server { addr, child }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        kill(self.child.id(), "-TERM");
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP answer: status, headers (lower-case names), body.
+pub struct Reply {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// One HTTP/1.1 request on its own connection.
+pub fn http(addr: &str, method: &str, path: &str, media: &str, body: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {media}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(all[..split].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: all[split + 4..].to_vec(),
+    }
+}
+
+/// Buys a top-up; the reply.
+pub fn buy(addr: &str, meter: &str, purchase_id: &str, amount: u64) -> Reply {
+    let body = format!(r#"{{"purchase_id":"{purchase_id}","amount":{amount}}}"#);
+    http(
+        addr,
+        "POST",
+        &format!("/v1/meters/{meter}/topups"),
+        "application/json",
+        body.as_bytes(),
+    )
+}
+
+pub fn make_csr(cn: &str, key: &SigningKey) -> Vec<u8> {
+    let sec1 = key.verifying_key().to_encoded_point(false);
+    let p = csr::prepare(cn, sec1.as_bytes()).unwrap();
+    let raw = sig::sign_prehash_raw(key, &p.digest()).unwrap();
+    pem::encode("CERTIFICATE REQUEST", &p.finish(&raw).unwrap()).into_bytes()
+}
+
+/// A certified meter's keys and certificates.
+pub struct Meter {
+    pub key: SigningKey,
+    pub identity: cert::Certificate,
+    pub postmark_key: SigningKey,
+    pub postmark: cert::Certificate,
+}
+
+/// A postmark token of `meter` with `serial`, made at `gen_time`.
+pub fn token(m: &Meter, serial: u64, gen_time: i64) -> Vec<u8> {
+    let prepared = meter_pki::tsp::prepare(
+        &meter_pki::tsp::TokenParams {
+            imprint: sha2::Sha384::digest(serial.to_be_bytes()).into(),
+            serial,
+            gen_time,
+            policy: oid::POSTMARK_POLICY,
+            accuracy_secs: 1,
+            nonce: None,
+        },
+        &m.postmark,
+        &[],
+    )
+    .unwrap();
+    let raw = sig::sign_prehash_raw(&m.postmark_key, &prepared.digest()).unwrap();
+    prepared.finish(&raw).unwrap()
+}
+
+/// A meter certified (unattested) by the authority in `dir`.
+pub fn certify(dir: &Path, meter: &str) -> Meter {
+    let mut a = meter_authority::Authority::open(dir).unwrap();
+    let (id, pm) = (
+        SigningKey::random(&mut rand_core::OsRng),
+        SigningKey::random(&mut rand_core::OsRng),
+    );
+    let certs = a
+        .certify_meter(
+            &make_csr(meter, &id),
+            &make_csr(meter, &pm),
+            meter_authority::now(),
+        )
+        .unwrap();
+    Meter {
+        key: id,
+        identity: certs.identity,
+        postmark_key: pm,
+        postmark: certs.postmark,
+    }
+}
+
+/// One row: (kind, service, request id, credit, debit, product).
+type Spec<'a> = (u8, u8, Option<&'a str>, u64, u64, Vec<u8>);
+
+/// A meter's ledger (genesis, the voucher credited, one postmark sold for
+/// 30) as a segment, and its report signed by the meter's identity key;
+/// `credit` is what the ledger credits (the voucher's amount when honest);
+/// rows are timed from `t0` (Unix ms).
+pub fn report(m: &Meter, voucher: &[u8], credit: u64, token: &[u8], t0: i64) -> (Vec<u8>, Vec<u8>) {
+    let meter = cert::subject_cn(&m.identity).unwrap();
+    let meter = meter.as_str();
+    let (key, identity) = (&m.key, &m.identity);
+    let now = meter_authority::now();
+    let specs: Vec<Spec<'_>> = vec![
+        (kind::GENESIS, 0, None, 0, 0, b"genesis".to_vec()),
+        (
+            kind::CREDIT,
+            0,
+            Some("m/voucher/1"),
+            credit,
+            0,
+            voucher.to_vec(),
+        ),
+        (
+            kind::DEBIT,
+            service::POSTMARK,
+            Some("c/0/p1"),
+            0,
+            30,
+            token.to_vec(),
+        ),
+    ];
+    let prev = genesis_prev(meter);
+    let mut enc = Encoder::new(meter, 1, specs.len() as u64, &prev).unwrap();
+    let (mut h, mut regs): (Digest, (u64, u64, u64, u64)) = (prev, (0, 0, 0, 0));
+    let (mut seg, mut canon, mut count) = (Vec::new(), Vec::new(), 0u64);
+    for (i, (k, svc, req, cr, db, product)) in specs.iter().enumerate() {
+        regs.2 += cr;
+        regs.1 = regs.1 + cr - db;
+        regs.0 += db;
+        if *svc != 0 {
+            regs.3 += 1;
+            count += 1;
+        }
+        let d = sha384(product);
+        let f = RowFields {
+            seq: i as u64 + 1,
+            time: t0 + i as i64,
+            kind: *k,
+            service: *svc,
+            request_id: req.map(str::as_bytes),
+            credit: *cr,
+            debit: *db,
+            ascending: regs.0,
+            descending: regs.1,
+            control_total: regs.2,
+            pieces: regs.3,
+            service_count: if *svc != 0 { count } else { 0 },
+            product_digest: &d,
+            note: b"",
+        };
+        canon.clear();
+        f.encode(&mut canon).unwrap();
+        h = row_hash(&h, &canon);
+        enc.row(&f, &h, Some(product)).unwrap();
+        seg.extend(enc.take());
+    }
+    let (tail, _) = enc.finish().unwrap();
+    seg.extend(tail);
+    let n = Segment::parse(&seg).unwrap().last_seq;
+    let r = StatusReport {
+        meter_id: meter.into(),
+        request_id: "r1".into(),
+        sequence: 1,
+        time: now - 10,
+        currency: "USD".into(),
+        digits: 3,
+        ascending: regs.0,
+        descending: regs.1,
+        control_total: regs.2,
+        pieces: regs.3,
+        counts: [("postmark".to_string(), 1u64)].into_iter().collect(),
+        ledger_rows: n,
+        ledger_head: hex::encode(h),
+        nv_counter: 3,
+        rates_version: 0,
+        lock_reason: String::new(),
+        lock_nonce: String::new(),
+        previous_sequence: 0,
+        previous_time: 0,
+        usage: BTreeMap::new(),
+        credited: 0,
+        inspection_due: 0,
+        segment: Some(SegmentRef {
+            first_seq: 1,
+            last_seq: n,
+            prev_head: hex::encode(prev),
+            digest: hex::encode(segment::digest(&seg)),
+            bytes: seg.len() as u64,
+        }),
+    };
+    let signed = meter_pki::cms::sign_with_key(
+        &SignOptions {
+            content_type: oid::CT_STATUS_REPORT,
+            content: &payload::encode(&r).unwrap(),
+            signer: identity,
+            extra_certs: &[],
+            signing_time: Some(now),
+            ess_cert_id_v2: true,
+        },
+        key,
+    )
+    .unwrap();
+    (signed, seg)
+}
