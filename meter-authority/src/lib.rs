@@ -353,7 +353,25 @@ impl Authority {
 
     /// Issues a voucher for `meter_id` with the next sequence number (persisted first).
     pub fn voucher(&mut self, meter_id: &str, amount: u64, now: i64) -> Result<(Voucher, String)> {
+        self.voucher_for(meter_id, amount, None, now)
+    }
+
+    /// [`Authority::voucher`] for one register (`postage` or `services`,
+    /// issue 17); `None` writes no register field (services, or the
+    /// combined pool of a meter not split), as every voucher before.
+    pub fn voucher_for(
+        &mut self,
+        meter_id: &str,
+        amount: u64,
+        register: Option<&str>,
+        now: i64,
+    ) -> Result<(Voucher, String)> {
         check_meter_id(meter_id)?;
+        if register.is_some_and(|r| !meter_pki::payload::VOUCHER_REGISTERS.contains(&r)) {
+            return Err(AuthorityError::Invalid(
+                "the register is postage or services".into(),
+            ));
+        }
         if amount == 0 {
             return Err(AuthorityError::Invalid("amount must be positive".into()));
         }
@@ -370,6 +388,7 @@ impl Authority {
             amount,
             sequence,
             issued_at: now,
+            register: register.map(str::to_owned),
         };
         let pem = self.sign_payload(&v, now)?;
         Ok((v, pem))

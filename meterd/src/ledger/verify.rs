@@ -117,13 +117,13 @@ fn last_row(
     conn.query_row(
         "SELECT j.seq, j.time, j.kind, j.service, j.request_id, j.credit, j.debit, j.ascending,
          j.descending, j.control_total, j.pieces, j.service_count, j.product_digest, j.note,
-         j.prev_hash, p.product
+         j.prev_hash, p.product, j.register
          FROM journal j JOIN products p ON p.seq = j.seq WHERE j.seq = ?1",
         [i64::try_from(seq).unwrap_or(i64::MAX)],
         |r| {
             let product: Vec<u8> = r.get(15)?;
             let parsed = (|| {
-                let fields = row_fields(r)?;
+                let fields = row_fields(r, 16)?;
                 let prev = blob48(r, 14)?;
                 Some((
                     chain::link_digest(meter_id, epoch, prev, &fields),
