@@ -81,6 +81,11 @@ pub(crate) enum Cmd {
         /// or minor units (`1500`).
         #[arg(long, value_name = "AMOUNT")]
         amount: String,
+        /// Register it funds on a meter whose funds are split: `postage`
+        /// or `services`. Without it: services (on a meter not split, the
+        /// one pool that pays everything).
+        #[arg(long, value_parser = ["postage", "services"])]
+        register: Option<String>,
         /// Output (PEM, label CMS).
         #[arg(long)]
         out: PathBuf,

@@ -149,6 +149,16 @@ pub(crate) fn fresh_nonce_hex() -> String {
     hex::encode(b)
 }
 
+/// A voucher's register names one of the meter's register pairs (issue 17).
+fn check_register(register: Option<&str>) -> Result<()> {
+    match register {
+        Some(r) if !meter_pki::payload::VOUCHER_REGISTERS.contains(&r) => Err(
+            AuthorityError::Invalid("the register is postage or services".into()),
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a meter id: 1..64 characters of `[A-Za-z0-9-]`.
 pub fn check_meter_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
@@ -355,8 +365,22 @@ impl Authority {
 
     /// Issues a voucher for `meter_id` with the next sequence number (persisted first).
     pub fn voucher(&mut self, meter_id: &str, amount: u64, now: i64) -> Result<(Voucher, String)> {
+        self.voucher_for(meter_id, amount, None, now)
+    }
+
+    /// [`Authority::voucher`] for one register (`postage` or `services`,
+    /// issue 17); `None` writes no register field (services, or the
+    /// combined pool of a meter not split), as every voucher before.
+    pub fn voucher_for(
+        &mut self,
+        meter_id: &str,
+        amount: u64,
+        register: Option<&str>,
+        now: i64,
+    ) -> Result<(Voucher, String)> {
+        check_register(register)?;
         let sequence = self.reserve_voucher(meter_id, amount)?;
-        self.sign_voucher(meter_id, sequence, amount, now)
+        self.sign_voucher(meter_id, sequence, amount, register, now)
     }
 
     /// Takes the next voucher sequence of `meter_id` in `state.json` and
@@ -385,9 +409,11 @@ impl Authority {
         meter_id: &str,
         sequence: u64,
         amount: u64,
+        register: Option<&str>,
         now: i64,
     ) -> Result<(Voucher, String)> {
         check_meter_id(meter_id)?;
+        check_register(register)?;
         if amount == 0 {
             return Err(AuthorityError::Invalid("amount must be positive".into()));
         }
@@ -396,6 +422,7 @@ impl Authority {
             amount,
             sequence,
             issued_at: now,
+            register: register.map(str::to_owned),
         };
         let pem = self.sign_payload(&v, now)?;
         Ok((v, pem))

@@ -109,16 +109,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out.display()
             );
         }
-        Cmd::Voucher { meter, amount, out } => {
+        Cmd::Voucher {
+            meter,
+            amount,
+            register,
+            out,
+        } => {
             let mut a = Authority::open(dir)?;
             let money = Money::load(dir)?;
-            let (v, pem) = a.voucher(&meter, money.parse(&amount)?, t)?;
+            let (v, pem) = a.voucher_for(&meter, money.parse(&amount)?, register.as_deref(), t)?;
             write_file(&out, pem.as_bytes())?;
             println!(
-                "voucher for {} amount {} sequence {} written to {}",
+                "voucher for {} amount {} sequence {}{} written to {}",
                 v.meter_id,
                 money.show(v.amount),
                 v.sequence,
+                v.register
+                    .as_deref()
+                    .map(|r| format!(" register {r}"))
+                    .unwrap_or_default(),
                 out.display()
             );
         }

@@ -81,6 +81,7 @@ fn price(p: &mut Pricing, r: &Row, f: &mut Findings) {
         service_count: r.regs.2,
         product_digest: &ZERO,
         note: r.note.as_bytes(),
+        register: 0,
     };
     let sr = SegmentRow {
         canonical: &[],

@@ -54,6 +54,7 @@ fn ledger(
             service_count: sc,
             product_digest: &d,
             note: b"",
+            register: 0,
         };
         edit(&mut f);
         f.encode(&mut canon).unwrap();

@@ -47,6 +47,22 @@ pub struct RowFields<'a> {
     pub service_count: u64,
     pub product_digest: &'a [u8; 48],
     pub note: &'a [u8],
+    /// Register pair the row's ascending, descending, control total and
+    /// pieces belong to: 0 the services register (the one combined pool of
+    /// a meter not split, and every row of a ledger older than the split),
+    /// 1 the postage register. Encoded only when not 0, as one byte after
+    /// the note, so the rows of every existing ledger keep their bytes.
+    pub register: u8,
+}
+
+/// Register ids of [`RowFields::register`].
+pub mod register {
+    /// Services: every service but postage, or everything in combined mode.
+    pub const SERVICES: u8 = 0;
+    /// Postage (indicia), once the meter is split.
+    pub const POSTAGE: u8 = 1;
+    /// Register pairs a ledger may hold.
+    pub const COUNT: usize = 2;
 }
 
 /// A field is too long to have a canonical encoding.
@@ -88,6 +104,9 @@ impl RowFields<'_> {
         // Bounded by MAX_NOTE above.
         buf.push(self.note.len() as u8);
         buf.extend_from_slice(self.note);
+        if self.register != register::SERVICES {
+            buf.push(self.register);
+        }
         Ok(())
     }
 }
@@ -500,6 +519,7 @@ mod tests {
             service_count: 1,
             product_digest: digest,
             note,
+            register: 0,
         }
     }
 

@@ -47,7 +47,16 @@ pub struct Voucher {
     pub sequence: u64,
     /// Issue time (unix s).
     pub issued_at: i64,
+    /// Register the voucher funds (issue 17): `postage` or `services`.
+    /// Absent (every voucher before issue 17): services, which is the one
+    /// combined pool of a meter whose funds are not split. Not written when
+    /// absent, so an old voucher's bytes are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register: Option<String>,
 }
+
+/// Register names a voucher may give.
+pub const VOUCHER_REGISTERS: [&str; 2] = ["postage", "services"];
 
 /// Table of service rates (claim 16).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,7 +137,13 @@ fn check_name(what: &str, s: &str, max: usize) -> Result<()> {
 impl Payload for Voucher {
     const CONTENT_TYPE: ObjectIdentifier = crate::oid::CT_VOUCHER;
     fn validate(&self) -> Result<()> {
-        check_name("meter_id", &self.meter_id, MAX_ID)
+        check_name("meter_id", &self.meter_id, MAX_ID)?;
+        match &self.register {
+            Some(r) if !VOUCHER_REGISTERS.contains(&r.as_str()) => Err(PkiError::Malformed(
+                format!("voucher register {r:?} is not postage or services"),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -223,9 +238,18 @@ mod tests {
             amount: 5000,
             sequence: 1,
             issued_at: 1_767_225_600,
+            register: None,
         };
         let b = encode(&v).unwrap();
         assert_eq!(decode::<Voucher>(&b).unwrap(), v);
+        assert!(!String::from_utf8_lossy(&b).contains("register"));
+        let p = Voucher {
+            register: Some("postage".into()),
+            ..v.clone()
+        };
+        assert_eq!(decode::<Voucher>(&encode(&p).unwrap()).unwrap(), p);
+        let bad = br#"{"meter_id":"m","amount":1,"sequence":1,"issued_at":0,"register":"x"}"#;
+        assert!(decode::<Voucher>(bad).is_err());
         let extra = br#"{"meter_id":"m","amount":1,"sequence":1,"issued_at":0,"x":1}"#;
         assert!(decode::<Voucher>(extra).is_err());
         let neg = br#"{"meter_id":"m","amount":-1,"sequence":1,"issued_at":0}"#;

@@ -56,8 +56,8 @@ pub const MAX_METER_ID: usize = 128;
 pub const MAX_PRODUCT: usize = 16 * 1024 * 1024;
 /// Most rows one segment may hold.
 pub const MAX_ROWS: u64 = 100_000_000;
-/// Longest canonical row: 8+8+1+1 + 1+1+200 + 7*8 + 48 + 1+64.
-pub const MAX_CANONICAL: usize = 18 + 2 + MAX_REQUEST_ID + 56 + 48 + 1 + MAX_NOTE;
+/// Longest canonical row: 8+8+1+1 + 1+1+200 + 7*8 + 48 + 1+64 + 1 (register).
+pub const MAX_CANONICAL: usize = 18 + 2 + MAX_REQUEST_ID + 56 + 48 + 1 + MAX_NOTE + 1;
 /// Shortest canonical row (no request id, empty note).
 pub const MIN_CANONICAL: usize = 18 + 1 + 56 + 48 + 1;
 
@@ -173,9 +173,15 @@ pub fn decode_row(b: &[u8]) -> Result<RowFields<'_>, SegmentError> {
         return Err(malformed(format!("row {seq}: note of {note_len} bytes")));
     }
     let note = r.take(note_len)?;
-    if r.at != b.len() {
-        return Err(malformed(format!("row {seq}: bytes after the note")));
-    }
+    // One byte after the note names a register other than services (see
+    // `RowFields::register`); a 0 there would be a second encoding.
+    let register = match b.len() - r.at {
+        0 => crate::ledger_format::register::SERVICES,
+        1 if r.u8()? == crate::ledger_format::register::POSTAGE => {
+            crate::ledger_format::register::POSTAGE
+        }
+        _ => return Err(malformed(format!("row {seq}: bytes after the note"))),
+    };
     let [credit, debit, ascending, descending, control_total, pieces, service_count] = v;
     Ok(RowFields {
         seq,
@@ -192,6 +198,7 @@ pub fn decode_row(b: &[u8]) -> Result<RowFields<'_>, SegmentError> {
         service_count,
         product_digest,
         note,
+        register,
     })
 }
 

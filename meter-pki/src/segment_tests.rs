@@ -32,6 +32,7 @@ impl Owned {
             service_count: self.regs.4,
             product_digest: digest,
             note: &self.note,
+            register: 0,
         }
     }
 }

@@ -89,6 +89,7 @@ fn samples() -> &'static Samples {
             amount: 1,
             sequence: 1,
             issued_at: 0,
+            register: None,
         })
         .unwrap();
         let signed = cms::sign_with_key(

@@ -12,6 +12,15 @@ pub mod status {
     pub const ASCENDING: &str = "ascending";
     pub const CONTROL_TOTAL: &str = "control_total";
     pub const PIECE_COUNT: &str = "piece_count";
+    /// `s`: `combined` (one pool pays everything: `descending`,
+    /// `ascending`, `control_total`, `piece_count`) or `split` (those keys
+    /// are the services register, the `postage_*` keys the postage one).
+    pub const FUNDS_MODE: &str = "funds_mode";
+    /// `t`: postage register (split mode; 0 in combined mode).
+    pub const POSTAGE_DESCENDING: &str = "postage_descending";
+    pub const POSTAGE_ASCENDING: &str = "postage_ascending";
+    pub const POSTAGE_CONTROL_TOTAL: &str = "postage_control_total";
+    pub const POSTAGE_PIECE_COUNT: &str = "postage_piece_count";
     pub const CURRENCY: &str = "currency";
     pub const CURRENCY_DIGITS: &str = "currency_digits";
     pub const RATES_VERSION: &str = "rates_version";

@@ -5,19 +5,21 @@
 //! keep their cause for the log while the caller gets a message to act on.
 
 use crate::housing::HousingError;
-use crate::ledger::LedgerError;
+use crate::ledger::{fund_word, Fund, LedgerError};
 use crate::money::Amount;
 
 /// Why a service call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// The funds cannot cover the charge.
-    #[error("{}", funds_text(&minor(.needed), &minor(.available)))]
+    #[error("{}", funds_text(.fund, &minor(.needed), &minor(.available)))]
     InsufficientFunds {
         /// Price of the service.
         needed: Amount,
         /// Funds available.
         available: Amount,
+        /// The register that refused (split mode; `None`: the one pool).
+        fund: Option<Fund>,
     },
     /// Current-account mode: the charge would pass the period's credit limit.
     #[error("{}", limit_text(&minor(.needed), &minor(.available), &minor(.limit)))]
@@ -111,9 +113,11 @@ impl ServiceError {
     pub fn message_in(&self, digits: u8, currency: &str) -> String {
         let m = |a: &Amount| a.shown(digits, currency);
         match self {
-            ServiceError::InsufficientFunds { needed, available } => {
-                funds_text(&m(needed), &m(available))
-            }
+            ServiceError::InsufficientFunds {
+                needed,
+                available,
+                fund,
+            } => funds_text(fund, &m(needed), &m(available)),
             ServiceError::CreditLimit {
                 needed,
                 available,
@@ -134,8 +138,12 @@ fn minor(a: &Amount) -> String {
     format!("{a} minor units")
 }
 
-fn funds_text(needed: &str, available: &str) -> String {
-    format!("insufficient funds: the charge is {needed}, {available} available; recharge with an authority voucher (meterctl recharge)")
+fn funds_text(fund: &Option<Fund>, needed: &str, available: &str) -> String {
+    let (word, voucher) = match fund {
+        Some(f) => (fund_word(fund), format!(" for the {} register", f.name())),
+        None => (String::new(), String::new()),
+    };
+    format!("insufficient {word}funds: the charge is {needed}, {available} available; recharge with an authority voucher{voucher} (meterctl recharge)")
 }
 
 fn limit_text(needed: &str, available: &str, limit: &str) -> String {
@@ -165,9 +173,15 @@ fn housing_hint(e: &HousingError) -> &'static str {
 impl From<LedgerError> for ServiceError {
     fn from(e: LedgerError) -> Self {
         match e {
-            LedgerError::InsufficientFunds { needed, available } => {
-                ServiceError::InsufficientFunds { needed, available }
-            }
+            LedgerError::InsufficientFunds {
+                needed,
+                available,
+                fund,
+            } => ServiceError::InsufficientFunds {
+                needed,
+                available,
+                fund,
+            },
             LedgerError::CreditLimit {
                 needed,
                 available,

@@ -209,8 +209,18 @@ fn body_for(
         date,
         seq: row.seq,
         amount: q.amount.0,
-        ascending: row.registers.ascending.0,
-        descending: row.registers.descending.0,
+        // The register that paid: the postage pair once the funds are
+        // split (issue 17), the one combined pool before.
+        ascending: row
+            .registers
+            .paying(crate::ledger::Fund::Postage)
+            .ascending
+            .0,
+        descending: row
+            .registers
+            .paying(crate::ledger::Fund::Postage)
+            .descending
+            .0,
         pieces: row.registers.per_service[Service::Postage.index()],
         rates_version: q.rates_version,
         currency: q.currency.clone(),

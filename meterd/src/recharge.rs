@@ -14,7 +14,7 @@ use meter_pki::payload::Voucher;
 use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
-use crate::ledger::{EntryKind, Key};
+use crate::ledger::{EntryKind, Fund, Key};
 use crate::meter::Meter;
 use crate::money::Amount;
 use crate::revoke::Dues;
@@ -57,8 +57,17 @@ pub async fn recharge(meter: &Meter, dues: &Dues, signed: &[u8]) -> Result<Amoun
     };
     // Recorded whatever the lock: funds from the authority are not a sale,
     // and a locked meter keeps them for when the lock is cleared.
+    // The register it funds (issue 17); a voucher without one funds
+    // services, the one pool while the funds are not split.
+    let fund = match voucher.register.as_deref() {
+        None => Fund::Services,
+        Some(name) => Fund::from_name(name).ok_or_else(|| {
+            ServiceError::InvalidInput(format!("voucher register {name:?} is not one"))
+        })?,
+    };
     let spec = Spec {
         credit: Amount(voucher.amount),
+        fund,
         ..Spec::record(
             EntryKind::Credit,
             Key::meter("voucher", voucher.sequence),
@@ -80,5 +89,6 @@ pub async fn recharge(meter: &Meter, dues: &Dues, signed: &[u8]) -> Result<Amoun
             tracing::error!(error = %e, "settling revocation fees failed");
         }
     }
-    Ok(ledger.state().registers.descending)
+    // The register it funded, in the mode in force.
+    Ok(ledger.state().registers.paying(fund).descending)
 }

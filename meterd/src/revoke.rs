@@ -44,7 +44,7 @@ use crate::clock;
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
 use crate::housing::HousingError;
-use crate::ledger::{EntryKind, Key, Ledger, LedgerError};
+use crate::ledger::{EntryKind, Fund, Key, Ledger, LedgerError};
 use crate::meter::Meter;
 use crate::money::Amount;
 use crate::sale::{self, Guard, Made, Price, Sale, Spec};
@@ -314,6 +314,7 @@ async fn settle_locked(meter: &Meter, ledger: &Ledger) -> Result<Amount> {
             price: Price::Owed(amount),
             credit: Amount::ZERO,
             note: NOTE_SETTLE.into(),
+            fund: Fund::Services,
         };
         let product = seq.to_string().into_bytes();
         match sale::sell(meter, spec, async move |_: &Sale| {

@@ -42,7 +42,7 @@ use std::sync::Arc;
 use crate::clock;
 use crate::error::{Result, ServiceError};
 use crate::identity::Identity;
-use crate::ledger::{Digest, Entry, EntryKind, Finisher, Key, Ledger, Outcome, Stored};
+use crate::ledger::{Digest, Entry, EntryKind, Finisher, Fund, Key, Ledger, Outcome, Stored};
 use crate::meter::Meter;
 use crate::money::Amount;
 use crate::service::Service;
@@ -126,6 +126,10 @@ pub struct Spec {
     pub credit: Amount,
     /// Row note (at most 64 bytes).
     pub note: String,
+    /// Register the row pays from or credits (split mode; services in
+    /// combined mode): postage for postage sales, services for the rest,
+    /// a voucher's own register for its credit.
+    pub fund: Fund,
 }
 
 impl Spec {
@@ -140,6 +144,7 @@ impl Spec {
             price: Price::Rate(service),
             credit: Amount::ZERO,
             note: String::new(),
+            fund: Fund::of_service(Some(service)),
         }
     }
 
@@ -154,6 +159,7 @@ impl Spec {
             price: Price::Free,
             credit: Amount::ZERO,
             note: note.into(),
+            fund: Fund::Services,
         }
     }
 
@@ -271,7 +277,7 @@ where
     };
     let reserved = match spec.price {
         Price::Owed(_) => ledger.reserve_owed(price),
-        _ => ledger.reserve(price),
+        _ => ledger.reserve_in(spec.fund, price),
     };
     let (mut reservation, due) = match reserved {
         Ok(r) => (Some(r), false),
@@ -305,6 +311,7 @@ where
         debit,
         product: Vec::new(),
         note: spec.note,
+        fund: spec.fund,
     };
     if due {
         // Held before the row exists, so no sale slips in between; the

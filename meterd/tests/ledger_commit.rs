@@ -59,7 +59,8 @@ async fn funds_idempotency_and_conflicts() {
             err,
             LedgerError::InsufficientFunds {
                 needed: Amount(71),
-                available: Amount(70)
+                available: Amount(70),
+                fund: None
             }
         ),
         "{err:?}"

@@ -21,6 +21,7 @@ fn report_row(id: &str, price: u64) -> Entry {
         debit: Amount(price),
         product: format!("report {id}").into_bytes(),
         note: String::new(),
+        fund: meterd::ledger::Fund::Services,
     }
 }
 

@@ -73,6 +73,7 @@ mod ledger_checkpoint;
 mod ledger_commit;
 mod ledger_epochs;
 mod ledger_finisher;
+mod ledger_funds;
 mod ledger_query;
 mod ledger_tamper;
 mod package_deb;

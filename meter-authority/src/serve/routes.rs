@@ -248,7 +248,7 @@ async fn topup(s: &Service, peer: SocketAddr, meter_id: &str, req: Request<Incom
     let sign = |sequence: u64| -> crate::Result<Vec<u8>> {
         let (_, pem) = s
             .signer
-            .sign_voucher(&p.meter_id, sequence, p.amount, now)?;
+            .sign_voucher(&p.meter_id, sequence, p.amount, None, now)?;
         Ok(meter_pki::pem::decode_any(pem.as_bytes(), "CMS")?)
     };
     match s.store.purchase(&p, &sign).await {

@@ -356,6 +356,7 @@ pub fn report(m: &Meter, voucher: &[u8], credit: u64, token: &[u8], t0: i64) -> 
             service_count: if *svc != 0 { count } else { 0 },
             product_digest: &d,
             note: b"",
+            register: 0,
         };
         canon.clear();
         f.encode(&mut canon).unwrap();

@@ -247,6 +247,38 @@ pub fn render(
         };
         t.row("AR + DR = CT", check);
     }
+    // Split funds (issue 17): the rows above are the services register;
+    // the postage register follows with its own check.
+    if d.str(key::FUNDS_MODE).as_deref() == Some("split") {
+        t.row(
+            "funds",
+            "split: postage paid from the postage register only",
+        );
+        let p = |k| d.u64(k);
+        let (par, pdr, pct) = (
+            p(key::POSTAGE_ASCENDING),
+            p(key::POSTAGE_DESCENDING),
+            p(key::POSTAGE_CONTROL_TOTAL),
+        );
+        t.row("postage DR", pdr.map(money).unwrap_or_else(unknown));
+        t.row("postage AR", par.map(money).unwrap_or_else(unknown));
+        t.row("postage CT", pct.map(money).unwrap_or_else(unknown));
+        if let (Some(ar), Some(dr), Some(ct)) = (par, pdr, pct) {
+            let ok = ar.checked_add(dr) == Some(ct);
+            if !ok {
+                warnings.push(format!(
+                    "postage AR {ar} + DR {dr} differs from its control total {ct}"
+                ));
+            }
+            t.row("postage AR + DR = CT", if ok { "ok" } else { "MISMATCH" });
+        }
+        t.row(
+            "postage pieces",
+            p(key::POSTAGE_PIECE_COUNT)
+                .map(|n| n.to_string())
+                .unwrap_or_else(unknown),
+        );
+    }
     let account = d.bool(key::ACCOUNT_MODE).unwrap_or(false);
     if account {
         let limit = d.u64(key::CREDIT_LIMIT).unwrap_or(0);

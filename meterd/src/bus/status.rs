@@ -67,6 +67,19 @@ pub fn status_dict(meter: &Meter) -> Dict {
     put(&mut d, k::ASCENDING, regs.ascending.0);
     put(&mut d, k::CONTROL_TOTAL, regs.control_total.0);
     put(&mut d, k::PIECE_COUNT, regs.pieces);
+    put(
+        &mut d,
+        k::FUNDS_MODE,
+        if regs.split { "split" } else { "combined" },
+    );
+    put(&mut d, k::POSTAGE_DESCENDING, regs.postage.descending.0);
+    put(&mut d, k::POSTAGE_ASCENDING, regs.postage.ascending.0);
+    put(
+        &mut d,
+        k::POSTAGE_CONTROL_TOTAL,
+        regs.postage.control_total.0,
+    );
+    put(&mut d, k::POSTAGE_PIECE_COUNT, regs.postage.pieces);
     put(&mut d, k::PAYMENT_DUE, crate::revoke::payment_due(meter).0);
     let counts: HashMap<String, u64> = Service::ALL
         .iter()

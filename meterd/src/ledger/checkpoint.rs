@@ -5,7 +5,10 @@
 //!
 //! A checkpoint row holds `body` = seq u64 | head [48] | ascending u64 |
 //! descending u64 | control_total u64 | pieces u64 | n u8 | n × per-service
-//! u64 | lock_seq u64 (0 = no lock), all big-endian, and `sig` = raw r‖s
+//! u64 | lock_seq u64 (0 = no lock) [| postage ascending u64 | postage
+//! descending u64 | postage control_total u64 | postage pieces u64 | split
+//! u8, since issue 17: a body without them is a combined-mode checkpoint],
+//! all big-endian, and `sig` = raw r‖s
 //! ECDSA P-384 over SHA-384("meterd-checkpoint-v1" ‖ meter_id ‖ body), made
 //! by the sealer (the TPM identity key), so it cannot be forged from the
 //! file alone. The domain string keeps it apart from batch seals.
@@ -65,6 +68,8 @@ pub(crate) struct Signed {
 
 const N: usize = Service::ALL.len();
 const BODY_LEN: usize = 8 + 48 + 4 * 8 + 1 + N * 8 + 8;
+/// With the postage register and the mode (issue 17).
+const BODY_LEN_SPLIT: usize = BODY_LEN + 4 * 8 + 1;
 
 fn encode(seq: u64, head: &Digest, regs: &Registers, lock_seq: u64) -> Vec<u8> {
     let mut b = Vec::with_capacity(BODY_LEN);
@@ -83,6 +88,11 @@ fn encode(seq: u64, head: &Digest, regs: &Registers, lock_seq: u64) -> Vec<u8> {
         b.extend_from_slice(&v.to_be_bytes());
     }
     b.extend_from_slice(&lock_seq.to_be_bytes());
+    let p = &regs.postage;
+    for v in [p.ascending.0, p.descending.0, p.control_total.0, p.pieces] {
+        b.extend_from_slice(&v.to_be_bytes());
+    }
+    b.push(u8::from(regs.split));
     b
 }
 
@@ -92,7 +102,7 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 
 /// (seq, head, registers, lock_seq) of a well-formed body.
 fn decode(b: &[u8]) -> Option<(u64, Digest, Registers, u64)> {
-    if b.len() != BODY_LEN || usize::from(*b.get(88)?) != N {
+    if !matches!(b.len(), BODY_LEN | BODY_LEN_SPLIT) || usize::from(*b.get(88)?) != N {
         return None;
     }
     let head: Digest = b.get(8..56)?.try_into().ok()?;
@@ -103,6 +113,18 @@ fn decode(b: &[u8]) -> Option<(u64, Digest, Registers, u64)> {
     regs.pieces = u64_at(b, 80)?;
     for (i, c) in regs.per_service.iter_mut().enumerate() {
         *c = u64_at(b, 89 + 8 * i)?;
+    }
+    if b.len() == BODY_LEN_SPLIT {
+        let at = BODY_LEN;
+        regs.postage.ascending.0 = u64_at(b, at)?;
+        regs.postage.descending.0 = u64_at(b, at + 8)?;
+        regs.postage.control_total.0 = u64_at(b, at + 16)?;
+        regs.postage.pieces = u64_at(b, at + 24)?;
+        regs.split = match b.get(at + 32)? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
     }
     Some((u64_at(b, 0)?, head, regs, u64_at(b, 89 + 8 * N)?))
 }
@@ -256,9 +278,25 @@ mod tests {
         regs.pieces = 3;
         regs.per_service[0] = 2;
         let b = encode(42, &[9; 48], &regs, 17);
-        assert_eq!(b.len(), BODY_LEN);
-        assert_eq!(decode(&b), Some((42, [9; 48], regs, 17)));
+        assert_eq!(b.len(), BODY_LEN_SPLIT);
+        assert_eq!(decode(&b), Some((42, [9; 48], regs.clone(), 17)));
+        // A combined-mode body written before issue 17 still decodes.
+        assert_eq!(
+            decode(&b[..BODY_LEN]),
+            Some((42, [9; 48], regs.clone(), 17))
+        );
         assert_eq!(decode(&b[..BODY_LEN - 1]), None);
+        assert_eq!(decode(&b[..BODY_LEN_SPLIT - 1]), None);
         assert_ne!(digest("m1", &b), digest("m2", &b));
+        regs.split = true;
+        regs.postage.ascending.0 = 4;
+        regs.postage.descending.0 = 6;
+        regs.postage.control_total.0 = 10;
+        regs.postage.pieces = 2;
+        let b = encode(43, &[8; 48], &regs, 0);
+        assert_eq!(decode(&b), Some((43, [8; 48], regs, 0)));
+        let mut bad = b.clone();
+        *bad.last_mut().unwrap() = 2;
+        assert_eq!(decode(&bad), None);
     }
 }

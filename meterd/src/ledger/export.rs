@@ -112,7 +112,7 @@ fn chunk(conn: &Connection, from: u64, upto: u64, enc: &mut Encoder) -> Result<u
     let mut stmt = conn
         .prepare_cached(
             "SELECT seq, time, kind, service, request_id, credit, debit, ascending, descending,
-             control_total, pieces, service_count, product_digest, note, hash
+             control_total, pieces, service_count, product_digest, note, hash, register
              FROM journal WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
         )
         .map_err(storage)?;
@@ -146,7 +146,7 @@ fn chunk(conn: &Connection, from: u64, upto: u64, enc: &mut Encoder) -> Result<u
 
 /// The hashed fields of a journal row and its stored hash.
 fn fields<'a>(r: &'a Row<'_>) -> Result<(RowFields<'a>, &'a Digest)> {
-    (|| Some((row_fields(r)?, blob48(r, 14)?)))().ok_or_else(|| {
+    (|| Some((row_fields(r, 15)?, blob48(r, 14)?)))().ok_or_else(|| {
         let seq = int(r, 0).unwrap_or(0);
         LedgerError::Storage(format!("row {seq}: malformed columns"))
     })

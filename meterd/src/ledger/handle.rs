@@ -174,6 +174,13 @@ impl Ledger {
         reserve::reserve(&self.funds, debit)
     }
 
+    /// [`Ledger::reserve`] against the register `fund` pays from: the
+    /// postage register for postage once the funds are split, the services
+    /// register otherwise; a refusal in split mode names the register.
+    pub fn reserve_in(&self, fund: super::Fund, debit: Amount) -> Result<Reservation> {
+        reserve::reserve_in(&self.funds, fund, debit)
+    }
+
     /// Holds `owed` (funds owed, e.g. a revocation fee due) out of what
     /// [`Ledger::reserve`] grants, so that no sale spends money the meter
     /// owes; the settlement debit is committed without a reservation.
@@ -392,13 +399,13 @@ fn start(a: StartArgs, sealer: Arc<dyn Sealer>) -> Result<(Writer, Started)> {
         } else {
             audit::Mode::Full
         };
+        schema::add_register_column(&conn)?;
         let out = audit::run(&conn, &a.meter_id, sealer.as_ref(), mode)?;
         schema::ensure(&conn)?;
         (out.tip, out.tpm_nv, Some(out.report))
     };
     if let Ok(mut f) = a.funds.lock() {
-        f.descending = tip.registers.descending;
-        f.ascending = tip.registers.ascending;
+        f.set_registers(&tip.registers);
     }
     let (state, state_rx) = watch::channel(tip.state());
     let meter_id: Arc<str> = Arc::from(a.meter_id.as_str());
@@ -454,6 +461,7 @@ fn genesis(
         debit: Amount::ZERO,
         product: meter_id.as_bytes().to_vec(),
         note: "genesis".into(),
+        fund: super::Fund::Services,
     };
     let (reply, mut rx) = oneshot::channel();
     let req = CommitReq {

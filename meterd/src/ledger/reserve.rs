@@ -13,10 +13,16 @@
 //! marked, and the writer books its row as credit = debit = price (AR and CT
 //! rise together, DR stays put), re-checking the limit inside the
 //! transaction.
+//!
+//! Split funds (issue 17): the postage register has its own descending
+//! register and reservations; a reservation names the register it holds
+//! ([`Fund`], mapped to services in combined mode), so postage never takes
+//! services funds nor the reverse. Owed funds and current-account terms
+//! concern the services register only.
 
 use std::sync::{Arc, Mutex};
 
-use super::{LedgerError, Result};
+use super::{Fund, LedgerError, Registers, Result};
 use crate::money::Amount;
 
 /// Funds as the admission check sees them.
@@ -37,6 +43,22 @@ pub(crate) struct Funds {
     pub ascending: Amount,
     /// Current-account terms in force (`None`: prepaid mode).
     pub account: Option<AccountTerms>,
+    /// Whether the funds are split (then the postage fields below count).
+    pub split: bool,
+    /// Postage descending register after the last commit (split mode).
+    pub postage_descending: Amount,
+    /// Sum of live postage reservations.
+    pub postage_reserved: Amount,
+}
+
+impl Funds {
+    /// Takes the committed registers (both pairs and the mode).
+    pub fn set_registers(&mut self, r: &Registers) {
+        self.descending = r.descending;
+        self.ascending = r.ascending;
+        self.split = r.split;
+        self.postage_descending = r.postage.descending;
+    }
 }
 
 /// Current-account terms: the admission check counts against a credit
@@ -76,6 +98,38 @@ pub(crate) fn reserve(funds: &SharedFunds, debit: Amount) -> Result<Reservation>
     reserve_with(funds, debit, true)
 }
 
+/// Reserves `debit` against the register `fund` pays from (services in
+/// combined mode). Postage in split mode is prepaid: neither owed funds nor
+/// account terms touch it.
+pub(crate) fn reserve_in(funds: &SharedFunds, fund: Fund, debit: Amount) -> Result<Reservation> {
+    {
+        let mut f = funds.lock().map_err(poisoned)?;
+        if f.split && fund == Fund::Postage {
+            let available = f
+                .postage_descending
+                .checked_sub(f.postage_reserved)
+                .unwrap_or(Amount::ZERO);
+            if debit > available {
+                return Err(LedgerError::InsufficientFunds {
+                    needed: debit,
+                    available,
+                    fund: Some(Fund::Postage),
+                });
+            }
+            f.postage_reserved = f.postage_reserved.checked_add(debit)?;
+            f.holders += 1;
+            return Ok(Reservation {
+                funds: Arc::clone(funds),
+                amount: debit,
+                live: true,
+                account: false,
+                fund: Fund::Postage,
+            });
+        }
+    }
+    reserve_with(funds, debit, true)
+}
+
 /// Reserves `debit` to pay what is owed: against the funds less live
 /// reservations only (the owed hold exists for this debit), so a settlement
 /// never takes money an in-flight sale already holds.
@@ -97,6 +151,7 @@ fn reserve_with(funds: &SharedFunds, debit: Amount, hold_owed: bool) -> Result<R
                 return Err(LedgerError::InsufficientFunds {
                     needed: debit,
                     available,
+                    fund: f.split.then_some(Fund::Services),
                 });
             }
         }
@@ -118,6 +173,7 @@ fn reserve_with(funds: &SharedFunds, debit: Amount, hold_owed: bool) -> Result<R
         amount: debit,
         live: true,
         account: f.account.is_some(),
+        fund: Fund::Services,
     })
 }
 
@@ -128,6 +184,7 @@ pub struct Reservation {
     amount: Amount,
     live: bool,
     account: bool,
+    fund: Fund,
 }
 
 impl Reservation {
@@ -142,15 +199,25 @@ impl Reservation {
         self.account
     }
 
+    /// The register it holds funds in.
+    pub fn fund(&self) -> Fund {
+        self.fund
+    }
+
     /// Releases the hold while the caller already holds the funds lock.
     pub(crate) fn release_locked(mut self, funds: &mut Funds) {
-        funds.reserved = funds
-            .reserved
-            .checked_sub(self.amount)
-            .unwrap_or(Amount::ZERO);
-        funds.holders = funds.holders.saturating_sub(1);
+        release(funds, self.fund, self.amount);
         self.live = false;
     }
+}
+
+fn release(f: &mut Funds, fund: Fund, amount: Amount) {
+    let held = match fund {
+        Fund::Services => &mut f.reserved,
+        Fund::Postage => &mut f.postage_reserved,
+    };
+    *held = held.checked_sub(amount).unwrap_or(Amount::ZERO);
+    f.holders = f.holders.saturating_sub(1);
 }
 
 impl Drop for Reservation {
@@ -164,8 +231,7 @@ impl Drop for Reservation {
             Ok(f) => f,
             Err(p) => p.into_inner(),
         };
-        f.reserved = f.reserved.checked_sub(self.amount).unwrap_or(Amount::ZERO);
-        f.holders = f.holders.saturating_sub(1);
+        release(&mut f, self.fund, self.amount);
     }
 }
 

@@ -12,8 +12,8 @@ use super::chain::{self, RowFields, MAX_NOTE, MAX_REQUEST_ID};
 use super::reserve::AccountTerms;
 use super::schema::storage;
 use super::{
-    Digest, Entry, EntryKind, Finisher, Key, LedgerError, LedgerState, LockInfo, Registers, Result,
-    RowContext, Stored,
+    Digest, Entry, EntryKind, Finisher, Fund, Key, LedgerError, LedgerState, LockInfo, Registers,
+    Result, RowContext, Stored, SPLIT_NOTE,
 };
 use crate::housing::{Housing, HousingError};
 use crate::money::Amount;
@@ -67,8 +67,10 @@ pub(crate) struct NewRow {
     pub request_id: Option<String>,
     pub credit: u64,
     pub debit: u64,
-    /// Registers after the row.
+    /// Registers after the row (both pairs).
     pub registers: Registers,
+    /// The pair the row's register columns hold.
+    pub fund: Fund,
     pub service_count: u64,
     pub product_digest: Digest,
     pub note: String,
@@ -160,7 +162,10 @@ pub(crate) fn make_row(
             "genesis is the first row and only it".into(),
         ));
     }
-    if let Some(t) = limit {
+    // Current-account terms bound the services register only: postage in
+    // split mode is prepaid (the reservation was refused otherwise).
+    let fund = work.registers.fund_of(e.fund);
+    if let Some(t) = limit.filter(|_| fund == Fund::Services) {
         let available = t.available(work.registers.ascending, Amount::ZERO);
         if e.debit > available {
             return Err(LedgerError::CreditLimit {
@@ -174,6 +179,7 @@ pub(crate) fn make_row(
     let seq = work.seq + 1;
     let service = e.service.map_or(0, Service::code);
     let service_count = e.service.map_or(0, |s| regs.per_service[s.index()]);
+    let pair = regs.pair(fund);
     let zero = [0u8; 48];
     let mut fields = RowFields {
         seq,
@@ -183,13 +189,14 @@ pub(crate) fn make_row(
         request_id: key.as_deref().map(str::as_bytes),
         credit: e.credit.0,
         debit: e.debit.0,
-        ascending: regs.ascending.0,
-        descending: regs.descending.0,
-        control_total: regs.control_total.0,
-        pieces: regs.pieces,
+        ascending: pair.ascending.0,
+        descending: pair.descending.0,
+        control_total: pair.control_total.0,
+        pieces: pair.pieces,
         service_count,
         product_digest: &zero,
         note: e.note.as_bytes(),
+        register: fund.id(),
     };
     if fields.encode(buf).is_err() {
         return Err(LedgerError::Invalid("field too long".into()));
@@ -229,6 +236,7 @@ pub(crate) fn make_row(
         credit: e.credit.0,
         debit: e.debit.0,
         registers: regs.clone(),
+        fund,
         service_count,
         product_digest,
         note: e.note.clone(),
@@ -279,7 +287,10 @@ pub(crate) fn stored_by_key(conn: &Connection, request_id: &str) -> Result<Optio
     .map_err(storage)
 }
 
-/// Registers after `e`: credit first, then the debit, every step checked.
+/// Registers after `e`: credit first, then the debit, every step checked,
+/// on the one pair the entry moves (`Registers::fund_of`); the other pair
+/// is untouched. A [`SPLIT_NOTE`] Event row splits the funds from the next
+/// row on (what the combined pool held stays in services).
 ///
 /// A `reanchor` Unlock row (an authority cleared a tamper lock) also
 /// restores AR + DR = CT when the damage it accepts broke it: the control
@@ -289,23 +300,36 @@ pub(crate) fn next_registers(r: &Registers, e: &Entry) -> Result<Registers> {
     if is_reanchor(e.kind as u8, e.note.as_bytes()) {
         return Ok(reanchored(r));
     }
-    let funds = r.descending.checked_add(e.credit)?;
+    let fund = r.fund_of(e.fund);
+    let p = r.pair(fund);
+    let funds = p.descending.checked_add(e.credit)?;
     if e.debit > funds {
         return Err(LedgerError::InsufficientFunds {
             needed: e.debit,
             available: funds,
+            fund: r.split.then_some(fund),
         });
     }
+    let mut q = p;
+    q.descending = funds.checked_sub(e.debit)?;
+    q.ascending = p.ascending.checked_add(e.debit)?;
+    q.control_total = p.control_total.checked_add(e.credit)?;
     let mut n = r.clone();
-    n.descending = funds.checked_sub(e.debit)?;
-    n.ascending = r.ascending.checked_add(e.debit)?;
-    n.control_total = r.control_total.checked_add(e.credit)?;
     if let Some(s) = e.service {
-        n.pieces = r.pieces.checked_add(1).ok_or(crate::money::Overflow)?;
+        q.pieces = p.pieces.checked_add(1).ok_or(crate::money::Overflow)?;
         let c = &mut n.per_service[s.index()];
         *c = c.checked_add(1).ok_or(crate::money::Overflow)?;
     }
+    n.set_pair(fund, q);
+    if is_split(e.kind as u8, e.note.as_bytes()) {
+        n.split = true;
+    }
     Ok(n)
+}
+
+/// Whether a row is the split order's Event row.
+pub(crate) fn is_split(kind: u8, note: &[u8]) -> bool {
+    kind == EntryKind::Event as u8 && note == SPLIT_NOTE.as_bytes()
 }
 
 /// Whether a row is a `reanchor` Unlock row.

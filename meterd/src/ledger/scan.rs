@@ -10,9 +10,9 @@ use rusqlite::{Connection, Row};
 use super::chain::{self, RowFields};
 use super::checkpoint::Start;
 use super::epoch::EpochTrack;
-use super::rows::{is_reanchor, kind_from_code, reanchored};
+use super::rows::{is_reanchor, is_split, kind_from_code, reanchored};
 use super::schema::storage;
-use super::{Digest, EntryKind, LedgerError, Registers, Result};
+use super::{Digest, EntryKind, Fund, LedgerError, Pair, Registers, Result};
 use crate::service::Service;
 
 /// One batch row as the audit reads it.
@@ -89,9 +89,10 @@ fn opt_text<'a>(row: &'a Row<'_>, i: usize) -> Option<Option<&'a [u8]>> {
 /// The hashed fields of a journal row selected in the canonical column
 /// order (`seq, time, kind, service, request_id, credit, debit, ascending,
 /// descending, control_total, pieces, service_count, product_digest, note`),
-/// or None when a column is not of its type: the one reader of row fields
-/// for the scan and the export, so both hash exactly the same bytes.
-pub(crate) fn row_fields<'a>(r: &'a Row<'_>) -> Option<RowFields<'a>> {
+/// with the `register` column at `register_col`, or None when a column is
+/// not of its type: the one reader of row fields for the scan, the export
+/// and the seal check, so all hash exactly the same bytes.
+pub(crate) fn row_fields<'a>(r: &'a Row<'_>, register_col: usize) -> Option<RowFields<'a>> {
     Some(RowFields {
         seq: int(r, 0)?,
         time: int(r, 1)? as i64,
@@ -107,20 +108,46 @@ pub(crate) fn row_fields<'a>(r: &'a Row<'_>) -> Option<RowFields<'a>> {
         service_count: int(r, 11)?,
         product_digest: blob48(r, 12)?,
         note: text(r, 13)?,
+        register: u8::try_from(int(r, register_col)?).ok()?,
     })
 }
 
-/// Register checks of one row: AR + DR = CT, and continuity from the
-/// previous row. `regs` becomes this row's registers either way.
-fn check_row(f: &RowFields<'_>, regs: &mut Registers, damage: &mut Damage) {
+/// Register checks of one row, on the pair its `register` names: AR + DR
+/// = CT, and continuity from that pair's previous row (the other pair does
+/// not move). A postage row before the split, or a register id that is not
+/// one, is damage. `regs` becomes this row's registers either way.
+fn check_row(f: &RowFields<'_>, all: &mut Registers, damage: &mut Damage) {
     let seq = f.seq;
+    let fund = match Fund::from_id(f.register) {
+        Some(Fund::Postage) if !all.split => {
+            damage.record(seq, || {
+                format!("row {seq}: a postage register row before the funds were split")
+            });
+            Fund::Postage
+        }
+        Some(fund) => fund,
+        None => {
+            damage.record(seq, || {
+                format!("row {seq}: register {} is not one", f.register)
+            });
+            Fund::Services
+        }
+    };
+    if is_split(f.kind, f.note) {
+        if f.register != 0 || all.split {
+            damage.record(seq, || format!("row {seq}: a second or misplaced split"));
+        }
+        all.split = true;
+    }
+    let mut pair = all.pair(fund);
+    let regs = &mut pair;
     if f.ascending.checked_add(f.descending) != Some(f.control_total) {
         damage.record(seq, || {
             format!("row {seq}: ascending + descending != control total")
         });
     }
     let continuous = if is_reanchor(f.kind, f.note) {
-        let want = reanchored(regs);
+        let want = reanchored(&pair_registers(regs));
         f.credit == 0
             && f.debit == 0
             && want.ascending.0 == f.ascending
@@ -141,7 +168,7 @@ fn check_row(f: &RowFields<'_>, regs: &mut Registers, damage: &mut Damage) {
         0 => f.service_count == 0,
         code => match Service::from_code(code) {
             Some(s) => {
-                let c = &mut regs.per_service[s.index()];
+                let c = &mut all.per_service[s.index()];
                 let ok = c.checked_add(1) == Some(f.service_count);
                 *c = f.service_count;
                 ok
@@ -158,6 +185,14 @@ fn check_row(f: &RowFields<'_>, regs: &mut Registers, damage: &mut Damage) {
     regs.descending.0 = f.descending;
     regs.control_total.0 = f.control_total;
     regs.pieces = f.pieces;
+    all.set_pair(fund, pair);
+}
+
+/// A pair as services registers (what [`reanchored`] takes).
+fn pair_registers(p: &Pair) -> Registers {
+    let mut r = Registers::default();
+    r.set_pair(Fund::Services, *p);
+    r
 }
 
 /// What one pass over the journal found.
@@ -266,7 +301,7 @@ pub(crate) fn scan(
     let mut stmt = conn
         .prepare(
             "SELECT seq, time, kind, service, request_id, credit, debit, ascending, descending,
-             control_total, pieces, service_count, product_digest, note, prev_hash, hash
+             control_total, pieces, service_count, product_digest, note, prev_hash, hash, register
              FROM journal WHERE seq > ?1 ORDER BY seq",
         )
         .map_err(storage)?;
@@ -281,7 +316,7 @@ pub(crate) fn scan(
             });
         }
         expected_seq = seq.saturating_add(1);
-        let parsed = (|| Some((row_fields(r)?, stored_prev(r, 14)?, blob48(r, 15)?)))();
+        let parsed = (|| Some((row_fields(r, 16)?, stored_prev(r, 14)?, blob48(r, 15)?)))();
         let Some((f, stored_prev, stored_hash)) = parsed else {
             damage.record(seq, || format!("row {seq}: malformed columns"));
             continue;

@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS journal(
     product_digest BLOB NOT NULL,
     note TEXT NOT NULL,
     prev_hash BLOB NOT NULL,
-    hash BLOB NOT NULL
+    hash BLOB NOT NULL,
+    register INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS products(
     seq INTEGER PRIMARY KEY,
@@ -90,6 +91,27 @@ CREATE TRIGGER IF NOT EXISTS batches_no_update BEFORE UPDATE ON batches
 CREATE TRIGGER IF NOT EXISTS batches_no_delete BEFORE DELETE ON batches
     BEGIN SELECT RAISE(ABORT, 'batches are append-only'); END;
 ";
+
+/// Adds the `register` column (issue 17: which register pair a row's
+/// register columns hold; 0 = services, the combined pool) to a ledger made
+/// before it, in place: every old row reads 0, which is what it was. SQLite
+/// stores 0 and 1 in the record header alone, so the column costs one byte
+/// a row. Runs before the start audit, which reads it.
+pub(crate) fn add_register_column(conn: &Connection) -> Result<()> {
+    let has: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('journal') WHERE name = 'register'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(storage)?
+        > 0;
+    if !has {
+        conn.execute_batch("ALTER TABLE journal ADD COLUMN register INTEGER NOT NULL DEFAULT 0")
+            .map_err(storage)?;
+    }
+    Ok(())
+}
 
 /// Maps a SQLite failure to the ledger's storage error.
 pub(crate) fn storage(e: rusqlite::Error) -> LedgerError {
@@ -168,6 +190,7 @@ pub(crate) fn has_rows(conn: &Connection) -> Result<bool> {
 /// Creates the tables and triggers and records the schema version and meter id.
 pub(crate) fn create(conn: &Connection, meter_id: &str) -> Result<()> {
     conn.execute_batch(TABLES).map_err(storage)?;
+    add_register_column(conn)?;
     conn.execute(
         "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?1), ('meter_id', ?2)",
         rusqlite::params![SCHEMA_VERSION, meter_id],
@@ -180,6 +203,7 @@ pub(crate) fn create(conn: &Connection, meter_id: &str) -> Result<()> {
 /// ledger (an attacker who dropped them does not keep the door open).
 pub(crate) fn ensure(conn: &Connection) -> Result<()> {
     conn.execute_batch(TABLES).map_err(storage)?;
+    add_register_column(conn)?;
     conn.execute(
         "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?1)",
         [SCHEMA_VERSION],

@@ -340,6 +340,7 @@ impl Sequencer {
             debit: Amount::ZERO,
             product,
             note: EPOCH_NOTE.into(),
+            fund: super::Fund::Services,
         };
         let env = RowEnv {
             meter_id: &self.meter_id,

@@ -26,14 +26,16 @@ pub(crate) fn write_batch(conn: &mut Connection, batch: &Sequenced) -> Result<()
         let mut journal = tx
             .prepare_cached(
                 "INSERT INTO journal(seq, time, kind, service, request_id, credit, debit, ascending,
-                 descending, control_total, pieces, service_count, product_digest, note, prev_hash, hash)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)",
+                 descending, control_total, pieces, service_count, product_digest, note, prev_hash, hash,
+                 register)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)",
             )
             .map_err(storage)?;
         let mut products = tx
             .prepare_cached("INSERT INTO products(seq, input_digest, product) VALUES (?1,?2,?3)")
             .map_err(storage)?;
         for r in &batch.rows {
+            let pair = r.registers.pair(r.fund);
             journal
                 .execute(params![
                     to_sql(r.seq),
@@ -43,10 +45,10 @@ pub(crate) fn write_batch(conn: &mut Connection, batch: &Sequenced) -> Result<()
                     r.request_id,
                     to_sql(r.credit),
                     to_sql(r.debit),
-                    to_sql(r.registers.ascending.0),
-                    to_sql(r.registers.descending.0),
-                    to_sql(r.registers.control_total.0),
-                    to_sql(r.registers.pieces),
+                    to_sql(pair.ascending.0),
+                    to_sql(pair.descending.0),
+                    to_sql(pair.control_total.0),
+                    to_sql(pair.pieces),
                     to_sql(r.service_count),
                     &r.product_digest[..],
                     r.note,
@@ -54,6 +56,7 @@ pub(crate) fn write_batch(conn: &mut Connection, batch: &Sequenced) -> Result<()
                     // hash, derived by every reader (48 bytes a row).
                     EMPTY_PREV,
                     &r.hash[..],
+                    r.fund.id(),
                 ])
                 .map_err(storage)?;
             products

@@ -118,14 +118,14 @@ fn last_row(
     conn.query_row(
         "SELECT j.seq, j.time, j.kind, j.service, j.request_id, j.credit, j.debit, j.ascending,
          j.descending, j.control_total, j.pieces, j.service_count, j.product_digest, j.note,
-         pj.hash, p.product
+         pj.hash, p.product, j.register
          FROM journal j JOIN products p ON p.seq = j.seq
          LEFT JOIN journal pj ON pj.seq = j.seq - 1 WHERE j.seq = ?1",
         [i64::try_from(seq).unwrap_or(i64::MAX)],
         |r| {
             let product: Vec<u8> = r.get(15)?;
             let parsed = (|| {
-                let fields = row_fields(r)?;
+                let fields = row_fields(r, 16)?;
                 let genesis = chain::genesis_prev(meter_id);
                 let prev = match fields.seq {
                     1 => &genesis,

@@ -489,8 +489,7 @@ impl Writer {
                 Ok(f) => f,
                 Err(p) => p.into_inner(),
             };
-            funds.descending = self.durable.registers.descending;
-            funds.ascending = self.durable.registers.ascending;
+            funds.set_registers(&self.durable.registers);
             for w in waiting {
                 if let Some(r) = w.reservation {
                     r.release_locked(&mut funds);

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use meterd::ledger::{
-    AuditReport, Entry, EntryKind, Key, Ledger, Sealer, SoftwareSealer, SoftwareSealerControl,
+    AuditReport, Entry, EntryKind, Fund, Key, Ledger, Sealer, SoftwareSealer, SoftwareSealerControl,
 };
 use meterd::money::Amount;
 use meterd::service::Service;
@@ -53,6 +53,7 @@ pub fn credit(id: &str, amount: u64) -> Entry {
         debit: Amount::ZERO,
         product: format!("voucher {id}").into_bytes(),
         note: String::new(),
+        fund: Fund::Services,
     }
 }
 
@@ -66,6 +67,7 @@ pub fn debit(id: &str, amount: u64, input: &[u8]) -> Entry {
         debit: Amount(amount),
         product: format!("token for {id} over {}", hex::encode(input)).into_bytes(),
         note: String::new(),
+        fund: Fund::Services,
     }
 }
 
@@ -79,6 +81,7 @@ pub fn event(kind: EntryKind, note: &str, product: &[u8]) -> Entry {
         debit: Amount::ZERO,
         product: product.to_vec(),
         note: note.to_owned(),
+        fund: Fund::Services,
     }
 }
 
@@ -106,7 +109,8 @@ pub fn attacker(path: &Path) -> Connection {
 pub fn canonical(c: &Connection, seq: i64) -> Vec<u8> {
     c.query_row(
         "SELECT seq, time, kind, service, request_id, credit, debit, ascending, descending,
-         control_total, pieces, service_count, product_digest, note FROM journal WHERE seq=?1",
+         control_total, pieces, service_count, product_digest, note, register
+         FROM journal WHERE seq=?1",
         [seq],
         |r| {
             let mut b = Vec::new();
@@ -129,6 +133,11 @@ pub fn canonical(c: &Connection, seq: i64) -> Vec<u8> {
             let note = r.get::<_, String>(13)?;
             b.push(note.len() as u8);
             b.extend_from_slice(note.as_bytes());
+            // The register byte, only when not services (issue 17).
+            let register = r.get::<_, u8>(14)?;
+            if register != 0 {
+                b.push(register);
+            }
             Ok(b)
         },
     )

@@ -43,8 +43,8 @@ pub fn rechain(c: &Connection, meter_id: &str) -> (i64, [u8; 48]) {
         let hash = c
             .query_row(
                 "SELECT seq, time, kind, service, request_id, credit, debit, ascending, \
-                 descending, control_total, pieces, service_count, product_digest, note \
-                 FROM journal WHERE seq=?1",
+                 descending, control_total, pieces, service_count, product_digest, note, \
+                 register FROM journal WHERE seq=?1",
                 [seq],
                 |r| {
                     let request_id: Option<String> = r.get(4)?;
@@ -67,6 +67,7 @@ pub fn rechain(c: &Connection, meter_id: &str) -> (i64, [u8; 48]) {
                         service_count: u(11)?,
                         product_digest: &digest,
                         note: note.as_bytes(),
+                        register: r.get(14)?,
                     };
                     f.encode(&mut buf).unwrap();
                     Ok(row_hash(&prev, &buf))
