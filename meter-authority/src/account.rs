@@ -5,6 +5,7 @@
 //! older than the one in force). Applied with `meterctl account apply`.
 
 use meter_pki::account::AccountOrder;
+use meter_pki::funds::{FundsOrder, FUNDS_SPLIT};
 use meter_pki::payload::Payload;
 
 use crate::{check_meter_id, Authority, Result};
@@ -25,6 +26,21 @@ impl Authority {
             credit_limit,
             period_days,
             nonce,
+            issued_at: now,
+        };
+        order.validate()?;
+        let pem = self.sign_payload(&order, now)?;
+        Ok((order, pem))
+    }
+
+    /// Signs a funds order for `meter_id`: keep postage funds apart (issue 17);
+    /// returns it and its PEM (label CMS). Applied with `meterctl account split`.
+    pub fn funds_split_order(&self, meter_id: &str, now: i64) -> Result<(FundsOrder, String)> {
+        check_meter_id(meter_id)?;
+        let order = FundsOrder {
+            meter_id: meter_id.to_owned(),
+            funds: FUNDS_SPLIT.to_owned(),
+            nonce: crate::fresh_nonce_hex(),
             issued_at: now,
         };
         order.validate()?;

@@ -167,6 +167,16 @@ pub(crate) enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Issue a funds order: the meter keeps its postage funds apart from its services
+    /// funds from then on, for good (apply with `meterctl account split ORDER`).
+    FundsSplit {
+        /// Meter id.
+        #[arg(long)]
+        meter: String,
+        /// Output (PEM, label CMS).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Roll the root over: new root key and certificate, announced to meters by a
     /// trust-anchor update signed with the current root (apply with
     /// `meterctl trust-anchor update`). The old root is kept as root.<n>.key/.pem.

@@ -186,6 +186,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out.display()
             );
         }
+        Cmd::FundsSplit { meter, out } => {
+            let a = Authority::open(dir)?;
+            let (order, pem) = a.funds_split_order(&meter, t)?;
+            write_file(&out, pem.as_bytes())?;
+            println!(
+                "funds-split order {} for {meter} written to {}",
+                order.nonce,
+                out.display()
+            );
+        }
         Cmd::Rollover {
             out,
             mode,

@@ -21,6 +21,7 @@ pub mod crl;
 pub mod csr;
 pub mod detached;
 pub mod envelope;
+pub mod funds;
 pub mod indicium;
 pub mod issue;
 pub mod ledger_format;

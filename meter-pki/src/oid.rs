@@ -38,6 +38,8 @@ pub const CT_CREDIT_LINE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.
 pub const CT_PAYMENT: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.14");
 /// eContentType of a current-account order (authority → meter: limit, billing period).
 pub const CT_ACCOUNT_ORDER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.15");
+/// eContentType of a funds order (authority → meter: keep postage funds apart), issue 17.
+pub const CT_FUNDS_ORDER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.25.252996336.1.22");
 /// eContentType of a postal-key request (meter → authority: its TPM storage parent), claim 21.
 pub const CT_POSTAL_KEY_REQUEST: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("2.25.252996336.1.20");
@@ -128,6 +130,7 @@ mod tests {
             CT_CREDIT_LINE,
             CT_PAYMENT,
             CT_ACCOUNT_ORDER,
+            CT_FUNDS_ORDER,
             CT_POSTAL_KEY_REQUEST,
             CT_POSTAL_KEY,
             POSTMARK_POLICY,

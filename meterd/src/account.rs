@@ -36,7 +36,21 @@ use crate::service::Service;
 /// Note of the ledger row that records an applied account order.
 pub const ORDER_NOTE: &str = crate::semantic::NOTE_ACCOUNT_ORDER;
 
-/// `SetAccountMode`: applies an authority order (see the module doc).
+/// `SetAccountMode`: applies an authority order on the meter's terms: a
+/// funds order (by its content type) goes to [`crate::funds::apply_split`]
+/// and answers the period end in force (0: none); an account order is
+/// applied here (see the module doc).
+pub async fn apply(meter: &Meter, signed: &[u8]) -> Result<i64> {
+    let funds = meter_pki::cms::peek(signed)
+        .is_ok_and(|p| p.content_type == meter_pki::oid::CT_FUNDS_ORDER);
+    if funds {
+        crate::funds::apply_split(meter, signed).await?;
+        return Ok(meter.regime().account().map_or(0, |a| a.period_end));
+    }
+    apply_order(meter, signed).await.map(|a| a.period_end)
+}
+
+/// Applies an authority current-account order (see the module doc).
 pub async fn apply_order(meter: &Meter, signed: &[u8]) -> Result<Account> {
     let (identity, ledger) = meter.provisioned()?;
     let (order, verified) =

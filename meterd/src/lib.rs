@@ -34,6 +34,7 @@ pub mod credit;
 pub mod decrypt;
 pub mod digest;
 pub mod error;
+pub mod funds;
 pub mod housing;
 pub mod identity;
 pub mod inspection;

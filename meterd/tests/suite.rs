@@ -40,6 +40,7 @@ mod e2e_certs;
 mod e2e_credit;
 mod e2e_decrypt;
 mod e2e_forged_token;
+mod e2e_funds;
 mod e2e_inspection;
 mod e2e_journal;
 mod e2e_lock_order_row;

@@ -24,6 +24,13 @@ pub enum AccountCommand {
         #[arg(value_name = "ORDER")]
         order: PathBuf,
     },
+    /// Apply an authority funds order (`meter-authority funds-split`): postage
+    /// funds kept apart from services funds from then on, for good.
+    Split {
+        /// The signed funds order.
+        #[arg(value_name = "ORDER")]
+        order: PathBuf,
+    },
 }
 
 /// Runs `meterctl account ...`.
@@ -48,6 +55,18 @@ pub async fn run(ctx: &Ctx, args: AccountCommand) -> Result<Output, CtlError> {
                     "period_used": used,
                     "period_end": period_end,
                 }),
+            ))
+        }
+        AccountCommand::Split { order } => {
+            let bytes = read_input(&order, MAX_OBJECT)?;
+            let meter = ctx.meter().await?;
+            meter.set_account_mode(&bytes).await?;
+            let status = meter.status().await?;
+            let d = Dict(&status);
+            let mode = d.str(key::FUNDS_MODE).unwrap_or_else(|| "combined".into());
+            Ok(Output::new(
+                format!("funds: {mode}\n"),
+                json!({ "funds_mode": mode }),
             ))
         }
     }

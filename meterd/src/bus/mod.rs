@@ -267,7 +267,8 @@ impl MeterIface {
     }
 
     /// Applies an authority current-account order (credit limit, billing
-    /// period); returns the end of the period now in force (Unix s).
+    /// period) or funds order (postage funds apart); returns the end of the
+    /// period now in force (Unix s; 0: none).
     async fn set_account_mode(
         &self,
         #[zbus(header)] header: Header<'_>,
@@ -275,8 +276,7 @@ impl MeterIface {
     ) -> Result<i64, MeterError> {
         let call = self.admin(&header, "SetAccountMode").await?;
         bounded("account order", &order)?;
-        call.done(account::apply_order(&self.app.meter, &order).await)
-            .map(|a| a.period_end)
+        call.done(account::apply(&self.app.meter, &order).await)
     }
 
     /// Full re-check of the ledger and its TPM binding.
