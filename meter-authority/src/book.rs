@@ -43,6 +43,25 @@ pub struct Registers {
     /// Sales booked on current account (credit = debit), in the control total.
     #[serde(default)]
     pub billed: u64,
+    /// The postage pair of a split meter (issue 17): rows naming register 1.
+    /// The fields above are the services pair (the one pool before a split);
+    /// `per_service` counts both. Absent in a book written before: zero.
+    #[serde(default)]
+    pub postage: PostagePair,
+}
+
+/// A postage register pair (AR, DR, CT, pieces) as re-derived from rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostagePair {
+    /// Ascending register.
+    pub ascending: u64,
+    /// Descending register.
+    pub descending: u64,
+    /// Control total.
+    pub control_total: u64,
+    /// Pieces sold from it.
+    pub pieces: u64,
 }
 
 /// A point of the meter's ledger the authority acknowledged.

@@ -120,7 +120,10 @@ pub fn inspect(dir: &Path, args: InspectArgs, t: i64) -> Result<ExitCode> {
             rec.rows.0,
             rec.rows.1,
             rec.point.head,
-            rec.point.registers.control_total,
+            rec.point
+                .registers
+                .control_total
+                .saturating_add(rec.point.registers.postage.control_total),
             rec.issued,
             if rec.outstanding.is_empty() {
                 String::new()

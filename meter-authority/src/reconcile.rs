@@ -43,7 +43,7 @@ use meter_pki::report::StatusReport;
 use meter_pki::segment::{self, kind, service, Segment, SegmentRow};
 use sha2::{Digest as _, Sha384};
 
-use crate::book::{Book, IndexRow, Point, Registers};
+use crate::book::{Book, IndexRow, Point, PostagePair, Registers};
 use crate::epochs::EpochRun;
 pub use crate::findings::Findings;
 use crate::pricing::Pricing;
@@ -264,7 +264,10 @@ impl Walk<'_> {
     fn registers(&mut self, r: &SegmentRow<'_>) {
         let x = &r.fields;
         let seq = x.seq;
-        let p = &self.regs;
+        // A split meter's rows name their pair (issue 17): each pair is
+        // derived from the rows before that name it.
+        let postage = x.register == meter_pki::ledger_format::register::POSTAGE;
+        let p = &view(&self.regs, postage);
         let mut n = p.clone();
         if x.kind == kind::UNLOCK && x.note == b"reanchor" {
             n.ascending = p.ascending.min(p.control_total);
@@ -318,7 +321,19 @@ impl Walk<'_> {
                 "row {seq}: registers (AR, DR, CT, pieces, service count) {said:?}, the rows before and its credit and debit give {derived:?}"
             ));
         }
-        self.regs = n;
+        self.regs = if postage {
+            let mut all = self.regs.clone();
+            all.postage = PostagePair {
+                ascending: n.ascending,
+                descending: n.descending,
+                control_total: n.control_total,
+                pieces: n.pieces,
+            };
+            all.per_service = n.per_service;
+            all
+        } else {
+            n
+        };
     }
 
     /// Whether an account order was applied before the current row.
@@ -409,10 +424,11 @@ impl Walk<'_> {
             .iter()
             .map(|s| self.book.vouchers.get(s).copied().unwrap_or(0))
             .fold(0u64, u64::saturating_add);
-        if sum.saturating_add(r.billed) != r.control_total {
+        let control_total = r.control_total.saturating_add(r.postage.control_total);
+        if sum.saturating_add(r.billed) != control_total {
             self.f.add(format!(
-                "control total {} but the vouchers this authority issued and the meter credited sum to {sum} (+ {} billed on current account)",
-                r.control_total, r.billed
+                "control total {control_total} but the vouchers this authority issued and the meter credited sum to {sum} (+ {} billed on current account)",
+                r.billed
             ));
         }
         self.epochs.finish(&self.applied, &mut self.f);
@@ -449,6 +465,24 @@ impl Walk<'_> {
             unclean_total: 0,
             rates: self.pricing.learned,
         })
+    }
+}
+
+/// The registers as the row's pair sees them: the services pair as it is,
+/// or the postage pair in its place (with the counts of both).
+fn view(regs: &Registers, postage: bool) -> Registers {
+    if !postage {
+        return regs.clone();
+    }
+    let p = regs.postage;
+    Registers {
+        ascending: p.ascending,
+        descending: p.descending,
+        control_total: p.control_total,
+        pieces: p.pieces,
+        per_service: regs.per_service.clone(),
+        billed: 0,
+        postage: p,
     }
 }
 

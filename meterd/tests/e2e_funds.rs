@@ -215,4 +215,19 @@ fn postage_funds_apart_after_the_authority_order() {
     assert_eq!(s["funds_mode"], "split");
     assert_eq!(s["postage_descending"], 270);
     assert_eq!(s["postage_piece_count"], 1);
+
+    // The authority reconciles the split meter per register and acknowledges.
+    let rep = sb.arg("rep1.pem");
+    let v = sb.report_as("rep1");
+    let seg = v["segment"].as_str().expect("segment path").to_owned();
+    let said = ok(
+        &sb.inspect(&rep, &seg, "ack1.pem"),
+        "inspect after the split",
+    );
+    let issued = funds + LETTER + 270;
+    assert!(
+        said.contains(&format!("control total {issued} of {issued} issued")),
+        "{said}"
+    );
+    sb.meterctl_json(&["report", "ack", &sb.arg("ack1.pem")]);
 }
