@@ -18,11 +18,20 @@ pub struct Registers {
     pub lock_reason: String,
     /// Price per rate-table key.
     pub rates: HashMap<String, u64>,
+    /// The postage pair (AR, DR, CT) of a split meter (issue 17): the
+    /// `postage_*` Status keys; zeros in combined mode.
+    pub postage: (u64, u64, u64),
 }
 
 impl Registers {
     /// AR + DR = CT (checked, no overflow).
     pub fn balanced(&self) -> bool {
         self.ar.checked_add(self.dr) == Some(self.ct)
+    }
+
+    /// AR + DR = CT for the postage pair (checked, no overflow).
+    pub fn postage_balanced(&self) -> bool {
+        let (ar, dr, ct) = self.postage;
+        ar.checked_add(dr) == Some(ct)
     }
 }

@@ -334,6 +334,11 @@ pub async fn status(proxy: &Meter1Proxy<'_>) -> Result<Registers> {
         state: get_str(&d, skey::STATE),
         lock_reason: get_str(&d, skey::LOCK_REASON),
         rates,
+        postage: (
+            get_u64(&d, skey::POSTAGE_ASCENDING)?,
+            get_u64(&d, skey::POSTAGE_DESCENDING)?,
+            get_u64(&d, skey::POSTAGE_CONTROL_TOTAL)?,
+        ),
     })
 }
 

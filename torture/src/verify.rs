@@ -34,6 +34,10 @@ pub async fn invariants(sb: &Sandbox, when: &str, t: &mut Tally) -> Result<Regis
             regs.ar, regs.dr, regs.ct
         ));
     }
+    if !regs.postage_balanced() {
+        let (ar, dr, ct) = regs.postage;
+        t.fault(format!("{when}: postage AR {ar} + DR {dr} != CT {ct}"));
+    }
     if regs.state != meter_proto::state::READY {
         t.fault(format!(
             "{when}: meter is {} ({})",
@@ -256,6 +260,7 @@ mod tests {
             state: "ready".into(),
             lock_reason: String::new(),
             rates: [("postmark".to_string(), price)].into_iter().collect(),
+            postage: (0, 0, 0),
         }
     }
 
