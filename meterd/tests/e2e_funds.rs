@@ -230,4 +230,7 @@ fn postage_funds_apart_after_the_authority_order() {
         "{said}"
     );
     sb.meterctl_json(&["report", "ack", &sb.arg("ack1.pem")]);
+    // The full audit (chain, both pairs, the rows' orders) is clean.
+    let audit = sb.meterctl_json(&["audit"]);
+    assert_eq!(audit["ok"], true, "{audit}");
 }
