@@ -293,7 +293,8 @@ pub async fn run_matrix(
             )?;
             t.operations += 1;
             let after = status(&root).await?;
-            let moved = (before.ar, before.dr, before.ct) != (after.ar, after.dr, after.ct);
+            let moved = (before.ct, before.postage.2, before.pairs())
+                != (after.ct, after.postage.2, after.pairs());
             let denied = is_denied(&line, c.iface == PROPERTIES, daemon_only);
             verdicts.insert((user.to_string(), c.label.clone()), !denied);
             let verdict = if line.starts_with("unsupported") || line.is_empty() {

@@ -246,9 +246,9 @@ async fn shared(sb: &Sandbox, probe: &str, root: &Meter1Proxy<'_>, t: &mut Tally
         t.losses += 1;
         t.note(format!(
             "{SECOND_USER} Postmark torture-shared-2 got {PLAIN_USER}'s token (the same reply), charged {}",
-            after.ar.saturating_sub(mid.ar)
+            after.paid().saturating_sub(mid.paid())
         ));
-    } else if after.ar <= mid.ar || mid.ar <= before.ar {
+    } else if after.paid() <= mid.paid() || mid.paid() <= before.paid() {
         t.losses += 1;
         t.note("two users' postmarks under one request id were not both charged");
     }

@@ -29,6 +29,17 @@ impl Registers {
         self.ar.checked_add(self.dr) == Some(self.ct)
     }
 
+    /// What the meter has charged in all: both ascending registers (the
+    /// services pair and, on a split meter, the postage pair).
+    pub fn paid(&self) -> u64 {
+        self.ar.saturating_add(self.postage.0)
+    }
+
+    /// Both pairs' (AR, DR): what a refused or locked call must not move.
+    pub fn pairs(&self) -> (u64, u64, u64, u64) {
+        (self.ar, self.dr, self.postage.0, self.postage.1)
+    }
+
     /// AR + DR = CT for the postage pair (checked, no overflow).
     pub fn postage_balanced(&self) -> bool {
         let (ar, dr, ct) = self.postage;

@@ -1,7 +1,9 @@
 //! The once-per-sandbox setup that lets the load mix every chargeable
 //! service, not only `postmark`: a rate table with the postage band the
 //! `postage` operation buys, one installed user certificate (for `sign`),
-//! and one open line of credit big enough for the run (for `pay`). It goes
+//! one open line of credit big enough for the run (for `pay`), and the
+//! registers split by the authority's order with the postage pair funded
+//! (issue 17), so that every check covers both register pairs. It goes
 //! through the same programs an operator uses (`meterctl`, the sandbox's
 //! `meter-authority`), then reads the serials back over D-Bus.
 
@@ -11,6 +13,7 @@ use std::process::Command;
 use crate::error::{io, Result, TortureError};
 use crate::ops::{self, Ctx, Mix};
 use crate::sandbox::{certificates, credit_lines, Sandbox};
+use meter_proto::keys::status as skey;
 
 /// Rates version the setup installs (the sandbox's own table is version 1).
 const RATES_VERSION: u32 = 2;
@@ -97,6 +100,40 @@ pub async fn run(sb: &Sandbox, credit: u64) -> Result<Mix> {
     )?;
     sb.tool("meterctl", &["rates", "install", &s(&table)])?;
 
+    // Postage funds apart (issue 17): the authority's order splits the
+    // registers, and a postage voucher funds the postage pair with as much
+    // as the services pair holds, so the load moves both pairs and every
+    // check (AR + DR = CT, charged once, nothing lost) covers both.
+    let proxy = sb.connect().await?;
+    let status = proxy.status().await?;
+    let meter = status
+        .get(skey::METER_ID)
+        .and_then(|v| String::try_from(v.try_clone().ok()?).ok())
+        .ok_or_else(|| TortureError::Setup("setup: Status has no meter_id".into()))?;
+    let services = crate::sandbox::status(&proxy).await?.dr;
+    let order = dir.join("funds-split.pem");
+    sb.tool(
+        "meter-authority",
+        &["funds-split", "--meter", &meter, "--out", &s(&order)],
+    )?;
+    sb.tool("meterctl", &["account", "split", &s(&order)])?;
+    let voucher = dir.join("postage-voucher.pem");
+    sb.tool(
+        "meter-authority",
+        &[
+            "voucher",
+            "--meter",
+            &meter,
+            "--amount",
+            &services.to_string(),
+            "--register",
+            "postage",
+            "--out",
+            &s(&voucher),
+        ],
+    )?;
+    sb.tool("meterctl", &["recharge", &s(&voucher)])?;
+
     // One user certificate: enrol, request, certify, install.
     let subject = format!("CN={CN}");
     let code = sb.tool("meter-authority", &["enrol", "--subject", &subject])?;
@@ -170,7 +207,6 @@ pub async fn run(sb: &Sandbox, credit: u64) -> Result<Mix> {
     )?;
 
     // Read back what the meter holds.
-    let proxy = sb.connect().await?;
     let cert_serial = certificates(&proxy)
         .await?
         .into_iter()

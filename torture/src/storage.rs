@@ -143,7 +143,7 @@ async fn charged_for_products(
         .filter(|a| matches!(a.outcome, crate::load::Outcome::Product(_)))
         .map(|a| sb.mix.price(&regs, a.n))
         .sum();
-    let moved = regs.ar.saturating_sub(ar0);
+    let moved = regs.paid().saturating_sub(ar0);
     if moved != expected {
         t.fault(format!(
             "{what}: AR moved {moved}, expected {expected} for {} products",
@@ -203,7 +203,7 @@ async fn faults(sb: &Sandbox, clients: usize, ops: u64) -> Result<Tally> {
 
     // 1. Full file system.
     t.iterations += 1;
-    let ar0 = status(&sb.connect().await?).await?.ar;
+    let ar0 = status(&sb.connect().await?).await?.paid();
     let filler = fill(&sb.state)?;
     let attempts = load::run(sb, Spec::new(clients, ops, "full-")).await?;
     let storage = only_storage(&attempts, "full disk", &mut t);
@@ -229,7 +229,7 @@ async fn faults(sb: &Sandbox, clients: usize, ops: u64) -> Result<Tally> {
     // 2. Read-only state directory (remounted while meterd is stopped: a
     // file system with files open for writing cannot be remounted).
     t.iterations += 1;
-    let ar0 = status(&sb.connect().await?).await?.ar;
+    let ar0 = status(&sb.connect().await?).await?.paid();
     must(sb, "stop-meterd").await?;
     sh("mount", &["-o", "remount,ro", &state_s])?;
     let log_from = sb.log_len();

@@ -242,7 +242,7 @@ pub async fn run(sb: &Sandbox, other: &Path) -> Result<Tally> {
                 let r = sb.mix.call(&proxy, 0, "tamper-after").await;
                 let after = status(&proxy).await?;
                 if !matches!(r, Err(meter_proto::MeterError::Locked(_)))
-                    || (after.ar, after.dr) != (regs.ar, regs.dr)
+                    || after.pairs() != regs.pairs()
                 {
                     t.fault(format!("{name}: locked meter sold or charged: {r:?}"));
                 }

@@ -213,7 +213,7 @@ pub async fn verify(
     }
 
     let after = invariants(sb, "after the retries", &mut t).await?;
-    let moved = after.ar.saturating_sub(before.ar);
+    let moved = after.paid().saturating_sub(before.paid());
     let unit = attempts
         .first()
         .map(|a| sb.mix.price(&before, a.n))
