@@ -369,6 +369,19 @@ impl Walk<'_> {
                 "the report's registers (AR, DR, CT, pieces) {said:?}, the rows give {derived:?}"
             ));
         }
+        // The postage pair (issue 17): stated by a split meter's report,
+        // absent (zero) for a meter never split.
+        let p = r.postage;
+        let derived_postage = (p.ascending, p.descending, p.control_total, p.pieces);
+        let said_postage = report
+            .postage
+            .map(|p| (p.ascending, p.descending, p.control_total, p.pieces))
+            .unwrap_or_default();
+        if said_postage != derived_postage {
+            self.f.add(format!(
+                "the report's postage registers (AR, DR, CT, pieces) {said_postage:?}, the rows give {derived_postage:?}"
+            ));
+        }
         for (code, name) in segment::SERVICES {
             let n = r.per_service.get(&code).copied().unwrap_or(0);
             let stated = report.counts.get(name).copied().unwrap_or(0);

@@ -92,6 +92,7 @@ fn report_for(seg: &[u8], head: &Digest, regs: (u64, u64, u64, u64)) -> StatusRe
         usage: BTreeMap::new(),
         credited: 0,
         inspection_due: 0,
+        postage: None,
         segment: Some(SegmentRef {
             first_seq: 1,
             last_seq: n,

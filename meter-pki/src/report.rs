@@ -90,6 +90,25 @@ pub struct StatusReport {
     /// `ledger_rows`. Absent only in reports of meters older than segments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment: Option<SegmentRef>,
+    /// The postage register pair of a meter whose funds are split (issue
+    /// 17); the registers above are then its services pair. Absent in
+    /// combined mode, so reports of meters never split keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postage: Option<RegisterPair>,
+}
+
+/// One register pair as a report states it (the postage pair, issue 17).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterPair {
+    /// Ascending register.
+    pub ascending: u64,
+    /// Descending register.
+    pub descending: u64,
+    /// Control total (= ascending + descending).
+    pub control_total: u64,
+    /// Pieces paid from it.
+    pub pieces: u64,
 }
 
 /// What a report says of its segment ([`crate::segment`]), so that the
@@ -188,6 +207,14 @@ impl Payload for StatusReport {
         if self.ascending.checked_add(self.descending) != Some(self.control_total) {
             return Err(PkiError::Malformed(
                 "ascending + descending differs from the control total".into(),
+            ));
+        }
+        if self
+            .postage
+            .is_some_and(|p| p.ascending.checked_add(p.descending) != Some(p.control_total))
+        {
+            return Err(PkiError::Malformed(
+                "postage ascending + descending differs from its control total".into(),
             ));
         }
         if self.sequence == 0 || self.previous_sequence >= self.sequence {
@@ -302,6 +329,7 @@ mod tests {
             usage: BTreeMap::new(),
             credited: 0,
             inspection_due: 1_775_000_000,
+            postage: None,
             segment: Some(SegmentRef {
                 first_seq: 4,
                 last_seq: 9,

@@ -29,7 +29,9 @@
 //! opens a billing period not yet over.
 
 use meter_pki::payload;
-use meter_pki::report::{report_digest, ReportAck, SegmentRef, ServiceUsage, StatusReport};
+use meter_pki::report::{
+    report_digest, RegisterPair, ReportAck, SegmentRef, ServiceUsage, StatusReport,
+};
 
 use crate::digest::input_digest;
 use crate::error::{Result, ServiceError};
@@ -166,6 +168,12 @@ async fn snapshot(meter: &Meter, sale: &Sale, request_id: &str) -> Result<Status
         credited: usage.credited.0,
         inspection_due: schedule.lock_at,
         segment: Some(segment),
+        postage: regs.split.then_some(RegisterPair {
+            ascending: regs.postage.ascending.0,
+            descending: regs.postage.descending.0,
+            control_total: regs.postage.control_total.0,
+            pieces: regs.postage.pieces,
+        }),
     })
 }
 

@@ -220,6 +220,15 @@ fn postage_funds_apart_after_the_authority_order() {
     let rep = sb.arg("rep1.pem");
     let v = sb.report_as("rep1");
     let seg = v["segment"].as_str().expect("segment path").to_owned();
+    // The signed report states the postage pair beside the services pair.
+    let body = sb.cms_json(&rep, "the report");
+    assert_eq!(body["postage"]["descending"], 270, "{body}");
+    assert_eq!(body["postage"]["pieces"], 1, "{body}");
+    assert_eq!(
+        body["postage"]["ascending"].as_u64().unwrap() + 270,
+        body["postage"]["control_total"].as_u64().unwrap(),
+        "{body}"
+    );
     let said = ok(
         &sb.inspect(&rep, &seg, "ack1.pem"),
         "inspect after the split",

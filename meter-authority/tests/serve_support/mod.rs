@@ -390,6 +390,7 @@ pub fn report(m: &Meter, voucher: &[u8], credit: u64, token: &[u8], t0: i64) -> 
         usage: BTreeMap::new(),
         credited: 0,
         inspection_due: 0,
+        postage: None,
         segment: Some(SegmentRef {
             first_seq: 1,
             last_seq: n,
