@@ -153,7 +153,11 @@ pub fn normalize_serial(s: &str) -> String {
         .strip_prefix("0x")
         .or_else(|| s.strip_prefix("0X"))
         .unwrap_or(s);
-    let t = s.trim_start_matches('0').to_ascii_lowercase();
+    // Zeros and blanks are stripped together, so a blank after a leading zero
+    // ("0\u{b}a") cannot survive one pass and be trimmed by the next.
+    let t = s
+        .trim_start_matches(|c: char| c == '0' || c.is_whitespace())
+        .to_ascii_lowercase();
     if t.is_empty() && !s.is_empty() {
         "0".into()
     } else {
@@ -501,6 +505,9 @@ mod tests {
         assert_eq!(normalize_serial("00"), "0");
         assert_eq!(normalize_serial(""), "");
         assert_ne!(normalize_serial("0b"), normalize_serial("0a"));
+        // Found by the property below in CI: a blank behind a leading zero.
+        let n = normalize_serial("0\u{b}\u{a1}");
+        assert_eq!(normalize_serial(&n), n);
     }
 
     proptest::proptest! {
