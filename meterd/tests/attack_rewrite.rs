@@ -20,62 +20,8 @@ use crate::rewrite;
 
 use inproc::{InProc, Options, RATES};
 use meter_pki::ledger_format::sha384;
-use meterd::housing::soft::SoftwareHousingControl;
-use meterd::housing::Housing;
-use rewrite::{attacker, last_seq};
-use rusqlite::{params, Connection};
-
-/// Rechains (see `rewrite::rechain`) and signs the last batch's seal
-/// again with the identity key.
-fn rechain_and_reseal(c: &Connection, meter_id: &str, tpm: &SoftwareHousingControl) {
-    let (batch, digest) = rewrite::rechain(c, meter_id);
-    let seal = tpm
-        .housing()
-        .sign_digest(meterd::meter::IDENTITY_KEY, &digest)
-        .unwrap();
-    c.execute(
-        "UPDATE batches SET seal=?1 WHERE batch=?2",
-        params![&seal[..], batch],
-    )
-    .unwrap();
-}
-
-/// Appends a row after the last (registers following from it, `credit`
-/// added), alone in a new batch at counter + 1, and moves the counter there
-/// (`tpm2_nvincrement`); the caller rechains and reseals.
-fn append(
-    c: &Connection,
-    tpm: &SoftwareHousingControl,
-    nv_index: u32,
-    (kind, note, key, product, credit): (u8, &str, &str, &[u8], i64),
-) {
-    let seq = last_seq(c) + 1;
-    c.execute(
-        "INSERT INTO journal(seq, time, kind, service, request_id, credit, debit, ascending,
-            descending, control_total, pieces, service_count, product_digest, note,
-            prev_hash, hash)
-         SELECT ?1, time + 1, ?2, 0, ?3, ?4, 0, ascending, descending + ?4,
-            control_total + ?4, pieces, 0, ?5, ?6, x'', x''
-         FROM journal WHERE seq = ?1 - 1",
-        params![seq, kind, key, credit, &sha384(product)[..], note],
-    )
-    .unwrap();
-    c.execute(
-        "INSERT INTO products(seq, input_digest, product) VALUES (?1, ?2, ?3)",
-        params![seq, &[0u8; 48][..], product],
-    )
-    .unwrap();
-    let nv: i64 = c
-        .query_row("SELECT MAX(nv) FROM batches", [], |r| r.get(0))
-        .unwrap();
-    c.execute(
-        "INSERT INTO batches(first_seq, last_seq, nv, head, seal, time)
-         SELECT ?1, ?1, ?2, x'', x'', time FROM journal WHERE seq = ?1",
-        params![seq, nv + 1],
-    )
-    .unwrap();
-    tpm.set_counter(nv_index, (nv + 1) as u64);
-}
+use rewrite::{append, attacker, rechain_and_reseal};
+use rusqlite::params;
 
 async fn lock_reason(m: &InProc) -> Option<String> {
     m.meter
@@ -159,12 +105,11 @@ async fn unlock_attack(credit: i64) {
     drop(ledger);
     let path = m.config.ledger_path();
     let meter_id = m.meter_id.clone();
-    let index = m.config.nv_index;
     let m = m
         .restart_with(|tpm| {
             let c = attacker(&path);
             let key = format!("m/clear-lock/{nonce}");
-            append(&c, tpm, index, (7, "clear", &key, b"no order", credit));
+            append(&c, (7, "clear", &key, b"no order", credit));
             rechain_and_reseal(&c, &meter_id, tpm);
         })
         .await;

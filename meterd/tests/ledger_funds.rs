@@ -155,6 +155,17 @@ async fn split_registers_move_apart_and_refuse_by_name() {
         "{err}"
     );
     assert_eq!(l.state().registers, before.registers, "registers untouched");
+    // A sale paid from the other pair is refused: each is paid from its own.
+    let wrong = Entry {
+        fund: Fund::Postage,
+        ..debit("pm3", 1, b"m3")
+    };
+    let err = l.commit(wrong, None).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Invalid(_)) && err.to_string().contains("its own register"),
+        "{err:?}"
+    );
+    assert_eq!(l.state().registers, before.registers, "registers untouched");
     // Reservations: each register on its own.
     let err = l.reserve_in(Fund::Postage, Amount(71)).unwrap_err();
     assert!(matches!(

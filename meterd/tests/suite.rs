@@ -24,6 +24,7 @@ mod swtpm;
 mod attack_access;
 mod attack_clock;
 mod attack_error_kinds;
+mod attack_funds;
 mod attack_internal_ids;
 mod attack_request_ids;
 mod attack_rewrite;

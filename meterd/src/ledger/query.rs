@@ -54,6 +54,9 @@ pub struct FilteredRow {
     pub debit: u64,
     /// Descending register after the row.
     pub descending: u64,
+    /// The register pair the row moves ([`super::Fund`] id: 0 services, 1
+    /// postage), which the audit checks against what the row holds.
+    pub register: u8,
     /// The product, for rows the filter names (`None` for rows returned
     /// only because they move money, or when the products table has no
     /// row for it).
@@ -107,7 +110,8 @@ pub(crate) fn rows_in(
     );
     let sql = format!(
         "SELECT j.seq, j.time, j.kind, j.service, j.note, j.request_id, j.credit, j.debit,
-                j.descending, j.product_digest, CASE WHEN {named} THEN p.product END
+                j.descending, j.product_digest, CASE WHEN {named} THEN p.product END,
+                j.register
          FROM journal j LEFT JOIN products p ON p.seq = j.seq
          WHERE j.seq > ?1 AND j.seq <= ?2
            AND ({named} OR j.credit != 0 OR (j.kind != {debit} AND j.debit != 0))
@@ -128,13 +132,26 @@ pub(crate) fn rows_in(
                 r.get::<_, i64>(8)?,
                 r.get::<_, Vec<u8>>(9)?,
                 r.get::<_, Option<Vec<u8>>>(10)?,
+                r.get::<_, i64>(11)?,
             ))
         })
         .map_err(storage)?;
     let mut out = Vec::new();
     for row in rows {
-        let (seq, time_ms, kind, service, note, key, credit, debit, descending, digest, product) =
-            row.map_err(storage)?;
+        let (
+            seq,
+            time_ms,
+            kind,
+            service,
+            note,
+            key,
+            credit,
+            debit,
+            descending,
+            digest,
+            product,
+            register,
+        ) = row.map_err(storage)?;
         let product_matches = product
             .as_ref()
             .is_none_or(|p| chain::sha384(p).as_slice() == digest.as_slice());
@@ -150,6 +167,8 @@ pub(crate) fn rows_in(
             credit: credit as u64,
             debit: debit as u64,
             descending: descending as u64,
+            // An id out of range reads as 255: no pair, judged as such.
+            register: u8::try_from(register).unwrap_or(u8::MAX),
             product,
             product_matches,
         });

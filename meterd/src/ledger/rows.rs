@@ -165,6 +165,13 @@ pub(crate) fn make_row(
     // Current-account terms bound the services register only: postage in
     // split mode is prepaid (the reservation was refused otherwise).
     let fund = work.registers.fund_of(e.fund);
+    if work.registers.split && e.service.is_some() && fund != Fund::of_service(e.service) {
+        return Err(LedgerError::Invalid(format!(
+            "a sale of {} is paid from its own register, not {}",
+            e.service.map_or("", Service::name),
+            fund.name()
+        )));
+    }
     if let Some(t) = limit.filter(|_| fund == Fund::Services) {
         let available = t.available(work.registers.ascending, Amount::ZERO);
         if e.debit > available {

@@ -133,6 +133,17 @@ fn check_row(f: &RowFields<'_>, all: &mut Registers, damage: &mut Damage) {
             Fund::Services
         }
     };
+    // After the split each sale is paid from its service's own pair: a
+    // postage sale booked on services (or the reverse), chained and sealed
+    // by root, moves money between the post's books and the provider's.
+    if all.split && f.service != 0 {
+        let own = Service::from_code(f.service).map(|s| Fund::of_service(Some(s)));
+        if own.is_some_and(|own| own != fund) {
+            damage.record(seq, || {
+                format!("row {seq}: a sale paid from the other register pair")
+            });
+        }
+    }
     if is_split(f.kind, f.note) {
         if f.register != 0 || all.split {
             damage.record(seq, || format!("row {seq}: a second or misplaced split"));

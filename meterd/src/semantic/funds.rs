@@ -7,13 +7,14 @@
 
 use meter_pki::cert;
 use meter_pki::credit::{read_unverified, CreditLine, Payment};
+use meter_pki::funds::FundsOrder;
 use meter_pki::ledger_format::split_revoke_product;
 use meter_pki::payload::Voucher;
 use meter_pki::revoke::{self as rv};
 
-use super::objects::{self, open, require_detail};
+use super::objects::{self, key_detail, open, require_detail};
 use super::walk::{at, product, Judged, Line, Walk};
-use crate::ledger::FilteredRow;
+use crate::ledger::{FilteredRow, Fund};
 
 impl Walk {
     /// A voucher's Credit row: signed by an anchor in force, for this
@@ -40,6 +41,22 @@ impl Walk {
         }
         if self.account.is_some() {
             return Err("a voucher credited in current-account mode".into());
+        }
+        // The pair it funds is the voucher's word, not the row's: postage
+        // money booked on services (or the reverse) is money moved between
+        // the post's books and the provider's.
+        let postage = v.register.as_deref() == Some(Fund::Postage.name());
+        let want = if postage && self.split {
+            Fund::Postage
+        } else {
+            Fund::Services
+        };
+        if r.register != want.id() {
+            return Err(format!(
+                "it credits register {}, the voucher funds {}",
+                r.register,
+                want.name()
+            ));
         }
         if !self.vouchers.insert(v.sequence) {
             return Err(format!(
@@ -203,6 +220,26 @@ impl Walk {
         }
         line.remaining = p.credit_remaining;
         line.next_sequence += 1;
+        Ok(())
+    }
+
+    /// The split row: the authority's signed funds order, for this meter,
+    /// under the one key a split has (so a meter splits once). Without it,
+    /// root could plant a split (or the authority's order under another
+    /// meter's name) and burn the real order: it would be refused as a
+    /// replay of the planted one.
+    pub(super) fn funds_split(&mut self, r: &FilteredRow, verify: bool) -> Judged {
+        let order = open::<FundsOrder>(product(r)?, &self.anchors, at(r), verify)?.body;
+        self.count(verify);
+        if order.meter_id != self.meter_id {
+            return Err(format!("the funds order is for meter {}", order.meter_id));
+        }
+        if key_detail(r.key.as_deref(), "funds") != Some("split") {
+            return Err(format!("a funds split under the key {:?}", r.key));
+        }
+        if std::mem::replace(&mut self.split, true) {
+            return Err("the funds split a second time".into());
+        }
         Ok(())
     }
 }

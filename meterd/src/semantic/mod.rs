@@ -14,7 +14,9 @@
 //! | Provision `installed` | the first; certificates for this meter's identity key, chaining to the root it brings (that root is trusted on first use: the authority alone can tell its own bundle, from the certificate every report embeds) |
 //! | Provision `anchor-add`/`anchor-replace` | the signed update after the bundle verifies with an anchor in force; for this meter; the new root is the key's; the new anchor list is the old one plus it |
 //! | Rates `v<N>` | signed by an anchor in force; version N = key = note, newer than every table before |
-//! | Credit (voucher) | signed by an anchor in force; this meter; credit = amount; key and note = its sequence; a sequence never credited; no current account |
+//! | Credit (voucher) | signed by an anchor in force; this meter; credit = amount; key and note = its sequence; a sequence never credited; no current account; the row's register pair is the one the voucher names (postage only after the split) |
+//! | Event `funds-split` | the authority's funds order verifies; this meter; key `m/funds/split`; once |
+//! | Event `postal-key` | the authority's delivery verifies; this meter; the key names the delivery |
 //! | Lock | a known reason; a nonce no lock used before; a lock order's key only on a `forced` lock |
 //! | Unlock `clear`/`reanchor` | the clear order verifies; this meter; names the lock in force (and the key names it); `reanchor` exactly for a `tamper` lock |
 //! | Unlock or Event `report-ack` | the acknowledgement verifies; this meter; acknowledges a report made before it, as made (request id, sequence, time, digest), newer than the last; as an Unlock, only of the `inspection-overdue` lock the report was made under, or of a `period-closed` lock with an account the report belongs to |
@@ -79,7 +81,7 @@ use std::time::Instant;
 pub use walk::Walk;
 
 use crate::error::{Result, ServiceError};
-use crate::ledger::{AuditReport, EntryKind, Ledger, RowFilter, Verdict};
+use crate::ledger::{AuditReport, EntryKind, Ledger, RowFilter, Verdict, SPLIT_NOTE};
 use crate::service::Service;
 
 /// Note of the Provision row of the first provisioning.
@@ -152,9 +154,15 @@ pub fn filter() -> RowFilter {
             EntryKind::Lock,
             EntryKind::Unlock,
         ],
-        event_notes: [NOTE_ACCOUNT_ORDER, NOTE_REPORT_ACK, NOTE_AGENT_CA]
-            .map(String::from)
-            .to_vec(),
+        event_notes: [
+            NOTE_ACCOUNT_ORDER,
+            NOTE_REPORT_ACK,
+            NOTE_AGENT_CA,
+            NOTE_POSTAL_KEY,
+            SPLIT_NOTE,
+        ]
+        .map(String::from)
+        .to_vec(),
         debit_services: vec![
             Service::Revoke,
             Service::CreditLine,

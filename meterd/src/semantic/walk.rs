@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use meter_pki::cert::Certificate;
 
 use super::{Finding, Summary};
-use crate::ledger::{EntryKind, FilteredRow};
+use crate::ledger::{EntryKind, FilteredRow, SPLIT_NOTE};
 use crate::service::Service;
 
 /// The lock in force, as the Lock row that engaged it says.
@@ -68,6 +68,9 @@ pub struct Walk {
     /// Revocation fees due, by their row: (amount, settled).
     pub(super) dues: HashMap<u64, (u64, bool)>,
     pub(super) lines: HashMap<String, Line>,
+    /// Whether a split row was judged: from the row after it, a postage
+    /// voucher funds the postage pair.
+    pub(super) split: bool,
     /// Signatures verified so far.
     pub(super) verified: u64,
     rows: u64,
@@ -102,6 +105,7 @@ impl Walk {
             revoke_orders: HashSet::new(),
             dues: HashMap::new(),
             lines: HashMap::new(),
+            split: false,
             verified: 0,
             rows: 0,
             damage: None,
@@ -176,6 +180,7 @@ impl Walk {
                 super::NOTE_REPORT_ACK => self.ack(r, verify, None),
                 super::NOTE_AGENT_CA => self.agent_ca(r, verify),
                 super::NOTE_POSTAL_KEY => self.postal_key(r, verify),
+                SPLIT_NOTE => self.funds_split(r, verify),
                 // Here only because it moves money, which `money` refused.
                 _ => Ok(()),
             },

@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use meter_pki::ledger_format::{genesis_prev, row_hash, seal_digest_v2, RowFields};
+use meter_pki::ledger_format::{genesis_prev, row_hash, seal_digest_v2, sha384, RowFields};
+use meterd::housing::soft::SoftwareHousingControl;
+use meterd::housing::Housing;
 use rusqlite::{params, Connection};
 
 /// The attacker's connection: triggers dropped.
@@ -99,4 +101,52 @@ pub fn rechain(c: &Connection, meter_id: &str) -> (i64, [u8; 48]) {
         // seal over the epoch in force (the batch's `nv` column) and the head.
         seal_digest_v2(meter_id, nv as u64, &head.try_into().unwrap()),
     )
+}
+
+/// Rechains (see `rewrite::rechain`) and signs the last batch's seal
+/// again with the identity key.
+pub fn rechain_and_reseal(c: &Connection, meter_id: &str, tpm: &SoftwareHousingControl) {
+    let (batch, digest) = rechain(c, meter_id);
+    let seal = tpm
+        .housing()
+        .sign_digest(meterd::meter::IDENTITY_KEY, &digest)
+        .unwrap();
+    c.execute(
+        "UPDATE batches SET seal=?1 WHERE batch=?2",
+        params![&seal[..], batch],
+    )
+    .unwrap();
+}
+
+/// Appends a row after the last (registers following from it, `credit`
+/// added), alone in a new batch of the epoch in force (the counter does not
+/// move: a batch at counter + 1 would need an epoch row, and the chain
+/// would be caught for that instead of for the row); the caller rechains
+/// and reseals.
+pub fn append(c: &Connection, (kind, note, key, product, credit): (u8, &str, &str, &[u8], i64)) {
+    let seq = last_seq(c) + 1;
+    c.execute(
+        "INSERT INTO journal(seq, time, kind, service, request_id, credit, debit, ascending,
+            descending, control_total, pieces, service_count, product_digest, note,
+            prev_hash, hash)
+         SELECT ?1, time + 1, ?2, 0, ?3, ?4, 0, ascending, descending + ?4,
+            control_total + ?4, pieces, 0, ?5, ?6, x'', x''
+         FROM journal WHERE seq = ?1 - 1",
+        params![seq, kind, key, credit, &sha384(product)[..], note],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO products(seq, input_digest, product) VALUES (?1, ?2, ?3)",
+        params![seq, &[0u8; 48][..], product],
+    )
+    .unwrap();
+    let nv: i64 = c
+        .query_row("SELECT MAX(nv) FROM batches", [], |r| r.get(0))
+        .unwrap();
+    c.execute(
+        "INSERT INTO batches(first_seq, last_seq, nv, head, seal, time)
+         SELECT ?1, ?1, ?2, x'', x'', time FROM journal WHERE seq = ?1",
+        params![seq, nv],
+    )
+    .unwrap();
 }
