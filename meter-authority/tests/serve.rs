@@ -208,6 +208,57 @@ fn flow(dir: &Path, server: &Server, what: &str) -> f64 {
     rate
 }
 
+/// After `flow`: what the meter must still apply, and a clear-lock order
+/// queued by the operator (issue 16, `meterctl sync`).
+fn pending_flow(dir: &Path, server: &Server) {
+    let addr = server.addr.as_str();
+    let order = |nonce: &str| {
+        let body = format!(r#"{{"nonce":"{nonce}"}}"#);
+        let path = format!("/v1/meters/{M}/orders/clear-lock");
+        http(addr, "POST", &path, "application/json", body.as_bytes())
+    };
+    let first = order("n-1");
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    assert_eq!(first.headers["meter-order-id"], "clear-lock/n-1");
+    let o: meter_pki::payload::ClearLockOrder =
+        payload::open(&first.body, &anchors(dir), meter_authority::now())
+            .unwrap()
+            .0;
+    assert_eq!((o.meter_id.as_str(), o.nonce.as_str()), (M, "n-1"));
+    assert_eq!(order("n-1").body, first.body, "one order per nonce");
+    assert_eq!(order("a b").status, 422);
+    let path = format!("/v1/meters/{M}/pending");
+    assert_eq!(http(addr, "POST", &path, "text/plain", b"").status, 405);
+    let r = http(addr, "GET", &path, "text/plain", b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["acknowledged_rows"].as_u64(), Some(3), "{v}");
+    let objects = v["objects"].as_array().unwrap();
+    // The refused upload's lock order, the clear-lock order, then the
+    // vouchers the acknowledged report did not credit (all but 1), bounded.
+    let lock = hex::decode(objects[0]["der_hex"].as_str().unwrap()).unwrap();
+    let (l, _) = payload::open::<LockOrder>(&lock, &anchors(dir), meter_authority::now()).unwrap();
+    assert_eq!(objects[0]["id"], format!("lock-order/{}", l.nonce));
+    assert_eq!(objects[1]["id"], "clear-lock/n-1");
+    assert_eq!(objects[1]["der_hex"], hex::encode(&first.body));
+    assert_eq!(objects[2]["id"], "voucher/2");
+    assert_eq!(objects[2]["kind"], "voucher");
+    assert_eq!(objects[2]["amount"].as_u64(), Some(500));
+    assert_eq!(objects.len(), 256);
+    assert_eq!(v["more"], true);
+    assert!(
+        !objects.iter().any(|o| o["id"] == "voucher/1"),
+        "voucher 1 was credited in the acknowledged report"
+    );
+    // The same answer until the next acknowledged report.
+    assert_eq!(http(addr, "GET", &path, "text/plain", b"").body, r.body);
+}
+
 fn new_authority() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("authority");
@@ -229,6 +280,7 @@ fn serve_on_postgresql() {
     let (_tmp, dir) = new_authority();
     let server = Server::start(&dir, Some(&pg.url()));
     flow(&dir, &server, "PostgreSQL");
+    pending_flow(&dir, &server);
 
     // The database agrees: 1 + 1 + 16 + 320 purchases, the book's vouchers
     // are exactly the purchases, and their sums match.
@@ -251,7 +303,11 @@ fn serve_on_postgresql() {
         "2|1"
     );
     assert_eq!(pg.psql("SELECT count(*) FROM index_rows"), "1");
-    assert_eq!(pg.psql("SELECT version FROM schema_migrations"), "1");
+    assert_eq!(
+        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"),
+        "1,2"
+    );
+    assert_eq!(pg.psql("SELECT count(*) FROM orders"), "1");
     assert_eq!(
         pg.psql("SELECT jsonb_array_length(book->'awaited') FROM meters"),
         "1"
@@ -271,6 +327,7 @@ fn serve_on_the_authority_directory() {
     let (_tmp, dir) = new_authority();
     let server = Server::start(&dir, None);
     flow(&dir, &server, "files");
+    pending_flow(&dir, &server);
     let book = meter_authority::book::Shelf::of(&dir, M)
         .unwrap()
         .read()

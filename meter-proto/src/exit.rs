@@ -37,6 +37,9 @@ pub const DAEMON_INTERNAL: i32 = 14;
 /// (missing input, unwritable output). Checked before anything is charged.
 pub const FILE: i32 = 15;
 
+/// The provider (`meterctl sync`) could not be reached, timed out, failed
+/// (5xx) or refused the request (4xx); its text is in the message.
+pub const PROVIDER: i32 = 16;
 /// Table for `--help` and docs: (code, meaning).
 pub const TABLE: &[(i32, &str)] = &[
     (OK, "success"),
@@ -66,5 +69,9 @@ pub const TABLE: &[(i32, &str)] = &[
     (
         FILE,
         "a local file could not be read or written (nothing was charged)",
+    ),
+    (
+        PROVIDER,
+        "the provider could not be reached or refused (meterctl sync)",
     ),
 ];

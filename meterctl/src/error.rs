@@ -57,6 +57,15 @@ pub enum CtlError {
     /// The daemon answered with something the contract does not allow.
     #[error("unexpected reply from meterd: {0}")]
     Reply(String),
+    /// The provider (`meterctl sync`) could not be reached, timed out, or
+    /// answered an error status (its text in `message`).
+    #[error("provider {url}: {message}")]
+    Provider {
+        /// The provider's URL.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A local resource other than a named file failed (runtime, buffer).
     #[error("{what}: {source}")]
     Io {
@@ -82,6 +91,7 @@ impl CtlError {
             CtlError::File { .. } => "File",
             CtlError::TooLarge { .. } => "InvalidInput",
             CtlError::Usage(_) => "Usage",
+            CtlError::Provider { .. } => "Provider",
             CtlError::Reply(_) | CtlError::Io { .. } => "Internal",
         }
     }
@@ -104,6 +114,7 @@ impl CtlError {
             CtlError::Reply(_) | CtlError::Io { .. } => exit::INTERNAL,
             CtlError::TooLarge { .. } => exit::INVALID,
             CtlError::Usage(_) => exit::USAGE,
+            CtlError::Provider { .. } => exit::PROVIDER,
         }
     }
 }

@@ -88,6 +88,8 @@ pub enum Command {
     ClearLock(cmd::clear_lock::Args),
     /// Make a signed status report for the authority, or apply its acknowledgement (`report ack`).
     Report(cmd::report::Args),
+    /// Sync with the provider: upload a report, apply its answer and everything pending.
+    Sync(cmd::sync::Args),
     /// Current-account mode: apply authority account orders.
     #[command(subcommand)]
     Account(cmd::account::AccountCommand),
@@ -147,6 +149,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<Output, CtlError> {
         Command::Decrypt(a) => cmd::decrypt::run(ctx, a).await,
         Command::ClearLock(a) => cmd::clear_lock::run(ctx, a).await,
         Command::Report(a) => cmd::report::run(ctx, a).await,
+        Command::Sync(a) => cmd::sync::run(ctx, a).await,
         Command::Lock(a) => cmd::lock::run(ctx, a).await,
         Command::Account(a) => cmd::account::run(ctx, a).await,
         Command::TrustAnchor(a) => cmd::trust_anchor::run(ctx, a).await,

@@ -62,6 +62,7 @@ mod e2e_sale_rewrite;
 mod e2e_segment_fd;
 mod e2e_shared_tpm;
 mod e2e_signals;
+mod e2e_sync;
 mod e2e_tsa;
 mod e2e_tsa_status;
 mod e2e_tsa_stop;

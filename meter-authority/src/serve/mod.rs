@@ -13,7 +13,8 @@
 //! back and its retry starts over.
 //!
 //! Routes (see `routes`): `POST /v1/meters/{id}/topups`, `POST
-//! /v1/meters/{id}/reports`, `GET /v1/crl`, `GET /healthz`.
+//! /v1/meters/{id}/reports`, `GET /v1/meters/{id}/pending`, `POST
+//! /v1/meters/{id}/orders/clear-lock`, `POST /v1/lookup`, `GET /v1/crl`, `GET /healthz`.
 
 mod routes;
 

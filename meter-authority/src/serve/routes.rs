@@ -22,6 +22,10 @@
 //! * `GET /v1/crl` → `application/pkix-crl` (DER), re-signed when the
 //!   revocations changed or after [`CRL_REFRESH`].
 //! * `GET /healthz` → `ok`.
+//! * `GET /v1/meters/{id}/pending` and `POST /v1/meters/{id}/orders/clear-lock`:
+//!   see `pending`.
+
+mod pending;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -186,6 +190,14 @@ pub(super) async fn handle(s: &Service, peer: SocketAddr, req: Request<Incoming>
         (Method::POST, ["v1", "meters", id, "reports"]) => {
             let id = (*id).to_owned();
             report(s, &id, req).await
+        }
+        (Method::GET, ["v1", "meters", id, "pending"]) => pending::pending(s, id).await,
+        (Method::POST, ["v1", "meters", id, "orders", "clear-lock"]) => {
+            let id = (*id).to_owned();
+            pending::clear_lock(s, peer, &id, req).await
+        }
+        (_, ["v1", "meters", _, "pending"] | ["v1", "meters", _, "orders", "clear-lock"]) => {
+            plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         (_, ["healthz"] | ["v1", "crl" | "lookup"] | ["v1", "meters", _, "topups" | "reports"]) => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

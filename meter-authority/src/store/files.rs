@@ -16,6 +16,8 @@
 //! reconcile again (the book already holds the point) and sign a new,
 //! equally valid acknowledgement.
 
+mod pending;
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -203,5 +205,13 @@ impl Store for FileStore {
 
     fn totals<'a>(&'a self, meter_id: &'a str) -> Fut<'a, Totals> {
         Box::pin(async move { self.totals_now(meter_id) })
+    }
+
+    fn queued<'a>(&'a self, meter_id: &'a str) -> Fut<'a, super::pending::Queued> {
+        Box::pin(async move { self.queued_now(meter_id) })
+    }
+
+    fn queue_order<'a>(&'a self, meter_id: &'a str, id: &'a str, der: Vec<u8>) -> Fut<'a, Vec<u8>> {
+        Box::pin(async move { self.queue_order_now(meter_id, id, der) })
     }
 }

@@ -15,6 +15,7 @@
 //! so the bytes handed out are the bytes recorded: a retry gets them again.
 
 pub mod files;
+pub mod pending;
 pub mod pg;
 
 use std::future::Future;
@@ -128,6 +129,13 @@ pub trait Store: Send + Sync {
 
     /// What the store holds for `meter_id`, re-derived from its records.
     fn totals<'a>(&'a self, meter_id: &'a str) -> Fut<'a, Totals>;
+
+    /// What is bought or queued for `meter_id`, with its book (see [`pending`]).
+    fn queued<'a>(&'a self, meter_id: &'a str) -> Fut<'a, pending::Queued>;
+
+    /// Queues the signed order `id` (`clear-lock/<nonce>`) for `meter_id`
+    /// once: an id queued before returns the bytes queued then.
+    fn queue_order<'a>(&'a self, meter_id: &'a str, id: &'a str, der: Vec<u8>) -> Fut<'a, Vec<u8>>;
 }
 
 /// Rows kept in memory during one database transaction: the meter's

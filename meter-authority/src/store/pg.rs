@@ -9,6 +9,8 @@
 //! so a retried purchase or upload finds the first one's answer. Connections
 //! come from a small fixed pool; TLS is not used (loopback or a unix socket).
 
+mod pending;
+
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, Semaphore};
@@ -22,7 +24,10 @@ use crate::book::{Book, IndexRow};
 use crate::lookup::Looked;
 
 /// The migrations, in order.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_provider.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/0001_provider.sql")),
+    (2, include_str!("../../migrations/0002_orders.sql")),
+];
 /// Key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x6d65_7465_7264;
 
@@ -388,5 +393,13 @@ impl Store for PgStore {
 
     fn totals<'a>(&'a self, meter_id: &'a str) -> Fut<'a, Totals> {
         Box::pin(self.totals_in(meter_id))
+    }
+
+    fn queued<'a>(&'a self, meter_id: &'a str) -> Fut<'a, super::pending::Queued> {
+        Box::pin(self.queued_in(meter_id))
+    }
+
+    fn queue_order<'a>(&'a self, meter_id: &'a str, id: &'a str, der: Vec<u8>) -> Fut<'a, Vec<u8>> {
+        Box::pin(self.queue_order_in(meter_id, id, der))
     }
 }

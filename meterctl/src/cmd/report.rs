@@ -192,23 +192,40 @@ async fn write_segment(
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
     let file = File::create(&tmp).map_err(|e| file_err(&tmp, e))?;
-    let answer = meter.report_segment(request_id, Fd::from(&file)).await;
-    let (first, last, bytes) = match answer {
+    let (first, last, bytes) = match segment_into(meter, request_id, &file, &tmp).await {
         Ok(a) => a,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
+            return Err(e);
         }
     };
-    let len = file.metadata().map_err(|e| file_err(&tmp, e))?.len();
+    file.sync_all().map_err(|e| file_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))?;
+    Ok((first, last, bytes))
+}
+
+/// Has the meter write the segment of report `request_id` into `file`
+/// (`path` names it in errors) and checks the size it says it wrote; returns
+/// (first row, last row, bytes). Shared with `meterctl sync`.
+pub(crate) async fn segment_into(
+    meter: &meter_proto::Meter1Proxy<'_>,
+    request_id: &str,
+    file: &File,
+    path: &Path,
+) -> Result<(u64, u64, u64), CtlError> {
+    let (first, last, bytes) = meter.report_segment(request_id, Fd::from(file)).await?;
+    let len = file
+        .metadata()
+        .map_err(|source| CtlError::File {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
     if len != bytes {
-        let _ = std::fs::remove_file(&tmp);
         return Err(CtlError::Reply(format!(
             "ReportSegment said {bytes} bytes, the file holds {len}"
         )));
     }
-    file.sync_all().map_err(|e| file_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))?;
     Ok((first, last, bytes))
 }
 

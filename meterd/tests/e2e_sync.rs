@@ -1,0 +1,220 @@
+//! End to end (issue 16): a real meterd on swtpm syncs with `meter-authority
+//! serve` on the sandbox's authority directory (the file store). Top-ups are
+//! bought over HTTP as a shop would; `meterctl sync` uploads a report,
+//! applies the acknowledgement and the pending vouchers and orders. A rerun
+//! doubles nothing, a sync stopped after its upload loses nothing, a
+//! clear-lock order queued by the operator unlocks the meter, and the
+//! provider's book ends where the meter's registers are.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use crate::sandbox;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sandbox::{bin_dir, Sandbox};
+use serde_json::Value;
+
+/// `meter-authority serve` on a free loopback port; stopped when dropped.
+struct Provider {
+    addr: String,
+    child: Child,
+}
+
+impl Provider {
+    fn start(sb: &Sandbox) -> Provider {
+        let mut child = Command::new(bin_dir().join("meter-authority"))
+            .arg("serve")
+            .arg("--dir")
+            .arg(sb.authority_dir())
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("serve did not start: {line:?}"))
+            .to_owned();
+        Provider { addr, child }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// One HTTP/1.1 request (a shop's or the operator's client): status, body.
+    fn http(&self, method: &str, path: &str, json: &str) -> (u16, Vec<u8>) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            json.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(json.as_bytes()).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let status = String::from_utf8_lossy(&all[..split])
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        (status, all[split + 4..].to_vec())
+    }
+
+    fn buy(&self, meter: &str, purchase_id: &str, amount: u64) {
+        let (status, body) = self.http(
+            "POST",
+            &format!("/v1/meters/{meter}/topups"),
+            &format!(r#"{{"purchase_id":"{purchase_id}","amount":{amount}}}"#),
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+
+    fn pending(&self, meter: &str) -> Value {
+        let (status, body) = self.http("GET", &format!("/v1/meters/{meter}/pending"), "");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// `meterctl --json sync --provider URL [extra]`, asserting success.
+fn sync(sb: &Sandbox, p: &Provider, extra: &[&str]) -> Value {
+    let url = p.url();
+    let mut args = vec!["sync", "--provider", url.as_str()];
+    args.extend_from_slice(extra);
+    let v = sb.meterctl_json(&args);
+    assert_eq!(v["upload"], "acknowledged", "{v}");
+    v
+}
+
+/// The (id, result) of every pending object a sync handled.
+fn results(v: &Value) -> Vec<(String, String)> {
+    v["pending"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|o| {
+                    (
+                        o["id"].as_str().unwrap().to_owned(),
+                        o["result"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn meterctl_sync_with_meter_authority_serve() {
+    let sb = Sandbox::up(100_000);
+    let p = Provider::start(&sb);
+    let meter = sb.meter_id();
+
+    // Nothing reachable at the URL: a named provider failure, nothing applied.
+    let out = sb.meterctl(&["--json", "sync", "--provider", "http://127.0.0.1:9"]);
+    assert_eq!(out.status.code(), Some(meter_proto::exit::PROVIDER));
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["error"]["kind"], "Provider", "{e}");
+
+    // A top-up bought over HTTP arrives with the sync.
+    p.buy(&meter, "shop-1", 5_000);
+    let (_, _, ct0) = sb.registers();
+    let v = sync(&sb, &p, &[]);
+    let vouchers: Vec<_> = results(&v)
+        .into_iter()
+        .filter(|(id, _)| id.starts_with("voucher/"))
+        .collect();
+    assert_eq!(vouchers.len(), 1, "{v}");
+    assert_eq!(vouchers[0].1, "applied", "{v}");
+    let (ar1, dr1, ct1) = sb.registers();
+    assert_eq!(ct1, ct0 + 5_000, "the top-up is credited once");
+
+    // Again: nothing pending, nothing doubled (reports may cost their fee).
+    let v = sync(&sb, &p, &[]);
+    assert!(results(&v).is_empty(), "{v}");
+    let (ar2, dr2, ct2) = sb.registers();
+    assert_eq!(ct2, ct1, "a rerun credits nothing");
+    assert_eq!(ar2 - ar1, dr1 - dr2, "only the report fee moved");
+
+    // A sync stopped after its upload, then rerun: the top-up arrives once.
+    p.buy(&meter, "shop-2", 3_000);
+    let v = sync(&sb, &p, &["--stop-after", "upload"]);
+    assert_eq!(v["stopped_after"], "upload");
+    assert_eq!(sb.registers().2, ct2, "nothing applied yet");
+    assert_eq!(p.pending(&meter)["objects"].as_array().unwrap().len(), 1);
+    let v = sync(&sb, &p, &[]);
+    assert_eq!(results(&v).len(), 1, "{v}");
+    assert_eq!(results(&v)[0].1, "applied");
+    let (_, _, ct3) = sb.registers();
+    assert_eq!(ct3, ct2 + 3_000);
+
+    // The operator locks the meter, then queues a clear-lock order over HTTP:
+    // the next sync (a locked meter still reports) applies it.
+    let order = sb.arg("lock.pem");
+    sb.authority(&[
+        "lock", "--meter", &meter, "--reason", "audit", "--out", &order,
+    ]);
+    sb.meterctl_json(&["lock", "apply", &order]);
+    let nonce = sb.status()["lock_nonce"].as_str().unwrap().to_owned();
+    let (status, body) = p.http(
+        "POST",
+        &format!("/v1/meters/{meter}/orders/clear-lock"),
+        &format!(r#"{{"nonce":"{nonce}"}}"#),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v = sync(&sb, &p, &[]);
+    assert_eq!(
+        results(&v),
+        vec![(format!("clear-lock/{nonce}"), "applied".to_owned())],
+        "{v}"
+    );
+    assert_eq!(v["state"], meter_proto::state::READY, "{v}");
+
+    // A last sync: the provider's book shows everything applied and holds the
+    // meter's registers, and nothing is pending.
+    let v = sync(&sb, &p, &[]);
+    assert!(results(&v).is_empty(), "{v}");
+    assert!(p.pending(&meter)["objects"].as_array().unwrap().is_empty());
+    let book = meter_authority::book::Shelf::of(&sb.authority_dir(), &meter)
+        .unwrap()
+        .read()
+        .unwrap();
+    assert_eq!(book.issued_total(), 100_000 + 5_000 + 3_000);
+    assert_eq!(
+        book.credited().len(),
+        book.vouchers.len(),
+        "every voucher credited once"
+    );
+    assert!(book.applied.contains_key(&format!("clear-lock/{nonce}")));
+    let last = book.last().unwrap();
+    let (ar, _, ct) = sb.registers();
+    assert_eq!(last.registers.control_total, ct);
+    assert!(
+        last.registers.ascending <= ar,
+        "{:?} vs {ar}",
+        last.registers
+    );
+    assert_eq!(book.refused, 0);
+}
