@@ -33,7 +33,7 @@ use crate::{check_meter_id, Authority, AuthorityError};
 
 /// The authority directory as a store.
 pub struct FileStore {
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     one_at_a_time: Mutex<()>,
 }
 
@@ -76,7 +76,7 @@ impl FileStore {
         Ok(self.dir.join("meters").join(meter_id))
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+    pub(super) fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
         self.one_at_a_time
             .lock()
             .map_err(|_| StoreError::Corrupt("an earlier operation panicked".into()))
@@ -203,5 +203,21 @@ impl Store for FileStore {
 
     fn totals<'a>(&'a self, meter_id: &'a str) -> Fut<'a, Totals> {
         Box::pin(async move { self.totals_now(meter_id) })
+    }
+
+    fn settle<'a>(
+        &'a self,
+        r: &'a super::settle::SettleRequest<'a>,
+    ) -> Fut<'a, super::settle::Settled> {
+        Box::pin(async move { self.settle_now(r) })
+    }
+
+    fn certify<'a>(
+        &'a self,
+        meter_id: &'a str,
+        key: [u8; 32],
+        issue: super::certify::Issue<'a>,
+    ) -> Fut<'a, super::certify::Certified> {
+        Box::pin(async move { self.certify_now(meter_id, key, issue) })
     }
 }

@@ -14,8 +14,10 @@
 //! The signing (a voucher, an acknowledgement) runs inside the operation,
 //! so the bytes handed out are the bytes recorded: a retry gets them again.
 
+pub mod certify;
 pub mod files;
 pub mod pg;
+pub mod settle;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -128,6 +130,17 @@ pub trait Store: Send + Sync {
 
     /// What the store holds for `meter_id`, re-derived from its records.
     fn totals<'a>(&'a self, meter_id: &'a str) -> Fut<'a, Totals>;
+
+    /// Settles a verified payment once (see `settle`).
+    fn settle<'a>(&'a self, r: &'a settle::SettleRequest<'a>) -> Fut<'a, settle::Settled>;
+
+    /// Certifies `meter_id` once per request `key` (see `certify`).
+    fn certify<'a>(
+        &'a self,
+        meter_id: &'a str,
+        key: [u8; 32],
+        issue: certify::Issue<'a>,
+    ) -> Fut<'a, certify::Certified>;
 }
 
 /// Rows kept in memory during one database transaction: the meter's

@@ -22,7 +22,10 @@ use crate::book::{Book, IndexRow};
 use crate::lookup::Looked;
 
 /// The migrations, in order.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_provider.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/0001_provider.sql")),
+    (2, include_str!("../../migrations/0002_settle_certify.sql")),
+];
 /// Key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x6d65_7465_7264;
 
@@ -34,7 +37,7 @@ pub struct PgStore {
 }
 
 /// A connection taken from the pool; back in it when dropped.
-struct Conn<'a> {
+pub(super) struct Conn<'a> {
     guard: tokio::sync::MutexGuard<'a, Client>,
     _permit: tokio::sync::SemaphorePermit<'a>,
 }
@@ -83,7 +86,7 @@ impl PgStore {
     }
 
     /// A free connection of the pool (waits for one).
-    async fn client(&self) -> Result<Conn<'_>> {
+    pub(super) async fn client(&self) -> Result<Conn<'_>> {
         let permit = self
             .free
             .acquire()
@@ -388,5 +391,21 @@ impl Store for PgStore {
 
     fn totals<'a>(&'a self, meter_id: &'a str) -> Fut<'a, Totals> {
         Box::pin(self.totals_in(meter_id))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        r: &'a super::settle::SettleRequest<'a>,
+    ) -> Fut<'a, super::settle::Settled> {
+        Box::pin(self.settle_in(r))
+    }
+
+    fn certify<'a>(
+        &'a self,
+        meter_id: &'a str,
+        key: [u8; 32],
+        issue: super::certify::Issue<'a>,
+    ) -> Fut<'a, super::certify::Certified> {
+        Box::pin(self.certify_in(meter_id, key, issue))
     }
 }
