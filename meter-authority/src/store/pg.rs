@@ -7,7 +7,8 @@
 //! then `SELECT ... FOR UPDATE`): operations on one meter are serialised,
 //! and a statement run after the lock sees everything committed before it,
 //! so a retried purchase or upload finds the first one's answer. Connections
-//! come from a small fixed pool; TLS is not used (loopback or a unix socket).
+//! come from a small fixed pool, each reopened when found closed (PostgreSQL
+//! restarted); TLS is not used (loopback or a unix socket).
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ const MIGRATION_LOCK: i64 = 0x6d65_7465_7264;
 
 /// A PostgreSQL store with a fixed pool of connections.
 pub struct PgStore {
+    url: String,
     pool: Vec<Mutex<Client>>,
     free: Semaphore,
     next: std::sync::atomic::AtomicUsize,
@@ -68,15 +70,10 @@ impl PgStore {
     pub async fn connect(url: &str, connections: usize) -> Result<Arc<PgStore>> {
         let mut pool = Vec::new();
         for _ in 0..connections.max(1) {
-            let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::error!(error = %e, "database connection ended");
-                }
-            });
-            pool.push(Mutex::new(client));
+            pool.push(Mutex::new(open(url).await?));
         }
         let store = PgStore {
+            url: url.to_owned(),
             free: Semaphore::new(pool.len()),
             pool,
             next: std::sync::atomic::AtomicUsize::new(0),
@@ -97,7 +94,13 @@ impl PgStore {
         let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         loop {
             for i in 0..self.pool.len() {
-                if let Ok(guard) = self.pool[(start + i) % self.pool.len()].try_lock() {
+                if let Ok(mut guard) = self.pool[(start + i) % self.pool.len()].try_lock() {
+                    if guard.is_closed() {
+                        // The server restarted or dropped us: connect again
+                        // (an error now is the request's, 503; the next
+                        // request tries again).
+                        *guard = open(&self.url).await?;
+                    }
                     return Ok(Conn {
                         guard,
                         _permit: permit,
@@ -138,6 +141,17 @@ impl PgStore {
         }
         Ok(())
     }
+}
+
+/// One connection, driven by a task of its own.
+async fn open(url: &str) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "database connection ended");
+        }
+    });
+    Ok(client)
 }
 
 /// Locks the meter's row (creating it with an empty book) and returns its

@@ -75,16 +75,7 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&init.stderr)
         );
-        let child = as_nobody(&bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(&sock)
-            .args(["-c", "listen_addresses=", "-c", "max_connections=50"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = spawn_postgres(bin, &data, &sock, tmp.path());
         let pg = Postgres {
             bin: bin.to_owned(),
             sock,
@@ -97,6 +88,32 @@ impl Postgres {
             std::thread::sleep(Duration::from_millis(100));
         }
         pg
+    }
+
+    /// Crashes the server (SIGQUIT: `pg_ctl stop -m immediate`, no
+    /// checkpoint; WAL recovery at the next start) and starts it again.
+    pub fn crash_and_restart(&mut self) {
+        kill(self.child.id(), "-QUIT");
+        let _ = self.child.wait();
+        let data = self._tmp.path().join("data");
+        // The postmaster's children leave within moments; retry the start.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.child = spawn_postgres(&self.bin, &data, &self.sock, self._tmp.path());
+            let up = Instant::now() + Duration::from_secs(20);
+            while !self.psql_ok("SELECT 1") && Instant::now() < up {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if self.psql_ok("SELECT 1") {
+                return;
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            assert!(Instant::now() < deadline, "postgres did not restart");
+        }
     }
 
     /// The `--database` argument.
@@ -145,6 +162,22 @@ impl Drop for Postgres {
         kill(self.child.id(), "-INT");
         let _ = self.child.wait();
     }
+}
+
+fn spawn_postgres(bin: &Path, data: &Path, sock: &Path, home: &Path) -> Child {
+    Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(bin.join("postgres"))
+        .env("HOME", home)
+        .arg("-D")
+        .arg(data)
+        .arg("-k")
+        .arg(sock)
+        .args(["-c", "listen_addresses=", "-c", "max_connections=50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// `meter-authority serve` on a free loopback port; stopped when dropped.
@@ -462,7 +495,7 @@ pub fn certify_over_api(addr: &str, meter: &str) -> Meter {
     }
 }
 
-fn sign_as_meter<T: meter_pki::payload::Payload>(m: &Meter, v: &T) -> Vec<u8> {
+pub fn sign_as_meter<T: meter_pki::payload::Payload>(m: &Meter, v: &T) -> Vec<u8> {
     meter_pki::cms::sign_with_key(
         &SignOptions {
             content_type: T::CONTENT_TYPE,
