@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use meter_pki::ledger_format::{genesis_prev, row_hash, sha384, Digest, RowFields};
 use meter_pki::report::{SegmentRef, StatusReport};
 use meter_pki::segment::{self, kind, service, Encoder};
-use meter_pki::{oid, payload};
 
 use crate::serve_support::{sign_as_meter, Meter};
 
@@ -230,9 +229,7 @@ impl Ledger {
                 bytes: seg.len() as u64,
             }),
         };
-        let _ = oid::CT_STATUS_REPORT;
         let signed = sign_as_meter(m, &r);
-        let _ = payload::encode(&r);
         self.previous_time = now;
         (signed, seg)
     }
