@@ -2,9 +2,10 @@
 //! and settlement (`POST /v1/settle`) on PostgreSQL and on the authority
 //! directory. A certification is answered once per request (a retry gets
 //! the same certificates; another request for the meter is refused); a
-//! payment is settled once for one creditor (its retry gets the same
-//! answer; another creditor, a forged or an over-the-line payment is
-//! refused), also under concurrency.
+//! payment is settled once, by the creditor the line names (its retry gets
+//! the same answer; another creditor, another certificate of the same
+//! serial, a forged or an over-the-line payment is refused), also under
+//! concurrency.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod serve_support;
@@ -76,7 +77,7 @@ fn flow(dir: &Path, addr: &str) {
 
     // Settlement.
     let meter = certify_over_api(addr, M);
-    add_creditor(dir, "bank", BANK);
+    add_creditor(dir, "Bank", BANK);
     add_creditor(dir, "other", OTHER);
     let (line, grant) = credit_line(dir, &meter, 1000);
     let p1 = payment(&meter, &line, &grant, 1, 600);
@@ -93,7 +94,8 @@ fn flow(dir: &Path, addr: &str) {
     let r = settle(addr, BANK, &p1);
     assert_eq!((r.status, &r.body), (200, &s.body));
     assert_eq!(r.headers["meter-settlement"], "repeated");
-    assert_eq!(settle(addr, OTHER, &p1).status, 409);
+    // Another creditor: the line is not granted in its name.
+    assert_eq!(settle(addr, OTHER, &p1).status, 403);
     // Another certificate with the same serial (a double settle): refused.
     let p1b = payment(&meter, &line, &grant, 1, 10);
     assert_eq!(settle(addr, BANK, &p1b).status, 409);

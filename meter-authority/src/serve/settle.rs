@@ -11,7 +11,9 @@
 //! gets the same answer); `409` when the payment was settled for another
 //! creditor or with another certificate of the same serial; `422` when the
 //! certificate does not verify or would take its line past its amount;
-//! `401` without a known creditor's token.
+//! `403` when its line was granted in another creditor's name (the line's
+//! `issuer`, the creditor the meter asked); `401` without a known
+//! creditor's token.
 
 use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
@@ -87,6 +89,16 @@ pub(super) async fn settle(s: &Service, req: Request<Incoming>) -> Reply {
         Ok(x) => x,
         Err(e) => return failed(&e.into()),
     };
+    // A creditor settles the lines granted in its name only.
+    if line.line.issuer != who {
+        return plain(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "line {} is not granted in this creditor's name",
+                line.line.serial
+            ),
+        );
+    }
     let r = SettleRequest {
         creditor: &who,
         payment_bytes: &bytes,

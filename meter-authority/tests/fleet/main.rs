@@ -45,7 +45,7 @@ fn new_authority() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("authority");
     meter_authority::Authority::init(&dir, "Fleet Root", meter_authority::now()).unwrap();
-    add_creditor(&dir, "fleet-bank", CREDITOR);
+    add_creditor(&dir, "Bank", CREDITOR);
     (tmp, dir)
 }
 
