@@ -205,6 +205,12 @@ fn run(plan: &Plan, chaos: Option<Chaos<'_>>) -> u64 {
         "  database: {:.1} MB total, {:.1} kB per meter after enrolment, {:.1} kB per meter-round ({} rows)\n",
         after as f64 / 1e6, base / 1e3, per_round / 1e3, plan.rows
     );
+    let tables = pg.psql(
+        "SELECT string_agg(relname || ' ' || round(pg_total_relation_size(oid) / 1e6, 1) || ' MB', ', ' \
+         ORDER BY pg_total_relation_size(oid) DESC) FROM pg_class WHERE relname IN \
+         ('meters', 'purchases', 'uploads', 'index_rows', 'settlements', 'certifications')",
+    );
+    out += &format!("  tables (with indexes and TOAST): {tables}\n");
     out += &format!(
         "  per meter-year at 1 round a day (365 reports, 365 top-ups and settlements, {} postmarks): ~{:.1} MB (linear extrapolation)\n",
         365 * plan.rows,
