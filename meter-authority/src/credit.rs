@@ -151,10 +151,11 @@ impl Authority {
             .map_err(|e| AuthorityError::Corrupt(format!("{}: {e}", p.display())))
     }
 
-    /// Verifies a payment certificate (signed by the meter holding the line, chaining to this
-    /// authority, naming a line granted here by its digest) and settles it once; refuses a
-    /// replay and a payment that would take the line's settled sum past its amount.
-    pub fn settle(&mut self, payment: &[u8], now: i64) -> Result<Settlement> {
+    /// Verifies a payment certificate (PEM or DER) without settling it:
+    /// signed by the meter holding the line, chaining to this authority,
+    /// naming a line granted here by its digest, made before the line
+    /// expired. Returns the payment and its line.
+    pub fn check_payment(&self, payment: &[u8], now: i64) -> Result<(Payment, StoredLine)> {
         let der = pem::decode_any(payment, "CMS")?;
         let roots = self.roots()?;
         let (p, verified) = payload::open::<Payment>(&der, &roots, now)?;
@@ -184,6 +185,15 @@ impl Authority {
                 p.time, line.not_after
             )));
         }
+        Ok((p, stored))
+    }
+
+    /// Verifies a payment certificate (signed by the meter holding the line, chaining to this
+    /// authority, naming a line granted here by its digest) and settles it once; refuses a
+    /// replay and a payment that would take the line's settled sum past its amount.
+    pub fn settle(&mut self, payment: &[u8], now: i64) -> Result<Settlement> {
+        let (p, stored) = self.check_payment(payment, now)?;
+        let line = &stored.line;
         let dir = self.credit_dir().join("settled").join(&line.serial);
         std::fs::create_dir_all(&dir).map_err(|e| AuthorityError::io(&dir, e))?;
         let file = dir.join(format!("{}.json", p.serial));

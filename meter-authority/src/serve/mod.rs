@@ -12,7 +12,8 @@
 //! finish: a state change is one transaction, so one cut short is rolled
 //! back and its retry starts over.
 //!
-//! Routes (see `routes`): `POST /v1/meters/{id}/topups`, `POST
+//! Routes (see `routes`, `enrol`, `settle`): `POST /v1/meters/{id}/certify`,
+//! `POST /v1/settle`, `POST /v1/meters/{id}/topups`, `POST
 //! /v1/meters/{id}/reports`, `GET /v1/meters/{id}/pending`, `POST
 //! /v1/meters/{id}/orders/clear-lock`, `POST /v1/lookup`, `GET /v1/crl`, `GET /healthz`.
 

@@ -53,6 +53,11 @@ pub const CRL_REFRESH: Duration = Duration::from_secs(3600);
 
 type Reply = Response<Full<Bytes>>;
 
+#[path = "enrol.rs"]
+mod enrol;
+#[path = "settle.rs"]
+mod settle;
+
 /// A CRL signed, for the state of `revocations.json` it was signed from.
 pub(crate) struct CachedCrl {
     source: Option<(SystemTime, u64)>,
@@ -187,6 +192,11 @@ pub(super) async fn handle(s: &Service, peer: SocketAddr, req: Request<Incoming>
             let id = (*id).to_owned();
             topup(s, peer, &id, req).await
         }
+        (Method::POST, ["v1", "meters", id, "certify"]) => {
+            let id = (*id).to_owned();
+            enrol::certify(s, peer, &id, req).await
+        }
+        (Method::POST, ["v1", "settle"]) => settle::settle(s, req).await,
         (Method::POST, ["v1", "meters", id, "reports"]) => {
             let id = (*id).to_owned();
             report(s, &id, req).await

@@ -35,7 +35,7 @@ use crate::{check_meter_id, Authority, AuthorityError};
 
 /// The authority directory as a store.
 pub struct FileStore {
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     one_at_a_time: Mutex<()>,
 }
 
@@ -78,7 +78,7 @@ impl FileStore {
         Ok(self.dir.join("meters").join(meter_id))
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+    pub(super) fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
         self.one_at_a_time
             .lock()
             .map_err(|_| StoreError::Corrupt("an earlier operation panicked".into()))
@@ -213,5 +213,21 @@ impl Store for FileStore {
 
     fn queue_order<'a>(&'a self, meter_id: &'a str, id: &'a str, der: Vec<u8>) -> Fut<'a, Vec<u8>> {
         Box::pin(async move { self.queue_order_now(meter_id, id, der) })
+    }
+
+    fn settle<'a>(
+        &'a self,
+        r: &'a super::settle::SettleRequest<'a>,
+    ) -> Fut<'a, super::settle::Settled> {
+        Box::pin(async move { self.settle_now(r) })
+    }
+
+    fn certify<'a>(
+        &'a self,
+        meter_id: &'a str,
+        key: [u8; 32],
+        issue: super::certify::Issue<'a>,
+    ) -> Fut<'a, super::certify::Certified> {
+        Box::pin(async move { self.certify_now(meter_id, key, issue) })
     }
 }

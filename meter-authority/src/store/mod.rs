@@ -14,9 +14,11 @@
 //! The signing (a voucher, an acknowledgement) runs inside the operation,
 //! so the bytes handed out are the bytes recorded: a retry gets them again.
 
+pub mod certify;
 pub mod files;
 pub mod pending;
 pub mod pg;
+pub mod settle;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -136,6 +138,17 @@ pub trait Store: Send + Sync {
     /// Queues the signed order `id` (`clear-lock/<nonce>`) for `meter_id`
     /// once: an id queued before returns the bytes queued then.
     fn queue_order<'a>(&'a self, meter_id: &'a str, id: &'a str, der: Vec<u8>) -> Fut<'a, Vec<u8>>;
+
+    /// Settles a verified payment once (see `settle`).
+    fn settle<'a>(&'a self, r: &'a settle::SettleRequest<'a>) -> Fut<'a, settle::Settled>;
+
+    /// Certifies `meter_id` once per request `key` (see `certify`).
+    fn certify<'a>(
+        &'a self,
+        meter_id: &'a str,
+        key: [u8; 32],
+        issue: certify::Issue<'a>,
+    ) -> Fut<'a, certify::Certified>;
 }
 
 /// Rows kept in memory during one database transaction: the meter's

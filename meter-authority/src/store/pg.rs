@@ -7,7 +7,8 @@
 //! then `SELECT ... FOR UPDATE`): operations on one meter are serialised,
 //! and a statement run after the lock sees everything committed before it,
 //! so a retried purchase or upload finds the first one's answer. Connections
-//! come from a small fixed pool; TLS is not used (loopback or a unix socket).
+//! come from a small fixed pool, each reopened when found closed (PostgreSQL
+//! restarted); TLS is not used (loopback or a unix socket).
 
 mod pending;
 
@@ -27,19 +28,21 @@ use crate::lookup::Looked;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_provider.sql")),
     (2, include_str!("../../migrations/0002_orders.sql")),
+    (3, include_str!("../../migrations/0003_settle_certify.sql")),
 ];
 /// Key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x6d65_7465_7264;
 
 /// A PostgreSQL store with a fixed pool of connections.
 pub struct PgStore {
+    url: String,
     pool: Vec<Mutex<Client>>,
     free: Semaphore,
     next: std::sync::atomic::AtomicUsize,
 }
 
 /// A connection taken from the pool; back in it when dropped.
-struct Conn<'a> {
+pub(super) struct Conn<'a> {
     guard: tokio::sync::MutexGuard<'a, Client>,
     _permit: tokio::sync::SemaphorePermit<'a>,
 }
@@ -70,15 +73,10 @@ impl PgStore {
     pub async fn connect(url: &str, connections: usize) -> Result<Arc<PgStore>> {
         let mut pool = Vec::new();
         for _ in 0..connections.max(1) {
-            let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::error!(error = %e, "database connection ended");
-                }
-            });
-            pool.push(Mutex::new(client));
+            pool.push(Mutex::new(open(url).await?));
         }
         let store = PgStore {
+            url: url.to_owned(),
             free: Semaphore::new(pool.len()),
             pool,
             next: std::sync::atomic::AtomicUsize::new(0),
@@ -88,7 +86,7 @@ impl PgStore {
     }
 
     /// A free connection of the pool (waits for one).
-    async fn client(&self) -> Result<Conn<'_>> {
+    pub(super) async fn client(&self) -> Result<Conn<'_>> {
         let permit = self
             .free
             .acquire()
@@ -99,7 +97,13 @@ impl PgStore {
         let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         loop {
             for i in 0..self.pool.len() {
-                if let Ok(guard) = self.pool[(start + i) % self.pool.len()].try_lock() {
+                if let Ok(mut guard) = self.pool[(start + i) % self.pool.len()].try_lock() {
+                    if guard.is_closed() {
+                        // The server restarted or dropped us: connect again
+                        // (an error now is the request's, 503; the next
+                        // request tries again).
+                        *guard = open(&self.url).await?;
+                    }
                     return Ok(Conn {
                         guard,
                         _permit: permit,
@@ -140,6 +144,17 @@ impl PgStore {
         }
         Ok(())
     }
+}
+
+/// One connection, driven by a task of its own.
+async fn open(url: &str) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "database connection ended");
+        }
+    });
+    Ok(client)
 }
 
 /// Locks the meter's row (creating it with an empty book) and returns its
@@ -401,5 +416,21 @@ impl Store for PgStore {
 
     fn queue_order<'a>(&'a self, meter_id: &'a str, id: &'a str, der: Vec<u8>) -> Fut<'a, Vec<u8>> {
         Box::pin(self.queue_order_in(meter_id, id, der))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        r: &'a super::settle::SettleRequest<'a>,
+    ) -> Fut<'a, super::settle::Settled> {
+        Box::pin(self.settle_in(r))
+    }
+
+    fn certify<'a>(
+        &'a self,
+        meter_id: &'a str,
+        key: [u8; 32],
+        issue: super::certify::Issue<'a>,
+    ) -> Fut<'a, super::certify::Certified> {
+        Box::pin(self.certify_in(meter_id, key, issue))
     }
 }

@@ -75,16 +75,7 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&init.stderr)
         );
-        let child = as_nobody(&bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(&sock)
-            .args(["-c", "listen_addresses=", "-c", "max_connections=50"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = spawn_postgres(bin, &data, &sock, tmp.path());
         let pg = Postgres {
             bin: bin.to_owned(),
             sock,
@@ -97,6 +88,32 @@ impl Postgres {
             std::thread::sleep(Duration::from_millis(100));
         }
         pg
+    }
+
+    /// Crashes the server (SIGQUIT: `pg_ctl stop -m immediate`, no
+    /// checkpoint; WAL recovery at the next start) and starts it again.
+    pub fn crash_and_restart(&mut self) {
+        kill(self.child.id(), "-QUIT");
+        let _ = self.child.wait();
+        let data = self._tmp.path().join("data");
+        // The postmaster's children leave within moments; retry the start.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.child = spawn_postgres(&self.bin, &data, &self.sock, self._tmp.path());
+            let up = Instant::now() + Duration::from_secs(20);
+            while !self.psql_ok("SELECT 1") && Instant::now() < up {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if self.psql_ok("SELECT 1") {
+                return;
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            assert!(Instant::now() < deadline, "postgres did not restart");
+        }
     }
 
     /// The `--database` argument.
@@ -145,6 +162,22 @@ impl Drop for Postgres {
         kill(self.child.id(), "-INT");
         let _ = self.child.wait();
     }
+}
+
+fn spawn_postgres(bin: &Path, data: &Path, sock: &Path, home: &Path) -> Child {
+    Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(bin.join("postgres"))
+        .env("HOME", home)
+        .arg("-D")
+        .arg(data)
+        .arg("-k")
+        .arg(sock)
+        .args(["-c", "listen_addresses=", "-c", "max_connections=50"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// `meter-authority serve` on a free loopback port; stopped when dropped.
@@ -197,17 +230,35 @@ pub struct Reply {
 
 /// One HTTP/1.1 request on its own connection.
 pub fn http(addr: &str, method: &str, path: &str, media: &str, body: &[u8]) -> Reply {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    try_http(addr, method, path, media, body, None).unwrap()
+}
+
+/// One HTTP/1.1 request on its own connection, with a bearer token; an
+/// error when the connection fails or closes without an answer.
+pub fn try_http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    media: &str,
+    body: &[u8],
+    bearer: Option<&str>,
+) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {media}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {media}\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
     let mut all = Vec::new();
-    s.read_to_end(&mut all).unwrap();
-    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    s.read_to_end(&mut all)?;
+    let Some(split) = all.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Err(std::io::Error::other("no answer"));
+    };
     let head = String::from_utf8(all[..split].to_vec()).unwrap();
     let mut lines = head.split("\r\n");
     let status = lines
@@ -222,11 +273,11 @@ pub fn http(addr: &str, method: &str, path: &str, media: &str, body: &[u8]) -> R
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    Reply {
+    Ok(Reply {
         status,
         headers,
         body: all[split + 4..].to_vec(),
-    }
+    })
 }
 
 /// Buys a top-up; the reply.
@@ -412,4 +463,133 @@ pub fn report(m: &Meter, voucher: &[u8], credit: u64, token: &[u8], t0: i64) -> 
     )
     .unwrap();
     (signed, seg)
+}
+
+/// Certifies `meter` over `POST /v1/meters/{id}/certify` (unattested, as
+/// the operator on loopback): fresh software keys, as `certify` does.
+pub fn certify_over_api(addr: &str, meter: &str) -> Meter {
+    let (id, pm) = (
+        SigningKey::random(&mut rand_core::OsRng),
+        SigningKey::random(&mut rand_core::OsRng),
+    );
+    let body = serde_json::json!({
+        "identity_csr": String::from_utf8(make_csr(meter, &id)).unwrap(),
+        "postmark_csr": String::from_utf8(make_csr(meter, &pm)).unwrap(),
+    })
+    .to_string();
+    let r = http(
+        addr,
+        "POST",
+        &format!("/v1/meters/{meter}/certify"),
+        "application/json",
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let parse = |k: &str| cert::parse(v[k].as_str().unwrap().as_bytes()).unwrap();
+    Meter {
+        key: id,
+        identity: parse("identity"),
+        postmark_key: pm,
+        postmark: parse("postmark"),
+    }
+}
+
+pub fn sign_as_meter<T: meter_pki::payload::Payload>(m: &Meter, v: &T) -> Vec<u8> {
+    meter_pki::cms::sign_with_key(
+        &SignOptions {
+            content_type: T::CONTENT_TYPE,
+            content: &payload::encode(v).unwrap(),
+            signer: &m.identity,
+            extra_certs: &[],
+            signing_time: Some(meter_authority::now()),
+            ess_cert_id_v2: true,
+        },
+        &m.key,
+    )
+    .unwrap()
+}
+
+/// A line of credit of `amount` granted by the authority in `dir` to `m`
+/// (as `meter-authority credit-grant` does); the line and its PEM.
+pub fn credit_line(dir: &Path, m: &Meter, amount: u64) -> (meter_pki::credit::CreditLine, String) {
+    use meter_pki::credit::{CreditAsk, CreditRequest};
+    let now = meter_authority::now();
+    let meter_id = cert::subject_cn(&m.identity).unwrap();
+    let ask = CreditAsk {
+        meter_id,
+        creditor: "Bank".into(),
+        amount,
+        requested_at: now,
+        request_id: "credit-1".into(),
+    };
+    let prepared = meter_pki::tsp::prepare(
+        &meter_pki::tsp::TokenParams {
+            imprint: CreditRequest::imprint(&ask).unwrap(),
+            serial: 1,
+            gen_time: now,
+            policy: oid::POSTMARK_POLICY,
+            accuracy_secs: 1,
+            nonce: None,
+        },
+        &m.postmark,
+        &[],
+    )
+    .unwrap();
+    let raw = sig::sign_prehash_raw(&m.postmark_key, &prepared.digest()).unwrap();
+    let request = sign_as_meter(
+        m,
+        &CreditRequest {
+            ask,
+            postmark_hex: hex::encode(prepared.finish(&raw).unwrap()),
+        },
+    );
+    let mut a = meter_authority::Authority::open(dir).unwrap();
+    a.credit_grant(&request, None, 30, "any", now).unwrap()
+}
+
+/// The meter's payment certificate `seq` of `amount` on `line` (DER).
+pub fn payment(
+    m: &Meter,
+    line: &meter_pki::credit::CreditLine,
+    grant_pem: &str,
+    seq: u64,
+    amount: u64,
+) -> Vec<u8> {
+    use meter_pki::credit::Payment;
+    let der = pem::decode_any(grant_pem.as_bytes(), "CMS").unwrap();
+    sign_as_meter(
+        m,
+        &Payment {
+            holder: line.holder.clone(),
+            serial: Payment::serial_for(&line.serial, seq),
+            meter_id: line.holder.clone(),
+            credit_serial: line.serial.clone(),
+            credit_line_digest_hex: hex::encode(meter_pki::credit::sha384(&der)),
+            amount,
+            payee: "shop".into(),
+            credit_remaining: 0,
+            sequence: seq,
+            time: meter_authority::now(),
+        },
+    )
+}
+
+/// Writes the creditor `name` with `token` into the authority directory.
+pub fn add_creditor(dir: &Path, name: &str, token: &str) {
+    std::fs::create_dir_all(dir.join("creditors")).unwrap();
+    std::fs::write(dir.join("creditors").join(name), token).unwrap();
+}
+
+/// `POST /v1/settle` as the creditor holding `token`.
+pub fn settle(addr: &str, token: &str, payment: &[u8]) -> Reply {
+    try_http(
+        addr,
+        "POST",
+        "/v1/settle",
+        "application/cms",
+        payment,
+        Some(token),
+    )
+    .unwrap()
 }
