@@ -1,6 +1,6 @@
 //! NV wear on swtpm (issue 14 item 3): lone sales, one at a time (each its
 //! own batch), move the meter's NV counter once per epoch (`epoch_rows`,
-//! default 100 rows), not once per sale; an orderly restart moves it once at
+//! default 128 rows), not once per sale; an orderly restart moves it once at
 //! the stop and once at the start.
 //!
 //! Counted on the TPM itself: `meterctl audit` runs the full audit, which
@@ -15,7 +15,7 @@ use crate::sandbox;
 use sandbox::{ok, write, Sandbox};
 
 /// meterd's default epoch length (the sandbox does not change it).
-const EPOCH_ROWS: u64 = 100;
+const EPOCH_ROWS: u64 = 128;
 
 /// The meter's NV counter as the TPM holds it now.
 fn tpm_counter(sb: &Sandbox) -> u64 {

@@ -49,7 +49,7 @@ impl std::fmt::Debug for Ledger {
 type Started = (watch::Receiver<LedgerState>, AuditReport);
 
 /// Epoch length by default: rows between two periodic epoch advances.
-pub const DEFAULT_EPOCH_ROWS: u64 = 100;
+pub const DEFAULT_EPOCH_ROWS: u64 = 128;
 
 /// How a ledger opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
