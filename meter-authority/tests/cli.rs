@@ -26,6 +26,29 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `certify-meter --unattested` of the identity and postmark CSR files into
+/// `out_dir`, by the authority in `dir`.
+fn certify_unattested(
+    dir: &Path,
+    identity: &Path,
+    postmark: &Path,
+    out_dir: &Path,
+) -> std::process::Output {
+    authority(
+        dir,
+        &[
+            "certify-meter",
+            "--unattested",
+            "--identity-csr",
+            s(identity),
+            "--postmark-csr",
+            s(postmark),
+            "--out-dir",
+            s(out_dir),
+        ],
+    )
+}
+
 fn now() -> i64 {
     meter_authority::now()
 }
@@ -117,19 +140,7 @@ fn certify_meter_then_postmark_verifies() {
     std::fs::write(&id_csr, make_csr("meter-0042", &id_key)).unwrap();
     std::fs::write(&pm_csr, make_csr("meter-0042", &pm_key)).unwrap();
     let out_dir = f.work.join("certs");
-    let stdout = ok(&authority(
-        &f.dir,
-        &[
-            "certify-meter",
-            "--unattested",
-            "--identity-csr",
-            s(&id_csr),
-            "--postmark-csr",
-            s(&pm_csr),
-            "--out-dir",
-            s(&out_dir),
-        ],
-    ));
+    let stdout = ok(&certify_unattested(&f.dir, &id_csr, &pm_csr, &out_dir));
     assert_eq!(stdout.trim(), "meter-0042");
     // Without --unattested, requests with no TPM evidence are refused.
     let o = authority(
@@ -235,18 +246,11 @@ fn certify_meter_refuses_mismatched_or_bad_requests() {
     for (a, b, ka, kb) in cases {
         std::fs::write(f.work.join("a.csr"), make_csr(a, ka)).unwrap();
         std::fs::write(f.work.join("b.csr"), make_csr(b, kb)).unwrap();
-        let o = authority(
+        let o = certify_unattested(
             &f.dir,
-            &[
-                "certify-meter",
-                "--unattested",
-                "--identity-csr",
-                s(&f.work.join("a.csr")),
-                "--postmark-csr",
-                s(&f.work.join("b.csr")),
-                "--out-dir",
-                s(&out_dir),
-            ],
+            &f.work.join("a.csr"),
+            &f.work.join("b.csr"),
+            &out_dir,
         );
         assert!(!o.status.success(), "{a} {b} accepted");
         assert!(!out_dir.join("meter.pem").exists());
@@ -257,18 +261,11 @@ fn certify_meter_refuses_mismatched_or_bad_requests() {
     der[pos + 6] = b'8';
     std::fs::write(f.work.join("t.csr"), &der).unwrap();
     std::fs::write(f.work.join("b.csr"), make_csr("meter-8", &k2)).unwrap();
-    let o = authority(
+    let o = certify_unattested(
         &f.dir,
-        &[
-            "certify-meter",
-            "--unattested",
-            "--identity-csr",
-            s(&f.work.join("t.csr")),
-            "--postmark-csr",
-            s(&f.work.join("b.csr")),
-            "--out-dir",
-            s(&out_dir),
-        ],
+        &f.work.join("t.csr"),
+        &f.work.join("b.csr"),
+        &out_dir,
     );
     assert!(!o.status.success());
 }

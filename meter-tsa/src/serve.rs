@@ -1,19 +1,17 @@
-//! The HTTP side: routes, status codes, the body limit, socket activation.
+//! The HTTP side: routes, status codes, the body limit, socket activation;
+//! the connection loop and the bounded body reader are `meter-http`'s.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{
-    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
-};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+use meter_http::BodyError;
 use meter_proto::proxy::Meter1Proxy;
 use meter_proto::MeterError;
 
@@ -67,80 +65,14 @@ pub fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(l)
 }
 
-/// How long in-flight requests may take to finish after SIGTERM.
-pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Serves connections until SIGTERM or SIGINT; then stops accepting (the
-/// listener is closed), lets every request already read finish (idle
-/// keep-alive connections are closed at once) for at most [`DRAIN`], and
-/// returns. systemd stops the service with SIGTERM, so a client mid-request
-/// gets its answer (and its charge has its product) instead of a reset.
+/// Serves connections until SIGTERM or SIGINT, then drains: see
+/// [`meter_http::serve`] (bounded header and body times, [`meter_http::DRAIN`]).
 pub async fn serve(listener: TcpListener, state: Arc<State>) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            // Reap finished connections so the set does not grow.
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    meter_http::serve(listener, "meter-tsa", move |peer, req| {
         let state = state.clone();
-        let mut stop = stop_rx.clone();
-        conns.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, peer, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                _ = stop.wait_for(|s| *s) => None,
-            };
-            let ended = match ended {
-                Some(r) => r,
-                None => {
-                    // Finish the request in flight, then close.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, %peer, "connection ended");
-            }
-        });
-    }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    tracing::info!(
-        connections = conns.len(),
-        "stopping: no new connections, finishing requests in flight"
-    );
-    let drained =
-        tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        tracing::warn!(
-            left = conns.len(),
-            "requests still in flight after {}s: dropped",
-            DRAIN.as_secs()
-        );
-        conns.abort_all();
-    }
-    tracing::info!("meter-tsa stopped");
-    Ok(())
+        async move { handle(&state, peer, req).await }
+    })
+    .await
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
@@ -204,37 +136,21 @@ async fn handle(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp
             "send a DER TimeStampReq as application/timestamp-query",
         );
     }
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let too_large = || {
-        plain(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "a TimeStampReq is a few hundred bytes",
-        )
-    };
-    if declared.is_some_and(|n| n > state.max_body as u64) {
-        return too_large();
-    }
-    let body = match Limited::new(req.into_body(), state.max_body)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return too_large();
+    let body = match meter_http::read_body(req, state.max_body).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge(_)) => {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "a TimeStampReq is a few hundred bytes",
+            )
         }
-        Err(_) => {
+        Err(BodyError::Unreadable) => {
             return plain(
                 StatusCode::BAD_REQUEST,
                 "the request body could not be read",
             )
         }
+        Err(e @ BodyError::TooSlow) => return plain(StatusCode::REQUEST_TIMEOUT, &e.to_string()),
     };
     let request_id = format!("{client}.{}", hex::encode(Sha256::digest(&body)));
     match state.meter.time_stamp(&body, &request_id).await {

@@ -16,6 +16,18 @@ fn limits(max_bytes: u64, deadline_ms: u64) -> ReadLimits {
     ReadLimits::new(max_bytes, Duration::from_millis(deadline_ms))
 }
 
+/// `hash_message` of `fd` within `l` must refuse it as invalid input
+/// saying `why`.
+async fn refused(fd: OwnedFd, l: ReadLimits, why: &str) {
+    let e = hash_message(fd, &l, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ServiceError::InvalidInput(m) if m.contains(why)),
+        "{e:?}"
+    );
+}
+
 fn pipe() -> (OwnedFd, std::fs::File) {
     let mut fds = [0; 2];
     // SAFETY: room for two descriptors.
@@ -115,13 +127,7 @@ async fn pipe_over_the_size_limit_is_refused() {
         let chunk = [1u8; 4096];
         while w.write_all(&chunk).is_ok() {}
     });
-    let e = hash_message(r, &limits(100_000, 5_000), &CancellationToken::new())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, ServiceError::InvalidInput(m) if m.contains("100000-byte")),
-        "{e:?}"
-    );
+    refused(r, limits(100_000, 5_000), "100000-byte").await;
     // The writer stops once the read end is gone.
     writer.join().unwrap();
 }
@@ -185,13 +191,7 @@ async fn regular_file_gives_the_digest_and_its_limit_holds() {
 #[tokio::test]
 async fn dev_zero_stops_at_the_size_limit() {
     let zero = OwnedFd::from(std::fs::File::open("/dev/zero").unwrap());
-    let e = hash_message(zero, &limits(16 << 20, HOUR_MS), &CancellationToken::new())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, ServiceError::InvalidInput(m) if m.contains("max_message_bytes")),
-        "{e:?}"
-    );
+    refused(zero, limits(16 << 20, HOUR_MS), "max_message_bytes").await;
 }
 
 #[tokio::test]
@@ -213,13 +213,7 @@ async fn dev_zero_stops_at_the_deadline_and_on_cancellation() {
 async fn directory_write_only_and_path_descriptors_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = OwnedFd::from(std::fs::File::open(dir.path()).unwrap());
-    let e = hash_message(d, &limits(1 << 20, 1_000), &CancellationToken::new())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, ServiceError::InvalidInput(m) if m.contains("directory")),
-        "{e:?}"
-    );
+    refused(d, limits(1 << 20, 1_000), "directory").await;
 
     let path = dir.path().join("w");
     let w = std::fs::OpenOptions::new()
@@ -228,30 +222,10 @@ async fn directory_write_only_and_path_descriptors_are_refused() {
         .truncate(true)
         .open(&path)
         .unwrap();
-    let e = hash_message(
-        OwnedFd::from(w),
-        &limits(1 << 20, 1_000),
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&e, ServiceError::InvalidInput(m) if m.contains("writing only")),
-        "{e:?}"
-    );
+    refused(OwnedFd::from(w), limits(1 << 20, 1_000), "writing only").await;
 
     let (_r, w) = pipe();
-    let e = hash_message(
-        OwnedFd::from(w),
-        &limits(1 << 20, 1_000),
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&e, ServiceError::InvalidInput(m) if m.contains("writing only")),
-        "{e:?}"
-    );
+    refused(OwnedFd::from(w), limits(1 << 20, 1_000), "writing only").await;
 
     use std::os::unix::fs::OpenOptionsExt;
     let p = std::fs::OpenOptions::new()
@@ -259,17 +233,7 @@ async fn directory_write_only_and_path_descriptors_are_refused() {
         .custom_flags(libc::O_PATH)
         .open(&path)
         .unwrap();
-    let e = hash_message(
-        OwnedFd::from(p),
-        &limits(1 << 20, 1_000),
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&e, ServiceError::InvalidInput(m) if m.contains("O_PATH")),
-        "{e:?}"
-    );
+    refused(OwnedFd::from(p), limits(1 << 20, 1_000), "O_PATH").await;
 }
 
 #[tokio::test]

@@ -29,7 +29,7 @@ use crate::attacker;
 
 use std::time::Duration;
 
-use attacker::{error_kind, outcome, p, payload, root_or_skip, user, USER_A};
+use attacker::{error_kind, outcome, payload, root_or_skip, user, USER_A};
 use futures_util::StreamExt;
 use sandbox::Sandbox;
 use zbus::message::{Message, Type};
@@ -42,16 +42,7 @@ fn lock_order_never_applied_is_not_refused_as_replay() {
     }
     let sb = Sandbox::up(10_000);
     let mallory = user(USER_A);
-    let order = p(&sb, "lock.pem");
-    sb.authority(&[
-        "lock",
-        "--meter",
-        &sb.meter_id(),
-        "--reason",
-        "audit",
-        "--out",
-        &order,
-    ]);
+    let order = sb.lock_order("lock.pem");
     let nonce = payload(&sb, &order)["nonce"].as_str().unwrap().to_owned();
     mallory.report_ok(&sb, &format!("lock-order:{nonce}"));
 

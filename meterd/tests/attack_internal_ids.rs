@@ -119,16 +119,7 @@ fn user_report_with_clear_lock_id_does_not_keep_the_meter_locked() {
     }
     let sb = Sandbox::up(10_000);
     let mallory = user(USER_A);
-    let lock = p(&sb, "lock.pem");
-    sb.authority(&[
-        "lock",
-        "--meter",
-        &sb.meter_id(),
-        "--reason",
-        "audit",
-        "--out",
-        &lock,
-    ]);
+    let lock = sb.lock_order("lock.pem");
     sb.meterctl_json(&["lock", "apply", &lock]);
     let s = sb.status();
     assert_eq!(s["state"], "locked", "{s}");
@@ -177,7 +168,6 @@ fn user_report_cannot_burn_any_internal_id_of_an_admin_operation() {
     }
     let sb = Sandbox::up(100_000);
     let mallory = user(USER_A);
-    let meter = sb.meter_id();
     let mut results: Vec<(&str, Result<(), String>)> = Vec::new();
 
     // rates:v<N> — the next table's version.
@@ -205,10 +195,7 @@ fn user_report_cannot_burn_any_internal_id_of_an_admin_operation() {
     ));
 
     // lock-order:<nonce> — anyone who sees the order file reads its nonce.
-    let lock = p(&sb, "lock.pem");
-    sb.authority(&[
-        "lock", "--meter", &meter, "--reason", "audit", "--out", &lock,
-    ]);
+    let lock = sb.lock_order("lock.pem");
     let id = format!(
         "lock-order:{}",
         payload(&sb, &lock)["nonce"].as_str().unwrap()

@@ -12,35 +12,8 @@ use crate::sandbox;
 use meter_proto::exit;
 use sandbox::{ok, write, Sandbox};
 
-const RATES: &str = r#"
-version = 2
-effective = "2026-01-01T00:00:00Z"
-currency = "EUR"
-digits = 3
-[rates]
-postmark = 500
-validate = 100
-postage = 0
-[[postage]]
-class = "letter"
-max_grams = 20
-amount = 950
-[[postage]]
-class = "letter"
-max_grams = 100
-amount = 1550
-[[postage]]
-class = "parcel"
-max_grams = 2000
-amount = 4990
-[[postage]]
-class = "parcel"
-max_grams = 10000
-amount = 9990
-"#;
-
 fn install_rates(sb: &Sandbox) {
-    sb.install_rates("rates2", RATES);
+    sb.install_rates("rates2", sandbox::POSTAGE_RATES);
     assert_eq!(sb.status()["rates_version"].as_u64(), Some(2));
 }
 

@@ -19,21 +19,6 @@ use std::path::Path;
 use meter_proto::exit;
 use sandbox::{ok, write, Sandbox};
 
-const RATES: &str = r#"
-version = 2
-effective = "2026-01-01T00:00:00Z"
-currency = "EUR"
-digits = 3
-[rates]
-postmark = 500
-validate = 100
-postage = 0
-[[postage]]
-class = "letter"
-max_grams = 20
-amount = 950
-"#;
-
 fn buy(sb: &Sandbox, id: &str, png: Option<&str>) -> Vec<u8> {
     let out = sb.arg(&format!("{id}.ind"));
     let mut args = vec![
@@ -111,7 +96,7 @@ fn resigned(sb: &Sandbox, delivery: &[u8], f: impl FnOnce(&mut serde_json::Value
 #[test]
 fn postal_key_is_imported_wrapped_and_macs_every_indicium() {
     let sb = Sandbox::up(100_000);
-    sb.install_rates("rates2", RATES);
+    sb.install_rates("rates2", sandbox::POSTAGE_RATES);
     let meter_id = sb.meter_id();
 
     // Before the key: version 1, 221 bytes.

@@ -381,16 +381,7 @@ async fn lock_order_emits_locked_and_clear_emits_unlocked() {
     let p = meter_proto::Meter1Proxy::new(&conn).await.unwrap();
     let mut locked = p.receive_locked().await.unwrap();
     let mut unlocked = p.receive_unlocked().await.unwrap();
-    let order = path(&sb, "lock.pem");
-    sb.authority(&[
-        "lock",
-        "--meter",
-        &sb.meter_id(),
-        "--reason",
-        "audit",
-        "--out",
-        &order,
-    ]);
+    let order = sb.lock_order("lock.pem");
     p.apply_lock_order(&std::fs::read(&order).unwrap())
         .await
         .unwrap();

@@ -85,6 +85,42 @@ fn acknowledged(sb: &Sandbox, name: &str) {
     sb.meterctl_json(&["report", "ack", &sb.arg(&ack)]);
 }
 
+/// Restores and re-seals `copy` (see [`restore_and_reseal`]), sells `ids` on it, and
+/// has the authority inspect the next report (`rep2`, acknowledgement `rep2.ack.pem`).
+fn sell_on_the_copy_and_inspect(sb: &Sandbox, copy: &str, ids: &[&str]) -> Output {
+    restore_and_reseal(sb, copy, 0);
+    for id in ids {
+        ok(&sb.postmark_id(id).2, id);
+    }
+    inspect(sb, &report(sb, "rep2"), "rep2.ack.pem")
+}
+
+/// `out` is inspect's refusal (exit 3); its stderr.
+fn refused(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(3), "inspect must refuse: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The refused `rep2` got no acknowledgement but a lock order for this meter.
+fn lock_order_instead_of_ack(sb: &Sandbox) {
+    assert!(!sb.path("rep2.ack.pem").exists(), "no acknowledgement");
+    let body = sb.cms_json(&sb.arg("rep2.ack.lock-order.pem"), "the lock order");
+    assert_eq!(body["meter_id"], sb.meter_id().as_str(), "{body}");
+}
+
+/// A meter that sold `p1` and had it acknowledged (`rep1`), and root's copy of its
+/// ledger taken then; `None` (skipped) when not root.
+fn copied_after_an_acknowledgement() -> Option<(Sandbox, String)> {
+    if !is_root() {
+        return None;
+    }
+    let sb = Sandbox::up(100_000);
+    ok(&sb.postmark_id("p1").2, "postmark p1");
+    acknowledged(&sb, "rep1");
+    let copy = keep_copy(&sb, "copy.sqlite");
+    Some((sb, copy))
+}
+
 fn is_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
@@ -105,18 +141,10 @@ fn a_copy_older_than_the_last_acknowledgement_is_refused_as_a_fork() {
     ok(&out, "postmark p2");
     acknowledged(&sb, "rep1");
 
-    restore_and_reseal(&sb, &copy, 0);
-    ok(&sb.postmark_id("p3").2, "postmark p3 after the restore");
-    let r2 = report(&sb, "rep2");
-    let out = inspect(&sb, &r2, "rep2.ack.pem");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(3), "inspect must refuse: {out:?}");
+    let err = refused(&sell_on_the_copy_and_inspect(&sb, &copy, &["p3"]));
     assert!(err.contains("REFUSED"), "{err}");
     assert!(err.contains("acknowledged"), "names the fork: {err}");
-    assert!(!sb.path("rep2.ack.pem").exists(), "no acknowledgement");
-    let order = sb.arg("rep2.ack.lock-order.pem");
-    let body = sb.cms_json(&order, "the lock order");
-    assert_eq!(body["meter_id"], sb.meter_id().as_str(), "{body}");
+    lock_order_instead_of_ack(&sb);
     // The token sold from the lost range was acknowledged in report 1: still "reported".
     let (code, said) = sb.lookup(&lost);
     assert_eq!(code, Some(0), "{said}");
@@ -124,13 +152,9 @@ fn a_copy_older_than_the_last_acknowledgement_is_refused_as_a_fork() {
 
 #[test]
 fn a_copy_after_the_last_acknowledgement_is_caught_by_lookup_then_by_the_next_inspect() {
-    if !is_root() {
+    let Some((sb, copy)) = copied_after_an_acknowledgement() else {
         return;
-    }
-    let sb = Sandbox::up(100_000);
-    ok(&sb.postmark_id("p1").2, "postmark p1");
-    acknowledged(&sb, "rep1");
-    let copy = keep_copy(&sb, "copy.sqlite");
+    };
     let lost: Vec<String> = ["p2", "p3"]
         .iter()
         .map(|id| {
@@ -140,12 +164,7 @@ fn a_copy_after_the_last_acknowledgement_is_caught_by_lookup_then_by_the_next_in
         })
         .collect();
 
-    restore_and_reseal(&sb, &copy, 0);
-    for id in ["p4", "p5", "p6"] {
-        ok(&sb.postmark_id(id).2, id);
-    }
-    let r2 = report(&sb, "rep2");
-    let out = inspect(&sb, &r2, "rep2.ack.pem");
+    let out = sell_on_the_copy_and_inspect(&sb, &copy, &["p4", "p5", "p6"]);
     let said =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     // Root re-sealed at the counter's own value with a stop row: the segment is
@@ -164,9 +183,7 @@ fn a_copy_after_the_last_acknowledgement_is_caught_by_lookup_then_by_the_next_in
     // The authority kept what lookup flagged: the next report is refused, naming both.
     ok(&sb.postmark_id("p7").2, "p7");
     let r3 = report(&sb, "rep3");
-    let out = inspect(&sb, &r3, "rep3.ack.pem");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(3), "inspect must refuse: {out:?}");
+    let err = refused(&inspect(&sb, &r3, "rep3.ack.pem"));
     assert_eq!(err.matches("a relying party showed").count(), 2, "{err}");
 }
 
@@ -177,13 +194,9 @@ fn a_copy_after_the_last_acknowledgement_is_caught_by_lookup_then_by_the_next_in
 /// still shows for tokens nobody looked up in time).
 #[test]
 fn a_copy_after_the_last_acknowledgement_is_refused_when_its_tokens_were_looked_up() {
-    if !is_root() {
+    let Some((sb, copy)) = copied_after_an_acknowledgement() else {
         return;
-    }
-    let sb = Sandbox::up(100_000);
-    ok(&sb.postmark_id("p1").2, "postmark p1");
-    acknowledged(&sb, "rep1");
-    let copy = keep_copy(&sb, "copy.sqlite");
+    };
     for id in ["p2", "p3"] {
         let (_, t, out) = sb.postmark_id(id);
         ok(&out, id);
@@ -193,44 +206,30 @@ fn a_copy_after_the_last_acknowledgement_is_refused_when_its_tokens_were_looked_
         assert!(said.contains("not reported yet"), "{said}");
     }
 
-    restore_and_reseal(&sb, &copy, 0);
-    for id in ["p4", "p5", "p6"] {
-        ok(&sb.postmark_id(id).2, id);
-    }
-    let r2 = report(&sb, "rep2");
-    let out = inspect(&sb, &r2, "rep2.ack.pem");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(3), "inspect must refuse: {out:?}");
+    let err = refused(&sell_on_the_copy_and_inspect(
+        &sb,
+        &copy,
+        &["p4", "p5", "p6"],
+    ));
     assert_eq!(
         err.matches("a relying party showed").count(),
         2,
         "names both lost tokens: {err}"
     );
-    assert!(!sb.path("rep2.ack.pem").exists(), "no acknowledgement");
-    let body = sb.cms_json(&sb.arg("rep2.ack.lock-order.pem"), "the lock order");
-    assert_eq!(body["meter_id"], sb.meter_id().as_str(), "{body}");
+    lock_order_instead_of_ack(&sb);
 }
 
 #[test]
 fn a_copy_resealed_over_skipped_counter_values_is_named_by_inspect() {
-    if !is_root() {
+    let Some((sb, copy)) = copied_after_an_acknowledgement() else {
         return;
-    }
-    let sb = Sandbox::up(100_000);
-    ok(&sb.postmark_id("p1").2, "postmark p1");
-    acknowledged(&sb, "rep1");
-    let copy = keep_copy(&sb, "copy.sqlite");
+    };
     ok(&sb.postmark_id("p2").2, "p2");
     // A restart moves the counter twice more (stop, start): the copy is now
     // epochs behind, and one forged epoch row jumps over them.
     sb.script("stop-meterd");
     sb.script("start-meterd");
     ok(&sb.postmark_id("p3").2, "p3");
-    restore_and_reseal(&sb, &copy, 0);
-    ok(&sb.postmark_id("p4").2, "p4");
-    let r2 = report(&sb, "rep2");
-    let out = inspect(&sb, &r2, "rep2.ack.pem");
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(3), "inspect must refuse: {out:?}");
+    let err = refused(&sell_on_the_copy_and_inspect(&sb, &copy, &["p4"]));
     assert!(err.contains("skips counter values"), "{err}");
 }

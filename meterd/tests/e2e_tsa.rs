@@ -232,16 +232,7 @@ fn openssl_and_curl_buy_verified_postmarks_charged_once_each() {
     assert_eq!(sb.registers().0, ar);
 
     // A locked meter: a rejection that says why, nothing charged.
-    let order = sb.path("lock.pem").to_string_lossy().into_owned();
-    sb.authority(&[
-        "lock",
-        "--meter",
-        &sb.meter_id(),
-        "--reason",
-        "audit",
-        "--out",
-        &order,
-    ]);
+    let order = sb.lock_order("lock.pem");
     ok(&sb.meterctl(&["lock", "apply", &order]), "lock apply");
     let q = query(&sb, &msg, "-sha384", "locked.tsq");
     let r = sb.path("locked.tsr").to_string_lossy().into_owned();

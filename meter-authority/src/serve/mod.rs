@@ -1,5 +1,5 @@
-//! `meter-authority serve`: the provider's HTTP/1.1 API (hyper, as
-//! `meter-tsa`), with its state in a [`Store`] (the authority directory, or
+//! `meter-authority serve`: the provider's HTTP/1.1 API (hyper, with
+//! `meter-tsa`'s connection loop and body reader: the `meter-http` crate), with its state in a [`Store`] (the authority directory, or
 //! PostgreSQL with `--database`).
 //!
 //! The signing key, the root and the register of issued certificates stay in
@@ -19,13 +19,10 @@
 
 mod routes;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::store::Store;
@@ -33,12 +30,8 @@ use crate::Authority;
 
 pub use routes::{frame_upload, UPLOAD};
 
-/// How long a client may take to send its request headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request body.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long requests in flight may take to finish after SIGTERM.
-pub const DRAIN: Duration = Duration::from_secs(10);
+/// The bounds every client gets (shared with `meter-tsa`).
+pub use meter_http::{BODY_TIMEOUT, DRAIN, HEADER_TIMEOUT};
 /// Largest body of a top-up request (JSON).
 pub const MAX_TOPUP_BODY: usize = 4096;
 
@@ -84,64 +77,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves connections until SIGTERM or SIGINT, then drains (see module docs).
+/// Serves connections until SIGTERM or SIGINT, then drains (see module docs
+/// and [`meter_http::serve`]).
 pub async fn serve(listener: TcpListener, service: Arc<Service>) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    meter_http::serve(listener, "meter-authority serve", move |peer, req| {
         let service = service.clone();
-        let mut stop = stop_rx.clone();
-        conns.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let service = service.clone();
-                async move { Ok::<_, Infallible>(routes::handle(&service, peer, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                _ = stop.wait_for(|s| *s) => None,
-            };
-            let ended = match ended {
-                Some(r) => r,
-                None => {
-                    // Finish the request in flight, then close.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(error = %e, %peer, "connection ended");
-            }
-        });
-    }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    let drained =
-        tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        tracing::warn!(left = conns.len(), "requests still in flight: dropped");
-        conns.abort_all();
-    }
-    tracing::info!("meter-authority serve stopped");
-    Ok(())
+        async move { routes::handle(&service, peer, req).await }
+    })
+    .await
 }

@@ -30,14 +30,15 @@ mod pending;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
+use meter_http::BodyError;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{Service, BODY_TIMEOUT, MAX_TOPUP_BODY};
+use super::{Service, MAX_TOPUP_BODY};
 use crate::inspect::Periods;
 use crate::store::{Answer, Purchase, StoreError};
 use crate::AuthorityError;
@@ -139,37 +140,17 @@ fn failed(e: &StoreError) -> Reply {
     plain(status, &e.to_string())
 }
 
-/// Reads a body of at most `max` bytes within [`BODY_TIMEOUT`].
+/// Reads a body of at most `max` bytes within [`meter_http::BODY_TIMEOUT`]
+/// ([`meter_http::read_body`]); the refusal as a reply.
 async fn body(req: Request<Incoming>, max: usize) -> Result<Bytes, Reply> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let too_large = || {
-        plain(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("at most {max} bytes"),
-        )
-    };
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large());
-    }
-    let read = Limited::new(req.into_body(), max).collect();
-    match tokio::time::timeout(BODY_TIMEOUT, read).await {
-        Ok(Ok(b)) => Ok(b.to_bytes()),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large())
-        }
-        Ok(Err(_)) => Err(plain(StatusCode::BAD_REQUEST, "the body could not be read")),
-        Err(_) => Err(plain(
-            StatusCode::REQUEST_TIMEOUT,
-            "the body came too slowly",
-        )),
-    }
+    meter_http::read_body(req, max).await.map_err(|e| {
+        let status = match e {
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Unreadable => StatusCode::BAD_REQUEST,
+            BodyError::TooSlow => StatusCode::REQUEST_TIMEOUT,
+        };
+        plain(status, &e.to_string())
+    })
 }
 
 fn media_is(req: &Request<Incoming>, want: &str) -> bool {

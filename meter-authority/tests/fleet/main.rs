@@ -250,8 +250,11 @@ fn after_acks(sh: &Shared, n: usize) {
     }
 }
 
-#[test]
-fn fleet_survives_server_sigkill() {
+/// Runs the kill tests' load (24 meters, 8 clients, 4 connections) with
+/// `chaos` striking twice, 20 acknowledgements apart, and asserts that it
+/// cut requests short (`what`: the failure's words), unless PostgreSQL is
+/// missing.
+fn survives(chaos: Chaos<'_>, what: &str) {
     let plan = Plan {
         meters: 24,
         rounds: 4,
@@ -259,42 +262,33 @@ fn fleet_survives_server_sigkill() {
         clients: 8,
         connections: 4,
     };
-    let retries = run(
-        &plan,
-        Some(&|p: &mut Provider, _pg: &mut Postgres, sh: &Shared| {
+    let retries = run(&plan, Some(chaos));
+    assert!(retries > 0 || pg_bin().is_none(), "{what}");
+}
+
+#[test]
+fn fleet_survives_server_sigkill() {
+    survives(
+        &|p: &mut Provider, _pg: &mut Postgres, sh: &Shared| {
             for _ in 0..2 {
                 after_acks(sh, 20);
                 p.kill_and_restart();
                 *sh.addr.write().unwrap() = p.addr.clone();
             }
-        }),
-    );
-    assert!(
-        retries > 0 || pg_bin().is_none(),
-        "the kills cut no request short"
+        },
+        "the kills cut no request short",
     );
 }
 
 #[test]
 fn fleet_survives_postgresql_crash() {
-    let plan = Plan {
-        meters: 24,
-        rounds: 4,
-        rows: 20,
-        clients: 8,
-        connections: 4,
-    };
-    let retries = run(
-        &plan,
-        Some(&|_p: &mut Provider, pg: &mut Postgres, sh: &Shared| {
+    survives(
+        &|_p: &mut Provider, pg: &mut Postgres, sh: &Shared| {
             for _ in 0..2 {
                 after_acks(sh, 20);
                 pg.crash_and_restart();
             }
-        }),
-    );
-    assert!(
-        retries > 0 || pg_bin().is_none(),
-        "the crashes cut no request short"
+        },
+        "the crashes cut no request short",
     );
 }

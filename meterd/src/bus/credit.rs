@@ -1,11 +1,61 @@
-//! The `a{sv}` dictionaries of `ListCreditLines`.
+//! The credit members' work (`RequestCredit`, `OpenCreditLine`, `Pay`: the
+//! interface block in `mod.rs` keeps their signatures) and the `a{sv}`
+//! dictionaries of `ListCreditLines`.
 
 use std::collections::HashMap;
 
 use meter_proto::keys::credit_line as k;
+use meter_proto::MeterError;
+use zbus::message::Header;
 use zbus::zvariant::{OwnedValue, Value};
 
-use crate::credit::LineView;
+use super::door::bounded;
+use super::MeterIface;
+use crate::credit::{self as service, LineView};
+
+impl MeterIface {
+    /// `RequestCredit`: a signed, postmarked credit request (admin).
+    pub(super) async fn request_credit_for(
+        &self,
+        header: &Header<'_>,
+        creditor: &str,
+        amount: u64,
+        request_id: &str,
+    ) -> Result<Vec<u8>, MeterError> {
+        let call = self.admin(header, "RequestCredit").await?;
+        let key = call.key(request_id)?;
+        call.done(service::request::request_credit(&self.app.meter, creditor, amount, key).await)
+    }
+
+    /// `OpenCreditLine`: the first payment certificate (admin).
+    pub(super) async fn open_line(
+        &self,
+        header: &Header<'_>,
+        certificate: &[u8],
+        request_id: &str,
+    ) -> Result<Vec<u8>, MeterError> {
+        let call = self.admin(header, "OpenCreditLine").await?;
+        bounded("line-of-credit certificate", certificate)?;
+        let key = call.key(request_id)?;
+        let (meter, credit) = (&self.app.meter, &self.app.credit);
+        call.done(service::open::open_credit_line(meter, credit, certificate, key).await)
+    }
+
+    /// `Pay`: a payment certificate from a line (sale lane).
+    pub(super) async fn pay_from_line(
+        &self,
+        header: &Header<'_>,
+        credit_serial: &str,
+        amount: u64,
+        payee: &str,
+        request_id: &str,
+    ) -> Result<Vec<u8>, MeterError> {
+        let call = self.seller(header, "Pay").await?;
+        let key = call.key(request_id)?;
+        let (meter, credit) = (&self.app.meter, &self.app.credit);
+        call.done(service::pay::pay(meter, credit, credit_serial, amount, payee, key).await)
+    }
+}
 
 type Dict = HashMap<String, OwnedValue>;
 

@@ -5,11 +5,12 @@
 //! through the call (which maps the error and logs a refusal). Nothing
 //! here knows the TPM or SQLite; nothing in the services knows zbus.
 //!
-//! This file is over the style's ~600 lines on purpose: zbus takes one
-//! interface as one `#[interface]` impl block (methods, properties and
-//! signals together), so it cannot be split by file; what a member does
-//! beyond its few lines lives in the modules below (`door`, `status`,
-//! `certs_dict`, `props`, ...).
+//! zbus takes one interface as one `#[interface]` impl block (methods,
+//! properties and signals together), so the members' signatures and docs
+//! (the D-Bus contract) all stay here; what a member does beyond its few
+//! lines lives in the modules below (`door`, `status`, `certs_dict`,
+//! `props`; the credit members' calls in `credit`, the user-key members'
+//! in `user_keys`, the property readings in `served`).
 
 mod auth;
 mod callers;
@@ -22,6 +23,7 @@ mod props;
 mod served;
 mod signals;
 mod status;
+mod user_keys;
 
 use std::collections::HashMap;
 
@@ -33,14 +35,14 @@ use zbus::{fdo, interface};
 use meter_proto::MeterError;
 
 use crate::{
-    account, agent, anchor, audit, certs, credit as credit_service, decrypt, lock, postage,
-    postmark, provision, rates, recharge, report, revoke, segment, sign, timestamp, validate,
+    account, agent, anchor, audit, certs, credit as credit_service, lock, postage, postmark,
+    provision, rates, recharge, report, revoke, segment, timestamp, validate,
 };
 use door::bounded;
 use fd_arg::MessageFd;
 
 pub use auth::{Authorizer, Caller};
-use served::registers;
+use served::{currency_digits, lock_reason, rates_version, registers};
 pub use served::{serve, MeterIface};
 pub use signals::watch_and_emit;
 
@@ -381,11 +383,8 @@ impl MeterIface {
         amount: u64,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let call = self.admin(&header, "RequestCredit").await?;
-        let key = call.key(&request_id)?;
-        call.done(
-            credit_service::request::request_credit(&self.app.meter, &creditor, amount, key).await,
-        )
+        self.request_credit_for(&header, &creditor, amount, &request_id)
+            .await
     }
 
     /// Opens a line of credit; returns the first payment certificate.
@@ -395,18 +394,7 @@ impl MeterIface {
         certificate: Vec<u8>,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let call = self.admin(&header, "OpenCreditLine").await?;
-        bounded("line-of-credit certificate", &certificate)?;
-        let key = call.key(&request_id)?;
-        call.done(
-            credit_service::open::open_credit_line(
-                &self.app.meter,
-                &self.app.credit,
-                &certificate,
-                key,
-            )
-            .await,
-        )
+        self.open_line(&header, &certificate, &request_id).await
     }
 
     /// Pays from a line of credit; returns the payment certificate.
@@ -418,19 +406,8 @@ impl MeterIface {
         payee: String,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let call = self.seller(&header, "Pay").await?;
-        let key = call.key(&request_id)?;
-        call.done(
-            credit_service::pay::pay(
-                &self.app.meter,
-                &self.app.credit,
-                &credit_serial,
-                amount,
-                &payee,
-                key,
-            )
-            .await,
-        )
+        self.pay_from_line(&header, &credit_serial, amount, &payee, &request_id)
+            .await
     }
 
     /// The lines of credit and their registers.
@@ -512,19 +489,8 @@ impl MeterIface {
         message: MessageFd,
         request_id: String,
     ) -> Result<Vec<u8>, MeterError> {
-        let call = self.seller(&header, "Sign").await?;
-        let key = call.key(&request_id)?;
-        let imprint = call.hash(message).await?;
-        call.done(
-            sign::sign(
-                &self.app.meter,
-                &self.app.certs,
-                &certificate_serial,
-                imprint,
-                key,
-            )
-            .await,
-        )
+        self.sign_with(&header, &certificate_serial, message, &request_id)
+            .await
     }
 
     /// Opens a CMS EnvelopedData (read from `envelope`) addressed to the user
@@ -539,22 +505,8 @@ impl MeterIface {
         output: MessageFd,
         request_id: String,
     ) -> Result<u64, MeterError> {
-        let call = self.seller(&header, "Decrypt").await?;
-        let key = call.key(&request_id)?;
-        let out = call.outlet(output)?;
-        call.done(out.check())?;
-        let envelope = call.read(envelope).await?;
-        call.done(
-            decrypt::decrypt(
-                &self.app.meter,
-                &self.app.certs,
-                &certificate_serial,
-                &envelope,
-                out,
-                key,
-            )
-            .await,
-        )
+        self.decrypt_with(&header, &certificate_serial, envelope, output, &request_id)
+            .await
     }
 
     /// Meter id, empty before provisioning.
@@ -574,14 +526,7 @@ impl MeterIface {
     /// Why the meter is locked, empty otherwise.
     #[zbus(property)]
     async fn lock_reason(&self, #[zbus(header)] h: Option<Header<'_>>) -> fdo::Result<String> {
-        self.read(h, "LockReason", |a| {
-            a.meter
-                .ledger_state()
-                .and_then(|s| s.lock)
-                .map(|l| l.reason)
-                .unwrap_or_default()
-        })
-        .await
+        self.read(h, "LockReason", lock_reason).await
     }
 
     /// Funds available.
@@ -614,23 +559,13 @@ impl MeterIface {
     /// Digits of the minor unit.
     #[zbus(property)]
     async fn currency_digits(&self, #[zbus(header)] h: Option<Header<'_>>) -> fdo::Result<u8> {
-        self.read(h, "CurrencyDigits", |a| {
-            a.meter.rates().currency(crate::clock::now()).1
-        })
-        .await
+        self.read(h, "CurrencyDigits", currency_digits).await
     }
 
     /// Rate table version in force.
     #[zbus(property)]
     async fn rates_version(&self, #[zbus(header)] h: Option<Header<'_>>) -> fdo::Result<u32> {
-        self.read(h, "RatesVersion", |a| {
-            a.meter
-                .rates()
-                .current(crate::clock::now())
-                .map(|t| t.version)
-                .unwrap_or(0)
-        })
-        .await
+        self.read(h, "RatesVersion", rates_version).await
     }
 
     /// The descending register fell below the threshold.

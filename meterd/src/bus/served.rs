@@ -81,6 +81,29 @@ pub(super) fn registers(app: &App) -> crate::ledger::Registers {
         .unwrap_or_default()
 }
 
+/// Why the meter is locked, empty otherwise (property `LockReason`).
+pub(super) fn lock_reason(a: &App) -> String {
+    a.meter
+        .ledger_state()
+        .and_then(|s| s.lock)
+        .map(|l| l.reason)
+        .unwrap_or_default()
+}
+
+/// Digits of the minor unit (property `CurrencyDigits`).
+pub(super) fn currency_digits(a: &App) -> u8 {
+    a.meter.rates().currency(crate::clock::now()).1
+}
+
+/// Rate table version in force, 0 for none (property `RatesVersion`).
+pub(super) fn rates_version(a: &App) -> u32 {
+    a.meter
+        .rates()
+        .current(crate::clock::now())
+        .map(|t| t.version)
+        .unwrap_or(0)
+}
+
 /// Serves the interface on `conn` (bus or peer-to-peer) at the object path.
 /// Every member and every property checks its caller, and
 /// `Properties.GetAll` is refused as a whole (`props`).

@@ -380,6 +380,22 @@ pub fn write(sb: &Sandbox, name: &str, data: &[u8]) -> String {
 }
 
 impl Sandbox {
+    /// Signs a lock order (reason `audit`) for this meter with the sandbox's
+    /// authority, as `NAME`; returns its path.
+    pub fn lock_order(&self, name: &str) -> String {
+        let order = self.path(name).to_string_lossy().into_owned();
+        self.authority(&[
+            "lock",
+            "--meter",
+            &self.meter_id(),
+            "--reason",
+            "audit",
+            "--out",
+            &order,
+        ]);
+        order
+    }
+
     /// Signs the rate table `toml` with the sandbox's authority (as `NAME.pem`) and
     /// installs it with meterctl, asserting both; returns the signed table's path.
     pub fn install_rates(&self, name: &str, toml: &str) -> String {
@@ -472,3 +488,34 @@ impl Sandbox {
         (with, without)
     }
 }
+
+/// A signed-table body (version 2, EUR, 3 digits) with postage bands, for
+/// [`Sandbox::install_rates`]: a postmark 500, a validation 100; a letter
+/// up to 20 g 950, up to 100 g 1550; a parcel up to 2 kg 4990, up to 10 kg
+/// 9990.
+pub const POSTAGE_RATES: &str = r#"
+version = 2
+effective = "2026-01-01T00:00:00Z"
+currency = "EUR"
+digits = 3
+[rates]
+postmark = 500
+validate = 100
+postage = 0
+[[postage]]
+class = "letter"
+max_grams = 20
+amount = 950
+[[postage]]
+class = "letter"
+max_grams = 100
+amount = 1550
+[[postage]]
+class = "parcel"
+max_grams = 2000
+amount = 4990
+[[postage]]
+class = "parcel"
+max_grams = 10000
+amount = 9990
+"#;
