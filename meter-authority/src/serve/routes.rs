@@ -23,8 +23,10 @@
 //!   revocations changed or after [`CRL_REFRESH`].
 //! * `GET /healthz` → `ok`.
 //! * `GET /v1/meters/{id}/pending` and `POST /v1/meters/{id}/orders/clear-lock`:
-//!   see `pending`.
+//!   see `pending`; `POST /v1/meters/{id}/orders/lock` and `.../orders/rates`:
+//!   see `orders`.
 
+mod orders;
 mod pending;
 
 use std::net::SocketAddr;
@@ -206,9 +208,19 @@ pub(super) async fn handle(s: &Service, peer: SocketAddr, req: Request<Incoming>
             let id = (*id).to_owned();
             pending::clear_lock(s, peer, &id, req).await
         }
-        (_, ["v1", "meters", _, "pending"] | ["v1", "meters", _, "orders", "clear-lock"]) => {
-            plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        (Method::POST, ["v1", "meters", id, "orders", "lock"]) => {
+            let id = (*id).to_owned();
+            orders::lock(s, peer, &id, req).await
         }
+        (Method::POST, ["v1", "meters", id, "orders", "rates"]) => {
+            let id = (*id).to_owned();
+            orders::rates(s, peer, &id, req).await
+        }
+        (
+            _,
+            ["v1", "meters", _, "pending"]
+            | ["v1", "meters", _, "orders", "clear-lock" | "lock" | "rates"],
+        ) => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         (_, ["healthz"] | ["v1", "crl" | "lookup"] | ["v1", "meters", _, "topups" | "reports"]) => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
