@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use meter_pki::cms::SignOptions;
 use meter_pki::ledger_format::{genesis_prev, row_hash, sha384, Digest, RowFields};
