@@ -70,9 +70,9 @@ async fn json_request<T: serde::de::DeserializeOwned>(
         .map_err(|e| plain(StatusCode::BAD_REQUEST, &format!("{what} request: {e}")))
 }
 
-fn der_of(pem: crate::Result<String>) -> Result<Vec<u8>, Reply> {
+fn der_of(pem: crate::Result<String>) -> Result<Vec<u8>, StoreError> {
     pem.and_then(|p| Ok(meter_pki::pem::decode_any(p.as_bytes(), "CMS")?))
-        .map_err(|e| failed(&StoreError::from(e)))
+        .map_err(StoreError::from)
 }
 
 /// Queues `der` as order `id` for `meter_id`: the bytes queued first.
@@ -112,7 +112,7 @@ pub(super) async fn lock(
             Ok(der) => queued(&id, der),
             Err(reply) => reply,
         },
-        Err(reply) => reply,
+        Err(e) => failed(&e),
     }
 }
 
@@ -137,7 +137,7 @@ pub(super) async fn rates(
     let id = format!("rates/v{}", table.version);
     let der = match der_of(Ok(pem)) {
         Ok(d) => d,
-        Err(reply) => return reply,
+        Err(e) => return failed(&e),
     };
     let stored = match queue(s, meter_id, &id, der).await {
         Ok(d) => d,
