@@ -349,11 +349,22 @@ impl Authority {
         reason: &str,
         now: i64,
     ) -> Result<(LockOrder, String)> {
+        self.lock_order_with(meter_id, &crate::fresh_nonce_hex(), reason, now)
+    }
+
+    /// A lock order for `meter_id` with the caller's `nonce` (`serve`'s
+    /// queued orders: the operator's id, so a retry names the same order).
+    pub fn lock_order_with(
+        &self,
+        meter_id: &str,
+        nonce: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<(LockOrder, String)> {
         check_meter_id(meter_id)?;
-        let nonce = crate::fresh_nonce_hex();
         let order = LockOrder {
             meter_id: meter_id.to_owned(),
-            nonce,
+            nonce: nonce.to_owned(),
             reason: reason.to_owned(),
             issued_at: now,
         };

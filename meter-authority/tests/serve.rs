@@ -259,6 +259,55 @@ fn pending_flow(dir: &Path, server: &Server) {
     assert_eq!(http(addr, "GET", &path, "text/plain", b"").body, r.body);
 }
 
+/// A top-up naming a register (issue 17): the voucher names it, the
+/// purchase keeps it, and a retry naming another register (or none) is a
+/// conflict, as one for another amount.
+fn register_flow(dir: &Path, server: &Server) {
+    let addr = server.addr.as_str();
+    let topup = |json: &str| {
+        http(
+            addr,
+            "POST",
+            "/v1/meters/MTR-2/topups",
+            "application/json",
+            json.as_bytes(),
+        )
+    };
+    let postage = r#"{"purchase_id":"reg-1","amount":700,"register":"postage"}"#;
+    let first = topup(postage);
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let now = meter_authority::now();
+    let (v, _) = payload::open::<Voucher>(&first.body, &anchors(dir), now).unwrap();
+    assert_eq!((v.amount, v.register.as_deref()), (700, Some("postage")));
+    let again = topup(postage);
+    assert_eq!(
+        (again.status, again.headers["meter-purchase"].as_str()),
+        (200, "repeated")
+    );
+    assert_eq!(again.body, first.body, "a retry gets the same voucher");
+    let services = r#"{"purchase_id":"reg-1","amount":700,"register":"services"}"#;
+    assert_eq!(topup(services).status, 409, "another register");
+    assert_eq!(topup(r#"{"purchase_id":"reg-1","amount":700}"#).status, 409);
+    let bad = r#"{"purchase_id":"reg-2","amount":700,"register":"stamps"}"#;
+    assert_eq!(topup(bad).status, 400);
+    // No register: a voucher naming none, and naming one on retry conflicts.
+    let none = buy(addr, "MTR-2", "reg-3", 50);
+    assert_eq!(none.status, 200);
+    let (v, _) = payload::open::<Voucher>(&none.body, &anchors(dir), now).unwrap();
+    assert_eq!(
+        (v.sequence, v.register),
+        (2, None),
+        "reg-2 took no sequence"
+    );
+    let late = r#"{"purchase_id":"reg-3","amount":50,"register":"services"}"#;
+    assert_eq!(topup(late).status, 409);
+}
+
 fn new_authority() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("authority");
@@ -305,12 +354,20 @@ fn serve_on_postgresql() {
     assert_eq!(pg.psql("SELECT count(*) FROM index_rows"), "1");
     assert_eq!(
         pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"),
-        "1,2,3"
+        "1,2,3,4"
     );
     assert_eq!(pg.psql("SELECT count(*) FROM orders"), "1");
     assert_eq!(
         pg.psql("SELECT jsonb_array_length(book->'awaited') FROM meters"),
         "1"
+    );
+    register_flow(&dir, &server);
+    assert_eq!(
+        pg.psql(
+            "SELECT string_agg(purchase_id || '=' || coalesce(register, '-'), ',' \
+             ORDER BY purchase_id) FROM purchases WHERE meter_id = 'MTR-2'"
+        ),
+        "reg-1=postage,reg-3=-"
     );
     // A second server on the same database: migrations are not re-applied,
     // and a retry there gets the voucher the first one issued.
@@ -336,4 +393,5 @@ fn serve_on_the_authority_directory() {
     assert_eq!(book.acknowledged.len(), 1);
     assert_eq!(book.refused, 1);
     assert_eq!(book.awaited.len(), 1);
+    register_flow(&dir, &server);
 }

@@ -4,7 +4,10 @@
 //! applies the acknowledgement and the pending vouchers and orders. A rerun
 //! doubles nothing, a sync stopped after its upload loses nothing, a
 //! clear-lock order queued by the operator unlocks the meter, and the
-//! provider's book ends where the meter's registers are.
+//! provider's book ends where the meter's registers are. The second test
+//! runs the same flow with the provider's state on a real PostgreSQL (the
+//! starter is meter-authority's `tests/serve_support/postgres.rs`), plus
+//! the operator's queued lock order and rate table.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -25,12 +28,18 @@ struct Provider {
 }
 
 impl Provider {
-    fn start(sb: &Sandbox) -> Provider {
-        let mut child = Command::new(bin_dir().join("meter-authority"))
-            .arg("serve")
+    /// On the sandbox's authority directory, its state there too or in
+    /// the PostgreSQL database `database` (a `--database` argument).
+    fn start(sb: &Sandbox, database: Option<&str>) -> Provider {
+        let mut c = Command::new(bin_dir().join("meter-authority"));
+        c.arg("serve")
             .arg("--dir")
             .arg(sb.authority_dir())
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0"]);
+        if let Some(url) = database {
+            c.args(["--database", url]);
+        }
+        let mut child = c
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -129,7 +138,7 @@ fn results(v: &Value) -> Vec<(String, String)> {
 #[test]
 fn meterctl_sync_with_meter_authority_serve() {
     let sb = Sandbox::up(100_000);
-    let p = Provider::start(&sb);
+    let p = Provider::start(&sb, None);
     let meter = sb.meter_id();
 
     // Nothing reachable at the URL: a named provider failure, nothing applied.
@@ -217,4 +226,164 @@ fn meterctl_sync_with_meter_authority_serve() {
         last.registers
     );
     assert_eq!(book.refused, 0);
+}
+
+/// The same flow with the provider's state in PostgreSQL: a cluster the test
+/// starts (Debian's `postgresql`; under CI its absence fails the test). The
+/// meter starts with no funds (SANDBOX_FUNDS=0): the database's book of a
+/// meter starts empty, so everything the meter holds comes through `serve`.
+/// It also applies the operator's queued lock order and rate table.
+#[test]
+fn meterctl_sync_with_serve_on_postgresql() {
+    let Some(bin) = crate::postgres::pg_bin() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI: PostgreSQL is required (Debian package postgresql, see tests/packages)"
+        );
+        eprintln!("SKIPPED: no PostgreSQL binaries in /usr/lib/postgresql/*/bin (apt-get install postgresql)");
+        return;
+    };
+    let pg = crate::postgres::Postgres::start(&bin);
+    let sb = Sandbox::up(0);
+    let p = Provider::start(&sb, Some(&pg.url()));
+    let meter = sb.meter_id();
+
+    // Two top-ups (one retried) arrive with one sync, each credited once.
+    p.buy(&meter, "shop-1", 5_000);
+    p.buy(&meter, "shop-1", 5_000);
+    p.buy(&meter, "shop-2", 2_000);
+    let (_, _, ct0) = sb.registers();
+    let v = sync(&sb, &p, &[]);
+    assert_eq!(
+        results(&v),
+        vec![
+            ("voucher/1".to_owned(), "applied".to_owned()),
+            ("voucher/2".to_owned(), "applied".to_owned())
+        ],
+        "{v}"
+    );
+    let (_, _, ct1) = sb.registers();
+    assert_eq!(ct1, ct0 + 7_000);
+
+    // Stopped after its upload, then rerun: the third top-up arrives once.
+    p.buy(&meter, "shop-3", 3_000);
+    let v = sync(&sb, &p, &["--stop-after", "upload"]);
+    assert_eq!(v["stopped_after"], "upload");
+    let v = sync(&sb, &p, &[]);
+    assert_eq!(
+        results(&v),
+        vec![("voucher/3".to_owned(), "applied".to_owned())],
+        "{v}"
+    );
+    let (_, _, ct2) = sb.registers();
+    assert_eq!(ct2, ct1 + 3_000);
+
+    // The operator's clear-lock order, queued over HTTP, unlocks the meter.
+    let order = sb.arg("lock.pem");
+    sb.authority(&[
+        "lock", "--meter", &meter, "--reason", "audit", "--out", &order,
+    ]);
+    sb.meterctl_json(&["lock", "apply", &order]);
+    let nonce = sb.status()["lock_nonce"].as_str().unwrap().to_owned();
+    let (status, body) = p.http(
+        "POST",
+        &format!("/v1/meters/{meter}/orders/clear-lock"),
+        &format!(r#"{{"nonce":"{nonce}"}}"#),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v = sync(&sb, &p, &[]);
+    assert_eq!(
+        results(&v),
+        vec![(format!("clear-lock/{nonce}"), "applied".to_owned())],
+        "{v}"
+    );
+    assert_eq!(v["state"], meter_proto::state::READY, "{v}");
+
+    // Orders the operator queues over HTTP (issue 16): a rate table, then a
+    // lock order and its clear-lock; each retry gets the same bytes, each is
+    // applied by one sync and listed no more once a report shows it applied.
+    let example =
+        std::fs::read_to_string(sandbox::repo().join("meter-authority/rates.example.toml"))
+            .unwrap();
+    let v2 = example.replacen("version = 1", "version = 2", 1);
+    let rates = |toml: &str| {
+        p.http(
+            "POST",
+            &format!("/v1/meters/{meter}/orders/rates"),
+            &serde_json::json!({ "toml": toml }).to_string(),
+        )
+    };
+    let (status, table) = rates(&v2);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&table));
+    assert_eq!(rates(&v2), (200, table.clone()), "a retry: the same table");
+    let other = v2.replacen("postmark = 500", "postmark = 600", 1);
+    assert_eq!(rates(&other).0, 409, "version 2 was another table");
+    let v = sync(&sb, &p, &[]);
+    assert_eq!(
+        results(&v),
+        vec![("rates/v2".to_owned(), "applied".to_owned())],
+        "{v}"
+    );
+    let lock =
+        |path: &str, json: &str| p.http("POST", &format!("/v1/meters/{meter}/orders/{path}"), json);
+    let order = r#"{"nonce":"op-lock-1","reason":"audit"}"#;
+    let (status, der) = lock("lock", order);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&der));
+    assert_eq!(lock("lock", order), (200, der), "a retry: the same order");
+    let v = sync(&sb, &p, &[]);
+    assert_eq!(
+        results(&v),
+        vec![("lock-order/op-lock-1".to_owned(), "applied".to_owned())],
+        "{v}"
+    );
+    assert_eq!(v["state"], meter_proto::state::LOCKED, "{v}");
+    // The meter's lock carries a nonce of its own: the clear-lock names it.
+    let forced = sb.status()["lock_nonce"].as_str().unwrap().to_owned();
+    let clear = format!(r#"{{"nonce":"{forced}"}}"#);
+    assert_eq!(lock("clear-lock", &clear).0, 200);
+    let v = sync(&sb, &p, &[]);
+    assert_eq!(
+        results(&v),
+        vec![(format!("clear-lock/{forced}"), "applied".to_owned())],
+        "{v}"
+    );
+    assert_eq!(v["state"], meter_proto::state::READY, "{v}");
+
+    // A last sync: nothing pending, and the database holds what the meter
+    // holds: three purchases, each credited once, the order applied, every
+    // upload acknowledged, the last acknowledged control total the meter's.
+    let v = sync(&sb, &p, &[]);
+    assert!(results(&v).is_empty(), "{v}");
+    assert!(p.pending(&meter)["objects"].as_array().unwrap().is_empty());
+    assert_eq!(
+        pg.psql("SELECT count(*), sum(amount) FROM purchases"),
+        "3|10000"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) = count(*) FILTER (WHERE accepted) FROM uploads"),
+        "t"
+    );
+    let book = pg.psql(&format!(
+        "SELECT book::text FROM meters WHERE meter_id = '{meter}'"
+    ));
+    let book: meter_authority::book::Book = serde_json::from_str(&book).unwrap();
+    assert_eq!(book.issued_total(), 10_000);
+    assert_eq!(book.credited().len(), 3, "every voucher credited once");
+    for k in [
+        format!("clear-lock/{nonce}"),
+        "rates/v2".to_owned(),
+        "lock-order/op-lock-1".to_owned(),
+        format!("clear-lock/{forced}"),
+    ] {
+        assert!(book.applied.contains_key(&k), "{k} not applied");
+    }
+    assert_eq!(book.refused, 0);
+    let (ar, _, ct) = sb.registers();
+    let last = book.last().unwrap();
+    assert_eq!(last.registers.control_total, ct);
+    assert!(
+        last.registers.ascending <= ar,
+        "{:?} vs {ar}",
+        last.registers
+    );
 }

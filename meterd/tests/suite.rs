@@ -12,6 +12,8 @@ mod attacker;
 #[path = "support/inproc.rs"]
 mod inproc;
 mod ledger_support;
+#[path = "../../meter-authority/tests/serve_support/postgres.rs"]
+mod postgres;
 #[path = "support/rewrite.rs"]
 mod rewrite;
 #[path = "support/root_tools.rs"]

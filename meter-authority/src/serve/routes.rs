@@ -1,11 +1,14 @@
 //! The routes of `serve` and their wire formats.
 //!
 //! * `POST /v1/meters/{id}/topups`, JSON `{"purchase_id": "...", "amount":
-//!   <minor units>}` → `200 application/cms`: the voucher (DER), the same
-//!   bytes for every request with that purchase id; headers
+//!   <minor units>, "register": "postage" | "services"}` (`register`
+//!   optional: a voucher naming no register, as `meter-authority voucher`
+//!   without `--register`) → `200 application/cms`: the voucher (DER), the
+//!   same bytes for every request with that purchase id; headers
 //!   `meter-voucher-sequence` and `meter-purchase: new | repeated`. `409` when
-//!   the purchase id was used for another amount. Requires `Authorization:
-//!   Bearer <operator token>` when the server has one, else a loopback client.
+//!   the purchase id was used for another amount or register. Requires
+//!   `Authorization: Bearer <operator token>` when the server has one, else
+//!   a loopback client.
 //! * `POST /v1/meters/{id}/reports`, body [`UPLOAD`] (see [`frame_upload`]):
 //!   the meter's signed status report, its TPM attestation (may be empty)
 //!   and its ledger segment. The report's CMS signature, by the identity key
@@ -23,8 +26,10 @@
 //!   revocations changed or after [`CRL_REFRESH`].
 //! * `GET /healthz` → `ok`.
 //! * `GET /v1/meters/{id}/pending` and `POST /v1/meters/{id}/orders/clear-lock`:
-//!   see `pending`.
+//!   see `pending`; `POST /v1/meters/{id}/orders/lock` and `.../orders/rates`:
+//!   see `orders`.
 
+mod orders;
 mod pending;
 
 use std::net::SocketAddr;
@@ -187,9 +192,19 @@ pub(super) async fn handle(s: &Service, peer: SocketAddr, req: Request<Incoming>
             let id = (*id).to_owned();
             pending::clear_lock(s, peer, &id, req).await
         }
-        (_, ["v1", "meters", _, "pending"] | ["v1", "meters", _, "orders", "clear-lock"]) => {
-            plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        (Method::POST, ["v1", "meters", id, "orders", "lock"]) => {
+            let id = (*id).to_owned();
+            orders::lock(s, peer, &id, req).await
         }
+        (Method::POST, ["v1", "meters", id, "orders", "rates"]) => {
+            let id = (*id).to_owned();
+            orders::rates(s, peer, &id, req).await
+        }
+        (
+            _,
+            ["v1", "meters", _, "pending"]
+            | ["v1", "meters", _, "orders", "clear-lock" | "lock" | "rates"],
+        ) => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         (_, ["healthz"] | ["v1", "crl" | "lookup"] | ["v1", "meters", _, "topups" | "reports"]) => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
@@ -222,6 +237,8 @@ fn operator_ok(s: &Service, peer: SocketAddr, req: &Request<Incoming>) -> bool {
 struct TopupRequest {
     purchase_id: String,
     amount: u64,
+    #[serde(default)]
+    register: Option<String>,
 }
 
 async fn topup(s: &Service, peer: SocketAddr, meter_id: &str, req: Request<Incoming>) -> Reply {
@@ -242,16 +259,25 @@ async fn topup(s: &Service, peer: SocketAddr, meter_id: &str, req: Request<Incom
         Ok(t) => t,
         Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("top-up request: {e}")),
     };
+    if let Some(r) = t.register.as_deref() {
+        if !meter_pki::payload::VOUCHER_REGISTERS.contains(&r) {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "top-up request: the register is postage or services",
+            );
+        }
+    }
     let p = Purchase {
         meter_id: meter_id.to_owned(),
         purchase_id: t.purchase_id,
         amount: t.amount,
+        register: t.register,
     };
     let now = crate::now();
     let sign = |sequence: u64| -> crate::Result<Vec<u8>> {
-        let (_, pem) = s
-            .signer
-            .sign_voucher(&p.meter_id, sequence, p.amount, None, now)?;
+        let (_, pem) =
+            s.signer
+                .sign_voucher(&p.meter_id, sequence, p.amount, p.register.as_deref(), now)?;
         Ok(meter_pki::pem::decode_any(pem.as_bytes(), "CMS")?)
     };
     match s.store.purchase(&p, &sign).await {

@@ -44,6 +44,9 @@ pub struct FileStore {
 struct StoredPurchase {
     purchase_id: String,
     amount: u64,
+    /// The voucher's register (absent: none, and in purchases stored before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    register: Option<String>,
     sequence: u64,
     voucher_hex: String,
 }
@@ -93,11 +96,8 @@ impl FileStore {
             hex::encode(Sha256::digest(&p.purchase_id))
         ));
         if let Some(s) = read_json::<StoredPurchase>(&path)? {
-            if s.amount != p.amount {
-                return Err(StoreError::Conflict(format!(
-                    "purchase {} was for {} minor units, not {}",
-                    p.purchase_id, s.amount, p.amount
-                )));
+            if let Some(e) = p.differs(s.amount, s.register.as_deref()) {
+                return Err(e);
             }
             return Ok(Purchased {
                 sequence: s.sequence,
@@ -112,6 +112,7 @@ impl FileStore {
         let stored = StoredPurchase {
             purchase_id: p.purchase_id.clone(),
             amount: p.amount,
+            register: p.register.clone(),
             sequence,
             voucher_hex: hex::encode(&voucher),
         };

@@ -60,6 +60,30 @@ pub struct Purchase {
     pub purchase_id: String,
     /// Minor units.
     pub amount: u64,
+    /// The register the voucher names (`postage` or `services`), if any.
+    pub register: Option<String>,
+}
+
+impl Purchase {
+    /// The conflict of a retry of this purchase id that recorded `amount`
+    /// and `register`: another amount or another register.
+    pub fn differs(&self, amount: u64, register: Option<&str>) -> Option<StoreError> {
+        if amount != self.amount {
+            return Some(StoreError::Conflict(format!(
+                "purchase {} was for {amount} minor units, not {}",
+                self.purchase_id, self.amount
+            )));
+        }
+        if register != self.register.as_deref() {
+            return Some(StoreError::Conflict(format!(
+                "purchase {} was for register {}, not {}",
+                self.purchase_id,
+                register.unwrap_or("(none)"),
+                self.register.as_deref().unwrap_or("(none)")
+            )));
+        }
+        None
+    }
 }
 
 /// The voucher of a purchase.

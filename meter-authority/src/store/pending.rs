@@ -5,7 +5,8 @@
 //! book, every purchase, the lock order of every refused upload, every
 //! order the operator queued); [`pending`] keeps what the book does not
 //! list in `applied`, each under the key the meter's ledger row carries
-//! (`voucher/<sequence>`, `lock-order/<nonce>`, `clear-lock/<nonce>`), so
+//! (`voucher/<sequence>`, `lock-order/<nonce>`, `clear-lock/<nonce>`,
+//! `rates/v<version>`: a table is also done when a newer one is applied), so
 //! the meter can skip what it applied since its last report and the answer
 //! is the same for every request until a new report is acknowledged.
 //! Nothing is deleted: the book is the record of what was applied.
@@ -60,7 +61,7 @@ pub struct Pending {
 /// Lock orders are opened with `roots` for their nonce (one that does not
 /// open is left out). At most [`MAX_PENDING`]; the flag says more wait.
 pub fn pending(q: &Queued, roots: &[Certificate], now: i64) -> (Vec<Pending>, bool) {
-    let applied = |k: &str| q.book.applied.contains_key(k);
+    let applied = |k: &str| q.book.applied.contains_key(k) || superseded(&q.book, k);
     let mut out = Vec::new();
     for der in &q.lock_orders {
         let Ok((o, _)) = meter_pki::payload::open::<LockOrder>(der, roots, now) else {
@@ -110,6 +111,22 @@ pub fn pending(q: &Queued, roots: &[Certificate], now: i64) -> (Vec<Pending>, bo
     (out, more)
 }
 
+/// The version of a `rates/v<N>` key.
+fn rates_version(k: &str) -> Option<u32> {
+    k.strip_prefix("rates/v")?.parse().ok()
+}
+
+/// A rate table the meter need not install: it applied this version or a
+/// newer one (the meter refuses a table not newer than its own as stale).
+fn superseded(book: &Book, k: &str) -> bool {
+    rates_version(k).is_some_and(|n| {
+        book.applied
+            .keys()
+            .filter_map(|a| rates_version(a))
+            .any(|m| m >= n)
+    })
+}
+
 /// Checks an order's nonce: 1 to 64 visible ASCII characters (as a ledger key).
 pub fn check_nonce(nonce: &str) -> crate::Result<()> {
     if nonce.is_empty() || nonce.len() > 64 || !nonce.bytes().all(|b| b.is_ascii_graphic()) {
@@ -139,10 +156,13 @@ mod tests {
         q.lock_orders.push(b"not an order".to_vec());
         q.book.applied.insert("voucher/2".into(), 5);
         q.book.applied.insert("clear-lock/b".into(), 6);
+        q.orders.push(("rates/v2".into(), vec![7]));
+        q.orders.push(("rates/v4".into(), vec![6]));
+        q.book.applied.insert("rates/v3".into(), 7);
         let (p, more) = pending(&q, &[], 0);
         let ids: Vec<&str> = p.iter().map(|p| p.id.as_str()).collect();
-        assert_eq!(ids, ["clear-lock/a", "voucher/1", "voucher/3"]);
-        assert_eq!(p[1].amount, Some(10));
+        assert_eq!(ids, ["clear-lock/a", "rates/v4", "voucher/1", "voucher/3"]);
+        assert_eq!(p[2].amount, Some(10));
         assert_eq!(p[0].kind, "clear-lock");
         assert!(!more);
         assert!(check_nonce("abc").is_ok());

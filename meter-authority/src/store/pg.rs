@@ -29,6 +29,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../migrations/0001_provider.sql")),
     (2, include_str!("../../migrations/0002_orders.sql")),
     (3, include_str!("../../migrations/0003_settle_certify.sql")),
+    (
+        4,
+        include_str!("../../migrations/0004_purchase_register.sql"),
+    ),
 ];
 /// Key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x6d65_7465_7264;
@@ -223,20 +227,16 @@ impl PgStore {
         let (mut book, next) = lock_meter(&tx, &p.meter_id).await?;
         if let Some(r) = tx
             .query_opt(
-                "SELECT amount, sequence, voucher FROM purchases \
+                "SELECT amount, sequence, voucher, register FROM purchases \
                  WHERE meter_id = $1 AND purchase_id = $2",
                 &[&p.meter_id, &p.purchase_id],
             )
             .await?
         {
             tx.rollback().await?;
-            if r.get::<_, i64>(0) != amount {
-                return Err(StoreError::Conflict(format!(
-                    "purchase {} was for {} minor units, not {}",
-                    p.purchase_id,
-                    r.get::<_, i64>(0),
-                    p.amount
-                )));
+            let was = u64_of(r.get(0), "amount")?;
+            if let Some(e) = p.differs(was, r.get::<_, Option<&str>>(3)) {
+                return Err(e);
             }
             return Ok(Purchased {
                 sequence: u64_of(r.get(1), "sequence")?,
@@ -251,14 +251,15 @@ impl PgStore {
             .ok_or_else(|| StoreError::Corrupt("voucher sequence exhausted".into()))?;
         save_book(&tx, &p.meter_id, &book, after).await?;
         tx.execute(
-            "INSERT INTO purchases (meter_id, purchase_id, amount, sequence, voucher) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO purchases (meter_id, purchase_id, amount, sequence, voucher, register) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
             &[
                 &p.meter_id,
                 &p.purchase_id,
                 &amount,
                 &i64_of(next, "sequence")?,
                 &voucher,
+                &p.register,
             ],
         )
         .await?;

@@ -2,8 +2,9 @@
 //! serve`) in one command: it makes a report with its ledger segment and
 //! attestation, uploads it, applies the answer (the acknowledgement, or the
 //! forced lock order of a refused report), fetches what is pending for the
-//! meter (vouchers bought for it, lock and clear-lock orders) and applies
-//! each.
+//! meter (vouchers bought for it, lock and clear-lock orders, rate tables)
+//! and applies each. A rate table the meter finds stale (it holds that
+//! version or a newer one) is done, like one already applied.
 //!
 //! Safe to interrupt and rerun at any point: every object is applied by the
 //! meter once (its ledger row carries the object's key), so one applied
@@ -258,6 +259,7 @@ async fn apply_pending(
             "voucher" => meter.recharge(&der).await.map(|_| ()),
             "clear-lock" => meter.clear_lock(&der).await,
             "lock-order" => meter.apply_lock_order(&der).await,
+            "rates" => meter.install_rates(&der).await,
             _ => {
                 human.push_str(&format!("{id}: kind {kind} not known here: skipped\n"));
                 results.push(json!({"id": id, "kind": kind, "result": "skipped"}));
