@@ -20,7 +20,7 @@ use crate::rewrite;
 
 use inproc::{InProc, Options, RATES};
 use meter_pki::ledger_format::sha384;
-use rewrite::{append, attacker, rechain_and_reseal};
+use rewrite::{append, attacker, last_seq, rechain_and_reseal};
 use rusqlite::params;
 
 async fn lock_reason(m: &InProc) -> Option<String> {
@@ -105,11 +105,13 @@ async fn unlock_attack(credit: i64) {
     drop(ledger);
     let path = m.config.ledger_path();
     let meter_id = m.meter_id.clone();
+    let planted = std::cell::Cell::new(0);
     let m = m
         .restart_with(|tpm| {
             let c = attacker(&path);
             let key = format!("m/clear-lock/{nonce}");
             append(&c, (7, "clear", &key, b"no order", credit));
+            planted.set(last_seq(&c));
             rechain_and_reseal(&c, &meter_id, tpm);
         })
         .await;
@@ -117,6 +119,14 @@ async fn unlock_attack(credit: i64) {
         lock_reason(&m).await.as_deref(),
         Some("tamper"),
         "an Unlock row without a clear order (credit {credit}) was accepted"
+    );
+    // Caught for the planted row itself, not for a side effect of planting it.
+    let audit = meterd::audit::audit(&m.meter).await.unwrap();
+    assert!(
+        matches!(audit.verdict, meterd::ledger::Verdict::Tamper { first_bad_seq: Some(s), .. }
+            if s as i64 == planted.get()),
+        "the planted row {} must be the one named: {audit:?}",
+        planted.get()
     );
     m.meter.close().await;
 }
