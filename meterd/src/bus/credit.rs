@@ -9,6 +9,7 @@ use meter_proto::MeterError;
 use zbus::message::Header;
 use zbus::zvariant::{OwnedValue, Value};
 
+use super::blob::Blob;
 use super::door::bounded;
 use super::MeterIface;
 use crate::credit::{self as service, LineView};
@@ -21,10 +22,10 @@ impl MeterIface {
         creditor: &str,
         amount: u64,
         request_id: &str,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.admin(header, "RequestCredit").await?;
         let key = call.key(request_id)?;
-        call.done(service::request::request_credit(&self.app.meter, creditor, amount, key).await)
+        call.blob(service::request::request_credit(&self.app.meter, creditor, amount, key).await)
     }
 
     /// `OpenCreditLine`: the first payment certificate (admin).
@@ -33,12 +34,12 @@ impl MeterIface {
         header: &Header<'_>,
         certificate: &[u8],
         request_id: &str,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.admin(header, "OpenCreditLine").await?;
         bounded("line-of-credit certificate", certificate)?;
         let key = call.key(request_id)?;
         let (meter, credit) = (&self.app.meter, &self.app.credit);
-        call.done(service::open::open_credit_line(meter, credit, certificate, key).await)
+        call.blob(service::open::open_credit_line(meter, credit, certificate, key).await)
     }
 
     /// `Pay`: a payment certificate from a line (sale lane).
@@ -49,11 +50,11 @@ impl MeterIface {
         amount: u64,
         payee: &str,
         request_id: &str,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.seller(header, "Pay").await?;
         let key = call.key(request_id)?;
         let (meter, credit) = (&self.app.meter, &self.app.credit);
-        call.done(service::pay::pay(meter, credit, credit_serial, amount, payee, key).await)
+        call.blob(service::pay::pay(meter, credit, credit_serial, amount, payee, key).await)
     }
 }
 

@@ -16,6 +16,7 @@ use zbus::Connection;
 use meter_proto::MeterError;
 
 use super::auth::{Authorizer, Caller, Role};
+use super::blob::Blob;
 use super::callers::{CallGuard, Callers, Lane};
 use super::errors;
 use super::fd_arg::MessageFd;
@@ -162,6 +163,11 @@ impl Call<'_> {
     /// The service's answer on the wire; a refusal is logged with the caller.
     pub fn done<T>(&self, r: Result<T, ServiceError>) -> Result<T, MeterError> {
         r.map_err(|e| self.refuse(e))
+    }
+
+    /// [`Self::done`] for a byte-array answer, written in one copy.
+    pub fn blob(&self, r: Result<Vec<u8>, ServiceError>) -> Result<Blob, MeterError> {
+        self.done(r).map(Blob)
     }
 
     fn refuse(&self, e: ServiceError) -> MeterError {

@@ -13,6 +13,7 @@
 //! in `user_keys`, the property readings in `served`).
 
 mod auth;
+mod blob;
 mod callers;
 mod certs_dict;
 mod credit;
@@ -38,6 +39,7 @@ use crate::{
     account, agent, anchor, audit, certs, credit as credit_service, lock, postage, postmark,
     provision, rates, recharge, report, revoke, segment, timestamp, validate,
 };
+use blob::Blob;
 use door::bounded;
 use fd_arg::MessageFd;
 
@@ -125,11 +127,11 @@ impl MeterIface {
         #[zbus(header)] header: Header<'_>,
         message: MessageFd,
         request_id: String,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.seller(&header, "Postmark").await?;
         let key = call.key(&request_id)?;
         let imprint = call.hash(message).await?;
-        call.done(postmark::postmark(&self.app.meter, imprint, key).await)
+        call.blob(postmark::postmark(&self.app.meter, imprint, key).await)
     }
 
     /// RFC 3161 token over a caller-computed SHA-384.
@@ -138,11 +140,11 @@ impl MeterIface {
         #[zbus(header)] header: Header<'_>,
         sha384: Vec<u8>,
         request_id: String,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.seller(&header, "PostmarkDigest").await?;
         let key = call.key(&request_id)?;
         let imprint = call.done(postmark::imprint_of(&sha384))?;
-        call.done(postmark::postmark(&self.app.meter, imprint, key).await)
+        call.blob(postmark::postmark(&self.app.meter, imprint, key).await)
     }
 
     /// RFC 3161: a DER TimeStampReq in, a DER TimeStampResp out, charged
@@ -152,11 +154,11 @@ impl MeterIface {
         #[zbus(header)] header: Header<'_>,
         request: Vec<u8>,
         request_id: String,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.seller(&header, "TimeStamp").await?;
         let key = call.key(&request_id)?;
         bounded("time-stamp request", &request)?;
-        call.done(timestamp::time_stamp(&self.app.meter, &request, key).await)
+        call.blob(timestamp::time_stamp(&self.app.meter, &request, key).await)
     }
 
     /// Postage indicium for one mail piece (claims 17–31): priced by class
@@ -171,7 +173,7 @@ impl MeterIface {
         origin: String,
         destination: String,
         request_id: String,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.seller(&header, "Postage").await?;
         let key = call.key(&request_id)?;
         let req = postage::PostageRequest {
@@ -180,7 +182,7 @@ impl MeterIface {
             origin,
             destination,
         };
-        call.done(postage::postage(&self.app.meter, req, key).await)
+        call.blob(postage::postage(&self.app.meter, req, key).await)
     }
 
     /// Charged verification of a token against the message.
@@ -211,10 +213,10 @@ impl MeterIface {
         &self,
         #[zbus(header)] header: Header<'_>,
         request_id: String,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.user(&header, "Report").await?;
         let key = call.key(&request_id)?;
-        call.done(report::report(&self.app.meter, &self.app.reports, key).await)
+        call.blob(report::report(&self.app.meter, &self.app.reports, key).await)
     }
 
     /// Writes the ledger segment of the caller's report (the rows since the
@@ -239,10 +241,10 @@ impl MeterIface {
         &self,
         #[zbus(header)] header: Header<'_>,
         request_id: String,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.admin(&header, "ReportAttestation").await?;
         let key = call.key(&request_id)?;
-        call.done(crate::attest::attest_report(&self.app.meter, key).await)
+        call.blob(crate::attest::attest_report(&self.app.meter, key).await)
     }
 
     /// Applies an authority acknowledgement of a report; returns the next deadline (Unix s).
@@ -319,9 +321,9 @@ impl MeterIface {
     async fn request_agent_ca(
         &self,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.admin(&header, "RequestAgentCa").await?;
-        call.done(agent::request_ca(&self.app.meter).await)
+        call.blob(agent::request_ca(&self.app.meter).await)
     }
 
     /// The postal-key request (CMS SignedData by the identity key naming the TPM storage
@@ -329,9 +331,9 @@ impl MeterIface {
     async fn postal_key_request(
         &self,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.admin(&header, "PostalKeyRequest").await?;
-        call.done(crate::postal_key::request(&self.app.meter).await)
+        call.blob(crate::postal_key::request(&self.app.meter).await)
     }
 
     /// Imports the authority's postal-key delivery into the TPM (once per delivery);
@@ -382,7 +384,7 @@ impl MeterIface {
         creditor: String,
         amount: u64,
         request_id: String,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         self.request_credit_for(&header, &creditor, amount, &request_id)
             .await
     }
@@ -393,7 +395,7 @@ impl MeterIface {
         #[zbus(header)] header: Header<'_>,
         certificate: Vec<u8>,
         request_id: String,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         self.open_line(&header, &certificate, &request_id).await
     }
 
@@ -405,7 +407,7 @@ impl MeterIface {
         amount: u64,
         payee: String,
         request_id: String,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         self.pay_from_line(&header, &credit_serial, amount, &payee, &request_id)
             .await
     }
@@ -427,10 +429,10 @@ impl MeterIface {
         serial: String,
         reason: String,
         request_id: String,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.admin(&header, "Revoke").await?;
         let key = call.key(&request_id)?;
-        call.done(revoke::request(&self.app.meter, &self.app.certs, &serial, &reason, key).await)
+        call.blob(revoke::request(&self.app.meter, &self.app.certs, &serial, &reason, key).await)
     }
 
     /// Applies an authority revoke order; returns the signed confirmation
@@ -439,10 +441,10 @@ impl MeterIface {
         &self,
         #[zbus(header)] header: Header<'_>,
         order: Vec<u8>,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.admin(&header, "ApplyRevokeOrder").await?;
         bounded("revoke order", &order)?;
-        call.done(revoke::apply(&self.app.meter, &self.app.certs, &self.app.dues, &order).await)
+        call.blob(revoke::apply(&self.app.meter, &self.app.certs, &self.app.dues, &order).await)
     }
 
     /// Makes a user key in the TPM and returns its certificate request (CMS).
@@ -451,12 +453,12 @@ impl MeterIface {
         #[zbus(header)] header: Header<'_>,
         subject: HashMap<String, OwnedValue>,
         request_id: String,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.admin(&header, "RequestCertificate").await?;
         let key = call.key(&request_id)?;
         let (cn, code) = certs_dict::subject(&subject)?;
         let encrypt = certs_dict::wants_encrypt(&subject);
-        call.done(
+        call.blob(
             certs::request_for(&self.app.meter, &self.app.certs, &cn, &code, encrypt, key).await,
         )
     }
@@ -488,7 +490,7 @@ impl MeterIface {
         certificate_serial: String,
         message: MessageFd,
         request_id: String,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         self.sign_with(&header, &certificate_serial, message, &request_id)
             .await
     }

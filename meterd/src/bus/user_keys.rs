@@ -6,6 +6,7 @@
 use meter_proto::MeterError;
 use zbus::message::Header;
 
+use super::blob::Blob;
 use super::fd_arg::MessageFd;
 use super::MeterIface;
 use crate::{decrypt, sign};
@@ -18,12 +19,12 @@ impl MeterIface {
         certificate_serial: &str,
         message: MessageFd,
         request_id: &str,
-    ) -> Result<Vec<u8>, MeterError> {
+    ) -> Result<Blob, MeterError> {
         let call = self.seller(header, "Sign").await?;
         let key = call.key(request_id)?;
         let imprint = call.hash(message).await?;
         let (meter, certs) = (&self.app.meter, &self.app.certs);
-        call.done(sign::sign(meter, certs, certificate_serial, imprint, key).await)
+        call.blob(sign::sign(meter, certs, certificate_serial, imprint, key).await)
     }
 
     /// `Decrypt` (sale lane): checks `output` before reading `envelope`,
