@@ -181,6 +181,40 @@ async fn a_batch_ending_without_a_sealed_product_is_sealed_explicitly() {
     assert_eq!(l.audit().await.unwrap().verdict, Verdict::Clean);
 }
 
+/// The sequencer's check that a seal-bearing product carries its seal is a
+/// byte search, not a parse (issue 14: the parse cost an eighth of a
+/// postmark's instructions). A finisher that wrote the seal attribute
+/// outside what its signature covers passes that check, and its batch is
+/// left without an explicit seal; the audit, which parses the product and
+/// verifies the signature over the attribute, must catch it.
+#[tokio::test]
+async fn a_seal_outside_the_signed_bytes_is_caught_by_the_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db(dir.path());
+    let (l, _c) = create(&path);
+    l.commit(credit("voucher:1", 100), None).await.unwrap();
+    let (out, _) = l
+        .commit_finishing(
+            debit("pm-1", 10, b"m"),
+            None,
+            Finisher::sealing(|row, _| {
+                let mut product = b"unsigned: ".to_vec();
+                product.extend_from_slice(&row.seal().attribute_der());
+                Ok(product)
+            }),
+        )
+        .await
+        .unwrap();
+    let Outcome::Committed { seq, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(batch_seal_len(&path, seq as i64), 0);
+    match l.audit().await.unwrap().verdict {
+        Verdict::Tamper { detail, .. } => assert!(detail.contains("seal"), "{detail}"),
+        v => panic!("expected tamper, got {v:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_copy_restored_after_an_epoch_advance_is_a_rollback() {
     let dir = tempfile::tempdir().unwrap();

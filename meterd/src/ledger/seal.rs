@@ -114,8 +114,8 @@ pub struct ProductSeal {
     pub signature: RawSignature,
 }
 
-/// Finds the seal in a product, for the audit and the sequencer's check
-/// that a product promised as seal-bearing is.
+/// Finds the seal in a product, for the audit (the sequencer's check that
+/// a product promised as seal-bearing is only searches its bytes).
 pub trait SealReader: Send + Sync + 'static {
     /// The seal `product` carries, if it is a seal-bearing product; `None`
     /// for anything else (an indicium, a voucher, a report, garbage).
