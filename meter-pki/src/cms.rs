@@ -86,6 +86,10 @@ fn attr(id: ObjectIdentifier, value: Any) -> Result<Attribute> {
 
 /// The signingCertificateV2 value for `c`.
 pub(crate) fn ess_for(c: &Certificate) -> Result<SigningCertificateV2> {
+    ess::cached(c, ess_uncached)
+}
+
+fn ess_uncached(c: &Certificate) -> Result<SigningCertificateV2> {
     Ok(SigningCertificateV2 {
         certs: vec![EssCertIdV2 {
             hash_algorithm: Some(util::alg(oid::SHA384)),
@@ -582,6 +586,9 @@ fn verify_parsed(
         certificates: p.certs,
     })
 }
+
+#[path = "cms_ess.rs"]
+mod ess;
 
 #[cfg(test)]
 #[path = "cms_tests.rs"]
