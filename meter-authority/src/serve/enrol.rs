@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::{body, failed, header, media_is, operator_ok, plain, typed, Reply};
 use crate::serve::Service;
+use crate::state::Register;
 use crate::AuthorityError;
 
 /// Largest certification request (two CSRs and a TPM attestation).
@@ -110,33 +111,36 @@ pub(super) async fn certify(
     }
     let key: [u8; 32] = h.finalize().into();
     let dir = s.dir.clone();
-    let issue = Box::new(move || -> crate::Result<Vec<u8>> {
-        let mut a = crate::Authority::open(&dir)?;
-        let now = crate::now();
-        let (id, pm) = (c.identity_csr.as_bytes(), c.postmark_csr.as_bytes());
-        let json = match &attestation {
-            Some(ev) => {
-                let (certs, sealed) = a.certify_meter_attested(id, pm, ev, &ek_cas(&dir)?, now)?;
-                let credential: serde_json::Value = serde_json::from_slice(&sealed.to_json()?)
-                    .map_err(|e| AuthorityError::Corrupt(format!("credential: {e}")))?;
-                serde_json::json!({
-                    "meter_id": certs.meter_id,
-                    "attested": true,
-                    "credential": credential,
-                })
-            }
-            None => {
-                let certs = a.certify_meter(id, pm, now)?;
-                serde_json::json!({
-                    "meter_id": certs.meter_id,
-                    "attested": false,
-                    "identity": cert_pem(&certs.identity)?,
-                    "postmark": cert_pem(&certs.postmark)?,
-                })
-            }
-        };
-        Ok(json.to_string().into_bytes())
-    });
+    let issue = Box::new(
+        move |register: &mut dyn Register| -> crate::Result<Vec<u8>> {
+            let a = crate::Authority::open_keys(&dir)?;
+            let now = crate::now();
+            let (id, pm) = (c.identity_csr.as_bytes(), c.postmark_csr.as_bytes());
+            let json = match &attestation {
+                Some(ev) => {
+                    let (certs, sealed) =
+                        a.certify_meter_attested_in(register, id, pm, ev, &ek_cas(&dir)?, now)?;
+                    let credential: serde_json::Value = serde_json::from_slice(&sealed.to_json()?)
+                        .map_err(|e| AuthorityError::Corrupt(format!("credential: {e}")))?;
+                    serde_json::json!({
+                        "meter_id": certs.meter_id,
+                        "attested": true,
+                        "credential": credential,
+                    })
+                }
+                None => {
+                    let certs = a.certify_meter_in(register, id, pm, now)?;
+                    serde_json::json!({
+                        "meter_id": certs.meter_id,
+                        "attested": false,
+                        "identity": cert_pem(&certs.identity)?,
+                        "postmark": cert_pem(&certs.postmark)?,
+                    })
+                }
+            };
+            Ok(json.to_string().into_bytes())
+        },
+    );
     match s.store.certify(meter_id, key, issue).await {
         Ok(done) => {
             let mut r = typed(StatusCode::OK, done.answer, "application/json");

@@ -2,10 +2,13 @@
 //! `meter-tsa`'s connection loop and body reader: the `meter-http` crate), with its state in a [`Store`] (the authority directory, or
 //! PostgreSQL with `--database`).
 //!
-//! The signing key, the root and the register of issued certificates stay in
-//! the authority directory (`--dir`), read when the server starts (the key)
-//! and at each report upload (the register, so meters certified by the
-//! command line meanwhile are known). Every request body is bounded (its
+//! The signing key and the root stay in the authority directory (`--dir`),
+//! read when the server starts and again per request (a root rolled over
+//! meanwhile). The register of issued certificates and the serial counter
+//! are the store's (`store::certify`): `state.json` in the directory, or a
+//! table and a sequence in PostgreSQL, read per meter at each report upload
+//! (with the directory's register for a meter the command line certified).
+//! Every request body is bounded (its
 //! `Content-Length` checked first, then the bytes read), headers must arrive
 //! within [`HEADER_TIMEOUT`] and the body within [`BODY_TIMEOUT`]. On SIGTERM
 //! or SIGINT the listener closes and requests in flight get [`DRAIN`] to
@@ -37,7 +40,7 @@ pub const MAX_TOPUP_BODY: usize = 4096;
 
 /// What every connection shares.
 pub struct Service {
-    /// The authority directory (register of issued certificates, revocations).
+    /// The authority directory (keys, roots, revocations, credit lines).
     pub dir: PathBuf,
     /// The authority as opened at start: signs vouchers and CRLs.
     pub signer: Authority,
@@ -60,7 +63,7 @@ impl Service {
         max_upload: usize,
         operator_token: Option<[u8; 32]>,
     ) -> crate::Result<Service> {
-        let signer = Authority::open(&dir)?;
+        let signer = Authority::open_keys(&dir)?;
         Ok(Service {
             dir,
             signer,

@@ -310,13 +310,13 @@ async fn report(s: &Service, meter_id: &str, req: Request<Incoming>) -> Reply {
         return plain(StatusCode::BAD_REQUEST, "not a framed report upload");
     };
     let now = crate::now();
-    // Opened again: the register of certificates the command line added.
-    let a = match crate::Authority::open(&s.dir) {
+    // Opened again (the keys only): a root rolled over meanwhile.
+    let a = match crate::Authority::open_keys(&s.dir) {
         Ok(a) => a,
         Err(e) => return failed(&e.into()),
     };
     let att = (!att.is_empty()).then_some(att);
-    let upload = match a.verify_upload(report, att, now) {
+    let upload = match a.verify_upload_signed(report, att, now) {
         Ok(u) => u,
         Err(e) => return failed(&e.into()),
     };
@@ -325,6 +325,9 @@ async fn report(s: &Service, meter_id: &str, req: Request<Incoming>) -> Reply {
             StatusCode::FORBIDDEN,
             "the report is signed by another meter than the path names",
         );
+    }
+    if let Err(e) = issued_signer(s, &upload).await {
+        return failed(&e);
     }
     let key: [u8; 32] = Sha256::digest(&bytes).into();
     let reconcile = Box::new(
@@ -359,6 +362,28 @@ async fn report(s: &Service, meter_id: &str, req: Request<Incoming>) -> Reply {
             r
         }
         Err(e) => failed(&e),
+    }
+}
+
+/// Checks the report's signer against the certificates issued to its meter:
+/// the store's register (per meter), then, for a serial of the directory's
+/// range when the store is a database, the directory's (a meter the command
+/// line certified).
+async fn issued_signer(s: &Service, upload: &crate::inspect::Upload) -> crate::store::Result<()> {
+    let known = s.store.certificates(upload.meter_id()).await?;
+    match upload.check_issued(&known) {
+        Err(_)
+            if upload
+                .signer_serial()
+                .is_some_and(|n| n < crate::state::DATABASE_SERIALS)
+                && known
+                    .iter()
+                    .all(|i| i.serial >= crate::state::DATABASE_SERIALS) =>
+        {
+            let dir = crate::store::certify::directory_certificates(&s.dir, upload.meter_id())?;
+            Ok(upload.check_issued(&dir)?)
+        }
+        other => Ok(other?),
     }
 }
 
@@ -403,7 +428,7 @@ async fn lookup(s: &Service, req: Request<Incoming>) -> Reply {
         Err(r) => return r,
     };
     let now = crate::now();
-    let a = match crate::Authority::open(&s.dir) {
+    let a = match crate::Authority::open_keys(&s.dir) {
         Ok(a) => a,
         Err(e) => return failed(&e.into()),
     };

@@ -136,6 +136,16 @@ fn check(pg: &Postgres, plan: &Plan, t: &Tally) {
         pg.psql("SELECT count(*) FROM certifications"),
         n.to_string()
     );
+    // The register: an identity and a postmark certificate per meter, each
+    // with its own serial (the primary key) from the database's range.
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*), count(DISTINCT subject_cn) FILTER (WHERE profile = 'MeterIdentity'), \
+             count(DISTINCT subject_cn) FILTER (WHERE profile = 'Postmark'), \
+             count(*) FILTER (WHERE serial < 4294967296) FROM certificates"
+        ),
+        format!("{}|{n}|{n}|0", 2 * n)
+    );
 }
 
 fn db_size(pg: &Postgres) -> u64 {
@@ -208,7 +218,7 @@ fn run(plan: &Plan, chaos: Option<Chaos<'_>>) -> u64 {
     let tables = pg.psql(
         "SELECT string_agg(relname || ' ' || round(pg_total_relation_size(oid) / 1e6, 1) || ' MB', ', ' \
          ORDER BY pg_total_relation_size(oid) DESC) FROM pg_class WHERE relname IN \
-         ('meters', 'purchases', 'uploads', 'index_rows', 'settlements', 'certifications')",
+         ('meters', 'purchases', 'uploads', 'index_rows', 'settlements', 'certifications', 'certificates')",
     );
     out += &format!("  tables (with indexes and TOAST): {tables}\n");
     out += &format!(
