@@ -110,21 +110,9 @@ fn flow(dir: &Path, addr: &str) -> BTreeSet<u64> {
     serials
 }
 
-fn new_authority() -> (tempfile::TempDir, std::path::PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("authority");
-    meter_authority::Authority::init(&dir, "Test Root", meter_authority::now()).unwrap();
-    (tmp, dir)
-}
-
 #[test]
 fn register_on_postgresql() {
-    let Some(bin) = pg_bin() else {
-        assert!(std::env::var("CI").is_err(), "CI: PostgreSQL is required");
-        eprintln!("SKIPPED: no PostgreSQL binaries");
-        return;
-    };
-    let pg = Postgres::start(&bin);
+    let Some(pg) = postgres() else { return };
     let (_tmp, dir) = new_authority();
     let server = Server::start(&dir, Some(&pg.url()));
     let serials = flow(&dir, &server.addr);

@@ -32,19 +32,8 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn postgres() -> Option<Postgres> {
-    let Some(bin) = pg_bin() else {
-        assert!(std::env::var("CI").is_err(), "CI: PostgreSQL is required");
-        eprintln!("SKIPPED: no PostgreSQL binaries");
-        return None;
-    };
-    Some(Postgres::start(&bin))
-}
-
-fn new_authority() -> (tempfile::TempDir, std::path::PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("authority");
-    meter_authority::Authority::init(&dir, "Fleet Root", meter_authority::now()).unwrap();
+fn new_fleet_authority() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (tmp, dir) = new_authority();
     add_creditor(&dir, "Bank", CREDITOR);
     (tmp, dir)
 }
@@ -160,7 +149,7 @@ type Chaos<'a> = &'a (dyn Fn(&mut Provider, &mut Postgres, &Shared) + Sync);
 
 fn run(plan: &Plan, chaos: Option<Chaos<'_>>) -> u64 {
     let Some(mut pg) = postgres() else { return 0 };
-    let (_tmp, dir) = new_authority();
+    let (_tmp, dir) = new_fleet_authority();
     let mut provider = Provider::start(&dir, &pg.url(), plan.connections);
     let sh = Arc::new(Shared {
         addr: RwLock::new(provider.addr.clone()),
