@@ -77,7 +77,7 @@ impl Authority {
         // Every check before any serial is taken.
         let verified = tpm::verify_evidence(&ev, ek_cas, &expected, now)?;
         let path = self.attested_path(&ev.meter_id)?;
-        let certs = self.certify_meter_in(register, identity_csr, postmark_csr, now)?;
+        let certs = self.certify_meter_in(register, &id, &pm, now)?;
         let sealed = SealedCredential::make(
             &verified,
             &certs.meter_id,

@@ -347,20 +347,22 @@ impl Authority {
         postmark_csr: &[u8],
         now: i64,
     ) -> Result<MeterCerts> {
-        self.with_state(|a, state| a.certify_meter_in(state, identity_csr, postmark_csr, now))
+        let id = csr::verify(identity_csr)?;
+        let pm = csr::verify(postmark_csr)?;
+        self.with_state(|a, state| a.certify_meter_in(state, &id, &pm, now))
     }
 
-    /// [`Authority::certify_meter`] with the serials taken from and the
-    /// certificates recorded in `register` (the caller makes it durable).
+    /// [`Authority::certify_meter`] for requests already verified (a
+    /// P-384 verification is most of a certification's cost), with the
+    /// serials taken from and the certificates recorded in `register` (the
+    /// caller makes it durable).
     pub fn certify_meter_in(
         &self,
         register: &mut dyn Register,
-        identity_csr: &[u8],
-        postmark_csr: &[u8],
+        id: &csr::VerifiedCsr,
+        pm: &csr::VerifiedCsr,
         now: i64,
     ) -> Result<MeterCerts> {
-        let id = csr::verify(identity_csr)?;
-        let pm = csr::verify(postmark_csr)?;
         if id.subject_cn != pm.subject_cn {
             return Err(AuthorityError::Invalid(format!(
                 "the two requests name different meters: {:?} and {:?}",
@@ -388,7 +390,7 @@ impl Authority {
             now,
         )?;
         Ok(MeterCerts {
-            meter_id: id.subject_cn,
+            meter_id: id.subject_cn.clone(),
             identity,
             postmark,
         })

@@ -80,10 +80,12 @@ pub(super) async fn certify(
             "unattested keys are certified only with the operator's credential",
         );
     }
-    // The requests must name the meter of the path before anything is issued.
+    // The requests must name the meter of the path before anything is
+    // issued (verified once: the issuing below takes them as they are).
+    let mut verified = Vec::with_capacity(2);
     for r in [&c.identity_csr, &c.postmark_csr] {
         match csr::verify(r.as_bytes()) {
-            Ok(v) if v.subject_cn == meter_id => {}
+            Ok(v) if v.subject_cn == meter_id => verified.push(v),
             Ok(_) => {
                 return plain(
                     StatusCode::FORBIDDEN,
@@ -93,6 +95,9 @@ pub(super) async fn certify(
             Err(e) => return failed(&AuthorityError::from(e).into()),
         }
     }
+    let (Some(pm_verified), Some(id_verified)) = (verified.pop(), verified.pop()) else {
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, "requests not verified");
+    };
     let attestation = match &c.attestation {
         Some(v) => match serde_json::to_vec(v) {
             Ok(b) => Some(b),
@@ -111,9 +116,12 @@ pub(super) async fn certify(
     }
     let key: [u8; 32] = h.finalize().into();
     let dir = s.dir.clone();
+    let a = match s.authority() {
+        Ok(a) => a,
+        Err(e) => return failed(&e.into()),
+    };
     let issue = Box::new(
         move |register: &mut dyn Register| -> crate::Result<Vec<u8>> {
-            let a = crate::Authority::open_keys(&dir)?;
             let now = crate::now();
             let (id, pm) = (c.identity_csr.as_bytes(), c.postmark_csr.as_bytes());
             let json = match &attestation {
@@ -129,7 +137,7 @@ pub(super) async fn certify(
                     })
                 }
                 None => {
-                    let certs = a.certify_meter_in(register, id, pm, now)?;
+                    let certs = a.certify_meter_in(register, &id_verified, &pm_verified, now)?;
                     serde_json::json!({
                         "meter_id": certs.meter_id,
                         "attested": false,

@@ -33,7 +33,7 @@ mod orders;
 mod pending;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -66,7 +66,7 @@ mod settle;
 
 /// A CRL signed, for the state of `revocations.json` it was signed from.
 pub(crate) struct CachedCrl {
-    source: Option<(SystemTime, u64)>,
+    source: Option<super::FileState>,
     signed: Instant,
     der: Vec<u8>,
 }
@@ -310,8 +310,7 @@ async fn report(s: &Service, meter_id: &str, req: Request<Incoming>) -> Reply {
         return plain(StatusCode::BAD_REQUEST, "not a framed report upload");
     };
     let now = crate::now();
-    // Opened again (the keys only): a root rolled over meanwhile.
-    let a = match crate::Authority::open_keys(&s.dir) {
+    let a = match s.authority() {
         Ok(a) => a,
         Err(e) => return failed(&e.into()),
     };
@@ -389,9 +388,7 @@ async fn issued_signer(s: &Service, upload: &crate::inspect::Upload) -> crate::s
 
 fn crl(s: &Service) -> Reply {
     let path = s.dir.join("revocations.json");
-    let source = std::fs::metadata(&path)
-        .ok()
-        .and_then(|m| Some((m.modified().ok()?, m.len())));
+    let source = super::file_state(&path);
     let Ok(mut cache) = s.crl.lock() else {
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "CRL cache poisoned");
     };
@@ -407,9 +404,7 @@ fn crl(s: &Service) -> Reply {
     match signed {
         Ok(der) => {
             // Signing wrote the next CRL number: the file changed.
-            let source = std::fs::metadata(&path)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            let source = super::file_state(&path);
             *cache = Some(CachedCrl {
                 source,
                 signed: Instant::now(),
@@ -428,7 +423,7 @@ async fn lookup(s: &Service, req: Request<Incoming>) -> Reply {
         Err(r) => return r,
     };
     let now = crate::now();
-    let a = match crate::Authority::open_keys(&s.dir) {
+    let a = match s.authority() {
         Ok(a) => a,
         Err(e) => return failed(&e.into()),
     };
