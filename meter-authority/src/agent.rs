@@ -18,13 +18,14 @@ impl Authority {
         let anchors = [self.root().clone()];
         let req = agent::verify_agent_ca_request(request, &anchors, now)?;
         crate::check_meter_id(&req.meter_id)?;
-        let c = self.issue_one(
-            &req.csr.subject_cn,
-            &req.csr.public_sec1,
-            Profile::AgentCa,
-            now,
-        )?;
-        self.save()?;
-        Ok(c)
+        self.with_state(|a, state| {
+            a.issue_one(
+                state,
+                &req.csr.subject_cn,
+                &req.csr.public_sec1,
+                Profile::AgentCa,
+                now,
+            )
+        })
     }
 }

@@ -308,7 +308,8 @@ pub(crate) enum Cmd {
         data: PathBuf,
     },
     /// Serve the provider's HTTP API (top-ups, report uploads, CRL) with the state in
-    /// PostgreSQL (--database) or in --dir; the keys and certificate register stay in --dir.
+    /// PostgreSQL (--database: with the register of the certificates it issues) or in --dir;
+    /// the keys stay in --dir.
     Serve {
         /// Address to listen on (port 0: any free port, printed on stdout).
         #[arg(long, default_value = "127.0.0.1:8480")]

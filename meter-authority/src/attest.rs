@@ -40,6 +40,22 @@ impl Authority {
         ek_cas: &[Certificate],
         now: i64,
     ) -> Result<(MeterCerts, SealedCredential)> {
+        self.with_state(|a, state| {
+            a.certify_meter_attested_in(state, identity_csr, postmark_csr, evidence, ek_cas, now)
+        })
+    }
+
+    /// [`Authority::certify_meter_attested`] with the serials taken from and
+    /// the certificates recorded in `register` (the caller makes it durable).
+    pub fn certify_meter_attested_in(
+        &self,
+        register: &mut dyn crate::state::Register,
+        identity_csr: &[u8],
+        postmark_csr: &[u8],
+        evidence: &[u8],
+        ek_cas: &[Certificate],
+        now: i64,
+    ) -> Result<(MeterCerts, SealedCredential)> {
         if ek_cas.is_empty() {
             return Err(AuthorityError::Invalid(
                 "attested certification needs at least one EK CA (--ek-ca)".into(),
@@ -61,7 +77,7 @@ impl Authority {
         // Every check before any serial is taken.
         let verified = tpm::verify_evidence(&ev, ek_cas, &expected, now)?;
         let path = self.attested_path(&ev.meter_id)?;
-        let certs = self.certify_meter(identity_csr, postmark_csr, now)?;
+        let certs = self.certify_meter_in(register, &id, &pm, now)?;
         let sealed = SealedCredential::make(
             &verified,
             &certs.meter_id,

@@ -299,11 +299,13 @@ mod tests {
     fn meter(a: &mut Authority, id: &str) -> FakeMeter {
         let key = SigningKey::random(&mut rand_core::OsRng);
         let pm_key = SigningKey::random(&mut rand_core::OsRng);
-        let cert = a
-            .issue_one(id, &sec1(&key), Profile::MeterIdentity, NOW)
-            .unwrap();
-        let pm_cert = a
-            .issue_one(id, &sec1(&pm_key), Profile::Postmark, NOW)
+        let (cert, pm_cert) = a
+            .with_state(|a, st| {
+                Ok((
+                    a.issue_one(st, id, &sec1(&key), Profile::MeterIdentity, NOW)?,
+                    a.issue_one(st, id, &sec1(&pm_key), Profile::Postmark, NOW)?,
+                ))
+            })
             .unwrap();
         FakeMeter {
             id: id.into(),

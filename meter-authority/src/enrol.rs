@@ -126,7 +126,7 @@ impl Authority {
             payload::open::<CertRequest>(request, std::slice::from_ref(&self.root), now)?;
         let signer = &verified.signer;
         let signer_serial = u64::from_str_radix(&cert::serial_hex(signer), 16).ok();
-        let is_meter_identity = self.state.issued.iter().any(|i| {
+        let is_meter_identity = self.register()?.issued.iter().any(|i| {
             Some(i.serial) == signer_serial
                 && i.profile == format!("{:?}", Profile::MeterIdentity)
                 && i.subject_cn == req.meter_id
@@ -174,7 +174,7 @@ impl Authority {
             UserValidity::Days(d) => (now, d),
             UserValidity::Seconds(s) => (now + i64::from(s) - 86_400, 1),
         };
-        let serial = self.state.take_serial()?;
+        let serial = self.register_mut()?.take_serial()?;
         let c = issue::issue(
             &csr.subject_cn,
             &csr.public_sec1,
@@ -185,7 +185,7 @@ impl Authority {
             not_before,
             days,
         )?;
-        self.state.issued.push(Issued {
+        self.register_mut()?.issued.push(Issued {
             serial,
             subject_cn: csr.subject_cn,
             profile: format!("{profile:?}"),

@@ -45,7 +45,39 @@ pub struct Upload {
     tpm: Attestation,
 }
 
+/// Checks that `signer` is an identity certificate this authority issued to
+/// `meter_id`, by its serial in `issued` (the register, or its entries for the meter).
+fn issued_identity(
+    issued: &[crate::state::Issued],
+    meter_id: &str,
+    signer: &cert::Certificate,
+) -> Result<()> {
+    let serial = cert::serial_hex(signer);
+    let ours = issued.iter().any(|i| {
+        i.subject_cn == meter_id
+            && i.profile == "MeterIdentity"
+            && format!("{:x}", i.serial).eq_ignore_ascii_case(serial.trim_start_matches('0'))
+    });
+    if !ours {
+        return Err(AuthorityError::Invalid(format!(
+            "the report is not signed by an identity certificate this authority issued to {meter_id} (serial {serial})"
+        )));
+    }
+    Ok(())
+}
+
 impl Upload {
+    /// Checks the report's signer against `issued`, the certificates this
+    /// authority issued (all, or the meter's own).
+    pub fn check_issued(&self, issued: &[crate::state::Issued]) -> Result<()> {
+        issued_identity(issued, &self.report.meter_id, &self.signer)
+    }
+
+    /// The serial of the certificate that signed the report.
+    pub fn signer_serial(&self) -> Option<u64> {
+        u64::from_str_radix(&cert::serial_hex(&self.signer), 16).ok()
+    }
+
     /// The meter the report names (and whose identity key signed it).
     pub fn meter_id(&self) -> &str {
         &self.report.meter_id
@@ -95,6 +127,18 @@ impl Authority {
         signed_report: &[u8],
         now: i64,
     ) -> Result<(StatusReport, String, cert::Certificate)> {
+        let (report, digest, signer) = self.signed_report(signed_report, now)?;
+        issued_identity(&self.register()?.issued, &report.meter_id, &signer)?;
+        Ok((report, digest, signer))
+    }
+
+    /// [`Authority::verified_report`] without the register: the signature
+    /// chains to the root, by a certificate naming the meter of the report.
+    fn signed_report(
+        &self,
+        signed_report: &[u8],
+        now: i64,
+    ) -> Result<(StatusReport, String, cert::Certificate)> {
         let verified = cms::verify(
             signed_report,
             std::slice::from_ref(self.root()),
@@ -106,18 +150,6 @@ impl Authority {
         if signer_cn != report.meter_id {
             return Err(AuthorityError::Invalid(format!(
                 "the report names meter {:?} but is signed by {signer_cn:?}",
-                report.meter_id
-            )));
-        }
-        let serial = cert::serial_hex(&verified.signer);
-        let ours = self.state.issued.iter().any(|i| {
-            i.subject_cn == report.meter_id
-                && i.profile == "MeterIdentity"
-                && format!("{:x}", i.serial).eq_ignore_ascii_case(serial.trim_start_matches('0'))
-        });
-        if !ours {
-            return Err(AuthorityError::Invalid(format!(
-                "the report is not signed by an identity certificate this authority issued to {} (serial {serial})",
                 report.meter_id
             )));
         }
@@ -194,7 +226,21 @@ impl Authority {
         attestation: Option<&[u8]>,
         now: i64,
     ) -> Result<Upload> {
-        let (report, digest, signer) = self.verified_report(signed_report, now)?;
+        let upload = self.verify_upload_signed(signed_report, attestation, now)?;
+        upload.check_issued(&self.register()?.issued)?;
+        Ok(upload)
+    }
+
+    /// [`Authority::verify_upload`] but for the register: the caller checks
+    /// the signer with [`Upload::check_issued`] against the certificates
+    /// issued to the meter (`serve` reads them from its store, per meter).
+    pub fn verify_upload_signed(
+        &self,
+        signed_report: &[u8],
+        attestation: Option<&[u8]>,
+        now: i64,
+    ) -> Result<Upload> {
+        let (report, digest, signer) = self.signed_report(signed_report, now)?;
         let roots = self.roots()?;
         let tpm = self.report_attestation(&report.meter_id, &digest, attestation)?;
         Ok(Upload {

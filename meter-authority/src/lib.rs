@@ -37,7 +37,7 @@ use meter_pki::{cert, csr, pem, tsp, PkiError};
 use p384::ecdsa::SigningKey;
 use p384::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use sha2::{Digest, Sha384};
-use state::{Issued, State};
+use state::{Issued, Register, State};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -189,7 +189,8 @@ pub struct Authority {
     dir: PathBuf,
     key: SigningKey,
     root: cert::Certificate,
-    state: State,
+    /// `state.json`; `None` when opened for signing only ([`Authority::open_keys`]).
+    state: Option<State>,
 }
 
 impl Authority {
@@ -218,13 +219,23 @@ impl Authority {
             dir: dir.to_owned(),
             key,
             root,
-            state,
+            state: Some(state),
         })
     }
 
     /// Opens the authority in `dir`.
     pub fn open(dir: &Path) -> Result<Authority> {
-        let (key_path, root_path, state_path) = Self::paths(dir);
+        let mut a = Self::open_keys(dir)?;
+        a.state = Some(State::load(&Self::paths(dir).2)?);
+        Ok(a)
+    }
+
+    /// Opens the authority in `dir` for signing only: the key and the root,
+    /// without reading `state.json` (whole, and growing with every
+    /// certificate). `serve` opens it so per request; whatever takes a
+    /// serial or checks the register is given a [`Register`] (or fails).
+    pub fn open_keys(dir: &Path) -> Result<Authority> {
+        let (key_path, root_path, _) = Self::paths(dir);
         if !key_path.exists() {
             return Err(AuthorityError::NotInitialized(dir.to_owned()));
         }
@@ -239,12 +250,11 @@ impl Authority {
                 "root.key does not match root.pem".into(),
             ));
         }
-        let state = State::load(&state_path)?;
         Ok(Authority {
             dir: dir.to_owned(),
             key,
             root,
-            state,
+            state: None,
         })
     }
 
@@ -253,9 +263,32 @@ impl Authority {
         &self.root
     }
 
-    /// The current counters.
-    pub fn state(&self) -> &State {
-        &self.state
+    /// The current counters (`None` when opened with [`Authority::open_keys`]).
+    pub fn state(&self) -> Option<&State> {
+        self.state.as_ref()
+    }
+
+    /// `state.json` as read, or the error of an authority opened for signing only.
+    fn register(&self) -> Result<&State> {
+        self.state.as_ref().ok_or_else(Self::unloaded)
+    }
+
+    fn register_mut(&mut self) -> Result<&mut State> {
+        self.state.as_mut().ok_or_else(Self::unloaded)
+    }
+
+    fn unloaded() -> AuthorityError {
+        AuthorityError::Corrupt("the authority was opened without its register (state.json)".into())
+    }
+
+    /// Runs `f` with `state.json` as the register, then saves it.
+    fn with_state<T>(&mut self, f: impl FnOnce(&Self, &mut State) -> Result<T>) -> Result<T> {
+        let mut state = self.state.take().ok_or_else(Self::unloaded)?;
+        let out = f(self, &mut state);
+        self.state = Some(state);
+        let out = out?;
+        self.save()?;
+        Ok(out)
     }
 
     /// The roots objects may chain to: the current one, then the retired
@@ -279,31 +312,35 @@ impl Authority {
     }
 
     fn save(&self) -> Result<()> {
-        self.state.save(&self.dir.join("state.json"))
+        self.register()?.save(&self.dir.join("state.json"))
     }
 
     fn issue_one(
-        &mut self,
+        &self,
+        register: &mut dyn Register,
         cn: &str,
         sec1: &[u8],
         profile: Profile,
         now: i64,
     ) -> Result<cert::Certificate> {
-        let serial = self.state.take_serial()?;
+        let serial = register.take_serial()?;
         let c = issue::issue(
             cn, sec1, profile, &self.key, &self.root, serial, now, METER_DAYS,
         )?;
-        self.state.issued.push(Issued {
-            serial,
-            subject_cn: cn.to_owned(),
-            profile: format!("{profile:?}"),
-            not_after: cert::not_after(&c),
-        });
+        register.record(
+            Issued {
+                serial,
+                subject_cn: cn.to_owned(),
+                profile: format!("{profile:?}"),
+                not_after: cert::not_after(&c),
+            },
+            &cert::to_der(&c)?,
+        )?;
         Ok(c)
     }
 
     /// Verifies the meter's two CSRs (self-signed, same CN = meter id, distinct keys) and
-    /// issues its identity and postmark certificates.
+    /// issues its identity and postmark certificates (recorded in `state.json`).
     pub fn certify_meter(
         &mut self,
         identity_csr: &[u8],
@@ -312,6 +349,20 @@ impl Authority {
     ) -> Result<MeterCerts> {
         let id = csr::verify(identity_csr)?;
         let pm = csr::verify(postmark_csr)?;
+        self.with_state(|a, state| a.certify_meter_in(state, &id, &pm, now))
+    }
+
+    /// [`Authority::certify_meter`] for requests already verified (a
+    /// P-384 verification is most of a certification's cost), with the
+    /// serials taken from and the certificates recorded in `register` (the
+    /// caller makes it durable).
+    pub fn certify_meter_in(
+        &self,
+        register: &mut dyn Register,
+        id: &csr::VerifiedCsr,
+        pm: &csr::VerifiedCsr,
+        now: i64,
+    ) -> Result<MeterCerts> {
         if id.subject_cn != pm.subject_cn {
             return Err(AuthorityError::Invalid(format!(
                 "the two requests name different meters: {:?} and {:?}",
@@ -324,12 +375,22 @@ impl Authority {
                 "identity and postmark requests use the same key; use two keys".into(),
             ));
         }
-        let identity =
-            self.issue_one(&id.subject_cn, &id.public_sec1, Profile::MeterIdentity, now)?;
-        let postmark = self.issue_one(&pm.subject_cn, &pm.public_sec1, Profile::Postmark, now)?;
-        self.save()?;
+        let identity = self.issue_one(
+            register,
+            &id.subject_cn,
+            &id.public_sec1,
+            Profile::MeterIdentity,
+            now,
+        )?;
+        let postmark = self.issue_one(
+            register,
+            &pm.subject_cn,
+            &pm.public_sec1,
+            Profile::Postmark,
+            now,
+        )?;
         Ok(MeterCerts {
-            meter_id: id.subject_cn,
+            meter_id: id.subject_cn.clone(),
             identity,
             postmark,
         })
@@ -391,7 +452,7 @@ impl Authority {
         if amount == 0 {
             return Err(AuthorityError::Invalid("amount must be positive".into()));
         }
-        let sequence = self.state.take_sequence(meter_id)?;
+        let sequence = self.register_mut()?.take_sequence(meter_id)?;
         self.save()?;
         // In the meter's book before it exists: inspections reconcile the
         // meter's credits with this record (see `reconcile`).
@@ -443,7 +504,7 @@ impl Authority {
         if let Some(id) = meter_id {
             check_meter_id(id)?;
         }
-        let serial = self.state.take_serial()?;
+        let serial = self.register_mut()?.take_serial()?;
         let new_key = SigningKey::random(&mut rand_core::OsRng);
         let new_root = issue::self_signed_root(&new_key, name, serial, now, ROOT_DAYS)?;
         let update = AnchorUpdate {

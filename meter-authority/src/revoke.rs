@@ -80,7 +80,7 @@ impl Authority {
         let (req, verified) =
             payload::open::<RevokeRequest>(request, std::slice::from_ref(self.root()), now)?;
         let signer_serial = u64::from_str_radix(&cert::serial_hex(&verified.signer), 16).ok();
-        let is_meter_identity = self.state.issued.iter().any(|i| {
+        let is_meter_identity = self.register()?.issued.iter().any(|i| {
             Some(i.serial) == signer_serial
                 && i.profile == "MeterIdentity"
                 && i.subject_cn == req.meter_id
@@ -123,7 +123,7 @@ impl Authority {
         now: i64,
     ) -> Result<(RevokeOrder, String)> {
         rv::check_reason(reason)?;
-        let issued_user = self.state.issued.iter().any(|i| {
+        let issued_user = self.register()?.issued.iter().any(|i| {
             (i.profile == "User" || i.profile == "UserEncryption")
                 && rv::canonical_serial(&format!("{:x}", i.serial))
                     .ok()
@@ -205,7 +205,7 @@ mod tests {
     fn forced_orders_are_recorded_once_and_listed_in_the_crl() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = Authority::init(dir.path(), "Test Root", crate::now()).unwrap();
-        a.state.issued.push(Issued {
+        a.register_mut().unwrap().issued.push(Issued {
             serial: 0x1f,
             subject_cn: "Alice".into(),
             profile: "User".into(),

@@ -3,6 +3,11 @@
 //!
 //! Written atomically (temporary file + rename) *before* an artifact is handed out, so a
 //! crash can skip a serial or a sequence number but never reuse one.
+//!
+//! `serve --database` keeps its own register instead (a sequence and a
+//! `certificates` table, `store::certify`), with serials from
+//! [`DATABASE_SERIALS`] up, so the command line's counter here and the
+//! database's never hand out the same serial. Both are a [`Register`].
 
 use crate::{AuthorityError, Result};
 use serde::{Deserialize, Serialize};
@@ -22,6 +27,30 @@ pub struct Issued {
     pub profile: String,
     /// notAfter (unix s).
     pub not_after: i64,
+}
+
+/// The first serial the database register hands out (`serve --database`);
+/// the counter of `state.json` stays below it, so a serial says which
+/// register recorded it and the two never collide.
+pub const DATABASE_SERIALS: u64 = 1 << 32;
+
+/// Where an issued certificate takes its serial and is recorded.
+pub trait Register {
+    /// Takes the next serial (never handed out again, even after a crash).
+    fn take_serial(&mut self) -> Result<u64>;
+    /// Records an issued certificate (`der`: the certificate itself).
+    fn record(&mut self, issued: Issued, der: &[u8]) -> Result<()>;
+}
+
+impl Register for State {
+    fn take_serial(&mut self) -> Result<u64> {
+        State::take_serial(self)
+    }
+
+    fn record(&mut self, issued: Issued, _der: &[u8]) -> Result<()> {
+        self.issued.push(issued);
+        Ok(())
+    }
 }
 
 /// Counters of the authority.
@@ -90,6 +119,11 @@ impl State {
     /// Takes the next certificate serial.
     pub fn take_serial(&mut self) -> Result<u64> {
         let s = self.next_serial;
+        if s >= DATABASE_SERIALS {
+            return Err(AuthorityError::Corrupt(
+                "serial counter reached the database register's range".into(),
+            ));
+        }
         self.next_serial = s
             .checked_add(1)
             .ok_or_else(|| AuthorityError::Corrupt("serial counter exhausted".into()))?;

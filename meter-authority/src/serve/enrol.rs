@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::{body, failed, header, media_is, operator_ok, plain, typed, Reply};
 use crate::serve::Service;
+use crate::state::Register;
 use crate::AuthorityError;
 
 /// Largest certification request (two CSRs and a TPM attestation).
@@ -79,10 +80,12 @@ pub(super) async fn certify(
             "unattested keys are certified only with the operator's credential",
         );
     }
-    // The requests must name the meter of the path before anything is issued.
+    // The requests must name the meter of the path before anything is
+    // issued (verified once: the issuing below takes them as they are).
+    let mut verified = Vec::with_capacity(2);
     for r in [&c.identity_csr, &c.postmark_csr] {
         match csr::verify(r.as_bytes()) {
-            Ok(v) if v.subject_cn == meter_id => {}
+            Ok(v) if v.subject_cn == meter_id => verified.push(v),
             Ok(_) => {
                 return plain(
                     StatusCode::FORBIDDEN,
@@ -92,6 +95,9 @@ pub(super) async fn certify(
             Err(e) => return failed(&AuthorityError::from(e).into()),
         }
     }
+    let (Some(pm_verified), Some(id_verified)) = (verified.pop(), verified.pop()) else {
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, "requests not verified");
+    };
     let attestation = match &c.attestation {
         Some(v) => match serde_json::to_vec(v) {
             Ok(b) => Some(b),
@@ -110,33 +116,39 @@ pub(super) async fn certify(
     }
     let key: [u8; 32] = h.finalize().into();
     let dir = s.dir.clone();
-    let issue = Box::new(move || -> crate::Result<Vec<u8>> {
-        let mut a = crate::Authority::open(&dir)?;
-        let now = crate::now();
-        let (id, pm) = (c.identity_csr.as_bytes(), c.postmark_csr.as_bytes());
-        let json = match &attestation {
-            Some(ev) => {
-                let (certs, sealed) = a.certify_meter_attested(id, pm, ev, &ek_cas(&dir)?, now)?;
-                let credential: serde_json::Value = serde_json::from_slice(&sealed.to_json()?)
-                    .map_err(|e| AuthorityError::Corrupt(format!("credential: {e}")))?;
-                serde_json::json!({
-                    "meter_id": certs.meter_id,
-                    "attested": true,
-                    "credential": credential,
-                })
-            }
-            None => {
-                let certs = a.certify_meter(id, pm, now)?;
-                serde_json::json!({
-                    "meter_id": certs.meter_id,
-                    "attested": false,
-                    "identity": cert_pem(&certs.identity)?,
-                    "postmark": cert_pem(&certs.postmark)?,
-                })
-            }
-        };
-        Ok(json.to_string().into_bytes())
-    });
+    let a = match s.authority() {
+        Ok(a) => a,
+        Err(e) => return failed(&e.into()),
+    };
+    let issue = Box::new(
+        move |register: &mut dyn Register| -> crate::Result<Vec<u8>> {
+            let now = crate::now();
+            let (id, pm) = (c.identity_csr.as_bytes(), c.postmark_csr.as_bytes());
+            let json = match &attestation {
+                Some(ev) => {
+                    let (certs, sealed) =
+                        a.certify_meter_attested_in(register, id, pm, ev, &ek_cas(&dir)?, now)?;
+                    let credential: serde_json::Value = serde_json::from_slice(&sealed.to_json()?)
+                        .map_err(|e| AuthorityError::Corrupt(format!("credential: {e}")))?;
+                    serde_json::json!({
+                        "meter_id": certs.meter_id,
+                        "attested": true,
+                        "credential": credential,
+                    })
+                }
+                None => {
+                    let certs = a.certify_meter_in(register, &id_verified, &pm_verified, now)?;
+                    serde_json::json!({
+                        "meter_id": certs.meter_id,
+                        "attested": false,
+                        "identity": cert_pem(&certs.identity)?,
+                        "postmark": cert_pem(&certs.postmark)?,
+                    })
+                }
+            };
+            Ok(json.to_string().into_bytes())
+        },
+    );
     match s.store.certify(meter_id, key, issue).await {
         Ok(done) => {
             let mut r = typed(StatusCode::OK, done.answer, "application/json");

@@ -2,10 +2,13 @@
 //! `meter-tsa`'s connection loop and body reader: the `meter-http` crate), with its state in a [`Store`] (the authority directory, or
 //! PostgreSQL with `--database`).
 //!
-//! The signing key, the root and the register of issued certificates stay in
-//! the authority directory (`--dir`), read when the server starts (the key)
-//! and at each report upload (the register, so meters certified by the
-//! command line meanwhile are known). Every request body is bounded (its
+//! The signing key and the root stay in the authority directory (`--dir`),
+//! read when the server starts and again when `root.pem` changes (a root
+//! rolled over meanwhile, see [`Service::authority`]). The register of issued certificates and the serial counter
+//! are the store's (`store::certify`): `state.json` in the directory, or a
+//! table and a sequence in PostgreSQL, read per meter at each report upload
+//! (with the directory's register for a meter the command line certified).
+//! Every request body is bounded (its
 //! `Content-Length` checked first, then the bytes read), headers must arrive
 //! within [`HEADER_TIMEOUT`] and the body within [`BODY_TIMEOUT`]. On SIGTERM
 //! or SIGINT the listener closes and requests in flight get [`DRAIN`] to
@@ -37,7 +40,7 @@ pub const MAX_TOPUP_BODY: usize = 4096;
 
 /// What every connection shares.
 pub struct Service {
-    /// The authority directory (register of issued certificates, revocations).
+    /// The authority directory (keys, roots, revocations, credit lines).
     pub dir: PathBuf,
     /// The authority as opened at start: signs vouchers and CRLs.
     pub signer: Authority,
@@ -50,6 +53,17 @@ pub struct Service {
     pub operator_token: Option<[u8; 32]>,
     /// The last CRL signed, and the revocation file state it was signed for.
     pub(crate) crl: Mutex<Option<routes::CachedCrl>>,
+    /// The authority as last opened, and the state of `root.pem` then.
+    keys: Mutex<(Option<FileState>, Arc<Authority>)>,
+}
+
+/// A file's modification time and length: what tells that it changed.
+pub(crate) type FileState = (std::time::SystemTime, u64);
+
+/// The state of the file at `path` (`None` when it cannot be read).
+pub(crate) fn file_state(path: &std::path::Path) -> Option<FileState> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 impl Service {
@@ -60,8 +74,13 @@ impl Service {
         max_upload: usize,
         operator_token: Option<[u8; 32]>,
     ) -> crate::Result<Service> {
-        let signer = Authority::open(&dir)?;
+        let signer = Authority::open_keys(&dir)?;
+        let keys = Mutex::new((
+            file_state(&dir.join("root.pem")),
+            Arc::new(Authority::open_keys(&dir)?),
+        ));
         Ok(Service {
+            keys,
             dir,
             signer,
             store,
@@ -69,6 +88,25 @@ impl Service {
             operator_token,
             crl: Mutex::new(None),
         })
+    }
+}
+
+impl Service {
+    /// The authority (its keys and roots) as the directory holds it now:
+    /// opened again when `root.pem` changed (a rollover by the command
+    /// line), else the one opened before. Opening checks that the key
+    /// matches the root, a P-384 multiplication: a tenth of a
+    /// certification's cost when it was done per request.
+    pub fn authority(&self) -> crate::Result<Arc<Authority>> {
+        let now = file_state(&self.dir.join("root.pem"));
+        let mut keys = self
+            .keys
+            .lock()
+            .map_err(|_| crate::AuthorityError::Corrupt("authority cache poisoned".into()))?;
+        if now.is_none() || keys.0 != now {
+            *keys = (now, Arc::new(Authority::open_keys(&self.dir)?));
+        }
+        Ok(keys.1.clone())
     }
 }
 

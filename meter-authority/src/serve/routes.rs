@@ -33,7 +33,7 @@ mod orders;
 mod pending;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -66,7 +66,7 @@ mod settle;
 
 /// A CRL signed, for the state of `revocations.json` it was signed from.
 pub(crate) struct CachedCrl {
-    source: Option<(SystemTime, u64)>,
+    source: Option<super::FileState>,
     signed: Instant,
     der: Vec<u8>,
 }
@@ -310,13 +310,12 @@ async fn report(s: &Service, meter_id: &str, req: Request<Incoming>) -> Reply {
         return plain(StatusCode::BAD_REQUEST, "not a framed report upload");
     };
     let now = crate::now();
-    // Opened again: the register of certificates the command line added.
-    let a = match crate::Authority::open(&s.dir) {
+    let a = match s.authority() {
         Ok(a) => a,
         Err(e) => return failed(&e.into()),
     };
     let att = (!att.is_empty()).then_some(att);
-    let upload = match a.verify_upload(report, att, now) {
+    let upload = match a.verify_upload_signed(report, att, now) {
         Ok(u) => u,
         Err(e) => return failed(&e.into()),
     };
@@ -325,6 +324,9 @@ async fn report(s: &Service, meter_id: &str, req: Request<Incoming>) -> Reply {
             StatusCode::FORBIDDEN,
             "the report is signed by another meter than the path names",
         );
+    }
+    if let Err(e) = issued_signer(s, &upload).await {
+        return failed(&e);
     }
     let key: [u8; 32] = Sha256::digest(&bytes).into();
     let reconcile = Box::new(
@@ -362,11 +364,31 @@ async fn report(s: &Service, meter_id: &str, req: Request<Incoming>) -> Reply {
     }
 }
 
+/// Checks the report's signer against the certificates issued to its meter:
+/// the store's register (per meter), then, for a serial of the directory's
+/// range when the store is a database, the directory's (a meter the command
+/// line certified).
+async fn issued_signer(s: &Service, upload: &crate::inspect::Upload) -> crate::store::Result<()> {
+    let known = s.store.certificates(upload.meter_id()).await?;
+    match upload.check_issued(&known) {
+        Err(_)
+            if upload
+                .signer_serial()
+                .is_some_and(|n| n < crate::state::DATABASE_SERIALS)
+                && known
+                    .iter()
+                    .all(|i| i.serial >= crate::state::DATABASE_SERIALS) =>
+        {
+            let dir = crate::store::certify::directory_certificates(&s.dir, upload.meter_id())?;
+            Ok(upload.check_issued(&dir)?)
+        }
+        other => Ok(other?),
+    }
+}
+
 fn crl(s: &Service) -> Reply {
     let path = s.dir.join("revocations.json");
-    let source = std::fs::metadata(&path)
-        .ok()
-        .and_then(|m| Some((m.modified().ok()?, m.len())));
+    let source = super::file_state(&path);
     let Ok(mut cache) = s.crl.lock() else {
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "CRL cache poisoned");
     };
@@ -382,9 +404,7 @@ fn crl(s: &Service) -> Reply {
     match signed {
         Ok(der) => {
             // Signing wrote the next CRL number: the file changed.
-            let source = std::fs::metadata(&path)
-                .ok()
-                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            let source = super::file_state(&path);
             *cache = Some(CachedCrl {
                 source,
                 signed: Instant::now(),
@@ -403,7 +423,7 @@ async fn lookup(s: &Service, req: Request<Incoming>) -> Reply {
         Err(r) => return r,
     };
     let now = crate::now();
-    let a = match crate::Authority::open(&s.dir) {
+    let a = match s.authority() {
         Ok(a) => a,
         Err(e) => return failed(&e.into()),
     };

@@ -78,7 +78,7 @@ pub(super) async fn settle(s: &Service, req: Request<Incoming>) -> Reply {
         Err(r) => return r,
     };
     let now = crate::now();
-    let a = match crate::Authority::open(&s.dir) {
+    let a = match s.authority() {
         Ok(a) => a,
         Err(e) => return failed(&e.into()),
     };

@@ -223,6 +223,10 @@ impl Store for FileStore {
         Box::pin(async move { self.settle_now(r) })
     }
 
+    fn certificates<'a>(&'a self, subject_cn: &'a str) -> Fut<'a, Vec<crate::state::Issued>> {
+        Box::pin(async move { self.certificates_now(subject_cn) })
+    }
+
     fn certify<'a>(
         &'a self,
         meter_id: &'a str,

@@ -166,6 +166,10 @@ pub trait Store: Send + Sync {
     /// Settles a verified payment once (see `settle`).
     fn settle<'a>(&'a self, r: &'a settle::SettleRequest<'a>) -> Fut<'a, settle::Settled>;
 
+    /// The certificates this authority issued to `subject_cn` (a meter id),
+    /// what a report upload's signer is checked against (see `certify`).
+    fn certificates<'a>(&'a self, subject_cn: &'a str) -> Fut<'a, Vec<crate::state::Issued>>;
+
     /// Certifies `meter_id` once per request `key` (see `certify`).
     fn certify<'a>(
         &'a self,

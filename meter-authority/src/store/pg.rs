@@ -33,6 +33,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
         4,
         include_str!("../../migrations/0004_purchase_register.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/0005_certificate_register.sql"),
+    ),
 ];
 /// Key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x6d65_7465_7264;
@@ -64,11 +68,11 @@ impl std::ops::DerefMut for Conn<'_> {
     }
 }
 
-fn i64_of(n: u64, what: &str) -> Result<i64> {
+pub(super) fn i64_of(n: u64, what: &str) -> Result<i64> {
     i64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{what} {n} out of range")))
 }
 
-fn u64_of(n: i64, what: &str) -> Result<u64> {
+pub(super) fn u64_of(n: i64, what: &str) -> Result<u64> {
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{what} {n} out of range")))
 }
 
@@ -424,6 +428,10 @@ impl Store for PgStore {
         r: &'a super::settle::SettleRequest<'a>,
     ) -> Fut<'a, super::settle::Settled> {
         Box::pin(self.settle_in(r))
+    }
+
+    fn certificates<'a>(&'a self, subject_cn: &'a str) -> Fut<'a, Vec<crate::state::Issued>> {
+        Box::pin(self.certificates_in(subject_cn))
     }
 
     fn certify<'a>(

@@ -32,19 +32,8 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn postgres() -> Option<Postgres> {
-    let Some(bin) = pg_bin() else {
-        assert!(std::env::var("CI").is_err(), "CI: PostgreSQL is required");
-        eprintln!("SKIPPED: no PostgreSQL binaries");
-        return None;
-    };
-    Some(Postgres::start(&bin))
-}
-
-fn new_authority() -> (tempfile::TempDir, std::path::PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("authority");
-    meter_authority::Authority::init(&dir, "Fleet Root", meter_authority::now()).unwrap();
+fn new_fleet_authority() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (tmp, dir) = new_authority();
     add_creditor(&dir, "Bank", CREDITOR);
     (tmp, dir)
 }
@@ -136,6 +125,16 @@ fn check(pg: &Postgres, plan: &Plan, t: &Tally) {
         pg.psql("SELECT count(*) FROM certifications"),
         n.to_string()
     );
+    // The register: an identity and a postmark certificate per meter, each
+    // with its own serial (the primary key) from the database's range.
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*), count(DISTINCT subject_cn) FILTER (WHERE profile = 'MeterIdentity'), \
+             count(DISTINCT subject_cn) FILTER (WHERE profile = 'Postmark'), \
+             count(*) FILTER (WHERE serial < 4294967296) FROM certificates"
+        ),
+        format!("{}|{n}|{n}|0", 2 * n)
+    );
 }
 
 fn db_size(pg: &Postgres) -> u64 {
@@ -150,7 +149,7 @@ type Chaos<'a> = &'a (dyn Fn(&mut Provider, &mut Postgres, &Shared) + Sync);
 
 fn run(plan: &Plan, chaos: Option<Chaos<'_>>) -> u64 {
     let Some(mut pg) = postgres() else { return 0 };
-    let (_tmp, dir) = new_authority();
+    let (_tmp, dir) = new_fleet_authority();
     let mut provider = Provider::start(&dir, &pg.url(), plan.connections);
     let sh = Arc::new(Shared {
         addr: RwLock::new(provider.addr.clone()),
@@ -208,7 +207,7 @@ fn run(plan: &Plan, chaos: Option<Chaos<'_>>) -> u64 {
     let tables = pg.psql(
         "SELECT string_agg(relname || ' ' || round(pg_total_relation_size(oid) / 1e6, 1) || ' MB', ', ' \
          ORDER BY pg_total_relation_size(oid) DESC) FROM pg_class WHERE relname IN \
-         ('meters', 'purchases', 'uploads', 'index_rows', 'settlements', 'certifications')",
+         ('meters', 'purchases', 'uploads', 'index_rows', 'settlements', 'certifications', 'certificates')",
     );
     out += &format!("  tables (with indexes and TOAST): {tables}\n");
     out += &format!(

@@ -65,6 +65,26 @@ impl Drop for Server {
     }
 }
 
+/// A new authority (root `CN=Test Root`) in `authority/` of a temporary
+/// directory, removed when the first value is dropped.
+pub fn new_authority() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("authority");
+    meter_authority::Authority::init(&dir, "Test Root", meter_authority::now()).unwrap();
+    (tmp, dir)
+}
+
+/// A PostgreSQL server in a temporary directory; `None` (the test skips)
+/// when its binaries are absent, which fails under CI.
+pub fn postgres() -> Option<Postgres> {
+    let Some(bin) = pg_bin() else {
+        assert!(std::env::var("CI").is_err(), "CI: PostgreSQL is required");
+        eprintln!("SKIPPED: no PostgreSQL binaries");
+        return None;
+    };
+    Some(Postgres::start(&bin))
+}
+
 /// An HTTP answer: status, headers (lower-case names), body.
 pub struct Reply {
     pub status: u16,
