@@ -308,13 +308,6 @@ fn register_flow(dir: &Path, server: &Server) {
     assert_eq!(topup(late).status, 409);
 }
 
-fn new_authority() -> (tempfile::TempDir, std::path::PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("authority");
-    meter_authority::Authority::init(&dir, "Test Root", meter_authority::now()).unwrap();
-    (tmp, dir)
-}
-
 #[test]
 fn serve_on_postgresql() {
     let Some(bin) = pg_bin() else {

@@ -145,13 +145,6 @@ fn flow(dir: &Path, addr: &str) {
     );
 }
 
-fn new_authority() -> (tempfile::TempDir, std::path::PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("authority");
-    meter_authority::Authority::init(&dir, "Test Root", meter_authority::now()).unwrap();
-    (tmp, dir)
-}
-
 #[test]
 fn certify_and_settle_on_postgresql() {
     let Some(bin) = pg_bin() else {
