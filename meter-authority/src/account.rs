@@ -19,13 +19,31 @@ impl Authority {
         period_days: u32,
         now: i64,
     ) -> Result<(AccountOrder, String)> {
+        self.account_order_with(
+            meter_id,
+            &crate::fresh_nonce_hex(),
+            credit_limit,
+            period_days,
+            now,
+        )
+    }
+
+    /// Signs a current-account order with the caller's `nonce` (`serve`:
+    /// the operator names the order, so a retried request is the same order).
+    pub fn account_order_with(
+        &self,
+        meter_id: &str,
+        nonce: &str,
+        credit_limit: u64,
+        period_days: u32,
+        now: i64,
+    ) -> Result<(AccountOrder, String)> {
         check_meter_id(meter_id)?;
-        let nonce = crate::fresh_nonce_hex();
         let order = AccountOrder {
             meter_id: meter_id.to_owned(),
             credit_limit,
             period_days,
-            nonce,
+            nonce: nonce.to_owned(),
             issued_at: now,
         };
         order.validate()?;

@@ -119,8 +119,11 @@ pub struct Inspection {
 
 impl Authority {
     /// Verifies a status report's signature: CMS chaining to this
-    /// authority's root, signed by an identity certificate it issued to the
-    /// meter the report names. Returns the report, its JSON's digest and
+    /// authority's root or to one it retired by a rollover (a meter
+    /// certified before keeps its identity certificate; without this its
+    /// next report, the one that fetches the trust-anchor update, would be
+    /// refused), signed by an identity certificate it issued to the meter
+    /// the report names. Returns the report, its JSON's digest and
     /// the signer's certificate.
     fn verified_report(
         &self,
@@ -141,7 +144,7 @@ impl Authority {
     ) -> Result<(StatusReport, String, cert::Certificate)> {
         let verified = cms::verify(
             signed_report,
-            std::slice::from_ref(self.root()),
+            &self.roots()?,
             Some(&oid::CT_STATUS_REPORT),
             now,
         )?;

@@ -1,17 +1,18 @@
 //! The authority objects behind a reconciled segment's rows (see
 //! [`super`]): every row that brings value or authority from outside (a
-//! credit, an unlock, a lock, account, rate, anchor or report-ack row) must
-//! carry an object this authority signed, for this meter, under the row's
-//! own key, applied once. Kept apart from the walk in `reconcile.rs`
+//! credit, an unlock, a lock, account, revoke, rate, anchor or report-ack
+//! row) must carry an object this authority signed, for this meter, under
+//! the row's own key, applied once. Kept apart from the walk in `reconcile.rs`
 //! (chain, registers, times, the report's own claims) because this is the
 //! part that opens signed objects and matches them to the row's key and to
 //! the book's record (vouchers issued, objects applied); the walk only asks
 //! it [`Walk::outside_object`] per row, and [`Walk::open`] for a rate table.
 
 use meter_pki::account::AccountOrder;
-use meter_pki::ledger_format::split_lock_product;
+use meter_pki::ledger_format::{split_lock_product, split_revoke_product};
 use meter_pki::payload::{self, AnchorUpdate, ClearLockOrder, Payload, RateTable, Voucher};
 use meter_pki::report::{LockOrder, ReportAck};
+use meter_pki::revoke::RevokeOrder;
 use meter_pki::segment::{kind, SegmentRow};
 
 use super::Walk;
@@ -36,7 +37,8 @@ impl Walk<'_> {
             kind::UNLOCK => None,
             _ => match key {
                 Some((
-                    w @ ("lock-order" | "account-order" | "rates" | "anchor" | "report-ack"),
+                    w @ ("lock-order" | "account-order" | "revoke-order" | "rates" | "anchor"
+                    | "report-ack"),
                     _,
                 )) => Some(w),
                 _ => None,
@@ -67,6 +69,20 @@ impl Walk<'_> {
             (_, Some(("account-order", d))) if expected.is_some() => self
                 .open::<AccountOrder>(product, at)
                 .and_then(|o| self.bound(&o.meter_id, &o.nonce, d)),
+            // A revoke row keeps the meter's confirmation, then the order it
+            // applied (`revoke_product`); rows that keep the confirmation
+            // only are taken at their key (the meter's audit checks them).
+            (_, Some(("revoke-order", d))) if expected.is_some() => {
+                match split_revoke_product(product) {
+                    Ok((_, Some(order))) => self
+                        .open::<RevokeOrder>(order, at)
+                        .and_then(|o| self.bound(&o.meter_id, &o.order_id, d)),
+                    Ok((_, None)) => Ok(()),
+                    Err(e) => Err(format!(
+                        "a revoke row whose product is no confirmation: {e}"
+                    )),
+                }
+            }
             (_, Some(("report-ack", d))) if expected.is_some() => self
                 .open::<ReportAck>(product, at)
                 .and_then(|a| self.bound(&a.meter_id, &a.report_sequence.to_string(), d)),

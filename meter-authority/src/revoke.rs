@@ -114,6 +114,30 @@ impl Authority {
         self.order(meter_id, &rv::canonical_serial(serial)?, reason, "", now)
     }
 
+    /// Signs again the forced order recorded in `r` (`serve`: a retried
+    /// request, or one whose first answer was lost after the record was
+    /// written). The same order id, so the meter applies it once.
+    pub fn revoke_order_again(&self, r: &Revocation, now: i64) -> Result<(RevokeOrder, String)> {
+        if !r.forced {
+            return Err(AuthorityError::Invalid(format!(
+                "serial {} was revoked at the meter's request (order {}), not by the authority",
+                r.serial, r.order_id
+            )));
+        }
+        let order = RevokeOrder {
+            meter_id: r.meter_id.clone(),
+            serial: r.serial.clone(),
+            reason: r.reason.clone(),
+            order_id: r.order_id.clone(),
+            forced: true,
+            request_id: String::new(),
+            issued_at: r.revoked_at,
+        };
+        order.validate()?;
+        let pem = self.sign_payload(&order, now)?;
+        Ok((order, pem))
+    }
+
     fn order(
         &self,
         meter_id: &str,

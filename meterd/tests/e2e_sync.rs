@@ -13,77 +13,71 @@
 
 use crate::sandbox;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use sandbox::{bin_dir, Sandbox};
 use serde_json::Value;
 
-/// `meter-authority serve` on a free loopback port; stopped when dropped.
-struct Provider {
-    addr: String,
-    child: Child,
+use crate::serve_server::{try_http, Reply, Server};
+
+/// The operator's bearer token the provider is started with: so a request
+/// from loopback is no operator by itself, and `meterctl sync` must read
+/// its pending list with the token its upload earned.
+const OPERATOR: &str = "e2e-sync-operator-token";
+
+/// `meter-authority serve` on a free loopback port, requiring [`OPERATOR`]
+/// of the operator; stopped when dropped.
+pub(crate) struct Provider {
+    server: Server,
 }
 
 impl Provider {
     /// On the sandbox's authority directory, its state there too or in
     /// the PostgreSQL database `database` (a `--database` argument).
-    fn start(sb: &Sandbox, database: Option<&str>) -> Provider {
-        let mut c = Command::new(bin_dir().join("meter-authority"));
-        c.arg("serve")
-            .arg("--dir")
-            .arg(sb.authority_dir())
-            .args(["--listen", "127.0.0.1:0"]);
-        if let Some(url) = database {
-            c.args(["--database", url]);
+    pub(crate) fn start(sb: &Sandbox, database: Option<&str>) -> Provider {
+        let token = sb.arg("operator.token");
+        std::fs::write(&token, OPERATOR).unwrap();
+        let bin = bin_dir().join("meter-authority");
+        let extra = ["--operator-token-file", token.as_str()];
+        Provider {
+            server: Server::spawn(&bin, &sb.authority_dir(), database, &extra),
         }
-        let mut child = c
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .strip_prefix("listening on ")
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or_else(|| panic!("serve did not start: {line:?}"))
-            .to_owned();
-        Provider { addr, child }
     }
 
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.server.addr)
     }
 
-    /// One HTTP/1.1 request (a shop's or the operator's client): status, body.
-    fn http(&self, method: &str, path: &str, json: &str) -> (u16, Vec<u8>) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.addr,
-            json.len()
+    /// One request with `bearer` (none: no `Authorization`).
+    pub(crate) fn as_bearer(
+        &self,
+        method: &str,
+        path: &str,
+        json: &str,
+        bearer: Option<&str>,
+    ) -> Reply {
+        let (addr, body) = (&self.server.addr, json.as_bytes());
+        try_http(addr, method, path, "application/json", body, bearer).unwrap()
+    }
+
+    /// One request as the operator (a shop's or the operator's client): status, body.
+    pub(crate) fn http(&self, method: &str, path: &str, json: &str) -> (u16, Vec<u8>) {
+        let r = self.as_bearer(method, path, json, Some(OPERATOR));
+        (r.status, r.body)
+    }
+
+    /// `POST /v1/meters/{meter}/orders/{what}` as the operator, asserting 200.
+    pub(crate) fn order(&self, meter: &str, what: &str, json: &str) -> Reply {
+        let path = format!("/v1/meters/{meter}/orders/{what}");
+        let r = self.as_bearer("POST", &path, json, Some(OPERATOR));
+        assert_eq!(
+            r.status,
+            200,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
         );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(json.as_bytes()).unwrap();
-        let mut all = Vec::new();
-        s.read_to_end(&mut all).unwrap();
-        let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        let status = String::from_utf8_lossy(&all[..split])
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        (status, all[split + 4..].to_vec())
+        r
     }
 
-    fn buy(&self, meter: &str, purchase_id: &str, amount: u64) {
+    pub(crate) fn buy(&self, meter: &str, purchase_id: &str, amount: u64) {
         let (status, body) = self.http(
             "POST",
             &format!("/v1/meters/{meter}/topups"),
@@ -92,24 +86,16 @@ impl Provider {
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
 
-    fn pending(&self, meter: &str) -> Value {
+    /// The meter's pending list, read as the operator.
+    pub(crate) fn pending(&self, meter: &str) -> Value {
         let (status, body) = self.http("GET", &format!("/v1/meters/{meter}/pending"), "");
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         serde_json::from_slice(&body).unwrap()
     }
 }
 
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
 /// `meterctl --json sync --provider URL [extra]`, asserting success.
-fn sync(sb: &Sandbox, p: &Provider, extra: &[&str]) -> Value {
+pub(crate) fn sync(sb: &Sandbox, p: &Provider, extra: &[&str]) -> Value {
     let url = p.url();
     let mut args = vec!["sync", "--provider", url.as_str()];
     args.extend_from_slice(extra);
@@ -119,7 +105,7 @@ fn sync(sb: &Sandbox, p: &Provider, extra: &[&str]) -> Value {
 }
 
 /// The (id, result) of every pending object a sync handled.
-fn results(v: &Value) -> Vec<(String, String)> {
+pub(crate) fn results(v: &Value) -> Vec<(String, String)> {
     v["pending"]
         .as_array()
         .map(|a| {
@@ -133,6 +119,49 @@ fn results(v: &Value) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A top-up bought, a sync stopped after its upload (nothing applied, the
+/// voucher pending), then rerun: the voucher `id` is applied once.
+fn stopped_then_rerun(sb: &Sandbox, p: &Provider, purchase: &str, amount: u64, id: &str) {
+    let meter = sb.meter_id();
+    p.buy(&meter, purchase, amount);
+    let (_, _, ct) = sb.registers();
+    let v = sync(sb, p, &["--stop-after", "upload"]);
+    assert_eq!(v["stopped_after"], "upload");
+    assert_eq!(sb.registers().2, ct, "nothing applied yet");
+    let pending = p.pending(&meter);
+    assert_eq!(pending["objects"][0]["id"], id, "{pending}");
+    applied_by_sync(sb, p, &[id]);
+    assert_eq!(sb.registers().2, ct + amount, "the top-up is credited once");
+}
+
+/// The operator locks the meter (command line), then queues a clear-lock
+/// order for its lock over HTTP: the next sync (a locked meter still
+/// reports) applies it. Returns the lock's nonce.
+fn locked_then_cleared(sb: &Sandbox, p: &Provider) -> String {
+    let meter = sb.meter_id();
+    let order = sb.arg("lock.pem");
+    sb.authority(&[
+        "lock", "--meter", &meter, "--reason", "audit", "--out", &order,
+    ]);
+    sb.meterctl_json(&["lock", "apply", &order]);
+    let nonce = sb.status()["lock_nonce"].as_str().unwrap().to_owned();
+    p.order(&meter, "clear-lock", &format!(r#"{{"nonce":"{nonce}"}}"#));
+    let v = applied_by_sync(sb, p, &[&format!("clear-lock/{nonce}")]);
+    assert_eq!(v["state"], meter_proto::state::READY, "{v}");
+    nonce
+}
+
+/// A sync that applies exactly the objects `ids`, in this order.
+pub(crate) fn applied_by_sync(sb: &Sandbox, p: &Provider, ids: &[&str]) -> Value {
+    let v = sync(sb, p, &[]);
+    let want: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| ((*id).to_owned(), "applied".to_owned()))
+        .collect();
+    assert_eq!(results(&v), want, "{v}");
+    v
 }
 
 #[test]
@@ -167,39 +196,8 @@ fn meterctl_sync_with_meter_authority_serve() {
     assert_eq!(ct2, ct1, "a rerun credits nothing");
     assert_eq!(ar2 - ar1, dr1 - dr2, "only the report fee moved");
 
-    // A sync stopped after its upload, then rerun: the top-up arrives once.
-    p.buy(&meter, "shop-2", 3_000);
-    let v = sync(&sb, &p, &["--stop-after", "upload"]);
-    assert_eq!(v["stopped_after"], "upload");
-    assert_eq!(sb.registers().2, ct2, "nothing applied yet");
-    assert_eq!(p.pending(&meter)["objects"].as_array().unwrap().len(), 1);
-    let v = sync(&sb, &p, &[]);
-    assert_eq!(results(&v).len(), 1, "{v}");
-    assert_eq!(results(&v)[0].1, "applied");
-    let (_, _, ct3) = sb.registers();
-    assert_eq!(ct3, ct2 + 3_000);
-
-    // The operator locks the meter, then queues a clear-lock order over HTTP:
-    // the next sync (a locked meter still reports) applies it.
-    let order = sb.arg("lock.pem");
-    sb.authority(&[
-        "lock", "--meter", &meter, "--reason", "audit", "--out", &order,
-    ]);
-    sb.meterctl_json(&["lock", "apply", &order]);
-    let nonce = sb.status()["lock_nonce"].as_str().unwrap().to_owned();
-    let (status, body) = p.http(
-        "POST",
-        &format!("/v1/meters/{meter}/orders/clear-lock"),
-        &format!(r#"{{"nonce":"{nonce}"}}"#),
-    );
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let v = sync(&sb, &p, &[]);
-    assert_eq!(
-        results(&v),
-        vec![(format!("clear-lock/{nonce}"), "applied".to_owned())],
-        "{v}"
-    );
-    assert_eq!(v["state"], meter_proto::state::READY, "{v}");
+    stopped_then_rerun(&sb, &p, "shop-2", 3_000, "voucher/3");
+    let nonce = locked_then_cleared(&sb, &p);
 
     // A last sync: the provider's book shows everything applied and holds the
     // meter's registers, and nothing is pending.
@@ -265,39 +263,8 @@ fn meterctl_sync_with_serve_on_postgresql() {
     let (_, _, ct1) = sb.registers();
     assert_eq!(ct1, ct0 + 7_000);
 
-    // Stopped after its upload, then rerun: the third top-up arrives once.
-    p.buy(&meter, "shop-3", 3_000);
-    let v = sync(&sb, &p, &["--stop-after", "upload"]);
-    assert_eq!(v["stopped_after"], "upload");
-    let v = sync(&sb, &p, &[]);
-    assert_eq!(
-        results(&v),
-        vec![("voucher/3".to_owned(), "applied".to_owned())],
-        "{v}"
-    );
-    let (_, _, ct2) = sb.registers();
-    assert_eq!(ct2, ct1 + 3_000);
-
-    // The operator's clear-lock order, queued over HTTP, unlocks the meter.
-    let order = sb.arg("lock.pem");
-    sb.authority(&[
-        "lock", "--meter", &meter, "--reason", "audit", "--out", &order,
-    ]);
-    sb.meterctl_json(&["lock", "apply", &order]);
-    let nonce = sb.status()["lock_nonce"].as_str().unwrap().to_owned();
-    let (status, body) = p.http(
-        "POST",
-        &format!("/v1/meters/{meter}/orders/clear-lock"),
-        &format!(r#"{{"nonce":"{nonce}"}}"#),
-    );
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let v = sync(&sb, &p, &[]);
-    assert_eq!(
-        results(&v),
-        vec![(format!("clear-lock/{nonce}"), "applied".to_owned())],
-        "{v}"
-    );
-    assert_eq!(v["state"], meter_proto::state::READY, "{v}");
+    stopped_then_rerun(&sb, &p, "shop-3", 3_000, "voucher/3");
+    let nonce = locked_then_cleared(&sb, &p);
 
     // Orders the operator queues over HTTP (issue 16): a rate table, then a
     // lock order and its clear-lock; each retry gets the same bytes, each is

@@ -20,6 +20,8 @@ mod rewrite;
 mod root_tools;
 #[path = "support/sandbox.rs"]
 mod sandbox;
+#[path = "../../meter-authority/tests/serve_support/server.rs"]
+mod serve_server;
 #[path = "support/swtpm.rs"]
 mod swtpm;
 
@@ -65,6 +67,7 @@ mod e2e_segment_fd;
 mod e2e_shared_tpm;
 mod e2e_signals;
 mod e2e_sync;
+mod e2e_sync_orders;
 mod e2e_tsa;
 mod e2e_tsa_status;
 mod e2e_tsa_stop;

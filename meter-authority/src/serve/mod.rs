@@ -18,7 +18,8 @@
 //! Routes (see `routes`, `enrol`, `settle`): `POST /v1/meters/{id}/certify`,
 //! `POST /v1/settle`, `POST /v1/meters/{id}/topups`, `POST
 //! /v1/meters/{id}/reports`, `GET /v1/meters/{id}/pending`, `POST
-//! /v1/meters/{id}/orders/clear-lock`, `POST /v1/lookup`, `GET /v1/crl`, `GET /healthz`.
+//! /v1/meters/{id}/orders/{clear-lock,lock,rates,revoke,account,anchor}`,
+//! `POST /v1/lookup`, `GET /v1/crl`, `GET /healthz`.
 
 mod routes;
 
@@ -51,7 +52,12 @@ pub struct Service {
     /// SHA-256 of the operator's bearer token: required of top-up purchases
     /// when set; without it only loopback clients may buy.
     pub operator_token: Option<[u8; 32]>,
+    /// The key of the tokens that let a meter read its pending objects
+    /// (`routes::meter_auth`): drawn at start, never stored.
+    pub pending_key: [u8; 32],
     /// The last CRL signed, and the revocation file state it was signed for.
+    /// Also held while a revoke order is recorded in `revocations.json`, so
+    /// a CRL signed meanwhile cannot write back a list without it.
     pub(crate) crl: Mutex<Option<routes::CachedCrl>>,
     /// The authority as last opened, and the state of `root.pem` then.
     keys: Mutex<(Option<FileState>, Arc<Authority>)>,
@@ -79,6 +85,8 @@ impl Service {
             file_state(&dir.join("root.pem")),
             Arc::new(Authority::open_keys(&dir)?),
         ));
+        let mut pending_key = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut pending_key);
         Ok(Service {
             keys,
             dir,
@@ -86,6 +94,7 @@ impl Service {
             store,
             max_upload,
             operator_token,
+            pending_key,
             crl: Mutex::new(None),
         })
     }

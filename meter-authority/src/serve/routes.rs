@@ -29,6 +29,7 @@
 //!   see `pending`; `POST /v1/meters/{id}/orders/lock` and `.../orders/rates`:
 //!   see `orders`.
 
+mod meter_auth;
 mod orders;
 mod pending;
 
@@ -187,7 +188,10 @@ pub(super) async fn handle(s: &Service, peer: SocketAddr, req: Request<Incoming>
             let id = (*id).to_owned();
             report(s, &id, req).await
         }
-        (Method::GET, ["v1", "meters", id, "pending"]) => pending::pending(s, id).await,
+        (Method::GET, ["v1", "meters", id, "pending"]) => {
+            let id = (*id).to_owned();
+            pending::pending(s, peer, &id, &req).await
+        }
         (Method::POST, ["v1", "meters", id, "orders", "clear-lock"]) => {
             let id = (*id).to_owned();
             pending::clear_lock(s, peer, &id, req).await
@@ -200,10 +204,22 @@ pub(super) async fn handle(s: &Service, peer: SocketAddr, req: Request<Incoming>
             let id = (*id).to_owned();
             orders::rates(s, peer, &id, req).await
         }
+        (Method::POST, ["v1", "meters", id, "orders", "revoke"]) => {
+            let id = (*id).to_owned();
+            orders::revoke(s, peer, &id, req).await
+        }
+        (Method::POST, ["v1", "meters", id, "orders", "account"]) => {
+            let id = (*id).to_owned();
+            orders::account(s, peer, &id, req).await
+        }
+        (Method::POST, ["v1", "meters", id, "orders", "anchor"]) => {
+            let id = (*id).to_owned();
+            orders::anchor(s, peer, &id, req).await
+        }
         (
             _,
             ["v1", "meters", _, "pending"]
-            | ["v1", "meters", _, "orders", "clear-lock" | "lock" | "rates"],
+            | ["v1", "meters", _, "orders", "clear-lock" | "lock" | "rates" | "revoke" | "account" | "anchor"],
         ) => plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         (_, ["healthz"] | ["v1", "crl" | "lookup"] | ["v1", "meters", _, "topups" | "reports"]) => {
             plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -232,6 +248,35 @@ fn operator_ok(s: &Service, peer: SocketAddr, req: &Request<Incoming>) -> bool {
     })
 }
 
+/// The operator's JSON request of at most `max` bytes (`what` names it in
+/// the refusal), or the reply refusing it: 401 without the operator's
+/// credential ([`operator_ok`]), 415 for another media type, 413/400/408
+/// for a body too large, unreadable or too slow ([`body`]), 400 for JSON
+/// that is not a `T` (unknown fields included).
+async fn json_request<T: serde::de::DeserializeOwned>(
+    s: &Service,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    max: usize,
+    what: &str,
+) -> Result<T, Reply> {
+    if !operator_ok(s, peer, &req) {
+        return Err(plain(
+            StatusCode::UNAUTHORIZED,
+            "an operator credential is required",
+        ));
+    }
+    if !media_is(&req, "application/json") {
+        return Err(plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send application/json",
+        ));
+    }
+    let bytes = body(req, max).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| plain(StatusCode::BAD_REQUEST, &format!("{what} request: {e}")))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TopupRequest {
@@ -242,22 +287,9 @@ struct TopupRequest {
 }
 
 async fn topup(s: &Service, peer: SocketAddr, meter_id: &str, req: Request<Incoming>) -> Reply {
-    if !operator_ok(s, peer, &req) {
-        return plain(
-            StatusCode::UNAUTHORIZED,
-            "an operator credential is required",
-        );
-    }
-    if !media_is(&req, "application/json") {
-        return plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send application/json");
-    }
-    let bytes = match body(req, MAX_TOPUP_BODY).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let t: TopupRequest = match serde_json::from_slice(&bytes) {
+    let t: TopupRequest = match json_request(s, peer, req, MAX_TOPUP_BODY, "top-up").await {
         Ok(t) => t,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("top-up request: {e}")),
+        Err(r) => return r,
     };
     if let Some(r) = t.register.as_deref() {
         if !meter_pki::payload::VOUCHER_REGISTERS.contains(&r) {
@@ -329,8 +361,12 @@ async fn report(s: &Service, meter_id: &str, req: Request<Incoming>) -> Reply {
         return failed(&e);
     }
     let key: [u8; 32] = Sha256::digest(&bytes).into();
+    // Set when this upload is reconciled now, not answered from the record
+    // of an earlier one: only a new upload earns a pending token.
+    let fresh = std::sync::atomic::AtomicBool::new(false);
     let reconcile = Box::new(
         |book: &mut crate::book::Book, rows: &mut dyn crate::inspect::Rows| {
+            fresh.store(true, std::sync::atomic::Ordering::Relaxed);
             let outcome = a.reconcile_in(&upload, segment, book, rows, now)?;
             match a.answer(upload, outcome, Periods::default(), now) {
                 Ok(i) => Ok(Answer::Ack(meter_pki::pem::decode_any(
@@ -349,7 +385,7 @@ async fn report(s: &Service, meter_id: &str, req: Request<Incoming>) -> Reply {
             }
         },
     );
-    match s.store.upload(meter_id, key, reconcile).await {
+    let mut reply = match s.store.upload(meter_id, key, reconcile).await {
         Ok(Answer::Ack(der)) => typed(StatusCode::OK, der, CMS),
         Ok(Answer::Refused {
             lock_order,
@@ -360,8 +396,13 @@ async fn report(s: &Service, meter_id: &str, req: Request<Incoming>) -> Reply {
             header(&mut r, "meter-findings", &json);
             r
         }
-        Err(e) => failed(&e),
+        Err(e) => return failed(&e),
+    };
+    if fresh.load(std::sync::atomic::Ordering::Relaxed) {
+        let token = meter_auth::mint(&s.pending_key, meter_id, now);
+        header(&mut reply, meter_auth::TOKEN_HEADER, &token);
     }
+    reply
 }
 
 /// Checks the report's signer against the certificates issued to its meter:

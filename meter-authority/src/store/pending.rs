@@ -6,7 +6,9 @@
 //! order the operator queued); [`pending`] keeps what the book does not
 //! list in `applied`, each under the key the meter's ledger row carries
 //! (`voucher/<sequence>`, `lock-order/<nonce>`, `clear-lock/<nonce>`,
-//! `rates/v<version>`: a table is also done when a newer one is applied), so
+//! `revoke-order/<order id>`, `account-order/<nonce>`, `anchor/<hex SHA-384
+//! of the new root>`, `rates/v<version>`: a table is also done when a newer
+//! one is applied), so
 //! the meter can skip what it applied since its last report and the answer
 //! is the same for every request until a new report is acknowledged.
 //! Nothing is deleted: the book is the record of what was applied.
@@ -48,7 +50,8 @@ pub struct Queued {
 pub struct Pending {
     /// Its stable id: the key of the ledger row that applies it.
     pub id: String,
-    /// `lock-order`, `clear-lock` or `voucher`.
+    /// `lock-order`, `voucher`, or the queued order's key up to its `/`
+    /// (`clear-lock`, `rates`, `revoke-order`, `account-order`, `anchor`).
     pub kind: String,
     /// A voucher's amount (minor units).
     pub amount: Option<u64>,
@@ -57,7 +60,8 @@ pub struct Pending {
 }
 
 /// The objects of `q` its book does not show applied, in the order to apply
-/// them: lock orders, then clear-lock orders, then vouchers by sequence.
+/// them: lock orders, then the queued orders by key (account, anchor,
+/// clear-lock, lock, rates, revoke), then vouchers by sequence.
 /// Lock orders are opened with `roots` for their nonce (one that does not
 /// open is left out). At most [`MAX_PENDING`]; the flag says more wait.
 pub fn pending(q: &Queued, roots: &[Certificate], now: i64) -> (Vec<Pending>, bool) {

@@ -4,11 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use meter_pki::cms::SignOptions;
 use meter_pki::ledger_format::{genesis_prev, row_hash, sha384, Digest, RowFields};
@@ -23,55 +19,23 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_meter-authority");
 #[path = "postgres.rs"]
 mod postgres;
 pub use postgres::*;
+#[path = "server.rs"]
+mod server;
+pub use server::*;
 
-/// `meter-authority serve` on a free loopback port; stopped when dropped.
-pub struct Server {
-    pub addr: String,
-    child: Child,
-}
-
-impl Server {
-    pub fn start(dir: &Path, database: Option<&str>) -> Server {
-        let mut c = Command::new(BIN);
-        c.arg("serve")
-            .arg("--dir")
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0"]);
-        if let Some(url) = database {
-            c.args(["--database", url]);
-        }
-        let mut child = c
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .strip_prefix("listening on ")
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or_else(|| panic!("serve did not start: {line:?}"))
-            .to_owned();
-        Server { addr, child }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        kill(self.child.id(), "-TERM");
-        let _ = self.child.wait();
-    }
-}
-
-/// A new authority (root `CN=Test Root`) in `authority/` of a temporary
-/// directory, removed when the first value is dropped.
+/// A new authority directory "Test Root" in a temporary directory.
 pub fn new_authority() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("authority");
     meter_authority::Authority::init(&dir, "Test Root", meter_authority::now()).unwrap();
     (tmp, dir)
+}
+
+impl Server {
+    /// This crate's `meter-authority serve` on `dir` (see [`Server::spawn`]).
+    pub fn start(dir: &Path, database: Option<&str>) -> Server {
+        Server::spawn(Path::new(BIN), dir, database, &[])
+    }
 }
 
 /// A PostgreSQL server in a temporary directory; `None` (the test skips)
@@ -83,65 +47,6 @@ pub fn postgres() -> Option<Postgres> {
         return None;
     };
     Some(Postgres::start(&bin))
-}
-
-/// An HTTP answer: status, headers (lower-case names), body.
-pub struct Reply {
-    pub status: u16,
-    pub headers: BTreeMap<String, String>,
-    pub body: Vec<u8>,
-}
-
-/// One HTTP/1.1 request on its own connection.
-pub fn http(addr: &str, method: &str, path: &str, media: &str, body: &[u8]) -> Reply {
-    try_http(addr, method, path, media, body, None).unwrap()
-}
-
-/// One HTTP/1.1 request on its own connection, with a bearer token; an
-/// error when the connection fails or closes without an answer.
-pub fn try_http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    media: &str,
-    body: &[u8],
-    bearer: Option<&str>,
-) -> std::io::Result<Reply> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let auth = bearer
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {media}\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    let mut all = Vec::new();
-    s.read_to_end(&mut all)?;
-    let Some(split) = all.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Err(std::io::Error::other("no answer"));
-    };
-    let head = String::from_utf8(all[..split].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Ok(Reply {
-        status,
-        headers,
-        body: all[split + 4..].to_vec(),
-    })
 }
 
 /// Buys a top-up; the reply.

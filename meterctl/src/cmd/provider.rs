@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 
@@ -37,6 +37,9 @@ pub struct Answer {
     pub status: u16,
     /// `meter-findings`, when present.
     pub findings: Option<String>,
+    /// `meter-pending-token`, when present: the upload's proof that lets
+    /// this meter read its pending objects.
+    pub pending_token: Option<String>,
     /// The body.
     pub body: Bytes,
 }
@@ -89,19 +92,19 @@ impl Provider {
         }
     }
 
-    /// One request: `path` under the URL's prefix, `body` of type `media`;
-    /// an answer of at most `max` bytes.
+    /// One request: `path` under the URL's prefix, `body` of type `media`,
+    /// `bearer` as `Authorization: Bearer`; an answer of at most `max` bytes.
     pub async fn call(
         &self,
         method: Method,
         path: &str,
         media: Option<&str>,
+        bearer: Option<&str>,
         body: Vec<u8>,
         max: usize,
     ) -> Result<Answer, CtlError> {
-        match tokio::time::timeout(self.timeout, self.call_now(method, path, media, body, max))
-            .await
-        {
+        let call = self.call_now(method, path, media, bearer, body, max);
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(self.error(format!(
                 "no complete answer to {path} within {} s",
@@ -115,6 +118,7 @@ impl Provider {
         method: Method,
         path: &str,
         media: Option<&str>,
+        bearer: Option<&str>,
         body: Vec<u8>,
         max: usize,
     ) -> Result<Answer, CtlError> {
@@ -133,6 +137,9 @@ impl Provider {
         if let Some(m) = media {
             req = req.header(CONTENT_TYPE, m);
         }
+        if let Some(t) = bearer {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| self.error(format!("request: {e}")))?;
@@ -142,11 +149,13 @@ impl Provider {
                 .await
                 .map_err(|e| self.error(format!("the request failed: {e}")))?;
             let status = resp.status().as_u16();
-            let findings = resp
-                .headers()
-                .get("meter-findings")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let text = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let (findings, pending_token) = (text("meter-findings"), text("meter-pending-token"));
             let declared = resp
                 .headers()
                 .get(CONTENT_LENGTH)
@@ -163,6 +172,7 @@ impl Provider {
             Ok(Answer {
                 status,
                 findings,
+                pending_token,
                 body,
             })
         }
@@ -219,7 +229,7 @@ mod tests {
         // Port 9 on loopback: nothing listens (discard is not run here).
         let p = Provider::parse("http://127.0.0.1:9", Duration::from_secs(5)).unwrap();
         let e = p
-            .call(Method::GET, "/healthz", None, Vec::new(), 10)
+            .call(Method::GET, "/healthz", None, None, Vec::new(), 10)
             .await
             .unwrap_err();
         assert!(e.to_string().contains("unreachable"), "{e}");

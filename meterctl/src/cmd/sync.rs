@@ -2,9 +2,13 @@
 //! serve`) in one command: it makes a report with its ledger segment and
 //! attestation, uploads it, applies the answer (the acknowledgement, or the
 //! forced lock order of a refused report), fetches what is pending for the
-//! meter (vouchers bought for it, lock and clear-lock orders, rate tables)
-//! and applies each. A rate table the meter finds stale (it holds that
-//! version or a newer one) is done, like one already applied.
+//! meter (vouchers bought for it, lock, clear-lock, revoke and
+//! current-account orders, rate tables, trust-anchor updates) with the
+//! token the upload's answer carried (`meter-pending-token`: the signed
+//! report is the meter's proof, so the list needs no signature of its
+//! own), and applies each. A rate table or trust anchor the meter finds
+//! stale (it holds that version or a newer one, or that root) is done,
+//! like one already applied.
 //!
 //! Safe to interrupt and rerun at any point: every object is applied by the
 //! meter once (its ledger row carries the object's key), so one applied
@@ -156,8 +160,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
     let path = format!("/v1/meters/{meter_id}/reports");
     let body = frame_upload(&report, &attestation, &segment);
     let a = provider
-        .call(Method::POST, &path, Some(UPLOAD), body, MAX_ANSWER)
+        .call(Method::POST, &path, Some(UPLOAD), None, body, MAX_ANSWER)
         .await?;
+    let token = a.pending_token.clone();
     let mut out = json!({
         "provider": provider.url(),
         "meter_id": meter_id,
@@ -200,11 +205,14 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
     }
 
     // 3. What is pending, applied in the provider's order.
+    // The upload's answer carries the token that lets this meter read its
+    // pending list (none: an older provider, or one that lets the caller in).
     let a = provider
         .call(
             Method::GET,
             &format!("/v1/meters/{meter_id}/pending"),
             None,
+            token.as_deref(),
             Vec::new(),
             MAX_PENDING,
         )
@@ -260,6 +268,9 @@ async fn apply_pending(
             "clear-lock" => meter.clear_lock(&der).await,
             "lock-order" => meter.apply_lock_order(&der).await,
             "rates" => meter.install_rates(&der).await,
+            "revoke-order" => meter.apply_revoke_order(&der).await.map(|_| ()),
+            "account-order" => meter.set_account_mode(&der).await.map(|_| ()),
+            "anchor" => meter.update_trust_anchor(&der).await.map(|_| ()),
             _ => {
                 human.push_str(&format!("{id}: kind {kind} not known here: skipped\n"));
                 results.push(json!({"id": id, "kind": kind, "result": "skipped"}));

@@ -9,12 +9,20 @@
 //!   applied since. A separate, read-only request rather than part of the
 //!   upload's answer: it is the same until the next acknowledged report,
 //!   works for a meter whose upload was refused or that has nothing new to
-//!   report, and leaves the upload's answer one signed object. Open to any
-//!   client: every object is signed for this meter alone and applied once.
+//!   report, and leaves the upload's answer one signed object. Requires
+//!   `Authorization: Bearer <token>` with the token of the meter's last new
+//!   upload (`meter_auth`: 401 without, 403 for another meter's, a forged
+//!   or an expired one), or the operator's credential.
 //! * `POST /v1/meters/{id}/orders/clear-lock`, JSON `{"nonce": "<the lock's
 //!   nonce>"}` → `200 application/cms`: the clear-lock order (DER), queued
 //!   for the meter; the same nonce again returns the same bytes. Header
 //!   `meter-order-id: clear-lock/<nonce>`. Operator only, as a purchase.
+//!   The nonce is checked by the meter only, not here: the provider knows
+//!   the lock of the meter's last acknowledged report, which precedes any
+//!   lock taken since (a lock order applied by the same sync, a local
+//!   lock), so a check here would refuse the order for the lock in force.
+//!   An order for another lock is answered `stale` by the meter and stays
+//!   listed, harmlessly, as `sync` shows.
 
 use std::net::SocketAddr;
 
@@ -22,7 +30,10 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
 
-use super::{body, failed, header, media_is, operator_ok, plain, typed, Reply, CMS};
+use hyper::header::AUTHORIZATION;
+
+use super::meter_auth::{self, Refused};
+use super::{failed, header, json_request, operator_ok, plain, typed, Reply, CMS};
 use crate::serve::Service;
 use crate::store::pending::{check_nonce, pending as pending_of};
 use crate::store::StoreError;
@@ -30,9 +41,53 @@ use crate::store::StoreError;
 /// Largest body of a clear-lock request (JSON).
 const MAX_ORDER_BODY: usize = 1024;
 
-pub(super) async fn pending(s: &Service, meter_id: &str) -> Reply {
+/// The meter's token (`meter_auth`) or the operator's credential, or the
+/// refusal: 401 when the request carries neither, 403 for a token that is
+/// not this meter's, forged, from before a restart, or expired.
+fn allowed(
+    s: &Service,
+    peer: SocketAddr,
+    meter_id: &str,
+    req: &Request<Incoming>,
+) -> Option<Reply> {
+    if operator_ok(s, peer, req) {
+        return None;
+    }
+    let Some(token) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return Some(plain(
+            StatusCode::UNAUTHORIZED,
+            "the meter's pending token (from its report upload) or an operator credential is required",
+        ));
+    };
+    match meter_auth::check(&s.pending_key, meter_id, token, crate::now()) {
+        Ok(()) => None,
+        Err(Refused::Expired) => Some(plain(
+            StatusCode::FORBIDDEN,
+            "the pending token expired: upload a new report",
+        )),
+        Err(Refused::NotThisMeters) => Some(plain(
+            StatusCode::FORBIDDEN,
+            "the pending token is not one this server gave this meter",
+        )),
+    }
+}
+
+pub(super) async fn pending(
+    s: &Service,
+    peer: SocketAddr,
+    meter_id: &str,
+    req: &Request<Incoming>,
+) -> Reply {
     if let Err(e) = crate::check_meter_id(meter_id) {
         return failed(&e.into());
+    }
+    if let Some(refused) = allowed(s, peer, meter_id, req) {
+        return refused;
     }
     let q = match s.store.queued(meter_id).await {
         Ok(q) => q,
@@ -82,22 +137,9 @@ pub(super) async fn clear_lock(
     meter_id: &str,
     req: Request<Incoming>,
 ) -> Reply {
-    if !operator_ok(s, peer, &req) {
-        return plain(
-            StatusCode::UNAUTHORIZED,
-            "an operator credential is required",
-        );
-    }
-    if !media_is(&req, "application/json") {
-        return plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send application/json");
-    }
-    let bytes = match body(req, MAX_ORDER_BODY).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let r: ClearLockRequest = match serde_json::from_slice(&bytes) {
+    let r: ClearLockRequest = match json_request(s, peer, req, MAX_ORDER_BODY, "clear-lock").await {
         Ok(r) => r,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("clear-lock request: {e}")),
+        Err(reply) => return reply,
     };
     if let Err(e) = check_nonce(&r.nonce) {
         return failed(&e.into());
