@@ -49,6 +49,33 @@ pub struct Settlement {
     pub settled_at: i64,
 }
 
+impl Settlement {
+    /// The settlement of payment `p` on `line`, `before` being the sum
+    /// already settled on it: the one place that arithmetic lives (the
+    /// CLI's files and the server's database both settle through it).
+    /// Refused when the sum would overflow or pass the line's amount.
+    pub fn next(p: &Payment, line: &CreditLine, before: u64, now: i64) -> Result<Settlement> {
+        let total = before
+            .checked_add(p.amount)
+            .filter(|t| *t <= line.amount)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "payment {} of {} would take line {} past its amount ({} settled of {})",
+                    p.serial, p.amount, line.serial, before, line.amount
+                ))
+            })?;
+        Ok(Settlement {
+            serial: p.serial.clone(),
+            credit_serial: line.serial.clone(),
+            amount: p.amount,
+            payee: p.payee.clone(),
+            settled_total: total,
+            line_amount: line.amount,
+            settled_at: now,
+        })
+    }
+}
+
 fn invalid(m: impl Into<String>) -> AuthorityError {
     AuthorityError::Invalid(m.into())
 }
@@ -203,25 +230,7 @@ impl Authority {
                 p.serial
             )));
         }
-        let before = settled_sum(&dir)?;
-        let total = before
-            .checked_add(p.amount)
-            .filter(|t| *t <= line.amount)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "payment {} of {} would take line {} past its amount ({} settled of {})",
-                    p.serial, p.amount, line.serial, before, line.amount
-                ))
-            })?;
-        let s = Settlement {
-            serial: p.serial.clone(),
-            credit_serial: line.serial.clone(),
-            amount: p.amount,
-            payee: p.payee.clone(),
-            settled_total: total,
-            line_amount: line.amount,
-            settled_at: now,
-        };
+        let s = Settlement::next(&p, line, settled_sum(&dir)?, now)?;
         let json = serde_json::to_vec_pretty(&s)
             .map_err(|e| AuthorityError::Corrupt(format!("settlement encoding: {e}")))?;
         match write_new(&file, &json) {

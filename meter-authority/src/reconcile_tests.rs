@@ -84,15 +84,6 @@ fn report_for(seg: &[u8], head: &Digest, regs: (u64, u64, u64, u64)) -> StatusRe
         ledger_rows: n,
         ledger_head: hex::encode(head),
         nv_counter: 3,
-        rates_version: 0,
-        lock_reason: String::new(),
-        lock_nonce: String::new(),
-        previous_sequence: 0,
-        previous_time: 0,
-        usage: BTreeMap::new(),
-        credited: 0,
-        inspection_due: 0,
-        postage: None,
         segment: Some(SegmentRef {
             first_seq: 1,
             last_seq: n,
@@ -100,6 +91,7 @@ fn report_for(seg: &[u8], head: &Digest, regs: (u64, u64, u64, u64)) -> StatusRe
             digest: hex::encode(segment::digest(seg)),
             bytes: seg.len() as u64,
         }),
+        ..Default::default()
     }
 }
 
@@ -125,6 +117,30 @@ fn specs(voucher: Vec<u8>, amount: u64) -> Vec<Spec> {
     ]
 }
 
+/// The findings refusing the segment `seg` with its report against `book`.
+fn refusal(seg: &[u8], rep: &StatusReport, book: &Book, roots: &[Certificate]) -> Vec<String> {
+    reconcile(rep, "00", seg, book, roots, None, crate::now())
+        .unwrap_err()
+        .0
+}
+
+/// The findings refusing the ledger of `specs` (its rows changed by `edit`,
+/// the chain recomputed) with its own report against `book`.
+fn refused(
+    specs: &[Spec],
+    edit: impl Fn(&mut RowFields<'_>),
+    book: &Book,
+    roots: &[Certificate],
+) -> Vec<String> {
+    let (seg, head, regs) = ledger(specs, edit);
+    refusal(&seg, &report_for(&seg, &head, regs), book, roots)
+}
+
+/// Asserts that a finding says `what`.
+fn names(f: &[String], what: &str) {
+    assert!(f.iter().any(|x| x.contains(what)), "{what}: {f:?}");
+}
+
 #[test]
 fn an_honest_ledger_reconciles_and_an_edited_one_is_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -147,43 +163,25 @@ fn an_honest_ledger_reconciles_and_an_edited_one_is_named() {
 
     // The operator credits 100 times the voucher, with a recomputed chain.
     let good = voucher.clone();
-    let (seg, head, regs) = ledger(&specs(voucher.into_bytes(), 100_000), |_| {});
-    let rep = report_for(&seg, &head, regs);
-    let f = reconcile(&rep, "00", &seg, &book, &roots, None, crate::now())
-        .unwrap_err()
-        .0;
-    assert!(
-        f.iter()
-            .any(|x| x.contains("row 2: credits 100000, voucher 1 says 1000")),
-        "{f:?}"
-    );
-    assert!(
-        f.iter().any(|x| x.contains("control total 100000")),
-        "{f:?}"
-    );
+    let f = refused(&specs(voucher.into_bytes(), 100_000), |_| {}, &book, &roots);
+    names(&f, "row 2: credits 100000, voucher 1 says 1000");
+    names(&f, "control total 100000");
 
     // A credit with a voucher the authority never signed.
-    let (seg, head, regs) = ledger(&specs(b"a voucher".to_vec(), 1000), |_| {});
-    let rep = report_for(&seg, &head, regs);
-    let f = reconcile(&rep, "00", &seg, &book, &roots, None, crate::now())
-        .unwrap_err()
-        .0;
-    assert!(
-        f.iter()
-            .any(|x| x.contains("row 2: not an object this authority signed")),
-        "{f:?}"
-    );
+    let f = refused(&specs(b"a voucher".to_vec(), 1000), |_| {}, &book, &roots);
+    names(&f, "row 2: not an object this authority signed");
 
     // Registers that do not follow from the rows (DR edited up).
-    let (seg, head, regs) = ledger(&specs(good.into_bytes(), 1000), |f| {
-        if f.seq == 3 {
-            f.descending += 5;
-        }
-    });
-    let rep = report_for(&seg, &head, regs);
-    let f = reconcile(&rep, "00", &seg, &book, &roots, None, crate::now())
-        .unwrap_err()
-        .0;
+    let f = refused(
+        &specs(good.into_bytes(), 1000),
+        |f| {
+            if f.seq == 3 {
+                f.descending += 5;
+            }
+        },
+        &book,
+        &roots,
+    );
     assert!(f.iter().any(|x| x.starts_with("row 3: registers")), "{f:?}");
 }
 
@@ -211,27 +209,11 @@ fn a_segment_must_extend_an_acknowledged_head() {
     let mut p = ok.point.clone();
     p.head = "11".repeat(48);
     book.acknowledged.push(p);
-    let f = reconcile(&rep, "00", &seg, &book, &roots, None, crate::now())
-        .unwrap_err()
-        .0;
-    assert!(
-        f.iter()
-            .any(|x| x.contains("row 3: not the row report 1 acknowledged")),
-        "{f:?}"
-    );
+    let f = refusal(&seg, &rep, &book, &roots);
+    names(&f, "row 3: not the row report 1 acknowledged");
     // A segment signed for other bytes.
     let mut other = seg.clone();
     other.push(0);
-    let f = reconcile(
-        &rep,
-        "00",
-        &other,
-        &shelf.read().unwrap(),
-        &roots,
-        None,
-        crate::now(),
-    )
-    .unwrap_err()
-    .0;
+    let f = refusal(&other, &rep, &shelf.read().unwrap(), &roots);
     assert!(f[0].contains("not the one the report signed"), "{f:?}");
 }

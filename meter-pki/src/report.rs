@@ -36,7 +36,9 @@ pub struct ServiceUsage {
 }
 
 /// Signed status report (meter → authority), `CT_STATUS_REPORT`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Default` is an empty report (every field zero or empty), for tests
+/// that state only the fields they are about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatusReport {
     /// Reporting meter.

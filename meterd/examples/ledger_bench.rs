@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use meterd::ledger::{Entry, Key, Ledger, SoftwareSealer, Verdict};
+use meterd::ledger::{Entry, Key, Ledger, Options, SoftwareSealer, Verdict};
 use meterd::money::Amount;
 use meterd::service::Service;
 use sha2::{Digest as _, Sha384};
@@ -159,7 +159,12 @@ fn checkpoint_open(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (sealer, _) = SoftwareSealer::new(&[0x33; 48], nv)?;
     let t = Instant::now();
-    let (ledger, r) = Ledger::open_from_checkpoint(path, Box::new(sealer), "bench-meter", false)?;
+    let (ledger, r) = Ledger::open_with(
+        path,
+        Box::new(sealer),
+        "bench-meter",
+        Options::FROM_CHECKPOINT,
+    )?;
     let ms = t.elapsed().as_secs_f64() * 1000.0;
     if r.verdict != Verdict::Clean || r.rows < rows {
         return Err(format!("checkpoint open: {:?} rows {}", r.verdict, r.rows).into());

@@ -65,27 +65,6 @@ fn split_order(sb: &Sandbox, dir: Option<&str>, meter: &str, name: &str) -> Stri
     p
 }
 
-fn letter(sb: &Sandbox, id: &str) -> Vec<String> {
-    let out = path(sb, &format!("{id}.ind"));
-    [
-        "postage",
-        "--class",
-        "letter",
-        "--grams",
-        "20",
-        "--from",
-        "10115",
-        "--to",
-        "SW1A 1AA",
-        "--request-id",
-        id,
-        "-o",
-        &out,
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
 fn run_ok(sb: &Sandbox, args: &[String], what: &str) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(&sb.meterctl(&args), what);
@@ -112,7 +91,7 @@ fn postage_funds_apart_after_the_authority_order() {
     assert_eq!(sb.status()["funds_mode"], "combined");
 
     // Combined: one pool pays postage and services.
-    run_ok(&sb, &letter(&sb, "l1"), "postage before the split");
+    run_ok(&sb, &sb.letter_args("l1", "20"), "postage before the split");
     run_ok(&sb, &postmark("p1", &sb), "postmark before the split");
     let spent = LETTER + POSTMARK;
     assert_eq!(both(&sb).0, (spent, funds - spent, funds));
@@ -157,7 +136,7 @@ fn postage_funds_apart_after_the_authority_order() {
     assert_eq!(both(&sb), after);
 
     // Only services funds: postage refused, named, nothing changed.
-    let (code, kind, msg) = run_refused(&sb, &letter(&sb, "l2"));
+    let (code, kind, msg) = run_refused(&sb, &sb.letter_args("l2", "20"));
     assert_eq!((code, kind.as_str()), (exit::FUNDS, "InsufficientFunds"));
     assert!(msg.contains("insufficient postage funds"), "{msg}");
     assert_eq!(both(&sb), after);
@@ -189,7 +168,7 @@ fn postage_funds_apart_after_the_authority_order() {
     assert_eq!(postage, (0, LETTER + 270, LETTER + 270));
 
     // Postage from postage funds only.
-    run_ok(&sb, &letter(&sb, "l3"), "postage after the split");
+    run_ok(&sb, &sb.letter_args("l3", "20"), "postage after the split");
     let now = both(&sb);
     assert_eq!(now.0, (funds, 0, funds));
     assert_eq!(now.1, (LETTER, 270, LETTER + 270));

@@ -45,26 +45,10 @@ enum Indicium {
 }
 
 fn postage(sb: &Sandbox, grams: &str, id: &str) {
-    let out = sb.path(&format!("{id}.ind")).to_string_lossy().into_owned();
-    ok(
-        &sb.meterctl(&[
-            "--json",
-            "postage",
-            "--class",
-            "letter",
-            "--grams",
-            grams,
-            "--from",
-            "10115",
-            "--to",
-            "SW1A 1AA",
-            "--request-id",
-            id,
-            "-o",
-            &out,
-        ]),
-        id,
-    );
+    let args = sb.letter_args(id, grams);
+    let mut all = vec!["--json"];
+    all.extend(args.iter().map(String::as_str));
+    ok(&sb.meterctl(&all), id);
 }
 
 fn put_u64(b: &mut [u8], at: usize, v: u64) {

@@ -20,27 +20,13 @@ use meter_proto::exit;
 use sandbox::{ok, write, Sandbox};
 
 fn buy(sb: &Sandbox, id: &str, png: Option<&str>) -> Vec<u8> {
-    let out = sb.arg(&format!("{id}.ind"));
-    let mut args = vec![
-        "postage",
-        "--class",
-        "letter",
-        "--grams",
-        "20",
-        "--from",
-        "10115",
-        "--to",
-        "SW1A 1AA",
-        "--request-id",
-        id,
-        "-o",
-        &out,
-    ];
+    let mut args = sb.letter_args(id, "20");
     if let Some(p) = png {
-        args.extend_from_slice(&["--png", p]);
+        args.extend(["--png".to_owned(), p.to_owned()]);
     }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(&sb.meterctl(&args), "postage");
-    std::fs::read(&out).unwrap()
+    std::fs::read(sb.path(&format!("{id}.ind"))).unwrap()
 }
 
 /// HMAC-SHA-256 of `body` (written to `name`) under `key_hex`, with stock `openssl mac`:

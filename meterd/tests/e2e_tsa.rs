@@ -53,6 +53,23 @@ fn reply_text(sb: &Sandbox, resp: &str) -> String {
     )
 }
 
+/// `openssl ts -verify` of the reply `resp` to the query `q` against the
+/// CA file `root`, asserting it verifies.
+fn verify_reply(sb: &Sandbox, q: &str, resp: &str, root: &str, what: &str) {
+    let args = [
+        "ts",
+        "-verify",
+        "-queryfile",
+        q,
+        "-in",
+        resp,
+        "-CAfile",
+        root,
+    ];
+    let v = ok(&sb.run("openssl", &args), what);
+    assert!(v.contains("Verification: OK"), "{what}: {v}");
+}
+
 fn nonce_of(text: &str) -> String {
     text.lines()
         .find(|l| l.trim_start().starts_with("Nonce:"))
@@ -89,23 +106,7 @@ fn openssl_and_curl_buy_verified_postmarks_charged_once_each() {
             "query text",
         );
         assert_eq!(nonce_of(&text), nonce_of(&qtext), "nonce echoed");
-        let v = ok(
-            &sb.run(
-                "openssl",
-                &[
-                    "ts",
-                    "-verify",
-                    "-queryfile",
-                    &q,
-                    "-in",
-                    &r,
-                    "-CAfile",
-                    &root,
-                ],
-            ),
-            "openssl ts -verify",
-        );
-        assert!(v.contains("Verification: OK"), "{v}");
+        verify_reply(&sb, &q, &r, &root, "openssl ts -verify");
         let (ar1, _, _) = sb.registers();
         assert_eq!(ar1, ar + price, "{alg}: one postmark price");
         ar = ar1;
@@ -198,23 +199,7 @@ fn openssl_and_curl_buy_verified_postmarks_charged_once_each() {
         &sb.meterctl(&["postmark", "--tsq", &q, "-o", &r, "--request-id", "dbus-1"]),
         "meterctl postmark --tsq",
     );
-    let v = ok(
-        &sb.run(
-            "openssl",
-            &[
-                "ts",
-                "-verify",
-                "-queryfile",
-                &q,
-                "-in",
-                &r,
-                "-CAfile",
-                &root,
-            ],
-        ),
-        "openssl ts -verify (D-Bus)",
-    );
-    assert!(v.contains("Verification: OK"), "{v}");
+    verify_reply(&sb, &q, &r, &root, "openssl ts -verify (D-Bus)");
     ar += price;
     assert_eq!(sb.registers().0, ar);
     // The same id with another request: Conflict, a D-Bus error.

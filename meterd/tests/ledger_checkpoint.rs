@@ -1,4 +1,4 @@
-//! Signed checkpoints: a clean audit writes one; `open_from_checkpoint`
+//! Signed checkpoints: a clean audit writes one; an open `from_checkpoint`
 //! verifies only the rows after it yet ends in the same state as a full
 //! audit; a forged or stale checkpoint falls back to the full audit; damage
 //! after the checkpoint is caught at start, damage before it by the full
@@ -10,7 +10,7 @@ use crate::ledger_support;
 use std::path::Path;
 
 use ledger_support::*;
-use meterd::ledger::{EntryKind, Ledger, Verdict};
+use meterd::ledger::{EntryKind, Ledger, Options, Verdict};
 
 fn checkpoints(path: &Path) -> Vec<i64> {
     let c = rusqlite::Connection::open(path).unwrap();
@@ -25,7 +25,7 @@ fn checkpoints(path: &Path) -> Vec<i64> {
 
 fn open_cp(path: &Path, counter: u64) -> (Ledger, meterd::ledger::AuditReport) {
     let (s, _) = sealer(&KEY_A, counter);
-    Ledger::open_from_checkpoint(path, s, METER, false).unwrap()
+    Ledger::open_with(path, s, METER, Options::FROM_CHECKPOINT).unwrap()
 }
 
 /// genesis, start epoch, credit, 6 debits, a lock, stop epoch: checkpoint

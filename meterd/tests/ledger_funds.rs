@@ -11,7 +11,7 @@ use crate::ledger_support;
 
 use ledger_support::*;
 use meterd::ledger::{
-    Entry, EntryKind, Fund, Ledger, LedgerError, LedgerState, Outcome, Verdict, SPLIT_NOTE,
+    Entry, EntryKind, Fund, Ledger, LedgerError, LedgerState, Options, Outcome, Verdict, SPLIT_NOTE,
 };
 use meterd::money::Amount;
 use meterd::service::Service;
@@ -193,7 +193,7 @@ async fn split_registers_move_apart_and_refuse_by_name() {
     // Then from the signed checkpoint that audit wrote (both pairs in it).
     l.close().await.unwrap();
     let (s, _) = sealer(&KEY_A, c2.counter());
-    let (l, report) = Ledger::open_from_checkpoint(&path, s, METER, false).unwrap();
+    let (l, report) = Ledger::open_with(&path, s, METER, Options::FROM_CHECKPOINT).unwrap();
     assert_eq!(report.verdict, Verdict::Clean);
     assert!(report.from_seq > 0, "started from a checkpoint");
     assert_eq!(l.state().registers, want);

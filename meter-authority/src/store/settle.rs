@@ -105,24 +105,7 @@ impl PgStore {
             .get(0);
         let before = u64::try_from(before)
             .map_err(|_| StoreError::Corrupt("settled sum out of range".into()))?;
-        let total = before
-            .checked_add(p.amount)
-            .filter(|t| *t <= line.amount)
-            .ok_or_else(|| {
-                AuthorityError::Invalid(format!(
-                    "payment {} of {} would take line {} past its amount ({} settled of {})",
-                    p.serial, p.amount, line.serial, before, line.amount
-                ))
-            })?;
-        let s = Settlement {
-            serial: p.serial.clone(),
-            credit_serial: line.serial.clone(),
-            amount: p.amount,
-            payee: p.payee.clone(),
-            settled_total: total,
-            line_amount: line.amount,
-            settled_at: r.now,
-        };
+        let s = Settlement::next(p, line, before, r.now)?;
         let json = serde_json::to_string(&s).map_err(corrupt)?;
         let amount = i64::try_from(p.amount)
             .map_err(|_| StoreError::Corrupt("amount out of range".into()))?;

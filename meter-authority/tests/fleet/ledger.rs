@@ -212,15 +212,8 @@ impl Ledger {
             ledger_rows: last,
             ledger_head: hex::encode(self.head),
             nv_counter: 3 + sequence,
-            rates_version: 0,
-            lock_reason: String::new(),
-            lock_nonce: String::new(),
             previous_sequence: sequence - 1,
             previous_time: self.previous_time,
-            usage: BTreeMap::new(),
-            credited: 0,
-            inspection_due: 0,
-            postage: None,
             segment: Some(SegmentRef {
                 first_seq: first,
                 last_seq: last,
@@ -228,6 +221,7 @@ impl Ledger {
                 digest: hex::encode(segment::digest(&seg)),
                 bytes: seg.len() as u64,
             }),
+            ..Default::default()
         };
         let signed = sign_as_meter(m, &r);
         self.previous_time = now;

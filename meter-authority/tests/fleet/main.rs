@@ -6,10 +6,14 @@
 //! settlement are re-derived from the database and compared with what the
 //! clients were answered: nothing lost, nothing doubled. Also with the
 //! server SIGKILLed and with PostgreSQL crashed (immediate stop) mid-load.
+//! Beside the simulated load runs one real meterd on swtpm (`real.rs`),
+//! certified by the same server, buying, syncing and selling, and held to
+//! the same end check (not in the kill tests).
 //!
 //! CI runs the reduced form (`fleet_reduced`: 60 meters); the full run is
 //! `tests/fleet --meters 10000` (environment `FLEET_METERS`, `FLEET_ROUNDS`,
-//! `FLEET_ROWS`, `FLEET_CLIENTS`, `FLEET_CONNECTIONS`), which prints the
+//! `FLEET_ROWS`, `FLEET_CLIENTS`, `FLEET_CONNECTIONS`, `FLEET_REAL_POSTMARKS`:
+//! the real meter's sales, 0 for no real meter), which prints the
 //! table of figures.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -17,6 +21,7 @@
 mod serve_support;
 
 mod ledger;
+mod real;
 mod sim;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -49,10 +54,16 @@ fn lines(s: String) -> Vec<String> {
 }
 
 /// Re-derives everything from the database and compares it with what the
-/// clients were answered.
-fn check(pg: &Postgres, plan: &Plan, t: &Tally) {
+/// clients were answered (the real meter's vouchers and acknowledgements
+/// are in the tally too).
+fn check(pg: &Postgres, plan: &Plan, t: &Tally, real: Option<&real::Outcome>) {
     let n = plan.meters as u64;
     let r = plan.rounds;
+    // What the real meter adds: vouchers, acknowledgements, postmarks
+    // (index rows), certifications.
+    let (rv, ra, rp, rc) = real.map_or((0, 0, 0, 0), |o| {
+        (o.vouchers.len() as u64, o.acks.len() as u64, o.postmarks, 1)
+    });
     // Vouchers: every voucher answered is in the database once, with its
     // sequence and amount, and nothing else is.
     let want: Vec<String> = t
@@ -60,7 +71,7 @@ fn check(pg: &Postgres, plan: &Plan, t: &Tally) {
         .iter()
         .map(|((m, p), (s, a))| format!("{m}|{p}|{s}|{a}"))
         .collect();
-    assert_eq!(want.len() as u64, n * r);
+    assert_eq!(want.len() as u64, n * r + rv);
     let have = lines(pg.psql(
         "SELECT meter_id || '|' || purchase_id || '|' || sequence || '|' || amount FROM purchases",
     ));
@@ -78,10 +89,10 @@ fn check(pg: &Postgres, plan: &Plan, t: &Tally) {
               AND p.amount = v.value::bigint), \
              (SELECT count(*) FROM meters m, jsonb_each_text(m.book->'vouchers'))"
         ),
-        format!("{0}|{0}", n * r)
+        format!("{0}|{0}", n * r + rv)
     );
     // Acknowledgements: every ack answered is an acknowledged point, once.
-    assert_eq!(t.acks.len() as u64, n * r);
+    assert_eq!(t.acks.len() as u64, n * r + ra);
     assert!(t.acks.values().all(|c| *c == 1));
     let want: Vec<String> = t.acks.keys().map(|(m, s)| format!("{m}|{s}")).collect();
     let have = lines(pg.psql(
@@ -96,14 +107,16 @@ fn check(pg: &Postgres, plan: &Plan, t: &Tally) {
     );
     assert_eq!(
         pg.psql("SELECT count(*) FILTER (WHERE accepted), count(*) FILTER (WHERE NOT accepted) FROM uploads"),
-        format!("{}|0", n * r)
+        format!("{}|0", n * r + ra)
     );
     // Registers re-derived: control total = the vouchers bought, ascending =
-    // the postmarks sold, AR + DR = CT, for every meter's last point.
+    // the postmarks sold, AR + DR = CT, for every simulated meter's last
+    // point (the real meter's: `real::check`).
+    let real_id = real.map_or("", |o| o.id.as_str());
     assert_eq!(
         pg.psql(&format!(
             "SELECT count(*) FROM meters m, LATERAL (SELECT m.book->'acknowledged'->-1->'registers' g) x \
-             WHERE (x.g->>'control_total')::bigint = (SELECT sum(amount) FROM purchases p WHERE p.meter_id = m.meter_id) \
+             WHERE m.meter_id <> '{real_id}' AND (x.g->>'control_total')::bigint = (SELECT sum(amount) FROM purchases p WHERE p.meter_id = m.meter_id) \
              AND (x.g->>'ascending')::bigint = {} \
              AND (x.g->>'ascending')::bigint + (x.g->>'descending')::bigint = (x.g->>'control_total')::bigint",
             r * plan.rows * PRICE
@@ -112,7 +125,7 @@ fn check(pg: &Postgres, plan: &Plan, t: &Tally) {
     );
     assert_eq!(
         pg.psql("SELECT count(*) FROM index_rows"),
-        (n * r * plan.rows).to_string()
+        (n * r * plan.rows + rp).to_string()
     );
     // Settlements: every one answered is in the database once.
     assert_eq!(t.settled.len() as u64, n * r);
@@ -123,18 +136,21 @@ fn check(pg: &Postgres, plan: &Plan, t: &Tally) {
     assert!(have == want_sorted, "settlements differ from the answers");
     assert_eq!(
         pg.psql("SELECT count(*) FROM certifications"),
-        n.to_string()
+        (n + rc).to_string()
     );
-    // The register: an identity and a postmark certificate per meter, each
-    // with its own serial (the primary key) from the database's range.
+    // The register: an identity and a postmark certificate per meter (the
+    // real one too), each with its own serial (the primary key) from the database's range.
     assert_eq!(
         pg.psql(
             "SELECT count(*), count(DISTINCT subject_cn) FILTER (WHERE profile = 'MeterIdentity'), \
              count(DISTINCT subject_cn) FILTER (WHERE profile = 'Postmark'), \
              count(*) FILTER (WHERE serial < 4294967296) FROM certificates"
         ),
-        format!("{}|{n}|{n}|0", 2 * n)
+        format!("{}|{}|{}|0", 2 * (n + rc), n + rc, n + rc)
     );
+    if let Some(o) = real {
+        real::check(pg, o);
+    }
 }
 
 fn db_size(pg: &Postgres) -> u64 {
@@ -150,6 +166,8 @@ type Chaos<'a> = &'a (dyn Fn(&mut Provider, &mut Postgres, &Shared) + Sync);
 fn run(plan: &Plan, chaos: Option<Chaos<'_>>) -> u64 {
     let Some(mut pg) = postgres() else { return 0 };
     let (_tmp, dir) = new_fleet_authority();
+    let real = (plan.real_postmarks > 0).then(|| real::RealMeter::prepare(&dir));
+    let before_last = || real.iter().for_each(real::RealMeter::wait);
     let mut provider = Provider::start(&dir, &pg.url(), plan.connections);
     let sh = Arc::new(Shared {
         addr: RwLock::new(provider.addr.clone()),
@@ -160,16 +178,19 @@ fn run(plan: &Plan, chaos: Option<Chaos<'_>>) -> u64 {
     let meters = on_clients(plan.meters, plan.clients, |i| enrol(&sh, &dir, plan, i));
     let enrolled = t.elapsed();
     let after_enrol = db_size(&pg);
-    let took = std::thread::scope(|s| {
-        let loader = s.spawn(|| load(&sh, plan, meters));
+    let (took, outcome) = std::thread::scope(|s| {
+        let loader = s.spawn(|| load(&sh, plan, meters, &before_last));
+        let meter = real
+            .as_ref()
+            .map(|m| s.spawn(|| m.run(&sh, plan.real_postmarks)));
         if let Some(chaos) = chaos {
             chaos(&mut provider, &mut pg, &sh);
         }
-        loader.join().unwrap()
+        (loader.join().unwrap(), meter.map(|m| m.join().unwrap()))
     });
     let after = db_size(&pg);
     let mut tally = sh.tally.lock().unwrap();
-    check(&pg, plan, &tally);
+    check(&pg, plan, &tally, outcome.as_ref());
 
     let n = plan.meters as f64;
     let reports = (plan.meters as u64 * plan.rounds) as f64;
@@ -215,6 +236,9 @@ fn run(plan: &Plan, chaos: Option<Chaos<'_>>) -> u64 {
         365 * plan.rows,
         (base + 365.0 * per_round) / 1e6
     );
+    if let Some(o) = &outcome {
+        out += &real::summary(o);
+    }
     out += "  zero lost or doubled vouchers, acknowledgements, settlements (re-derived from the database)\n";
     eprint!("{out}");
     if let Ok(path) = std::env::var("FLEET_REPORT") {
@@ -231,6 +255,7 @@ fn plan_from_env(meters: usize) -> Plan {
         rows: env_or("FLEET_ROWS", 40) as u64,
         clients: env_or("FLEET_CLIENTS", 8),
         connections: env_or("FLEET_CONNECTIONS", 8),
+        real_postmarks: env_or("FLEET_REAL_POSTMARKS", 3) as u64,
     }
 }
 
@@ -260,6 +285,7 @@ fn survives(chaos: Chaos<'_>, what: &str) {
         rows: 20,
         clients: 8,
         connections: 4,
+        real_postmarks: 0,
     };
     let retries = run(&plan, Some(chaos));
     assert!(retries > 0 || pg_bin().is_none(), "{what}");

@@ -33,6 +33,9 @@ pub struct Plan {
     pub rows: u64,
     pub clients: usize,
     pub connections: usize,
+    /// Postmarks the one real meter (meterd on swtpm, `real.rs`) sells
+    /// beside the load; 0: no real meter.
+    pub real_postmarks: u64,
 }
 
 /// `meter-authority serve` on a fixed port, killed and restarted at will.
@@ -283,17 +286,30 @@ pub fn on_clients<T: Send>(n: usize, clients: usize, f: impl Fn(usize) -> T + Sy
 }
 
 /// The load phase: every meter does `plan.rounds` rounds; meters are
-/// taken by the clients in turn, round by round.
-pub fn load(sh: &Arc<Shared>, plan: &Plan, meters: Vec<SimMeter>) -> Duration {
+/// taken by the clients in turn, round by round. With more than one round,
+/// `before_last` runs before the last one (it waits for the real meter, so
+/// that its flow runs beside the load); the time it takes is not the load's.
+pub fn load(
+    sh: &Arc<Shared>,
+    plan: &Plan,
+    meters: Vec<SimMeter>,
+    before_last: &(dyn Fn() + Sync),
+) -> Duration {
     let meters: Vec<Mutex<SimMeter>> = meters.into_iter().map(Mutex::new).collect();
     let t = Instant::now();
+    let mut waited = Duration::ZERO;
     for r in 0..plan.rounds {
+        if r > 0 && r + 1 == plan.rounds {
+            let w = Instant::now();
+            before_last();
+            waited += w.elapsed();
+        }
         on_clients(meters.len(), plan.clients, |i| {
             let mut m = meters[i].lock().unwrap();
             round(sh, plan, &mut m, r);
         });
     }
-    t.elapsed()
+    t.elapsed() - waited
 }
 
 pub fn percentile(v: &mut [Duration], p: f64) -> Duration {

@@ -202,15 +202,6 @@ pub fn report(m: &Meter, voucher: &[u8], credit: u64, token: &[u8], t0: i64) -> 
         ledger_rows: n,
         ledger_head: hex::encode(h),
         nv_counter: 3,
-        rates_version: 0,
-        lock_reason: String::new(),
-        lock_nonce: String::new(),
-        previous_sequence: 0,
-        previous_time: 0,
-        usage: BTreeMap::new(),
-        credited: 0,
-        inspection_due: 0,
-        postage: None,
         segment: Some(SegmentRef {
             first_seq: 1,
             last_seq: n,
@@ -218,6 +209,7 @@ pub fn report(m: &Meter, voucher: &[u8], credit: u64, token: &[u8], t0: i64) -> 
             digest: hex::encode(segment::digest(&seg)),
             bytes: seg.len() as u64,
         }),
+        ..Default::default()
     };
     let signed = meter_pki::cms::sign_with_key(
         &SignOptions {

@@ -56,12 +56,24 @@ pub const DEFAULT_EPOCH_ROWS: u64 = 128;
 pub struct Options {
     /// Create the ledger (schema and sealed genesis row) when `path` holds none.
     pub create: bool,
-    /// Audit from the last signed checkpoint (see `checkpoint.rs`) rather
-    /// than from genesis.
+    /// Audit from the last signed checkpoint when one verifies (every clean
+    /// audit writes one; see `checkpoint.rs`) rather than from genesis:
+    /// rows after it are verified in full, rows before it only by a later
+    /// full audit ([`Ledger::audit`]). Start time then grows with the rows
+    /// since the last clean audit, not the ledger.
     pub from_checkpoint: bool,
     /// Rows per epoch: the counter advances every `epoch_rows` rows (and at
     /// every start and orderly stop).
     pub epoch_rows: u64,
+}
+
+impl Options {
+    /// An existing ledger, audited from its last signed checkpoint.
+    pub const FROM_CHECKPOINT: Options = Options {
+        create: false,
+        from_checkpoint: true,
+        epoch_rows: DEFAULT_EPOCH_ROWS,
+    };
 }
 
 impl Default for Options {
@@ -102,26 +114,7 @@ impl Ledger {
         Self::open_with(path, sealer, meter_id, opts)
     }
 
-    /// [`Ledger::open`], but the audit starts from the last signed
-    /// checkpoint when one verifies (every clean audit writes one; see
-    /// `ledger/checkpoint.rs`): rows after it are verified in full, rows
-    /// before it only by a later full audit ([`Ledger::audit`]). Start time
-    /// then grows with the rows since the last clean audit, not the ledger.
-    pub fn open_from_checkpoint(
-        path: &Path,
-        sealer: Box<dyn Sealer>,
-        meter_id: &str,
-        create: bool,
-    ) -> Result<(Ledger, AuditReport)> {
-        let opts = Options {
-            create,
-            from_checkpoint: true,
-            ..Options::default()
-        };
-        Self::open_with(path, sealer, meter_id, opts)
-    }
-
-    /// [`Ledger::open`] with every option.
+    /// [`Ledger::open`] with every option (e.g. `from_checkpoint`).
     pub fn open_with(
         path: &Path,
         sealer: Box<dyn Sealer>,
@@ -181,34 +174,32 @@ impl Ledger {
         reserve::reserve_in(&self.funds, fund, debit)
     }
 
+    /// The funds the admission check reads, locked for a change.
+    fn funds_now(&self) -> Result<std::sync::MutexGuard<'_, Funds>> {
+        self.funds
+            .lock()
+            .map_err(|_| LedgerError::Storage("funds lock poisoned".into()))
+    }
+
     /// Holds `owed` (funds owed, e.g. a revocation fee due) out of what
     /// [`Ledger::reserve`] grants, so that no sale spends money the meter
     /// owes; the settlement debit is committed without a reservation.
     pub fn set_owed(&self, owed: Amount) -> Result<()> {
-        let mut f = self
-            .funds
-            .lock()
-            .map_err(|_| LedgerError::Storage("funds lock poisoned".into()))?;
+        let mut f = self.funds_now()?;
         f.owed = owed;
         Ok(())
     }
 
     /// Adds `amount` to the owed hold (a fee due is being recorded).
     pub fn hold_owed(&self, amount: Amount) -> Result<()> {
-        let mut f = self
-            .funds
-            .lock()
-            .map_err(|_| LedgerError::Storage("funds lock poisoned".into()))?;
+        let mut f = self.funds_now()?;
         f.owed = f.owed.checked_add(amount)?;
         Ok(())
     }
 
     /// Takes `amount` off the owed hold (the fee's row was not written).
     pub fn release_owed(&self, amount: Amount) -> Result<()> {
-        let mut f = self
-            .funds
-            .lock()
-            .map_err(|_| LedgerError::Storage("funds lock poisoned".into()))?;
+        let mut f = self.funds_now()?;
         f.owed = f.owed.checked_sub(amount).unwrap_or(Amount::ZERO);
         Ok(())
     }
@@ -230,10 +221,7 @@ impl Ledger {
     /// admitted in; the commit re-checks a booked charge against the terms
     /// in force.
     pub fn set_account(&self, terms: Option<AccountTerms>) -> Result<()> {
-        let mut f = self
-            .funds
-            .lock()
-            .map_err(|_| LedgerError::Storage("funds lock poisoned".into()))?;
+        let mut f = self.funds_now()?;
         f.account = terms;
         Ok(())
     }

@@ -270,6 +270,30 @@ impl Sandbox {
         (msg, t, out)
     }
 
+    /// `meterctl postage` arguments for a letter of `grams` from 10115 to
+    /// SW1A 1AA with request id `id`, its indicium written to `ID.ind` in
+    /// the sandbox.
+    pub fn letter_args(&self, id: &str, grams: &str) -> Vec<String> {
+        let out = self.arg(&format!("{id}.ind"));
+        [
+            "postage",
+            "--class",
+            "letter",
+            "--grams",
+            grams,
+            "--from",
+            "10115",
+            "--to",
+            "SW1A 1AA",
+            "--request-id",
+            id,
+            "-o",
+            &out,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     /// An authority clear-lock order for the lock in force (its nonce from Status).
     pub fn clear_lock_order(&self) -> String {
         let nonce = self.status()["lock_nonce"]
