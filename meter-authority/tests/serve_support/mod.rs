@@ -3,7 +3,6 @@
 //! client, and a meter's signed report with its ledger segment.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use meter_pki::cms::SignOptions;

@@ -235,7 +235,7 @@ pub(super) async fn revoke(
     };
     let (order, der) = match revoke_recorded(s, meter_id, &r) {
         Ok(x) => x,
-        Err(reply) => return reply,
+        Err(reply) => return *reply,
     };
     let id = format!("revoke-order/{}", order.order_id);
     match queue(s, meter_id, &id, der).await {
@@ -254,35 +254,37 @@ fn revoke_recorded(
     s: &Service,
     meter_id: &str,
     r: &RevokeRequest,
-) -> Result<(RevokeOrder, Vec<u8>), Reply> {
-    let refused = |e: crate::AuthorityError| failed(&e.into());
+) -> Result<(RevokeOrder, Vec<u8>), Box<Reply>> {
+    let refused = |e: crate::AuthorityError| Box::new(failed(&e.into()));
     crate::check_meter_id(meter_id).map_err(refused)?;
     let serial = meter_pki::revoke::canonical_serial(&r.serial).map_err(|e| refused(e.into()))?;
     // Opened again: the register of user certificates issued since start.
     let a = crate::Authority::open(&s.dir).map_err(refused)?;
     let now = crate::now();
-    let _one = s
-        .crl
-        .lock()
-        .map_err(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "CRL lock poisoned"))?;
+    let _one = s.crl.lock().map_err(|_| {
+        Box::new(plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "CRL lock poisoned",
+        ))
+    })?;
     let all = Revocations::load(&s.dir).map_err(refused)?;
     let signed = match all.entries.iter().find(|e| e.serial == serial) {
         Some(e) if e.meter_id == meter_id && e.reason == r.reason && e.forced => {
             a.revoke_order_again(e, now)
         }
         Some(e) => {
-            return Err(plain(
+            return Err(Box::new(plain(
                 StatusCode::CONFLICT,
                 &format!(
                     "serial {serial} was already revoked (meter {}, reason {}, order {})",
                     e.meter_id, e.reason, e.order_id
                 ),
-            ))
+            )))
         }
         None => a.revoke_forced(meter_id, &serial, &r.reason, now),
     };
     let (order, pem) = signed.map_err(refused)?;
-    let der = der_of(Ok(pem)).map_err(|e| failed(&e))?;
+    let der = der_of(Ok(pem)).map_err(|e| Box::new(failed(&e)))?;
     Ok((order, der))
 }
 
