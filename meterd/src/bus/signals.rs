@@ -1,14 +1,8 @@
 //! PropertiesChanged and the meter's signals, driven by the ledger.
 //!
 //! The ledger publishes its state after every commit batch; this task diffs
-//! consecutive states and emits only what changed, and at most once per
-//! [`COALESCE`]: a change after a quiet spell goes out at once, the changes
-//! that follow it within the window go out together at its end (one client
-//! makes one batch per postmark, and a PropertiesChanged per batch cost
-//! meterd and dbus-daemon ~5 % of a postmark's instructions, issue 14).
-//! Nothing is lost: each emission diffs against the last one sent, so a
-//! register that moved, a LowFunds crossing or a lock that came or went
-//! shows whatever happened in between.
+//! consecutive states and emits only what changed, so a burst of postmarks
+//! costs one PropertiesChanged per batch, not one per postmark.
 //! `InspectionDue` is driven by the inspection standing the watchdog
 //! publishes on the regime: once per entry into the warning period
 //! (including one found at start), not once per tick.
@@ -16,7 +10,6 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use zbus::names::InterfaceName;
 use zbus::object_server::InterfaceRef;
@@ -27,9 +20,6 @@ use super::MeterIface;
 use crate::ledger::LedgerState;
 use crate::meter::Meter;
 use crate::regime::Standing;
-
-/// Shortest time between two emissions of the ledger's state.
-pub const COALESCE: Duration = Duration::from_millis(50);
 
 /// Runs until the connection or the ledger goes away.
 pub async fn watch_and_emit(conn: Connection, meter: Arc<Meter>) {
@@ -70,12 +60,8 @@ pub async fn watch_and_emit(conn: Connection, meter: Arc<Meter>) {
         }
         prev = Some(cur);
         prev_state = state;
-        let sent = tokio::time::Instant::now();
         if rx.changed().await.is_err() {
             return;
-        }
-        if sent.elapsed() < COALESCE {
-            tokio::time::sleep_until(sent + COALESCE).await;
         }
     }
 }
