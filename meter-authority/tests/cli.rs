@@ -1,7 +1,7 @@
 //! End-to-end tests of the `meter-authority` binary, checked with the `openssl` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use meter_pki::payload::{self, AnchorUpdate, ClearLockOrder, RateTable, Voucher};
 use meter_pki::tsp::{self, TokenParams};

@@ -5,7 +5,7 @@
 //! RFC 3339.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use meter_pki::cert;
 use meter_pki::payload::{self, Voucher};

@@ -7,7 +7,7 @@
 //! a falsified one is refused with a forced lock order.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod serve_support;
+use crate::serve_support;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -5,7 +5,7 @@
 //! one, one from before a restart (403), and a replayed upload earns none.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod serve_support;
+use crate::serve_support;
 
 use std::path::Path;
 

@@ -8,7 +8,7 @@
 //! instead of its identity key is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod serve_support;
+use crate::serve_support;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -8,7 +8,7 @@
 //! concurrency.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod serve_support;
+use crate::serve_support;
 
 use std::path::Path;
 

@@ -14,7 +14,7 @@
 //! [`TARGETS`] (and a sample to [`Samples`] if it has a valid form).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 use common::*;
 use meter_pki::account::AccountOrder;
 use meter_pki::certreq::CertRequest;

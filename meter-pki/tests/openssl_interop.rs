@@ -2,7 +2,7 @@
 //! must verify here. These tests run the `openssl` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 use common::*;
 use meter_pki::cms::{self, SignOptions};
 use meter_pki::issue::{self, Profile};

@@ -3,7 +3,7 @@
 //! payload) return errors, never panic, on arbitrary and mutated input.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 use common::*;
 use meter_pki::certreq::CertRequest;
 use meter_pki::cms::{self, SignOptions};

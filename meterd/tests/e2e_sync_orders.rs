@@ -1,6 +1,7 @@
 //! End to end (issue 16): the orders an operator queues over HTTP beyond
 //! top-ups and locks — a current-account order, a forced revocation of a
-//! user certificate installed on the meter — each
+//! user certificate installed on the meter, a trust-anchor update after a
+//! root rollover (applied before the acknowledgement its new root signed) — each
 //! queued (a retry gets the same order, other terms a 409), applied on the
 //! real meterd on swtpm by one `meterctl sync`, shown by the meter (status,
 //! certificate list) and by the provider (the CRL),
@@ -87,10 +88,6 @@ fn orders_flow(sb: &Sandbox, p: &Provider) -> Vec<String> {
     let listed = p.pending(&meter);
     assert_eq!(listed["objects"][0]["id"], id.as_str(), "{listed}");
 
-    // A trust-anchor update is not synced here: after `rollover` the
-    // provider signs the acknowledgement with the new root before the meter
-    // holds it, so `sync` stops at the acknowledgement (docs/PROVIDER.md).
-
     // The next sync: nothing pending, nothing applied twice.
     let v = sync(sb, p, &[]);
     assert!(results(&v).is_empty(), "{v}");
@@ -100,7 +97,33 @@ fn orders_flow(sb: &Sandbox, p: &Provider) -> Vec<String> {
     assert_eq!(sb.registers().1, 0, "nothing credited");
     let revoked = sb.meterctl_json(&["certs"])["certificates"].clone();
     assert_eq!(revoked, certs, "no second revocation");
-    vec!["account-order/acct-1".to_owned(), id]
+    let anchor = rolled_over(sb, p);
+    vec!["account-order/acct-1".to_owned(), id, anchor]
+}
+
+/// 3. The authority rolls its root over (command line) and queues the
+/// trust-anchor update. From then on the provider signs with the new root,
+/// so the next sync's acknowledgement does not verify on the meter until
+/// the update (which the old root signed) is applied: sync applies the
+/// pending update first, then the acknowledgement. Returns the update's id.
+fn rolled_over(sb: &Sandbox, p: &Provider) -> String {
+    let meter = sb.meter_id();
+    let msg = sb.arg("rollover.pem");
+    sb.authority(&["rollover", "--out", &msg, "--name", "Rolled Root"]);
+    let update = std::fs::read_to_string(&msg).unwrap();
+    let body = json!({ "update": update }).to_string();
+    let id = p.order(&meter, "anchor", &body).headers["meter-order-id"].clone();
+    assert!(id.starts_with("anchor/"), "{id}");
+    // The answer is signed by the new root, which the meter refuses until it
+    // holds it: acknowledged means the update went first (listed after as
+    // already applied).
+    let v = sync(sb, p, &[]);
+    assert_eq!(results(&v), vec![(id.clone(), "already-applied".to_owned())], "{v}");
+    // Applied, and acknowledged under the new root from now on.
+    let v = sync(sb, p, &[]);
+    assert!(results(&v).is_empty(), "{v}");
+    assert!(p.pending(&meter)["objects"].as_array().unwrap().is_empty());
+    id
 }
 
 fn assert_applied(book: &Book, ids: &[String]) {

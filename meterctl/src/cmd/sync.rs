@@ -8,7 +8,9 @@
 //! report is the meter's proof, so the list needs no signature of its
 //! own), and applies each. A rate table or trust anchor the meter finds
 //! stale (it holds that version or a newer one, or that root) is done,
-//! like one already applied.
+//! like one already applied. After a rollover of the provider's root the
+//! answer to the upload is signed by the new root: the pending anchor
+//! updates are applied first (see `anchors_first`).
 //!
 //! Safe to interrupt and rerun at any point: every object is applied by the
 //! meter once (its ledger row carries the object's key), so one applied
@@ -170,7 +172,14 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
     });
     match a.status {
         200 => {
-            let due = meter.acknowledge_report(&a.body).await?;
+            let due = match meter.acknowledge_report(&a.body).await {
+                Err(MeterError::BadSignature(why)) => {
+                    anchors_first(&meter, &provider, &meter_id, token.as_deref(), &mut human, why)
+                        .await?;
+                    meter.acknowledge_report(&a.body).await?
+                }
+                r => r?,
+            };
             human.push_str(&format!(
                 "report acknowledged; next report due {}\n",
                 format_unix_time(due)
@@ -184,7 +193,13 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
                 .as_deref()
                 .and_then(|f| serde_json::from_str(f).ok())
                 .unwrap_or(Value::Null);
-            let (result, error) = outcome(meter.apply_lock_order(&a.body).await);
+            let mut r = meter.apply_lock_order(&a.body).await;
+            if let Err(MeterError::BadSignature(why)) = r {
+                anchors_first(&meter, &provider, &meter_id, token.as_deref(), &mut human, why)
+                    .await?;
+                r = meter.apply_lock_order(&a.body).await;
+            }
+            let (result, error) = outcome(r);
             human.push_str(&format!(
                 "report REFUSED by the provider: {findings}\nits lock order: {result}{}\n",
                 error
@@ -236,6 +251,60 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
         o.code = code;
     }
     Ok(o)
+}
+
+/// The provider's answer to the upload does not verify under the roots the
+/// meter holds: after `meter-authority rollover` the provider signs with its
+/// new root, which the meter takes only from the anchor update its current
+/// root signed, and that update waits in the pending list. So the list is
+/// fetched (the upload's answer carried the token) and its anchor updates
+/// are applied first; the caller then applies the answer once more. With
+/// no anchor update pending (none applied, none already held) the answer's
+/// signature error stands: it is not the provider's rollover.
+async fn anchors_first(
+    meter: &meter_proto::Meter1Proxy<'_>,
+    provider: &Provider,
+    meter_id: &str,
+    token: Option<&str>,
+    human: &mut String,
+    why: String,
+) -> Result<(), CtlError> {
+    let a = provider
+        .call(
+            Method::GET,
+            &format!("/v1/meters/{meter_id}/pending"),
+            None,
+            token,
+            Vec::new(),
+            MAX_PENDING,
+        )
+        .await?;
+    if a.status != 200 {
+        return Err(provider.refused("pending objects", &a));
+    }
+    let list: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+    let mut taken = 0;
+    for o in list["objects"].as_array().into_iter().flatten() {
+        if o["kind"] != "anchor" {
+            continue;
+        }
+        let Some(der) = o["der_hex"].as_str().and_then(|h| hex::decode(h).ok()) else {
+            continue;
+        };
+        let (result, error) = outcome(meter.update_trust_anchor(&der).await.map(|_| ()));
+        human.push_str(&format!(
+            "{} (before the answer, which its new root signed): {result}{}\n",
+            o["id"].as_str().unwrap_or("?"),
+            error.map(|e| format!(" ({e})")).unwrap_or_default()
+        ));
+        if result != "failed" {
+            taken += 1;
+        }
+    }
+    if taken == 0 {
+        return Err(MeterError::BadSignature(why).into());
+    }
+    Ok(())
 }
 
 /// Applies each object of a pending answer; returns the results, whether
