@@ -5,6 +5,5 @@
 //! `cargo nextest run --release -p meterctl --test suite -E 'test(/^cli::/)'`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 mod cli;
 mod verify_indicium;

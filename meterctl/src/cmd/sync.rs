@@ -174,8 +174,15 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
         200 => {
             let due = match meter.acknowledge_report(&a.body).await {
                 Err(MeterError::BadSignature(why)) => {
-                    anchors_first(&meter, &provider, &meter_id, token.as_deref(), &mut human, why)
-                        .await?;
+                    anchors_first(
+                        &meter,
+                        &provider,
+                        &meter_id,
+                        token.as_deref(),
+                        &mut human,
+                        why,
+                    )
+                    .await?;
                     meter.acknowledge_report(&a.body).await?
                 }
                 r => r?,
@@ -195,8 +202,15 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
                 .unwrap_or(Value::Null);
             let mut r = meter.apply_lock_order(&a.body).await;
             if let Err(MeterError::BadSignature(why)) = r {
-                anchors_first(&meter, &provider, &meter_id, token.as_deref(), &mut human, why)
-                    .await?;
+                anchors_first(
+                    &meter,
+                    &provider,
+                    &meter_id,
+                    token.as_deref(),
+                    &mut human,
+                    why,
+                )
+                .await?;
                 r = meter.apply_lock_order(&a.body).await;
             }
             let (result, error) = outcome(r);
