@@ -101,7 +101,7 @@ fn orders_flow(sb: &Sandbox, p: &Provider) -> Vec<String> {
     vec!["account-order/acct-1".to_owned(), id, anchor]
 }
 
-/// 3. The authority rolls its root over (command line) and queues the
+/// Step 3: the authority rolls its root over (command line) and queues the
 /// trust-anchor update. From then on the provider signs with the new root,
 /// so the next sync's acknowledgement does not verify on the meter until
 /// the update (which the old root signed) is applied: sync applies the
