@@ -13,9 +13,10 @@ use std::path::PathBuf;
 /// PostgreSQL with --database: `serve` and the commands voucher, inspect,
 /// settle, lookup, certify-meter and certify then use the database, the
 /// same operations as the HTTP API. Once `serve --database` ran on a
-/// directory (it writes `<dir>/database`), those commands refuse to run on
-/// the directory without --database. The other commands keep their state
-/// only in the directory and ignore --database.
+/// directory (it writes `<dir>/database`), serve, voucher, inspect, settle,
+/// lookup and certify-meter refuse to run on the directory without
+/// --database. The other commands keep their state only in the directory
+/// (certify and revoke read the database's register with --database).
 #[derive(Parser)]
 #[command(version)]
 pub(crate) struct Cli {
@@ -24,8 +25,9 @@ pub(crate) struct Cli {
     pub(crate) dir: Option<PathBuf>,
     /// PostgreSQL URL of the provider's state (`postgres://user@host/db`, or
     /// `postgres:///db?host=/run/postgresql` for a unix socket; no TLS): used by
-    /// serve, voucher, inspect, settle, lookup, certify-meter and certify; the
-    /// other commands use --dir only. Without it the state is kept in --dir.
+    /// serve, voucher, inspect, settle, lookup, certify-meter and certify (and revoke,
+    /// to know the meters the database certified); the other commands use --dir only
+    /// and ignore it. Without it the state is kept in --dir.
     #[arg(long, env = "METER_AUTHORITY_DATABASE", global = true)]
     pub(crate) database: Option<String>,
     #[command(subcommand)]
@@ -40,8 +42,9 @@ pub(crate) enum Cmd {
         #[arg(long, default_value = "meterd Reference Authority")]
         name: String,
     },
-    /// Certify a meter from its identity and postmark CSRs. With --database: the
-    /// serials and the register are the database's, as `POST /v1/meters/{id}/certify`
+    /// Certify a meter from its identity and postmark CSRs.
+    ///
+    /// With --database: the serials and the register are the database's, as `POST /v1/meters/{id}/certify`
     /// (the same CSRs again: the same certificates; other CSRs for the meter: refused).
     CertifyMeter {
         /// PKCS#10 request of the identity (communications) key.
@@ -89,8 +92,10 @@ pub(crate) enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Issue a recharge voucher (next sequence number for the meter); with
-    /// --database, a purchase as `POST /v1/meters/{id}/topups` makes.
+    /// Issue a recharge voucher (next sequence number for the meter).
+    ///
+    /// With --database (or --purchase-id): a purchase, as `POST
+    /// /v1/meters/{id}/topups` makes.
     Voucher {
         /// Meter id.
         #[arg(long)]
@@ -134,7 +139,9 @@ pub(crate) enum Cmd {
     /// forced lock order written (apply with `meterctl lock apply ORDER`).
     /// The TPM's attestation of the report is read from beside it (extension
     /// `.att`, as `meterctl report` writes it); a meter certified with
-    /// attestation must send one. With --database: the same upload as
+    /// attestation must send one.
+    ///
+    /// With --database: the same upload as
     /// `POST /v1/meters/{id}/reports`, answered once (again: the same answer).
     Inspect {
         /// The report (CMS SignedData, DER or PEM, from `meterctl report`).
@@ -239,8 +246,9 @@ pub(crate) enum Cmd {
         #[arg(long = "use", default_value = "any purchase")]
         authorized_use: String,
     },
-    /// As the creditor: verify a payment certificate and settle it (once). With
-    /// --database: settled in the database in the name of the creditor its line
+    /// As the creditor: verify a payment certificate and settle it (once).
+    ///
+    /// With --database: settled in the database in the name of the creditor its line
     /// names, as `POST /v1/settle` by that creditor (again: `repeated`, not paid twice).
     Settle {
         /// The payment certificate (CMS, PEM or DER).
@@ -255,6 +263,7 @@ pub(crate) enum Cmd {
     },
     /// Certify a meter's user-certificate request (`meterctl cert request`): checks the
     /// meter's signature, the PKCS#10 self-signature and the enrolment code (consumed).
+    ///
     /// With --database the meter may be one the database certified.
     Certify {
         /// The request (CMS, DER or PEM).
@@ -273,6 +282,9 @@ pub(crate) enum Cmd {
     /// Answer a meter's revoke request (`meterctl cert revoke`) with a signed,
     /// single-use revoke order; or, with --forced, order a revocation on the
     /// authority's own decision (Fig. 6, 608). Recorded for the CRL.
+    ///
+    /// The order is recorded in --dir; with --database a request may come from a
+    /// meter the database certified.
     Revoke {
         /// The request (CMS, DER or PEM); not with --forced.
         #[arg(value_name = "REQUEST", required_unless_present = "forced")]
@@ -304,6 +316,7 @@ pub(crate) enum Cmd {
     /// reported (row, time), not reported yet, or, exit status 3, unreported
     /// though older than the last acknowledged report / reported with
     /// another digest (a duplicate serial): made outside the meter's ledger.
+    ///
     /// With --database: the rows and books of the database, as `POST /v1/lookup`.
     Lookup {
         /// The token (DER or PEM) or the indicium (221 bytes, binary).
@@ -338,8 +351,10 @@ pub(crate) enum Cmd {
     },
     /// Serve the provider's HTTP API (top-ups, report uploads, CRL) with the state in
     /// PostgreSQL (--database: with the register of the certificates it issues) or in --dir;
-    /// the keys stay in --dir. With --database it records in `<dir>/database` that the
-    /// meters live there (the URL without its password).
+    /// the keys stay in --dir.
+    ///
+    /// With --database it records in `<dir>/database` that the meters live there (the
+    /// URL without its password).
     Serve {
         /// Address to listen on (port 0: any free port, printed on stdout).
         #[arg(long, default_value = "127.0.0.1:8480")]

@@ -349,13 +349,23 @@ pub fn certify_user(
     out: &Path,
     t: i64,
 ) -> Result<ExitCode> {
-    let s = Stored::open(dir, Some(url), "certify")?;
     let mut a = Authority::open(dir)?;
     let req = read_bounded(request)?;
     let meter_id = a.user_request_meter(&req, t)?;
-    let known = s.run(s.store.certificates(&meter_id))?;
+    let known = meter_certificates(dir, url, &meter_id, "certify")?;
     let c = a.certify_user_known(&req, validity, &known, t)?;
     write_cert(out, &c)?;
     println!("{}", crate::serial_of(&c));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The certificates the database's register issued to `meter_id`.
+pub fn meter_certificates(
+    dir: &Path,
+    url: &str,
+    meter_id: &str,
+    command: &str,
+) -> Result<Vec<meter_authority::state::Issued>> {
+    let s = Stored::open(dir, Some(url), command)?;
+    s.run(s.store.certificates(meter_id))
 }

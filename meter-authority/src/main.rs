@@ -10,7 +10,7 @@ use args::{Cli, Cmd};
 mod gen_docs;
 
 use meter_authority::money::{show_time, Money};
-use meter_authority::store::{marker::refuse_files, StoreError};
+use meter_authority::store::{marker, marker::refuse_files, StoreError};
 use meter_authority::{now, read_bounded, write_file, Authority, AuthorityError, Result};
 use meter_pki::{cert, pem, revoke};
 use std::path::Path;
@@ -304,9 +304,20 @@ fn run(cli: Cli) -> std::result::Result<ExitCode, StoreError> {
             if let Some(url) = db {
                 return cmd_store::certify_user(dir, url, &request, validity, &out, t);
             }
-            refuse_files(dir, "certify")?;
+            // Not refused on a database directory: a user certificate's
+            // serial and record, and the enrolment codes, are the
+            // directory's in either mode; only a meter the database
+            // certified is unknown here (refused below, with the hint).
             let mut a = Authority::open(dir)?;
-            let c = a.certify_user(&read_bounded(&request)?, validity, t)?;
+            let c = match a.certify_user(&read_bounded(&request)?, validity, t) {
+                Err(AuthorityError::Invalid(m)) if marker::marked(dir)?.is_some() => {
+                    return Err(AuthorityError::Invalid(format!(
+                        "{m} (a meter the database certified is known with --database only)"
+                    ))
+                    .into())
+                }
+                other => other?,
+            };
             write_cert(&out, &c)?;
             println!("{}", serial_of(&c));
         }
@@ -321,7 +332,18 @@ fn run(cli: Cli) -> std::result::Result<ExitCode, StoreError> {
             let a = Authority::open(dir)?;
             let (order, pem) = match (forced, request, meter, serial) {
                 (true, _, Some(m), Some(s)) => a.revoke_forced(&m, &s, &reason, t)?,
-                (false, Some(r), _, _) => a.revoke(&read_bounded(&r)?, t)?,
+                (false, Some(r), _, _) => {
+                    let r = read_bounded(&r)?;
+                    // A meter the database certified is known to its register only.
+                    let known = match db {
+                        Some(url) => {
+                            let meter = a.revoke_request_meter(&r, t)?;
+                            cmd_store::meter_certificates(dir, url, &meter, "revoke")?
+                        }
+                        None => Vec::new(),
+                    };
+                    a.revoke_known(&r, &known, t)?
+                }
                 _ => {
                     return Err(AuthorityError::Invalid(
                         "give a REQUEST, or --forced --meter ID --serial S".into(),

@@ -306,11 +306,36 @@ fn cli_and_http_share_the_database() {
     );
     std::fs::write(t.join("user.req"), &request).unwrap();
     let user_args = ["certify", &path("user.req"), "--out", &path("alice.pem")];
-    // Without --database the directory is refused (its meters are in the database).
-    assert!(!cli(&dir, None, &user_args).status.success());
+    // Without --database the meter is unknown (only the database certified
+    // it): refused, with the hint; nothing issued.
+    let o = cli(&dir, None, &user_args);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--database"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!t.join("alice.pem").exists());
     ok(&cli(&dir, db, &user_args));
     let alice = cert::parse(&std::fs::read(t.join("alice.pem")).unwrap()).unwrap();
     assert_eq!(cert::subject_cn(&alice).as_deref(), Some("Alice"));
+
+    // revoke: the meter's request to revoke it, from a meter the database
+    // certified; the order and the CRL stay in the directory.
+    let revoke = sign_as_meter(
+        &meter,
+        &meter_pki::revoke::RevokeRequest {
+            meter_id: M.into(),
+            serial: meter_pki::revoke::canonical_serial(&cert::serial_hex(&alice)).unwrap(),
+            reason: "keyCompromise".into(),
+            request_id: "rv-1".into(),
+            issued_at: meter_authority::now(),
+        },
+    );
+    std::fs::write(t.join("revoke.req"), &revoke).unwrap();
+    let revoke_args = ["revoke", &path("revoke.req"), "--out", &path("rv.pem")];
+    assert!(!cli(&dir, None, &revoke_args).status.success());
+    let out = ok(&cli(&dir, db, &revoke_args));
+    assert!(out.contains("revoke order"), "{out}");
 
     // Every store-backed command refuses the marked directory without
     // --database; the directory-only ones still work.

@@ -9,9 +9,11 @@
 //! database, would take a voucher sequence the database already handed
 //! out (the meter applies one voucher and refuses the other as a replay: a
 //! paid voucher lost), or reconcile a report against a book that is not
-//! the meter's. So the commands that change that state refuse a marked
-//! directory without `--database` ([`refuse_files`]). An operator who
-//! really leaves the database removes the file.
+//! the meter's. So the commands that change that state (`serve`,
+//! `voucher`, `inspect`, `settle`, `lookup`, `certify-meter`) refuse a
+//! marked directory without `--database` ([`refuse_files`]); `certify` and
+//! `revoke`, whose records are the directory's in either mode, do not. An
+//! operator who really leaves the database removes the file.
 
 use std::path::Path;
 
