@@ -7,12 +7,29 @@ use std::path::PathBuf;
 
 /// Reference authority for meterd: a file-based CA that certifies meters and signs
 /// vouchers, rate tables and clear-lock orders.
+///
+/// The meters' state (voucher sequences, books, report answers, settlements,
+/// the certificate register) is kept in the authority directory, or in
+/// PostgreSQL with --database: `serve` and the commands voucher, inspect,
+/// settle, lookup, certify-meter and certify then use the database, the
+/// same operations as the HTTP API. Once `serve --database` ran on a
+/// directory (it writes `<dir>/database`), serve, voucher, inspect, settle,
+/// lookup and certify-meter refuse to run on the directory without
+/// --database. The other commands keep their state only in the directory
+/// (certify and revoke read the database's register with --database).
 #[derive(Parser)]
 #[command(version)]
 pub(crate) struct Cli {
     /// Authority directory (root.key, root.pem, state.json).
     #[arg(long, env = "METER_AUTHORITY_DIR", global = true)]
     pub(crate) dir: Option<PathBuf>,
+    /// PostgreSQL URL of the provider's state (`postgres://user@host/db`, or
+    /// `postgres:///db?host=/run/postgresql` for a unix socket; no TLS): used by
+    /// serve, voucher, inspect, settle, lookup, certify-meter and certify (and revoke,
+    /// to know the meters the database certified); the other commands use --dir only
+    /// and ignore it. Without it the state is kept in --dir.
+    #[arg(long, env = "METER_AUTHORITY_DATABASE", global = true)]
+    pub(crate) database: Option<String>,
     #[command(subcommand)]
     pub(crate) cmd: Cmd,
 }
@@ -26,6 +43,9 @@ pub(crate) enum Cmd {
         name: String,
     },
     /// Certify a meter from its identity and postmark CSRs.
+    ///
+    /// With --database: the serials and the register are the database's, as `POST /v1/meters/{id}/certify`
+    /// (the same CSRs again: the same certificates; other CSRs for the meter: refused).
     CertifyMeter {
         /// PKCS#10 request of the identity (communications) key.
         #[arg(long)]
@@ -73,10 +93,19 @@ pub(crate) enum Cmd {
         out: PathBuf,
     },
     /// Issue a recharge voucher (next sequence number for the meter).
+    ///
+    /// With --database (or --purchase-id): a purchase, as `POST
+    /// /v1/meters/{id}/topups` makes.
     Voucher {
         /// Meter id.
         #[arg(long)]
         meter: String,
+        /// The purchase's id (1 to 128 visible ASCII characters), required with
+        /// --database: the voucher is issued once per id, and running the command
+        /// again with it gets the same voucher (printed `repeated`), as a top-up
+        /// retried over the API does. Without --database it is kept in --dir.
+        #[arg(long, value_name = "ID")]
+        purchase_id: Option<String>,
         /// Amount: `1.50` in the currency of the last rate table signed,
         /// or minor units (`1500`).
         #[arg(long, value_name = "AMOUNT")]
@@ -111,6 +140,9 @@ pub(crate) enum Cmd {
     /// The TPM's attestation of the report is read from beside it (extension
     /// `.att`, as `meterctl report` writes it); a meter certified with
     /// attestation must send one.
+    ///
+    /// With --database: the same upload as
+    /// `POST /v1/meters/{id}/reports`, answered once (again: the same answer).
     Inspect {
         /// The report (CMS SignedData, DER or PEM, from `meterctl report`).
         report: PathBuf,
@@ -119,7 +151,7 @@ pub(crate) enum Cmd {
         #[arg(long, value_name = "SEG", conflicts_with = "without_segment")]
         segment: Option<PathBuf>,
         /// Acknowledge on the report's word alone, without its rows (meters
-        /// older than segments); nothing is reconciled.
+        /// older than segments); nothing is reconciled. Not with --database.
         #[arg(long)]
         without_segment: bool,
         /// Output: the acknowledgement (PEM, label CMS).
@@ -215,6 +247,9 @@ pub(crate) enum Cmd {
         authorized_use: String,
     },
     /// As the creditor: verify a payment certificate and settle it (once).
+    ///
+    /// With --database: settled in the database in the name of the creditor its line
+    /// names, as `POST /v1/settle` by that creditor (again: `repeated`, not paid twice).
     Settle {
         /// The payment certificate (CMS, PEM or DER).
         #[arg(value_name = "PAYMENT")]
@@ -228,6 +263,8 @@ pub(crate) enum Cmd {
     },
     /// Certify a meter's user-certificate request (`meterctl cert request`): checks the
     /// meter's signature, the PKCS#10 self-signature and the enrolment code (consumed).
+    ///
+    /// With --database the meter may be one the database certified.
     Certify {
         /// The request (CMS, DER or PEM).
         #[arg(value_name = "REQUEST")]
@@ -245,6 +282,9 @@ pub(crate) enum Cmd {
     /// Answer a meter's revoke request (`meterctl cert revoke`) with a signed,
     /// single-use revoke order; or, with --forced, order a revocation on the
     /// authority's own decision (Fig. 6, 608). Recorded for the CRL.
+    ///
+    /// The order is recorded in --dir; with --database a request may come from a
+    /// meter the database certified.
     Revoke {
         /// The request (CMS, DER or PEM); not with --forced.
         #[arg(value_name = "REQUEST", required_unless_present = "forced")]
@@ -276,6 +316,8 @@ pub(crate) enum Cmd {
     /// reported (row, time), not reported yet, or, exit status 3, unreported
     /// though older than the last acknowledged report / reported with
     /// another digest (a duplicate serial): made outside the meter's ledger.
+    ///
+    /// With --database: the rows and books of the database, as `POST /v1/lookup`.
     Lookup {
         /// The token (DER or PEM) or the indicium (221 bytes, binary).
         object: PathBuf,
@@ -310,14 +352,13 @@ pub(crate) enum Cmd {
     /// Serve the provider's HTTP API (top-ups, report uploads, CRL) with the state in
     /// PostgreSQL (--database: with the register of the certificates it issues) or in --dir;
     /// the keys stay in --dir.
+    ///
+    /// With --database it records in `<dir>/database` that the meters live there (the
+    /// URL without its password).
     Serve {
         /// Address to listen on (port 0: any free port, printed on stdout).
         #[arg(long, default_value = "127.0.0.1:8480")]
         listen: std::net::SocketAddr,
-        /// PostgreSQL URL (`postgres://user@host/db`, or `postgres:///db?host=/run/postgresql`
-        /// for a unix socket; no TLS). Without it the state is kept in --dir.
-        #[arg(long, env = "METER_AUTHORITY_DATABASE")]
-        database: Option<String>,
         /// Database connections in the pool.
         #[arg(long, default_value_t = 8)]
         connections: usize,

@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use meter_authority::inspect::Periods;
-use meter_authority::lookup::Answer;
+use meter_authority::inspect::{Inspection, Periods};
+use meter_authority::lookup::{Answer, Looked};
 use meter_authority::{read_bounded, write_file, Authority, AuthorityError, Result};
 
 /// Exit status of a refused inspection.
-const REFUSED: u8 = 3;
+pub const REFUSED: u8 = 3;
 /// Exit status of a lookup that flags the object.
 const FLAGGED: u8 = 3;
 /// Largest segment read.
@@ -25,7 +25,7 @@ pub struct InspectArgs {
     pub periods: Periods,
 }
 
-fn read_segment(path: &Path) -> Result<Vec<u8>> {
+pub fn read_segment(path: &Path) -> Result<Vec<u8>> {
     let len = std::fs::metadata(path)
         .map_err(|e| AuthorityError::io(path, e))?
         .len();
@@ -49,13 +49,7 @@ pub fn inspect(dir: &Path, args: InspectArgs, t: i64) -> Result<ExitCode> {
         periods,
     } = args;
 
-    if let (Some(p), Some(w)) = (periods.period_days, periods.warn_days) {
-        if w >= p {
-            return Err(AuthorityError::Invalid(format!(
-                "--warn-days {w} must be less than --period-days {p}: the meter warns that the inspection is due before it locks"
-            )));
-        }
-    }
+    check_periods(&periods)?;
     let a = Authority::open(dir)?;
     let signed = read_bounded(&report)?;
     let i = if without_segment {
@@ -80,24 +74,59 @@ pub fn inspect(dir: &Path, args: InspectArgs, t: i64) -> Result<ExitCode> {
             }) => {
                 let lock_path = lock_out.unwrap_or_else(|| out.with_extension("lock-order.pem"));
                 write_file(&lock_path, lock_order.1.as_bytes())?;
-                eprintln!(
-                            "meter-authority: report {report_sequence} of meter {meter_id} REFUSED ({} discrepancies):",
-                            findings.len()
-                        );
-                for f in &findings {
-                    eprintln!("  - {f}");
-                }
-                eprintln!(
-                            "forced lock order {} for {meter_id} written to {} (apply with meterctl lock apply)",
-                            lock_order.0.nonce,
-                            lock_path.display()
-                        );
+                print_refused(
+                    &meter_id,
+                    report_sequence,
+                    &findings,
+                    Some(&lock_order.0.nonce),
+                    &lock_path,
+                );
                 return Ok(ExitCode::from(REFUSED));
             }
             Err(e) => return Err(e),
         }
     };
     write_file(&out, i.pem.as_bytes())?;
+    print_ack(&i, &out);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a warning period at or past the lock.
+pub fn check_periods(periods: &Periods) -> Result<()> {
+    if let (Some(p), Some(w)) = (periods.period_days, periods.warn_days) {
+        if w >= p {
+            return Err(AuthorityError::Invalid(format!(
+                "--warn-days {w} must be less than --period-days {p}: the meter warns that the inspection is due before it locks"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What `inspect` says of a refused report (on stderr).
+pub fn print_refused(
+    meter_id: &str,
+    report_sequence: u64,
+    findings: &[String],
+    nonce: Option<&str>,
+    lock_path: &Path,
+) {
+    eprintln!(
+        "meter-authority: report {report_sequence} of meter {meter_id} REFUSED ({} discrepancies):",
+        findings.len()
+    );
+    for f in findings {
+        eprintln!("  - {f}");
+    }
+    eprintln!(
+        "forced lock order {}for {meter_id} written to {} (apply with meterctl lock apply)",
+        nonce.map(|n| format!("{n} ")).unwrap_or_default(),
+        lock_path.display()
+    );
+}
+
+/// What `inspect` says of a report it acknowledged, written to `out`.
+pub fn print_ack(i: &Inspection, out: &Path) {
     let r = &i.report;
     println!(
         "report {} of meter {} verified (time {}, AR {} + DR {} = CT {}, {} pieces{})",
@@ -145,13 +174,17 @@ pub fn inspect(dir: &Path, args: InspectArgs, t: i64) -> Result<ExitCode> {
         );
     }
     println!("acknowledgement written to {}", out.display());
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `meter-authority lookup`.
 pub fn lookup(dir: &Path, object: &Path, t: i64) -> Result<ExitCode> {
     let a = Authority::open(dir)?;
     let l = a.lookup(&read_bounded(object)?, t)?;
+    Ok(print_looked(l))
+}
+
+/// What `lookup` says of an answer, and its exit status.
+pub fn print_looked(l: Looked) -> ExitCode {
     let (line, flagged) = match l.answer {
                 Answer::Reported { seq, time_ms } => (
                     format!("reported: row {seq}, time {time_ms} ms"),
@@ -181,8 +214,8 @@ pub fn lookup(dir: &Path, object: &Path, t: i64) -> Result<ExitCode> {
         "{} of meter {} (time {}): {line}",
         l.what, l.meter_id, l.time
     );
-    if flagged {
-        return Ok(ExitCode::from(FLAGGED));
+    match flagged {
+        true => ExitCode::from(FLAGGED),
+        false => ExitCode::SUCCESS,
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use meter_authority::serve::{self, Service};
-use meter_authority::store::{files::FileStore, pg::PgStore, Store, StoreError};
+use meter_authority::store::{files::FileStore, marker, pg::PgStore, Store, StoreError};
 use meter_authority::{read_bounded, AuthorityError, Result};
 use sha2::{Digest, Sha256};
 
@@ -53,6 +53,11 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         }
         None => None,
     };
+    if args.database.is_none() {
+        // A directory whose meters live in a database must not be served
+        // from its own files: see `store::marker`.
+        marker::refuse_files(&args.dir, "serve")?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -68,7 +73,13 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
 
 async fn run(args: ServeArgs, token: Option<[u8; 32]>) -> std::result::Result<(), ServeError> {
     let store: Arc<dyn Store> = match &args.database {
-        Some(url) => PgStore::connect(url, args.connections).await?,
+        Some(url) => {
+            let store = PgStore::connect(url, args.connections).await?;
+            // From now on the directory's own counters and books are not
+            // the meters': the command line must come here too.
+            marker::mark(&args.dir, url).map_err(StoreError::from)?;
+            store
+        }
         None => Arc::new(FileStore::new(&args.dir)),
     };
     let service =

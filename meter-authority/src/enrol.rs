@@ -122,11 +122,35 @@ impl Authority {
         validity: UserValidity,
         now: i64,
     ) -> Result<cert::Certificate> {
+        self.certify_user_known(request, validity, &[], now)
+    }
+
+    /// The meter a user-certificate request comes from (its signature
+    /// verified): whose certificates a database register is asked for
+    /// before [`Authority::certify_user_known`].
+    pub fn user_request_meter(&self, request: &[u8], now: i64) -> Result<String> {
+        let (req, _) =
+            payload::open::<CertRequest>(request, std::slice::from_ref(&self.root), now)?;
+        Ok(req.meter_id)
+    }
+
+    /// [`Authority::certify_user`] where the requesting meter's identity
+    /// certificate may also be among `known`: the certificates a database
+    /// register (`serve --database`) issued, which `state.json` does not
+    /// hold. The user certificate itself takes its serial from, and is
+    /// recorded in, `state.json` as always.
+    pub fn certify_user_known(
+        &mut self,
+        request: &[u8],
+        validity: UserValidity,
+        known: &[Issued],
+        now: i64,
+    ) -> Result<cert::Certificate> {
         let (req, verified) =
             payload::open::<CertRequest>(request, std::slice::from_ref(&self.root), now)?;
         let signer = &verified.signer;
         let signer_serial = u64::from_str_radix(&cert::serial_hex(signer), 16).ok();
-        let is_meter_identity = self.register()?.issued.iter().any(|i| {
+        let is_meter_identity = self.register()?.issued.iter().chain(known).any(|i| {
             Some(i.serial) == signer_serial
                 && i.profile == format!("{:?}", Profile::MeterIdentity)
                 && i.subject_cn == req.meter_id

@@ -4,23 +4,26 @@ use clap::Parser;
 mod args;
 mod cmd_reconcile;
 mod cmd_serve;
+mod cmd_store;
 use args::{Cli, Cmd};
 #[path = "../../packaging/gen_docs.rs"]
 mod gen_docs;
 
 use meter_authority::money::{show_time, Money};
+use meter_authority::store::{marker, marker::refuse_files, StoreError};
 use meter_authority::{now, read_bounded, write_file, Authority, AuthorityError, Result};
 use meter_pki::{cert, pem, revoke};
 use std::path::Path;
 use std::process::ExitCode;
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli) -> std::result::Result<ExitCode, StoreError> {
     let dir = cli.dir.as_deref().ok_or_else(|| {
         AuthorityError::Invalid(
             "no authority directory: pass --dir or set METER_AUTHORITY_DIR".into(),
         )
     })?;
     let t = now();
+    let db = cli.database.as_deref();
     match cli.cmd {
         Cmd::Init { name } => {
             let a = Authority::init(dir, &name, t)?;
@@ -41,6 +44,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             unattested,
             certs_out,
         } => {
+            if let Some(url) = db {
+                let args = cmd_store::CertifyMeterArgs {
+                    identity_csr,
+                    postmark_csr,
+                    out_dir,
+                    attestation,
+                    ek_ca,
+                    unattested,
+                    certs_out,
+                };
+                return cmd_store::certify_meter(dir, url, args, t);
+            }
+            refuse_files(dir, "certify-meter")?;
             let mut a = Authority::open(dir)?;
             let (id, pm) = (read_bounded(&identity_csr)?, read_bounded(&postmark_csr)?);
             let create = |d: &Path| {
@@ -79,7 +95,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Err(AuthorityError::Invalid(
                         "refusing unattested keys: give --attestation and --ek-ca, or --unattested"
                             .into(),
-                    ))
+                    )
+                    .into())
                 }
             }
         }
@@ -113,8 +130,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             meter,
             amount,
             register,
+            purchase_id,
             out,
         } => {
+            if db.is_some() || purchase_id.is_some() {
+                let args = cmd_store::VoucherArgs {
+                    meter,
+                    amount,
+                    register,
+                    purchase_id,
+                    out,
+                };
+                return cmd_store::voucher(dir, db, args, t);
+            }
+            refuse_files(dir, "voucher")?;
             let mut a = Authority::open(dir)?;
             let money = Money::load(dir)?;
             let (v, pem) = a.voucher_for(&meter, money.parse(&amount)?, register.as_deref(), t)?;
@@ -156,7 +185,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     warn_days,
                 },
             };
-            return cmd_reconcile::inspect(dir, args, t);
+            if let Some(url) = db {
+                return cmd_store::inspect(dir, url, args, t);
+            }
+            refuse_files(dir, "inspect")?;
+            return Ok(cmd_reconcile::inspect(dir, args, t)?);
         }
         Cmd::Lock { meter, reason, out } => {
             let a = Authority::open(dir)?;
@@ -234,6 +267,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Cmd::Settle { payment } => {
+            if let Some(url) = db {
+                return cmd_store::settle(dir, url, &payment, t);
+            }
+            refuse_files(dir, "settle")?;
             let mut a = Authority::open(dir)?;
             let s = a.settle(&read_bounded(&payment)?, t)?;
             let money = Money::load(dir)?;
@@ -260,12 +297,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             valid_seconds,
         } => {
             use meter_authority::enrol::UserValidity;
-            let mut a = Authority::open(dir)?;
             let validity = match valid_seconds {
                 Some(s) => UserValidity::Seconds(s),
                 None => UserValidity::Days(days),
             };
-            let c = a.certify_user(&read_bounded(&request)?, validity, t)?;
+            if let Some(url) = db {
+                return cmd_store::certify_user(dir, url, &request, validity, &out, t);
+            }
+            // Not refused on a database directory: a user certificate's
+            // serial and record, and the enrolment codes, are the
+            // directory's in either mode; only a meter the database
+            // certified is unknown here (refused below, with the hint).
+            let mut a = Authority::open(dir)?;
+            let c = match a.certify_user(&read_bounded(&request)?, validity, t) {
+                Err(AuthorityError::Invalid(m)) if marker::marked(dir)?.is_some() => {
+                    return Err(AuthorityError::Invalid(format!(
+                        "{m} (a meter the database certified is known with --database only)"
+                    ))
+                    .into())
+                }
+                other => other?,
+            };
             write_cert(&out, &c)?;
             println!("{}", serial_of(&c));
         }
@@ -280,11 +332,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let a = Authority::open(dir)?;
             let (order, pem) = match (forced, request, meter, serial) {
                 (true, _, Some(m), Some(s)) => a.revoke_forced(&m, &s, &reason, t)?,
-                (false, Some(r), _, _) => a.revoke(&read_bounded(&r)?, t)?,
+                (false, Some(r), _, _) => {
+                    let r = read_bounded(&r)?;
+                    // A meter the database certified is known to its register only.
+                    let known = match db {
+                        Some(url) => {
+                            let meter = a.revoke_request_meter(&r, t)?;
+                            cmd_store::meter_certificates(dir, url, &meter, "revoke")?
+                        }
+                        None => Vec::new(),
+                    };
+                    a.revoke_known(&r, &known, t)?
+                }
                 _ => {
                     return Err(AuthorityError::Invalid(
                         "give a REQUEST, or --forced --meter ID --serial S".into(),
-                    ))
+                    )
+                    .into())
                 }
             };
             write_file(&out, pem.as_bytes())?;
@@ -307,22 +371,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out.display()
             );
         }
-        Cmd::Lookup { object } => return cmd_reconcile::lookup(dir, &object, t),
+        Cmd::Lookup { object } => {
+            if let Some(url) = db {
+                return cmd_store::lookup(dir, url, &object, t);
+            }
+            refuse_files(dir, "lookup")?;
+            return Ok(cmd_reconcile::lookup(dir, &object, t)?);
+        }
         Cmd::Serve {
             listen,
-            database,
             connections,
             max_upload,
             operator_token_file,
         } => {
-            return cmd_serve::serve(cmd_serve::ServeArgs {
+            return Ok(cmd_serve::serve(cmd_serve::ServeArgs {
                 dir: dir.to_owned(),
                 listen,
-                database,
+                database: cli.database,
                 connections,
                 max_upload,
                 operator_token_file,
-            })
+            })?)
         }
         Cmd::PostalKey { request, out } => {
             let a = Authority::open(dir)?;
@@ -368,7 +437,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// A certificate's serial as `openssl x509 -serial` prints it (uppercase,
 /// even length), the one form meterctl shows too.
-fn serial_of(c: &cert::Certificate) -> String {
+pub(crate) fn serial_of(c: &cert::Certificate) -> String {
     let hex = cert::serial_hex(c);
     revoke::display_serial(&hex).unwrap_or(hex)
 }
@@ -390,7 +459,7 @@ fn main() -> ExitCode {
             eprintln!("meter-authority: {e}");
             match e {
                 // A malformed amount is a usage error, like clap's own.
-                AuthorityError::Amount(_) => ExitCode::from(2),
+                StoreError::Authority(AuthorityError::Amount(_)) => ExitCode::from(2),
                 _ => ExitCode::FAILURE,
             }
         }

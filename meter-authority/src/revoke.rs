@@ -77,10 +77,31 @@ impl Revocations {
 impl Authority {
     /// Verifies a meter's revoke request and signs the order (PEM).
     pub fn revoke(&self, request: &[u8], now: i64) -> Result<(RevokeOrder, String)> {
+        self.revoke_known(request, &[], now)
+    }
+
+    /// The meter a revoke request comes from (its signature verified): whose
+    /// certificates a database register is asked for before
+    /// [`Authority::revoke_known`].
+    pub fn revoke_request_meter(&self, request: &[u8], now: i64) -> Result<String> {
+        let (req, _) =
+            payload::open::<RevokeRequest>(request, std::slice::from_ref(self.root()), now)?;
+        Ok(req.meter_id)
+    }
+
+    /// [`Authority::revoke`] where the requesting meter's identity
+    /// certificate may also be among `known`, the certificates a database
+    /// register (`serve --database`) issued, which `state.json` does not hold.
+    pub fn revoke_known(
+        &self,
+        request: &[u8],
+        known: &[crate::state::Issued],
+        now: i64,
+    ) -> Result<(RevokeOrder, String)> {
         let (req, verified) =
             payload::open::<RevokeRequest>(request, std::slice::from_ref(self.root()), now)?;
         let signer_serial = u64::from_str_radix(&cert::serial_hex(&verified.signer), 16).ok();
-        let is_meter_identity = self.register()?.issued.iter().any(|i| {
+        let is_meter_identity = self.register()?.issued.iter().chain(known).any(|i| {
             Some(i.serial) == signer_serial
                 && i.profile == "MeterIdentity"
                 && i.subject_cn == req.meter_id

@@ -21,9 +21,8 @@ use std::net::SocketAddr;
 
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
-use meter_pki::{cert, csr, pem};
+use meter_pki::{cert, csr};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::{body, failed, header, media_is, operator_ok, plain, typed, Reply};
 use crate::serve::Service;
@@ -40,10 +39,6 @@ struct CertifyRequest {
     postmark_csr: String,
     #[serde(default)]
     attestation: Option<serde_json::Value>,
-}
-
-fn cert_pem(c: &cert::Certificate) -> crate::Result<String> {
-    Ok(pem::encode("CERTIFICATE", &cert::to_der(c)?))
 }
 
 fn ek_cas(dir: &std::path::Path) -> crate::Result<Vec<cert::Certificate>> {
@@ -105,48 +100,34 @@ pub(super) async fn certify(
         },
         None => None,
     };
-    let mut h = Sha256::new();
-    for part in [
-        c.identity_csr.trim().as_bytes(),
-        c.postmark_csr.trim().as_bytes(),
-        attestation.as_deref().unwrap_or_default(),
-    ] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
-    }
-    let key: [u8; 32] = h.finalize().into();
+    let key =
+        crate::serve::shared::certify_key(&c.identity_csr, &c.postmark_csr, attestation.as_deref());
     let dir = s.dir.clone();
     let a = match s.authority() {
         Ok(a) => a,
         Err(e) => return failed(&e.into()),
     };
+    let request = crate::serve::shared::CertifyRequest {
+        identity_csr: &c.identity_csr,
+        postmark_csr: &c.postmark_csr,
+        identity: id_verified,
+        postmark: pm_verified,
+        attestation,
+    };
     let issue = Box::new(
         move |register: &mut dyn Register| -> crate::Result<Vec<u8>> {
-            let now = crate::now();
-            let (id, pm) = (c.identity_csr.as_bytes(), c.postmark_csr.as_bytes());
-            let json = match &attestation {
-                Some(ev) => {
-                    let (certs, sealed) =
-                        a.certify_meter_attested_in(register, id, pm, ev, &ek_cas(&dir)?, now)?;
-                    let credential: serde_json::Value = serde_json::from_slice(&sealed.to_json()?)
-                        .map_err(|e| AuthorityError::Corrupt(format!("credential: {e}")))?;
-                    serde_json::json!({
-                        "meter_id": certs.meter_id,
-                        "attested": true,
-                        "credential": credential,
-                    })
-                }
-                None => {
-                    let certs = a.certify_meter_in(register, &id_verified, &pm_verified, now)?;
-                    serde_json::json!({
-                        "meter_id": certs.meter_id,
-                        "attested": false,
-                        "identity": cert_pem(&certs.identity)?,
-                        "postmark": cert_pem(&certs.postmark)?,
-                    })
-                }
+            let cas = match &request.attestation {
+                Some(_) => ek_cas(&dir)?,
+                None => Vec::new(),
             };
-            Ok(json.to_string().into_bytes())
+            let (_, answer) = crate::serve::shared::issue_certification(
+                &a,
+                register,
+                &request,
+                &cas,
+                crate::now(),
+            )?;
+            Ok(answer)
         },
     );
     match s.store.certify(meter_id, key, issue).await {

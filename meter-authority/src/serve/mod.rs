@@ -22,6 +22,7 @@
 //! `POST /v1/lookup`, `GET /v1/crl`, `GET /healthz`.
 
 mod routes;
+pub mod shared;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

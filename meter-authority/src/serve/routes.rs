@@ -305,13 +305,7 @@ async fn topup(s: &Service, peer: SocketAddr, meter_id: &str, req: Request<Incom
         amount: t.amount,
         register: t.register,
     };
-    let now = crate::now();
-    let sign = |sequence: u64| -> crate::Result<Vec<u8>> {
-        let (_, pem) =
-            s.signer
-                .sign_voucher(&p.meter_id, sequence, p.amount, p.register.as_deref(), now)?;
-        Ok(meter_pki::pem::decode_any(pem.as_bytes(), "CMS")?)
-    };
+    let sign = super::shared::voucher_signer(&s.signer, &p, crate::now());
     match s.store.purchase(&p, &sign).await {
         Ok(v) => {
             let mut r = typed(StatusCode::OK, v.voucher, CMS);
@@ -346,6 +340,7 @@ async fn report(s: &Service, meter_id: &str, req: Request<Incoming>) -> Reply {
         Ok(a) => a,
         Err(e) => return failed(&e.into()),
     };
+    let key = super::shared::upload_key(report, att, segment);
     let att = (!att.is_empty()).then_some(att);
     let upload = match a.verify_upload_signed(report, att, now) {
         Ok(u) => u,
@@ -357,34 +352,14 @@ async fn report(s: &Service, meter_id: &str, req: Request<Incoming>) -> Reply {
             "the report is signed by another meter than the path names",
         );
     }
-    if let Err(e) = issued_signer(s, &upload).await {
+    if let Err(e) = super::shared::issued_signer(&*s.store, &s.dir, &upload).await {
         return failed(&e);
     }
-    let key: [u8; 32] = Sha256::digest(&bytes).into();
     // Set when this upload is reconciled now, not answered from the record
     // of an earlier one: only a new upload earns a pending token.
-    let fresh = std::sync::atomic::AtomicBool::new(false);
-    let reconcile = Box::new(
-        |book: &mut crate::book::Book, rows: &mut dyn crate::inspect::Rows| {
-            fresh.store(true, std::sync::atomic::Ordering::Relaxed);
-            let outcome = a.reconcile_in(&upload, segment, book, rows, now)?;
-            match a.answer(upload, outcome, Periods::default(), now) {
-                Ok(i) => Ok(Answer::Ack(meter_pki::pem::decode_any(
-                    i.pem.as_bytes(),
-                    "CMS",
-                )?)),
-                Err(AuthorityError::Discrepancy {
-                    findings,
-                    lock_order,
-                    ..
-                }) => Ok(Answer::Refused {
-                    lock_order: meter_pki::pem::decode_any(lock_order.1.as_bytes(), "CMS")?,
-                    findings,
-                }),
-                Err(e) => Err(e),
-            }
-        },
-    );
+    let seen = std::sync::Mutex::new(None);
+    let reconcile =
+        super::shared::reconcile_upload(&a, upload, segment, Periods::default(), now, &seen);
     let mut reply = match s.store.upload(meter_id, key, reconcile).await {
         Ok(Answer::Ack(der)) => typed(StatusCode::OK, der, CMS),
         Ok(Answer::Refused {
@@ -398,33 +373,11 @@ async fn report(s: &Service, meter_id: &str, req: Request<Incoming>) -> Reply {
         }
         Err(e) => return failed(&e),
     };
-    if fresh.load(std::sync::atomic::Ordering::Relaxed) {
+    if seen.lock().is_ok_and(|f| f.is_some()) {
         let token = meter_auth::mint(&s.pending_key, meter_id, now);
         header(&mut reply, meter_auth::TOKEN_HEADER, &token);
     }
     reply
-}
-
-/// Checks the report's signer against the certificates issued to its meter:
-/// the store's register (per meter), then, for a serial of the directory's
-/// range when the store is a database, the directory's (a meter the command
-/// line certified).
-async fn issued_signer(s: &Service, upload: &crate::inspect::Upload) -> crate::store::Result<()> {
-    let known = s.store.certificates(upload.meter_id()).await?;
-    match upload.check_issued(&known) {
-        Err(_)
-            if upload
-                .signer_serial()
-                .is_some_and(|n| n < crate::state::DATABASE_SERIALS)
-                && known
-                    .iter()
-                    .all(|i| i.serial >= crate::state::DATABASE_SERIALS) =>
-        {
-            let dir = crate::store::certify::directory_certificates(&s.dir, upload.meter_id())?;
-            Ok(upload.check_issued(&dir)?)
-        }
-        other => Ok(other?),
-    }
 }
 
 fn crl(s: &Service) -> Reply {
@@ -473,11 +426,7 @@ async fn lookup(s: &Service, req: Request<Incoming>) -> Reply {
         Err(e) => return failed(&e.into()),
     };
     let meter_id = shown.meter_id().to_owned();
-    let look = Box::new(
-        move |book: &mut crate::book::Book, rows: &mut dyn crate::inspect::Rows| {
-            shown.look_in(book, rows, now)
-        },
-    );
+    let look = super::shared::look(shown, now);
     let l = match s.store.lookup(&meter_id, look).await {
         Ok(l) => l,
         Err(e) => return failed(&e),

@@ -22,7 +22,6 @@ use sha2::{Digest, Sha256};
 
 use super::{body, failed, header, plain, typed, Reply};
 use crate::serve::Service;
-use crate::store::settle::{payment_digest, SettleRequest};
 use crate::AuthorityError;
 
 /// Largest payment certificate (with its certificates).
@@ -82,31 +81,21 @@ pub(super) async fn settle(s: &Service, req: Request<Incoming>) -> Reply {
         Ok(a) => a,
         Err(e) => return failed(&e.into()),
     };
-    let checked = a
-        .check_payment(&bytes, now)
-        .and_then(|(p, line)| Ok((p, line, payment_digest(&bytes)?)));
-    let (payment, line, digest) = match checked {
+    let checked = match crate::serve::shared::CheckedPayment::check(&a, &bytes, now) {
         Ok(x) => x,
         Err(e) => return failed(&e.into()),
     };
     // A creditor settles the lines granted in its name only.
-    if line.line.issuer != who {
+    if checked.line.line.issuer != who {
         return plain(
             StatusCode::FORBIDDEN,
             &format!(
                 "line {} is not granted in this creditor's name",
-                line.line.serial
+                checked.line.line.serial
             ),
         );
     }
-    let r = SettleRequest {
-        creditor: &who,
-        payment_bytes: &bytes,
-        digest,
-        payment: &payment,
-        line: &line,
-        now,
-    };
+    let r = checked.request(&who, &bytes, now);
     match s.store.settle(&r).await {
         Ok(done) => match serde_json::to_vec(&done.settlement) {
             Ok(json) => {

@@ -16,6 +16,7 @@
 
 pub mod certify;
 pub mod files;
+pub mod marker;
 pub mod pending;
 pub mod pg;
 pub mod settle;
@@ -43,6 +44,18 @@ pub enum StoreError {
     /// Stored data is damaged.
     #[error("store damaged: {0}")]
     Corrupt(String),
+}
+
+impl From<meter_pki::PkiError> for StoreError {
+    fn from(e: meter_pki::PkiError) -> Self {
+        StoreError::Authority(e.into())
+    }
+}
+
+impl From<meter_proto::money::AmountError> for StoreError {
+    fn from(e: meter_proto::money::AmountError) -> Self {
+        StoreError::Authority(e.into())
+    }
 }
 
 /// Result of a store operation.
