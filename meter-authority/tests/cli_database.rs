@@ -8,8 +8,8 @@
 //! `voucher --purchase-id` is a purchase too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod serve_support;
-mod support;
+use crate::serve_support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Output;

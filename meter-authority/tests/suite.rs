@@ -2,7 +2,9 @@
 //! is a module (`tests/serve.rs` is `suite::serve`). One binary instead of one per file
 //! saves CI minutes: each would link the whole dependency tree again and compile the
 //! shared helpers again. Run one file's tests with
-//! `cargo nextest run --release -p meter-authority --test suite -E 'test(/^serve::/)'`.
+//! `cargo nextest run --release --workspace -E 'binary_id(meter-authority::suite) & test(/^serve::/)'`
+//! (`--workspace`, not `-p`: the features of the whole workspace, so the dependencies
+//! are not compiled again).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod serve_support;
@@ -10,6 +12,7 @@ mod support;
 
 mod cli;
 mod cli_amounts;
+mod cli_database;
 mod enrol;
 mod serve;
 mod serve_auth;

@@ -2,7 +2,9 @@
 //! is a module (`tests/fuzz.rs` is `suite::fuzz`). One binary instead of one per file
 //! saves CI minutes: each would link the whole dependency tree again and compile the
 //! shared helpers again. Run one file's tests with
-//! `cargo nextest run --release -p meter-pki --test suite -E 'test(/^fuzz::/)'`.
+//! `cargo nextest run --release --workspace -E 'binary_id(meter-pki::suite) & test(/^fuzz::/)'`
+//! (`--workspace`, not `-p`: the features of the whole workspace, so the dependencies
+//! are not compiled again).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

@@ -2,7 +2,9 @@
 //! module (`meterd/tests/e2e_report.rs` is `suite::e2e_report`). One binary instead of
 //! one per file saves CI minutes of linking tss-esapi, SQLite and zbus ~60 times, and
 //! compiles the shared sandbox code once. Run one file's tests with
-//! `cargo nextest run --release -p meterd --test suite -E 'test(/^e2e_report::/)'`.
+//! `cargo nextest run --release --workspace -E 'binary_id(meterd::suite) & test(/^e2e_report::/)'`
+//! (`--workspace`, not `-p`: the features of the whole workspace, so the dependencies
+//! are not compiled again).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/attack_client.rs"]
