@@ -74,7 +74,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
 async fn run(args: ServeArgs, token: Option<[u8; 32]>) -> std::result::Result<(), ServeError> {
     let store: Arc<dyn Store> = match &args.database {
         Some(url) => {
-            let store = PgStore::connect(url, args.connections).await?;
+            let store = PgStore::connect_beside(url, args.connections, Some(&args.dir)).await?;
             // From now on the directory's own counters and books are not
             // the meters': the command line must come here too.
             marker::mark(&args.dir, url).map_err(StoreError::from)?;

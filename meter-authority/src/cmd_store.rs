@@ -42,7 +42,7 @@ impl Stored {
             .map_err(|e| AuthorityError::io(dir, e))?;
         let store: Arc<dyn Store> = match url {
             Some(url) => {
-                let store = runtime.block_on(PgStore::connect(url, 1))?;
+                let store = runtime.block_on(PgStore::connect_beside(url, 1, Some(dir)))?;
                 marker::mark(dir, url)?;
                 store
             }

@@ -102,6 +102,52 @@ fn a_cli_voucher_never_repeats_a_database_sequence() {
     assert!(mark.contains("dbname=postgres"), "{mark}");
 }
 
+/// The other way round: the file store sold a meter voucher 1, then the
+/// directory is served from a database. The database would start that
+/// meter at voucher 1 again (the meter applies one and refuses the other:
+/// a paid voucher lost), so it refuses the meter with a conflict and makes
+/// no row for it; a meter new to both is sold its voucher 1.
+#[test]
+fn a_database_refuses_a_meter_the_file_store_sold_vouchers_to() {
+    let Some(pg) = postgres() else { return };
+    let (tmp, dir) = new_authority();
+    let out = tmp.path().join("v.pem");
+    ok(&support::authority(
+        &dir,
+        &[
+            "voucher",
+            "--meter",
+            M,
+            "--amount",
+            "500",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(voucher_of(&dir, &der(&out)).sequence, 1);
+
+    let server = Server::start(&dir, Some(&pg.url()));
+    let refused = buy(&server.addr, M, "order-1", 1000);
+    assert_eq!(
+        refused.status,
+        409,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    let why = String::from_utf8_lossy(&refused.body).into_owned();
+    assert!(why.contains("file store") && why.contains(M), "{why}");
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT count(*) FROM meters WHERE meter_id = '{M}'"
+        )),
+        "0",
+        "no row made for the refused meter"
+    );
+    let other = buy(&server.addr, "MTR-CLIDB2", "order-2", 1000);
+    assert_eq!(other.status, 200);
+    assert_eq!(other.headers["meter-voucher-sequence"], "1");
+}
+
 /// A meter's keys, its CSR files, and the meter once certified.
 fn csrs(tmp: &Path, meter: &str) -> (SigningKey, SigningKey, String, String) {
     let (id, pm) = (

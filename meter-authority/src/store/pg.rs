@@ -44,6 +44,9 @@ const MIGRATION_LOCK: i64 = 0x6d65_7465_7264;
 /// A PostgreSQL store with a fixed pool of connections.
 pub struct PgStore {
     url: String,
+    /// The authority directory beside the database, whose file store may
+    /// hold meters' histories (see [`lock_meter`]).
+    history: Option<std::path::PathBuf>,
     pool: Vec<Mutex<Client>>,
     free: Semaphore,
     next: std::sync::atomic::AtomicUsize,
@@ -79,12 +82,24 @@ pub(super) fn u64_of(n: i64, what: &str) -> Result<u64> {
 impl PgStore {
     /// Connects `connections` clients to `url` and applies the migrations.
     pub async fn connect(url: &str, connections: usize) -> Result<Arc<PgStore>> {
+        Self::connect_beside(url, connections, None).await
+    }
+
+    /// [`connect`](Self::connect), beside the authority directory `dir`: a
+    /// meter the file store there sold vouchers to or inspected is refused
+    /// when the database would meet it for the first time (see [`lock_meter`]).
+    pub async fn connect_beside(
+        url: &str,
+        connections: usize,
+        dir: Option<&std::path::Path>,
+    ) -> Result<Arc<PgStore>> {
         let mut pool = Vec::new();
         for _ in 0..connections.max(1) {
             pool.push(Mutex::new(open(url).await?));
         }
         let store = PgStore {
             url: url.to_owned(),
+            history: dir.map(std::path::Path::to_path_buf),
             free: Semaphore::new(pool.len()),
             pool,
             next: std::sync::atomic::AtomicUsize::new(0),
@@ -167,15 +182,40 @@ async fn open(url: &str) -> Result<Client> {
 
 /// Locks the meter's row (creating it with an empty book) and returns its
 /// book and next voucher sequence.
-async fn lock_meter(tx: &Transaction<'_>, meter_id: &str) -> Result<(Book, u64)> {
+///
+/// A meter the database meets for the first time starts at voucher 1 with
+/// an empty book. If the file store in `history` (the directory beside the
+/// database) already sold it vouchers or inspected it, that would repeat
+/// voucher sequences the meter applied (it refuses them as replays: paid
+/// value lost) and show vouchers the book never issued, so the meter is
+/// refused instead, and its row is not made (the transaction is dropped).
+async fn lock_meter(
+    tx: &Transaction<'_>,
+    meter_id: &str,
+    history: Option<&std::path::Path>,
+) -> Result<(Book, u64)> {
     let empty = serde_json::to_string(&Book::default())
         .map_err(|e| StoreError::Corrupt(format!("book encoding: {e}")))?;
-    tx.execute(
-        "INSERT INTO meters (meter_id, book) VALUES ($1, $2::text::jsonb) \
-         ON CONFLICT (meter_id) DO NOTHING",
-        &[&meter_id, &empty],
-    )
-    .await?;
+    let made = tx
+        .execute(
+            "INSERT INTO meters (meter_id, book) VALUES ($1, $2::text::jsonb) \
+             ON CONFLICT (meter_id) DO NOTHING",
+            &[&meter_id, &empty],
+        )
+        .await?;
+    if let (1, Some(dir)) = (made, history) {
+        let files = crate::book::Shelf::of(dir, meter_id)?.read()?;
+        if !files.vouchers.is_empty() || files.last().is_some() {
+            return Err(StoreError::Conflict(format!(
+                "meter {meter_id} has a history in the file store of {} ({} vouchers, {} \
+                 acknowledged reports): the database would start it again at voucher 1; \
+                 serve it from the directory (importing it is not supported)",
+                dir.display(),
+                files.vouchers.len(),
+                files.acknowledged.len()
+            )));
+        }
+    }
     let row = tx
         .query_one(
             "SELECT book::text, next_voucher FROM meters WHERE meter_id = $1 FOR UPDATE",
@@ -228,7 +268,7 @@ impl PgStore {
         let amount = i64_of(p.amount, "amount")?;
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        let (mut book, next) = lock_meter(&tx, &p.meter_id).await?;
+        let (mut book, next) = lock_meter(&tx, &p.meter_id, self.history.as_deref()).await?;
         if let Some(r) = tx
             .query_opt(
                 "SELECT amount, sequence, voucher, register FROM purchases \
@@ -284,7 +324,7 @@ impl PgStore {
         crate::check_meter_id(meter_id)?;
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        let (mut book, next) = lock_meter(&tx, meter_id).await?;
+        let (mut book, next) = lock_meter(&tx, meter_id, self.history.as_deref()).await?;
         if let Some(r) = tx
             .query_opt(
                 "SELECT accepted, answer, findings::text FROM uploads \
@@ -347,7 +387,7 @@ impl PgStore {
         crate::check_meter_id(meter_id)?;
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        let (mut book, next) = lock_meter(&tx, meter_id).await?;
+        let (mut book, next) = lock_meter(&tx, meter_id, self.history.as_deref()).await?;
         let mut rows = MemRows {
             existing: Some(load_rows(&tx, meter_id).await?),
             added: Vec::new(),

@@ -11,7 +11,7 @@ impl PgStore {
         crate::check_meter_id(meter_id)?;
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        let (book, _) = lock_meter(&tx, meter_id).await?;
+        let (book, _) = lock_meter(&tx, meter_id, self.history.as_deref()).await?;
         let mut q = Queued {
             book,
             ..Queued::default()
@@ -62,7 +62,7 @@ impl PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         // The meter's row, locked (and made if absent: the order references it).
-        lock_meter(&tx, meter_id).await?;
+        lock_meter(&tx, meter_id, self.history.as_deref()).await?;
         if let Some(r) = tx
             .query_opt(
                 "SELECT der FROM orders WHERE meter_id = $1 AND order_id = $2",
