@@ -158,7 +158,7 @@ pub fn quote(book: &RateBook, req: &PostageRequest, now: i64) -> Result<Quote> {
 /// returns the same indicium, even if the table changed since.
 pub async fn postage(meter: &Meter, req: PostageRequest, key: Key) -> Result<Vec<u8>> {
     req.check()?;
-    let spec = Spec::sale(Service::Postage, Some(key), req.input_digest());
+    let spec = Spec::sale(Service::Postage, Some(key), req.input_digest()).keyed_at_commit();
     let priced = req.clone();
     let spec = spec.priced(Price::Quoted(Arc::new(move |book, now| {
         Ok(quote(book, &priced, now)?.amount)

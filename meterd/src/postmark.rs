@@ -31,7 +31,8 @@ pub async fn postmark(meter: &Meter, imprint: Digest, key: Key) -> Result<Vec<u8
         Service::Postmark,
         Some(key),
         input_digest("postmark", &[&imprint]),
-    );
+    )
+    .keyed_at_commit();
     let sold = sale::sell(meter, spec, async |sale: &Sale| {
         Ok(Made::AtCommit(sealed_token(sale, imprint)))
     })

@@ -315,6 +315,7 @@ async fn settle_locked(meter: &Meter, ledger: &Ledger) -> Result<Amount> {
             credit: Amount::ZERO,
             note: NOTE_SETTLE.into(),
             fund: Fund::Services,
+            key_at_commit: false,
         };
         let product = seq.to_string().into_bytes();
         match sale::sell(meter, spec, async move |_: &Sale| {

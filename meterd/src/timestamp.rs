@@ -43,7 +43,8 @@ pub async fn time_stamp(meter: &Meter, request: &[u8], key: Key) -> Result<Vec<u
         Service::Postmark,
         Some(key),
         input_digest("timestamp", &[request]),
-    );
+    )
+    .keyed_at_commit();
     let sold = sale::sell(meter, spec, async |sale: &Sale| {
         Ok(Made::AtCommit(sealed_reply(sale, req)))
     })

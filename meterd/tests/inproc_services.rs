@@ -101,6 +101,56 @@ async fn postmark_short_of_funds_is_refused_but_a_retry_still_answers() {
     m.down().await;
 }
 
+/// A postmark's retry is caught by the commit (the sale skips its lookup,
+/// issue 14): it signs nothing, charges nothing, and still answers with the
+/// stored token once the meter is locked; other input under the same id is
+/// a conflict, also without a signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_caught_at_commit_signs_nothing_and_answers_when_locked() {
+    let m = InProc::up(10_000).await;
+    let token = m.client.postmark_digest(&sha384(b"p"), "pm").await.unwrap();
+    let signs = m.tpm.signs();
+    for _ in 0..3 {
+        let again = m.client.postmark_digest(&sha384(b"p"), "pm").await.unwrap();
+        assert_eq!(again, token);
+    }
+    let err = m
+        .client
+        .postmark_digest(&sha384(b"other"), "pm")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MeterError::InvalidInput(_)), "{err:?}");
+    assert_eq!(
+        m.tpm.signs(),
+        signs,
+        "a retry or a conflict made a TPM signature"
+    );
+    assert_eq!(
+        m.registers().await,
+        (POSTMARK_PRICE, 10_000 - POSTMARK_PRICE, 10_000)
+    );
+
+    // Locked (a counter ahead of the ledger): new sales are refused, the
+    // retry still gets what it paid for.
+    let nv = m.config.nv_index;
+    let m = m
+        .restart_with(|tpm| tpm.set_counter(nv, tpm.counter(nv).unwrap() + 5))
+        .await;
+    assert_eq!(m.client.state().await.unwrap(), meter_proto::state::LOCKED);
+    let err = m
+        .client
+        .postmark_digest(&sha384(b"q"), "pm-2")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MeterError::Locked(_)), "{err:?}");
+    let again = m.client.postmark_digest(&sha384(b"p"), "pm").await.unwrap();
+    assert_eq!(
+        again, token,
+        "a retry on a locked meter gets its stored token"
+    );
+    m.down().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_housing_failure_charges_nothing_and_the_retry_is_charged_once() {
     let m = InProc::up(10_000).await;

@@ -1,8 +1,10 @@
 //! PropertiesChanged and the meter's signals, driven by the ledger.
 //!
 //! The ledger publishes its state after every commit batch; this task diffs
-//! consecutive states and emits only what changed, so a burst of postmarks
-//! costs one PropertiesChanged per batch, not one per postmark.
+//! consecutive states and emits only what changed: the signals at once, the
+//! registers' PropertiesChanged at most every [`REGISTERS_EVERY`] with the
+//! latest values (a burst of postmarks costs a few messages, not one per
+//! postmark or per batch).
 //! `InspectionDue` is driven by the inspection standing the watchdog
 //! publishes on the regime: once per entry into the warning period
 //! (including one found at start), not once per tick.
@@ -10,6 +12,9 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use zbus::names::InterfaceName;
 use zbus::object_server::InterfaceRef;
@@ -17,9 +22,16 @@ use zbus::zvariant::Value;
 use zbus::Connection;
 
 use super::MeterIface;
-use crate::ledger::LedgerState;
+use crate::ledger::{LedgerState, Registers};
 use crate::meter::Meter;
 use crate::regime::Standing;
+
+/// Longest the registers' PropertiesChanged lags the ledger, and so at
+/// most how often it goes out: at one client a message per sale was about
+/// 7 % of meterd's CPU and a third of dbus-daemon's (issue 14). A watcher
+/// sees the first change at once and the latest within this; the signals
+/// (LowFunds, Locked, Unlocked) are never held back.
+const REGISTERS_EVERY: Duration = Duration::from_millis(100);
 
 /// Runs until the connection or the ledger goes away.
 pub async fn watch_and_emit(conn: Connection, meter: Arc<Meter>) {
@@ -49,24 +61,103 @@ pub async fn watch_and_emit(conn: Connection, meter: Arc<Meter>) {
     let mut prev: Option<LedgerState> = None;
     let mut prev_state = "";
     let mut prev_rates = u32::MAX;
+    // The registers last put in a PropertiesChanged, when it went out, and
+    // whether the ledger has moved past them since.
+    let mut shown = Registers::default();
+    let mut shown_at: Option<Instant> = None;
+    let mut behind = false;
     loop {
+        if prev.is_some() {
+            let due = shown_at.map(|t| t + REGISTERS_EVERY);
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = sleep_until(due), if behind => {
+                    let cur = prev.as_ref().map(|p| p.registers.clone()).unwrap_or_default();
+                    if let Err(e) = emit_registers(&iface, &shown, &cur).await {
+                        tracing::warn!(error = %e, "signal emission failed");
+                    }
+                    shown = cur;
+                    shown_at = Some(Instant::now());
+                    behind = false;
+                    continue;
+                }
+            }
+        }
         let cur = rx.borrow_and_update().clone();
         let state = meter.state_name();
         let rates = meter.rates().latest_version();
         let changed = prev_state != state || prev_rates != rates;
         prev_rates = rates;
-        if let Err(e) = emit(&iface, prev.as_ref(), &cur, changed, threshold).await {
+        // Signals at once, from every state seen (so LowFunds carries the
+        // register of the batch that crossed the threshold); the registers'
+        // PropertiesChanged at most every REGISTERS_EVERY, the latest
+        // values always sent last.
+        if let Err(e) = emit_events(&iface, prev.as_ref(), &cur, changed, threshold).await {
             tracing::warn!(error = %e, "signal emission failed");
+        }
+        if shown_at.is_none_or(|t| t.elapsed() >= REGISTERS_EVERY) {
+            if let Err(e) = emit_registers(&iface, &shown, &cur.registers).await {
+                tracing::warn!(error = %e, "signal emission failed");
+            }
+            shown = cur.registers.clone();
+            shown_at = Some(Instant::now());
+            behind = false;
+        } else {
+            behind = shown != cur.registers;
         }
         prev = Some(cur);
         prev_state = state;
-        if rx.changed().await.is_err() {
-            return;
-        }
     }
 }
 
-async fn emit(
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// PropertiesChanged for the registers that differ between `shown` and
+/// `cur`, in ONE message (issue 14: four messages a sale cost meterd and
+/// dbus-daemon a third of a sale's CPU at one client); values as the
+/// getters read them.
+async fn emit_registers(
+    iface: &InterfaceRef<MeterIface>,
+    shown: &Registers,
+    r: &Registers,
+) -> zbus::Result<()> {
+    let mut changed: HashMap<&str, Value<'_>> = HashMap::new();
+    if shown.descending != r.descending {
+        changed.insert("Descending", r.descending.0.into());
+    }
+    if shown.ascending != r.ascending {
+        changed.insert("Ascending", r.ascending.0.into());
+    }
+    if shown.control_total != r.control_total {
+        changed.insert("ControlTotal", r.control_total.0.into());
+    }
+    if shown.pieces != r.pieces {
+        changed.insert("PieceCount", r.pieces.into());
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let name = InterfaceName::from_static_str_unchecked(meter_proto::INTERFACE);
+    zbus::fdo::Properties::properties_changed(
+        iface.signal_emitter(),
+        name,
+        changed,
+        Cow::Borrowed(&[]),
+    )
+    .await
+}
+
+async fn emit_events(
     iface: &InterfaceRef<MeterIface>,
     prev: Option<&LedgerState>,
     cur: &LedgerState,
@@ -80,26 +171,6 @@ async fn emit(
         None => (Default::default(), None),
     };
     let r = &cur.registers;
-    // The registers that changed, in ONE PropertiesChanged (issue 14: four
-    // messages a sale cost meterd and dbus-daemon a third of a sale's CPU
-    // at one client); values from the state diffed, as the getters read it.
-    let mut changed: HashMap<&str, Value<'_>> = HashMap::new();
-    if p_regs.descending != r.descending {
-        changed.insert("Descending", r.descending.0.into());
-    }
-    if p_regs.ascending != r.ascending {
-        changed.insert("Ascending", r.ascending.0.into());
-    }
-    if p_regs.control_total != r.control_total {
-        changed.insert("ControlTotal", r.control_total.0.into());
-    }
-    if p_regs.pieces != r.pieces {
-        changed.insert("PieceCount", r.pieces.into());
-    }
-    if !changed.is_empty() {
-        let name = InterfaceName::from_static_str_unchecked(meter_proto::INTERFACE);
-        zbus::fdo::Properties::properties_changed(em, name, changed, Cow::Borrowed(&[])).await?;
-    }
     if p_regs.descending != r.descending
         && p_regs.descending.0 >= threshold
         && r.descending.0 < threshold
