@@ -6,12 +6,14 @@
 //! wrong key is caught before anything leaves the meter). The signer is identified by
 //! issuerAndSerialNumber and its certificate is embedded, as `openssl cms -verify` expects.
 
+use std::sync::Arc;
+
 use crate::ledger_format::LedgerSeal;
 use crate::{cert, oid, sig, util, PkiError, Result};
 use ::cms::cert::{CertificateChoices, IssuerAndSerialNumber};
 use ::cms::content_info::{CmsVersion, ContentInfo};
 use ::cms::signed_data::{
-    CertificateSet, EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo, SignerInfos,
+    EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo, SignerInfos,
 };
 use der::asn1::{ObjectIdentifier, OctetString, SetOfVec};
 use der::{Any, Decode, Encode, Sequence, Tag, Tagged};
@@ -64,13 +66,17 @@ pub struct SignOptions<'a> {
     pub ess_cert_id_v2: bool,
 }
 
+/// A certificate's DER, as embedded.
+type CertDer = Arc<[u8]>;
+
 /// A SignedData waiting for its signature.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     content_type: ObjectIdentifier,
     content: Vec<u8>,
     detached: bool,
-    certs: Vec<Certificate>,
+    /// DER of the certificates to embed, signer first.
+    certs: Vec<CertDer>,
     sid: IssuerAndSerialNumber,
     signed_attrs: Attributes,
     digest: [u8; 48],
@@ -84,22 +90,24 @@ fn attr(id: ObjectIdentifier, value: Any) -> Result<Attribute> {
     })
 }
 
-/// The signingCertificateV2 value for `c`.
-pub(crate) fn ess_for(c: &Certificate) -> Result<SigningCertificateV2> {
-    ess::cached(c, ess_uncached)
-}
-
-fn ess_uncached(c: &Certificate) -> Result<SigningCertificateV2> {
-    Ok(SigningCertificateV2 {
+/// A signer certificate's parts ([`ess::Signer`]), made afresh.
+fn signer_uncached(c: &Certificate) -> Result<ess::Signer> {
+    let der = cert::to_der(c)?;
+    let ess = SigningCertificateV2 {
         certs: vec![EssCertIdV2 {
             hash_algorithm: Some(util::alg(oid::SHA384)),
-            cert_hash: OctetString::new(util::sha384(&cert::to_der(c)?))?,
+            cert_hash: OctetString::new(util::sha384(&der))?,
             issuer_serial: Some(IssuerSerial {
                 issuer: vec![GeneralName::DirectoryName(c.tbs_certificate.issuer.clone())],
                 serial_number: c.tbs_certificate.serial_number.clone(),
             }),
         }],
         policies: None,
+    };
+    Ok(ess::Signer {
+        der: der.into(),
+        ess,
+        sec1: cert::public_key_sec1(c)?,
     })
 }
 
@@ -147,7 +155,7 @@ fn prepare_with(
     content_digest: [u8; 48],
     seal: Option<&LedgerSeal>,
 ) -> Result<Prepared> {
-    let signer_sec1 = cert::public_key_sec1(opts.signer)?;
+    let signer = ess::cached(opts.signer, signer_uncached)?;
     let mut attrs = vec![
         attr(
             oid::ATTR_CONTENT_TYPE,
@@ -166,21 +174,18 @@ fn prepare_with(
         )?;
     }
     if opts.ess_cert_id_v2 {
-        attr_push(
-            &mut attrs,
-            oid::ATTR_SIGNING_CERT_V2,
-            &ess_for(opts.signer)?,
-        )?;
+        attr_push(&mut attrs, oid::ATTR_SIGNING_CERT_V2, &signer.ess)?;
     }
     if let Some(seal) = seal {
         attrs.push(Attribute::from_der(&seal.attribute_der())?);
     }
     let signed_attrs = SetOfVec::try_from(attrs)?;
     let digest = util::sha384(&signed_attrs.to_der()?);
-    let mut certs = vec![opts.signer.clone()];
+    let mut certs: Vec<CertDer> = vec![Arc::clone(&signer.der)];
     for c in opts.extra_certs {
-        if !certs.contains(c) {
-            certs.push(c.clone());
+        let der: CertDer = cert::to_der(c)?.into();
+        if !certs.contains(&der) {
+            certs.push(der);
         }
     }
     Ok(Prepared {
@@ -194,7 +199,7 @@ fn prepare_with(
         },
         signed_attrs,
         digest,
-        signer_sec1,
+        signer_sec1: signer.sec1.clone(),
     })
 }
 
@@ -243,36 +248,56 @@ impl Prepared {
         } else {
             Some(Any::encode_from(&OctetString::new(self.content)?)?)
         };
-        let certs: Vec<CertificateChoices> = self
-            .certs
-            .into_iter()
-            .map(CertificateChoices::Certificate)
-            .collect();
-        let sd = SignedData {
-            version: if self.content_type == oid::ID_DATA {
-                CmsVersion::V1
-            } else {
-                CmsVersion::V3
-            },
-            digest_algorithms: SetOfVec::try_from(vec![util::alg(oid::SHA384)])?,
-            encap_content_info: EncapsulatedContentInfo {
-                econtent_type: self.content_type,
-                econtent,
-            },
-            certificates: if certs.is_empty() {
-                None
-            } else {
-                Some(CertificateSet(SetOfVec::try_from(certs)?))
-            },
-            crls: None,
-            signer_infos: SignerInfos(SetOfVec::try_from(vec![signer_info])?),
+        let version = if self.content_type == oid::ID_DATA {
+            CmsVersion::V1
+        } else {
+            CmsVersion::V3
         };
-        let ci = ContentInfo {
-            content_type: oid::ID_SIGNED_DATA,
-            content: Any::encode_from(&sd)?,
-        };
-        Ok(ci.to_der()?)
+        // SignedData put together from its fields' DER, the certificates
+        // as made once (`ess::Signer::der`): the der crate would encode
+        // each certificate again, field by field, for every product
+        // (issue 14). The bytes are the ones it would write (the tests
+        // decode and re-encode them).
+        let mut body = version.to_der()?;
+        SetOfVec::try_from(vec![util::alg(oid::SHA384)])?.encode_to_vec(&mut body)?;
+        EncapsulatedContentInfo {
+            econtent_type: self.content_type,
+            econtent,
+        }
+        .encode_to_vec(&mut body)?;
+        if !self.certs.is_empty() {
+            let mut certs = self.certs;
+            certs.sort_by(|a, b| der_set_order(a, b));
+            push_tlv(&mut body, 0xa0, &certs.concat())?;
+        }
+        SignerInfos(SetOfVec::try_from(vec![signer_info])?).encode_to_vec(&mut body)?;
+        let mut signed_data = Vec::with_capacity(body.len() + 8);
+        push_tlv(&mut signed_data, 0x30, &body)?;
+        let mut ci = oid::ID_SIGNED_DATA.to_der()?;
+        push_tlv(&mut ci, 0xa0, &signed_data)?;
+        let mut out = Vec::with_capacity(ci.len() + 8);
+        push_tlv(&mut out, 0x30, &ci)?;
+        Ok(out)
     }
+}
+
+/// Appends `tag`, the DER length of `value`, and `value`.
+fn push_tlv(out: &mut Vec<u8>, tag: u8, value: &[u8]) -> Result<()> {
+    out.push(tag);
+    der::Length::try_from(value.len())?.encode_to_vec(out)?;
+    out.extend_from_slice(value);
+    Ok(())
+}
+
+/// DER's order of a SET OF's elements (X.690 11.6): their encodings as
+/// octet strings, the shorter padded with zeros at its end.
+fn der_set_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let n = a.len().max(b.len());
+    let at = |s: &[u8], i: usize| s.get(i).copied().unwrap_or(0);
+    (0..n)
+        .map(|i| at(a, i).cmp(&at(b, i)))
+        .find(|o| o.is_ne())
+        .unwrap_or(std::cmp::Ordering::Equal)
 }
 
 /// [`prepare`] + sign with a software key + [`Prepared::finish`].
