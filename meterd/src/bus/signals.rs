@@ -117,7 +117,7 @@ pub async fn watch_and_emit(conn: Connection, meter: Arc<Meter>) {
 /// Sleeps until `at`, or forever when there is no deadline.
 async fn sleep_until(at: Option<Instant>) {
     match at {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
+        Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
 }
