@@ -96,19 +96,32 @@ pub fn voucher(dir: &Path, url: Option<&str>, v: VoucherArgs, t: i64) -> Result<
     let sign = shared::voucher_signer(&a, &p, t);
     let bought = s.run(s.store.purchase(&p, &sign))?;
     write_file(&v.out, pem::encode("CMS", &bought.voucher).as_bytes())?;
-    println!(
-        "voucher for {} amount {} sequence {}{} written to {} ({})",
-        p.meter_id,
-        money.show(p.amount),
+    let line = voucher_line(
+        &p.meter_id,
+        &money.show(p.amount),
         bought.sequence,
-        p.register
-            .as_deref()
+        p.register.as_deref(),
+        &v.out,
+    );
+    println!("{line} ({})", new_or_repeated(bought.fresh));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `voucher` prints, on either store.
+pub(crate) fn voucher_line(
+    meter: &str,
+    amount: &str,
+    sequence: u64,
+    register: Option<&str>,
+    out: &Path,
+) -> String {
+    format!(
+        "voucher for {meter} amount {amount} sequence {sequence}{} written to {}",
+        register
             .map(|r| format!(" register {r}"))
             .unwrap_or_default(),
-        v.out.display(),
-        new_or_repeated(bought.fresh)
-    );
-    Ok(ExitCode::SUCCESS)
+        out.display()
+    )
 }
 
 /// `inspect` as a report upload (`Store::upload`, as `POST .../reports`).

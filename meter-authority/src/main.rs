@@ -148,17 +148,14 @@ fn run(cli: Cli) -> std::result::Result<ExitCode, StoreError> {
             let money = Money::load(dir)?;
             let (v, pem) = a.voucher_for(&meter, money.parse(&amount)?, register.as_deref(), t)?;
             write_file(&out, pem.as_bytes())?;
-            println!(
-                "voucher for {} amount {} sequence {}{} written to {}",
-                v.meter_id,
-                money.show(v.amount),
+            let line = cmd_store::voucher_line(
+                &v.meter_id,
+                &money.show(v.amount),
                 v.sequence,
-                v.register
-                    .as_deref()
-                    .map(|r| format!(" register {r}"))
-                    .unwrap_or_default(),
-                out.display()
+                v.register.as_deref(),
+                &out,
             );
+            println!("{line}");
         }
         Cmd::ClearLock { meter, nonce, out } => {
             let a = Authority::open(dir)?;

@@ -67,18 +67,7 @@ fn a_cli_voucher_never_repeats_a_database_sequence() {
 
     let state_before = std::fs::read(dir.join("state.json")).unwrap();
     let out = tmp.path().join("v.pem");
-    let o = support::authority(
-        &dir,
-        &[
-            "voucher",
-            "--meter",
-            M,
-            "--amount",
-            "500",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
+    let o = cli_voucher(&dir, &out);
     if o.status.success() {
         let v = voucher_of(&dir, &der(&out));
         assert_ne!(
@@ -102,6 +91,23 @@ fn a_cli_voucher_never_repeats_a_database_sequence() {
     assert!(mark.contains("dbname=postgres"), "{mark}");
 }
 
+/// `meter-authority voucher` for meter M, 500 minor units, to `out`, on the
+/// file store of `dir` (no `--database`).
+fn cli_voucher(dir: &std::path::Path, out: &std::path::Path) -> std::process::Output {
+    support::authority(
+        dir,
+        &[
+            "voucher",
+            "--meter",
+            M,
+            "--amount",
+            "500",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    )
+}
+
 /// The other way round: the file store sold a meter voucher 1, then the
 /// directory is served from a database. The database would start that
 /// meter at voucher 1 again (the meter applies one and refuses the other:
@@ -112,18 +118,7 @@ fn a_database_refuses_a_meter_the_file_store_sold_vouchers_to() {
     let Some(pg) = postgres() else { return };
     let (tmp, dir) = new_authority();
     let out = tmp.path().join("v.pem");
-    ok(&support::authority(
-        &dir,
-        &[
-            "voucher",
-            "--meter",
-            M,
-            "--amount",
-            "500",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    ));
+    ok(&cli_voucher(&dir, &out));
     assert_eq!(voucher_of(&dir, &der(&out)).sequence, 1);
 
     let server = Server::start(&dir, Some(&pg.url()));

@@ -170,23 +170,17 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
         "meter_id": meter_id,
         "report": {"request_id": request_id, "segment_first": first, "segment_last": last, "segment_bytes": bytes},
     });
+    let rollover = Rollover {
+        meter: &meter,
+        provider: &provider,
+        meter_id: &meter_id,
+        token: token.as_deref(),
+    };
     match a.status {
         200 => {
-            let due = match meter.acknowledge_report(&a.body).await {
-                Err(MeterError::BadSignature(why)) => {
-                    anchors_first(
-                        &meter,
-                        &provider,
-                        &meter_id,
-                        token.as_deref(),
-                        &mut human,
-                        why,
-                    )
-                    .await?;
-                    meter.acknowledge_report(&a.body).await?
-                }
-                r => r?,
-            };
+            let due = rollover
+                .applying(&mut human, || meter.acknowledge_report(&a.body))
+                .await??;
             human.push_str(&format!(
                 "report acknowledged; next report due {}\n",
                 format_unix_time(due)
@@ -200,19 +194,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
                 .as_deref()
                 .and_then(|f| serde_json::from_str(f).ok())
                 .unwrap_or(Value::Null);
-            let mut r = meter.apply_lock_order(&a.body).await;
-            if let Err(MeterError::BadSignature(why)) = r {
-                anchors_first(
-                    &meter,
-                    &provider,
-                    &meter_id,
-                    token.as_deref(),
-                    &mut human,
-                    why,
-                )
+            let r = rollover
+                .applying(&mut human, || meter.apply_lock_order(&a.body))
                 .await?;
-                r = meter.apply_lock_order(&a.body).await;
-            }
             let (result, error) = outcome(r);
             human.push_str(&format!(
                 "report REFUSED by the provider: {findings}\nits lock order: {result}{}\n",
@@ -267,6 +251,37 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
     Ok(o)
 }
 
+/// What a sync needs to take the provider's new root before its answer.
+struct Rollover<'a> {
+    meter: &'a meter_proto::Meter1Proxy<'a>,
+    provider: &'a Provider,
+    meter_id: &'a str,
+    token: Option<&'a str>,
+}
+
+impl Rollover<'_> {
+    /// `apply`s the upload's answer; on `BadSignature`, applies the pending
+    /// anchor updates first ([`anchors_first`]) and `apply`s it once more.
+    /// The outer error is the pending list's; the inner, the answer's.
+    async fn applying<T, F, Fut>(
+        &self,
+        human: &mut String,
+        apply: F,
+    ) -> Result<Result<T, MeterError>, CtlError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, MeterError>>,
+    {
+        match apply().await {
+            Err(MeterError::BadSignature(why)) => {
+                anchors_first(self, human, why).await?;
+                Ok(apply().await)
+            }
+            r => Ok(r),
+        }
+    }
+}
+
 /// The provider's answer to the upload does not verify under the roots the
 /// meter holds: after `meter-authority rollover` the provider signs with its
 /// new root, which the meter takes only from the anchor update its current
@@ -275,14 +290,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<Output, CtlError> {
 /// are applied first; the caller then applies the answer once more. With
 /// no anchor update pending (none applied, none already held) the answer's
 /// signature error stands: it is not the provider's rollover.
-async fn anchors_first(
-    meter: &meter_proto::Meter1Proxy<'_>,
-    provider: &Provider,
-    meter_id: &str,
-    token: Option<&str>,
-    human: &mut String,
-    why: String,
-) -> Result<(), CtlError> {
+async fn anchors_first(r: &Rollover<'_>, human: &mut String, why: String) -> Result<(), CtlError> {
+    let (meter, provider, meter_id, token) = (r.meter, r.provider, r.meter_id, r.token);
     let a = provider
         .call(
             Method::GET,
