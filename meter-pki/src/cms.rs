@@ -267,37 +267,18 @@ impl Prepared {
         .encode_to_vec(&mut body)?;
         if !self.certs.is_empty() {
             let mut certs = self.certs;
-            certs.sort_by(|a, b| der_set_order(a, b));
-            push_tlv(&mut body, 0xa0, &certs.concat())?;
+            certs.sort_by(|a, b| util::der_set_order(a, b));
+            util::push_tlv(&mut body, 0xa0, &certs.concat())?;
         }
         SignerInfos(SetOfVec::try_from(vec![signer_info])?).encode_to_vec(&mut body)?;
         let mut signed_data = Vec::with_capacity(body.len() + 8);
-        push_tlv(&mut signed_data, 0x30, &body)?;
+        util::push_tlv(&mut signed_data, 0x30, &body)?;
         let mut ci = oid::ID_SIGNED_DATA.to_der()?;
-        push_tlv(&mut ci, 0xa0, &signed_data)?;
+        util::push_tlv(&mut ci, 0xa0, &signed_data)?;
         let mut out = Vec::with_capacity(ci.len() + 8);
-        push_tlv(&mut out, 0x30, &ci)?;
+        util::push_tlv(&mut out, 0x30, &ci)?;
         Ok(out)
     }
-}
-
-/// Appends `tag`, the DER length of `value`, and `value`.
-fn push_tlv(out: &mut Vec<u8>, tag: u8, value: &[u8]) -> Result<()> {
-    out.push(tag);
-    der::Length::try_from(value.len())?.encode_to_vec(out)?;
-    out.extend_from_slice(value);
-    Ok(())
-}
-
-/// DER's order of a SET OF's elements (X.690 11.6): their encodings as
-/// octet strings, the shorter padded with zeros at its end.
-fn der_set_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
-    let n = a.len().max(b.len());
-    let at = |s: &[u8], i: usize| s.get(i).copied().unwrap_or(0);
-    (0..n)
-        .map(|i| at(a, i).cmp(&at(b, i)))
-        .find(|o| o.is_ne())
-        .unwrap_or(std::cmp::Ordering::Equal)
 }
 
 /// [`prepare`] + sign with a software key + [`Prepared::finish`].

@@ -172,3 +172,22 @@ pub(crate) fn int_bytes_u64(v: u64) -> Vec<u8> {
 pub(crate) fn to_der<T: Encode>(v: &T) -> Result<Vec<u8>> {
     Ok(v.to_der()?)
 }
+
+/// Appends `tag`, the DER length of `value`, and `value`.
+pub(crate) fn push_tlv(out: &mut Vec<u8>, tag: u8, value: &[u8]) -> Result<()> {
+    out.push(tag);
+    der::Length::try_from(value.len())?.encode_to_vec(out)?;
+    out.extend_from_slice(value);
+    Ok(())
+}
+
+/// DER's order of a SET OF's elements (X.690 11.6): their encodings as
+/// octet strings, the shorter padded with zeros at its end.
+pub(crate) fn der_set_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let n = a.len().max(b.len());
+    let at = |s: &[u8], i: usize| s.get(i).copied().unwrap_or(0);
+    (0..n)
+        .map(|i| at(a, i).cmp(&at(b, i)))
+        .find(|o| o.is_ne())
+        .unwrap_or(std::cmp::Ordering::Equal)
+}

@@ -355,11 +355,9 @@ where
     };
     match outcome {
         Outcome::Committed { seq, registers } => {
-            // A debug line per sale (formatted only if emitted): the key
-            // names the caller's uid and request id. Not at info: the
-            // ledger is the record, and a line per sale written to the
-            // journal was ~4 % of a lone postmark's CPU (issue 14).
-            tracing::debug!(
+            // The journal's line per sale (one, formatted only if emitted):
+            // the key names the caller's uid and request id.
+            tracing::info!(
                 seq,
                 service = spec.service.map(|s| s.name()).unwrap_or("-"),
                 kind = ?spec.kind,
