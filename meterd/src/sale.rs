@@ -274,8 +274,8 @@ where
     W: AsyncFnOnce(&Sale) -> Result<Made>,
 {
     let (identity, ledger) = meter.provisioned()?;
-    if let Some(key) = spec.key.as_ref().filter(|_| !spec.key_at_commit) {
-        if let Some(stored) = found(&ledger, key, &spec).await? {
+    if !spec.key_at_commit {
+        if let Some(stored) = found(&ledger, &spec).await? {
             return Ok(stored);
         }
     }
@@ -288,16 +288,13 @@ where
         charge,
     } = match priced(meter, &ledger, &spec).await {
         Ok(p) => p,
-        Err(refused) => {
-            // A retry of a sale keyed at commit: its stored product,
-            // whatever refuses a new sale now.
-            if let Some(key) = spec.key.as_ref().filter(|_| spec.key_at_commit) {
-                if let Some(stored) = found(&ledger, key, &spec).await? {
-                    return Ok(stored);
-                }
-            }
-            return Err(refused);
-        }
+        // A retry of a sale keyed at commit: its stored product, whatever
+        // refuses a new sale now.
+        Err(refused) if spec.key_at_commit => match found(&ledger, &spec).await? {
+            Some(stored) => return Ok(stored),
+            None => return Err(refused),
+        },
+        Err(refused) => return Err(refused),
     };
     let sale = Sale {
         identity,
@@ -492,8 +489,12 @@ async fn commit(
         .map(|o| (o, Some(kept)))
 }
 
-/// Step 2: the stored product of a retry, a conflict, or nothing.
-async fn found(ledger: &Ledger, key: &Key, spec: &Spec) -> Result<Option<Sold>> {
+/// Step 2: the stored product of a retry, a conflict, or nothing (also
+/// nothing for a spec without a key).
+async fn found(ledger: &Ledger, spec: &Spec) -> Result<Option<Sold>> {
+    let Some(key) = &spec.key else {
+        return Ok(None);
+    };
     let Some(stored) = ledger.lookup(key).await? else {
         return Ok(None);
     };

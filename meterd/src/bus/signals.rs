@@ -61,28 +61,18 @@ pub async fn watch_and_emit(conn: Connection, meter: Arc<Meter>) {
     let mut prev: Option<LedgerState> = None;
     let mut prev_state = "";
     let mut prev_rates = u32::MAX;
-    // The registers last put in a PropertiesChanged, when it went out, and
-    // whether the ledger has moved past them since.
-    let mut shown = Registers::default();
-    let mut shown_at: Option<Instant> = None;
-    let mut behind = false;
+    let mut shown = Shown::default();
     loop {
-        if prev.is_some() {
-            let due = shown_at.map(|t| t + REGISTERS_EVERY);
+        if let Some(latest) = prev.as_ref().map(|p| &p.registers) {
+            let due = shown.at.map(|t| t + REGISTERS_EVERY);
             tokio::select! {
                 changed = rx.changed() => {
                     if changed.is_err() {
                         return;
                     }
                 }
-                () = sleep_until(due), if behind => {
-                    let cur = prev.as_ref().map(|p| p.registers.clone()).unwrap_or_default();
-                    if let Err(e) = emit_registers(&iface, &shown, &cur).await {
-                        tracing::warn!(error = %e, "signal emission failed");
-                    }
-                    shown = cur;
-                    shown_at = Some(Instant::now());
-                    behind = false;
+                () = sleep_until(due), if shown.registers != *latest => {
+                    shown.send(&iface, latest).await;
                     continue;
                 }
             }
@@ -95,22 +85,34 @@ pub async fn watch_and_emit(conn: Connection, meter: Arc<Meter>) {
         // Signals at once, from every state seen (so LowFunds carries the
         // register of the batch that crossed the threshold); the registers'
         // PropertiesChanged at most every REGISTERS_EVERY, the latest
-        // values always sent last.
+        // values always sent last (the timer above, while they differ).
         if let Err(e) = emit_events(&iface, prev.as_ref(), &cur, changed, threshold).await {
             tracing::warn!(error = %e, "signal emission failed");
         }
-        if shown_at.is_none_or(|t| t.elapsed() >= REGISTERS_EVERY) {
-            if let Err(e) = emit_registers(&iface, &shown, &cur.registers).await {
-                tracing::warn!(error = %e, "signal emission failed");
-            }
-            shown = cur.registers.clone();
-            shown_at = Some(Instant::now());
-            behind = false;
-        } else {
-            behind = shown != cur.registers;
+        if shown.at.is_none_or(|t| t.elapsed() >= REGISTERS_EVERY) {
+            shown.send(&iface, &cur.registers).await;
         }
         prev = Some(cur);
         prev_state = state;
+    }
+}
+
+/// The registers last put in a PropertiesChanged, and when it went out.
+#[derive(Default)]
+struct Shown {
+    registers: Registers,
+    at: Option<Instant>,
+}
+
+impl Shown {
+    /// PropertiesChanged from the registers shown to `cur`, which are then
+    /// the ones shown.
+    async fn send(&mut self, iface: &InterfaceRef<MeterIface>, cur: &Registers) {
+        if let Err(e) = emit_registers(iface, &self.registers, cur).await {
+            tracing::warn!(error = %e, "signal emission failed");
+        }
+        self.registers = cur.clone();
+        self.at = Some(Instant::now());
     }
 }
 
