@@ -433,7 +433,7 @@ async fn run_load(
 }
 
 /// Prints the load's `key=value` line: `WHAT_per_sec=`, ok, errors,
-/// clients, seconds, p50/p99 and `extra`; an error if every call failed.
+/// clients, seconds, p50/p99 (then p90, p99.9 and the slowest) and `extra`; an error if every call failed.
 fn print_stats(
     what: &str,
     all: Vec<ClientStats>,
@@ -462,12 +462,15 @@ fn print_stats(
         total.latencies_us.get(idx).copied().unwrap_or(0) as f64 / 1000.0
     };
     println!(
-        "{what}_per_sec={:.1} ok={} errors={} clients={clients} seconds={elapsed:.3} p50_ms={:.2} p99_ms={:.2}{extra}",
+        "{what}_per_sec={:.1} ok={} errors={} clients={clients} seconds={elapsed:.3} p50_ms={:.2} p99_ms={:.2} p90_ms={:.2} p999_ms={:.2} max_ms={:.2}{extra}",
         total.ok as f64 / elapsed,
         total.ok,
         total.errors,
         pct(0.50),
         pct(0.99),
+        pct(0.90),
+        pct(0.999),
+        pct(1.0),
     );
     if let Some(e) = total.first_error {
         eprintln!("meterbench: first error: {e}");

@@ -34,7 +34,10 @@
 //!
 //! A TPM2_Sign over a 32-byte digest is taken as P-256, any other as P-384;
 //! the other signing commands (Certify, Quote, GetTime, NV_Certify,
-//! CertifyCreation) as P-384 signs. Key creation (Create, CreatePrimary,
+//! CertifyCreation) as P-384 signs, unless their signing key is TPM_RH_NULL:
+//! then the chip signs nothing (meterd reads its clock with such a GetTime,
+//! every check interval and once an epoch) and the command is "other".
+//! Key creation (Create, CreatePrimary,
 //! CreateLoaded) costs the ECC key generation time.
 
 use std::time::Duration;
@@ -207,6 +210,19 @@ impl Profile {
 }
 
 /// Command code of a whole command (header: tag u16, size u32, code u32).
+/// The null hierarchy handle: as a signing key, "do not sign".
+const TPM_RH_NULL: u32 = 0x4000_0007;
+
+/// The signing-key handle of an attestation command (TPM 2.0 Part 3: the
+/// second handle of GetTime and Certify, the first of the others).
+fn signer(cmd: &[u8], code: u32) -> Option<u32> {
+    let at = match code {
+        cc::GET_TIME | cc::CERTIFY => 14,
+        _ => 10,
+    };
+    Some(u32::from_be_bytes(cmd.get(at..at + 4)?.try_into().ok()?))
+}
+
 pub fn command_code(cmd: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(cmd.get(6..10)?.try_into().ok()?))
 }
@@ -235,8 +251,16 @@ pub fn classify(cmd: &[u8]) -> Class {
             Some(32) => Class::SignP256,
             _ => Class::SignP384,
         },
-        Some(cc::CERTIFY | cc::CERTIFY_CREATION | cc::GET_TIME | cc::QUOTE | cc::NV_CERTIFY) => {
-            Class::SignP384
+        Some(
+            code @ (cc::CERTIFY | cc::CERTIFY_CREATION | cc::GET_TIME | cc::QUOTE | cc::NV_CERTIFY),
+        ) => {
+            if signer(cmd, code) == Some(TPM_RH_NULL) {
+                // An unsigned attestation (meterd's clock reads): the chip
+                // fills in a structure and signs nothing.
+                Class::Other
+            } else {
+                Class::SignP384
+            }
         }
         Some(
             cc::NV_INCREMENT
@@ -330,6 +354,42 @@ mod tests {
         assert_eq!(classify(&plain(cc::READ_CLOCK)), Class::Other);
         assert_eq!(classify(&plain(cc::NV_READ)), Class::Other);
         assert_eq!(classify(&[0x80]), Class::Other);
+    }
+
+    fn with_handles(code: u32, handles: &[u32]) -> Vec<u8> {
+        let mut c = plain(code);
+        for h in handles {
+            c.extend_from_slice(&h.to_be_bytes());
+        }
+        c
+    }
+
+    #[test]
+    fn an_attestation_signs_unless_its_signer_is_null() {
+        const ENDORSEMENT: u32 = 0x4000_000B;
+        const KEY: u32 = 0x8000_0002;
+        // GetTime: privacy admin, then the signer (meterd's clock read
+        // names the null signer and gets an unsigned attestation).
+        let unsigned = with_handles(cc::GET_TIME, &[ENDORSEMENT, TPM_RH_NULL]);
+        assert_eq!(classify(&unsigned), Class::Other);
+        let signed = with_handles(cc::GET_TIME, &[ENDORSEMENT, KEY]);
+        assert_eq!(classify(&signed), Class::SignP384);
+        // Certify: the object, then the signer; Quote: the signer first.
+        assert_eq!(
+            classify(&with_handles(cc::CERTIFY, &[KEY, TPM_RH_NULL])),
+            Class::Other
+        );
+        assert_eq!(
+            classify(&with_handles(cc::CERTIFY, &[TPM_RH_NULL, KEY])),
+            Class::SignP384
+        );
+        assert_eq!(
+            classify(&with_handles(cc::QUOTE, &[TPM_RH_NULL])),
+            Class::Other
+        );
+        assert_eq!(classify(&with_handles(cc::QUOTE, &[KEY])), Class::SignP384);
+        // Cut short: taken as signing, never a panic.
+        assert_eq!(classify(&plain(cc::GET_TIME)), Class::SignP384);
     }
 
     #[test]
