@@ -76,8 +76,10 @@ async fn run(args: ServeArgs, token: Option<[u8; 32]>) -> std::result::Result<()
         Some(url) => {
             let store = PgStore::connect_beside(url, args.connections, Some(&args.dir)).await?;
             // From now on the directory's own counters and books are not
-            // the meters': the command line must come here too.
-            marker::mark(&args.dir, url).map_err(StoreError::from)?;
+            // the meters': the command line must come here too, and to
+            // this database only.
+            let id = store.identity().await?;
+            marker::bind(&args.dir, url, &id).map_err(StoreError::from)?;
             store
         }
         None => Arc::new(FileStore::new(&args.dir)),

@@ -43,7 +43,8 @@ impl Stored {
         let store: Arc<dyn Store> = match url {
             Some(url) => {
                 let store = runtime.block_on(PgStore::connect_beside(url, 1, Some(dir)))?;
-                marker::mark(dir, url)?;
+                let id = runtime.block_on(store.identity())?;
+                marker::bind(dir, url, &id)?;
                 store
             }
             None => {

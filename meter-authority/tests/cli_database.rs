@@ -91,6 +91,122 @@ fn a_cli_voucher_never_repeats_a_database_sequence() {
     assert!(mark.contains("dbname=postgres"), "{mark}");
 }
 
+/// The mark names one database, not any. The directory was served from
+/// database A (voucher 1 sold); pointed at another database B, which has
+/// never seen the meter, B would sell voucher 1 again (the meter applies
+/// one and refuses the other as a replay: a paid voucher lost). The
+/// command line and `serve` refuse B, the mark stays A's and B gets no
+/// meter row. A under another spelling of its address is still A.
+#[test]
+fn a_marked_directory_refuses_another_database() {
+    let Some(pg) = postgres() else { return };
+    let (tmp, dir) = new_authority();
+    {
+        let server = Server::start(&dir, Some(&pg.url()));
+        let bought = buy(&server.addr, M, "order-1", 1000);
+        assert_eq!(bought.status, 200);
+        assert_eq!(bought.headers["meter-voucher-sequence"], "1");
+    }
+    let mark = std::fs::read_to_string(dir.join("database")).unwrap();
+    pg.psql("CREATE DATABASE other");
+    let b = pg.url_of("other");
+    let out = tmp.path().join("v.pem");
+    let args = [
+        "voucher",
+        "--meter",
+        M,
+        "--amount",
+        "500",
+        "--purchase-id",
+        "order-2",
+    ];
+    let o = cli(
+        &dir,
+        Some(&b),
+        &[&args[..], &["--out", out.to_str().unwrap()]].concat(),
+    );
+    if o.status.success() {
+        assert_ne!(
+            voucher_of(&dir, &der(&out)).sequence,
+            1,
+            "voucher 1 sold twice to {M}: by database A, then by database B"
+        );
+    }
+    assert!(!o.status.success(), "another database must be refused");
+    let why = stderr(&o);
+    assert!(
+        why.contains("another database") && why.contains("dbname=postgres"),
+        "{why}"
+    );
+    assert!(!out.exists(), "no voucher written");
+
+    let (status, err) = serve_briefly(&dir, &b);
+    assert!(
+        !status.is_some_and(|s| s.success()),
+        "serve must refuse database B too"
+    );
+    assert!(err.contains("another database"), "{err}");
+
+    assert_eq!(
+        std::fs::read_to_string(dir.join("database")).unwrap(),
+        mark,
+        "the mark is still A's"
+    );
+    assert_eq!(
+        pg.psql_in(
+            "other",
+            &format!("SELECT count(*) FROM meters WHERE meter_id = '{M}'")
+        ),
+        "0",
+        "no row in database B"
+    );
+    // Database A, named another way, is the same database: voucher 2.
+    let a_again = format!("{} connect_timeout=10", pg.url());
+    let o = cli(
+        &dir,
+        Some(&a_again),
+        &[&args[..], &["--out", out.to_str().unwrap()]].concat(),
+    );
+    ok(&o);
+    assert_eq!(voucher_of(&dir, &der(&out)).sequence, 2);
+}
+
+/// `serve --database url` on `dir`, stopped after 20 s if it is still
+/// running (it should have refused at once): its exit status (`None`: it
+/// was serving) and stderr.
+fn serve_briefly(dir: &Path, url: &str) -> (Option<std::process::ExitStatus>, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(support::BIN)
+        .args([
+            "serve",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            url,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (status, err)
+}
+
 /// `meter-authority voucher` for meter M, 500 minor units, to `out`, on the
 /// file store of `dir` (no `--database`).
 fn cli_voucher(dir: &std::path::Path, out: &std::path::Path) -> std::process::Output {

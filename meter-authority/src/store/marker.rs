@@ -9,7 +9,11 @@
 //! database, would take a voucher sequence the database already handed
 //! out (the meter applies one voucher and refuses the other as a replay: a
 //! paid voucher lost), or reconcile a report against a book that is not
-//! the meter's. So the commands that change that state (`serve`,
+//! the meter's. The mark also names WHICH database: its second line is the
+//! database's identity (`store_identity`, migration 0006), and a marked
+//! directory refuses any other database ([`bind`]): one that has never
+//! seen its meters would start them at voucher 1 again, a sequence the
+//! first database already sold. So the commands that change that state (`serve`,
 //! `voucher`, `inspect`, `settle`, `lookup`, `certify-meter`) refuse a
 //! marked directory without `--database` ([`refuse_files`]); `certify` and
 //! `revoke`, whose records are the directory's in either mode, do not. An
@@ -128,10 +132,44 @@ fn redact_pairs(text: &str) -> String {
     kept.join(" ")
 }
 
-/// Marks `dir` as an authority whose meters live in the database `url`
-/// (the password removed); rewritten only when it changed.
-pub fn mark(dir: &Path, url: &str) -> Result<()> {
-    let text = format!("{}\n", redact(url));
+/// The prefix of the mark's identity line.
+const ID_LINE: &str = "database-id: ";
+
+/// A directory's mark: the database's address (no password) and, since
+/// migration 0006, its identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub database: String,
+    pub id: Option<String>,
+}
+
+/// Binds `dir` to the database at `url` whose identity is `id`: marks an
+/// unmarked directory; refuses a directory marked with another database
+/// (another id, or, in a mark written before identities, another address),
+/// changing nothing; otherwise brings the mark up to date (the address the
+/// operator uses now, the id).
+pub fn bind(dir: &Path, url: &str, id: &str) -> Result<()> {
+    let database = redact(url);
+    if let Some(old) = read(dir)? {
+        let same = match &old.id {
+            Some(old_id) => old_id == id,
+            None => old.database == database,
+        };
+        if !same {
+            return Err(AuthorityError::Invalid(format!(
+                "another database: the meters of this authority live in the database {} \
+                 (id {}, recorded in {}); {database} is another database (id {id}), which \
+                 would start them at voucher 1 again and sell sequences the first one \
+                 already sold. Give the first database's address; a copy of it \
+                 (pg_dump and restore) keeps its id. Only if that database is gone for \
+                 good and its meters were moved some other way, remove that file",
+                old.database,
+                old.id.as_deref().unwrap_or("not recorded"),
+                dir.join(MARKER).display()
+            )));
+        }
+    }
+    let text = format!("{database}\n{ID_LINE}{id}\n");
     let path = dir.join(MARKER);
     if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
         return Ok(());
@@ -141,14 +179,26 @@ pub fn mark(dir: &Path, url: &str) -> Result<()> {
     std::fs::rename(&tmp, &path).map_err(|e| AuthorityError::io(&path, e))
 }
 
-/// The database `dir` is marked with, if any.
-pub fn marked(dir: &Path) -> Result<Option<String>> {
+/// The mark of `dir`, if any.
+pub fn read(dir: &Path) -> Result<Option<Mark>> {
     let path = dir.join(MARKER);
-    match std::fs::read(&path) {
-        Ok(b) => Ok(Some(String::from_utf8_lossy(&b).trim().to_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(AuthorityError::io(&path, e)),
-    }
+    let text = match std::fs::read(&path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AuthorityError::io(&path, e)),
+    };
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let database = lines.next().unwrap_or_default().to_owned();
+    let id = lines.find_map(|l| {
+        l.strip_prefix(ID_LINE.trim_end())
+            .map(|v| v.trim().to_owned())
+    });
+    Ok(Some(Mark { database, id }))
+}
+
+/// The database `dir` is marked with (its address), if any.
+pub fn marked(dir: &Path) -> Result<Option<String>> {
+    Ok(read(dir)?.map(|m| m.database))
 }
 
 /// Refuses `command` on the directory's own files when `dir` is marked:
@@ -201,12 +251,59 @@ mod tests {
     fn a_marked_directory_refuses() {
         let tmp = tempfile::tempdir().unwrap();
         refuse_files(tmp.path(), "voucher").unwrap();
-        mark(tmp.path(), "postgres://u:p@h/db").unwrap();
+        bind(tmp.path(), "postgres://u:p@h/db", "id-a").unwrap();
         assert_eq!(
             marked(tmp.path()).unwrap().as_deref(),
             Some("postgres://u@h/db")
         );
         let e = refuse_files(tmp.path(), "voucher").unwrap_err().to_string();
         assert!(e.contains("--database") && !e.contains(":p@"), "{e}");
+    }
+
+    #[test]
+    fn a_mark_binds_one_database() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        bind(dir, "postgres://u:p@h/db", "id-a").unwrap();
+        let first = std::fs::read(dir.join(MARKER)).unwrap();
+        // Another database, even at the same address: refused, mark kept.
+        let e = bind(dir, "postgres://u:p@h/db", "id-b")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("another database") && e.contains("id-a") && e.contains("id-b"),
+            "{e}"
+        );
+        assert!(!e.contains(":p@"), "{e}");
+        assert_eq!(std::fs::read(dir.join(MARKER)).unwrap(), first);
+        // The same database at another address: accepted, the mark follows.
+        bind(dir, "host=/run/postgresql dbname=db", "id-a").unwrap();
+        assert_eq!(
+            read(dir).unwrap(),
+            Some(Mark {
+                database: "host=/run/postgresql dbname=db".into(),
+                id: Some("id-a".into())
+            })
+        );
+    }
+
+    #[test]
+    fn a_mark_without_an_id_binds_its_address() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        // As written before identities: the address alone.
+        std::fs::write(dir.join(MARKER), "postgres://u@h/db\n").unwrap();
+        assert_eq!(marked(dir).unwrap().as_deref(), Some("postgres://u@h/db"));
+        let e = bind(dir, "postgres://u@h/other", "id-b")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("another database") && e.contains("not recorded"),
+            "{e}"
+        );
+        bind(dir, "postgres://u:p@h/db", "id-a").unwrap();
+        assert_eq!(read(dir).unwrap().unwrap().id.as_deref(), Some("id-a"));
+        // From now on the id decides.
+        assert!(bind(dir, "postgres://u@h/db", "id-c").is_err());
     }
 }

@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         5,
         include_str!("../../migrations/0005_certificate_register.sql"),
     ),
+    (6, include_str!("../../migrations/0006_store_identity.sql")),
 ];
 /// Key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x6d65_7465_7264;
@@ -135,6 +136,14 @@ impl PgStore {
             }
             tokio::task::yield_now().await;
         }
+    }
+
+    /// The database's identity (migration 0006): what an authority
+    /// directory's mark binds it to (see `store::marker::bind`).
+    pub async fn identity(&self) -> Result<String> {
+        let c = self.client().await?;
+        let row = c.query_one("SELECT id FROM store_identity", &[]).await?;
+        Ok(row.get(0))
     }
 
     async fn migrate(&self) -> Result<()> {

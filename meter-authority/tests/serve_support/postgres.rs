@@ -118,8 +118,18 @@ impl Postgres {
             .is_ok_and(|o| o.status.success())
     }
 
+    /// The `--database` argument for another database of this server.
+    pub fn url_of(&self, dbname: &str) -> String {
+        format!("host={} user=postgres dbname={dbname}", self.sock.display())
+    }
+
     /// Runs `sql` with psql; its output, trimmed.
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Runs `sql` with psql in database `dbname`; its output, trimmed.
+    pub fn psql_in(&self, dbname: &str, sql: &str) -> String {
         let o = Command::new(self.bin.join("psql"))
             .arg("-h")
             .arg(&self.sock)
@@ -127,7 +137,7 @@ impl Postgres {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                dbname,
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-Atc",
