@@ -9,6 +9,11 @@
 //! [`HousingHandle::spawn`] moves the housing onto one dedicated thread and
 //! everybody else talks to it through a channel. Ledger seals go through the
 //! urgent lane so that a group commit is never stuck behind a queue of signs.
+//! The housing sits behind a lock its thread holds for each job: one user
+//! at a time, whichever thread. The ledger's thread, a blocking caller with
+//! nothing else to do meanwhile, runs its job itself when the housing is
+//! free ([`HousingHandle::run_here_or_spawn`]): a lone sale then costs no
+//! hop to the housing thread and back (issue 14).
 //!
 //! [`soft::SoftwareHousing`] implements the same trait in memory for fast
 //! in-process tests; it protects nothing and the daemon cannot be configured
@@ -272,6 +277,20 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
+    /// The housing, held by whoever runs a job: the housing thread, or a
+    /// blocking caller that found it free.
+    housing: Mutex<Box<dyn Housing>>,
+}
+
+impl Shared {
+    /// The housing for one job, waiting for the current user. A job that
+    /// panicked left no broken invariant of ours behind (the TPM answers
+    /// the next command or fails it), so a poisoned lock is taken as is.
+    fn hold(&self) -> std::sync::MutexGuard<'_, Box<dyn Housing>> {
+        self.housing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Cloneable front of the housing thread.
@@ -284,20 +303,20 @@ pub struct HousingHandle {
 impl HousingHandle {
     /// Moves `housing` onto its own thread and returns the handle.
     pub fn spawn<H: Housing>(housing: H) -> std::io::Result<HousingHandle> {
+        let legacy_auth = housing.legacy_auth();
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
+            housing: Mutex::new(Box::new(housing)),
         });
         let worker = Arc::clone(&shared);
-        let legacy_auth = housing.legacy_auth();
         std::thread::Builder::new()
             .name("housing".into())
             .spawn(move || {
-                let mut housing = housing;
                 while let Some(job) = next_job(&worker) {
-                    job(&mut housing);
+                    job(&mut **worker.hold());
                 }
-                let _ = housing.shutdown();
+                let _ = worker.hold().shutdown();
             })?;
         Ok(HousingHandle {
             shared,
@@ -377,6 +396,33 @@ impl HousingHandle {
         self.submit(true, f).map(Pending)
     }
 
+    /// Runs `f` on the calling (non-async) thread when the housing is free
+    /// and the handle open, else queues it ahead of normal work as
+    /// [`spawn_urgent`](Self::spawn_urgent) does. Either way the answer
+    /// comes through the returned [`Pending`] (at once when it ran here).
+    /// For the ledger's thread when it has nothing to write meanwhile: a
+    /// lone request then skips two thread hops. Never from a job (the
+    /// housing is held there) nor from async code (a TPM command blocks).
+    pub fn run_here_or_spawn<R, F>(&self, f: F) -> Result<Pending<R>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut dyn Housing) -> Result<R> + Send + 'static,
+    {
+        let open = self.shared.queue.lock().is_ok_and(|q| !q.closed);
+        let held = match open {
+            true => self.shared.housing.try_lock().ok(),
+            false => None,
+        };
+        match held {
+            Some(mut h) => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(f(&mut **h));
+                Ok(Pending(rx))
+            }
+            None => self.spawn_urgent(f),
+        }
+    }
+
     /// Convenience: sign a digest with a named key.
     pub async fn sign_digest(&self, key: &str, digest: [u8; 48]) -> Result<RawSignature> {
         let key = key.to_owned();
@@ -421,6 +467,60 @@ mod tests {
         for bad in ["", "A", "a_b", "a/b", "..", "é", &"x".repeat(65), "a b"] {
             assert!(check_key_name(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The thread a job ran on.
+    fn where_run(h: &HousingHandle) -> (std::thread::ThreadId, Option<String>) {
+        h.run_here_or_spawn(|_| {
+            let t = std::thread::current();
+            Ok((t.id(), t.name().map(str::to_owned)))
+        })
+        .unwrap()
+        .wait()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_free_housing_runs_a_blocking_callers_job_in_place() {
+        let (housing, _control) = soft::SoftwareHousing::new(soft::SoftwareOptions::default());
+        let h = HousingHandle::spawn(housing).unwrap();
+        // Free: the job runs on this thread, no hop.
+        assert_eq!(where_run(&h).0, std::thread::current().id());
+
+        // Busy (a job holds the housing on its thread): the job is queued
+        // and runs there, after it.
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let busy = h
+            .spawn_urgent(move |_| {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv();
+                Ok(())
+            })
+            .unwrap();
+        started_rx.recv().unwrap();
+        let queued = h
+            .run_here_or_spawn(|_| Ok(std::thread::current().name().map(str::to_owned)))
+            .unwrap();
+        release_tx.send(()).unwrap();
+        busy.wait().unwrap();
+        assert_eq!(queued.wait().unwrap().as_deref(), Some("housing"));
+
+        // The housing is usable from either thread in turn: a key made in
+        // place is seen by the housing thread.
+        h.run_here_or_spawn(|hs| hs.create_key("k1"))
+            .unwrap()
+            .wait()
+            .unwrap();
+        let seen = h.call_urgent_blocking(|hs| hs.has_key("k1")).unwrap();
+        assert!(seen);
+
+        // Closed: refused, not run here.
+        h.close();
+        assert!(matches!(
+            h.run_here_or_spawn(|_| Ok(())).map(|_| ()),
+            Err(HousingError::Stopped)
+        ));
     }
 
     #[test]

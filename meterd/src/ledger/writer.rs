@@ -9,7 +9,11 @@
 //! thread as one sequencing job (`sequencer.rs`). Then it writes and fsyncs
 //! the batch sequenced the turn before and answers its requests, then waits
 //! for the job. So batch k is written while batch k+1 is signed: the TPM is
-//! fed back to back, and no product leaves before its row is durable.
+//! fed back to back, and no product leaves before its row is durable. When
+//! there is no batch to write meanwhile (a lone request, the first batch of
+//! a burst) and the housing is free, this thread runs the job itself
+//! (`HousingHandle::run_here_or_spawn`) instead of waiting for the housing
+//! thread to run it: two thread hops less for a lone sale.
 //!
 //! Failures: an entry the sequencer refuses (funds, limit, a finisher's
 //! error) is refused alone. A batch whose explicit seal fails, or whose
@@ -36,7 +40,7 @@ use super::store;
 use super::{
     AuditReport, Entry, EntryKind, Finisher, Key, LedgerError, LedgerState, Outcome, Result, Sealer,
 };
-use crate::housing::Pending;
+use crate::housing::{Housing, Pending};
 use crate::money::Amount;
 
 /// Most entries in one batch.
@@ -387,10 +391,18 @@ impl Writer {
         for k in waiting.iter().filter_map(|w| w.key.clone()) {
             self.taken.insert(k);
         }
-        let job = self.sealer.housing().spawn_urgent(move |h| {
+        let job = move |h: &mut dyn Housing| {
             let out = seq.run(h, items);
             Ok((seq, out))
-        });
+        };
+        // With a batch to write meanwhile the TPM signs on its own thread
+        // (the pipeline); with none, this thread would only wait, so it
+        // runs the job itself when the housing is free (a lone request:
+        // no hop to the housing thread and back).
+        let job = match self.ready {
+            Some(_) => self.sealer.housing().spawn_urgent(job),
+            None => self.sealer.housing().run_here_or_spawn(job),
+        };
         match job {
             Ok(pending) => self.job = Some(Job { pending, waiting }),
             Err(e) => {
