@@ -4,8 +4,8 @@
 //!
 //! This module is the only door to the TPM. [`Housing`] is the synchronous
 //! operation set; [`tpm::TpmHousing`] implements it over tss-esapi and is the
-//! only owner of an ESAPI `Context`. A context must not be shared between
-//! threads and swtpm serves one connection with three transient slots, so
+//! only owner of an ESAPI `Context`. A context must not be used by two
+//! threads at once and swtpm serves one connection with three transient slots, so
 //! [`HousingHandle::spawn`] moves the housing onto one dedicated thread and
 //! everybody else talks to it through a channel. Ledger seals go through the
 //! urgent lane so that a group commit is never stuck behind a queue of signs.
