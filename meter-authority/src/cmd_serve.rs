@@ -74,13 +74,8 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
 async fn run(args: ServeArgs, token: Option<[u8; 32]>) -> std::result::Result<(), ServeError> {
     let store: Arc<dyn Store> = match &args.database {
         Some(url) => {
-            let store = PgStore::connect_beside(url, args.connections, Some(&args.dir)).await?;
-            // From now on the directory's own counters and books are not
-            // the meters': the command line must come here too, and to
-            // this database only.
-            let id = store.identity().await?;
-            marker::bind(&args.dir, url, &id).map_err(StoreError::from)?;
-            store
+            // Binds the directory to this database (see `store::marker`).
+            PgStore::connect_beside(url, args.connections, Some(&args.dir)).await?
         }
         None => Arc::new(FileStore::new(&args.dir)),
     };

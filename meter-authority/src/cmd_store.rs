@@ -41,12 +41,7 @@ impl Stored {
             .build()
             .map_err(|e| AuthorityError::io(dir, e))?;
         let store: Arc<dyn Store> = match url {
-            Some(url) => {
-                let store = runtime.block_on(PgStore::connect_beside(url, 1, Some(dir)))?;
-                let id = runtime.block_on(store.identity())?;
-                marker::bind(dir, url, &id)?;
-                store
-            }
+            Some(url) => runtime.block_on(PgStore::connect_beside(url, 1, Some(dir)))?,
             None => {
                 marker::refuse_files(dir, command)?;
                 Arc::new(FileStore::new(dir))

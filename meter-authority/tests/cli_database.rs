@@ -60,10 +60,7 @@ fn voucher_of(dir: &Path, der: &[u8]) -> Voucher {
 fn a_cli_voucher_never_repeats_a_database_sequence() {
     let Some(pg) = postgres() else { return };
     let (tmp, dir) = new_authority();
-    let server = Server::start(&dir, Some(&pg.url()));
-    let bought = buy(&server.addr, M, "order-1", 1000);
-    assert_eq!(bought.status, 200);
-    assert_eq!(bought.headers["meter-voucher-sequence"], "1");
+    let _server = serve_voucher_one(&dir, &pg.url());
 
     let state_before = std::fs::read(dir.join("state.json")).unwrap();
     let out = tmp.path().join("v.pem");
@@ -91,6 +88,16 @@ fn a_cli_voucher_never_repeats_a_database_sequence() {
     assert!(mark.contains("dbname=postgres"), "{mark}");
 }
 
+/// `serve --database url` on `dir`, which sells meter M its voucher 1; the
+/// server, still running.
+fn serve_voucher_one(dir: &Path, url: &str) -> Server {
+    let server = Server::start(dir, Some(url));
+    let bought = buy(&server.addr, M, "order-1", 1000);
+    assert_eq!(bought.status, 200);
+    assert_eq!(bought.headers["meter-voucher-sequence"], "1");
+    server
+}
+
 /// The mark names one database, not any. The directory was served from
 /// database A (voucher 1 sold); pointed at another database B, which has
 /// never seen the meter, B would sell voucher 1 again (the meter applies
@@ -101,12 +108,7 @@ fn a_cli_voucher_never_repeats_a_database_sequence() {
 fn a_marked_directory_refuses_another_database() {
     let Some(pg) = postgres() else { return };
     let (tmp, dir) = new_authority();
-    {
-        let server = Server::start(&dir, Some(&pg.url()));
-        let bought = buy(&server.addr, M, "order-1", 1000);
-        assert_eq!(bought.status, 200);
-        assert_eq!(bought.headers["meter-voucher-sequence"], "1");
-    }
+    drop(serve_voucher_one(&dir, &pg.url()));
     let mark = std::fs::read_to_string(dir.join("database")).unwrap();
     pg.psql("CREATE DATABASE other");
     let b = pg.url_of("other");
@@ -119,12 +121,10 @@ fn a_marked_directory_refuses_another_database() {
         "500",
         "--purchase-id",
         "order-2",
+        "--out",
+        out.to_str().unwrap(),
     ];
-    let o = cli(
-        &dir,
-        Some(&b),
-        &[&args[..], &["--out", out.to_str().unwrap()]].concat(),
-    );
+    let o = cli(&dir, Some(&b), &args);
     if o.status.success() {
         assert_ne!(
             voucher_of(&dir, &der(&out)).sequence,
@@ -162,11 +162,7 @@ fn a_marked_directory_refuses_another_database() {
     );
     // Database A, named another way, is the same database: voucher 2.
     let a_again = format!("{} connect_timeout=10", pg.url());
-    let o = cli(
-        &dir,
-        Some(&a_again),
-        &[&args[..], &["--out", out.to_str().unwrap()]].concat(),
-    );
+    let o = cli(&dir, Some(&a_again), &args);
     ok(&o);
     assert_eq!(voucher_of(&dir, &der(&out)).sequence, 2);
 }

@@ -88,7 +88,10 @@ impl PgStore {
 
     /// [`connect`](Self::connect), beside the authority directory `dir`: a
     /// meter the file store there sold vouchers to or inspected is refused
-    /// when the database would meet it for the first time (see [`lock_meter`]).
+    /// when the database would meet it for the first time (see [`lock_meter`]),
+    /// and `dir` is bound to this database (`store::marker::bind`): from now
+    /// on the command line must come here too, and to this database only; a
+    /// directory bound to another database is refused.
     pub async fn connect_beside(
         url: &str,
         connections: usize,
@@ -106,6 +109,9 @@ impl PgStore {
             next: std::sync::atomic::AtomicUsize::new(0),
         };
         store.migrate().await?;
+        if let Some(dir) = dir {
+            super::marker::bind(dir, url, &store.identity().await?)?;
+        }
         Ok(Arc::new(store))
     }
 
@@ -140,7 +146,7 @@ impl PgStore {
 
     /// The database's identity (migration 0006): what an authority
     /// directory's mark binds it to (see `store::marker::bind`).
-    pub async fn identity(&self) -> Result<String> {
+    async fn identity(&self) -> Result<String> {
         let c = self.client().await?;
         let row = c.query_one("SELECT id FROM store_identity", &[]).await?;
         Ok(row.get(0))

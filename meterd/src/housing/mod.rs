@@ -409,11 +409,7 @@ impl HousingHandle {
         F: FnOnce(&mut dyn Housing) -> Result<R> + Send + 'static,
     {
         let open = self.shared.queue.lock().is_ok_and(|q| !q.closed);
-        let held = match open {
-            true => self.shared.housing.try_lock().ok(),
-            false => None,
-        };
-        match held {
+        match open.then(|| self.shared.housing.try_lock().ok()).flatten() {
             Some(mut h) => {
                 let (tx, rx) = oneshot::channel();
                 let _ = tx.send(f(&mut **h));
@@ -470,14 +466,11 @@ mod tests {
     }
 
     /// The thread a job ran on.
-    fn where_run(h: &HousingHandle) -> (std::thread::ThreadId, Option<String>) {
-        h.run_here_or_spawn(|_| {
-            let t = std::thread::current();
-            Ok((t.id(), t.name().map(str::to_owned)))
-        })
-        .unwrap()
-        .wait()
-        .unwrap()
+    fn where_run(h: &HousingHandle) -> std::thread::ThreadId {
+        h.run_here_or_spawn(|_| Ok(std::thread::current().id()))
+            .unwrap()
+            .wait()
+            .unwrap()
     }
 
     #[test]
@@ -485,7 +478,7 @@ mod tests {
         let (housing, _control) = soft::SoftwareHousing::new(soft::SoftwareOptions::default());
         let h = HousingHandle::spawn(housing).unwrap();
         // Free: the job runs on this thread, no hop.
-        assert_eq!(where_run(&h).0, std::thread::current().id());
+        assert_eq!(where_run(&h), std::thread::current().id());
 
         // Busy (a job holds the housing on its thread): the job is queued
         // and runs there, after it.
