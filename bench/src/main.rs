@@ -79,6 +79,10 @@ enum Cmd {
         /// writes over the window (inotify).
         #[arg(long)]
         nv_dir: Option<PathBuf>,
+        /// PID whose threads to account: print `thr_NAME_ms=USER/SYSTEM`
+        /// per thread name over the window.
+        #[arg(long)]
+        threads: Option<u32>,
     },
     /// Validate calls of FILE against a token made once at the start.
     Validate {
@@ -217,8 +221,13 @@ async fn main() {
             seconds,
             cpu,
             nv_dir,
+            threads,
         } => {
-            let watch = Watch { cpu, nv_dir };
+            let watch = Watch {
+                cpu,
+                nv_dir,
+                threads,
+            };
             run_load(
                 "postmarks",
                 cli.bus.as_deref(),
@@ -325,6 +334,7 @@ fn chip(name: &str, nv_ms: Option<f64>, p384_factor: f64) -> Result<profile::Pro
 struct Watch {
     cpu: Vec<procstat::Watched>,
     nv_dir: Option<PathBuf>,
+    threads: Option<u32>,
 }
 
 async fn connect(bus: Option<&str>) -> Result<zbus::Connection, zbus::Error> {
@@ -388,6 +398,7 @@ async fn run_load(
     let duration = Duration::from_secs_f64(seconds.max(0.1));
     let nv_before = nv.as_ref().and_then(|n| n.count());
     let cpu_before = procstat::snapshot(&watch.cpu);
+    let threads_before = watch.threads.map(procstat::threads);
     let start = Instant::now();
     let deadline = start + duration;
     let run_tag = format!("{}-{}", std::process::id(), now_nanos());
@@ -417,11 +428,16 @@ async fn run_load(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu_after = procstat::snapshot(&watch.cpu);
+    let threads_after = watch.threads.map(procstat::threads);
     let nv_after = nv.as_ref().and_then(|n| n.count());
     let mut extra = String::new();
     if !watch.cpu.is_empty() {
         extra.push(' ');
         extra.push_str(&procstat::cpu_report(&watch.cpu, &cpu_before, &cpu_after));
+    }
+    if let (Some(b), Some(a)) = (&threads_before, &threads_after) {
+        extra.push(' ');
+        extra.push_str(&procstat::threads_report(b, a));
     }
     if watch.nv_dir.is_some() {
         match (nv_before, nv_after) {

@@ -66,14 +66,24 @@ pub fn cpu_ms(pid: u32) -> Option<f64> {
     } else {
         format!("/proc/{pid}/stat")
     };
-    let stat = std::fs::read_to_string(path).ok()?;
-    // The command name (field 2) may hold spaces: count fields after ')'.
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) * 1000.0 / ticks_per_second())
+    let (_, user, system) = stat_times(&std::fs::read_to_string(path).ok()?)?;
+    Some(user + system)
+}
+
+/// The command name and user and system CPU time in ms of one
+/// `/proc/.../stat` line (a process's or a thread's).
+fn stat_times(stat: &str) -> Option<(String, f64, f64)> {
+    // The command name (field 2) may hold spaces and parentheses: it runs
+    // from the first '(' to the last ')'.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?;
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    let tick = 1000.0 / ticks_per_second();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    Some((name.to_owned(), user * tick, system * tick))
 }
 
 /// CPU readings of the watched processes at one instant.
@@ -91,6 +101,58 @@ pub fn cpu_report(watched: &[Watched], before: &[Option<f64>], after: &[Option<f
         }
     }
     out.join(" ")
+}
+
+/// Per-thread CPU of one process at an instant: tid → (name, user, system).
+pub type Threads = std::collections::BTreeMap<u32, (String, f64, f64)>;
+
+/// Reads every thread of `pid` (empty if it is gone).
+pub fn threads(pid: u32) -> Threads {
+    let mut out = Threads::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        if let Some(t) = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(stat_times)
+        {
+            out.insert(tid, t);
+        }
+    }
+    out
+}
+
+/// `thr_<name>_ms=USER/SYSTEM` for each thread name of the process (threads
+/// of one name summed: tokio's workers are all `tokio-rt-worker`), over the
+/// window. A thread born inside the window counts from zero; one that ended
+/// inside it is missing (the kernel folds it into the process's total only).
+/// Says where a postmark's CPU goes: the bus and services on the workers,
+/// the commit on `ledger`, the TPM on `housing`.
+pub fn threads_report(before: &Threads, after: &Threads) -> String {
+    let mut by_name: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for (tid, (name, user, system)) in after {
+        let (u0, s0) = match before.get(tid) {
+            Some((_, u, s)) => (*u, *s),
+            None => (0.0, 0.0),
+        };
+        let label: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let e = by_name.entry(label).or_default();
+        e.0 += user - u0;
+        e.1 += system - s0;
+    }
+    by_name
+        .iter()
+        .map(|(name, (u, s))| format!("thr_{name}_ms={u:.0}/{s:.0}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Counts completed writes of swtpm's state files in a directory, on a
@@ -172,6 +234,34 @@ mod tests {
         let b = cpu_ms(0).unwrap();
         assert!(b >= a);
         assert!(cpu_ms(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn reads_a_threads_name_and_times() {
+        let tick = 1000.0 / ticks_per_second();
+        let stat = "77 (tokio-rt-worker) S 1 1 1 0 -1 4194368 0 0 0 0 250 40 0 0 20 0 6 0 1";
+        let (name, u, s) = stat_times(stat).unwrap();
+        assert_eq!(name, "tokio-rt-worker");
+        assert_eq!((u, s), (250.0 * tick, 40.0 * tick));
+        assert!(stat_times("77 (cut").is_none());
+        // This process's own threads: at least the main one, named.
+        assert!(!threads(std::process::id()).is_empty());
+        assert!(threads(u32::MAX).is_empty());
+    }
+
+    #[test]
+    fn sums_threads_of_one_name_over_the_window() {
+        let mut before = Threads::new();
+        before.insert(1, ("ledger".into(), 100.0, 50.0));
+        before.insert(2, ("tokio-rt-worker".into(), 10.0, 5.0));
+        let mut after = before.clone();
+        after.insert(1, ("ledger".into(), 130.0, 70.0));
+        after.insert(2, ("tokio-rt-worker".into(), 20.0, 5.0));
+        after.insert(3, ("tokio-rt-worker".into(), 4.0, 1.0));
+        assert_eq!(
+            threads_report(&before, &after),
+            "thr_ledger_ms=30/20 thr_tokio_rt_worker_ms=14/1"
+        );
     }
 
     #[test]
