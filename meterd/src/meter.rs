@@ -25,6 +25,12 @@ use crate::regime::Regime;
 use crate::tariff::RateBook;
 use crate::timecheck::ClockGuard;
 
+/// How often, at most, sales alone wake the ledger's subscriber (the D-Bus
+/// signals task, whose registers' PropertiesChanged has the same cadence):
+/// locks, threshold crossings and rows other than sales wake it at once
+/// (`ledger::Notice`).
+pub const STATE_NOTICE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The meter's two key names live beside the housing's other key names (a
 /// door, below every feature); re-exported here for the services.
 pub use crate::housing::{IDENTITY_KEY, POSTMARK_KEY};
@@ -141,11 +147,16 @@ impl Meter {
         );
         let id = meter_id.clone();
         let epoch_rows = self.config.epoch_rows;
+        let notice = crate::ledger::Notice {
+            below: self.config.low_funds_threshold,
+            every: STATE_NOTICE_EVERY,
+        };
         let (ledger, report) = tokio::task::spawn_blocking(move || {
             let opts = crate::ledger::Options {
                 create: true,
                 from_checkpoint: true,
                 epoch_rows,
+                notice,
             };
             Ledger::open_with(&path, Box::new(sealer), &id, opts)
         })

@@ -117,3 +117,60 @@ async fn live_audit_locks_and_order_unlocks_with_signals() {
     let err = p.clear_lock(&bytes).await.unwrap_err();
     assert!(matches!(err, meter_proto::MeterError::Stale(_)), "{err:?}");
 }
+
+/// Sales close together wake the signals task at most every 100 ms
+/// (`ledger::Notice`); the registers' PropertiesChanged must still end on
+/// the last sale's values, read on the task's own timer, not on whichever
+/// sale last woke it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_sales_ends_with_its_last_registers_shown() {
+    let sb = Sandbox::up(1_000_000);
+    let p = proxy(&sb).await;
+    let mut desc = p.receive_descending_changed().await;
+    // Eight clients, back to back, for a second: many sales inside each
+    // 100-ms period.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let p = proxy(&sb).await;
+        clients.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while tokio::time::Instant::now() < deadline {
+                let id = format!("burst-{c}-{n}");
+                p.postmark_digest(&[c as u8; 48], &id).await.unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut sales = 0;
+    for c in clients {
+        sales += c.await.unwrap();
+    }
+    // The register itself, not the proxy's cache (which the
+    // PropertiesChanged under test fill).
+    let conn = zbus::connection::Builder::address(sb.env["DBUS_SYSTEM_BUS_ADDRESS"].as_str())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let uncached = Meter1Proxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let last = uncached.descending().await.unwrap();
+    assert!(sales > 8, "only {sales} sales");
+    let mut seen = Vec::new();
+    while let Ok(Some(change)) = tokio::time::timeout(Duration::from_secs(3), desc.next()).await {
+        seen.push(change.get().await.unwrap());
+        if seen.last() == Some(&last) {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.last(),
+        Some(&last),
+        "{sales} sales; Descending changes seen: {seen:?}"
+    );
+}

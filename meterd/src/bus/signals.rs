@@ -1,10 +1,13 @@
 //! PropertiesChanged and the meter's signals, driven by the ledger.
 //!
-//! The ledger publishes its state after every commit batch; this task diffs
-//! consecutive states and emits only what changed: the signals at once, the
-//! registers' PropertiesChanged at most every [`REGISTERS_EVERY`] with the
-//! latest values (a burst of postmarks costs a few messages, not one per
-//! postmark or per batch).
+//! The ledger replaces its state after every commit batch and wakes this
+//! task at once for what the signals need (a lock, a threshold crossing, a
+//! row other than a sale: `ledger::Notice`), for sales alone at most every
+//! [`REGISTERS_EVERY`]. The task diffs the states it is woken for and emits
+//! only what changed: the signals at once, the registers' PropertiesChanged
+//! at most every [`REGISTERS_EVERY`] with the latest values, read on its own
+//! timer (a burst of postmarks costs a few messages and a few wake-ups, not
+//! one per postmark or per batch).
 //! `InspectionDue` is driven by the inspection standing the watchdog
 //! publishes on the regime: once per entry into the warning period
 //! (including one found at start), not once per tick.
@@ -31,7 +34,7 @@ use crate::regime::Standing;
 /// 7 % of meterd's CPU and a third of dbus-daemon's (issue 14). A watcher
 /// sees the first change at once and the latest within this; the signals
 /// (LowFunds, Locked, Unlocked) are never held back.
-const REGISTERS_EVERY: Duration = Duration::from_millis(100);
+const REGISTERS_EVERY: Duration = crate::meter::STATE_NOTICE_EVERY;
 
 /// Runs until the connection or the ledger goes away.
 pub async fn watch_and_emit(conn: Connection, meter: Arc<Meter>) {
@@ -62,17 +65,24 @@ pub async fn watch_and_emit(conn: Connection, meter: Arc<Meter>) {
     let mut prev_state = "";
     let mut prev_rates = u32::MAX;
     let mut shown = Shown::default();
+    // Sales may move the registers without waking this task for up to
+    // REGISTERS_EVERY after the ledger last woke it: read them then. Any
+    // sale after that wakes it (the ledger's `Notice::every`).
+    let mut check_at: Option<Instant> = None;
     loop {
-        if let Some(latest) = prev.as_ref().map(|p| &p.registers) {
-            let due = shown.at.map(|t| t + REGISTERS_EVERY);
+        if prev.is_some() {
             tokio::select! {
                 changed = rx.changed() => {
                     if changed.is_err() {
                         return;
                     }
                 }
-                () = sleep_until(due), if shown.registers != *latest => {
-                    shown.send(&iface, latest).await;
+                () = sleep_until(check_at), if check_at.is_some() => {
+                    check_at = None;
+                    let latest = rx.borrow().registers.clone();
+                    if latest != shown.registers {
+                        shown.send(&iface, &latest).await;
+                    }
                     continue;
                 }
             }
@@ -82,16 +92,17 @@ pub async fn watch_and_emit(conn: Connection, meter: Arc<Meter>) {
         let rates = meter.rates().latest_version();
         let changed = prev_state != state || prev_rates != rates;
         prev_rates = rates;
-        // Signals at once, from every state seen (so LowFunds carries the
-        // register of the batch that crossed the threshold); the registers'
-        // PropertiesChanged at most every REGISTERS_EVERY, the latest
-        // values always sent last (the timer above, while they differ).
+        // Signals at once, from every state woken for (so LowFunds carries
+        // the register of the batch that crossed the threshold); the
+        // registers' PropertiesChanged at most every REGISTERS_EVERY, the
+        // latest values always sent last (the timer above).
         if let Err(e) = emit_events(&iface, prev.as_ref(), &cur, changed, threshold).await {
             tracing::warn!(error = %e, "signal emission failed");
         }
         if shown.at.is_none_or(|t| t.elapsed() >= REGISTERS_EVERY) {
             shown.send(&iface, &cur.registers).await;
         }
+        check_at = Some(Instant::now() + REGISTERS_EVERY);
         prev = Some(cur);
         prev_state = state;
     }

@@ -8,6 +8,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::{oneshot, watch};
 
 use super::chain::{epoch_previous, epoch_reason};
+use super::notice::{Notice, Publisher};
 use super::reserve::{self, AccountTerms, Funds, Reservation, SharedFunds};
 use super::rows::{not_defined, Tip};
 use super::sealer::counter_read;
@@ -65,6 +66,9 @@ pub struct Options {
     /// Rows per epoch: the counter advances every `epoch_rows` rows (and at
     /// every start and orderly stop).
     pub epoch_rows: u64,
+    /// Which commits wake [`Ledger::subscribe`]'s receivers at once (the
+    /// state is replaced at every commit either way).
+    pub notice: Notice,
 }
 
 impl Options {
@@ -73,6 +77,7 @@ impl Options {
         create: false,
         from_checkpoint: true,
         epoch_rows: DEFAULT_EPOCH_ROWS,
+        notice: Notice::EVERY_BATCH,
     };
 }
 
@@ -82,6 +87,7 @@ impl Default for Options {
             create: false,
             from_checkpoint: false,
             epoch_rows: DEFAULT_EPOCH_ROWS,
+            notice: Notice::EVERY_BATCH,
         }
     }
 }
@@ -339,7 +345,8 @@ impl Ledger {
         self.state.borrow().clone()
     }
 
-    /// Receiver that sees every new state after a commit.
+    /// Receiver of the state after each commit: its value is always the
+    /// latest; it is woken as [`Options::notice`] says.
     pub fn subscribe(&self) -> watch::Receiver<LedgerState> {
         self.state.clone()
     }
@@ -408,7 +415,7 @@ fn start(a: StartArgs, sealer: Arc<dyn Sealer>) -> Result<(Writer, Started)> {
         tip,
         counter,
         a.opts.epoch_rows,
-        (a.funds, state),
+        (a.funds, Publisher::new(state, a.opts.notice)),
     );
     let start_advance = Advance {
         reason: epoch_reason::START,

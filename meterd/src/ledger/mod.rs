@@ -134,6 +134,7 @@ mod epoch;
 mod export;
 mod handle;
 mod key;
+mod notice;
 mod query;
 mod registers;
 mod reserve;
@@ -154,6 +155,7 @@ pub use chain::{
 pub use export::Exported;
 pub use handle::{Ledger, Options, DEFAULT_EPOCH_ROWS};
 pub use key::{Key, MAX_CALLER_ID};
+pub use notice::Notice;
 pub use query::{FilteredRow, RowFilter, Usage};
 pub use registers::{Fund, Pair, Registers, SPLIT_NOTE};
 pub use reserve::{AccountTerms, Reservation};
@@ -337,7 +339,7 @@ pub struct LockInfo {
     pub nonce: String,
 }
 
-/// In-memory view of the ledger, published after every commit.
+/// In-memory view of the ledger, replaced after every commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerState {
     /// Registers after the last row.

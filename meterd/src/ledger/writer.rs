@@ -26,20 +26,19 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{mpsc, Arc};
 
 use rusqlite::Connection;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::chain::epoch_reason;
 use super::checkpoint;
 use super::copy::copy_error;
+use super::notice::Publisher;
 use super::query::ProductList;
 use super::reserve::{Reservation, SharedFunds};
 use super::rows::{stored_by_key, Tip};
 use super::schema::storage;
 use super::sequencer::{Advance, Item, Sequenced, Sequencer};
 use super::store;
-use super::{
-    AuditReport, Entry, EntryKind, Finisher, Key, LedgerError, LedgerState, Outcome, Result, Sealer,
-};
+use super::{AuditReport, Entry, EntryKind, Finisher, Key, LedgerError, Outcome, Result, Sealer};
 use crate::housing::{Housing, Pending};
 use crate::money::Amount;
 
@@ -115,7 +114,7 @@ pub(crate) struct Writer {
     pub seq: Option<Sequencer>,
     pub epoch_rows: u64,
     pub funds: SharedFunds,
-    pub state: watch::Sender<LedgerState>,
+    pub state: Publisher,
     /// Keys of entries in batches not yet written.
     taken: HashSet<String>,
     /// Requests whose key was taken, for the next batch.
@@ -152,7 +151,7 @@ impl Writer {
         durable: Tip,
         counter: Option<u64>,
         epoch_rows: u64,
-        (funds, state): (SharedFunds, watch::Sender<LedgerState>),
+        (funds, state): (SharedFunds, Publisher),
     ) -> Writer {
         let seq = Sequencer::new(
             durable.clone(),
@@ -510,7 +509,7 @@ impl Writer {
             }
         }
         if !batch.rows.is_empty() {
-            self.state.send_replace(self.durable.state());
+            self.state.publish(self.durable.state(), &batch.rows);
         }
         for (reply, result) in replies.into_iter().zip(batch.results) {
             let out = result.and_then(|p| {
