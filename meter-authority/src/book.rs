@@ -332,7 +332,22 @@ impl Locked<'_> {
     }
 }
 
-impl crate::inspect::Rows for Locked<'_> {
+/// Where the reported rows a lookup finds are kept: index files next to the
+/// book ([`crate::book::Locked`]) or a database table.
+pub trait Rows {
+    /// Every row already indexed for the meter.
+    fn index_rows(&mut self, book: &Book) -> Result<Vec<IndexRow>>;
+    /// Adds the rows `first..=last` of an acknowledged segment.
+    fn add_index(
+        &mut self,
+        book: &mut Book,
+        first: u64,
+        last: u64,
+        rows: &[IndexRow],
+    ) -> Result<()>;
+}
+
+impl Rows for Locked<'_> {
     fn index_rows(&mut self, book: &Book) -> Result<Vec<IndexRow>> {
         self.shelf.index_rows(book)
     }

@@ -16,7 +16,7 @@ use meter_pki::{cert, cms, oid};
 
 use crate::attested::{self, Attestation};
 use crate::awaited;
-use crate::book::{Book, IndexRow, Shelf};
+use crate::book::{Book, Rows, Shelf};
 use crate::reconcile::{self, Findings, Reconciled};
 use crate::{check_meter_id, Authority, AuthorityError, Result};
 
@@ -87,21 +87,6 @@ impl Upload {
     pub fn report(&self) -> &StatusReport {
         &self.report
     }
-}
-
-/// Where the reported rows a lookup finds are kept: index files next to the
-/// book ([`crate::book::Locked`]) or a database table.
-pub trait Rows {
-    /// Every row already indexed for the meter.
-    fn index_rows(&mut self, book: &Book) -> Result<Vec<IndexRow>>;
-    /// Adds the rows `first..=last` of an acknowledged segment.
-    fn add_index(
-        &mut self,
-        book: &mut Book,
-        first: u64,
-        last: u64,
-        rows: &[IndexRow],
-    ) -> Result<()>;
 }
 
 /// A verified report and the acknowledgement issued for it.

@@ -27,8 +27,8 @@ use meter_pki::{indicium, pem, tsp};
 use sha2::{Digest as _, Sha384};
 
 use crate::awaited;
+use crate::book::Rows;
 use crate::book::{Awaited, Book, IndexRow, Shelf};
-use crate::inspect::Rows;
 use crate::{Authority, AuthorityError, Result};
 
 /// What a lookup found.

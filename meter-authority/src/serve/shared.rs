@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use crate::inspect::{Inspection, Periods, Upload};
 use crate::lookup::Shown;
 use crate::state::Register;
-use crate::store::settle::{payment_digest, SettleRequest};
+use crate::store::settle::payment_digest;
+use crate::store::SettleRequest;
 use crate::store::{Answer, Look, Purchase, Reconcile, Store};
 use crate::{Authority, AuthorityError, MeterCerts};
 
@@ -85,7 +86,7 @@ pub fn reconcile_upload<'a>(
     seen: &'a Mutex<Reconciled>,
 ) -> Reconcile<'a> {
     Box::new(
-        move |book: &mut crate::book::Book, rows: &mut dyn crate::inspect::Rows| {
+        move |book: &mut crate::book::Book, rows: &mut dyn crate::book::Rows| {
             let outcome = a.reconcile_in(&upload, segment, book, rows, now)?;
             let (answer, found) = match a.answer(upload, outcome, periods, now) {
                 Ok(i) => {
@@ -231,7 +232,7 @@ impl CheckedPayment {
 /// answer, and the object kept as awaited when not reported.
 pub fn look(shown: Shown, now: i64) -> Look<'static> {
     Box::new(
-        move |book: &mut crate::book::Book, rows: &mut dyn crate::inspect::Rows| {
+        move |book: &mut crate::book::Book, rows: &mut dyn crate::book::Rows| {
             shown.look_in(book, rows, now)
         },
     )

@@ -25,13 +25,9 @@
 
 use super::files::FileStore;
 use super::pg::PgStore;
-use super::{Result, StoreError};
+use super::{Certified, Issue, Result, StoreError};
 use crate::state::{read_json, write_json_atomic, Issued, Register, State};
 use crate::AuthorityError;
-
-/// Issues the answer to a certification request (runs under the lock),
-/// with the serials of `Register` and recording there what it issued.
-pub type Issue<'a> = Box<dyn FnOnce(&mut dyn Register) -> crate::Result<Vec<u8>> + Send + 'a>;
 
 /// Serials one certification may take (a meter's identity and postmark).
 pub const SERIALS_PER_CERTIFICATION: i64 = 2;
@@ -57,13 +53,6 @@ impl Register for Reserved {
 }
 
 /// An answer to a certification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Certified {
-    /// The answer (JSON bytes, see `serve::enrol`).
-    pub answer: Vec<u8>,
-    /// `false` when an earlier request was answered with these bytes.
-    pub fresh: bool,
-}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

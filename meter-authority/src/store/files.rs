@@ -216,10 +216,7 @@ impl Store for FileStore {
         Box::pin(async move { self.queue_order_now(meter_id, id, der) })
     }
 
-    fn settle<'a>(
-        &'a self,
-        r: &'a super::settle::SettleRequest<'a>,
-    ) -> Fut<'a, super::settle::Settled> {
+    fn settle<'a>(&'a self, r: &'a super::SettleRequest<'a>) -> Fut<'a, super::Settled> {
         Box::pin(async move { self.settle_now(r) })
     }
 
@@ -231,8 +228,8 @@ impl Store for FileStore {
         &'a self,
         meter_id: &'a str,
         key: [u8; 32],
-        issue: super::certify::Issue<'a>,
-    ) -> Fut<'a, super::certify::Certified> {
+        issue: super::Issue<'a>,
+    ) -> Fut<'a, super::Certified> {
         Box::pin(async move { self.certify_now(meter_id, key, issue) })
     }
 }

@@ -24,10 +24,51 @@ pub mod settle;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::book::Rows;
 use crate::book::{Book, IndexRow};
-use crate::inspect::Rows;
+use crate::credit::{Settlement, StoredLine};
 use crate::lookup::Looked;
+use crate::state::Register;
 use crate::AuthorityError;
+use meter_pki::credit::Payment;
+
+/// Issues the answer to a certification request (runs under the lock),
+/// with the serials of `Register` and recording there what it issued.
+pub type Issue<'a> = Box<dyn FnOnce(&mut dyn Register) -> crate::Result<Vec<u8>> + Send + 'a>;
+
+/// The answer to a certification request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certified {
+    /// The answer (JSON bytes, see `serve::enrol`).
+    pub answer: Vec<u8>,
+    /// `false` when an earlier request was answered with these bytes.
+    pub fresh: bool,
+}
+
+/// A verified payment a creditor asks to settle.
+pub struct SettleRequest<'a> {
+    /// The creditor's name (from its credential).
+    pub creditor: &'a str,
+    /// The payment certificate as brought (PEM or DER).
+    pub payment_bytes: &'a [u8],
+    /// SHA-256 of its DER.
+    pub digest: [u8; 32],
+    /// The payment, verified.
+    pub payment: &'a Payment,
+    /// Its line.
+    pub line: &'a StoredLine,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// The answer to a settlement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// What was settled.
+    pub settlement: Settlement,
+    /// `false` when an earlier request settled it.
+    pub fresh: bool,
+}
 
 /// Failures of a store, by kind (the HTTP layer maps each to a status).
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +218,7 @@ pub trait Store: Send + Sync {
     fn queue_order<'a>(&'a self, meter_id: &'a str, id: &'a str, der: Vec<u8>) -> Fut<'a, Vec<u8>>;
 
     /// Settles a verified payment once (see `settle`).
-    fn settle<'a>(&'a self, r: &'a settle::SettleRequest<'a>) -> Fut<'a, settle::Settled>;
+    fn settle<'a>(&'a self, r: &'a SettleRequest<'a>) -> Fut<'a, Settled>;
 
     /// The certificates this authority issued to `subject_cn` (a meter id),
     /// what a report upload's signer is checked against (see `certify`).
@@ -188,8 +229,8 @@ pub trait Store: Send + Sync {
         &'a self,
         meter_id: &'a str,
         key: [u8; 32],
-        issue: certify::Issue<'a>,
-    ) -> Fut<'a, certify::Certified>;
+        issue: Issue<'a>,
+    ) -> Fut<'a, Certified>;
 }
 
 /// Rows kept in memory during one database transaction: the meter's

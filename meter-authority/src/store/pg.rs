@@ -478,10 +478,7 @@ impl Store for PgStore {
         Box::pin(self.queue_order_in(meter_id, id, der))
     }
 
-    fn settle<'a>(
-        &'a self,
-        r: &'a super::settle::SettleRequest<'a>,
-    ) -> Fut<'a, super::settle::Settled> {
+    fn settle<'a>(&'a self, r: &'a super::SettleRequest<'a>) -> Fut<'a, super::Settled> {
         Box::pin(self.settle_in(r))
     }
 
@@ -493,8 +490,8 @@ impl Store for PgStore {
         &'a self,
         meter_id: &'a str,
         key: [u8; 32],
-        issue: super::certify::Issue<'a>,
-    ) -> Fut<'a, super::certify::Certified> {
+        issue: super::Issue<'a>,
+    ) -> Fut<'a, super::Certified> {
         Box::pin(self.certify_in(meter_id, key, issue))
     }
 }

@@ -19,36 +19,10 @@ use sha2::{Digest, Sha256};
 
 use super::files::FileStore;
 use super::pg::PgStore;
-use super::{Result, StoreError};
-use crate::credit::{Settlement, StoredLine};
+use super::{Result, SettleRequest, Settled, StoreError};
+use crate::credit::Settlement;
 use crate::state::{read_json, write_json_atomic};
 use crate::AuthorityError;
-use meter_pki::credit::Payment;
-
-/// A verified payment a creditor asks to settle.
-pub struct SettleRequest<'a> {
-    /// The creditor's name (from its credential).
-    pub creditor: &'a str,
-    /// The payment certificate as brought (PEM or DER).
-    pub payment_bytes: &'a [u8],
-    /// SHA-256 of its DER.
-    pub digest: [u8; 32],
-    /// The payment, verified.
-    pub payment: &'a Payment,
-    /// Its line.
-    pub line: &'a StoredLine,
-    /// Unix seconds.
-    pub now: i64,
-}
-
-/// The answer to a settlement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settled {
-    /// What was settled.
-    pub settlement: Settlement,
-    /// `false` when an earlier request settled it.
-    pub fresh: bool,
-}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
