@@ -214,6 +214,7 @@ impl Authority {
             subject_cn: csr.subject_cn,
             profile: format!("{profile:?}"),
             not_after: cert::not_after(&c),
+            meter: Some(req.meter_id),
         });
         self.save()?;
         Ok(c)

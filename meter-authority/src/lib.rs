@@ -333,6 +333,7 @@ impl Authority {
                 subject_cn: cn.to_owned(),
                 profile: format!("{profile:?}"),
                 not_after: cert::not_after(&c),
+                meter: None,
             },
             &cert::to_der(&c)?,
         )?;

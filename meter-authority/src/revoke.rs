@@ -168,16 +168,26 @@ impl Authority {
         now: i64,
     ) -> Result<(RevokeOrder, String)> {
         rv::check_reason(reason)?;
-        let issued_user = self.register()?.issued.iter().any(|i| {
+        let register = self.register()?;
+        let Some(issued) = register.issued.iter().find(|i| {
             (i.profile == "User" || i.profile == "UserEncryption")
                 && rv::canonical_serial(&format!("{:x}", i.serial))
                     .ok()
                     .as_deref()
                     == Some(serial)
-        });
-        if !issued_user {
+        }) else {
             return Err(AuthorityError::Invalid(format!(
                 "serial {serial} is not a user certificate this authority issued"
+            )));
+        };
+        // A meter's request names only its own users' certificates: its
+        // operator holds its identity key and must not revoke another
+        // meter's users (a forced order, by the authority, may).
+        let forced = request_id.is_empty();
+        if !forced && issued.meter.as_deref() != Some(meter_id) {
+            return Err(AuthorityError::Invalid(format!(
+                "serial {serial} was not issued on a request of meter {meter_id:?}: a meter \
+                 revokes only its own users' certificates (the authority can, with revoke-forced)"
             )));
         }
         let mut all = Revocations::load(&self.dir)?;
@@ -255,6 +265,7 @@ mod tests {
             subject_cn: "Alice".into(),
             profile: "User".into(),
             not_after: i64::MAX,
+            meter: None,
         });
         assert!(a
             .revoke_forced("MTR-1", "20", "superseded", crate::now())

@@ -27,6 +27,12 @@ pub struct Issued {
     pub profile: String,
     /// notAfter (unix s).
     pub not_after: i64,
+    /// For a user certificate: the meter whose request it was issued on,
+    /// the only meter whose revoke request may name it (records made
+    /// before the authority kept it have none, and only a forced order
+    /// revokes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meter: Option<String>,
 }
 
 /// The first serial the database register hands out (`serve --database`);

@@ -110,3 +110,71 @@ fn codes_are_single_use_and_signers_must_be_meters() {
         Err(AuthorityError::Pki(_))
     ));
 }
+
+/// A meter's revoke request for `serial`, in CMS signed by `signer`.
+fn revoke_request(
+    meter_id: &str,
+    serial: &str,
+    signer: &cert::Certificate,
+    signer_key: &SigningKey,
+) -> Vec<u8> {
+    let body = meter_pki::revoke::RevokeRequest {
+        meter_id: meter_id.into(),
+        serial: meter_pki::revoke::canonical_serial(serial).unwrap(),
+        reason: "keyCompromise".into(),
+        request_id: format!("rv-{meter_id}"),
+        issued_at: now(),
+    };
+    cms::sign_with_key(
+        &SignOptions {
+            content_type: oid::CT_REVOKE_REQUEST,
+            content: &payload::encode(&body).unwrap(),
+            signer,
+            extra_certs: &[],
+            signing_time: Some(now()),
+            ess_cert_id_v2: true,
+        },
+        signer_key,
+    )
+    .unwrap()
+}
+
+/// An operator holds their meter's identity key (the operator is root on
+/// the workstation): a revoke request it signs must not reach another
+/// meter's users. Meter 1 asks to revoke the certificate meter 2's user
+/// got: refused, nothing recorded; meter 2's own request passes.
+#[test]
+fn a_meter_revokes_only_its_own_users_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = now();
+    let mut a = Authority::init(dir.path(), "Test Root", t).unwrap();
+    let (k1, k2) = (key(), key());
+    let m1 = a
+        .certify_meter(&csr_for("MTR-1", &k1), &csr_for("MTR-1", &key()), t)
+        .unwrap();
+    let m2 = a
+        .certify_meter(&csr_for("MTR-2", &k2), &csr_for("MTR-2", &key()), t)
+        .unwrap();
+    let (_, code) = a.enrol("CN=Bob", t).unwrap();
+    let bob = request("MTR-2", "Bob", &code, &key(), &m2.identity, &k2);
+    let bob = a.certify_user(&bob, UserValidity::Days(30), t).unwrap();
+    let serial = cert::serial_hex(&bob);
+
+    let hostile = revoke_request("MTR-1", &serial, &m1.identity, &k1);
+    match a.revoke(&hostile, t) {
+        Err(AuthorityError::Invalid(m)) => assert!(m.contains("MTR-1"), "{m}"),
+        other => panic!("another meter's user revoked: {other:?}"),
+    }
+    let crl = meter_pki::pem::decode_any(a.crl(t).unwrap().0.as_bytes(), "X509 CRL").unwrap();
+    assert!(meter_pki::crl::serials(&crl).unwrap().is_empty());
+
+    let own = revoke_request("MTR-2", &serial, &m2.identity, &k2);
+    let (order, _) = a.revoke(&own, t).unwrap();
+    assert_eq!((order.meter_id.as_str(), order.forced), ("MTR-2", false));
+    // The record survives a reopen: the authority still knows whose it is.
+    let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    assert!(
+        state.contains("\"meter\": \"MTR-2\"") || state.contains("\"meter\":\"MTR-2\""),
+        "{state}"
+    );
+}

@@ -195,6 +195,7 @@ impl PgStore {
                     subject_cn: subject_cn.to_owned(),
                     profile: r.get(1),
                     not_after: r.get(2),
+                    meter: None,
                 })
             })
             .collect()
