@@ -43,10 +43,25 @@ fn request(
         issued_at: now(),
         purpose: None,
     };
+    signed(
+        oid::CT_CERT_REQUEST,
+        &payload::encode(&body).unwrap(),
+        signer,
+        signer_key,
+    )
+}
+
+/// `content` in CMS signed by `signer`, as a meter sends it.
+fn signed(
+    content_type: meter_pki::ObjectIdentifier,
+    content: &[u8],
+    signer: &cert::Certificate,
+    signer_key: &SigningKey,
+) -> Vec<u8> {
     cms::sign_with_key(
         &SignOptions {
-            content_type: oid::CT_CERT_REQUEST,
-            content: &payload::encode(&body).unwrap(),
+            content_type,
+            content,
             signer,
             extra_certs: &[],
             signing_time: Some(now()),
@@ -125,18 +140,12 @@ fn revoke_request(
         request_id: format!("rv-{meter_id}"),
         issued_at: now(),
     };
-    cms::sign_with_key(
-        &SignOptions {
-            content_type: oid::CT_REVOKE_REQUEST,
-            content: &payload::encode(&body).unwrap(),
-            signer,
-            extra_certs: &[],
-            signing_time: Some(now()),
-            ess_cert_id_v2: true,
-        },
+    signed(
+        oid::CT_REVOKE_REQUEST,
+        &payload::encode(&body).unwrap(),
+        signer,
         signer_key,
     )
-    .unwrap()
 }
 
 /// An operator holds their meter's identity key (the operator is root on
