@@ -187,7 +187,8 @@ impl Authority {
         if !forced && issued.meter.as_deref() != Some(meter_id) {
             return Err(AuthorityError::Invalid(format!(
                 "serial {serial} was not issued on a request of meter {meter_id:?}: a meter \
-                 revokes only its own users' certificates (the authority can, with revoke-forced)"
+                 revokes only its own users' certificates (the authority can: \
+                 `revoke --forced --meter ID --serial S`)"
             )));
         }
         let mut all = Revocations::load(&self.dir)?;
