@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::chain::EPOCH_NOTE;
 use super::rows::NewRow;
 use super::{EntryKind, LedgerState};
 
@@ -81,7 +82,7 @@ impl Publisher {
 /// A row other than a plain sale (a Debit without a note) or an epoch row.
 fn is_rare(kind: u8, note: &str) -> bool {
     let sale = kind == EntryKind::Debit as u8 && note.is_empty();
-    let epoch = kind == EntryKind::Event as u8 && note == "epoch";
+    let epoch = kind == EntryKind::Event as u8 && note == EPOCH_NOTE;
     !(sale || epoch)
 }
 
