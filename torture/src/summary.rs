@@ -63,7 +63,10 @@ impl Tally {
         self.losses + self.doubles + self.missed + self.unauthorized + self.faults > 0
     }
 
-    /// Prints the `ROW` line: name, figures, seconds since `start`, verdict.
+    /// Prints the `ROW` line: name, figures, seconds since `start`, verdict;
+    /// then, when the test failed, one `NOTE` line per kept note, so that
+    /// `tests/torture` can repeat them under its table (a CI log is often
+    /// read from its tail, far below the moment a note was printed).
     pub fn print_row(&self, name: &str, start: Instant) {
         println!(
             "ROW\t{name}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.1}\t{}",
@@ -77,5 +80,38 @@ impl Tally {
             start.elapsed().as_secs_f64(),
             if self.failed() { "FAIL" } else { "ok" }
         );
+        if self.failed() {
+            for n in &self.notes {
+                println!("NOTE\t{name}\t{}", one_line(n));
+            }
+        }
+    }
+}
+
+/// `note` on one line of at most 400 characters (a note may quote a
+/// daemon's message, which may hold newlines or be long).
+fn one_line(note: &str) -> String {
+    let flat: String = note
+        .chars()
+        .map(|c| if c == '\n' || c == '\t' { ' ' } else { c })
+        .collect();
+    match flat.char_indices().nth(400) {
+        Some((i, _)) => format!("{}…", &flat[..i]),
+        None => flat,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_note_is_flattened_and_bounded() {
+        assert_eq!(one_line("a\nb\tc"), "a b c");
+        let long = "é".repeat(500);
+        let short = one_line(&long);
+        assert_eq!(short.chars().count(), 401);
+        assert!(short.ends_with('…'));
+        assert_eq!(one_line(&"x".repeat(400)), "x".repeat(400));
     }
 }
