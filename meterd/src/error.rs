@@ -166,6 +166,13 @@ fn housing_hint(e: &HousingError) -> &'static str {
         {
             ""
         }
+        // Only DA-protected objects are refused in lockout, and meterd's are
+        // all noDA: another program's failed authorizations caused it.
+        HousingError::Tpm { message, .. } if message.starts_with("Lockout") => {
+            "; the TPM is in dictionary-attack lockout, caused by another program's failed \
+             authorizations: wait for its recovery time or reset it with the lockout \
+             authorization (tpm2_dictionarylockout --clear-lockout)"
+        }
         _ => "; check that the TPM (or swtpm) is reachable, then retry",
     }
 }

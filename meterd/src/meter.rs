@@ -392,12 +392,19 @@ impl Meter {
                 tracing::warn!(error = %e, "ledger close");
             }
         }
-        if let Err(e) = self.housing.call(|h| h.shutdown()).await {
-            tracing::warn!(error = %e, "TPM shutdown");
+        // The housing thread runs what is queued, then flushes and sends
+        // TPM2_Shutdown; wait for it (systemd's stop timeout is longer).
+        if !self.housing.close_and_wait(CLOSE_WAIT).await {
+            tracing::warn!(
+                seconds = CLOSE_WAIT.as_secs(),
+                "the housing thread did not end in time; TPM objects may stay loaded"
+            );
         }
-        self.housing.close();
     }
 }
+
+/// How long a stop waits for the housing thread's last jobs and TPM2_Shutdown.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn not_provisioned() -> ServiceError {
     ServiceError::NotProvisioned(

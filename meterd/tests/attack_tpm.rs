@@ -468,3 +468,91 @@ fn meterd_outside_group_tss_names_the_group() {
     );
     assert!(text.contains("uid 65534"), "and who meterd runs as: {text}");
 }
+
+/// `tpm_last` of meterd's clock anchors (`clock.json`): the last time its
+/// clock check read the TPM clock; `None` before any.
+fn tpm_last(sb: &Sandbox) -> Option<serde_json::Value> {
+    let path = PathBuf::from(&sb.env["METERD_STATE_DIR"]).join("clock.json");
+    let text = std::fs::read_to_string(&path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v.get("tpm_last").filter(|t| !t.is_null()).cloned()
+}
+
+/// A dictionary-attack lockout must not blind the clock check. Any `tss`
+/// member can cause one (a primary of its own in the null hierarchy, with
+/// an auth value, sent wrong values until the TPM locks out), and
+/// unorderly TPM resets cause one by themselves (`tests/torture`'s TPM
+/// resets did). In lockout the TPM refuses every DA-protected
+/// authorization: meterd's keys and counter are noDA, but the short-lived
+/// key that de-obfuscates TPM2_GetTime's counts was not, so each watchdog
+/// tick failed and the wall clock was no longer judged against the TPM
+/// clock (`clock.json` kept its old TPM reading). After the attack, the
+/// next start must read the TPM clock and sell.
+#[test]
+fn a_dictionary_attack_lockout_does_not_blind_the_clock_check() {
+    if !is_root() {
+        eprintln!("skipped: playing a tss-only uid needs root (CI runs as root)");
+        return;
+    }
+    let (uid, gid) = tss_user();
+    let sb = Sandbox::up(1_000_000);
+    // The sandbox provisions after the first start; the second start's
+    // check is the first to read the TPM clock.
+    sb.script("stop-meterd");
+    sb.script("start-meterd");
+    sb.script("stop-meterd");
+    let before = tpm_last(&sb).expect("meterd read the TPM clock at its start");
+    let dir = sb.path("da");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let attacker = Attacker {
+        uid,
+        gid,
+        tcti: sb.env["METERD_TCTI"].clone(),
+        cwd: dir,
+    };
+    let out = attacker.run(
+        "tpm2_createprimary",
+        &["-C", "n", "-G", "ecc", "-p", "right", "-c", "da.ctx"],
+    );
+    assert!(
+        out.status.success(),
+        "tpm2_createprimary -C n: {}",
+        outcome(&out)
+    );
+    // Wrong values until the TPM says lockout (TPM_RC_LOCKOUT, 0x921).
+    let mut locked = None;
+    for attempt in 1..=64 {
+        let out = attacker.run(
+            "tpm2_create",
+            &[
+                "-C", "da.ctx", "-P", "wrong", "-G", "ecc", "-u", "k.pub", "-r", "k.priv",
+            ],
+        );
+        assert!(!out.status.success(), "a wrong auth value was taken");
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        if err.contains("0x921") || err.contains("lockout") {
+            locked = Some(attempt);
+            break;
+        }
+    }
+    let attempts = locked.expect("the TPM never locked out (64 wrong values)");
+    eprintln!("the TPM locked out after {attempts} wrong values");
+
+    sb.script("start-meterd");
+    assert_eq!(sb.status()["state"], "ready");
+    let after = tpm_last(&sb).expect("clock anchors after the start");
+    assert!(
+        after["wall_ms"].as_i64() > before["wall_ms"].as_i64(),
+        "ATTACK SUCCEEDED: in DA lockout meterd's clock check no longer reads the TPM \
+         clock (clock.json's TPM reading is still {before}); meterd.log: {}",
+        std::fs::read_to_string(sb.path("meterd.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("clock check failed"))
+            .last()
+            .unwrap_or("(no clock warning)")
+    );
+    let (_, _, out) = sb.postmark_id("after-lockout");
+    ok(&out, "postmark with the TPM in lockout");
+}

@@ -4,6 +4,8 @@
 //!   restart-tpm`) while clients postmark; meterd must reconnect and reload
 //!   its keys; requests during the outage fail with `Housing` and a message;
 //!   afterwards the cross-check finds nothing lost or doubled.
+//! * Lockout: after the resets (more than the three a DA lockout allows)
+//!   meterd's clock check still reads the TPM clock at a start.
 //! * Leaks: the TPM's transient-object and loaded-session counts, read with
 //!   `tpm2_getcap` while meterd is stopped (swtpm serves one connection), are
 //!   the same before and after N operations.
@@ -125,6 +127,16 @@ pub fn tpm_counts(sb: &Sandbox) -> Result<(usize, usize)> {
     ))
 }
 
+/// The last TPM clock reading meterd's clock check accepted, as written in
+/// `clock.json` (its `tpm_last` object, as text); `None` when there is none.
+fn tpm_reading(sb: &Sandbox) -> Option<String> {
+    let text = std::fs::read_to_string(sb.state.join("clock.json")).ok()?;
+    let from = text.find("\"tpm_last\"")?;
+    let rest = &text[from..];
+    let end = rest.find('}')?;
+    Some(rest[..=end].to_string()).filter(|r| !r.contains("null"))
+}
+
 async fn stop_meterd(sb: &Sandbox) -> Result<()> {
     let sb2 = sb.clone();
     tokio::task::spawn_blocking(move || sb2.script("stop-meterd", &[])).await?
@@ -150,7 +162,19 @@ async fn leak_check(sb: &Sandbox, clients: usize, ops: u64) -> Result<Tally> {
     // Orderly stop: meterd must leave nothing behind.
     stop_meterd(sb).await?;
     let idle = tpm_counts(sb)?;
+    let read_before = tpm_reading(sb);
     start_meterd(sb).await?;
+    // After the resets (more than a DA lockout allows), the start's clock
+    // check must still read the TPM clock: a DA-protected key in its path
+    // is refused in lockout and the check loses its TPM witness.
+    let read_after = tpm_reading(sb);
+    if read_after.is_none() || read_after == read_before {
+        t.fault(format!(
+            "after the TPM resets meterd's clock check did not read the TPM clock at its start \
+             (clock.json's TPM reading {read_before:?} -> {read_after:?}): {}",
+            sb.log_tail(3)
+        ));
+    }
     if idle != (0, 0) {
         t.fault(format!(
             "after an orderly stop the TPM holds {idle:?} (transient, sessions)"

@@ -298,6 +298,8 @@ impl Shared {
 pub struct HousingHandle {
     shared: Arc<Shared>,
     legacy_auth: bool,
+    /// The housing thread, joined by [`close_and_wait`](Self::close_and_wait).
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl HousingHandle {
@@ -310,7 +312,7 @@ impl HousingHandle {
             housing: Mutex::new(Box::new(housing)),
         });
         let worker = Arc::clone(&shared);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("housing".into())
             .spawn(move || {
                 while let Some(job) = next_job(&worker) {
@@ -321,7 +323,24 @@ impl HousingHandle {
         Ok(HousingHandle {
             shared,
             legacy_auth,
+            thread: Arc::new(Mutex::new(Some(thread))),
         })
+    }
+
+    /// Closes the handle, then waits (at most `within`) for the housing
+    /// thread to run the jobs already queued and end; it flushes its
+    /// objects and sends TPM2_Shutdown last. The process must not exit
+    /// before: a job queued just before the close (the background audit's
+    /// checkpoint signature, say) may have loaded a key after any earlier
+    /// flush, and a key left loaded holds one of the TPM's three transient
+    /// slots for whoever comes next. False if the thread did not end in time.
+    pub async fn close_and_wait(&self, within: std::time::Duration) -> bool {
+        self.close();
+        let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) else {
+            return true;
+        };
+        let joined = tokio::task::spawn_blocking(move || thread.join().is_ok());
+        matches!(tokio::time::timeout(within, joined).await, Ok(Ok(true)))
     }
 
     /// [`Housing::legacy_auth`] of the housing, without a trip to its thread.
@@ -514,6 +533,30 @@ mod tests {
             h.run_here_or_spawn(|_| Ok(())).map(|_| ()),
             Err(HousingError::Stopped)
         ));
+    }
+
+    /// A stop waits for the housing thread: a job queued before the close
+    /// (here a slow one, as the background audit's checkpoint signature
+    /// can be) has run, and the shutdown (flush, TPM2_Shutdown) came after
+    /// it, before `close_and_wait` returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_waits_for_the_queued_job_and_the_shutdown() {
+        let (housing, control) = soft::SoftwareHousing::new(soft::SoftwareOptions::default());
+        let h = HousingHandle::spawn(housing).unwrap();
+        let probe = control.clone();
+        let queued = h
+            .spawn_urgent(move |hs| {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                hs.create_key("late")?;
+                Ok(probe.shutdowns())
+            })
+            .unwrap();
+        assert!(h.close_and_wait(std::time::Duration::from_secs(10)).await);
+        let ran = queued.0.await.unwrap().unwrap();
+        assert_eq!(ran, 0, "the job ran before the shutdown");
+        assert_eq!(control.shutdowns(), 1, "one shutdown, after the job");
+        // A second wait (another clone of the handle) returns at once.
+        assert!(h.clone().close_and_wait(std::time::Duration::ZERO).await);
     }
 
     #[test]

@@ -12,25 +12,28 @@
 //!   adding a constant derived from the owner proof and the signer's name
 //!   (TPM 2.0 Part 3, `FillInAttestInfo`). The constant changes only with
 //!   TPM2_Clear.
-//! * Once per context we *calibrate*: a short-lived ECDSA P-256 primary in
-//!   the endorsement hierarchy signs one GetTime (plain counts), an unsigned
-//!   GetTime follows, and the wrapping difference of the counts is the
-//!   offset. Later reads use the unsigned path and subtract the offset.
+//! * Once per context we *calibrate*: a short-lived primary in the
+//!   endorsement hierarchy, of the signing keys' template, signs one
+//!   GetTime (plain counts), an unsigned GetTime follows, and the wrapping
+//!   difference of the counts is the offset. Later reads use the unsigned
+//!   path and subtract the offset. The key is noDA like every key of ours:
+//!   a DA-protected one was refused while the TPM was in dictionary-attack
+//!   lockout (which any `tss` member, or a few unorderly resets, can
+//!   cause), and every watchdog tick then failed: the clock check lost its
+//!   TPM witness (`attack_tpm`). Its first use after a start also cost the
+//!   TPM an NV write (the "DA used" state).
 //!
 //! A calibration happens again after every reconnect (a TPM reset changes
 //! the counts, not the offset; a TPM2_Clear changes the offset and also
 //! destroys our keys, so the meter would be unusable anyway).
 
 use tss_esapi::handles::KeyHandle;
-use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{ClockInfo, Data, EccScheme, HashScheme, SignatureScheme};
-use tss_esapi::utils::create_unrestricted_signing_ecc_public;
+use tss_esapi::structures::{ClockInfo, Data, SignatureScheme};
 use tss_esapi::Context;
 
-use super::{Attempt, Tag};
+use super::{templates, Attempt, Tag};
 use crate::housing::TpmClock;
 
 /// What to subtract from the obfuscated reset and restart counts.
@@ -78,11 +81,7 @@ fn unsigned_time(ctx: &mut Context) -> Attempt<ClockInfo> {
 
 /// Computes the obfuscation offsets with one signed GetTime.
 fn calibrate(ctx: &mut Context) -> Attempt<Offsets> {
-    let template = create_unrestricted_signing_ecc_public(
-        EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
-        EccCurve::NistP256,
-    )
-    .tag("clock_template")?;
+    let template = templates::signing_key_template().tag("clock_template")?;
     let key = ctx
         .execute_with_session(Some(AuthSession::Password), |c| {
             c.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
