@@ -94,6 +94,16 @@ fn tss_user() -> (u32, u32) {
     (num("-u"), num("-g"))
 }
 
+/// The `tss`-only attacker's (uid, gid), or `None` (with a note) when this
+/// test cannot play another uid.
+fn tss_attacker_ids() -> Option<(u32, u32)> {
+    if !is_root() {
+        eprintln!("skipped: playing a tss-only uid needs root (CI runs as root)");
+        return None;
+    }
+    Some(tss_user())
+}
+
 /// Runs tpm2-tools (or any program) as the attacker, in `cwd`, on the sandbox's TPM.
 struct Attacker {
     uid: u32,
@@ -249,11 +259,9 @@ fn tpm2_sign(who: &Attacker, key: &str, auth: Option<&str>) -> Output {
 
 #[test]
 fn tss_member_with_the_blobs_cannot_sign_as_the_meter() {
-    if !is_root() {
-        eprintln!("skipped: playing a tss-only uid needs root (CI runs as root)");
+    let Some((uid, gid)) = tss_attacker_ids() else {
         return;
-    }
-    let (uid, gid) = tss_user();
+    };
     let sb = Sandbox::up(0);
     let dir = loot(&sb);
     let pubkey = postmark_pubkey(&sb, &dir);
@@ -305,11 +313,9 @@ fn tss_member_with_the_blobs_cannot_sign_as_the_meter() {
 
 #[test]
 fn tss_member_cannot_move_the_meters_counter() {
-    if !is_root() {
-        eprintln!("skipped: playing a tss-only uid needs root (CI runs as root)");
+    let Some((uid, gid)) = tss_attacker_ids() else {
         return;
-    }
-    let (uid, gid) = tss_user();
+    };
     let sb = Sandbox::up(0);
     let nv_before = sb.status()["nv_counter"].as_u64().unwrap();
     sb.script("stop-meterd");
@@ -490,11 +496,9 @@ fn tpm_last(sb: &Sandbox) -> Option<serde_json::Value> {
 /// next start must read the TPM clock and sell.
 #[test]
 fn a_dictionary_attack_lockout_does_not_blind_the_clock_check() {
-    if !is_root() {
-        eprintln!("skipped: playing a tss-only uid needs root (CI runs as root)");
+    let Some((uid, gid)) = tss_attacker_ids() else {
         return;
-    }
-    let (uid, gid) = tss_user();
+    };
     let sb = Sandbox::up(1_000_000);
     // The sandbox provisions after the first start; the second start's
     // check is the first to read the TPM clock.
@@ -549,8 +553,7 @@ fn a_dictionary_attack_lockout_does_not_blind_the_clock_check() {
         std::fs::read_to_string(sb.path("meterd.log"))
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains("clock check failed"))
-            .last()
+            .rfind(|l| l.contains("clock check failed"))
             .unwrap_or("(no clock warning)")
     );
     let (_, _, out) = sb.postmark_id("after-lockout");
