@@ -46,25 +46,22 @@ fn main() -> ExitCode {
     }
     let args = Args::parse();
     init_logging();
-    // One async worker by default (issue 14). The work of a sale that is not
-    // the bus's (the ledger, the TPM, file reads, audits) has threads of its
-    // own, so a second worker only split the bus's small share and added a
-    // wake-up of the other worker to each call: at one client, six
-    // alternating 6-s pairs gave 8.8 -> 7.7 context switches and
-    // 0.668 -> 0.600 ms of meterd CPU a postmark (medians), p99 4.17 ->
-    // 3.80 ms; at 32 clients, five pairs, no change beyond the noise (swtpm
-    // busy 85.5 and 85.2 %, meterd 0.28 ms a postmark both). METERD_WORKERS
-    // sets another count.
-    let workers = std::env::var("METERD_WORKERS")
+    // Async workers: one per core (tokio's default) unless METERD_WORKERS
+    // says otherwise. What they run is the bus's share of a sale; the
+    // ledger, the TPM, file reads and audits have threads of their own.
+    // Measured (issue 14, alternating pairs, same binary): one worker
+    // spares a lone sale the wake-up of a second (one client: context
+    // switches a postmark 8.8 -> 7.7, meterd CPU 0.668 -> 0.600 ms, p99
+    // 4.17 -> 3.80 ms) but cost the HTTP time-stamps of 32 clients through
+    // meter-tsa ~10 % (lower in 8 of 9 pairs), so the default stays.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("METERD_WORKERS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(1)
-        .max(1);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
     {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
