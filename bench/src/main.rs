@@ -24,7 +24,7 @@ mod ready;
 mod tpmproxy;
 
 use clap::{Parser, Subcommand};
-use meter_proto::{Meter1Proxy, MeterError};
+use meter_proto::{Blob, Meter1Proxy, MeterError};
 use sha2::{Digest, Sha384};
 use zbus::zvariant::{Fd, OwnedValue, Value};
 
@@ -537,15 +537,16 @@ struct FakeMeter;
 
 #[zbus::interface(name = "org.meterd.Meter1")]
 impl FakeMeter {
-    async fn postmark_digest(&self, sha384: Vec<u8>, _request_id: String) -> Vec<u8> {
-        // A token-sized reply, so the bus moves as many bytes as for real.
+    async fn postmark_digest(&self, sha384: Vec<u8>, _request_id: String) -> Blob {
+        // A token-sized reply, so the bus moves as many bytes as for real,
+        // serialized as meterd serializes its replies.
         let mut token = sha384;
         token.resize(2500, 0x30);
-        token
+        Blob(token)
     }
 
-    async fn postmark(&self, _message: zbus::zvariant::OwnedFd, _request_id: String) -> Vec<u8> {
-        vec![0x30; 2500]
+    async fn postmark(&self, _message: zbus::zvariant::OwnedFd, _request_id: String) -> Blob {
+        Blob(vec![0x30; 2500])
     }
 
     async fn validate(

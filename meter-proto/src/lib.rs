@@ -4,12 +4,14 @@
 //! error set and the exit codes in one crate means the daemon and its
 //! clients cannot drift apart. A breaking change means `org.meterd.Meter2`.
 
+pub mod blob;
 pub mod error;
 pub mod exit;
 pub mod keys;
 pub mod money;
 pub mod proxy;
 
+pub use blob::Blob;
 pub use error::MeterError;
 pub use proxy::{Meter1Proxy, TimeStamp1Proxy};
 

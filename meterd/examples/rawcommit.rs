@@ -19,7 +19,10 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rusqlite::{params, Connection};
+
+#[path = "common/scratch_ledger.rs"]
+mod scratch_ledger;
+use scratch_ledger::ScratchLedger;
 
 #[derive(Parser)]
 #[command(about = "Measure one-row durable SQLite commits (the ledger's settings)")]
@@ -51,53 +54,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.product_bytes > 1 << 20 {
         return Err("--product-bytes must be at most 1 MiB".into());
     }
-    let scratch = tempfile::tempdir_in(&args.dir)?;
-    let mut conn = Connection::open(scratch.path().join("commit.sqlite"))?;
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    if mode != "wal" {
-        return Err(format!("journal_mode is {mode}, not wal").into());
-    }
-    conn.execute_batch(
-        "PRAGMA synchronous=FULL; PRAGMA cache_size=-16384;
-         CREATE TABLE journal(seq INTEGER PRIMARY KEY, time INTEGER NOT NULL,
-             request_id TEXT UNIQUE, registers BLOB NOT NULL, digest BLOB NOT NULL,
-             hash BLOB NOT NULL);
-         CREATE TABLE products(seq INTEGER PRIMARY KEY, input_digest BLOB NOT NULL,
-             product BLOB NOT NULL);
-         CREATE TABLE batches(first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL,
-             head BLOB NOT NULL, seal BLOB NOT NULL, time INTEGER NOT NULL);",
-    )?;
+    let mut ledger = ScratchLedger::open(&args.dir)?;
     let product = vec![0x5a_u8; args.product_bytes];
-    let registers = [7u8; 80];
-    let digest = [9u8; 48];
     let window = Duration::from_secs_f64(args.seconds);
     let mut lat: Vec<Duration> = Vec::with_capacity(4096);
     let before = self_ticks();
     let start = Instant::now();
-    let mut seq = 0i64;
     while start.elapsed() < window {
-        seq += 1;
         let t = Instant::now();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.prepare_cached(
-            "INSERT INTO journal(seq, time, request_id, registers, digest, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            seq,
-            seq * 7,
-            format!("c/1000/req-{seq}"),
-            &registers[..],
-            &digest[..],
-            &digest[..]
-        ])?;
-        tx.prepare_cached("INSERT INTO products(seq, input_digest, product) VALUES (?1, ?2, ?3)")?
-            .execute(params![seq, &digest[..], &product])?;
-        tx.prepare_cached(
-            "INSERT INTO batches(first_seq, last_seq, head, seal, time) VALUES (?1, ?1, ?2, x'', ?3)",
-        )?
-        .execute(params![seq, &digest[..], seq * 7])?;
-        tx.commit()?;
+        ledger.commit(&product)?;
         lat.push(t.elapsed());
     }
     let secs = start.elapsed().as_secs_f64();

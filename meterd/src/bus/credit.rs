@@ -9,10 +9,10 @@ use meter_proto::MeterError;
 use zbus::message::Header;
 use zbus::zvariant::{OwnedValue, Value};
 
-use super::blob::Blob;
 use super::door::bounded;
 use super::MeterIface;
 use crate::credit::{self as service, LineView};
+use meter_proto::Blob;
 
 impl MeterIface {
     /// `RequestCredit`: a signed, postmarked credit request (admin).

@@ -16,7 +16,6 @@ use zbus::Connection;
 use meter_proto::MeterError;
 
 use super::auth::{Authorizer, Caller, Role};
-use super::blob::Blob;
 use super::callers::{CallGuard, Callers, Lane};
 use super::errors;
 use super::fd_arg::MessageFd;
@@ -25,6 +24,7 @@ use crate::error::ServiceError;
 use crate::intake::{self, ReadLimits};
 use crate::ledger::{Digest, Key};
 use crate::outlet::Outlet;
+use meter_proto::Blob;
 
 /// The door: authorization and admission.
 pub struct Door {

@@ -13,7 +13,6 @@
 //! in `user_keys`, the property readings in `served`).
 
 mod auth;
-mod blob;
 mod callers;
 mod certs_dict;
 mod credit;
@@ -39,9 +38,9 @@ use crate::{
     account, agent, anchor, audit, certs, credit as credit_service, lock, postage, postmark,
     provision, rates, recharge, report, revoke, segment, timestamp, validate,
 };
-use blob::Blob;
 use door::bounded;
 use fd_arg::MessageFd;
+use meter_proto::Blob;
 
 pub use auth::{Authorizer, Caller};
 use served::{currency_digits, lock_reason, rates_version, registers};

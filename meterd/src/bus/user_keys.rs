@@ -6,10 +6,10 @@
 use meter_proto::MeterError;
 use zbus::message::Header;
 
-use super::blob::Blob;
 use super::fd_arg::MessageFd;
 use super::MeterIface;
 use crate::{decrypt, sign};
+use meter_proto::Blob;
 
 impl MeterIface {
     /// `Sign` (sale lane): hashes `message`, then signs the imprint.

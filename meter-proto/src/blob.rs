@@ -1,4 +1,5 @@
-//! `ay` replies written in one copy.
+//! `ay` replies written in one copy (meterd's, and the bench's stand-in
+//! meters', so a stand-in costs what meterd's bus share costs).
 //!
 //! zvariant serializes a `Vec<u8>` as a sequence, one byte at a time, twice
 //! (once to size the message, once to write it): for a 2 KiB postmark token
