@@ -484,6 +484,30 @@ fn tpm_last(sb: &Sandbox) -> Option<serde_json::Value> {
     v.get("tpm_last").filter(|t| !t.is_null()).cloned()
 }
 
+/// A sandbox whose meter has read the TPM clock at a start and is stopped,
+/// that reading, and a `tss`-only attacker working in the sandbox's `dir`
+/// (None when the tests do not run as root).
+fn stopped_meter_and_tss_attacker(dir: &str) -> Option<(Sandbox, serde_json::Value, Attacker)> {
+    let (uid, gid) = tss_attacker_ids()?;
+    let sb = Sandbox::up(1_000_000);
+    // The sandbox provisions after the first start; the second start's
+    // check is the first to read the TPM clock.
+    sb.script("stop-meterd");
+    sb.script("start-meterd");
+    sb.script("stop-meterd");
+    let before = tpm_last(&sb).expect("meterd read the TPM clock at its start");
+    let dir = sb.path(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let attacker = Attacker {
+        uid,
+        gid,
+        tcti: sb.env["METERD_TCTI"].clone(),
+        cwd: dir,
+    };
+    Some((sb, before, attacker))
+}
+
 /// A dictionary-attack lockout must not blind the clock check. Any `tss`
 /// member can cause one (a primary of its own in the null hierarchy, with
 /// an auth value, sent wrong values until the TPM locks out), and
@@ -496,24 +520,8 @@ fn tpm_last(sb: &Sandbox) -> Option<serde_json::Value> {
 /// next start must read the TPM clock and sell.
 #[test]
 fn a_dictionary_attack_lockout_does_not_blind_the_clock_check() {
-    let Some((uid, gid)) = tss_attacker_ids() else {
+    let Some((sb, before, attacker)) = stopped_meter_and_tss_attacker("da") else {
         return;
-    };
-    let sb = Sandbox::up(1_000_000);
-    // The sandbox provisions after the first start; the second start's
-    // check is the first to read the TPM clock.
-    sb.script("stop-meterd");
-    sb.script("start-meterd");
-    sb.script("stop-meterd");
-    let before = tpm_last(&sb).expect("meterd read the TPM clock at its start");
-    let dir = sb.path("da");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let attacker = Attacker {
-        uid,
-        gid,
-        tcti: sb.env["METERD_TCTI"].clone(),
-        cwd: dir,
     };
     let out = attacker.run(
         "tpm2_createprimary",
@@ -558,4 +566,54 @@ fn a_dictionary_attack_lockout_does_not_blind_the_clock_check() {
     );
     let (_, _, out) = sb.postmark_id("after-lockout");
     ok(&out, "postmark with the TPM in lockout");
+}
+
+/// A disabled endorsement hierarchy must not blind the clock check either.
+/// Whoever holds the endorsement password (empty unless the owner set one:
+/// any `tss` member on a default machine) can disable that hierarchy until
+/// the next TPM reset (`tpm2_hierarchycontrol -C e ehEnable clear`).
+/// TPM2_GetTime, through which meterd read the TPM clock, names the
+/// endorsement hierarchy as its privacy admin, so from then on every
+/// watchdog tick failed and the wall clock went unjudged against the TPM
+/// clock, while the meter kept selling. TPM2_ReadClock needs no hierarchy:
+/// the start after the attack must read the TPM clock and sell.
+#[test]
+fn a_disabled_endorsement_hierarchy_does_not_blind_the_clock_check() {
+    let Some((sb, before, attacker)) = stopped_meter_and_tss_attacker("eh") else {
+        return;
+    };
+    let out = attacker.run("tpm2_hierarchycontrol", &["-C", "e", "ehEnable", "clear"]);
+    assert!(
+        out.status.success(),
+        "tpm2_hierarchycontrol -C e ehEnable clear: {}",
+        outcome(&out)
+    );
+    let out = attacker.run("tpm2_getcap", &["properties-variable"]);
+    let caps = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        caps.lines()
+            .any(|l| l.trim_start().starts_with("ehEnable:") && l.trim_end().ends_with(" 0")),
+        "the endorsement hierarchy is still enabled: {caps}"
+    );
+
+    sb.script("start-meterd");
+    assert_eq!(sb.status()["state"], "ready");
+    let after = tpm_last(&sb).expect("clock anchors after the start");
+    assert!(
+        after["wall_ms"].as_i64() > before["wall_ms"].as_i64(),
+        "ATTACK SUCCEEDED: with the endorsement hierarchy disabled meterd's clock check no \
+         longer reads the TPM clock (clock.json's TPM reading is still {before}); \
+         meterd.log: {}",
+        std::fs::read_to_string(sb.path("meterd.log"))
+            .unwrap_or_default()
+            .lines()
+            .rfind(|l| l.contains("clock check failed"))
+            .unwrap_or("(no clock warning)")
+    );
+    assert_eq!(
+        after["reset_count"], before["reset_count"],
+        "the TPM's reset count moved without a TPM reset"
+    );
+    let (_, _, out) = sb.postmark_id("after-eh-disabled");
+    ok(&out, "postmark with the endorsement hierarchy disabled");
 }

@@ -227,7 +227,8 @@ fn objects_refuse_a_process_without_the_secret() {
 
 #[test]
 fn owner_password_comes_from_a_credential() {
-    let mut tpm = Swtpm::start();
+    // With an EK certificate: the AK (endorsement hierarchy) is made below.
+    let mut tpm = Swtpm::start_with_ek();
     let state = tempfile::tempdir().unwrap();
     let keys = state.path().join("keys");
     tpm2(
@@ -288,7 +289,9 @@ fn owner_password_comes_from_a_credential() {
         h.clock().unwrap();
         (point, value)
     };
-    // An endorsement password: the clock needs its credential too.
+    // An endorsement password: the clock does not need it (TPM2_ReadClock
+    // names no hierarchy), the AK's primary does, and its refusal names the
+    // credential (it named the owner's before).
     tpm2(
         &tpm,
         state.path(),
@@ -297,7 +300,8 @@ fn owner_password_comes_from_a_credential() {
     );
     {
         let mut h = open(&tpm, &keys, Some(creds.path()));
-        let msg = tpm_message(h.clock().unwrap_err());
+        h.clock().unwrap();
+        let msg = tpm_message(h.attest_identity().unwrap_err());
         assert!(
             msg.contains("BadAuth") && msg.contains("endorsement-auth"),
             "{msg}"

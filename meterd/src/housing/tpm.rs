@@ -377,6 +377,14 @@ impl Housing for TpmHousing {
     }
 
     fn clock(&mut self) -> Result<TpmClock> {
+        // TPM2_ReadClock first: no authorization, no hierarchy, no slot.
+        // GetTime (below) is the way where a second connection cannot be
+        // opened (`/dev/tpm0` without a resource manager is exclusive).
+        let direct = nvcertify::read_clock(&self.tcti).map_err(Fail::into_housing);
+        match direct {
+            Ok(clock) => return Ok(clock),
+            Err(e) => tracing::debug!(error = %e, "TPM2_ReadClock failed; reading through GetTime"),
+        }
         self.run(|conn, _| {
             if conn.keys.len() >= MAX_LOADED_KEYS && conn.clock_offsets.is_none() {
                 // Calibration needs one slot for a short-lived key.
@@ -447,10 +455,7 @@ impl Housing for TpmHousing {
         nvcertify::certify_counter(
             &self.tcti, public, private, &ak_auth, raw_index, &nv_auth, qualifying,
         )
-        .map_err(|e| match e {
-            Fail::Housing(h) => h,
-            Fail::Tss(command, e) => errors::map_tss(command, e),
-        })
+        .map_err(Fail::into_housing)
     }
 
     fn shutdown(&mut self) -> Result<()> {
@@ -478,10 +483,7 @@ impl Housing for TpmHousing {
         seed: &[u8],
     ) -> Result<()> {
         check_key_name(name)?;
-        let wrapped = postal::parse(public, duplicate, seed).map_err(|e| match e {
-            Fail::Housing(h) => h,
-            Fail::Tss(command, e) => map_tss(command, e),
-        })?;
+        let wrapped = postal::parse(public, duplicate, seed).map_err(Fail::into_housing)?;
         // The secret exists before the first object that uses it.
         self.store.auth_mut().ensure_secret()?;
         self.run(|conn, store| postal::import(conn, store, name, &wrapped))

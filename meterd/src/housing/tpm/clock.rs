@@ -1,9 +1,14 @@
-//! Reading the TPM clock without TPM2_ReadClock.
+//! Reading the TPM clock where TPM2_ReadClock cannot be sent.
 //!
-//! tss-esapi 7.7 wraps neither `Esys_ReadClock` nor gives access to its
-//! `ESYS_CONTEXT*` (`Context::mut_context` is private), and a second ESAPI
-//! context is not an option (swtpm serves one connection; one owner of the
-//! TPM). TPM2_GetTime returns the same `TPMS_CLOCK_INFO`, so we use it:
+//! The housing reads the clock with TPM2_ReadClock on a connection of its
+//! own (`nvcertify::read_clock`: tss-esapi 7.7 wraps neither
+//! `Esys_ReadClock` nor gives access to its `ESYS_CONTEXT*`). It needs no
+//! authorization and no hierarchy. Where that second connection cannot be
+//! opened (`/dev/tpm0` without a resource manager is exclusive), this
+//! module reads it on the housing's own context with TPM2_GetTime, which
+//! returns the same `TPMS_CLOCK_INFO`, but names the endorsement hierarchy
+//! as its privacy admin: it fails while that hierarchy is disabled
+//! (`attack_tpm::a_disabled_endorsement_hierarchy_does_not_blind_the_clock_check`).
 //!
 //! * With `signHandle = TPM_RH_NULL` the TPM returns an unsigned
 //!   attestation: cheap, no transient slot. `clock` and `safe` are in

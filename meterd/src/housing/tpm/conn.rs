@@ -51,6 +51,16 @@ impl From<HousingError> for Fail {
     }
 }
 
+impl Fail {
+    /// The final error of an attempt that is not retried (no reconnect).
+    pub(super) fn into_housing(self) -> HousingError {
+        match self {
+            Fail::Housing(h) => h,
+            Fail::Tss(command, e) => map_tss(command, e),
+        }
+    }
+}
+
 pub(super) type Attempt<T> = std::result::Result<T, Fail>;
 
 /// Tags a tss-esapi result with the command name.
@@ -143,7 +153,7 @@ impl TpmHousing {
         }
         let hint = match command {
             "create_primary" | "nv_define_space" => self.owner.refusal_hint(),
-            "clock_primary" | "get_time" => self.endorsement.refusal_hint(),
+            "clock_primary" | "get_time" | "endorsement_primary" => self.endorsement.refusal_hint(),
             "nv_read" | "nv_increment" => self.store.auth().refusal_hint("the NV counter"),
             _ => return map_tss(command, e),
         };

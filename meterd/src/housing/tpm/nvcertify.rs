@@ -1,4 +1,5 @@
-//! TPM2_NV_Certify of the meter's counter by the AK, over raw tss2-esys.
+//! TPM2_NV_Certify of the meter's counter by the AK, and TPM2_ReadClock, over
+//! raw tss2-esys.
 //!
 //! tss-esapi 7.7 wraps neither `Esys_NV_Certify` nor lets us reach the `ESYS_CONTEXT*` of
 //! its `Context` (see `clock.rs`), and swtpm serves one connection at a time. So the
@@ -6,6 +7,11 @@
 //! its own through the TCTI loader, loads the AK under the endorsement storage primary,
 //! certifies the index and closes again; the next housing command reconnects as after any
 //! outage and reloads keys on demand. It runs once per report, never on the sale path.
+//!
+//! [`read_clock`] is the other command tss-esapi 7.7 lacks. It needs no
+//! authorization, no hierarchy and no object, so it runs on a connection of its own
+//! *beside* the housing's (the swtpm TCTI connects per command; the kernel's resource
+//! manager and tabrmd serve several connections), and the caller keeps its keys loaded.
 //!
 //! All `unsafe` of the housing is here: FFI calls whose pointers come from live Rust
 //! values, outputs freed with `Esys_Free`, contexts finalized by [`Raw`]'s `Drop`.
@@ -17,17 +23,17 @@ use tss_esapi::constants::response_code::Tss2ResponseCode;
 use tss_esapi::structures::{Auth, Data, Private, Public, Signature, SignatureScheme};
 use tss_esapi::tss2_esys::{
     Esys_CreatePrimary, Esys_Finalize, Esys_FlushContext, Esys_Free, Esys_Initialize, Esys_Load,
-    Esys_NV_Certify, Esys_TR_Close, Esys_TR_FromTPMPublic, Esys_TR_SetAuth, Tss2_TctiLdr_Finalize,
-    Tss2_TctiLdr_Initialize, ESYS_CONTEXT, ESYS_TR, ESYS_TR_NONE, ESYS_TR_PASSWORD,
-    ESYS_TR_RH_ENDORSEMENT, TPM2B_ATTEST, TPM2B_AUTH, TPM2B_DATA, TPM2B_PRIVATE, TPM2B_PUBLIC,
-    TPM2B_SENSITIVE_CREATE, TPML_PCR_SELECTION, TPMT_SIGNATURE, TPMT_SIG_SCHEME, TSS2_RC,
-    TSS2_TCTI_CONTEXT,
+    Esys_NV_Certify, Esys_ReadClock, Esys_TR_Close, Esys_TR_FromTPMPublic, Esys_TR_SetAuth,
+    Tss2_TctiLdr_Finalize, Tss2_TctiLdr_Initialize, ESYS_CONTEXT, ESYS_TR, ESYS_TR_NONE,
+    ESYS_TR_PASSWORD, ESYS_TR_RH_ENDORSEMENT, TPM2B_ATTEST, TPM2B_AUTH, TPM2B_DATA, TPM2B_PRIVATE,
+    TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPML_PCR_SELECTION, TPMS_TIME_INFO, TPMT_SIGNATURE,
+    TPMT_SIG_SCHEME, TSS2_RC, TSS2_TCTI_CONTEXT,
 };
 use tss_esapi::{Error as TssError, TctiNameConf};
 
 use super::conn::{tpm_error, Attempt, Fail, Tag};
 use super::templates;
-use crate::housing::Attestation;
+use crate::housing::{Attestation, TpmClock};
 
 /// One raw connection; finalized (and its objects flushed) on drop.
 struct Raw {
@@ -230,4 +236,35 @@ fn take_outputs(attest: *mut TPM2B_ATTEST, signature: *mut TPMT_SIGNATURE) -> At
         attest: bytes,
         signature,
     })
+}
+
+/// TPM2_ReadClock on a connection of its own: the TPM's clock and its reset
+/// and restart counts, in plain text (only attestations obfuscate them).
+/// Unlike TPM2_GetTime, whose privacy-admin handle is the endorsement
+/// hierarchy, it works while that hierarchy is disabled, which anyone who
+/// holds its (by default empty) password can do until the next TPM reset.
+pub(super) fn read_clock(tcti: &TctiNameConf) -> Attempt<TpmClock> {
+    let raw = Raw::open(tcti)?;
+    let mut info: *mut TPMS_TIME_INFO = null_mut();
+    // SAFETY: a live context; the out-pointer is a live local.
+    let rc = unsafe {
+        Esys_ReadClock(
+            raw.esys,
+            ESYS_TR_NONE,
+            ESYS_TR_NONE,
+            ESYS_TR_NONE,
+            &mut info,
+        )
+    };
+    // SAFETY: a non-null pointer was allocated by ESYS for this call and is read once.
+    let clock = unsafe { info.as_ref() }.map(|t| TpmClock {
+        clock_ms: t.clockInfo.clock,
+        reset_count: t.clockInfo.resetCount,
+        restart_count: t.clockInfo.restartCount,
+        safe: t.clockInfo.safe != 0,
+    });
+    // SAFETY: an ESYS allocation (or null, which Esys_Free accepts).
+    unsafe { Esys_Free(info.cast()) };
+    check("read_clock", rc)?;
+    clock.ok_or_else(|| tpm_error("read_clock", "no time returned"))
 }

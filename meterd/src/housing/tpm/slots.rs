@@ -33,13 +33,19 @@ pub(super) fn create_primary(ctx: &mut Context) -> Attempt<KeyHandle> {
 }
 
 /// Creates the storage primary of `hierarchy` (the AK's is in the endorsement one).
+/// The command's tag names the hierarchy, so that a refused password names
+/// the right credential (`Conn::final_error`).
 pub(super) fn create_primary_in(ctx: &mut Context, hierarchy: Hierarchy) -> Attempt<KeyHandle> {
     let template = templates::primary_template().tag("primary_template")?;
+    let command = match hierarchy {
+        Hierarchy::Endorsement => "endorsement_primary",
+        _ => "create_primary",
+    };
     let primary = ctx
         .execute_with_session(Some(AuthSession::Password), |c| {
             c.create_primary(hierarchy, template, None, None, None, None)
         })
-        .tag("create_primary")?;
+        .tag(command)?;
     Ok(primary.key_handle)
 }
 
