@@ -83,6 +83,11 @@ enum Cmd {
         /// per thread name over the window.
         #[arg(long)]
         threads: Option<u32>,
+        /// Write one line per answered call, in the order each client made
+        /// them: `REQUEST_ID LATENCY_US` (join it with the ledger's
+        /// request ids to see which rows were slow).
+        #[arg(long)]
+        trace: Option<PathBuf>,
     },
     /// Validate calls of FILE against a token made once at the start.
     Validate {
@@ -192,6 +197,9 @@ struct ClientStats {
     errors: u64,
     first_error: Option<String>,
     latencies_us: Vec<u64>,
+    /// The request ids answered, in order, when `--trace` asks for them
+    /// (`latencies_us[i]` is `answered[i]`'s).
+    answered: Option<Vec<String>>,
 }
 
 impl ClientStats {
@@ -222,11 +230,13 @@ async fn main() {
             cpu,
             nv_dir,
             threads,
+            trace,
         } => {
             let watch = Watch {
                 cpu,
                 nv_dir,
                 threads,
+                trace,
             };
             run_load(
                 "postmarks",
@@ -335,6 +345,7 @@ struct Watch {
     cpu: Vec<procstat::Watched>,
     nv_dir: Option<PathBuf>,
     threads: Option<u32>,
+    trace: Option<PathBuf>,
 }
 
 async fn connect(bus: Option<&str>) -> Result<zbus::Connection, zbus::Error> {
@@ -402,21 +413,31 @@ async fn run_load(
     let start = Instant::now();
     let deadline = start + duration;
     let run_tag = format!("{}-{}", std::process::id(), now_nanos());
+    let tracing = watch.trace.is_some();
     let mut tasks = Vec::with_capacity(clients);
     for (client, (_conn, proxy)) in proxies.into_iter().enumerate() {
         let token = token.clone();
         let file = validate_file.clone();
         let tag = run_tag.clone();
         tasks.push(tokio::spawn(async move {
-            let mut stats = ClientStats::default();
+            let mut stats = ClientStats {
+                answered: tracing.then(Vec::new),
+                ..ClientStats::default()
+            };
             let mut n: u64 = 0;
             while Instant::now() < deadline {
                 n += 1;
+                let id = format!("bench-{tag}-{client}-{n}");
                 let t0 = Instant::now();
                 let outcome = match (&token, &file) {
                     (Some(token), Some(path)) => validate_once(&proxy, path, token).await,
-                    _ => postmark_once(&proxy, &tag, client, n).await,
+                    _ => postmark_once(&proxy, &id).await,
                 };
+                if outcome.is_ok() {
+                    if let Some(ids) = stats.answered.as_mut() {
+                        ids.push(id);
+                    }
+                }
                 stats.record(outcome, t0);
             }
             stats
@@ -425,6 +446,9 @@ async fn run_load(
     let mut all = Vec::with_capacity(clients);
     for task in tasks {
         all.push(task.await?);
+    }
+    if let Some(path) = &watch.trace {
+        write_trace(path, &all)?;
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu_after = procstat::snapshot(&watch.cpu);
@@ -446,6 +470,21 @@ async fn run_load(
         }
     }
     print_stats(what, all, clients, elapsed, &extra)
+}
+
+/// Writes `--trace`: each answered call's request id and latency, client
+/// by client in the order they were made.
+fn write_trace(path: &Path, all: &[ClientStats]) -> Result<(), BenchError> {
+    let mut out = String::new();
+    for stats in all {
+        for (id, us) in stats.answered.iter().flatten().zip(&stats.latencies_us) {
+            out.push_str(&format!("{id} {us}\n"));
+        }
+    }
+    std::fs::write(path, out).map_err(|source| BenchError::File {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Prints the load's `key=value` line: `WHAT_per_sec=`, ok, errors,
@@ -494,15 +533,9 @@ fn print_stats(
     Ok(())
 }
 
-async fn postmark_once(
-    proxy: &Meter1Proxy<'_>,
-    tag: &str,
-    client: usize,
-    n: u64,
-) -> Result<(), String> {
-    let id = format!("bench-{tag}-{client}-{n}");
+async fn postmark_once(proxy: &Meter1Proxy<'_>, id: &str) -> Result<(), String> {
     let digest = Sha384::digest(id.as_bytes());
-    match proxy.postmark_digest(&digest[..], &id).await {
+    match proxy.postmark_digest(&digest[..], id).await {
         Ok(token) if !token.is_empty() => Ok(()),
         Ok(_) => Err("empty token".to_string()),
         Err(e) => Err(describe(&e)),

@@ -79,8 +79,7 @@ async fn run(args: ServeArgs, token: Option<[u8; 32]>) -> std::result::Result<()
         }
         None => Arc::new(FileStore::new(&args.dir)),
     };
-    let service =
-        Service::new(args.dir.clone(), store, args.max_upload, token).map_err(StoreError::from)?;
+    let service = Service::new(args.dir.clone(), store, args.max_upload, token).await?;
     let listener = serve::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     println!(

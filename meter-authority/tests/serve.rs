@@ -347,7 +347,7 @@ fn serve_on_postgresql() {
     assert_eq!(pg.psql("SELECT count(*) FROM index_rows"), "1");
     assert_eq!(
         pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"),
-        "1,2,3,4,5,6"
+        "1,2,3,4,5,6,7"
     );
     assert_eq!(pg.psql("SELECT count(*) FROM orders"), "1");
     assert_eq!(

@@ -2,7 +2,9 @@
 //! on both stores: the list opens with the token of the meter's own new
 //! report upload (`meter-pending-token`) or the operator's credential, and
 //! with nothing else — no credential (401), another meter's token, a forged
-//! one, one from before a restart (403), and a replayed upload earns none.
+//! one, another store's, one made before its key was rotated (403), and a
+//! replayed upload earns none. A token is good on every server of its store
+//! (the key is the store's shared secret), also after a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::serve_support;
@@ -26,7 +28,9 @@ fn start(dir: &Path, database: Option<&str>) -> Server {
     )
 }
 
-fn attacks(dir: &Path, database: Option<&str>) {
+fn attacks(dir: &Path, pg: Option<&Postgres>) {
+    let url = pg.map(Postgres::url);
+    let database = url.as_deref();
     let server = start(dir, database);
     let addr = server.addr.as_str();
     let (a, _b) = (certify(dir, "MTR-A"), certify(dir, "MTR-B"));
@@ -90,12 +94,46 @@ fn attacks(dir: &Path, database: Option<&str>) {
         again.headers
     );
 
-    // A token from before a restart: the key is drawn at start.
-    drop(server);
-    let server = start(dir, database);
+    // The key is the store's, not the process's: a second server on the
+    // same store (PostgreSQL: beside the first, as behind one address;
+    // the directory: after the first stopped) takes A's token, and only A's.
     let path = "/v1/meters/MTR-A/pending";
-    let r = try_http(&server.addr, "GET", path, "text/plain", b"", Some(&ta)).unwrap();
-    assert_eq!(r.status, 403);
+    let pending = |addr: &str, bearer: &str| {
+        try_http(addr, "GET", path, "text/plain", b"", Some(bearer))
+            .unwrap()
+            .status
+    };
+    if database.is_none() {
+        drop(server);
+    }
+    let second = start(dir, database);
+    assert_eq!(
+        pending(&second.addr, &ta),
+        200,
+        "another server of the store"
+    );
+    assert_eq!(pending(&second.addr, &forged), 403);
+    drop(second);
+
+    // A server of another store (its own directory, its own key) refuses it.
+    let (_other_tmp, other) = new_authority();
+    let stranger = start(&other, None);
+    assert_eq!(pending(&stranger.addr, &ta), 403, "another store's server");
+    drop(stranger);
+
+    // Rotation: the secret deleted, the servers restarted, old tokens die.
+    match pg {
+        None => std::fs::remove_file(dir.join("pending-token.secret")).unwrap(),
+        Some(pg) => {
+            pg.psql("DELETE FROM shared_secrets WHERE name = 'pending-token'");
+        }
+    }
+    let rotated = start(dir, database);
+    assert_eq!(
+        pending(&rotated.addr, &ta),
+        403,
+        "a token of the rotated key"
+    );
 }
 
 #[test]
@@ -116,5 +154,5 @@ fn pending_auth_attacks_on_postgresql() {
     };
     let pg = Postgres::start(&bin);
     let (_tmp, dir) = new_authority();
-    attacks(&dir, Some(&pg.url()));
+    attacks(&dir, Some(&pg));
 }

@@ -156,7 +156,7 @@ fn certify_and_settle_on_postgresql() {
         "6|1000|1"
     );
     assert_eq!(pg.psql("SELECT count(*) FROM certifications"), "2");
-    assert_eq!(pg.psql("SELECT max(version) FROM schema_migrations"), "6");
+    assert_eq!(pg.psql("SELECT max(version) FROM schema_migrations"), "7");
 }
 
 #[test]

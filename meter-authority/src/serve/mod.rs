@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::Authority;
 
 pub use routes::{frame_upload, UPLOAD};
@@ -39,6 +39,11 @@ pub use routes::{frame_upload, UPLOAD};
 pub use meter_http::{BODY_TIMEOUT, DRAIN, HEADER_TIMEOUT};
 /// Largest body of a top-up request (JSON).
 pub const MAX_TOPUP_BODY: usize = 4096;
+
+/// The name of the pending-list token key among the store's shared
+/// secrets (`pending-token.secret` in the authority directory, a row of
+/// `shared_secrets` in PostgreSQL).
+pub const PENDING_SECRET: &str = "pending-token";
 
 /// What every connection shares.
 pub struct Service {
@@ -54,7 +59,8 @@ pub struct Service {
     /// when set; without it only loopback clients may buy.
     pub operator_token: Option<[u8; 32]>,
     /// The key of the tokens that let a meter read its pending objects
-    /// (`routes::meter_auth`): drawn at start, never stored.
+    /// (`routes::meter_auth`): the store's shared secret
+    /// [`PENDING_SECRET`], so every server on the store accepts them.
     pub pending_key: [u8; 32],
     /// The last CRL signed, and the revocation file state it was signed for.
     /// Also held while a revoke order is recorded in `revocations.json`, so
@@ -74,20 +80,23 @@ pub(crate) fn file_state(path: &std::path::Path) -> Option<FileState> {
 }
 
 impl Service {
-    /// A service for the authority in `dir` keeping its state in `store`.
-    pub fn new(
+    /// A service for the authority in `dir` keeping its state in `store`,
+    /// with the pending-list token key the store shares among its servers
+    /// ([`Store::shared_secret`] of [`PENDING_SECRET`], drawn on first use).
+    pub async fn new(
         dir: PathBuf,
         store: Arc<dyn Store>,
         max_upload: usize,
         operator_token: Option<[u8; 32]>,
-    ) -> crate::Result<Service> {
+    ) -> std::result::Result<Service, StoreError> {
         let signer = Authority::open_keys(&dir)?;
         let keys = Mutex::new((
             file_state(&dir.join("root.pem")),
             Arc::new(Authority::open_keys(&dir)?),
         ));
-        let mut pending_key = [0u8; 32];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut pending_key);
+        let mut fresh = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut fresh);
+        let pending_key = store.shared_secret(PENDING_SECRET, fresh).await?;
         Ok(Service {
             keys,
             dir,

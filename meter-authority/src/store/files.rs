@@ -17,6 +17,7 @@
 //! equally valid acknowledgement.
 
 mod pending;
+mod secret;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -231,5 +232,9 @@ impl Store for FileStore {
         issue: super::Issue<'a>,
     ) -> Fut<'a, super::Certified> {
         Box::pin(async move { self.certify_now(meter_id, key, issue) })
+    }
+
+    fn shared_secret<'a>(&'a self, name: &'a str, fresh: [u8; 32]) -> Fut<'a, [u8; 32]> {
+        Box::pin(async move { self.shared_secret_now(name, fresh) })
     }
 }

@@ -231,6 +231,12 @@ pub trait Store: Send + Sync {
         key: [u8; 32],
         issue: Issue<'a>,
     ) -> Fut<'a, Certified>;
+
+    /// The secret `name` every server on this store shares: the one stored,
+    /// or `fresh` (random bytes the caller drew) stored now if there is
+    /// none. Kept beside the state it guards, at the same trust: who can
+    /// read the store can read the pending lists the secret opens.
+    fn shared_secret<'a>(&'a self, name: &'a str, fresh: [u8; 32]) -> Fut<'a, [u8; 32]>;
 }
 
 /// Rows kept in memory during one database transaction: the meter's

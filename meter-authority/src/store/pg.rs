@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../../migrations/0005_certificate_register.sql"),
     ),
     (6, include_str!("../../migrations/0006_store_identity.sql")),
+    (7, include_str!("../../migrations/0007_shared_secrets.sql")),
 ];
 /// Key of the advisory lock that serialises migrations.
 const MIGRATION_LOCK: i64 = 0x6d65_7465_7264;
@@ -150,6 +151,28 @@ impl PgStore {
         let c = self.client().await?;
         let row = c.query_one("SELECT id FROM store_identity", &[]).await?;
         Ok(row.get(0))
+    }
+
+    /// The secret `name` all servers on this database share (migration
+    /// 0007): `fresh` is stored if none is yet; a concurrent first start
+    /// keeps whichever was inserted first, and both read that one back.
+    async fn shared_secret_in(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32]> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO shared_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&name, &&fresh[..]],
+        )
+        .await?;
+        let row = c
+            .query_one("SELECT value FROM shared_secrets WHERE name = $1", &[&name])
+            .await?;
+        let value: Vec<u8> = row.get(0);
+        <[u8; 32]>::try_from(value.as_slice()).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "shared secret {name:?} holds {} bytes, not 32",
+                value.len()
+            ))
+        })
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -493,5 +516,9 @@ impl Store for PgStore {
         issue: super::Issue<'a>,
     ) -> Fut<'a, super::Certified> {
         Box::pin(self.certify_in(meter_id, key, issue))
+    }
+
+    fn shared_secret<'a>(&'a self, name: &'a str, fresh: [u8; 32]) -> Fut<'a, [u8; 32]> {
+        Box::pin(self.shared_secret_in(name, fresh))
     }
 }

@@ -12,11 +12,14 @@
 //!   sends it) gets the stored answer and no token, so a copy of an old
 //!   upload (a report file carried by hand, a captured request) opens
 //!   nothing. `meterctl sync` makes a new report on every run.
-//! * A token names its meter and expiry inside an HMAC-SHA-256 under a key
-//!   drawn when the server starts ([`Service::pending_key`]): another
-//!   meter's token, an expired one or a forged one is refused (403). Tokens
-//!   die with the process (a meter's next sync gets a new one); servers
-//!   behind one address would share the key, which is not done yet.
+//! * A token names its meter and expiry inside an HMAC-SHA-256 under the
+//!   store's shared secret `pending-token` ([`Service::pending_key`], drawn
+//!   by the first server that needs it and kept in the store): another
+//!   meter's token, an expired one, a forged one or another store's is
+//!   refused (403). Every server on the store (several processes on one
+//!   PostgreSQL database, behind one address) takes the tokens of the
+//!   others, also after a restart; deleting the secret and restarting the
+//!   servers rotates it, and every token made before dies.
 //! * The operator's credential reads any meter's list as before.
 //!
 //! [`Service::pending_key`]: crate::serve::Service::pending_key
@@ -52,8 +55,8 @@ pub fn mint(key: &[u8; 32], meter_id: &str, now: i64) -> String {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
     /// Not `<expiry>.<64 hex digits>`, or its MAC is not this meter's
-    /// under this server's key (another meter's, forged, or from before a
-    /// restart).
+    /// under this store's key (another meter's, forged, another store's,
+    /// or made before the key was rotated).
     NotThisMeters,
     /// Past its expiry.
     Expired,
