@@ -97,6 +97,8 @@ pub struct TpmHousing {
     endorsement: HierarchyAuth,
     /// The device node of a `device:` TCTI, to explain a failed open.
     device: Option<PathBuf>,
+    /// The second connection the clock is read on (TPM2_ReadClock).
+    clock_conn: nvcertify::ClockConn,
 }
 
 impl TpmHousing {
@@ -153,6 +155,7 @@ impl TpmHousing {
             owner,
             endorsement,
             device: device::device_path(tcti),
+            clock_conn: nvcertify::ClockConn::default(),
         };
         housing.connect()?;
         Ok(housing)
@@ -380,7 +383,7 @@ impl Housing for TpmHousing {
         // TPM2_ReadClock first: no authorization, no hierarchy, no slot.
         // GetTime (below) is the way where a second connection cannot be
         // opened (`/dev/tpm0` without a resource manager is exclusive).
-        let direct = nvcertify::read_clock(&self.tcti).map_err(Fail::into_housing);
+        let direct = self.clock_conn.read(&self.tcti).map_err(Fail::into_housing);
         match direct {
             Ok(clock) => return Ok(clock),
             Err(e) => tracing::debug!(error = %e, "TPM2_ReadClock failed; reading through GetTime"),

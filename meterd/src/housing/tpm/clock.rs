@@ -1,7 +1,7 @@
 //! Reading the TPM clock where TPM2_ReadClock cannot be sent.
 //!
 //! The housing reads the clock with TPM2_ReadClock on a connection of its
-//! own (`nvcertify::read_clock`: tss-esapi 7.7 wraps neither
+//! own, kept between reads (`nvcertify::ClockConn`: tss-esapi 7.7 wraps neither
 //! `Esys_ReadClock` nor gives access to its `ESYS_CONTEXT*`). It needs no
 //! authorization and no hierarchy. Where that second connection cannot be
 //! opened (`/dev/tpm0` without a resource manager is exclusive), this

@@ -8,7 +8,7 @@
 //! certifies the index and closes again; the next housing command reconnects as after any
 //! outage and reloads keys on demand. It runs once per report, never on the sale path.
 //!
-//! [`read_clock`] is the other command tss-esapi 7.7 lacks. It needs no
+//! TPM2_ReadClock ([`ClockConn`]) is the other command tss-esapi 7.7 lacks. It needs no
 //! authorization, no hierarchy and no object, so it runs on a connection of its own
 //! *beside* the housing's (the swtpm TCTI connects per command; the kernel's resource
 //! manager and tabrmd serve several connections), and the caller keeps its keys loaded.
@@ -238,13 +238,47 @@ fn take_outputs(attest: *mut TPM2B_ATTEST, signature: *mut TPMT_SIGNATURE) -> At
     })
 }
 
-/// TPM2_ReadClock on a connection of its own: the TPM's clock and its reset
-/// and restart counts, in plain text (only attestations obfuscate them).
-/// Unlike TPM2_GetTime, whose privacy-admin handle is the endorsement
-/// hierarchy, it works while that hierarchy is disabled, which anyone who
-/// holds its (by default empty) password can do until the next TPM reset.
-pub(super) fn read_clock(tcti: &TctiNameConf) -> Attempt<TpmClock> {
-    let raw = Raw::open(tcti)?;
+// SAFETY: a `Raw` alone holds its TCTI and ESYS contexts (the pointers are
+// never copied out) and uses them through `&mut self` only, so handing the
+// whole value to another thread (the housing moves to its own thread once)
+// cannot race. It is not `Sync`: ESYS is not thread-safe.
+unsafe impl Send for Raw {}
+
+/// The connection TPM2_ReadClock runs on, kept between reads: a read needs
+/// no object and no session, so nothing of it goes stale, and opening one
+/// (the TCTI loader, an ESYS context, a socket or a device) for every read
+/// cost each epoch row and each clock check that set-up again. A kept one
+/// that fails (tabrmd restarted, the TPM away) is dropped and the read is
+/// tried once on a new one; with none to be had the housing falls back to
+/// GetTime (see `tpm::clock`).
+#[derive(Default)]
+pub(super) struct ClockConn(Option<Raw>);
+
+impl ClockConn {
+    /// TPM2_ReadClock: the TPM's clock and its reset and restart counts, in
+    /// plain text (only attestations obfuscate them). Unlike TPM2_GetTime,
+    /// whose privacy-admin handle is the endorsement hierarchy, it works
+    /// while that hierarchy is disabled, which anyone who holds its (by
+    /// default empty) password can do until the next TPM reset.
+    pub(super) fn read(&mut self, tcti: &TctiNameConf) -> Attempt<TpmClock> {
+        if let Some(raw) = self.0.as_mut() {
+            match read_clock(raw) {
+                Ok(clock) => return Ok(clock),
+                Err(e) => {
+                    tracing::debug!(error = ?e, "TPM2_ReadClock on the kept connection failed; opening another");
+                    self.0 = None;
+                }
+            }
+        }
+        let mut raw = Raw::open(tcti)?;
+        let clock = read_clock(&mut raw)?;
+        self.0 = Some(raw);
+        Ok(clock)
+    }
+}
+
+/// TPM2_ReadClock on `raw`.
+fn read_clock(raw: &mut Raw) -> Attempt<TpmClock> {
     let mut info: *mut TPMS_TIME_INFO = null_mut();
     // SAFETY: a live context; the out-pointer is a live local.
     let rc = unsafe {
