@@ -27,12 +27,15 @@ impl FileStore {
         if let Some(secret) = read(&path)? {
             return Ok(secret);
         }
+        // The temporary name is this process's alone; one left by a crashed
+        // process that had the same pid is overwritten.
         let tmp = self
             .dir
             .join(format!(".{name}.secret.{}.tmp", std::process::id()));
         let written = std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .mode(0o600)
             .open(&tmp)
             .and_then(|mut f| f.write_all(&fresh).and_then(|()| f.sync_all()));
@@ -101,5 +104,16 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("5 bytes, not 32"), "{e}");
         assert!(store.shared_secret_now("../x", [3; 32]).is_err());
+        // A temporary file left by a crash (same pid) does not stop a start.
+        std::fs::remove_file(&path).unwrap();
+        let stale = dir
+            .path()
+            .join(format!(".pending-token.secret.{}.tmp", std::process::id()));
+        std::fs::write(&stale, b"left by a crash").unwrap();
+        assert_eq!(
+            store.shared_secret_now("pending-token", [4; 32]).unwrap(),
+            [4; 32]
+        );
+        assert!(!stale.exists());
     }
 }
